@@ -1,0 +1,32 @@
+"""Packaging for tavrida 2."""
+
+import pathlib
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+
+
+def requirements(name):
+    lines = (HERE / name).read_text().splitlines()
+    return [line for line in lines if line and not line.startswith(("#", "-r"))]
+
+
+setup(
+    name="tavrida",
+    version="2.0.0.dev0",
+    description="Services that talk over a message broker: RPC, pub/sub, middlewares",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["tavrida", "tavrida.*"]),
+    package_data={"tavrida": ["py.typed"]},
+    python_requires=">=3.9",
+    install_requires=requirements("requirements.txt"),
+    extras_require={"dev": requirements("requirements-dev.txt")},
+    entry_points={"console_scripts": ["tavrida = tavrida.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: System :: Distributed Computing",
+    ],
+)

@@ -1,0 +1,82 @@
+"""RPCClient: call services from a program that is not a service.
+
+Two forms, as in 1.0::
+
+    cli = client.RPCClient(config=conf, discovery=disc, source="client_app")
+    cli.test_hello.hello(param=123).cast(correlation_id="123-456")
+
+    cli = client.RPCClient(config=conf, discovery=disc, source="client_app",
+                           service="test_hello")
+    cli.hello(param=123).cast()
+
+``.call()`` sends a request whose answer goes to the client's own service
+name (``reply_to``), where a service's response handlers get it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Union
+
+from tavrida import config as config_mod
+from tavrida import discovery as discovery_mod
+from tavrida import messages
+from tavrida.proxies import RPCMethodProxy, RPCProxy, RPCServiceProxy
+from tavrida.sender import Sender
+from tavrida.transports import create_transport
+from tavrida.transports.base import Transport
+
+
+class RPCClient:
+    """Sends requests (and notifications) on behalf of ``source``.
+
+    ``headers`` are user headers added to every request; ``context`` is the
+    context of every request. The connection opens with the client; close
+    it with :meth:`close` or use the client as a context manager.
+    """
+
+    def __init__(self, config: Union[config_mod.ConnectionConfig, str],
+                 discovery: discovery_mod.AbstractDiscovery, source: str = "",
+                 context: Optional[Mapping[str, Any]] = None,
+                 headers: Optional[Mapping[str, Any]] = None,
+                 service: Optional[str] = None, *,
+                 transport: Optional[Transport] = None) -> None:
+        self._config = config_mod.as_config(config)
+        self._service = service
+        self._source = source
+        self._transport = transport or create_transport(self._config)
+        self._sender = Sender(self._transport, discovery, self._config.persistent,
+                              source=source)
+        self._proxy = RPCProxy(self._sender, source, context, "", headers)
+
+    @property
+    def sender(self) -> Sender:
+        """The sender that publishes for this client."""
+        return self._sender
+
+    @property
+    def transport(self) -> Transport:
+        return self._transport
+
+    def __getattr__(self, name: str) -> Union[RPCServiceProxy, RPCMethodProxy]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        service_proxy = getattr(self._proxy, self._service or name)
+        return getattr(service_proxy, name) if self._service else service_proxy
+
+    def add_headers(self, headers: Mapping[str, Any]) -> None:
+        """Add user headers to every message this client sends."""
+        self._proxy.add_headers(headers)
+
+    def publish(self, correlation_id: str = "", **kwargs: Any) -> messages.Notification:
+        """Publish a notification as ``source`` (its exchange must be a local publisher)."""
+        return self._proxy.publish(correlation_id, **kwargs)
+
+    def close(self) -> None:
+        """Close the client's connection."""
+        self._transport.close()
+
+    def __enter__(self) -> "RPCClient":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

@@ -1,0 +1,205 @@
+"""Connection settings: where the broker is and how to talk to it.
+
+:class:`ConnectionConfig` keeps every parameter of tavrida 1.0 and adds a
+URL form, so the same service code runs on RabbitMQ (``amqp://``), Redis
+(``redis://``) or the in-memory transport (``memory://``) by configuration
+alone::
+
+    conf = config.ConnectionConfig.from_url("memory://")
+    conf = config.ConnectionConfig("localhost", config.Credentials("guest", "guest"))
+
+Passwords never appear in ``repr()`` or in :attr:`ConnectionConfig.safe_url`.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any, Optional, Union
+
+from tavrida import exceptions
+
+#: Schemes served by tavrida's own in-memory transport.
+MEMORY_SCHEMES = ("memory",)
+#: Schemes served by the kombu transport (``kombu+memory`` is kombu's memory://).
+KOMBU_SCHEMES = ("amqp", "amqps", "pyamqp", "redis", "rediss", "kombu+memory")
+DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671, "pyamqp": 5672, "redis": 6379, "rediss": 6379}
+
+
+class Credentials:
+    """User name and password for the broker."""
+
+    def __init__(self, username: str, password: str) -> None:
+        self.username = username
+        self.password = password
+
+    def __repr__(self) -> str:
+        return f"Credentials({self.username!r}, '***')"
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Credentials)
+                and (self.username, self.password) == (other.username, other.password))
+
+
+class ConnectionConfig:
+    """How to connect to the broker.
+
+    The 1.0 parameters keep their names and defaults. ``async_engine`` is
+    accepted and has no effect (tavrida 2 has one engine); ``locale`` and
+    ``backpressure_detection`` are accepted for the same reason.
+
+    tavrida 2 additions:
+
+    * ``scheme``: ``amqp`` (default), ``amqps``, ``redis``, ``rediss``,
+      ``memory`` (tavrida's in-memory transport) or ``kombu+memory``.
+    * ``publisher_confirms``: wait for the broker to confirm each publish
+      (RabbitMQ; default True).
+    * ``persistent``: publish with ``delivery_mode=2`` (default True).
+    * ``prefetch_count``: un-acked messages a server holds at once.
+    * ``transport_options``: extra options passed to the transport.
+    """
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        credentials: Optional[Credentials] = None,
+        port: Optional[int] = None,
+        virtual_host: str = "/",
+        channel_max: Optional[int] = None,
+        frame_max: Optional[int] = None,
+        heartbeat_interval: Optional[float] = None,
+        ssl: Optional[bool] = None,
+        ssl_options: Optional[dict] = None,
+        connection_attempts: int = 3,
+        retry_delay: float = 1.0,
+        socket_timeout: float = 3.0,
+        locale: Optional[str] = None,
+        backpressure_detection: Optional[bool] = None,
+        reconnect_attempts: int = -1,
+        async_engine: bool = False,
+        *,
+        scheme: str = "amqp",
+        publisher_confirms: bool = True,
+        persistent: bool = True,
+        prefetch_count: int = 100,
+        transport_options: Optional[dict] = None,
+    ) -> None:
+        if scheme not in MEMORY_SCHEMES + KOMBU_SCHEMES:
+            raise exceptions.IncorrectAMQPConfig(
+                reason=f"unknown scheme {scheme!r}; expected one of "
+                       f"{', '.join(MEMORY_SCHEMES + KOMBU_SCHEMES)}")
+        if ssl and scheme in ("amqp", "pyamqp"):
+            scheme = "amqps"
+        if prefetch_count < 0:
+            raise exceptions.IncorrectAMQPConfig(reason="prefetch_count must be >= 0")
+        self.scheme = scheme
+        self.host = host
+        self.credentials = credentials
+        self.port = port if port is not None else DEFAULT_PORTS.get(scheme)
+        self.virtual_host = virtual_host
+        self.channel_max = channel_max
+        self.frame_max = frame_max
+        self.heartbeat_interval = heartbeat_interval
+        self.ssl = ssl if ssl is not None else scheme in ("amqps", "rediss")
+        self.ssl_options = ssl_options
+        self.connection_attempts = connection_attempts
+        self.retry_delay = retry_delay
+        self.socket_timeout = socket_timeout
+        self.locale = locale
+        self.backpressure_detection = backpressure_detection
+        self.reconnect_attempts = reconnect_attempts
+        self.async_engine = async_engine
+        self.publisher_confirms = publisher_confirms
+        self.persistent = persistent
+        self.prefetch_count = prefetch_count
+        self.transport_options = dict(transport_options or {})
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> "ConnectionConfig":
+        """Build a config from a URL such as ``amqp://guest:guest@host:5672//``.
+
+        ``memory://`` (optionally ``memory://name``) selects the in-memory
+        transport; every ``memory://`` config with the same name shares one
+        in-process broker. Keyword arguments set the other parameters.
+        """
+        parts = urllib.parse.urlsplit(url)
+        scheme = parts.scheme.lower()
+        if not scheme:
+            raise exceptions.IncorrectAMQPConfig(reason=f"{_mask(url)!r} is not a URL")
+        if scheme in MEMORY_SCHEMES or scheme == "kombu+memory":
+            kwargs.setdefault("virtual_host", parts.netloc + parts.path or "/")
+            return cls(host="", scheme=scheme, **kwargs)
+        credentials = None
+        if parts.username is not None:
+            credentials = Credentials(urllib.parse.unquote(parts.username),
+                                      urllib.parse.unquote(parts.password or ""))
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if scheme.startswith("redis"):
+            vhost = path or "0"
+        else:
+            vhost = urllib.parse.unquote(path) if path else "/"
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise exceptions.IncorrectAMQPConfig(reason=f"bad port in {_mask(url)!r}") from exc
+        return cls(host=parts.hostname or "localhost", credentials=credentials,
+                   port=port, virtual_host=kwargs.pop("virtual_host", vhost),
+                   scheme=scheme, **kwargs)
+
+    @property
+    def is_memory(self) -> bool:
+        """True when tavrida's in-memory transport serves this config."""
+        return self.scheme in MEMORY_SCHEMES
+
+    def _url(self, password: str) -> str:
+        if self.scheme in MEMORY_SCHEMES or self.scheme == "kombu+memory":
+            name = "" if self.virtual_host == "/" else self.virtual_host
+            return f"{self.scheme.replace('kombu+', '')}://{name}"
+        auth = ""
+        if self.credentials is not None:
+            auth = (urllib.parse.quote(self.credentials.username, safe="") + ":"
+                    + password + "@")
+        if self.scheme.startswith("redis"):
+            vhost = self.virtual_host if self.virtual_host not in ("", "/") else "0"
+        else:
+            vhost = urllib.parse.quote(self.virtual_host, safe="")
+        return f"{self.scheme}://{auth}{self.host}:{self.port}/{vhost}"
+
+    @property
+    def url(self) -> str:
+        """The broker URL, password included: never log it."""
+        password = ""
+        if self.credentials is not None:
+            password = urllib.parse.quote(self.credentials.password, safe="")
+        return self._url(password)
+
+    @property
+    def safe_url(self) -> str:
+        """The broker URL with the password masked, fit for logs."""
+        return self._url("***")
+
+    def to_dict(self) -> dict:
+        """All parameters as a dict (the password masked)."""
+        result = dict(vars(self))
+        result["credentials"] = repr(self.credentials) if self.credentials else None
+        return result
+
+    def __repr__(self) -> str:
+        return f"ConnectionConfig({self.safe_url!r})"
+
+
+def as_config(value: Union[ConnectionConfig, str]) -> ConnectionConfig:
+    """Accept a :class:`ConnectionConfig` or a URL wherever a config is taken."""
+    if isinstance(value, ConnectionConfig):
+        return value
+    if isinstance(value, str):
+        return ConnectionConfig.from_url(value)
+    raise exceptions.IncorrectAMQPConfig(
+        reason=f"expected a ConnectionConfig or a URL, got {type(value).__name__}")
+
+
+def _mask(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,189 @@
+"""Declaring services and handlers, and finding the handler of a message.
+
+The method decorators only record what a method handles; ``rpc_service``
+checks the class, inspects each handler's signature once, and gives the
+class a :class:`Dispatcher` that maps entry points to handlers. Nothing
+is inspected per message.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, TypeVar
+
+from tavrida import entry_point, exceptions, messages
+
+F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C", bound=type)
+
+#: Handler kinds, named for the message type they take.
+SUBSCRIPTION = messages.NOTIFICATION
+_ENTRIES_ATTR = "_tavrida_entries"
+
+
+class Handler:
+    """One handler method and the payload keys it takes (computed once)."""
+
+    __slots__ = ("method_name", "message_type", "entry_point", "params", "required", "var_kw")
+
+    def __init__(self, method_name: str, message_type: str, ep: entry_point.EntryPoint,
+                 func: Callable[..., Any]) -> None:
+        self.method_name = method_name
+        self.message_type = message_type
+        self.entry_point = ep
+        parameters = list(inspect.signature(func).parameters.values())[1:]  # drop self
+        positional = [p for p in parameters
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if len(positional) < 2 and not any(p.kind == p.VAR_POSITIONAL for p in parameters):
+            raise exceptions.WrongHandlerParameters(
+                handler=method_name, entry_point=ep,
+                reason="a handler takes (self, message, proxy, ...)")
+        named = [p for p in parameters[2:]
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        self.params = frozenset(p.name for p in named)
+        self.required = frozenset(p.name for p in named if p.default is p.empty)
+        self.var_kw = any(p.kind == p.VAR_KEYWORD for p in parameters)
+        if message_type == messages.ERROR and (len(parameters) != 2 or self.var_kw):
+            raise exceptions.WrongHandlerParameters(
+                handler=method_name, entry_point=ep,
+                reason="an error handler takes exactly (self, error, proxy)")
+
+    def arguments(self, payload: Mapping[str, Any]) -> Dict[str, Any]:
+        """Keyword arguments for a payload: extra keys dropped, missing ones an error."""
+        if self.message_type == messages.ERROR:
+            return {}
+        missing = self.required.difference(payload)
+        if missing:
+            raise exceptions.WrongHandlerParameters(
+                handler=self.method_name, entry_point=self.entry_point,
+                reason=f"payload lacks required parameter(s) {', '.join(sorted(missing))}")
+        if self.var_kw:
+            return dict(payload)
+        return {k: v for k, v in payload.items() if k in self.params}
+
+
+class Dispatcher:
+    """Maps (message type, entry point) to a handler of one service class."""
+
+    def __init__(self) -> None:
+        self.handlers: Dict[Tuple[str, entry_point.EntryPoint], Handler] = {}
+
+    def register(self, ep: entry_point.EntryPoint, message_type: str,
+                 handler_method_name: str, func: Optional[Callable[..., Any]] = None,
+                 service_name: str = "") -> Handler:
+        """Register a handler; raises DuplicatedEntryPointRegistration."""
+        key = (message_type, ep)
+        if key in self.handlers:
+            raise exceptions.DuplicatedEntryPointRegistration(
+                entry_point=ep, message_type=message_type, service=service_name,
+                first=self.handlers[key].method_name, second=handler_method_name)
+        handler = Handler(handler_method_name, message_type, ep, func or (lambda s, m, p: None))
+        self.handlers[key] = handler
+        return handler
+
+    def find(self, ep: entry_point.EntryPoint, message_type: str) -> Optional[Handler]:
+        """The handler for a message type and entry point, or None."""
+        return self.handlers.get((message_type, ep))
+
+    def get_handler(self, ep: entry_point.EntryPoint, message_type: str) -> str:
+        """Name of the handler method; raises HandlerNotFound."""
+        handler = self.find(ep, message_type)
+        if handler is None:
+            raise exceptions.HandlerNotFound(message_type=message_type, entry_point=ep)
+        return handler.method_name
+
+    def _entries(self, message_type: str) -> Iterator[entry_point.EntryPoint]:
+        return (ep for (kind, ep) in self.handlers if kind == message_type)
+
+    def get_request_entry_services(self) -> Iterator[entry_point.EntryPoint]:
+        """Entry points this service handles requests for."""
+        return self._entries(messages.REQUEST)
+
+    def get_publishers(self) -> Iterator[entry_point.EntryPoint]:
+        """Remote entry points this service subscribes to."""
+        return self._entries(SUBSCRIPTION)
+
+    @property
+    def subscriptions(self) -> List[entry_point.EntryPoint]:
+        return list(self.get_publishers())
+
+    def handles_answers(self) -> bool:
+        """True when the service takes responses or errors (it makes calls)."""
+        return any(kind in (messages.RESPONSE, messages.ERROR) for kind, _ in self.handlers)
+
+
+def _mark(message_type: str, service: str, method: str) -> Callable[[F], F]:
+    ep = entry_point.EntryPoint(service, method)
+
+    def decorator(func: F) -> F:
+        entries = getattr(func, _ENTRIES_ATTR, None)
+        if entries is None:
+            entries = []
+            setattr(func, _ENTRIES_ATTR, entries)
+        if (message_type, ep) in entries:
+            raise exceptions.DuplicatedMethodRegistration(method=func.__qualname__, service=ep)
+        entries.append((message_type, ep))
+        return func
+
+    if not service or not method or "." in service or "." in method:
+        raise exceptions.WrongEntryPointFormat(value=f"{service}.{method}")
+    return decorator
+
+
+def rpc_method(service: str, method: str) -> Callable[[F], F]:
+    """Mark a method as the handler of requests to ``service.method`` (a local entry point)."""
+    return _mark(messages.REQUEST, service, method)
+
+
+def rpc_response_method(service: str, method: str) -> Callable[[F], F]:
+    """Mark a method as the handler of responses from remote ``service.method``."""
+    return _mark(messages.RESPONSE, service, method)
+
+
+def rpc_error_method(service: str, method: str) -> Callable[[F], F]:
+    """Mark a method as the handler of errors from remote ``service.method``.
+
+    The method takes exactly ``(self, error, proxy)``.
+    """
+    return _mark(messages.ERROR, service, method)
+
+
+def subscription_method(service: str, method: str) -> Callable[[F], F]:
+    """Mark a method as the handler of notifications published by ``service.method``."""
+    return _mark(SUBSCRIPTION, service, method)
+
+
+def rpc_service(service_name: str) -> Callable[[C], C]:
+    """Declare a :class:`~tavrida.service.ServiceController` subclass as service ``service_name``.
+
+    Raises NeedToBeController for other classes, DuplicatedEntryPointRegistration
+    when two methods handle the same entry point, and WrongHandlerParameters
+    for a bad handler signature or a request handler of another service.
+    """
+    if not isinstance(service_name, str) or not service_name or "." in service_name:
+        raise exceptions.WrongEntryPointFormat(value=service_name)
+
+    def decorator(cls: C) -> C:
+        from tavrida import service
+
+        if not (isinstance(cls, type) and issubclass(cls, service.ServiceController)):
+            raise exceptions.NeedToBeController(name=getattr(cls, "__qualname__", repr(cls)))
+        dispatcher = Dispatcher()
+        seen = set()
+        for klass in cls.__mro__:
+            for name, func in vars(klass).items():
+                if name in seen:
+                    continue
+                seen.add(name)
+                for message_type, ep in getattr(func, _ENTRIES_ATTR, ()):
+                    if message_type == messages.REQUEST and ep.service != service_name:
+                        raise exceptions.WrongHandlerParameters(
+                            handler=name, entry_point=ep,
+                            reason=f"service {service_name} can only handle requests "
+                                   f"to {service_name}.<method>")
+                    dispatcher.register(ep, message_type, name, func, service_name)
+        cls._tavrida_service_name = service_name
+        cls._dispatcher = dispatcher
+        return cls
+
+    return decorator

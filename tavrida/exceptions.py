@@ -1,0 +1,193 @@
+"""Exceptions raised by tavrida. All derive from :class:`TavridaError`.
+
+Each exception renders ``message_template`` with the keyword arguments it
+was raised with, so messages name the culprit (the entry point, the
+service, the header). ``code`` travels in the ``code`` field of Error
+messages.
+
+:class:`AckableException` marks errors after which the message is acked
+(it can never succeed); :class:`NackableException` marks errors after which
+the message is rejected and requeued for another try.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AckableException:
+    """Mixin: the message that caused this error is acked (not retried)."""
+
+
+class NackableException:
+    """Mixin: the message that caused this error is requeued for a retry."""
+
+
+class TavridaError(Exception):
+    """Root of every tavrida exception (``BaseException`` in 1.0's docs)."""
+
+    message_template = "An unknown tavrida error occurred"
+    code = 1000
+
+    def __init__(self, message: str = "", **kwargs: Any) -> None:
+        self.kwargs = kwargs
+        if not message:
+            try:
+                message = self.message_template % kwargs
+            except (KeyError, TypeError, ValueError):
+                message = self.message_template
+        self.message = message
+        super().__init__(message)
+
+
+# The 1.0 name, kept for compatibility; it shadows the builtin only here.
+BaseException = TavridaError  # noqa: A001
+
+
+class BaseAckableException(TavridaError, AckableException):
+    """A tavrida error after which the message is acked."""
+
+
+class BaseNackableException(TavridaError, NackableException):
+    """A tavrida error after which the message is requeued."""
+
+
+class CantRegisterRemotePublisher(TavridaError):
+    message_template = (
+        "Service %(service)s cannot subscribe to %(publisher)s: "
+        "%(publisher)s has no notifications exchange in %(ds_file)s"
+    )
+
+
+class ConfigFileIsNotDefined(TavridaError):
+    message_template = "Discovery file is not defined"
+
+
+class DuplicatedEntryPointRegistration(BaseAckableException):
+    message_template = (
+        "Entry point %(entry_point)s (%(message_type)s) is registered twice in "
+        "%(service)s: by %(first)s and %(second)s"
+    )
+
+
+class DuplicatedMethodRegistration(TavridaError):
+    message_template = "Method %(method)s is registered twice in %(service)s"
+
+
+class DuplicatedServiceRegistration(BaseAckableException):
+    message_template = (
+        "Service %(service)s is registered twice in one server: "
+        "%(first)s and %(second)s"
+    )
+
+
+class FieldMustExist(BaseAckableException):
+    message_template = "Header %(field)s must exist"
+
+
+class FieldMustFullyDefined(BaseAckableException):
+    message_template = "Field %(field)s must be fully defined"
+
+
+class ForbiddenHeaders(TavridaError):
+    message_template = "Headers %(headers)s are reserved by tavrida"
+
+
+class HandlerNotFound(BaseAckableException):
+    message_template = "No %(message_type)s handler for %(entry_point)s"
+
+
+class IncorrectAMQPConfig(TavridaError):
+    message_template = "Incorrect connection config: %(reason)s"
+
+
+class IncorrectAMQPLibrary(TavridaError):
+    message_template = "Unknown transport %(name)s"
+
+
+class IncorrectMessage(BaseAckableException):
+    message_template = "Incorrect message: %(reason)s"
+
+
+class IncorrectOutgoingMessage(TavridaError):
+    message_template = "Incorrect outgoing message: %(reason)s"
+
+
+class NeedToBeController(TavridaError):
+    message_template = "%(name)s must be a subclass of tavrida.service.ServiceController"
+
+
+class PublisherEndpointNotFound(BaseAckableException):
+    message_template = "No notification exchange registered for publisher %(service)s"
+
+
+class ServiceIsNotRegister(BaseAckableException):
+    message_template = "Service %(service)s is not registered"
+
+
+class ServiceNotFound(BaseAckableException):
+    message_template = "No local service %(service)s handles this message"
+
+
+class SubscriptionHandlerNotFound(BaseAckableException):
+    message_template = "No subscription handler for %(entry_point)s"
+
+
+class UnableToDiscover(BaseAckableException):
+    message_template = "Unable to discover the exchange of service %(service)s"
+
+
+class UnknownService(BaseAckableException):
+    message_template = "Unknown service %(service)s"
+
+
+class UnsuitableFieldValue(BaseAckableException):
+    message_template = "Header %(field)s has an unsuitable value %(value)r"
+
+
+class WrongEntryPointFormat(BaseAckableException):
+    message_template = "Wrong entry point format: %(value)r"
+
+
+class WrongResponse(TavridaError):
+    message_template = "Wrong response: %(reason)s"
+
+
+class WrongHandlerParameters(BaseAckableException):
+    """The payload does not match the handler's parameters."""
+
+    message_template = "Handler %(handler)s of %(entry_point)s: %(reason)s"
+
+
+class PublishFailed(TavridaError):
+    """The broker did not take a message (nack, unroutable, connection lost)."""
+
+    message_template = "Publishing to %(exchange)s/%(routing_key)s failed: %(reason)s"
+
+
+class RemoteError(TavridaError):
+    """The remote service answered a blocking call with an Error message.
+
+    ``remote_class``, ``remote_name``, ``remote_message`` and ``code`` are
+    the fields of the Error payload.
+    """
+
+    message_template = "%(remote_class)s: %(remote_message)s"
+
+    def __init__(self, remote_class: str = "", remote_name: str = "",
+                 remote_message: str = "", code: int = 1000, **kwargs: Any) -> None:
+        self.remote_class = remote_class
+        self.remote_name = remote_name
+        self.remote_message = remote_message
+        self.code = code
+        super().__init__(remote_class=remote_class, remote_name=remote_name,
+                         remote_message=remote_message, **kwargs)
+
+
+class CallTimeout(TavridaError):
+    """A blocking call got no answer in time."""
+
+    message_template = (
+        "No answer from %(destination)s within %(timeout)ss "
+        "(correlation_id %(correlation_id)s)"
+    )

@@ -1,0 +1,285 @@
+"""Messages: what handlers receive and what they send.
+
+Every message has seven tavrida headers (``correlation_id``,
+``request_id``, ``message_id``, ``message_type``, ``reply_to``,
+``source``, ``destination``), a ``context`` dict and a ``payload`` dict.
+The headers are exposed as read-only properties; :attr:`Message.headers`
+is a mutable dict of the same values plus any user headers (the two are
+not kept in sync, as in 1.0).
+
+Incoming classes are built by the server from the wire; outgoing classes
+are built by proxies and handlers. tavrida 2 gives every message a fresh
+``message_id`` (1.0 reused the request's in its responses); ``request_id``
+pairs a request with its response or error; ``correlation_id`` is kept
+along a whole chain of calls.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Dict, Mapping, Optional, Type
+
+from tavrida import entry_point, exceptions
+
+REQUEST = "request"
+RESPONSE = "response"
+ERROR = "error"
+NOTIFICATION = "notification"
+MESSAGE_TYPES = (REQUEST, RESPONSE, ERROR, NOTIFICATION)
+
+#: The headers tavrida owns; everything else in ``headers`` is the user's.
+TAVRIDA_HEADERS = ("correlation_id", "request_id", "message_id", "message_type",
+                   "reply_to", "source", "destination")
+#: Headers an incoming message must carry (``reply_to`` may be absent).
+REQUIRED_HEADERS = ("correlation_id", "message_id", "request_id", "message_type",
+                    "source", "destination")
+#: Error code sent when an exception has no ``code`` attribute.
+DEFAULT_ERROR_CODE = 1000
+
+
+def new_id() -> str:
+    """A fresh message or request id: 32 lowercase hex characters."""
+    return uuid.uuid4().hex
+
+
+def new_correlation_id() -> str:
+    """A fresh correlation id, spelled as tavrida 1.0 does (36 characters)."""
+    return str(uuid.uuid4())
+
+
+def user_headers(headers: Mapping[str, Any]) -> Dict[str, Any]:
+    """The headers of ``headers`` that are not tavrida's own."""
+    return {k: v for k, v in headers.items() if k not in TAVRIDA_HEADERS}
+
+
+def get_fqcn(obj: Any) -> str:
+    """``module.ClassName`` of an object or class (fully qualified class name)."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class Message:
+    """Base message: headers, context and payload."""
+
+    message_type = ""
+
+    def __init__(self, headers: Mapping[str, Any], context: Optional[Mapping[str, Any]],
+                 payload: Optional[Mapping[str, Any]]) -> None:
+        headers = dict(headers)
+        headers["message_type"] = self.message_type
+        headers.setdefault("message_id", new_id())
+        headers.setdefault("request_id", new_id())
+        if not headers.get("correlation_id"):
+            headers["correlation_id"] = new_correlation_id()
+        for name in ("reply_to", "source", "destination"):
+            headers[name] = str(headers.get(name) or "")
+        self._correlation_id = str(headers["correlation_id"])
+        self._request_id = str(headers["request_id"])
+        self._message_id = str(headers["message_id"])
+        self._reply_to = entry_point.parse(headers["reply_to"])
+        self._source = entry_point.parse(headers["source"], source=True)
+        self._destination = entry_point.parse(headers["destination"], destination=True)
+        self.headers = headers
+        self.context: Dict[str, Any] = dict(context or {})
+        self.payload: Dict[str, Any] = dict(payload or {})
+
+    correlation_id = property(lambda self: self._correlation_id,
+                              doc="Id of the whole chain of calls.")
+    request_id = property(lambda self: self._request_id,
+                          doc="Id of one request and its response or error.")
+    message_id = property(lambda self: self._message_id, doc="Id of this message.")
+    reply_to = property(lambda self: self._reply_to,
+                        doc="Entry point answers go to (empty unless a call).")
+    source = property(lambda self: self._source, doc="Entry point the message comes from.")
+    destination = property(lambda self: self._destination,
+                           doc="Entry point the message goes to.")
+
+    @property
+    def type(self) -> str:
+        return self.message_type
+
+    @property
+    def body(self) -> Dict[str, Any]:
+        """The JSON envelope as a dict."""
+        return {"context": self.context, "payload": self.payload}
+
+    def body_serialize(self) -> str:
+        """The JSON envelope as text."""
+        from tavrida import wire
+
+        return wire.dumps(self.body)
+
+    def update_context(self, context: Mapping[str, Any]) -> None:
+        """Merge ``context`` into this message's context."""
+        self.context.update(context)
+
+    def wire_headers(self) -> Dict[str, Any]:
+        """Headers as they go on the wire: the seven from the properties, then the user's."""
+        result = user_headers(self.headers)
+        result.update(
+            correlation_id=self._correlation_id,
+            request_id=self._request_id,
+            message_id=self._message_id,
+            message_type=self.message_type,
+            reply_to=self._reply_to.to_routing_key(),
+            source=self._source.to_routing_key(),
+            destination=self._destination.to_routing_key(),
+        )
+        return result
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self._source}->{self._destination} "
+                f"correlation_id={self._correlation_id} payload={self.payload!r}>")
+
+
+class Incoming:
+    """Marker: a message received from the broker."""
+
+
+class Outgoing:
+    """Marker: a message to send."""
+
+
+class BaseResponse(Message):
+    message_type = RESPONSE
+
+
+class BaseError(Message):
+    message_type = ERROR
+
+
+class IncomingRequest(Message, Incoming):
+    """A request received by a service."""
+
+    message_type = REQUEST
+
+    def make_error(self, exception: BaseException) -> "Error":
+        """An Error answering this request."""
+        return Error.create_by_request(self, exception)
+
+
+class IncomingRequestCall(IncomingRequest):
+    """A request whose sender waits for an answer (``reply_to`` is set)."""
+
+    def make_response(self, **payload: Any) -> "Response":
+        """A Response answering this request."""
+        return Response.create_by_request(self, payload)
+
+
+class IncomingRequestCast(IncomingRequest):
+    """A request whose sender wants no answer."""
+
+
+class IncomingResponse(BaseResponse, Incoming):
+    """A response received by the caller's response handler."""
+
+
+class IncomingError(BaseError, Incoming):
+    """An error received by the caller's error handler.
+
+    ``payload`` has ``class``, ``name``, ``message`` and ``code``.
+    """
+
+
+class IncomingNotification(Message, Incoming):
+    """A notification received by a subscriber."""
+
+    message_type = NOTIFICATION
+
+
+class Request(Message, Outgoing):
+    """A request to send to a remote entry point."""
+
+    message_type = REQUEST
+
+    @classmethod
+    def create_transfer(cls, headers: Mapping[str, Any], context: Optional[Mapping[str, Any]],
+                        **payload: Any) -> "Request":
+        """A request forwarding another one's payload."""
+        return cls(headers, context, payload)
+
+
+def _answer_headers(request: Message) -> Dict[str, Any]:
+    destination = request.reply_to if request.reply_to else request.source
+    headers = user_headers(request.headers)
+    headers.update(correlation_id=request.correlation_id, request_id=request.request_id,
+                   source=str(request.destination), reply_to="",
+                   destination=destination.to_routing_key())
+    return headers
+
+
+class Response(BaseResponse, Outgoing):
+    """A response to send back to the caller."""
+
+    @classmethod
+    def create_by_request(cls, request: Message,
+                          payload: Optional[Mapping[str, Any]]) -> "Response":
+        """Answer ``request`` with ``payload``: same request and correlation ids."""
+        return cls(_answer_headers(request), request.context, payload)
+
+
+class Error(BaseError, Outgoing):
+    """An error to send back to the caller, made from an exception."""
+
+    def __init__(self, headers: Mapping[str, Any], context: Optional[Mapping[str, Any]],
+                 exception: Any) -> None:
+        if isinstance(exception, BaseException):
+            payload = error_payload(exception)
+        elif isinstance(exception, Mapping):
+            payload = dict(exception)
+        else:
+            raise exceptions.IncorrectOutgoingMessage(
+                reason=f"Error needs an exception or a payload dict, got {exception!r}")
+        super().__init__(headers, context, payload)
+
+    @classmethod
+    def create_by_request(cls, request: Message, exception: Any) -> "Error":
+        """Answer ``request`` with an error made from ``exception``."""
+        return cls(_answer_headers(request), request.context, exception)
+
+
+class Notification(Message, Outgoing):
+    """A notification to publish on the service's notification exchange."""
+
+    message_type = NOTIFICATION
+
+
+def error_payload(exception: BaseException) -> Dict[str, Any]:
+    """The Error payload for ``exception``: ``class``, ``name``, ``message``, ``code``."""
+    code = getattr(exception, "code", DEFAULT_ERROR_CODE)
+    if not isinstance(code, int) or isinstance(code, bool):
+        code = DEFAULT_ERROR_CODE
+    return {"class": get_fqcn(exception), "name": type(exception).__name__,
+            "message": str(exception), "code": code}
+
+
+_INCOMING: Dict[str, Type[Message]] = {
+    RESPONSE: IncomingResponse,
+    ERROR: IncomingError,
+    NOTIFICATION: IncomingNotification,
+}
+
+
+class IncomingMessageFactory:
+    """Creates incoming message objects from headers, context and payload."""
+
+    def get_class(self, message_type: str, reply_to: Any) -> Type[Message]:
+        """The incoming class for ``message_type`` (requests: call or cast by ``reply_to``)."""
+        if message_type == REQUEST:
+            return IncomingRequestCall if reply_to else IncomingRequestCast
+        try:
+            return _INCOMING[message_type]
+        except KeyError:
+            raise exceptions.UnsuitableFieldValue(field="message_type",
+                                                  value=message_type) from None
+
+    def create(self, headers: Mapping[str, Any], context: Optional[Mapping[str, Any]],
+               payload: Optional[Mapping[str, Any]]) -> Message:
+        """The incoming message for these parts."""
+        cls = self.get_class(headers.get("message_type", ""), headers.get("reply_to"))
+        return cls(headers, context, payload)
+
+    def create_notification(self, headers: Mapping[str, Any],
+                            context: Optional[Mapping[str, Any]],
+                            payload: Optional[Mapping[str, Any]]) -> IncomingNotification:
+        return IncomingNotification(headers, context, payload)

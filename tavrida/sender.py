@@ -1,0 +1,81 @@
+"""The sender: turns outgoing messages into envelopes and publishes them.
+
+One sender serves one service (or one client): it resolves exchanges
+through that service's discovery, encodes with :mod:`tavrida.wire` and
+hands the bytes to the transport. It is the ``postprocessor`` that 1.0's
+``ServiceController(postprocessor)`` and the proxies take.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterable, List, Optional
+
+from tavrida import discovery as discovery_mod
+from tavrida import messages, wire
+from tavrida.transports.base import OutgoingEnvelope, Transport
+
+LOG = logging.getLogger(__name__)
+
+Observer = Callable[[messages.Message], None]
+
+
+class Sender:
+    """Publishes the messages of one service or client."""
+
+    def __init__(self, transport: Optional[Transport],
+                 discovery: Optional[discovery_mod.AbstractDiscovery],
+                 persistent: bool = True, source: str = "") -> None:
+        self.transport = transport
+        self.discovery = discovery or discovery_mod.LocalDiscovery()
+        self.persistent = persistent
+        #: Service or client this sender speaks for (for logs).
+        self.source = source
+        #: Called with every message after it is published (tests capture with it).
+        self.observers: List[Observer] = []
+        #: Set by a client that waits for answers (see :mod:`tavrida.client`).
+        self.replies = None
+
+    def exchange_of(self, message: messages.Message) -> str:
+        """Exchange a message goes to; raises UnableToDiscover or PublisherEndpointNotFound."""
+        if message.message_type == messages.NOTIFICATION:
+            return self.discovery.get_local_publisher(message.source.service)
+        return self.discovery.get_remote(message.destination.service)
+
+    def routing_key_of(self, message: messages.Message) -> str:
+        if message.message_type == messages.NOTIFICATION:
+            return message.source.to_routing_key()
+        return message.destination.to_routing_key()
+
+    def envelope(self, message: messages.Message) -> OutgoingEnvelope:
+        """The envelope for a message: exchange, routing key, bytes, headers."""
+        body, headers = wire.encode(message)
+        return OutgoingEnvelope(self.exchange_of(message), self.routing_key_of(message),
+                                body, headers, persistent=self.persistent)
+
+    def send(self, message: messages.Message) -> None:
+        """Publish one message; returns when the broker has it."""
+        envelope = self.envelope(message)
+        if self.transport is None:
+            raise RuntimeError(f"{self.source or 'sender'} is not connected to a transport")
+        self.transport.publish(envelope)
+        if LOG.isEnabledFor(logging.DEBUG):
+            LOG.debug("sent %s to %s/%s", message.message_type, envelope.exchange,
+                      envelope.routing_key)
+        for observer in self.observers:
+            observer(message)
+
+    def send_many(self, batch: Iterable[messages.Message]) -> None:
+        """Publish several messages, pipelining confirms where the transport can."""
+        batch = list(batch)
+        if self.transport is None:
+            raise RuntimeError(f"{self.source or 'sender'} is not connected to a transport")
+        self.transport.publish_many([self.envelope(message) for message in batch])
+        for message in batch:
+            for observer in self.observers:
+                observer(message)
+
+    def heartbeat(self) -> None:
+        """Keep the broker connection alive (long handlers call it)."""
+        if self.transport is not None:
+            self.transport.heartbeat()

@@ -1,0 +1,384 @@
+"""The server: consumes one queue and runs the handlers of its services.
+
+What happens to each message (the delivery guarantees):
+
+* it is acked only after its handler returned and any answer was
+  published (at-least-once: a crash before that means a redelivery);
+* a call always gets exactly one answer: the handler's Response, an empty
+  Response when the handler returned None, or an Error when it raised;
+* a message that cannot be handled (bad headers or body, no such service
+  or handler, a failing cast or notification handler) is logged and,
+  unless an Error answer went back to a caller, copied to the dead-letter
+  queue ``<queue>.dead`` with the reason, then acked;
+* a handler raising a :class:`~tavrida.exceptions.NackableException` has
+  its message requeued.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import signal
+import threading
+from typing import Any, Callable, Iterable, List, Optional, Union
+
+from tavrida import config as config_mod
+from tavrida import exceptions, messages, wire
+from tavrida.proxies import RPCProxy
+from tavrida.router import Router, check_service_classes
+from tavrida.sender import Sender
+from tavrida.service import ServiceController
+from tavrida.transports import create_transport
+from tavrida.transports.base import (
+    DEAD_LETTER_EXCHANGE_HEADER,
+    DEAD_LETTER_QUEUE_HEADER,
+    DEAD_LETTER_REASON_HEADER,
+    DEAD_LETTER_ROUTING_KEY_HEADER,
+    Binding,
+    Delivery,
+    OutgoingEnvelope,
+    Topology,
+    Transport,
+    dead_letter_queue_name,
+)
+
+LOG = logging.getLogger(__name__)
+
+#: Called with (message or None, exception, raised_by_handler) on every failure.
+ErrorHook = Callable[[Optional[messages.Message], BaseException, bool], None]
+
+
+class Server:
+    """Serves ``service_list`` on ``queue_name``, bound to ``exchange_name``.
+
+    ``config`` is a :class:`~tavrida.config.ConnectionConfig` or a URL.
+    ``workers`` > 0 runs handlers in that many threads (acks still happen on
+    the connection's thread); ``prefetch_count`` bounds the un-acked
+    messages held (default: the config's). :meth:`run` blocks until
+    :meth:`stop` is called from another thread or SIGTERM/SIGINT arrives.
+    """
+
+    def __init__(self, config: Union[config_mod.ConnectionConfig, str], queue_name: str,
+                 exchange_name: str, service_list: Iterable[type], *, workers: int = 0,
+                 prefetch_count: Optional[int] = None,
+                 max_body_size: int = wire.DEFAULT_MAX_BODY_SIZE,
+                 transport: Optional[Transport] = None) -> None:
+        if not queue_name or not exchange_name:
+            raise exceptions.IncorrectAMQPConfig(
+                reason="Server needs a queue_name and an exchange_name")
+        if workers < 0:
+            raise exceptions.IncorrectAMQPConfig(reason="workers must be >= 0")
+        self.config = config_mod.as_config(config)
+        self.queue_name = queue_name
+        self.exchange_name = exchange_name
+        self.service_classes = check_service_classes(service_list)
+        self.workers = workers
+        self.prefetch_count = (self.config.prefetch_count if prefetch_count is None
+                               else prefetch_count)
+        self.max_body_size = max_body_size
+        self.dead_letter_queue = dead_letter_queue_name(queue_name)
+        self.transport = transport
+        self.controllers: List[ServiceController] = []
+        self.router: Optional[Router] = None
+        #: Called on every handler or message failure (the test helpers use it).
+        self.error_hooks: List[ErrorHook] = []
+        self._stopping = threading.Event()
+        self._started = False
+        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
+        #: Messages taken so far (handled, answered or dead-lettered).
+        self.handled = 0
+
+    # -- topology ---------------------------------------------------------
+
+    def topology(self) -> Topology:
+        """Exchanges, queues and bindings this server declares at start."""
+        exchanges = [self.exchange_name]
+        bindings = []
+        for cls in self.service_classes:
+            discovery = cls.get_discovery()
+            for group in discovery.get_all_exchanges().values():
+                exchanges.extend(group.values())
+            dispatcher = cls.get_dispatcher()
+            name = cls.service_name()
+            if any(True for _ in dispatcher.get_request_entry_services()) or \
+                    dispatcher.handles_answers():
+                bindings.append(Binding(self.queue_name, self.exchange_name, f"{name}.#"))
+            for ep in dispatcher.get_publishers():
+                exchange = discovery.get_remote_publisher(ep.service)
+                exchanges.append(exchange)
+                bindings.append(Binding(self.queue_name, exchange,
+                                        f"{ep.service}.{ep.method}.#"))
+        return Topology.build(exchanges, [self.queue_name, self.dead_letter_queue], bindings)
+
+    # -- life cycle -------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect, create the controllers, declare the topology and start consuming."""
+        if self._started:
+            return
+        topology = self.topology()
+        if self.transport is None:
+            self.transport = create_transport(self.config)
+        self.controllers = [
+            cls(Sender(self.transport, cls.get_discovery(), self.config.persistent,
+                       source=cls.service_name()))
+            for cls in self.service_classes]
+        self.router = Router(self.controllers)
+        self.transport.declare(topology)
+        if self.workers:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                self.workers, thread_name_prefix=f"tavrida-{self.queue_name}")
+            on_message = self._submit
+        else:
+            on_message = self.handle
+        self.transport.consume(self.queue_name, on_message, self.prefetch_count)
+        self._started = True
+        LOG.info("server on queue %s started with services %s (%s)", self.queue_name,
+                 ", ".join(c.service_name() for c in self.controllers), self.config.safe_url)
+
+    def drain(self, timeout: float = 0.0) -> bool:
+        """Handle what is waiting, waiting at most ``timeout`` seconds for it."""
+        self.start()
+        assert self.transport is not None
+        return self.transport.drain(timeout)
+
+    def run(self) -> None:
+        """Serve until :meth:`stop` (or SIGTERM / SIGINT in the main thread)."""
+        restore = self._install_signal_handlers()
+        try:
+            self.start()
+            assert self.transport is not None
+            while not self._stopping.is_set():
+                self.transport.drain(1.0)
+            self._finish()
+        finally:
+            for signum, handler in restore:
+                signal.signal(signum, handler)
+            self.close()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to stop: take no new message, finish and ack those in hand."""
+        self._stopping.set()
+        if self.transport is not None:
+            self.transport.stop()
+
+    def close(self) -> None:
+        """Close the connection; un-acked messages go back to the queue."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if self.transport is not None:
+            self.transport.close()
+        self._started = False
+
+    def _finish(self) -> None:
+        # Stop deliveries first, then keep the loop turning so that acks
+        # queued by workers are performed before the connection closes.
+        assert self.transport is not None
+        self.transport.cancel()
+        while self._inflight:
+            self.transport.drain(0.05)
+        LOG.info("server on queue %s stopped", self.queue_name)
+
+    def _install_signal_handlers(self) -> list:
+        if threading.current_thread() is not threading.main_thread():
+            return []
+        restore = []
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            restore.append((signum, signal.getsignal(signum)))
+            signal.signal(signum, lambda *_: self.stop())
+        return restore
+
+    # -- handling ---------------------------------------------------------
+
+    def _submit(self, delivery: Delivery) -> None:
+        with self._inflight_lock:
+            self._inflight += 1
+        assert self._executor is not None
+        self._executor.submit(self._handle_in_worker, delivery)
+
+    def _handle_in_worker(self, delivery: Delivery) -> None:
+        try:
+            self.handle(delivery)
+        finally:
+            with self._inflight_lock:
+                self._inflight -= 1
+            if self.transport is not None:
+                self.transport.stop()
+
+    def handle(self, delivery: Delivery) -> None:
+        """Handle one delivery to the end: answer, dead-letter or requeue, then ack.
+
+        Never raises: when the broker fails us half-way (a dead letter or an
+        answer cannot be published) the message is requeued, not lost.
+        """
+        try:
+            self._handle(delivery)
+        except Exception as exc:  # noqa: BLE001
+            LOG.exception("could not finish a message from %s", delivery.queue)
+            self._recover(delivery, exc)
+
+    def _recover(self, delivery: Delivery, exc: Exception) -> None:
+        # First failure: requeue (the broker or a publish may be back next
+        # time). A redelivered message that fails again goes to the
+        # dead-letter queue, so it cannot spin for ever.
+        try:
+            if delivery.redelivered:
+                self._dead_letter(delivery, f"failed twice: {messages.get_fqcn(exc)}: {exc}")
+                delivery.ack()
+            else:
+                delivery.reject(requeue=True)
+        except Exception:  # noqa: BLE001
+            LOG.exception("could not settle the message; the broker will redeliver it")
+
+    def _handle(self, delivery: Delivery) -> None:
+        self.handled += 1
+        try:
+            message = wire.decode(delivery.body, delivery.headers, delivery.properties,
+                                  self.max_body_size)
+        except exceptions.IncorrectMessage as exc:
+            LOG.error("bad message on queue %s (routing key %r): %s", delivery.queue,
+                      delivery.routing_key, exc)
+            self._notify(None, exc)
+            headers = getattr(exc, "headers", None)
+            if headers is None or not self._answer_bad(headers, exc):
+                self._dead_letter(delivery, str(exc))
+            delivery.ack()
+            return
+        message.update_context(message.payload)
+        assert self.router is not None
+        try:
+            targets = self.router.route(message)
+        except exceptions.TavridaError as exc:
+            LOG.error("cannot dispatch %r: %s", message, exc)
+            self._fail(delivery, message, exc)
+            delivery.ack()
+            return
+        for controller, handler in targets:
+            proxy = RPCProxy(controller.postprocessor, self._proxy_source(message, controller,
+                                                                          handler.method_name),
+                             message.context, message.correlation_id,
+                             messages.user_headers(message.headers))
+            try:
+                answer = controller.process(handler, message, proxy)
+            except Exception as exc:  # noqa: BLE001 - any handler failure is reported
+                if isinstance(exc, exceptions.NackableException):
+                    LOG.warning("handler %s asked to retry %r: %s", handler.method_name,
+                                message, exc)
+                    delivery.reject(requeue=True)
+                    return
+                self._notify(message, exc, by_handler=True)
+                if isinstance(message, messages.IncomingRequestCall):
+                    LOG.warning("handler %s raised %s on %r; answering with an Error",
+                                handler.method_name, messages.get_fqcn(exc), message,
+                                exc_info=LOG.isEnabledFor(logging.DEBUG))
+                    answer = self._error_answer(controller, message, exc)
+                else:
+                    LOG.exception("handler %s failed on %r", handler.method_name, message)
+                    self._dead_letter(delivery, f"handler {handler.method_name} raised "
+                                                f"{messages.get_fqcn(exc)}: {exc}")
+                    continue
+            if answer is not None and isinstance(message, messages.IncomingRequestCall):
+                self._send_answer(controller, answer, delivery)
+        delivery.ack()
+
+    @staticmethod
+    def _proxy_source(message: messages.Message, controller: ServiceController,
+                      method_name: str) -> str:
+        if message.message_type == messages.REQUEST:
+            return str(message.destination)
+        return f"{controller.service_name()}.{method_name}"
+
+    def _error_answer(self, controller: ServiceController, message: messages.Message,
+                      exc: BaseException) -> messages.Error:
+        error = messages.Error.create_by_request(message, exc)
+        try:
+            return controller.run_outgoing(error)
+        except Exception as middleware_exc:  # noqa: BLE001
+            LOG.exception("outgoing middleware failed on %r", error)
+            return messages.Error.create_by_request(message, middleware_exc)
+
+    def _send_answer(self, controller: ServiceController, answer: messages.Message,
+                     delivery: Delivery) -> None:
+        """Publish an answer; one that cannot be routed dead-letters its request.
+
+        Broker trouble propagates, so :meth:`handle` requeues the request.
+        """
+        try:
+            controller.postprocessor.send(answer)
+        except (exceptions.UnableToDiscover, exceptions.IncorrectOutgoingMessage) as exc:
+            LOG.error("cannot send %r: %s", answer, exc)
+            self._notify(answer, exc)
+            self._dead_letter(delivery, f"answer not sent: {exc}")
+
+    def _fail(self, delivery: Delivery, message: messages.Message,
+              exc: exceptions.TavridaError) -> None:
+        """Answer a call that cannot be dispatched with an Error, or dead-letter it."""
+        self._notify(message, exc)
+        if isinstance(message, messages.IncomingRequestCall):
+            controller = self._controller_for(message)
+            if controller is not None:
+                self._send_answer(controller, messages.Error.create_by_request(message, exc),
+                                  delivery)
+                return
+        self._dead_letter(delivery, str(exc))
+
+    def _answer_bad(self, headers: dict, exc: exceptions.IncorrectMessage) -> bool:
+        """Send an Error for a malformed call whose headers could be read."""
+        if headers.get("message_type") != messages.REQUEST or not headers.get("reply_to"):
+            return False
+        request = messages.IncomingRequestCall(headers, {}, {})
+        controller = self._controller_for(request)
+        if controller is None:
+            return False
+        try:
+            controller.postprocessor.send(messages.Error.create_by_request(request, exc))
+        except Exception as send_exc:  # noqa: BLE001
+            LOG.error("cannot answer bad message: %s", send_exc)
+            return False
+        return True
+
+    def _controller_for(self, message: messages.Message) -> Optional[ServiceController]:
+        """A controller whose discovery can reach the caller of ``message``."""
+        assert self.router is not None
+        own = self.router.services.get(message.destination.service)
+        candidates = [own] if own is not None else []
+        candidates += [c for c in self.controllers if c is not own]
+        reply = message.reply_to
+        for controller in candidates:
+            try:
+                controller.postprocessor.discovery.get_remote(reply.service)
+            except exceptions.TavridaError:
+                continue
+            return controller
+        return None
+
+    def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Copy the original bytes and headers to the dead-letter queue with the reason."""
+        headers = dict(delivery.headers or {})
+        headers[DEAD_LETTER_REASON_HEADER] = reason
+        headers[DEAD_LETTER_QUEUE_HEADER] = delivery.queue
+        headers[DEAD_LETTER_EXCHANGE_HEADER] = delivery.exchange or ""
+        headers[DEAD_LETTER_ROUTING_KEY_HEADER] = delivery.routing_key or ""
+        properties = delivery.properties or {}
+        envelope = OutgoingEnvelope("", self.dead_letter_queue, bytes(delivery.body or b""),
+                                    headers, content_type=properties.get("content_type"),
+                                    content_encoding=properties.get("content_encoding"),
+                                    persistent=True)
+        assert self.transport is not None
+        self.transport.publish(envelope)
+        LOG.warning("dead-lettered a message from %s to %s: %s", delivery.queue,
+                    self.dead_letter_queue, reason)
+
+    def _notify(self, message: Optional[messages.Message], exc: BaseException,
+                by_handler: bool = False) -> None:
+        for hook in self.error_hooks:
+            hook(message, exc, by_handler)
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

@@ -1,0 +1,128 @@
+"""Service controllers: the classes users write handlers on.
+
+A controller runs a message through its incoming middlewares, calls the
+handler, and turns what the handler returned into the answer to send:
+a :class:`~tavrida.messages.Response`, an :class:`~tavrida.messages.Error`
+or nothing. Outgoing middlewares see that answer last.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar, List, Optional
+
+from tavrida import discovery as discovery_mod
+from tavrida import exceptions, messages
+from tavrida.dispatcher import Dispatcher, Handler
+from tavrida.middleware import Middleware
+
+LOG = logging.getLogger(__name__)
+
+
+class ServiceController:
+    """Base class of services; declare one with :func:`tavrida.dispatcher.rpc_service`.
+
+    Instantiated by the server with its ``postprocessor`` (the sender that
+    publishes for this service). Override ``__init__`` to add middlewares,
+    calling ``super().__init__(postprocessor)`` first.
+    """
+
+    _tavrida_service_name: ClassVar[str] = ""
+    _dispatcher: ClassVar[Dispatcher] = Dispatcher()
+    _discovery: ClassVar[Optional[discovery_mod.AbstractDiscovery]] = None
+
+    def __init__(self, postprocessor: Any) -> None:
+        self.postprocessor = postprocessor
+        self.incoming_middlewares: List[Middleware] = []
+        self.outgoing_middlewares: List[Middleware] = []
+
+    @classmethod
+    def service_name(cls) -> str:
+        """The name given to :func:`~tavrida.dispatcher.rpc_service`."""
+        return cls._tavrida_service_name
+
+    @classmethod
+    def set_discovery(cls, discovery: discovery_mod.AbstractDiscovery) -> None:
+        """Bind the discovery this service resolves exchanges with (before the server starts)."""
+        if not isinstance(discovery, discovery_mod.AbstractDiscovery):
+            raise exceptions.IncorrectAMQPConfig(
+                reason=f"{cls.__qualname__}.set_discovery needs an AbstractDiscovery, "
+                       f"got {type(discovery).__name__}")
+        cls._discovery = discovery
+
+    @classmethod
+    def get_discovery(cls) -> discovery_mod.AbstractDiscovery:
+        """This service's discovery; an empty LocalDiscovery when none was set."""
+        if cls.__dict__.get("_discovery") is None:
+            cls._discovery = discovery_mod.LocalDiscovery()
+        return cls._discovery  # type: ignore[return-value]
+
+    @classmethod
+    def get_dispatcher(cls) -> Dispatcher:
+        return cls._dispatcher
+
+    def add_incoming_middleware(self, middleware: Middleware) -> None:
+        """Append a middleware that sees incoming messages before the handler."""
+        self.incoming_middlewares.append(middleware)
+
+    def add_outgoing_middleware(self, middleware: Middleware) -> None:
+        """Append a middleware that sees the Response or Error a handler produced."""
+        self.outgoing_middlewares.append(middleware)
+
+    def send_heartbeat(self) -> None:
+        """Keep the broker connection alive from a long-running handler."""
+        self.postprocessor.heartbeat()
+
+    def process(self, method: Any, message: messages.Message, proxy: Any) -> Any:
+        """Run middlewares and the handler; return the answer (Response, Error) or None.
+
+        ``method`` is a :class:`~tavrida.dispatcher.Handler` or a method name.
+        An exception in a middleware or the handler propagates; the server
+        turns it into an Error for calls.
+        """
+        for middleware in self.incoming_middlewares:
+            result = middleware.process(message)
+            if isinstance(result, (messages.Response, messages.Error)):
+                return result
+            if not isinstance(result, messages.Incoming) or (
+                    result.message_type != message.message_type):
+                raise exceptions.WrongResponse(
+                    reason=f"incoming middleware {type(middleware).__name__} returned "
+                           f"{type(result).__name__}; expected {type(message).__name__}, "
+                           f"Response or Error")
+            message = result
+        handler = method if isinstance(method, Handler) else self._handler_named(method, message)
+        result = getattr(self, handler.method_name)(message, proxy,
+                                                    **handler.arguments(message.payload))
+        return self.make_answer(message, result)
+
+    def _handler_named(self, name: str, message: messages.Message) -> Handler:
+        for handler in self.get_dispatcher().handlers.values():
+            if handler.method_name == name and handler.message_type == message.message_type:
+                return handler
+        raise exceptions.HandlerNotFound(message_type=message.message_type, entry_point=name)
+
+    def make_answer(self, message: messages.Message, result: Any) -> Any:
+        """Turn a handler's return value into the answer to send (or None)."""
+        if not isinstance(message, messages.IncomingRequestCall):
+            return None
+        if result is None:
+            result = {}
+        if isinstance(result, dict):
+            result = messages.Response.create_by_request(message, result)
+        elif not isinstance(result, (messages.Response, messages.Error)):
+            raise exceptions.WrongResponse(
+                reason=f"handler returned {type(result).__name__}; expected None, a dict, "
+                       f"a Response or an Error")
+        return self.run_outgoing(result)
+
+    def run_outgoing(self, answer: Any) -> Any:
+        """Pass an answer through the outgoing middlewares; each must keep its kind."""
+        for middleware in self.outgoing_middlewares:
+            result = middleware.process(answer)
+            if type(result) is not type(answer):
+                raise exceptions.WrongResponse(
+                    reason=f"outgoing middleware {type(middleware).__name__} returned "
+                           f"{type(result).__name__}; expected {type(answer).__name__}")
+            answer = result
+        return answer

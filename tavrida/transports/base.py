@@ -1,0 +1,191 @@
+"""The transport seam: the few operations the core needs from a broker.
+
+The core (messages, dispatcher, server, proxies) speaks only to
+:class:`Transport`; it never imports a broker library. A transport moves
+opaque bytes plus a header table between exchanges and queues, with RabbitMQ
+topic-exchange semantics. Two implementations ship with tavrida:
+
+* :mod:`tavrida.transports.memory` -- in-process, deterministic, no broker;
+* :mod:`tavrida.transports.kombu` -- any kombu URL (RabbitMQ, Redis, ...).
+
+Thread-safety contract: :meth:`Transport.publish`, :meth:`Delivery.ack`,
+:meth:`Delivery.reject` and :meth:`Transport.stop` may be called from any
+thread. :meth:`Transport.drain` is called from one thread only (the thread
+that runs the server loop); callbacks run on that thread.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+#: Header added to dead-lettered messages: why tavrida could not handle them.
+DEAD_LETTER_REASON_HEADER = "x-tavrida-dead-reason"
+#: Header added to dead-lettered messages: the queue they came from.
+DEAD_LETTER_QUEUE_HEADER = "x-tavrida-original-queue"
+#: Headers added to dead-lettered messages: where they were first published.
+DEAD_LETTER_EXCHANGE_HEADER = "x-tavrida-original-exchange"
+DEAD_LETTER_ROUTING_KEY_HEADER = "x-tavrida-original-routing-key"
+
+
+def dead_letter_queue_name(queue: str) -> str:
+    """Name of the dead-letter queue that belongs to ``queue``."""
+    return queue + ".dead"
+
+
+@dataclasses.dataclass(frozen=True)
+class Binding:
+    """Bind ``queue`` to topic ``exchange`` with ``routing_key`` (a pattern)."""
+
+    queue: str
+    exchange: str
+    routing_key: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """Broker objects a server needs, declared in this order.
+
+    Exchanges are durable topic exchanges with no arguments, queues are
+    durable, non-exclusive, non-auto-delete queues with no arguments (the
+    tavrida 1.0 declaration, so both versions can share the names).
+    """
+
+    exchanges: tuple = ()
+    queues: tuple = ()
+    bindings: tuple = ()
+
+    @classmethod
+    def build(
+        cls,
+        exchanges: Iterable[str] = (),
+        queues: Iterable[str] = (),
+        bindings: Iterable[Binding] = (),
+    ) -> "Topology":
+        """Make a topology, dropping duplicates but keeping the first order."""
+        return cls(
+            tuple(dict.fromkeys(exchanges)),
+            tuple(dict.fromkeys(queues)),
+            tuple(dict.fromkeys(bindings)),
+        )
+
+
+@dataclasses.dataclass
+class OutgoingEnvelope:
+    """One message ready to publish: bytes, headers and where they go.
+
+    ``exchange == ""`` is the default exchange: the message goes straight
+    to the queue named by ``routing_key`` (used for dead letters).
+    """
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    headers: dict
+    content_type: Optional[str] = "application/json"
+    content_encoding: Optional[str] = "utf-8"
+    persistent: bool = True
+
+
+class Delivery(abc.ABC):
+    """One message handed to a consumer callback.
+
+    Exactly one of :meth:`ack` or :meth:`reject` must be called, once.
+    Until then the broker holds the message and redelivers it if the
+    connection is lost.
+    """
+
+    #: Raw message body, never decoded by the transport.
+    body: bytes
+    #: AMQP header table as the broker gave it (values may be any type).
+    headers: Mapping[str, Any]
+    #: Other properties present (content_type, content_encoding, ...).
+    properties: Mapping[str, Any]
+    exchange: str
+    routing_key: str
+    queue: str
+    redelivered: bool
+
+    @abc.abstractmethod
+    def ack(self) -> None:
+        """Tell the broker the message is done with."""
+
+    @abc.abstractmethod
+    def reject(self, requeue: bool) -> None:
+        """Give the message back (``requeue=True``) or drop it."""
+
+
+OnMessage = Callable[[Delivery], None]
+
+
+class Transport(abc.ABC):
+    """A connection to a broker, as the core sees it."""
+
+    @abc.abstractmethod
+    def declare(self, topology: Topology) -> None:
+        """Declare exchanges, then queues, then bindings.
+
+        Idempotent; a transport that reconnects declares them again.
+        """
+
+    @abc.abstractmethod
+    def publish(self, envelope: OutgoingEnvelope) -> None:
+        """Publish one message; return once the broker has it.
+
+        On a confirming transport this waits for the confirm and raises
+        :class:`tavrida.exceptions.PublishFailed` if the broker refused it.
+        """
+
+    def publish_many(self, envelopes: Iterable[OutgoingEnvelope]) -> None:
+        """Publish several messages; return once the broker has all of them.
+
+        Transports that can pipeline publisher confirms override this.
+        """
+        for envelope in envelopes:
+            self.publish(envelope)
+
+    @abc.abstractmethod
+    def consume(self, queue: str, on_message: OnMessage, prefetch_count: int) -> None:
+        """Start delivering messages of ``queue`` to ``on_message``.
+
+        At most ``prefetch_count`` messages are un-acked at once
+        (0 means no limit). Deliveries happen inside :meth:`drain`.
+        """
+
+    @abc.abstractmethod
+    def drain(self, timeout: float) -> bool:
+        """Deliver what is waiting; wait at most ``timeout`` seconds for it.
+
+        Returns True when at least one message was delivered. Keeps
+        heartbeats going and reconnects as needed.
+        """
+
+    @abc.abstractmethod
+    def heartbeat(self) -> None:
+        """Keep the connection alive during a long handler (no-op if none)."""
+
+    def cancel(self) -> None:
+        """Stop taking new messages: undelivered ones stay in their queues.
+
+        Deliveries already handed out can still be acked or rejected.
+        """
+
+    def stop(self) -> None:
+        """Wake a :meth:`drain` that is waiting, from any thread."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Cancel consumers and close the connection. Un-acked messages go back."""
+
+    def delete(self, exchanges: Iterable[str] = (), queues: Iterable[str] = ()) -> None:
+        """Delete exchanges and queues (tests and reply queues clean up)."""
+        raise NotImplementedError
+
+    def queue_size(self, queue: str) -> Optional[int]:
+        """Messages ready in ``queue``, if the broker can tell."""
+        return None
+
+    def declare_reply_queue(self, queue: str, bindings: Iterable[Binding]) -> None:
+        """Declare a private auto-delete queue that goes away with this connection."""
+        raise NotImplementedError
