@@ -11,6 +11,15 @@ Two forms, as in 1.0::
 
 ``.call()`` sends a request whose answer goes to the client's own service
 name (``reply_to``), where a service's response handlers get it.
+``.call(timeout=5)`` blocks instead and returns the response payload::
+
+    payload = cli.test_hello.hello(param=123).call(timeout=5)
+
+It raises :class:`~tavrida.exceptions.RemoteError` when the service answers
+with an Error and :class:`~tavrida.exceptions.CallTimeout` when nothing
+comes back in time. Any number of threads may call at once. The client's
+``source`` service must be registered in discovery (on both sides) with the
+exchange its answers go to; see :mod:`tavrida.replies`.
 """
 
 from __future__ import annotations
@@ -19,8 +28,9 @@ from typing import Any, Mapping, Optional, Union
 
 from tavrida import config as config_mod
 from tavrida import discovery as discovery_mod
-from tavrida import messages
+from tavrida import entry_point, messages
 from tavrida.proxies import RPCMethodProxy, RPCProxy, RPCServiceProxy
+from tavrida.replies import Replies
 from tavrida.sender import Sender
 from tavrida.transports import create_transport
 from tavrida.transports.base import Transport
@@ -46,6 +56,8 @@ class RPCClient:
         self._transport = transport or create_transport(self._config)
         self._sender = Sender(self._transport, discovery, self._config.persistent,
                               source=source)
+        self._replies = Replies(self._sender, entry_point.parse(source).service)
+        self._sender.replies = self._replies
         self._proxy = RPCProxy(self._sender, source, context, "", headers)
 
     @property
@@ -72,7 +84,8 @@ class RPCClient:
         return self._proxy.publish(correlation_id, **kwargs)
 
     def close(self) -> None:
-        """Close the client's connection."""
+        """Stop waiting for answers and close the client's connection."""
+        self._replies.close()
         self._transport.close()
 
     def __enter__(self) -> "RPCClient":

@@ -90,6 +90,21 @@ class Server:
         #: Messages taken so far (handled, answered or dead-lettered).
         self.handled = 0
 
+    @classmethod
+    def from_config(cls, path: str, url: Optional[str] = None) -> "Server":
+        """A server built from a config file (see :mod:`tavrida.config_file`).
+
+        Binds each configured service class to its discovery. ``url`` (or
+        the ``TAVRIDA_URL`` environment variable) overrides the file's URL.
+        Raises :class:`tavrida.config_file.ConfigError` naming the culprit.
+        """
+        from tavrida.config_file import ServiceConfig
+
+        conf = ServiceConfig(path, url)
+        conf.bind_discovery()
+        return cls(conf.connection, conf.queue, conf.exchange, conf.service_classes,
+                   workers=conf.workers)
+
     # -- topology ---------------------------------------------------------
 
     def topology(self) -> Topology:

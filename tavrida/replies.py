@@ -1,0 +1,140 @@
+"""Blocking calls: wait for the answer to a request.
+
+How answers reach a client without changing how services answer (so a
+tavrida 1.0 service can answer a 2.0 client): a service sends a response
+to ``discovery.get_remote(<caller service>)`` with the bare caller service
+name as routing key. The client therefore registers its own ``source``
+service name in discovery, like any service (``[client_app]
+exchange=client_app_exchange`` in a ``.ds`` file), and on its first
+blocking call declares a private reply queue that goes away with its
+connection, bound to that exchange with the routing key ``client_app``.
+Answers are matched to callers by ``request_id``; answers nobody waits for
+(late, after a timeout, or for another client of the same name) are logged
+and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import Any, Dict, Optional
+
+from tavrida import exceptions, messages, wire
+from tavrida.sender import Sender
+from tavrida.transports.base import Binding, Delivery, Topology
+
+LOG = logging.getLogger(__name__)
+
+
+class _Waiter:
+    __slots__ = ("event", "answer")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.answer: Optional[messages.Message] = None
+
+
+class Replies:
+    """Receives the answers to one client's blocking calls, from any number of threads."""
+
+    def __init__(self, sender: Sender, service_name: str) -> None:
+        self._sender = sender
+        self._service_name = service_name
+        self._pending: Dict[str, _Waiter] = {}
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+        self._closed = threading.Event()
+        self.queue = f"{service_name}.replies.{uuid.uuid4().hex}"
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            if not self._service_name:
+                raise exceptions.TavridaError(
+                    "blocking calls need a client source: the service name answers are sent to")
+            try:
+                exchange = self._sender.discovery.get_remote(self._service_name)
+            except exceptions.UnableToDiscover:
+                raise exceptions.UnableToDiscover(
+                    f"register the client's source {self._service_name!r} in its discovery: "
+                    f"services send its answers to that exchange",
+                    service=self._service_name) from None
+            transport = self._sender.transport
+            assert transport is not None
+            transport.declare(Topology.build(exchanges=[exchange]))
+            transport.declare_reply_queue(
+                self.queue, [Binding(self.queue, exchange, self._service_name)])
+            transport.consume(self.queue, self._on_message, 0)
+            self._thread = threading.Thread(target=self._loop, daemon=True,
+                                            name=f"tavrida-replies-{self._service_name}")
+            self._thread.start()
+
+    def _loop(self) -> None:
+        transport = self._sender.transport
+        assert transport is not None
+        while not self._closed.is_set():
+            try:
+                transport.drain(0.5)
+            except Exception:  # noqa: BLE001 - the loop must outlive broker trouble
+                if self._closed.is_set():
+                    return
+                LOG.exception("reply loop of %s failed; retrying", self._service_name)
+                self._closed.wait(0.5)
+
+    def _on_message(self, delivery: Delivery) -> None:
+        try:
+            answer = wire.decode(delivery.body, delivery.headers, delivery.properties)
+        except exceptions.IncorrectMessage as exc:
+            LOG.error("dropping a bad message on reply queue %s: %s", self.queue, exc)
+            delivery.ack()
+            return
+        with self._lock:
+            waiter = self._pending.pop(answer.request_id, None)
+        if waiter is None or answer.message_type not in (messages.RESPONSE, messages.ERROR):
+            LOG.warning("dropping an answer nobody waits for (late or another client's): %r",
+                        answer)
+        else:
+            waiter.answer = answer
+            waiter.event.set()
+        delivery.ack()
+
+    def call(self, request: messages.Request, timeout: float) -> Dict[str, Any]:
+        """Send ``request`` and wait for its answer: the payload, or raise.
+
+        Raises :class:`~tavrida.exceptions.RemoteError` for an Error answer and
+        :class:`~tavrida.exceptions.CallTimeout` when none comes in time.
+        """
+        self._start()
+        waiter = _Waiter()
+        with self._lock:
+            self._pending[request.request_id] = waiter
+        try:
+            self._sender.send(request)
+            answered = waiter.event.wait(timeout)
+        finally:
+            with self._lock:
+                self._pending.pop(request.request_id, None)
+        if not answered or waiter.answer is None:
+            raise exceptions.CallTimeout(destination=request.destination, timeout=timeout,
+                                         correlation_id=request.correlation_id)
+        answer = waiter.answer
+        if answer.message_type == messages.ERROR:
+            payload = answer.payload
+            remote_class = str(payload.get("class", ""))
+            code = payload.get("code", messages.DEFAULT_ERROR_CODE)
+            raise exceptions.RemoteError(
+                remote_class=remote_class,
+                remote_name=str(payload.get("name") or remote_class.rpartition(".")[2]),
+                remote_message=str(payload.get("message", "")),
+                code=code if isinstance(code, int) else messages.DEFAULT_ERROR_CODE)
+        return answer.payload
+
+    def close(self) -> None:
+        """Stop waiting for answers."""
+        self._closed.set()
+        if self._sender.transport is not None:
+            self._sender.transport.stop()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)

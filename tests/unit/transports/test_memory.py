@@ -1,0 +1,760 @@
+"""The in-memory transport behaves like a RabbitMQ topic broker."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tavrida import exceptions
+from tavrida.config import ConnectionConfig
+from tavrida.transports.base import Binding, Delivery, OutgoingEnvelope, Topology
+from tavrida.transports.memory import (
+    MemoryBroker,
+    MemoryTransport,
+    MemoryTransportError,
+    topic_matches,
+)
+
+Connect = Callable[[], MemoryTransport]
+
+
+@pytest.fixture
+def broker_name() -> Iterator[str]:
+    name = "test-" + uuid.uuid4().hex
+    yield name
+    MemoryBroker.reset(name)
+
+
+@pytest.fixture
+def connect(broker_name: str) -> Iterator[Connect]:
+    """Open transports on this test's own broker; all are closed afterwards."""
+    opened: list[MemoryTransport] = []
+
+    def open_transport() -> MemoryTransport:
+        transport = MemoryTransport(ConnectionConfig.from_url(f"memory://{broker_name}"))
+        opened.append(transport)
+        return transport
+
+    yield open_transport
+    for transport in opened:
+        transport.close()
+
+
+def envelope(routing_key: str, body: bytes = b"{}", exchange: str = "ex",
+             headers: dict | None = None, **kwargs: object) -> OutgoingEnvelope:
+    return OutgoingEnvelope(exchange, routing_key, body, dict(headers or {}), **kwargs)
+
+
+class Collector:
+    """A consumer callback that keeps the deliveries, acking them if asked."""
+
+    def __init__(self, ack: bool = False) -> None:
+        self.deliveries: list[Delivery] = []
+        self.ack = ack
+
+    def __call__(self, delivery: Delivery) -> None:
+        self.deliveries.append(delivery)
+        if self.ack:
+            delivery.ack()
+
+    @property
+    def bodies(self) -> list[bytes]:
+        return [delivery.body for delivery in self.deliveries]
+
+
+def declare_queues(transport: MemoryTransport, bindings: dict[str, list[str]],
+                   exchange: str = "ex") -> None:
+    """Declare ``exchange`` and each queue bound with its binding keys."""
+    transport.declare(Topology.build(
+        [exchange], list(bindings),
+        [Binding(queue, exchange, key) for queue, keys in bindings.items() for key in keys]))
+
+
+def drain_all(transport: MemoryTransport) -> int:
+    """Drain without waiting until nothing is left; return how many drains delivered."""
+    rounds = 0
+    while transport.drain(0):
+        rounds += 1
+    return rounds
+
+
+# --------------------------------------------------------------------------- routing
+
+
+@pytest.mark.parametrize(("pattern", "routing_key", "expected"), [
+    ("a.b", "a.b", True),
+    ("a.b", "a.c", False),
+    ("a.b", "a.b.c", False),
+    ("a.b", "a", False),
+    ("*", "a", True),
+    ("*", "a.b", False),
+    ("*", "", False),
+    ("a.*", "a.b", True),
+    ("a.*", "a", False),
+    ("a.*", "a.b.c", False),
+    ("*.b", "a.b", True),
+    ("*.*", "a.b", True),
+    ("*.*", "a", False),
+    ("a.*.c", "a.b.c", True),
+    ("a.*.c", "a.c", False),
+    ("#", "", True),
+    ("#", "a", True),
+    ("#", "a.b.c", True),
+    ("a.#", "a", True),
+    ("a.#", "a.b", True),
+    ("a.#", "a.b.c", True),
+    ("a.#", "b.a", False),
+    ("a.#", "ab", False),
+    ("#.b", "b", True),
+    ("#.b", "a.b", True),
+    ("#.b", "x.y.b", True),
+    ("#.b", "b.a", False),
+    ("a.#.z", "a.z", True),
+    ("a.#.z", "a.b.c.z", True),
+    ("a.#.z", "a.b.c", False),
+    ("#.#", "a.b", True),
+    ("#.*", "", False),
+    ("#.*", "a", True),
+    ("*.#", "a.b.c", True),
+    ("", "", True),
+    ("", "a", False),
+    ("a", "", False),
+    ("a*", "ab", False),
+    ("a*", "a*", True),
+    ("a#", "a.b", False),
+    ("a.*", "a.", True),
+    ("a.b", "a..b", False),
+    ("a.*.b", "a..b", True),
+    ("svc.+", "svc.+", True),
+    ("a(b).*", "a(b).c", True),
+])
+def test_topic_matching(pattern: str, routing_key: str, expected: bool) -> None:
+    assert topic_matches(pattern, routing_key) is expected
+
+
+def test_routing_follows_topic_rules(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"star": ["a.*"], "hash": ["a.#"], "tail": ["#.b"],
+                               "exact": ["a.b"]})
+    for key in ("a", "a.b", "a.c.b", "b"):
+        transport.publish(envelope(key, body=key.encode()))
+
+    broker = transport.broker
+    assert [body for _, body in broker.messages("star")] == [b"a.b"]
+    assert [body for _, body in broker.messages("hash")] == [b"a", b"a.b", b"a.c.b"]
+    assert [body for _, body in broker.messages("tail")] == [b"a.b", b"a.c.b", b"b"]
+    assert [body for _, body in broker.messages("exact")] == [b"a.b"]
+    assert broker.unroutable == 0
+
+
+def test_fan_out_gives_each_bound_queue_a_copy(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"q1": ["event.#"], "q2": ["event.*"], "q3": ["other"]})
+
+    transport.publish(envelope("event.created", body=b"hello"))
+
+    assert transport.queue_size("q1") == 1
+    assert transport.queue_size("q2") == 1
+    assert transport.queue_size("q3") == 0
+
+
+def test_queue_gets_one_copy_when_several_bindings_match(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"q": ["a.b", "a.*", "#", "a.#"]})
+
+    transport.publish(envelope("a.b"))
+
+    assert transport.queue_size("q") == 1
+
+
+def test_unroutable_messages_are_dropped_and_counted(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"q": ["a.b"]})
+
+    transport.publish(envelope("nobody.listens"))
+    transport.publish(envelope("missing-queue", exchange=""))
+
+    assert transport.queue_size("q") == 0
+    assert transport.broker.unroutable == 2
+
+
+def test_default_exchange_routes_to_the_queue_named_by_the_key(connect: Connect) -> None:
+    transport = connect()
+    transport.declare(Topology.build(queues=["svc.dead", "other"]))
+
+    transport.publish(envelope("svc.dead", exchange="", body=b"dead"))
+
+    assert transport.broker.messages("svc.dead") == [({}, b"dead")]
+    assert transport.queue_size("other") == 0
+
+
+def test_publishing_to_an_undeclared_exchange_raises(connect: Connect) -> None:
+    transport = connect()
+
+    with pytest.raises(exceptions.PublishFailed) as info:
+        transport.publish(envelope("a.b", exchange="ghost"))
+
+    assert "ghost" in str(info.value)
+    assert transport.broker.unroutable == 0
+
+
+def test_publish_many_routes_every_message(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"q": ["#"]})
+
+    transport.publish_many([envelope("a", body=b"1"), envelope("b", body=b"2")])
+
+    assert [body for _, body in transport.broker.messages("q")] == [b"1", b"2"]
+
+
+# --------------------------------------------------------------------------- declare / delete
+
+
+def test_declare_is_idempotent(connect: Connect) -> None:
+    transport = connect()
+    topology = Topology.build(["ex"], ["q"], [Binding("q", "ex", "a.#")])
+
+    transport.declare(topology)
+    transport.publish(envelope("a.b"))
+    transport.declare(topology)
+    connect().declare(topology)
+
+    broker = transport.broker
+    assert broker.exchange_names() == ["ex"]
+    assert broker.queue_names() == ["q"]
+    assert broker.bindings() == [Binding("q", "ex", "a.#")]
+    assert transport.queue_size("q") == 1
+
+
+@pytest.mark.parametrize(("topology", "missing"), [
+    (Topology.build(queues=["q"], bindings=[Binding("q", "nowhere", "k")]), "nowhere"),
+    (Topology.build(exchanges=["ex"], bindings=[Binding("lost", "ex", "k")]), "lost"),
+])
+def test_binding_to_something_undeclared_raises_and_declares_nothing(
+        connect: Connect, topology: Topology, missing: str) -> None:
+    transport = connect()
+
+    with pytest.raises(exceptions.IncorrectAMQPConfig) as info:
+        transport.declare(topology)
+
+    assert repr(missing) in str(info.value)
+    assert transport.broker.queue_names() == []
+    assert transport.broker.exchange_names() == []
+
+
+def test_delete_removes_queues_exchanges_and_their_bindings(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"q1": ["#", "k"], "q2": ["#"]})
+    declare_queues(transport, {"q1": ["x"]}, exchange="other")
+
+    transport.delete(queues=["q1"])
+    assert transport.broker.bindings() == [Binding("q2", "ex", "#")]
+    assert transport.queue_size("q1") is None
+    transport.publish(envelope("k"))
+    assert transport.queue_size("q2") == 1
+
+    transport.delete(exchanges=["ex"])
+    assert transport.broker.bindings() == []
+    assert transport.broker.exchange_names() == ["other"]
+    with pytest.raises(exceptions.PublishFailed):
+        transport.publish(envelope("a"))
+    transport.delete(exchanges=["ex"], queues=["q1"])
+
+
+def test_consume_from_an_undeclared_queue_raises(connect: Connect) -> None:
+    with pytest.raises(exceptions.IncorrectAMQPConfig, match="'nope'"):
+        connect().consume("nope", Collector(), 0)
+
+
+# --------------------------------------------------------------------------- copies
+
+
+def test_delivery_never_shares_state_with_the_publisher(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"q1": ["#"], "q2": ["#"]})
+    headers = {"id": "1", "nested": {"list": [1, 2]}}
+    body = bytearray(b"original")
+
+    transport.publish(OutgoingEnvelope("ex", "k", body, headers))  # type: ignore[arg-type]
+    headers["id"] = "changed"
+    headers["nested"]["list"].append(3)
+    body[:] = b"mutated!"
+
+    first, second = Collector(), Collector()
+    transport.consume("q1", first, 0)
+    transport.consume("q2", second, 0)
+    assert transport.drain(0)
+    one, two = first.deliveries[0], second.deliveries[0]
+    assert one.body == two.body == b"original"
+    assert isinstance(one.body, bytes)
+    assert one.headers == {"id": "1", "nested": {"list": [1, 2]}}
+    one.headers["nested"]["list"].clear()  # type: ignore[index]
+    assert two.headers == {"id": "1", "nested": {"list": [1, 2]}}
+
+
+def test_redelivery_gets_fresh_headers(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"q": ["#"]})
+    transport.publish(envelope("k", headers={"id": "1"}))
+    seen = Collector()
+    transport.consume("q", seen, 0)
+    transport.drain(0)
+
+    seen.deliveries[0].headers["id"] = "tampered"  # type: ignore[index]
+    seen.deliveries[0].reject(requeue=True)
+    transport.drain(0)
+
+    assert seen.deliveries[1].headers == {"id": "1"}
+
+
+@pytest.mark.parametrize(("kwargs", "properties"), [
+    ({}, {"content_type": "application/json", "content_encoding": "utf-8",
+          "delivery_mode": 2}),
+    ({"content_type": None, "content_encoding": None, "persistent": False},
+     {"delivery_mode": 1}),
+    ({"content_type": "text/plain", "content_encoding": None},
+     {"content_type": "text/plain", "delivery_mode": 2}),
+])
+def test_properties_carry_only_what_was_set(connect: Connect, kwargs: dict,
+                                            properties: dict) -> None:
+    transport = connect()
+    declare_queues(transport, {"q": ["#"]})
+    transport.publish(envelope("key.one", **kwargs))
+    seen = Collector()
+    transport.consume("q", seen, 0)
+    transport.drain(0)
+
+    delivery = seen.deliveries[0]
+    assert delivery.properties == properties
+    assert (delivery.exchange, delivery.routing_key, delivery.queue) == ("ex", "key.one", "q")
+    assert delivery.redelivered is False
+
+
+# --------------------------------------------------------------------------- consumers
+
+
+def test_competing_consumers_share_a_queue_round_robin(connect: Connect) -> None:
+    publisher, first_server, second_server = connect(), connect(), connect()
+    declare_queues(publisher, {"work": ["#"]})
+    first, second, third = Collector(ack=True), Collector(ack=True), Collector(ack=True)
+    first_server.consume("work", first, 10)
+    second_server.consume("work", second, 10)
+    second_server.consume("work", third, 10)
+
+    for number in range(6):
+        publisher.publish(envelope("job", body=str(number).encode()))
+    drain_all(first_server)
+    drain_all(second_server)
+
+    assert first.bodies == [b"0", b"3"]
+    assert second.bodies == [b"1", b"4"]
+    assert third.bodies == [b"2", b"5"]
+
+
+def test_busy_consumer_is_skipped(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"work": ["#"]})
+    slow, fast = Collector(), Collector(ack=True)
+    transport.consume("work", slow, 1)
+    transport.consume("work", fast, 0)
+
+    for number in range(4):
+        transport.publish(envelope("job", body=str(number).encode()))
+    drain_all(transport)
+
+    assert slow.bodies == [b"0"]
+    assert fast.bodies == [b"1", b"2", b"3"]
+
+
+def test_drain_delivers_in_publish_order_across_queues(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"a": ["a"], "b": ["b"]})
+    seen = Collector(ack=True)
+    transport.consume("a", seen, 0)
+    transport.consume("b", seen, 0)
+
+    for key in ("a", "b", "b", "a"):
+        transport.publish(envelope(key, body=key.encode()))
+
+    assert transport.drain(0) is True
+    assert seen.bodies == [b"a", b"b", b"b", b"a"]
+    assert transport.drain(0) is False
+
+
+def test_one_thread_can_run_client_and_server(connect: Connect) -> None:
+    server, client = connect(), connect()
+    declare_queues(server, {"svc": ["svc.#"]})
+    client.declare_reply_queue("client.replies", [Binding("client.replies", "replies",
+                                                          "client")])
+    replies = Collector(ack=True)
+
+    def serve(delivery: Delivery) -> None:
+        server.publish(envelope("client", exchange="replies", body=delivery.body.upper()))
+        delivery.ack()
+
+    server.consume("svc", serve, 1)
+    client.consume("client.replies", replies, 0)
+    client.publish(envelope("svc.echo", body=b"ping"))
+
+    assert client.drain(0) is False
+    assert server.drain(0) is True
+    assert client.drain(0) is True
+    assert replies.bodies == [b"PING"]
+
+
+def test_callback_error_keeps_the_rest_of_the_batch(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"q": ["#"]})
+    seen: list[bytes] = []
+
+    def explode_on_first(delivery: Delivery) -> None:
+        seen.append(delivery.body)
+        delivery.ack()
+        if len(seen) == 1:
+            raise ValueError("boom")
+
+    transport.consume("q", explode_on_first, 0)
+    for number in range(3):
+        transport.publish(envelope("k", body=str(number).encode()))
+
+    with pytest.raises(ValueError, match="boom"):
+        transport.drain(0)
+    assert transport.drain(0) is True
+    assert seen == [b"0", b"1", b"2"]
+
+
+# --------------------------------------------------------------------------- ack / reject
+
+
+def test_ack_removes_the_message(connect: Connect) -> None:
+    publisher, server = connect(), connect()
+    declare_queues(publisher, {"q": ["#"]})
+    publisher.publish(envelope("k"))
+    seen = Collector(ack=True)
+    server.consume("q", seen, 1)
+    server.drain(0)
+
+    server.close()
+
+    assert publisher.queue_size("q") == 0
+
+
+def test_reject_with_requeue_redelivers_first(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"q": ["#"]})
+    transport.publish(envelope("k", body=b"first"))
+    transport.publish(envelope("k", body=b"second"))
+    seen = Collector()
+    transport.consume("q", seen, 1)
+
+    transport.drain(0)
+    seen.deliveries[0].reject(requeue=True)
+    transport.drain(0)
+    seen.deliveries[1].ack()
+    transport.drain(0)
+
+    assert seen.bodies == [b"first", b"first", b"second"]
+    assert [d.redelivered for d in seen.deliveries] == [False, True, False]
+
+
+def test_reject_without_requeue_drops_the_message(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"q": ["#"]})
+    transport.publish(envelope("k"))
+    seen = Collector()
+    transport.consume("q", seen, 0)
+    transport.drain(0)
+
+    seen.deliveries[0].reject(requeue=False)
+
+    assert transport.drain(0) is False
+    transport.close()
+    assert transport.queue_size("q") == 0
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    ("ack", "ack"), ("ack", "reject"), ("reject", "ack"), ("requeue", "reject"),
+])
+def test_settling_twice_raises(connect: Connect, first: str, second: str) -> None:
+    transport = connect()
+    declare_queues(transport, {"q": ["#"]})
+    transport.publish(envelope("k"))
+    seen = Collector()
+    transport.consume("q", seen, 0)
+    transport.drain(0)
+    delivery = seen.deliveries[0]
+    actions = {"ack": delivery.ack, "reject": lambda: delivery.reject(requeue=False),
+               "requeue": lambda: delivery.reject(requeue=True)}
+
+    actions[first]()
+    with pytest.raises(MemoryTransportError, match="already"):
+        actions[second]()
+
+
+def test_close_requeues_unacked_messages_as_redelivered(connect: Connect) -> None:
+    publisher, crashing, survivor = connect(), connect(), connect()
+    declare_queues(publisher, {"q": ["#"]})
+    for number in range(3):
+        publisher.publish(envelope("k", body=str(number).encode()))
+    lost = Collector()
+    crashing.consume("q", lost, 0)
+    crashing.drain(0)
+    lost.deliveries[1].ack()
+
+    crashing.close()
+
+    assert publisher.broker.consumer_count("q") == 0
+    assert [body for _, body in publisher.broker.messages("q")] == [b"0", b"2"]
+    saved = Collector(ack=True)
+    survivor.consume("q", saved, 0)
+    survivor.drain(0)
+    assert saved.bodies == [b"0", b"2"]
+    assert all(delivery.redelivered for delivery in saved.deliveries)
+    with pytest.raises(MemoryTransportError, match="closed"):
+        lost.deliveries[0].ack()
+
+
+def test_close_requeues_messages_pushed_but_not_yet_drained(connect: Connect) -> None:
+    publisher, server = connect(), connect()
+    declare_queues(publisher, {"q": ["#"]})
+    server.consume("q", Collector(), 0)
+    publisher.publish(envelope("k"))
+    assert publisher.queue_size("q") == 0
+
+    server.close()
+
+    assert publisher.queue_size("q") == 1
+    assert server.drain(0) is False
+
+
+# --------------------------------------------------------------------------- prefetch
+
+
+def test_prefetch_limits_unacked_messages_per_consumer(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"q": ["#"]})
+    for number in range(5):
+        transport.publish(envelope("k", body=str(number).encode()))
+    seen = Collector()
+    transport.consume("q", seen, 2)
+
+    transport.drain(0)
+    assert seen.bodies == [b"0", b"1"]
+    assert transport.queue_size("q") == 3
+    assert transport.drain(0) is False
+
+    seen.deliveries[0].ack()
+    transport.drain(0)
+    assert seen.bodies == [b"0", b"1", b"2"]
+    assert transport.queue_size("q") == 2
+
+
+def test_prefetch_zero_is_unlimited(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"q": ["#"]})
+    for _ in range(500):
+        transport.publish(envelope("k"))
+    seen = Collector()
+    transport.consume("q", seen, 0)
+
+    transport.drain(0)
+
+    assert len(seen.deliveries) == 500
+    assert transport.queue_size("q") == 0
+
+
+# --------------------------------------------------------------------------- drain and threads
+
+
+def test_drain_returns_false_quickly_when_idle(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"q": ["#"]})
+    transport.consume("q", Collector(), 0)
+
+    started = time.monotonic()
+    assert transport.drain(0) is False
+    assert transport.drain(0.05) is False
+    elapsed = time.monotonic() - started
+
+    assert 0.04 <= elapsed < 2
+
+
+def run_drain_in_thread(transport: MemoryTransport, timeout: float,
+                        ) -> tuple[threading.Thread, threading.Event, dict]:
+    """Start ``transport.drain(timeout)`` in a thread; report its result and duration."""
+    started = threading.Event()
+    outcome: dict = {}
+
+    def run() -> None:
+        started.set()
+        begin = time.monotonic()
+        outcome["result"] = transport.drain(timeout)
+        outcome["elapsed"] = time.monotonic() - begin
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(5)
+    return thread, started, outcome
+
+
+def test_publish_from_another_thread_wakes_drain(connect: Connect) -> None:
+    server, client = connect(), connect()
+    declare_queues(server, {"q": ["#"]})
+    seen = Collector(ack=True)
+    server.consume("q", seen, 0)
+
+    thread, _, outcome = run_drain_in_thread(server, 30)
+    client.publish(envelope("k", body=b"wake up"))
+    thread.join(10)
+
+    assert outcome["result"] is True
+    assert outcome["elapsed"] < 10
+    assert seen.bodies == [b"wake up"]
+
+
+def test_stop_from_another_thread_wakes_drain(connect: Connect) -> None:
+    server = connect()
+    declare_queues(server, {"q": ["#"]})
+    server.consume("q", Collector(), 0)
+
+    thread, _, outcome = run_drain_in_thread(server, 30)
+    server.stop()
+    thread.join(10)
+
+    assert outcome["result"] is False
+    assert outcome["elapsed"] < 10
+
+
+def test_ack_that_frees_prefetch_wakes_drain(connect: Connect) -> None:
+    server = connect()
+    declare_queues(server, {"q": ["#"]})
+    server.publish(envelope("k", body=b"1"))
+    server.publish(envelope("k", body=b"2"))
+    seen = Collector()
+    server.consume("q", seen, 1)
+    server.drain(0)
+
+    thread, _, outcome = run_drain_in_thread(server, 30)
+    seen.deliveries[0].ack()
+    thread.join(10)
+
+    assert outcome["result"] is True
+    assert seen.bodies == [b"1", b"2"]
+
+
+def test_concurrent_publishers_and_consumers_lose_nothing(connect: Connect) -> None:
+    publishers = [connect() for _ in range(4)]
+    servers = [connect() for _ in range(3)]
+    declare_queues(publishers[0], {"work": ["#"]})
+    per_publisher = 500
+    total = per_publisher * len(publishers)
+    received: list[bytes] = []
+    lock = threading.Lock()
+    all_done = threading.Event()
+
+    def handle(delivery: Delivery) -> None:
+        with lock:
+            received.append(delivery.body)
+            if len(received) == total:
+                all_done.set()
+        delivery.ack()
+
+    def serve(transport: MemoryTransport) -> None:
+        transport.consume("work", handle, 5)
+        while not all_done.is_set():
+            transport.drain(1)
+
+    def publish(index: int, transport: MemoryTransport) -> None:
+        for number in range(per_publisher):
+            transport.publish(envelope("job", body=f"{index}-{number}".encode()))
+
+    threads = [threading.Thread(target=serve, args=(server,), daemon=True) for server in servers]
+    threads += [threading.Thread(target=publish, args=pair, daemon=True)
+                for pair in enumerate(publishers)]
+    for thread in threads:
+        thread.start()
+    assert all_done.wait(30)
+    for server in servers:
+        server.stop()
+    for thread in threads:
+        thread.join(10)
+
+    assert sorted(received) == sorted(f"{i}-{n}".encode() for i in range(len(publishers))
+                                      for n in range(per_publisher))
+
+
+# --------------------------------------------------------------------------- reply queues
+
+
+def test_reply_queue_is_deleted_when_its_transport_closes(connect: Connect) -> None:
+    server, client = connect(), connect()
+    declare_queues(server, {"svc": ["svc.#"]})
+    client.declare_reply_queue("reply.1", [Binding("reply.1", "replies", "reply.1")])
+    client.declare_reply_queue("reply.1", [Binding("reply.1", "replies", "reply.1")])
+    server.publish(envelope("reply.1", exchange="replies"))
+    assert server.queue_size("reply.1") == 1
+
+    client.close()
+
+    broker = server.broker
+    assert broker.queue_names() == ["svc"]
+    assert broker.exchange_names() == ["ex", "replies"]
+    assert broker.bindings() == [Binding("svc", "ex", "svc.#")]
+    server.publish(envelope("reply.1", exchange="replies"))
+    assert broker.unroutable == 1
+
+
+def test_reply_queue_of_another_transport_cannot_be_taken(connect: Connect) -> None:
+    first, second = connect(), connect()
+    first.declare_reply_queue("reply.x", [])
+
+    with pytest.raises(exceptions.IncorrectAMQPConfig, match="reply.x"):
+        second.declare_reply_queue("reply.x", [])
+
+
+# --------------------------------------------------------------------------- brokers
+
+
+def test_each_memory_name_has_its_own_broker(broker_name: str) -> None:
+    other_name = broker_name + "-other"
+    same = MemoryTransport(ConnectionConfig.from_url(f"memory://{broker_name}"))
+    also_same = MemoryTransport(ConnectionConfig.from_url(f"memory://{broker_name}"))
+    other = MemoryTransport(ConnectionConfig.from_url(f"memory://{other_name}"))
+    try:
+        declare_queues(same, {"q": ["#"]})
+
+        assert also_same.broker is same.broker
+        assert other.broker is not same.broker
+        assert other.broker.queue_names() == []
+        with pytest.raises(exceptions.PublishFailed):
+            other.publish(envelope("k"))
+        also_same.publish(envelope("k"))
+        assert same.queue_size("q") == 1
+        assert MemoryTransport(ConnectionConfig.from_url("memory://")).broker.name == "/"
+    finally:
+        for transport in (same, also_same, other):
+            transport.close()
+        MemoryBroker.reset(other_name)
+
+
+def test_reset_gives_a_fresh_broker(broker_name: str) -> None:
+    before = MemoryBroker.get(broker_name)
+    MemoryBroker.reset(broker_name)
+
+    assert MemoryBroker.get(broker_name) is not before
+    assert MemoryBroker.get(broker_name) is MemoryBroker.get(broker_name)
+
+
+def test_closed_transport_refuses_to_publish(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"q": ["#"]})
+    transport.close()
+    transport.close()
+
+    with pytest.raises(exceptions.PublishFailed, match="closed"):
+        transport.publish(envelope("k"))
+    assert transport.drain(0) is False
