@@ -153,7 +153,7 @@ class ConnectionConfig:
     def _url(self, password: str) -> str:
         if self.scheme in MEMORY_SCHEMES or self.scheme == "kombu+memory":
             name = "" if self.virtual_host == "/" else self.virtual_host
-            return f"{self.scheme.replace('kombu+', '')}://{name}"
+            return f"{self.scheme}://{name}"
         auth = ""
         if self.credentials is not None:
             auth = (urllib.parse.quote(self.credentials.username, safe="") + ":"

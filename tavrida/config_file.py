@@ -4,8 +4,8 @@
 
     [connection]
     url = amqp://guest:guest@127.0.0.1:5672//   ; TAVRIDA_URL overrides it
-    prefetch_count = 100                         ; any ConnectionConfig parameter
-    heartbeat_interval = 30
+    prefetch_count = 100                         ; scalar ConnectionConfig parameters,
+    heartbeat_interval = 30                      ; username, password
 
     [server]
     queue = test_service

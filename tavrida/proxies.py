@@ -47,10 +47,12 @@ class RPCCallProxy:
         self._kwargs = dict(kwargs)
 
     def _request(self, correlation_id: str, context: Any, reply_to: EntryPointLike,
-                 source: EntryPointLike, payload: Mapping[str, Any]) -> messages.Request:
+                 source: EntryPointLike, payload: Mapping[str, Any],
+                 request_id: str = "") -> messages.Request:
         headers = dict(self._headers)
         headers.update(correlation_id=correlation_id or self._correlation_id,
-                       request_id=messages.new_id(), message_id=messages.new_id(),
+                       request_id=request_id or messages.new_id(),
+                       message_id=messages.new_id(),
                        source=str(_source(source or self._source)),
                        destination=str(self._destination), reply_to=str(reply_to or ""))
         return messages.Request(headers, context or self._context, payload)
@@ -67,6 +69,10 @@ class RPCCallProxy:
         src = _source(source or self._source)
         reply = entry_point.parse(reply_to) if reply_to else entry_point.ServiceEntryPoint(
             src.service)
+        if not reply:
+            # An empty reply_to makes the request a cast: the answer would never come.
+            raise exceptions.IncorrectOutgoingMessage(
+                reason=f"call to {self._destination} has no source or reply_to to answer to")
         request = self._request(correlation_id, context, reply, src, self._kwargs)
         if timeout is not None:
             replies = getattr(self._postprocessor, "replies", None)
@@ -94,8 +100,11 @@ class RPCCallProxy:
         """
         payload = dict(request.payload)
         payload.update(self._kwargs)
+        # The forwarded request keeps its request_id: the first caller pairs the
+        # final answer with its own request by it.
         outgoing = self._request(request.correlation_id, context or request.context,
-                                 reply_to or request.reply_to, source, payload)
+                                 reply_to or request.reply_to, source, payload,
+                                 request.request_id)
         self._postprocessor.send(outgoing)
         return outgoing
 

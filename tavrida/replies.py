@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from typing import Any, Dict, Optional
 
@@ -28,28 +29,33 @@ LOG = logging.getLogger(__name__)
 
 
 class _Waiter:
-    __slots__ = ("event", "answer")
+    __slots__ = ("answer",)
 
     def __init__(self) -> None:
-        self.event = threading.Event()
         self.answer: Optional[messages.Message] = None
 
 
 class Replies:
-    """Receives the answers to one client's blocking calls, from any number of threads."""
+    """Receives the answers to one client's blocking calls, from any number of threads.
+
+    No thread of its own: a waiting caller drains the reply queue itself
+    (one at a time), so an answer reaches its caller without a thread hop.
+    Answers for other callers wake them through a condition.
+    """
 
     def __init__(self, sender: Sender, service_name: str) -> None:
         self._sender = sender
         self._service_name = service_name
         self._pending: Dict[str, _Waiter] = {}
         self._lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
-        self._closed = threading.Event()
+        self._answered = threading.Condition(self._lock)
+        self._drainer = False  # a caller is draining the reply queue
+        self._started = False
         self.queue = f"{service_name}.replies.{uuid.uuid4().hex}"
 
     def _start(self) -> None:
         with self._lock:
-            if self._thread is not None:
+            if self._started:
                 return
             if not self._service_name:
                 raise exceptions.TavridaError(
@@ -67,21 +73,31 @@ class Replies:
             transport.declare_reply_queue(
                 self.queue, [Binding(self.queue, exchange, self._service_name)])
             transport.consume(self.queue, self._on_message, 0)
-            self._thread = threading.Thread(target=self._loop, daemon=True,
-                                            name=f"tavrida-replies-{self._service_name}")
-            self._thread.start()
+            self._started = True
 
-    def _loop(self) -> None:
+    def _wait(self, waiter: _Waiter, timeout: float) -> bool:
         transport = self._sender.transport
         assert transport is not None
-        while not self._closed.is_set():
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                remaining = deadline - time.monotonic()
+                if waiter.answer is not None:
+                    return True
+                if remaining <= 0:
+                    return False
+                if self._drainer:
+                    self._answered.wait(min(remaining, 0.2))
+                    continue
+                self._drainer = True
             try:
-                transport.drain(0.5)
-            except Exception:  # noqa: BLE001 - the loop must outlive broker trouble
-                if self._closed.is_set():
-                    return
-                LOG.exception("reply loop of %s failed; retrying", self._service_name)
-                self._closed.wait(0.5)
+                while waiter.answer is None and remaining > 0:
+                    transport.drain(min(remaining, 0.2))
+                    remaining = deadline - time.monotonic()
+            finally:
+                with self._lock:
+                    self._drainer = False
+                    self._answered.notify_all()  # another caller may drain now
 
     def _on_message(self, delivery: Delivery) -> None:
         try:
@@ -90,14 +106,17 @@ class Replies:
             LOG.error("dropping a bad message on reply queue %s: %s", self.queue, exc)
             delivery.ack()
             return
-        with self._lock:
-            waiter = self._pending.pop(answer.request_id, None)
-        if waiter is None or answer.message_type not in (messages.RESPONSE, messages.ERROR):
+        taken = False
+        if answer.message_type in (messages.RESPONSE, messages.ERROR):
+            with self._lock:
+                waiter = self._pending.pop(answer.request_id, None)
+                if waiter is not None:
+                    waiter.answer = answer
+                    self._answered.notify_all()
+                    taken = True
+        if not taken:
             LOG.warning("dropping an answer nobody waits for (late or another client's): %r",
                         answer)
-        else:
-            waiter.answer = answer
-            waiter.event.set()
         delivery.ack()
 
     def call(self, request: messages.Request, timeout: float) -> Dict[str, Any]:
@@ -112,7 +131,7 @@ class Replies:
             self._pending[request.request_id] = waiter
         try:
             self._sender.send(request)
-            answered = waiter.event.wait(timeout)
+            answered = self._wait(waiter, timeout)
         finally:
             with self._lock:
                 self._pending.pop(request.request_id, None)
@@ -132,9 +151,6 @@ class Replies:
         return answer.payload
 
     def close(self) -> None:
-        """Stop waiting for answers."""
-        self._closed.set()
-        if self._sender.transport is not None:
-            self._sender.transport.stop()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+        """Forget the calls still waiting (they time out)."""
+        with self._lock:
+            self._pending.clear()

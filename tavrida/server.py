@@ -286,8 +286,8 @@ class Server:
                     return
                 self._notify(message, exc, by_handler=True)
                 if isinstance(message, messages.IncomingRequestCall):
-                    LOG.warning("handler %s raised %s on %r; answering with an Error",
-                                handler.method_name, messages.get_fqcn(exc), message,
+                    LOG.warning("handler %s raised %s: %s on %r; answering with an Error",
+                                handler.method_name, messages.get_fqcn(exc), exc, message,
                                 exc_info=LOG.isEnabledFor(logging.DEBUG))
                     answer = self._error_answer(controller, message, exc)
                 else:

@@ -1,0 +1,1131 @@
+"""The kombu transport: RabbitMQ (``amqp://``), Redis (``redis://``) and kombu's ``memory://``.
+
+:class:`KombuTransport` moves opaque bytes plus a header table; it knows
+nothing about tavrida messages. It holds two long-lived connections:
+
+* the *consuming* connection belongs to the thread that calls :meth:`drain`.
+  It carries the declarations, one channel per :meth:`consume` call (so each
+  consumer has its own prefetch window) and a control channel. It is only
+  touched under ``self._lock``; :meth:`drain` releases that lock while user
+  callbacks run, so a callback may ack, declare or send heartbeats at will.
+* the *publishing* connection has one channel in publisher-confirm mode,
+  shared by every thread under ``self._publish_lock``. It has no heartbeats
+  (nothing reads it between publishes, as with celery's producer
+  connections); a dead socket shows up as an error on the next publish,
+  which reconnects and retries.
+
+Acks and rejects from other threads are queued and performed by whoever
+holds the consuming connection next: the caller itself when the connection
+is idle, otherwise :meth:`drain` within :attr:`KombuTransport.poll_interval`.
+Concurrent reads and writes on one socket are never allowed, which keeps
+``amqps://`` (whose SSL objects are not thread safe) correct.
+
+Bytes are never interpreted: bodies are not decoded, decompressed or
+unpickled, whatever the content type or headers say. py-amqp decodes AMQP
+short strings (content_type, correlation_id, reply_to, routing key, ...)
+strictly, so one invalid UTF-8 property used to break the frame parser and
+poison the queue; :func:`_tolerant_frame_handler` decodes such strings with
+``surrogateescape`` instead (``value.encode("utf-8", "surrogateescape")``
+gives the original bytes back). Header *values* that are not UTF-8 arrive
+as ``bytes`` (py-amqp's own fallback).
+
+Differences on kombu's virtual transports (Redis and ``memory://``):
+
+* no publisher confirms: a publish returns once Redis has the message; an
+  exchange nobody declared is not an error (nothing is routed).
+* topic routing runs in the publishing process; kombu's ``#`` needs at
+  least one word, so tavrida installs RabbitMQ's rule (``a.#`` matches ``a``).
+* a requeued or lost un-acked message goes back to the queue it came from
+  only (kombu would route it through the exchange again, duplicating it to
+  every other bound queue), and each queue's copy has its own delivery tag
+  (kombu shares one, so on Redis acking one copy could lose another).
+* reply queues are deleted by :meth:`KombuTransport.close`; a process that
+  dies without closing leaves them behind (Redis has no exclusive queues).
+* un-acked messages of a crashed Redis consumer come back after kombu's
+  ``visibility_timeout`` (one hour by default); ``memory://`` drops them
+  on close (kombu does not restore them there).
+* heartbeats are an AMQP feature; :meth:`KombuTransport.heartbeat` is a no-op.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+import ssl as ssl_module
+import struct
+import threading
+import time
+import uuid
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
+
+import amqp
+import kombu
+from amqp import method_framing, serialization, spec
+from kombu.transport import pyamqp
+from kombu.transport.virtual.exchange import TopicExchange
+from kombu.utils.functional import retry_over_time
+
+from tavrida import exceptions
+from tavrida.config import ConnectionConfig
+from tavrida.transports.base import (
+    Binding,
+    Delivery,
+    OnMessage,
+    OutgoingEnvelope,
+    Topology,
+    Transport,
+)
+from tavrida.transports.memory import topic_matches
+
+__all__ = ["KombuDelivery", "KombuTransport"]
+
+LOG = logging.getLogger(__name__)
+
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+REDIS_SCHEMES = ("redis", "rediss")
+
+#: AMQP basic properties copied into :attr:`Delivery.properties` when present.
+_PROPERTY_NAMES = tuple(name for name, _ in amqp.Message.PROPERTIES
+                        if name != "application_headers")
+#: Key under which virtual transports keep a message's original route.
+_ORIGIN = "x-tavrida-origin"
+
+
+# --- invalid UTF-8 in AMQP short strings --------------------------------------------------------
+
+#: Argument formats of the content-carrying methods (AMQP 0-9-1).
+_CONTENT_METHOD_ARGS = {
+    spec.Basic.Deliver: "sLbss",
+    spec.Basic.GetOk: "Lbssl",
+    spec.Basic.Return: "Bsss",
+}
+_STRUCTS = {"o": ">B", "B": ">H", "l": ">I", "L": ">Q"}
+_SHORTSTR_MAX = 255
+
+
+def _lenient_text(raw: bytes) -> str:
+    """Decode a short string, keeping undecodable bytes as surrogates.
+
+    The text is re-encoded by py-amqp with ``surrogatepass`` (three bytes per
+    bad byte), so it is cut to stay a valid short string.
+    """
+    text = raw.decode("utf-8", "surrogateescape")
+    while len(text.encode("utf-8", "surrogatepass")) > _SHORTSTR_MAX:
+        text = text[:-1]
+    return text
+
+
+def _loads_lenient(fmt: str, buf: bytes, offset: int) -> List[Any]:
+    """``amqp.serialization.loads`` for bits, integers and short strings, never strict."""
+    values: List[Any] = []
+    bits = bitcount = 0
+    for code in fmt:
+        if code == "b":
+            if not bitcount:
+                bits, bitcount = buf[offset], 8
+                offset += 1
+            values.append(bool(bits & 1))
+            bits >>= 1
+            bitcount -= 1
+            continue
+        bitcount = 0
+        if code == "s":
+            size = buf[offset]
+            values.append(_lenient_text(bytes(buf[offset + 1:offset + 1 + size])))
+            offset += 1 + size
+        else:
+            value, = struct.unpack_from(_STRUCTS[code], buf, offset)
+            values.append(value)
+            offset += struct.calcsize(_STRUCTS[code])
+    return values
+
+
+def _sanitize_method(fmt: str, payload: bytes) -> bytes:
+    """Return ``payload`` with every short string made decodable by py-amqp."""
+    if payload.isascii():
+        return payload
+    try:
+        serialization.loads(fmt, payload, 4)
+        return payload
+    except UnicodeDecodeError:
+        pass
+    values = _loads_lenient(fmt, payload, 4)
+    return bytes(payload[:4]) + serialization.dumps(fmt, values)
+
+
+def _sanitize_content_header(buf: bytes) -> Optional[bytes]:
+    """Rebuild a content header whose short-string properties are not UTF-8.
+
+    Returns None when the properties decode fine (the error came from
+    elsewhere). The header table goes through py-amqp, which already keeps
+    undecodable long-string values as bytes.
+    """
+    try:
+        serialization.decode_properties_basic(buf, 12)
+        return None
+    except UnicodeDecodeError:
+        pass
+    flags, = struct.unpack_from(">H", buf, 12)
+    offset = 14
+    properties: Dict[str, Any] = {}
+    for index, (name, kind) in enumerate(amqp.Message.PROPERTIES):
+        if not flags & (1 << (15 - index)):
+            continue
+        if kind == "s":
+            size = buf[offset]
+            properties[name] = _lenient_text(bytes(buf[offset + 1:offset + 1 + size]))
+            offset += 1 + size
+        elif kind == "F":
+            (properties[name],), offset = serialization.loads("F", buf, offset)
+        else:
+            code = ">B" if kind == "o" else ">Q"
+            properties[name], = struct.unpack_from(code, buf, offset)
+            offset += struct.calcsize(code)
+    return bytes(buf[:12]) + amqp.Message(**properties)._serialize_properties()
+
+
+def _tolerant_frame_handler(connection: amqp.Connection, callback: Callable) -> Callable:
+    """py-amqp's frame handler, made to survive invalid UTF-8 short strings.
+
+    py-amqp decodes short strings with ``utf-8``/``surrogatepass``. In a
+    content header that raises before the frame handler records the header,
+    the body frame that follows is then "unexpected" and the connection
+    dies; the broker redelivers the message to the next consumer, which
+    dies too. In a ``basic.deliver`` it raises out of ``drain_events`` and
+    the message is never seen nor acked. Both cases are rewritten here into
+    frames whose strings decode (see :func:`_lenient_text`); everything
+    else is py-amqp's own handler, untouched.
+    """
+
+    def on_method(channel_id: int, method_sig: Tuple[int, int], payload: bytes,
+                  content: Any) -> Any:
+        fmt = _CONTENT_METHOD_ARGS.get(method_sig)
+        if fmt is not None:
+            payload = _sanitize_method(fmt, payload)
+        return callback(channel_id, method_sig, payload, content)
+
+    on_frame = method_framing.frame_handler(connection, on_method)
+
+    def on_tolerant_frame(frame: Tuple[int, int, bytes]) -> Any:
+        try:
+            return on_frame(frame)
+        except UnicodeDecodeError:
+            frame_type, channel_id, buf = frame
+            fixed = _sanitize_content_header(buf) if frame_type == 2 else None
+            if fixed is None:
+                raise
+            # The handler failed before recording the header: feed it again.
+            return on_frame((frame_type, channel_id, fixed))
+
+    return on_tolerant_frame
+
+
+class _AMQPChannel(pyamqp.Channel):
+    """A py-amqp channel that never decodes message bodies.
+
+    py-amqp's default ``auto_decode=True`` turns the body into ``str``
+    whenever a content_encoding is set; tavrida hands bodies on as bytes.
+    """
+
+    def __init__(self, connection: amqp.Connection, channel_id: Optional[int] = None,
+                 auto_decode: bool = False, on_open: Any = None) -> None:
+        super().__init__(connection, channel_id, auto_decode=False, on_open=on_open)
+
+
+class _AMQPConnection(pyamqp.Connection):
+    """A py-amqp connection using the tolerant frame handler and raw channels."""
+
+    Channel = _AMQPChannel
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["frame_handler"] = _tolerant_frame_handler
+        # tavrida tracks confirms itself (pipelined); py-amqp's mode waits per message.
+        kwargs["confirm_publish"] = False
+        super().__init__(**kwargs)
+
+
+class _AMQPTransport(pyamqp.Transport):
+    """kombu's py-amqp transport with :class:`_AMQPConnection`."""
+
+    Connection = _AMQPConnection
+
+
+# --- topic routing on virtual transports --------------------------------------------------------
+
+class _RabbitTopicExchange(TopicExchange):
+    """kombu's virtual topic exchange, matching as RabbitMQ does.
+
+    kombu turns ``#`` into ``.*?`` between dots, so ``svc.#`` does not match
+    ``svc`` -- the routing key of tavrida responses. The binding's own key
+    is matched, not the regex kombu stored beside it in Redis, by the very
+    function the in-memory transport routes with.
+    """
+
+    def lookup(self, table: Iterable, exchange: str, routing_key: str,
+               default: Any) -> Set[str]:
+        return {queue for key, _, queue in table if topic_matches(key, routing_key)}
+
+
+def _own_copies(channel: Any, queue: str) -> None:
+    """Make each message this channel receives a copy of its own.
+
+    kombu's virtual transports give every queue's copy of a published message
+    the same delivery tag, and Redis keeps un-acked messages in one hash keyed
+    by tag: acking the copy in one queue deleted the un-acked record of the
+    copy in another, so rejecting or losing that one lost the message. Each
+    received message gets a fresh tag here.
+
+    They also requeue (reject, lost consumer) by routing the message through
+    its exchange again, handing another copy to every other bound queue. The
+    original route is kept in the message properties, and the restore route
+    becomes the default exchange with ``queue`` as routing key.
+    """
+    make_message = channel.Message
+
+    def message(payload: dict, channel: Any = None, **kwargs: Any) -> Any:
+        # Copies: kombu's memory transport puts one payload object in every queue.
+        properties = dict(payload["properties"])
+        info = dict(properties.get("delivery_info") or {})
+        properties.setdefault(_ORIGIN, [info.get("exchange") or "", info.get("routing_key") or ""])
+        info["exchange"], info["routing_key"] = "", queue
+        properties["delivery_info"] = info
+        properties["delivery_tag"] = uuid.uuid4().hex
+        return make_message(dict(payload, properties=properties), channel=channel, **kwargs)
+
+    channel.Message = message
+
+
+# --- deliveries ---------------------------------------------------------------------------------
+
+class KombuDelivery(Delivery):
+    """A message received by :class:`KombuTransport`; ack/reject from any thread."""
+
+    def __init__(self, transport: "KombuTransport", channel: Any, delivery_tag: Any,
+                 generation: int, body: bytes, headers: Dict[str, Any],
+                 properties: Dict[str, Any], exchange: str, routing_key: str, queue: str,
+                 redelivered: bool) -> None:
+        self.body = body
+        self.headers = headers
+        self.properties = properties
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.queue = queue
+        self.redelivered = redelivered
+        self._transport = transport
+        self._channel = channel
+        self._delivery_tag = delivery_tag
+        self._generation = generation
+        self._settled = False
+
+    def ack(self) -> None:
+        """Acknowledge; dropped if the connection it came on is gone (it is redelivered)."""
+        self._transport._settle(self, None)
+
+    def reject(self, requeue: bool) -> None:
+        """Reject (``requeue=True`` gives it back to the queue)."""
+        self._transport._settle(self, bool(requeue))
+
+    def __repr__(self) -> str:
+        return (f"<KombuDelivery {self.queue!r} from {self.exchange!r}/{self.routing_key!r}"
+                f" {len(self.body)} bytes>")
+
+
+class _Consumer:
+    """What :meth:`KombuTransport.consume` was asked, kept to consume again after a reconnect."""
+
+    def __init__(self, queue: str, on_message: OnMessage, prefetch_count: int) -> None:
+        self.queue = queue
+        self.on_message = on_message
+        self.prefetch_count = prefetch_count
+        self.tag = f"tavrida-{uuid.uuid4().hex}"
+        self.channel: Any = None
+
+
+class _Batch:
+    """Envelopes of one publish call and what became of each."""
+
+    def __init__(self, envelopes: List[OutgoingEnvelope]) -> None:
+        self.envelopes = envelopes
+        self.todo: Dict[int, None] = dict.fromkeys(range(len(envelopes)))
+        self.failed: Dict[int, str] = {}
+
+    def fail(self, index: int, reason: str) -> None:
+        if self.todo.pop(index, 0) is None:
+            self.failed[index] = reason
+
+    def error(self) -> exceptions.PublishFailed:
+        """The PublishFailed that names every failed envelope."""
+        first = min(self.failed)
+        envelope = self.envelopes[first]
+        reason = self.failed[first]
+        if len(self.envelopes) > 1:
+            reason = (f"{len(self.failed)} of {len(self.envelopes)} messages failed "
+                      f"(indexes {sorted(self.failed)}); first: {reason}")
+        error = exceptions.PublishFailed(exchange=envelope.exchange,
+                                         routing_key=envelope.routing_key, reason=reason)
+        #: index -> reason, and the failed envelopes themselves, for callers that retry.
+        error.failed = dict(self.failed)
+        error.envelopes = [self.envelopes[index] for index in sorted(self.failed)]
+        return error
+
+
+class _ConfirmTimeout(Exception):
+    """The broker did not confirm in time."""
+
+
+# --- the transport ------------------------------------------------------------------------------
+
+class KombuTransport(Transport):
+    """A :class:`~tavrida.transports.base.Transport` on any kombu broker URL.
+
+    Connections open lazily (first declare, consume, drain or publish).
+    Connection errors are retried with kombu's retry policy: the first
+    connect ``connection_attempts`` times, later reconnects
+    ``reconnect_attempts`` times (-1: for ever), sleeping ``retry_delay``,
+    then ``2 * retry_delay``, ... up to :attr:`max_retry_interval`.
+    """
+
+    #: Longest wait inside one ``drain_events`` call: bounds how late a queued
+    #: ack from another thread, a heartbeat or :meth:`stop` is noticed.
+    poll_interval = 0.05
+    #: Seconds to wait for publisher confirms before raising PublishFailed.
+    confirm_timeout = 30.0
+    #: Upper bound of the sleep between reconnect attempts.
+    max_retry_interval = 10.0
+
+    def __init__(self, config: ConnectionConfig) -> None:
+        if config.is_memory:
+            raise exceptions.IncorrectAMQPConfig(
+                reason="memory:// is tavrida's own transport; kombu's is kombu+memory://")
+        self._config = config
+        self._is_amqp = config.scheme in AMQP_SCHEMES
+        self._confirms = self._is_amqp and config.publisher_confirms
+        properties = dict(config.transport_options.get("client_properties") or {})
+        #: Base of the client-provided connection names (``<name>:consume``, ``<name>:publish``).
+        self.connection_name: str = (properties.get("connection_name")
+                                     or f"tavrida-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        errors = kombu.Connection(**self._connection_params("probe"))
+        self._retry_errors = tuple(errors.recoverable_connection_errors)
+        self._connection_errors = tuple(errors.connection_errors)
+        self._channel_errors = tuple(errors.channel_errors)
+
+        # Consuming connection: state guarded by _lock.
+        self._lock = threading.RLock()
+        self._conn: Optional[kombu.Connection] = None
+        self._control: Any = None
+        self._generation = 0
+        self._ever_connected = False
+        self._broken = False
+        self._exchanges: Dict[str, None] = {}
+        self._queues: Dict[str, None] = {}
+        self._bindings: Dict[Binding, None] = {}
+        self._reply_queues: Dict[str, Tuple[Binding, ...]] = {}
+        self._consumers: List[_Consumer] = []
+        self._ready: Deque[Tuple[KombuDelivery, OnMessage]] = collections.deque()
+        self._settles: Deque[Tuple[KombuDelivery, Optional[bool]]] = collections.deque()
+        self._stop = threading.Event()
+        self._closed = False
+
+        # Publishing connection: state guarded by _publish_lock.
+        self._publish_lock = threading.Lock()
+        self._pub_conn: Optional[kombu.Connection] = None
+        self._pub_channel: Any = None
+        self._pub_ever_connected = False
+        self._pub_confirming = False
+        self._pub_seq = 0
+        self._pub_waiting: "collections.OrderedDict[int, int]" = collections.OrderedDict()
+        self._pub_batch: Optional[_Batch] = None
+        self._pub_exchanges: Set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"KombuTransport({self._config.safe_url!r})"
+
+    # -- connection parameters ------------------------------------------------------------------
+
+    def _connection_params(self, role: str, heartbeat: float = 0) -> Dict[str, Any]:
+        """kombu.Connection arguments for one connection (``role`` names it on the broker)."""
+        config = self._config
+        options: Dict[str, Any] = {}
+        ssl: Any = False
+        if self._is_amqp:
+            transport: Any = _AMQPTransport
+            if config.channel_max:
+                options["channel_max"] = config.channel_max
+            if config.frame_max:
+                options["frame_max"] = config.frame_max
+            if config.ssl:
+                ssl = config.ssl_options or True
+        elif config.scheme in REDIS_SCHEMES:
+            transport = config.scheme
+            options["socket_connect_timeout"] = config.socket_timeout
+            if config.ssl:
+                # kombu silently ignores a non-dict, and warns into CERT_NONE without one.
+                ssl = config.ssl_options or {"ssl_cert_reqs": ssl_module.CERT_REQUIRED}
+        else:
+            transport = "memory"
+            options["polling_interval"] = 0.005
+        options.update(config.transport_options)
+        if self._is_amqp:
+            properties = dict(options.get("client_properties") or {})
+            properties["connection_name"] = f"{self.connection_name}:{role}"
+            options["client_properties"] = properties
+        credentials = config.credentials
+        return {
+            "hostname": config.host or "localhost",
+            "port": config.port,
+            "userid": credentials.username if credentials else None,
+            "password": credentials.password if credentials else None,
+            "virtual_host": config.virtual_host,
+            "ssl": ssl,
+            "transport": transport,
+            "connect_timeout": config.socket_timeout,
+            "heartbeat": heartbeat,
+            "transport_options": options,
+        }
+
+    def _retry_policy(self, initial: bool) -> Dict[str, Any]:
+        """kombu retry_over_time arguments for the first connect or a reconnect."""
+        config = self._config
+        attempts = config.connection_attempts if initial else config.reconnect_attempts
+        delay = max(config.retry_delay, 0.0)
+        return {
+            "max_retries": None if attempts < 0 else max(attempts - 1, 0),
+            "interval_start": delay,
+            "interval_step": delay,
+            "interval_max": max(delay, self.max_retry_interval),
+        }
+
+    def _retry(self, fun: Callable[[], Any], initial: bool, what: str) -> Any:
+        """Run ``fun`` until it stops raising connection errors, per the retry policy."""
+        if not initial and self._config.reconnect_attempts == 0:
+            return fun()
+
+        def errback(exc: BaseException, intervals: Any, retries: int) -> float:
+            interval = next(intervals)
+            LOG.warning("%s %s failed (%s: %s); retrying in %.1fs", what,
+                        self._config.safe_url, type(exc).__name__, exc, interval)
+            return interval
+
+        return retry_over_time(fun, self._retry_errors, errback=errback,
+                               **self._retry_policy(initial))
+
+    def _open_connection(self, role: str, heartbeat: float = 0) -> kombu.Connection:
+        """Connect once (retries belong to the caller)."""
+        conn = kombu.Connection(**self._connection_params(role, heartbeat))
+        conn.ensure_connection(max_retries=0, reraise_as_library_errors=False)
+        return conn
+
+    def _new_channel(self, conn: kombu.Connection) -> Any:
+        channel = conn.channel()
+        if not self._is_amqp:
+            channel.exchange_types["topic"] = _RabbitTopicExchange(channel)
+        return channel
+
+    # -- consuming connection --------------------------------------------------------------------
+
+    def _ensure_connected(self) -> None:
+        """Open (or re-open) the consuming connection; call with ``_lock`` held."""
+        if self._closed:
+            raise exceptions.TavridaError("the transport is closed")
+        if self._conn is not None and not self._broken and self._conn.connected:
+            return
+        initial = not self._ever_connected
+        if not initial:
+            LOG.info("reconnecting to %s", self._config.safe_url)
+        self._retry(self._connect, initial, "connecting to")
+        if not initial:
+            LOG.info("reconnected to %s", self._config.safe_url)
+
+    def _connect(self) -> None:
+        """One attempt: connect, declare everything remembered, consume again."""
+        self._drop_connection()
+        heartbeat = self._config.heartbeat_interval or 0
+        self._conn = self._open_connection("consume", heartbeat if self._is_amqp else 0)
+        self._generation += 1
+        self._ever_connected = True
+        try:
+            self._control = self._new_channel(self._conn)
+            self._declare_on(self._control, list(self._exchanges), list(self._queues),
+                             list(self._bindings))
+            for queue, bindings in self._reply_queues.items():
+                self._declare_reply_on(self._control, queue, bindings)
+            for consumer in self._consumers:
+                self._start_consumer(consumer)
+        except BaseException:
+            self._drop_connection()
+            raise
+
+    def _drop_connection(self) -> None:
+        """Forget the consuming connection without talking to the broker."""
+        conn, self._conn, self._control = self._conn, None, None
+        self._broken = False
+        for consumer in self._consumers:
+            consumer.channel = None
+        # Deliveries not yet handed out came on the dead connection: the broker redelivers them.
+        self._ready.clear()
+        if conn is not None:
+            try:
+                conn.collect()
+            except Exception:  # noqa: BLE001 - the connection is dead anyway
+                LOG.debug("ignoring error while dropping a connection", exc_info=True)
+
+    def _lost(self, exc: BaseException) -> None:
+        LOG.warning("connection to %s lost (%s: %s)", self._config.safe_url,
+                    type(exc).__name__, exc)
+        self._drop_connection()
+
+    def _raw_connection(self) -> Any:
+        """The transport-level connection, without kombu's implicit reconnect."""
+        return self._conn._connection if self._conn is not None else None
+
+    # -- declarations ----------------------------------------------------------------------------
+
+    def _declare_on(self, channel: Any, exchanges: Iterable[str], queues: Iterable[str],
+                    bindings: Iterable[Binding]) -> None:
+        # The tavrida 1.0 declarations exactly: no arguments, nothing exclusive or auto-deleted.
+        for name in exchanges:
+            kombu.Exchange(name, "topic", durable=True, auto_delete=False).declare(channel=channel)
+        for name in queues:
+            kombu.Queue(name, durable=True, exclusive=False, auto_delete=False,
+                        no_declare=False).declare(channel=channel)
+        for binding in bindings:
+            channel.queue_bind(queue=binding.queue, exchange=binding.exchange,
+                               routing_key=binding.routing_key)
+
+    def _declare_reply_on(self, channel: Any, queue: str, bindings: Iterable[Binding]) -> None:
+        kombu.Queue(queue, durable=False, exclusive=self._is_amqp,
+                    auto_delete=True).declare(channel=channel)
+        for binding in bindings:
+            channel.queue_bind(queue=queue, exchange=binding.exchange,
+                               routing_key=binding.routing_key)
+
+    def _with_connection(self, action: Callable[[Any], Any], remember: Callable[[], None]) -> Any:
+        """Run ``action(control_channel)``, reconnecting on connection errors.
+
+        ``remember`` records the operation for reconnects; it runs before a
+        reconnect (which then performs the declarations itself) or once the
+        action worked, never after the broker refused it.
+        """
+        with self._lock:
+            for attempt in range(3):
+                self._ensure_connected()
+                try:
+                    result = action(self._control)
+                except self._retry_errors as exc:
+                    remember()
+                    self._lost(exc)
+                    if attempt == 2 or self._config.reconnect_attempts == 0:
+                        raise
+                    continue
+                remember()
+                return result
+        return None
+
+    def declare(self, topology: Topology) -> None:
+        """Declare exchanges, queues, bindings (tavrida 1.0 style); again after reconnects.
+
+        Raises the broker library's error when the broker refuses (e.g. 406
+        for a same-named object declared with other properties).
+        """
+        def remember() -> None:
+            self._exchanges.update(dict.fromkeys(topology.exchanges))
+            self._queues.update(dict.fromkeys(topology.queues))
+            self._bindings.update(dict.fromkeys(topology.bindings))
+
+        self._with_connection(
+            lambda channel: self._declare_on(channel, topology.exchanges, topology.queues,
+                                             topology.bindings),
+            remember)
+
+    def declare_reply_queue(self, queue: str, bindings: Iterable[Binding]) -> None:
+        """Declare a private queue that goes away with this transport.
+
+        RabbitMQ: exclusive and auto-delete, so the broker deletes it when the
+        connection closes, however the process ends. Redis and memory: deleted
+        by :meth:`close` (a crashed process leaves it behind). Messages sent to
+        it while the connection is down are lost; it is declared again on
+        reconnect. ``Binding.queue`` is ignored: bindings go to ``queue``.
+        """
+        bindings = tuple(bindings)
+
+        def remember() -> None:
+            self._reply_queues[queue] = bindings
+
+        self._with_connection(lambda channel: self._declare_reply_on(channel, queue, bindings),
+                              remember)
+
+    def delete(self, exchanges: Iterable[str] = (), queues: Iterable[str] = ()) -> None:
+        """Delete queues, then exchanges, and forget them (missing ones are fine)."""
+        exchanges, queues = list(exchanges), list(queues)
+        with self._lock:
+            for consumer in [c for c in self._consumers if c.queue in queues]:
+                self._cancel_consumer(consumer)
+            for name in queues:
+                self._queues.pop(name, None)
+                self._reply_queues.pop(name, None)
+            for name in exchanges:
+                self._exchanges.pop(name, None)
+            self._bindings = {b: None for b in self._bindings
+                              if b.queue not in queues and b.exchange not in exchanges}
+
+            def action(channel: Any) -> None:
+                for name in queues:
+                    channel.queue_delete(queue=name)
+                for name in exchanges:
+                    channel.exchange_delete(exchange=name)
+
+            self._with_connection(action, lambda: None)
+        with self._publish_lock:
+            self._pub_exchanges.difference_update(exchanges)
+
+    def queue_size(self, queue: str) -> Optional[int]:
+        """Messages ready in ``queue``; None when it does not exist (RabbitMQ)."""
+        def action(channel: Any) -> Optional[int]:
+            if not self._is_amqp:
+                # Redis has no empty-queue object: a passive declare would say 404.
+                return channel.queue_declare(queue=queue, passive=False,
+                                             auto_delete=False).message_count
+            try:
+                return channel.queue_declare(queue=queue, passive=True).message_count
+            except amqp.NotFound:
+                return None  # py-amqp has already reopened the channel
+
+        return self._with_connection(action, lambda: None)
+
+    # -- consuming -------------------------------------------------------------------------------
+
+    def consume(self, queue: str, on_message: OnMessage, prefetch_count: int) -> None:
+        """Deliver ``queue`` to ``on_message`` inside :meth:`drain` (manual acks).
+
+        ``prefetch_count`` bounds the un-acked deliveries of this consumer
+        (0: no bound). Consumes again after every reconnect.
+        """
+        consumer = _Consumer(queue, on_message, max(int(prefetch_count), 0))
+        with self._lock:
+            self._ensure_connected()
+            self._consumers.append(consumer)
+            try:
+                self._start_consumer(consumer)
+            except self._retry_errors as exc:
+                self._lost(exc)
+                self._ensure_connected()
+            except BaseException:
+                self._consumers.remove(consumer)
+                self._close_channel(consumer.channel)
+                consumer.channel = None
+                raise
+
+    def _start_consumer(self, consumer: _Consumer) -> None:
+        channel = self._new_channel(self._conn)
+        consumer.channel = channel
+        if not self._is_amqp:
+            _own_copies(channel, consumer.queue)
+        channel.basic_qos(0, consumer.prefetch_count, False)
+        generation = self._generation
+        channel.basic_consume(
+            queue=consumer.queue, no_ack=False, consumer_tag=consumer.tag,
+            callback=lambda message: self._on_message(consumer, channel, generation, message))
+
+    def _cancel_consumer(self, consumer: _Consumer) -> None:
+        self._consumers.remove(consumer)
+        channel, consumer.channel = consumer.channel, None
+        if channel is not None:
+            try:
+                channel.basic_cancel(consumer.tag)
+            except self._connection_errors + self._channel_errors:
+                LOG.debug("could not cancel consumer of %s", consumer.queue, exc_info=True)
+            self._close_channel(channel)
+
+    def _close_channel(self, channel: Any) -> None:
+        if channel is None:
+            return
+        try:
+            channel.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            LOG.debug("ignoring error while closing a channel", exc_info=True)
+
+    def _on_message(self, consumer: _Consumer, channel: Any, generation: int,
+                    message: Any) -> None:
+        """Wrap a broker message (raw py-amqp or kombu virtual) into a Delivery."""
+        if self._is_amqp:
+            delivery = self._amqp_delivery(consumer, channel, generation, message)
+        else:
+            delivery = self._virtual_delivery(consumer, channel, generation, message)
+        # Handed out by drain() once the connection lock is released.
+        self._ready.append((delivery, consumer.on_message))
+
+    def _amqp_delivery(self, consumer: _Consumer, channel: Any, generation: int,
+                       message: amqp.Message) -> KombuDelivery:
+        props = message.properties
+        info = message.delivery_info
+        body = message.body
+        if not isinstance(body, bytes):
+            body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+        return KombuDelivery(
+            self, channel, info["delivery_tag"], generation, body,
+            dict(props.get("application_headers") or {}),
+            {name: props[name] for name in _PROPERTY_NAMES if props.get(name) is not None},
+            info.get("exchange") or "", info.get("routing_key") or "", consumer.queue,
+            bool(info.get("redelivered")))
+
+    def _virtual_delivery(self, consumer: _Consumer, channel: Any, generation: int,
+                          message: Any) -> KombuDelivery:
+        raw = message._raw  # the stored payload: kombu's Message may have decompressed the body
+        props = raw.get("properties") or {}
+        info = props.get("delivery_info") or {}
+        body = raw.get("body") or b""
+        if body:
+            body = channel.decode_body(body, props.get("body_encoding"))
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        headers = dict(raw.get("headers") or {})
+        redelivered = bool(info.get("redelivered") or raw.get("redelivered"))
+        if redelivered and headers.get("redelivered") is True:
+            headers.pop("redelivered")  # added by kombu's Redis restore, not by the sender
+        properties = {name: props[name] for name in _PROPERTY_NAMES
+                      if props.get(name) is not None}
+        for name, key in (("content_type", "content-type"),
+                          ("content_encoding", "content-encoding")):
+            if raw.get(key) is not None:
+                properties[name] = raw[key]
+        exchange, routing_key = props.get(_ORIGIN) or ["", consumer.queue]
+        return KombuDelivery(self, channel, props.get("delivery_tag"), generation, body,
+                             headers, properties, exchange, routing_key, consumer.queue,
+                             redelivered)
+
+    def _settle(self, delivery: KombuDelivery, requeue: Optional[bool]) -> None:
+        """Queue an ack (``requeue is None``) or reject; do it now if the connection is free."""
+        if delivery._settled:
+            LOG.warning("%r was already acked or rejected; ignoring", delivery)
+            return
+        delivery._settled = True
+        self._settles.append((delivery, requeue))
+        # Busy means drain() is in the middle of I/O: it settles within poll_interval.
+        if self._lock.acquire(blocking=False):
+            try:
+                self._perform_settles()
+            finally:
+                self._lock.release()
+
+    def _perform_settles(self) -> None:
+        """Send queued acks/rejects; call with ``_lock`` held."""
+        while self._settles:
+            delivery, requeue = self._settles.popleft()
+            if (self._conn is None or self._broken or delivery._generation != self._generation
+                    or delivery._channel is None):
+                LOG.debug("dropping ack of %r: its connection is gone", delivery)
+                continue
+            try:
+                if requeue is None:
+                    delivery._channel.basic_ack(delivery._delivery_tag)
+                else:
+                    delivery._channel.basic_reject(delivery._delivery_tag, requeue=requeue)
+            except self._connection_errors + self._channel_errors as exc:
+                # drain() reconnects; the broker redelivers what was not acked.
+                LOG.warning("could not settle %r (%s: %s)", delivery, type(exc).__name__, exc)
+                self._broken = True
+
+    # -- draining --------------------------------------------------------------------------------
+
+    def drain(self, timeout: float) -> bool:
+        """Deliver waiting messages, waiting at most ``timeout`` seconds for one.
+
+        Returns True once something was delivered. Pumps heartbeats, performs
+        queued acks and reconnects (re-declaring and consuming again) when the
+        connection is lost; raises only when reconnect attempts run out.
+        """
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while not self._closed:
+            if self._ready:
+                return self._deliver_ready()
+            if self._stop.is_set():
+                break
+            remaining = deadline - time.monotonic()
+            if not self._consumers and self._conn is None:
+                # Nothing to read or keep alive: just wait to be stopped.
+                self._stop.wait(max(remaining, 0.0))
+                break
+            with self._lock:
+                self._drain_once(min(max(remaining, 0.001), self.poll_interval))
+            if self._ready:
+                return self._deliver_ready()
+            if time.monotonic() >= deadline:
+                break
+        self._stop.clear()
+        return False
+
+    def _drain_once(self, timeout: float) -> None:
+        """One bounded read on the consuming connection; call with ``_lock`` held."""
+        if self._closed:
+            return
+        self._ensure_connected()
+        self._perform_settles()
+        conn = self._conn
+        try:
+            conn.transport.drain_events(self._raw_connection(), timeout=timeout)
+        except socket.timeout:
+            pass
+        except self._connection_errors + self._channel_errors as exc:
+            self._lost(exc)
+            return
+        try:
+            # After reading: frames just read count as signs of life.
+            conn.transport.heartbeat_check(self._raw_connection(), rate=2)
+        except self._connection_errors as exc:
+            self._lost(exc)
+            return
+        self._perform_settles()
+
+    def _deliver_ready(self) -> bool:
+        """Run callbacks of received messages, outside the lock, on the draining thread."""
+        while self._ready:
+            delivery, on_message = self._ready.popleft()
+            on_message(delivery)
+        return True
+
+    def stop(self) -> None:
+        """Make a waiting :meth:`drain` return (within :attr:`poll_interval`)."""
+        self._stop.set()
+
+    def heartbeat(self) -> None:
+        """Send an AMQP heartbeat on the consuming connection now, from any thread.
+
+        If :meth:`drain` holds the connection at this moment it is pumping
+        heartbeats itself, so nothing needs sending.
+        """
+        if not self._is_amqp or not self._lock.acquire(blocking=False):
+            return
+        try:
+            raw = self._raw_connection()
+            if raw is not None and not self._broken:
+                raw.send_heartbeat()
+        except self._connection_errors as exc:
+            LOG.warning("heartbeat failed (%s: %s)", type(exc).__name__, exc)
+            self._broken = True
+        finally:
+            self._lock.release()
+
+    # -- publishing ------------------------------------------------------------------------------
+
+    def publish(self, envelope: OutgoingEnvelope) -> None:
+        """Publish one message; with confirms, return once the broker confirmed it.
+
+        Raises PublishFailed on a nack, a missing exchange (RabbitMQ), a
+        confirm timeout, or when reconnect attempts run out.
+        """
+        self.publish_many([envelope])
+
+    def publish_many(self, envelopes: Iterable[OutgoingEnvelope]) -> None:
+        """Publish all, then wait for all confirms (pipelined).
+
+        Messages lost with a connection or a channel are published again
+        (at-least-once). Raises PublishFailed naming every message that
+        failed (``error.failed``: index -> reason); all others were confirmed.
+        """
+        batch = _Batch(list(envelopes))
+        if not batch.envelopes:
+            return
+        if self._closed:
+            for index in list(batch.todo):
+                batch.fail(index, "the transport is closed")
+            raise batch.error()
+        with self._publish_lock:
+            self._pub_batch = batch
+            try:
+                self._publish_batch(batch)
+            finally:
+                self._pub_batch = None
+                self._pub_waiting.clear()
+        if batch.failed:
+            raise batch.error()
+
+    def _publish_batch(self, batch: _Batch) -> None:
+        def attempt() -> None:
+            while batch.todo:
+                self._publish_round(batch)
+
+        try:
+            self._retry(attempt, not self._pub_ever_connected, "publishing to")
+        except _ConfirmTimeout:
+            self._drop_publisher()
+            for index in list(batch.todo):
+                batch.fail(index, f"no confirm from the broker within {self.confirm_timeout}s")
+        except Exception as exc:  # noqa: BLE001 - every failure must be reported per message
+            self._drop_publisher()
+            reason = f"{type(exc).__name__}: {exc}"
+            for index in list(batch.todo):
+                batch.fail(index, reason)
+
+    def _publisher_channel(self) -> Any:
+        """The confirm-mode publishing channel, (re)connecting once if needed."""
+        conn = self._pub_conn
+        if conn is None or not conn.connected:
+            self._drop_publisher()
+            self._pub_conn = conn = self._open_connection("publish")
+            self._pub_ever_connected = True
+        if self._pub_channel is None:
+            self._pub_channel = self._new_channel(conn)
+            if self._is_amqp:
+                events = self._pub_channel.events
+                events["basic_ack"].add(self._on_confirm)
+                events["basic_nack"].add(self._on_nack)
+                # Without a listener py-amqp raises returns; mandatory is never set anyway.
+                events["basic_return"].add(self._on_return)
+        if self._confirms and not self._pub_confirming:
+            self._pub_channel.confirm_select()
+            self._pub_confirming = True
+            self._pub_seq = 0
+            self._pub_waiting.clear()
+        return self._pub_channel
+
+    def _drop_publisher(self) -> None:
+        conn, self._pub_conn, self._pub_channel = self._pub_conn, None, None
+        self._pub_confirming = False
+        self._pub_waiting.clear()
+        self._pub_exchanges.clear()
+        if conn is not None:
+            try:
+                conn.collect()
+            except Exception:  # noqa: BLE001 - the connection is dead anyway
+                LOG.debug("ignoring error while dropping a connection", exc_info=True)
+
+    def _publish_round(self, batch: _Batch) -> None:
+        """Publish every pending envelope once and wait for their confirms.
+
+        Connection errors propagate (the caller reconnects and calls again);
+        a channel error fails the envelopes it names and leaves the others
+        pending for the next round on a fresh confirm channel.
+        """
+        try:
+            channel = self._publisher_channel()
+        except self._retry_errors:
+            self._drop_publisher()
+            raise
+        try:
+            for index in list(batch.todo):
+                if index not in batch.todo:
+                    continue  # failed meanwhile (nack read while publishing)
+                envelope = batch.envelopes[index]
+                message = self._prepare(channel, envelope)
+                if self._confirms:
+                    self._pub_seq += 1
+                    self._pub_waiting[self._pub_seq] = index
+                channel.basic_publish(message, exchange=envelope.exchange,
+                                      routing_key=envelope.routing_key)
+                if not self._confirms:
+                    batch.todo.pop(index, None)
+            self._wait_for_confirms()
+        except self._retry_errors:
+            self._drop_publisher()
+            raise
+        except amqp.ChannelError as exc:
+            self._on_channel_error(batch, exc)
+
+    def _prepare(self, channel: Any, envelope: OutgoingEnvelope) -> Any:
+        if not self._is_amqp and envelope.exchange not in self._pub_exchanges:
+            # Virtual transports route in this process and treat an exchange they
+            # have not seen as "direct": record it as topic (no broker round trip).
+            if envelope.exchange:
+                channel.exchange_declare(exchange=envelope.exchange, type="topic",
+                                         durable=True, auto_delete=False)
+            self._pub_exchanges.add(envelope.exchange)
+        properties = {"delivery_mode": 2 if envelope.persistent else 1}
+        return channel.prepare_message(bytes(envelope.body), None, envelope.content_type,
+                                       envelope.content_encoding, dict(envelope.headers),
+                                       properties)
+
+    def _wait_for_confirms(self) -> None:
+        deadline = time.monotonic() + self.confirm_timeout
+        raw = self._pub_conn._connection
+        while self._pub_waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _ConfirmTimeout()
+            try:
+                raw.drain_events(timeout=remaining)
+            except socket.timeout:
+                continue
+
+    def _on_confirm(self, delivery_tag: int, multiple: bool) -> None:
+        batch = self._pub_batch
+        for index in self._resolve(delivery_tag, multiple):
+            if batch is not None:
+                batch.todo.pop(index, None)
+
+    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        batch = self._pub_batch
+        for index in self._resolve(delivery_tag, multiple):
+            if batch is not None:
+                batch.fail(index, "the broker nacked it")
+
+    def _resolve(self, delivery_tag: int, multiple: bool) -> List[int]:
+        """Indexes of the envelopes a basic.ack/nack settles."""
+        waiting = self._pub_waiting
+        if not multiple:
+            index = waiting.pop(delivery_tag, None)
+            return [] if index is None else [index]
+        settled = []
+        while waiting:
+            tag = next(iter(waiting))
+            if tag > delivery_tag:
+                break
+            settled.append(waiting.pop(tag))
+        return settled
+
+    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        LOG.warning("broker returned a message for %s/%s: %s", exchange, routing_key, exc)
+
+    def _on_channel_error(self, batch: _Batch, exc: amqp.ChannelError) -> None:
+        """The broker closed the publishing channel (py-amqp has reopened it)."""
+        reason = f"{exc.reply_code} {exc.reply_text}".strip() if exc.reply_text else str(exc)
+        unconfirmed = list(self._pub_waiting.values())
+        self._pub_waiting.clear()
+        self._pub_confirming = False
+        if not self._confirms:
+            # The culprit was an earlier, already returned publish: nothing to blame now.
+            LOG.warning("the broker closed the publishing channel: %s", reason)
+            return
+        # The broker names the missing exchange; other unconfirmed messages are innocent
+        # and go out again on the fresh channel.
+        culprits = [index for index in unconfirmed
+                    if f"'{batch.envelopes[index].exchange}'" in (exc.reply_text or "")]
+        # Nothing unconfirmed to blame: fail what is left rather than loop for ever.
+        for index in culprits or unconfirmed or list(batch.todo):
+            batch.fail(index, reason)
+
+    # -- closing ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Send queued acks, cancel consumers, close both connections.
+
+        Un-acked messages go back to the broker (RabbitMQ, Redis). Reply queues
+        go away (RabbitMQ: with the connection; others: deleted here).
+        """
+        self._closed = True
+        self._stop.set()
+        with self._lock:
+            try:
+                if self._conn is not None and not self._broken and self._conn.connected:
+                    self._perform_settles()
+                    for consumer in list(self._consumers):
+                        self._cancel_consumer(consumer)
+                    if not self._is_amqp and self._reply_queues:
+                        for queue in self._reply_queues:
+                            self._control.queue_delete(queue=queue)
+                    self._close_channel(self._control)
+                    self._conn.release()
+            except self._connection_errors + self._channel_errors:
+                LOG.debug("ignoring error while closing %s", self._config.safe_url,
+                          exc_info=True)
+            finally:
+                self._consumers.clear()
+                self._drop_connection()
+        with self._publish_lock:
+            if self._pub_conn is not None:
+                try:
+                    self._pub_conn.release()
+                except self._connection_errors + self._channel_errors:
+                    LOG.debug("ignoring error while closing the publisher", exc_info=True)
+            self._drop_publisher()

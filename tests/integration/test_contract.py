@@ -1,0 +1,288 @@
+"""The contract suite: the same service behaviour on every transport.
+
+Runs on tavrida's in-memory transport, RabbitMQ, Redis and kombu's
+``memory://``. Servers run in threads, as ``Server.run`` does in a
+process; every test uses its own exchange and queue names.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict, List
+
+import pytest
+
+from tavrida import client, discovery, dispatcher, exceptions, messages, middleware, server, service
+
+
+@pytest.fixture(params=["memory", "amqp", "redis", "kombu-memory"])
+def url(request, unique):
+    """A broker URL of each kind; the in-memory one private to the test."""
+    if request.param == "memory":
+        return f"memory://{unique.prefix}"
+    if request.param == "amqp":
+        return request.getfixturevalue("amqp_url")
+    if request.param == "redis":
+        return request.getfixturevalue("redis_url")
+    return "kombu+memory://"
+
+
+class Recorder:
+    """What handlers saw, with a way to wait for it."""
+
+    def __init__(self) -> None:
+        self.items: List[Any] = []
+        self._cond = threading.Condition()
+
+    def add(self, item: Any) -> None:
+        with self._cond:
+            self.items.append(item)
+            self._cond.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 15.0) -> List[Any]:
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.items) >= count, timeout), (
+                f"saw {len(self.items)} of {count}: {self.items}")
+            return list(self.items)
+
+
+SEEN = Recorder()
+
+
+class Running:
+    """Servers running in threads until the test ends."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.servers: List[server.Server] = []
+        self.threads: List[threading.Thread] = []
+        self.clients: List[client.RPCClient] = []
+
+    def serve(self, queue: str, exchange: str, services: List[type], **kwargs: Any) -> None:
+        srv = server.Server(self.url, queue, exchange, services, **kwargs)
+        srv.start()  # topology declared before anything is sent
+        thread = threading.Thread(target=srv.run, daemon=True)
+        thread.start()
+        self.servers.append(srv)
+        self.threads.append(thread)
+
+    def client(self, disc: discovery.AbstractDiscovery, source: str, **kw: Any) -> Any:
+        cli = client.RPCClient(self.url, disc, source=source, **kw)
+        self.clients.append(cli)
+        return cli
+
+    def close(self) -> None:
+        for cli in self.clients:
+            cli.close()
+        for srv in self.servers:
+            srv.stop()
+        for thread in self.threads:
+            thread.join(15)
+        assert not any(thread.is_alive() for thread in self.threads), "a server did not stop"
+
+
+@pytest.fixture
+def running(url):
+    global SEEN
+    SEEN = Recorder()
+    cluster = Running(url)
+    yield cluster
+    cluster.close()
+
+
+class Failure(Exception):
+    code = 13
+
+
+@dispatcher.rpc_service("front")
+class Front(service.ServiceController):
+
+    @dispatcher.rpc_method(service="front", method="start")
+    def start(self, request, proxy, value):
+        SEEN.add(("front.start", request.correlation_id, dict(request.context)))
+        proxy.middle.work(step=value).call()
+
+    @dispatcher.rpc_response_method(service="middle", method="work")
+    def on_work(self, response, proxy, result):
+        SEEN.add(("front.response", response.correlation_id, dict(response.context), result))
+
+    @dispatcher.rpc_error_method(service="middle", method="work")
+    def on_error(self, error, proxy):
+        SEEN.add(("front.error", error.correlation_id, dict(error.payload)))
+
+
+@dispatcher.rpc_service("middle")
+class Middle(service.ServiceController):
+
+    @dispatcher.rpc_method(service="middle", method="work")
+    def work(self, request, proxy, step):
+        SEEN.add(("middle.work", request.correlation_id, dict(request.context)))
+        if step == "fail":
+            raise Failure("middle refuses")
+        proxy.back.end(depth=3).cast()
+        proxy.publish(step=step)
+        return {"result": f"done {step}"}
+
+    @dispatcher.rpc_method(service="middle", method="echo")
+    def echo(self, request, proxy, value):
+        return {"value": value, "headers": messages.user_headers(request.headers)}
+
+
+@dispatcher.rpc_service("back")
+class Back(service.ServiceController):
+
+    @dispatcher.rpc_method(service="back", method="end")
+    def end(self, request, proxy, depth):
+        SEEN.add(("back.end", request.correlation_id, dict(request.context)))
+
+
+@dispatcher.rpc_service("watcher")
+class Watcher(service.ServiceController):
+
+    @dispatcher.subscription_method(service="middle", method="work")
+    def on_work(self, notification, proxy, step):
+        SEEN.add(("watcher", notification.correlation_id, step))
+
+
+@dispatcher.rpc_service("auditor")
+class Auditor(service.ServiceController):
+
+    @dispatcher.subscription_method(service="middle", method="work")
+    def on_work(self, notification, proxy, step):
+        SEEN.add(("auditor", notification.correlation_id, step))
+
+
+def chain(running: Running, unique) -> Dict[str, str]:
+    """Front -> Middle -> Back, Middle publishing to Watcher and Auditor."""
+    ex = {name: unique(name) for name in ("front", "middle", "back", "events", "client")}
+    disc = discovery.LocalDiscovery()
+    disc.register_remote_service("front", ex["front"])
+    disc.register_remote_service("middle", ex["middle"])
+    disc.register_remote_service("back", ex["back"])
+    disc.register_remote_service("client", ex["client"])
+    disc.register_local_publisher("middle", ex["events"])
+    disc.register_remote_publisher("middle", ex["events"])
+    for cls in (Front, Middle, Back, Watcher, Auditor):
+        cls.set_discovery(disc)
+    running.serve(unique("front-q"), ex["front"], [Front])
+    running.serve(unique("middle-q"), ex["middle"], [Middle])
+    running.serve(unique("back-q"), ex["back"], [Back])
+    running.serve(unique("watcher-q"), unique("watcher-ex"), [Watcher])
+    running.serve(unique("auditor-q"), unique("auditor-ex"), [Auditor])
+    return ex
+
+
+def test_call_chain_keeps_correlation_id_and_grows_context(running, unique):
+    chain(running, unique)
+    disc = Front.get_discovery()
+    cli = running.client(disc, "client")
+    cli.front.start(value=7).cast(correlation_id="corr-42")
+    seen = SEEN.wait_for(6)
+    by_kind = {item[0]: item for item in seen}
+    assert {item[1] for item in seen} == {"corr-42"}
+    assert by_kind["front.start"][2] == {"value": 7}
+    assert by_kind["middle.work"][2] == {"value": 7, "step": 7}
+    assert by_kind["back.end"][2] == {"value": 7, "step": 7, "depth": 3}
+    assert by_kind["front.response"][3] == "done 7"
+    assert by_kind["front.response"][2]["result"] == "done 7"
+    assert {by_kind["watcher"][2], by_kind["auditor"][2]} == {7}
+
+
+def test_error_reaches_the_error_handler(running, unique):
+    chain(running, unique)
+    cli = running.client(Front.get_discovery(), "client")
+    cli.front.start(value="fail").cast()
+    seen = SEEN.wait_for(3)
+    [error] = [item for item in seen if item[0] == "front.error"]
+    assert error[2] == {"class": f"{__name__}.Failure", "name": "Failure",
+                        "message": "middle refuses", "code": 13}
+
+
+def test_blocking_call_and_remote_error(running, unique):
+    chain(running, unique)
+    cli = running.client(Front.get_discovery(), "client", headers={"x-trace": "t1"})
+    answer = cli.middle.echo(value=[1, "two"]).call(timeout=10)
+    assert answer == {"value": [1, "two"], "headers": {"x-trace": "t1"}}
+    with pytest.raises(exceptions.RemoteError) as info:
+        cli.middle.work(step="fail").call(timeout=10)
+    assert info.value.remote_name == "Failure"
+    assert info.value.code == 13
+
+
+def test_concurrent_blocking_calls_get_their_own_answers(running, unique):
+    chain(running, unique)
+    cli = running.client(Front.get_discovery(), "client")
+    results: Dict[int, Any] = {}
+
+    def call(i: int) -> None:
+        results[i] = cli.middle.echo(value=i).call(timeout=20)["value"]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert results == {i: i for i in range(50)}
+
+
+@dispatcher.rpc_service("worker")
+class Worker(service.ServiceController):
+
+    @dispatcher.rpc_method(service="worker", method="job")
+    def job(self, request, proxy, n):
+        SEEN.add((id(self), n))  # one controller instance per server
+
+
+def test_competing_consumers_share_one_queue(running, unique):
+    exchange, queue = unique("work-ex"), unique("work-q")
+    disc = discovery.LocalDiscovery()
+    disc.register_remote_service("worker", exchange)
+    Worker.set_discovery(disc)
+    running.serve(queue, exchange, [Worker], workers=1, prefetch_count=1)
+    running.serve(queue, exchange, [Worker], workers=1, prefetch_count=1)
+    cli = running.client(disc, "client")
+    for n in range(40):
+        cli.worker.job(n=n).cast()
+    seen = SEEN.wait_for(40)
+    assert sorted(n for _, n in seen) == list(range(40))
+    assert len({owner for owner, _ in seen}) == 2, "one server took every message"
+
+
+class Stamp(middleware.Middleware):
+    def process(self, message):
+        if isinstance(message, messages.Response):
+            message.payload["stamped"] = True
+        return message
+
+
+class Gate(middleware.Middleware):
+    def process(self, message):
+        if message.headers.get("x-key") != "open":
+            return messages.Error.create_by_request(message, PermissionError("no key"))
+        return message
+
+
+@dispatcher.rpc_service("guarded")
+class Guarded(service.ServiceController):
+
+    def __init__(self, postprocessor):
+        super().__init__(postprocessor)
+        self.add_incoming_middleware(Gate())
+        self.add_outgoing_middleware(Stamp())
+
+    @dispatcher.rpc_method(service="guarded", method="get")
+    def get(self, request, proxy):
+        return {"secret": 1}
+
+
+def test_middlewares_gate_and_stamp(running, unique):
+    exchange = unique("guarded-ex")
+    disc = discovery.LocalDiscovery()
+    disc.register_remote_service("guarded", exchange)
+    disc.register_remote_service("client", unique("client-ex"))
+    Guarded.set_discovery(disc)
+    running.serve(unique("guarded-q"), exchange, [Guarded])
+    with pytest.raises(exceptions.RemoteError, match="no key"):
+        running.client(disc, "client").guarded.get().call(timeout=10)
+    keyed = running.client(disc, "client", headers={"x-key": "open"})
+    assert keyed.guarded.get().call(timeout=10) == {"secret": 1, "stamped": True}
