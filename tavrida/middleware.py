@@ -8,7 +8,8 @@ An incoming middleware gets the incoming message and returns it (or a
 replacement of the same kind) to go on, or a Response or Error to stop
 there: that answer goes back to the caller when the request was a call.
 An outgoing middleware gets the Response or Error a handler produced and
-must return one of the same class.
+must return one of the same class. :mod:`tavrida.idempotency` has a
+ready-made one that lets handlers see each message once.
 """
 
 from __future__ import annotations
@@ -36,3 +37,7 @@ class Middleware(AbstractMessageController):
     def process(self, message: Any) -> Any:
         """Return the message to go on (incoming), or the answer (outgoing)."""
         return message
+
+    def done(self, message: Any, answer: Any) -> None:
+        """Called on incoming middlewares once ``message`` was handled and any
+        ``answer`` (Response or Error) sent, just before the message is acked."""

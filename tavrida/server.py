@@ -297,6 +297,7 @@ class Server:
                     continue
             if answer is not None and isinstance(message, messages.IncomingRequestCall):
                 self._send_answer(controller, answer, delivery)
+            controller.message_done(message, answer)
         delivery.ack()
 
     @staticmethod

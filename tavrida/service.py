@@ -116,6 +116,11 @@ class ServiceController:
                        f"a Response or an Error")
         return self.run_outgoing(result)
 
+    def message_done(self, message: messages.Message, answer: Any) -> None:
+        """Tell the incoming middlewares that ``message`` was handled (before its ack)."""
+        for middleware in self.incoming_middlewares:
+            middleware.done(message, answer)
+
     def run_outgoing(self, answer: Any) -> Any:
         """Pass an answer through the outgoing middlewares; each must keep its kind."""
         for middleware in self.outgoing_middlewares:
