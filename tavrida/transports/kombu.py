@@ -3,11 +3,12 @@
 :class:`KombuTransport` moves opaque bytes plus a header table; it knows
 nothing about tavrida messages. It holds two long-lived connections:
 
-* the *consuming* connection belongs to the thread that calls :meth:`drain`.
-  It carries the declarations, one channel per :meth:`consume` call (so each
-  consumer has its own prefetch window) and a control channel. It is only
-  touched under ``self._lock``; :meth:`drain` releases that lock while user
-  callbacks run, so a callback may ack, declare or send heartbeats at will.
+* the *consuming* connection is driven by :meth:`drain` (one thread at a
+  time; callbacks run on that thread). It carries the declarations, one
+  channel per :meth:`consume` call (so each consumer has its own prefetch
+  window) and a control channel. It is only touched under ``self._lock``;
+  :meth:`drain` releases that lock while callbacks run, so a callback may
+  ack, declare or send heartbeats at will.
 * the *publishing* connection has one channel in publisher-confirm mode,
   shared by every thread under ``self._publish_lock``. It has no heartbeats
   (nothing reads it between publishes, as with celery's producer
@@ -16,15 +17,18 @@ nothing about tavrida messages. It holds two long-lived connections:
 
 Acks and rejects from other threads are queued and performed by whoever
 holds the consuming connection next: the caller itself when the connection
-is idle, otherwise :meth:`drain` within :attr:`KombuTransport.poll_interval`.
+is idle, otherwise :meth:`drain` after its current read. While deliveries
+are out with handlers, those reads last 1 ms, doubling up to
+:attr:`KombuTransport.poll_interval`, so a quick worker's ack goes out
+within a few milliseconds and a slow one costs few wake-ups.
 Concurrent reads and writes on one socket are never allowed, which keeps
 ``amqps://`` (whose SSL objects are not thread safe) correct.
 
 Bytes are never interpreted: bodies are not decoded, decompressed or
 unpickled, whatever the content type or headers say. py-amqp decodes AMQP
 short strings (content_type, correlation_id, reply_to, routing key, ...)
-strictly, so one invalid UTF-8 property used to break the frame parser and
-poison the queue; :func:`_tolerant_frame_handler` decodes such strings with
+strictly, so one invalid UTF-8 property breaks its frame parser and poisons
+the queue; :func:`_tolerant_frame_handler` decodes such strings with
 ``surrogateescape`` instead (``value.encode("utf-8", "surrogateescape")``
 gives the original bytes back). Header *values* that are not UTF-8 arrive
 as ``bytes`` (py-amqp's own fallback).
@@ -352,7 +356,9 @@ class _Batch:
         self.failed: Dict[int, str] = {}
 
     def fail(self, index: int, reason: str) -> None:
-        if self.todo.pop(index, 0) is None:
+        """Record why envelope ``index`` failed, unless it is settled already."""
+        if index in self.todo:
+            del self.todo[index]
             self.failed[index] = reason
 
     def error(self) -> exceptions.PublishFailed:
@@ -363,12 +369,15 @@ class _Batch:
         if len(self.envelopes) > 1:
             reason = (f"{len(self.failed)} of {len(self.envelopes)} messages failed "
                       f"(indexes {sorted(self.failed)}); first: {reason}")
-        error = exceptions.PublishFailed(exchange=envelope.exchange,
-                                         routing_key=envelope.routing_key, reason=reason)
-        #: index -> reason, and the failed envelopes themselves, for callers that retry.
-        error.failed = dict(self.failed)
-        error.envelopes = [self.envelopes[index] for index in sorted(self.failed)]
-        return error
+        # failed: index -> reason; envelopes: the failed ones, for callers that retry.
+        return exceptions.PublishFailed(
+            exchange=envelope.exchange, routing_key=envelope.routing_key, reason=reason,
+            failed=dict(self.failed),
+            envelopes=[self.envelopes[index] for index in sorted(self.failed)])
+
+
+#: Errors of a message that cannot be encoded (header types, names too long).
+_UNENCODABLE = (amqp.FrameSyntaxError, TypeError, ValueError, struct.error)
 
 
 class _ConfirmTimeout(Exception):
@@ -390,6 +399,8 @@ class KombuTransport(Transport):
     #: Longest wait inside one ``drain_events`` call: bounds how late a queued
     #: ack from another thread, a heartbeat or :meth:`stop` is noticed.
     poll_interval = 0.05
+    #: Shortest such wait, used right after handing out a delivery.
+    min_poll_interval = 0.001
     #: Seconds to wait for publisher confirms before raising PublishFailed.
     confirm_timeout = 30.0
     #: Upper bound of the sleep between reconnect attempts.
@@ -402,9 +413,12 @@ class KombuTransport(Transport):
         self._config = config
         self._is_amqp = config.scheme in AMQP_SCHEMES
         self._confirms = self._is_amqp and config.publisher_confirms
-        properties = dict(config.transport_options.get("client_properties") or {})
-        #: Base of the client-provided connection names (``<name>:consume``, ``<name>:publish``).
+        options = config.transport_options
+        properties = dict(options.get("client_properties") or {})
+        #: Base of the names the connections give the broker: ``<name>:consume`` and
+        #: ``<name>:publish`` (RabbitMQ ``connection_name``, Redis ``CLIENT SETNAME``).
         self.connection_name: str = (properties.get("connection_name")
+                                     or options.get("client_name")
                                      or f"tavrida-{os.getpid()}-{uuid.uuid4().hex[:12]}")
         errors = kombu.Connection(**self._connection_params("probe"))
         self._retry_errors = tuple(errors.recoverable_connection_errors)
@@ -424,6 +438,9 @@ class KombuTransport(Transport):
         self._reply_queues: Dict[str, Tuple[Binding, ...]] = {}
         self._consumers: List[_Consumer] = []
         self._ready: Deque[Tuple[KombuDelivery, OnMessage]] = collections.deque()
+        #: Deliveries handed out and not yet acked or rejected (ids; set ops are atomic).
+        self._unsettled: Set[int] = set()
+        self._slice = self.poll_interval
         self._settles: Deque[Tuple[KombuDelivery, Optional[bool]]] = collections.deque()
         self._stop = threading.Event()
         self._closed = False
@@ -455,6 +472,8 @@ class KombuTransport(Transport):
                 options["channel_max"] = config.channel_max
             if config.frame_max:
                 options["frame_max"] = config.frame_max
+            if config.locale:
+                options["locale"] = config.locale
             if config.ssl:
                 ssl = config.ssl_options or True
         elif config.scheme in REDIS_SCHEMES:
@@ -471,6 +490,8 @@ class KombuTransport(Transport):
             properties = dict(options.get("client_properties") or {})
             properties["connection_name"] = f"{self.connection_name}:{role}"
             options["client_properties"] = properties
+        elif config.scheme in REDIS_SCHEMES:
+            options["client_name"] = f"{self.connection_name}:{role}"
         credentials = config.credentials
         return {
             "hostname": config.host or "localhost",
@@ -565,10 +586,11 @@ class KombuTransport(Transport):
             consumer.channel = None
         # Deliveries not yet handed out came on the dead connection: the broker redelivers them.
         self._ready.clear()
+        self._unsettled.clear()
         if conn is not None:
             try:
                 conn.collect()
-            except Exception:  # noqa: BLE001 - the connection is dead anyway
+            except Exception:  # the connection is dead anyway: nothing to report
                 LOG.debug("ignoring error while dropping a connection", exc_info=True)
 
     def _lost(self, exc: BaseException) -> None:
@@ -595,6 +617,9 @@ class KombuTransport(Transport):
                                routing_key=binding.routing_key)
 
     def _declare_reply_on(self, channel: Any, queue: str, bindings: Iterable[Binding]) -> None:
+        bindings = list(bindings)
+        # Binding needs the exchange; declared as everywhere else (same as the memory transport).
+        self._declare_on(channel, dict.fromkeys(b.exchange for b in bindings), (), ())
         kombu.Queue(queue, durable=False, exclusive=self._is_amqp,
                     auto_delete=True).declare(channel=channel)
         for binding in bindings:
@@ -646,7 +671,8 @@ class KombuTransport(Transport):
         connection closes, however the process ends. Redis and memory: deleted
         by :meth:`close` (a crashed process leaves it behind). Messages sent to
         it while the connection is down are lost; it is declared again on
-        reconnect. ``Binding.queue`` is ignored: bindings go to ``queue``.
+        reconnect. The exchanges named by ``bindings`` are declared if missing;
+        ``Binding.queue`` is ignored: bindings go to ``queue``.
         """
         bindings = tuple(bindings)
 
@@ -717,6 +743,31 @@ class KombuTransport(Transport):
                 consumer.channel = None
                 raise
 
+    def cancel(self) -> None:
+        """Stop taking messages; received ones not yet handed out go back to their queue.
+
+        Consumer channels stay open until :meth:`close`, so deliveries already
+        handed out can still be acked or rejected. Not consumed again after a
+        reconnect.
+        """
+        with self._lock:
+            consumers, self._consumers = self._consumers, []
+            if self._conn is None or self._broken:
+                return  # nothing is consuming on the broker
+            try:
+                for consumer in consumers:
+                    if consumer.channel is not None:
+                        # py-amqp waits for cancel-ok: deliveries still in flight land in _ready.
+                        consumer.channel.basic_cancel(consumer.tag)
+            except self._connection_errors + self._channel_errors as exc:
+                self._lost(exc)  # the broker gives everything back itself
+                return
+            while self._ready:
+                delivery, _ = self._ready.popleft()
+                delivery._settled = True
+                self._settles.append((delivery, True))
+            self._perform_settles()
+
     def _start_consumer(self, consumer: _Consumer) -> None:
         channel = self._new_channel(self._conn)
         consumer.channel = channel
@@ -743,7 +794,7 @@ class KombuTransport(Transport):
             return
         try:
             channel.close()
-        except Exception:  # noqa: BLE001 - closing is best effort
+        except Exception:  # closing is best effort
             LOG.debug("ignoring error while closing a channel", exc_info=True)
 
     def _on_message(self, consumer: _Consumer, channel: Any, generation: int,
@@ -786,6 +837,8 @@ class KombuTransport(Transport):
             headers.pop("redelivered")  # added by kombu's Redis restore, not by the sender
         properties = {name: props[name] for name in _PROPERTY_NAMES
                       if props.get(name) is not None}
+        if properties.get("priority") == 0:
+            del properties["priority"]  # kombu's filler, not the sender's
         for name, key in (("content_type", "content-type"),
                           ("content_encoding", "content-encoding")):
             if raw.get(key) is not None:
@@ -801,8 +854,10 @@ class KombuTransport(Transport):
             LOG.warning("%r was already acked or rejected; ignoring", delivery)
             return
         delivery._settled = True
+        self._unsettled.discard(id(delivery))
+        self._slice = self.min_poll_interval
         self._settles.append((delivery, requeue))
-        # Busy means drain() is in the middle of I/O: it settles within poll_interval.
+        # Busy means drain() is in the middle of a (short) read: it settles right after.
         if self._lock.acquire(blocking=False):
             try:
                 self._perform_settles()
@@ -848,7 +903,7 @@ class KombuTransport(Transport):
                 self._stop.wait(max(remaining, 0.0))
                 break
             with self._lock:
-                self._drain_once(min(max(remaining, 0.001), self.poll_interval))
+                self._drain_once(min(max(remaining, self.min_poll_interval), self._next_slice()))
             if self._ready:
                 return self._deliver_ready()
             if time.monotonic() >= deadline:
@@ -878,10 +933,21 @@ class KombuTransport(Transport):
             return
         self._perform_settles()
 
+    def _next_slice(self) -> float:
+        """How long the next read may block: short while handlers may ack from elsewhere."""
+        if not self._unsettled:
+            return self.poll_interval
+        current = self._slice
+        self._slice = min(current * 2, self.poll_interval)
+        return current
+
     def _deliver_ready(self) -> bool:
         """Run callbacks of received messages, outside the lock, on the draining thread."""
         while self._ready:
             delivery, on_message = self._ready.popleft()
+            if not delivery._settled:
+                self._unsettled.add(id(delivery))
+                self._slice = self.min_poll_interval
             on_message(delivery)
         return True
 
@@ -921,8 +987,10 @@ class KombuTransport(Transport):
         """Publish all, then wait for all confirms (pipelined).
 
         Messages lost with a connection or a channel are published again
-        (at-least-once). Raises PublishFailed naming every message that
-        failed (``error.failed``: index -> reason); all others were confirmed.
+        (at-least-once: a message whose confirm was lost may arrive twice).
+        Raises PublishFailed naming every message that failed -- its
+        ``kwargs["failed"]`` maps their indexes to reasons, ``kwargs["envelopes"]``
+        lists them; all the others were confirmed.
         """
         batch = _Batch(list(envelopes))
         if not batch.envelopes:
@@ -952,7 +1020,7 @@ class KombuTransport(Transport):
             self._drop_publisher()
             for index in list(batch.todo):
                 batch.fail(index, f"no confirm from the broker within {self.confirm_timeout}s")
-        except Exception as exc:  # noqa: BLE001 - every failure must be reported per message
+        except Exception as exc:  # whatever it is, every message gets its reason
             self._drop_publisher()
             reason = f"{type(exc).__name__}: {exc}"
             for index in list(batch.todo):
@@ -988,7 +1056,7 @@ class KombuTransport(Transport):
         if conn is not None:
             try:
                 conn.collect()
-            except Exception:  # noqa: BLE001 - the connection is dead anyway
+            except Exception:  # the connection is dead anyway: nothing to report
                 LOG.debug("ignoring error while dropping a connection", exc_info=True)
 
     def _publish_round(self, batch: _Batch) -> None:
@@ -1008,13 +1076,19 @@ class KombuTransport(Transport):
                 if index not in batch.todo:
                     continue  # failed meanwhile (nack read while publishing)
                 envelope = batch.envelopes[index]
-                message = self._prepare(channel, envelope)
+                try:
+                    message = self._prepare(channel, envelope)
+                    channel.basic_publish(message, exchange=envelope.exchange,
+                                          routing_key=envelope.routing_key)
+                except _UNENCODABLE as exc:
+                    # Raised while encoding, before anything was written: only this one fails.
+                    batch.fail(index, f"cannot encode it: {type(exc).__name__}: {exc}")
+                    continue
                 if self._confirms:
+                    # Registered after the write: acks read inside basic_publish are older.
                     self._pub_seq += 1
                     self._pub_waiting[self._pub_seq] = index
-                channel.basic_publish(message, exchange=envelope.exchange,
-                                      routing_key=envelope.routing_key)
-                if not self._confirms:
+                else:
                     batch.todo.pop(index, None)
             self._wait_for_confirms()
         except self._retry_errors:

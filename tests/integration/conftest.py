@@ -8,8 +8,9 @@
   for contract tests that must behave the same on every broker.
 * ``unique``: a uuid-suffixed name prefix; names made with ``unique("x")``
   are deleted from the brokers the test used when it ends.
-* ``close_amqp_connections``: make RabbitMQ drop connections by their
-  client-provided name (needs ``rabbitmqctl``, i.e. a local broker).
+* ``close_amqp_connections`` / ``close_redis_connections``: make the broker
+  drop connections by their client-provided name (RabbitMQ needs
+  ``rabbitmqctl``, i.e. a local broker; Redis uses ``CLIENT KILL``).
 
 Every test uses its own names and deletes what it declares: other suites
 share these brokers.
@@ -150,11 +151,15 @@ def unique(request: pytest.FixtureRequest) -> Iterator[UniqueNames]:
     """Per-test name prefix; what it names is deleted from the brokers the test used."""
     test = request.node.name.split("[")[0].replace("_", "-")[:40]
     names = UniqueNames(f"tvt-{test}-{uuid.uuid4().hex[:10]}")
+    yield names
+    # Looked up now: fixtures that depend on this one request a broker after it was made.
     urls: List[str] = []
     for fixture in ("amqp_url", "redis_url", "broker_url"):
         if fixture in request.fixturenames:
-            urls.append(request.getfixturevalue(fixture))
-    yield names
+            try:
+                urls.append(request.getfixturevalue(fixture))
+            except (Exception, pytest.skip.Exception, pytest.fail.Exception):
+                continue  # that broker was never reached: nothing to clean
     for url in dict.fromkeys(urls):
         scheme = urllib.parse.urlsplit(url).scheme
         if scheme.startswith("amqp"):
@@ -191,5 +196,23 @@ def close_amqp_connections(amqp_url: str) -> Callable[[str], int]:
                 run("close_connection", pid, "closed by a tavrida test")
                 closed += 1
         return closed
+
+    return close
+
+
+@pytest.fixture
+def close_redis_connections(redis_url: str) -> Callable[[str], int]:
+    """``close(name)`` makes Redis close every connection whose name contains ``name``."""
+    import redis
+
+    def close(name: str) -> int:
+        client = redis.Redis.from_url(redis_url, socket_timeout=3)
+        try:
+            ids = [c["id"] for c in client.client_list() if name in (c.get("name") or "")]
+            for client_id in ids:
+                client.client_kill_filter(_id=client_id)
+            return len(ids)
+        finally:
+            client.close()
 
     return close
