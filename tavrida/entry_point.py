@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from tavrida import exceptions
 
 
@@ -112,8 +114,19 @@ class EntryPointFactory:
 
 
 def parse(value: object, source: bool = False, destination: bool = False) -> EntryPoint:
-    """Shortcut for :meth:`EntryPointFactory.create`."""
+    """Shortcut for :meth:`EntryPointFactory.create`, cached for header strings.
+
+    Entry points are values: the cached instances are shared, never mutate one.
+    """
+    if isinstance(value, str):
+        return _parse_text(value, source, destination)
     return _FACTORY.create(value, source=source, destination=destination)
 
 
 _FACTORY = EntryPointFactory()
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_text(value: str, source: bool, destination: bool) -> EntryPoint:
+    # A service sees the same few addresses over and over: parse each once.
+    return _FACTORY.create(value, source=source, destination=destination)
