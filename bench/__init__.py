@@ -7,8 +7,9 @@ Run ``python -m bench --url amqp://guest:guest@127.0.0.1//`` (see
 * :mod:`bench.tavrida_side` -- tavrida services and clients of every scenario;
 * :mod:`bench.baseline_kombu` -- the raw kombu equivalents;
 * :mod:`bench.scenarios` -- one repetition of each scenario, for either side;
+* :mod:`bench.runner` -- repetitions (sides alternating), the run's description;
 * :mod:`bench.report` -- figures, targets, medians, the table and the JSON;
-* :mod:`bench.profile` -- cProfile of tavrida's client and service sides.
+* :mod:`bench.profiling` -- cProfile of the client and service sides.
 
 This package imports nothing heavy itself, so spawned processes only load
 the side they run (the RSS scenario compares a tavrida service with a

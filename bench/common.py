@@ -172,7 +172,8 @@ def percentile(values: Sequence[float], pct: float) -> float:
 class Progress:
     """Counts handled messages of a service; reports once ``expected`` are done.
 
-    Records the time of the first and last message and the service's RSS
+    Records the time of the first and last message, the process CPU time
+    per message in between (all threads), and the service's RSS
     when 10 % and 100 % were handled (to tell whether memory stays flat).
     Both sides call :meth:`tick` once per acked message.
     """
@@ -183,6 +184,7 @@ class Progress:
         self._mark = max(expected // 10, 1)
         self._on_done = on_done
         self._t_first = 0.0
+        self._cpu_first = 0.0
         self._rss_mark = 0
 
     def tick(self) -> None:
@@ -190,12 +192,15 @@ class Progress:
         count = self.count
         if count == 1:
             self._t_first = now()
+            self._cpu_first = time.process_time()
         if count == self._mark:
             self._rss_mark = proc_status().get("VmRSS", 0)
         if count == self.expected:
             t_last = now()
+            cpu = time.process_time() - self._cpu_first
             status = proc_status()
             self._on_done({"t_first": self._t_first, "t_last": t_last, "count": count,
+                           "cpu_per_msg": cpu / max(count - 1, 1),
                            "rss_mark": self._rss_mark, "rss_end": status.get("VmRSS", 0),
                            "hwm": status.get("VmHWM", 0)})
 

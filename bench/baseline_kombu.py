@@ -1,0 +1,281 @@
+"""The raw kombu baseline: the same services and clients as :mod:`bench.tavrida_side`.
+
+Idiomatic kombu: JSON bodies through kombu's serializer, persistent
+messages (``delivery_mode=2``), ``confirm_publish`` as the run says, a
+``Consumer`` with the same prefetch, manual acks on the service. Blocking
+calls are the classic kombu RPC pattern: the client publishes with
+``reply_to`` / ``correlation_id`` and drains its own exclusive reply queue;
+the service answers through the default exchange. Nothing here imports
+tavrida, so the RSS of :func:`serve` is that of a plain kombu consumer.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any, Callable, Dict, List, Optional
+
+import kombu
+
+from bench.common import (
+    ECHO_KEY,
+    EVENT_KEY,
+    SERVICE_BINDING,
+    SINK_KEY,
+    BenchError,
+    Link,
+    Names,
+    Progress,
+    Setup,
+    median,
+    now,
+    percentile,
+)
+from bench.profiling import maybe_profile
+
+#: Seconds a single blocking call may take before the run fails.
+CALL_TIMEOUT = 10.0
+#: kombu's memory:// as the issue asks: no sleep between polls.
+MEMORY_OPTIONS = {"polling_interval": 0}
+
+
+def connect(setup: Setup, url: str = "", confirms: Optional[bool] = None,
+            options: Optional[Dict[str, Any]] = None) -> kombu.Connection:
+    """A connection with ``confirm_publish`` on RabbitMQ as the run says (or ``confirms``)."""
+    transport_options = dict(options or {})
+    if setup.is_amqp and not url:
+        transport_options["confirm_publish"] = (setup.effective_confirms if confirms is None
+                                                else confirms)
+    conn = kombu.Connection(url or setup.url, transport_options=transport_options)
+    conn.ensure_connection(max_retries=3)
+    return conn
+
+
+def topic(name: str) -> kombu.Exchange:
+    """A durable topic exchange, declared as tavrida declares its exchanges."""
+    return kombu.Exchange(name, "topic", durable=True, auto_delete=False)
+
+
+def service_queue(names: Names) -> kombu.Queue:
+    return kombu.Queue(names.queue, topic(names.exchange), routing_key=SERVICE_BINDING,
+                       durable=True, auto_delete=False)
+
+
+def subscriber_queue(names: Names, index: int) -> kombu.Queue:
+    # The exact key: kombu's virtual topic exchanges need a word where RabbitMQ's '#' needs none.
+    return kombu.Queue(names.subscriber_queue(index), topic(names.events_exchange),
+                       routing_key=EVENT_KEY, durable=True, auto_delete=False)
+
+
+def service_loop(conn: kombu.Connection, queue: kombu.Queue, setup: Setup,
+                 progress: Optional[Progress], stopped: Callable[[], bool],
+                 on_ready: Callable[[], None]) -> None:
+    """Consume ``queue``: answer requests that have ``reply_to``, ack everything."""
+    channel = conn.channel()
+    producer = kombu.Producer(channel)
+
+    def on_message(body: Any, message: Any) -> None:
+        properties = message.properties
+        reply_to = properties.get("reply_to")
+        if reply_to:
+            producer.publish({"value": body["value"]}, exchange="", routing_key=reply_to,
+                             correlation_id=properties.get("correlation_id"),
+                             delivery_mode=2, serializer="json")
+        message.ack()
+        if progress is not None:
+            progress.tick()
+
+    consumer = kombu.Consumer(channel, [queue], callbacks=[on_message],
+                              prefetch_count=setup.prefetch, accept=["json"])
+    consumer.consume()
+    on_ready()
+    while not stopped():
+        try:
+            conn.drain_events(timeout=0.1)
+        except socket.timeout:
+            pass
+    consumer.cancel()
+
+
+class RPCClient:
+    """The classic kombu RPC client: publish with ``reply_to``, drain the reply queue."""
+
+    def __init__(self, conn: kombu.Connection, names: Names, exclusive: bool) -> None:
+        self.conn = conn
+        self.names = names
+        channel = conn.channel()
+        self.reply_queue = kombu.Queue(f"{names.prefix}.reply.{uuid.uuid4().hex[:8]}",
+                                       exclusive=exclusive, auto_delete=True, durable=False)
+        self.answers: Dict[str, Any] = {}
+        self.consumer = kombu.Consumer(channel, [self.reply_queue], on_message=self._on_reply,
+                                       no_ack=True, accept=["json"])
+        self.consumer.consume()
+        # Declares the topic exchange (virtual transports route by the type they know).
+        self.producer = kombu.Producer(channel, exchange=topic(names.exchange))
+
+    def _on_reply(self, message: Any) -> None:
+        self.answers[message.properties["correlation_id"]] = message.decode()
+
+    def call(self, value: Any) -> Any:
+        correlation_id = uuid.uuid4().hex
+        self.producer.publish({"value": value}, exchange=self.names.exchange,
+                              routing_key=ECHO_KEY, reply_to=self.reply_queue.name,
+                              correlation_id=correlation_id, delivery_mode=2, serializer="json")
+        deadline = time.monotonic() + CALL_TIMEOUT
+        while correlation_id not in self.answers:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BenchError(f"no answer to call {value!r} in {CALL_TIMEOUT}s")
+            try:
+                self.conn.drain_events(timeout=remaining)
+            except socket.timeout:
+                pass
+        return self.answers.pop(correlation_id)
+
+    def close(self) -> None:
+        self.consumer.cancel()
+        self.reply_queue(self.consumer.channel).delete()
+
+
+# --- child processes -----------------------------------------------------------------------------
+
+def serve(link: Link, setup: Setup, names: Names, role: str, expected: int,
+          profile_to: str = "") -> None:
+    """A consumer process; reports ``ready``, then ``done`` after ``expected`` acks."""
+    with connect(setup) as conn:
+        queue = service_queue(names) if role == "rpc" else subscriber_queue(names, int(role[-1]))
+        progress = Progress(expected, lambda report: link.send("done", report)) if expected \
+            else None
+        with maybe_profile(profile_to):
+            service_loop(conn, queue, setup, progress, link.stop.is_set,
+                         lambda: link.send("ready", os.getpid()))
+
+
+def call_client(link: Link, setup: Setup, names: Names, n: int, profile_to: str = "") -> None:
+    """``n`` sequential blocking calls; reports each one's latency."""
+    with connect(setup) as conn:
+        rpc = RPCClient(conn, names, exclusive=setup.is_amqp)
+        for i in range(setup.warmup):
+            rpc.call(i)
+        latencies: List[float] = []
+        with maybe_profile(profile_to):
+            cpu = time.process_time()
+            start = now()
+            for i in range(n):
+                began = now()
+                answer = rpc.call(i)
+                latencies.append(now() - began)
+                if answer["value"] != i:
+                    raise BenchError(f"call {i} got {answer!r}")
+            elapsed = now() - start
+            cpu = time.process_time() - cpu
+        rpc.close()
+    link.send("result", {"latencies": latencies, "elapsed": elapsed, "cpu": cpu})
+
+
+def _publish_loop(conn: kombu.Connection, setup: Setup, n: int, exchange: str,
+                  routing_key: str) -> Dict[str, float]:
+    producer = kombu.Producer(conn.channel(), exchange=topic(exchange))  # declares it
+    for i in range(setup.warmup):
+        producer.publish({"value": i}, exchange=exchange, routing_key=routing_key,
+                         delivery_mode=2, serializer="json")
+    cpu = time.process_time()
+    t_first = now()
+    for i in range(n):
+        producer.publish({"value": i}, exchange=exchange, routing_key=routing_key,
+                         delivery_mode=2, serializer="json")
+    elapsed = now() - t_first
+    return {"t_first": t_first, "elapsed": elapsed, "cpu": time.process_time() - cpu}
+
+
+def cast_client(link: Link, setup: Setup, names: Names, n: int, profile_to: str = "") -> None:
+    """``setup.warmup`` then ``n`` timed publishes; reports the first's time and the CPU used."""
+    with connect(setup) as conn, maybe_profile(profile_to):
+        result = _publish_loop(conn, setup, n, names.exchange, SINK_KEY)
+    link.send("result", result)
+
+
+def publish_client(link: Link, setup: Setup, names: Names, n: int) -> None:
+    """``setup.warmup`` then ``n`` timed notifications to the events exchange."""
+    with connect(setup) as conn:
+        result = _publish_loop(conn, setup, n, names.events_exchange, EVENT_KEY)
+    link.send("result", result)
+
+
+def bulk_client(link: Link, setup: Setup, names: Names, n: int, batch: int) -> None:
+    """``n`` persistent publishes, each waiting for its confirm (kombu's ``confirm_publish``)."""
+    with connect(setup, confirms=True) as conn:
+        service_queue(names)(conn.channel()).declare()
+        result = _publish_loop(conn, setup, n, names.exchange, SINK_KEY)
+    link.send("result", {"elapsed": result["elapsed"]})
+
+
+# --- kombu's memory:// ---------------------------------------------------------------------------
+
+class _MemoryService:
+    """A kombu consumer thread on ``memory://`` (kombu's memory broker is per process)."""
+
+    def __init__(self, setup: Setup, names: Names, progress: Optional[Progress]) -> None:
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: List[BaseException] = []
+        self._thread = threading.Thread(target=self._run, args=(setup, names, progress),
+                                        daemon=True, name="bench-kombu-memory")
+
+    def _run(self, setup: Setup, names: Names, progress: Optional[Progress]) -> None:
+        try:
+            with connect(setup, url="memory://", options=MEMORY_OPTIONS) as conn:
+                service_loop(conn, service_queue(names), setup, progress, self._stop.is_set,
+                             self._ready.set)
+        except BaseException as exc:  # noqa: B036 - reported by __enter__/__exit__
+            self._error.append(exc)
+            self._ready.set()
+
+    def __enter__(self) -> "_MemoryService":
+        self._thread.start()
+        if not self._ready.wait(30.0) or self._error:
+            raise BenchError(f"kombu memory service did not start: {self._error}")
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        self._thread.join(10.0)
+        if self._error:
+            raise BenchError(f"kombu memory service failed: {self._error[0]!r}")
+
+
+def memory_run(link: Link, setup: Setup, n_calls: int, n_casts: int,
+               profile_to: str = "") -> None:
+    """Blocking calls, then casts, through a consumer thread on kombu's ``memory://``."""
+    names = Names.fresh("kmem")
+    figures: Dict[str, float] = {}
+    with _MemoryService(setup, names, None), \
+            connect(setup, url="memory://", options=MEMORY_OPTIONS) as conn:
+        rpc = RPCClient(conn, names, exclusive=False)
+        for i in range(setup.warmup):
+            rpc.call(i)
+        latencies = []
+        start = now()
+        for i in range(n_calls):
+            began = now()
+            rpc.call(i)
+            latencies.append(now() - began)
+        figures["calls_per_s"] = n_calls / (now() - start)
+        rpc.close()
+    figures["median_us"] = median(latencies) * 1e6
+    figures["p99_us"] = percentile(latencies, 99) * 1e6
+
+    done = threading.Event()
+    report: Dict[str, Any] = {}
+    progress = Progress(setup.warmup + n_casts, lambda result: (report.update(result), done.set()))
+    with _MemoryService(setup, names, progress), \
+            connect(setup, url="memory://", options=MEMORY_OPTIONS) as conn:
+        result = _publish_loop(conn, setup, n_casts, names.exchange, SINK_KEY)
+        if not done.wait(setup.timeout):
+            raise BenchError(f"kombu memory casts: {progress.count} of "
+                             f"{setup.warmup + n_casts} handled in {setup.timeout}s")
+    figures["casts_per_s"] = n_casts / (report["t_last"] - result["t_first"])
+    link.send("result", figures)

@@ -1,0 +1,166 @@
+"""cProfile of tavrida's client and service sides in the call and cast scenarios.
+
+::
+
+    python -m bench.profiling --url amqp://guest:guest@127.0.0.1// --out bench/results/profile
+
+runs the call and cast scenarios with cProfile in the client process and
+in the service process, for tavrida and for the kombu baseline (so call
+counts per message can be compared), plus tavrida's in-memory pipeline in
+one thread (cast then drain); writes ``<out>/<name>.pstats`` and prints the
+top functions by own time with their share of the busy time (the time not
+spent waiting in a socket read or on a lock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pstats
+import sys
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
+
+#: Own time of these built-ins is mostly waiting: blocking socket reads (a socket with a
+#: timeout waits inside recv), poll/select, lock and condition waits.
+WAITS = ("poll", "select", "epoll", "acquire", "wait", "sleep", "recv")
+
+
+@contextlib.contextmanager
+def maybe_profile(path: str) -> Iterator[None]:
+    """Profile the block (this thread only) into ``path``; nothing if ``path`` is empty."""
+    if not path:
+        yield
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+        profiler.dump_stats(path)
+
+
+def _is_wait(func: Tuple[str, int, str]) -> bool:
+    filename, _, name = func
+    return filename == "~" and any(word in name for word in WAITS)
+
+
+def top(path: str, limit: int = 20) -> List[dict]:
+    """The ``limit`` functions with most own time: share of all and of busy time."""
+    stats: Any = pstats.Stats(path).stats
+    total = sum(entry[2] for entry in stats.values()) or 1e-12
+    busy = sum(entry[2] for func, entry in stats.items() if not _is_wait(func)) or 1e-12
+    rows = []
+    for func, (_, ncalls, tottime, cumtime, _) in sorted(
+            stats.items(), key=lambda item: item[1][2], reverse=True)[:limit]:
+        filename, line, name = func
+        where = name if filename == "~" else f"{_short(filename)}:{line}:{name}"
+        rows.append({"function": where, "calls": ncalls, "own_s": tottime, "cum_s": cumtime,
+                     "share_total": tottime / total,
+                     "share_busy": None if _is_wait(func) else tottime / busy})
+    return rows
+
+
+def _short(filename: str) -> str:
+    for marker in ("site-packages/", "/work/main/", "lib/python3"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return os.path.basename(filename)
+
+
+def print_top(title: str, path: str, limit: int, out: Any = sys.stdout) -> None:
+    """Print :func:`top` as a table."""
+    print(f"\n== {title} ({path})", file=out)
+    print(f"{'own s':>8} {'%all':>6} {'%busy':>6} {'calls':>9}  function", file=out)
+    for row in top(path, limit):
+        busy = "wait" if row["share_busy"] is None else f"{100 * row['share_busy']:.1f}"
+        print(f"{row['own_s']:8.3f} {100 * row['share_total']:6.1f} {busy:>6} "
+              f"{row['calls']:9d}  {row['function']}", file=out)
+
+
+def _memory_pipeline(path: str, n: int) -> None:
+    """tavrida's memory:// pipeline in one thread: ``n`` casts, then the server drains."""
+    from bench.common import CLIENT, Names, Setup
+    from bench.tavrida_side import make_config, make_discovery, make_server
+    from tavrida import client
+
+    names = Names.fresh("prof")
+    setup = Setup(url=f"memory://{names.prefix}", prefetch=0)
+    conf = make_config(setup)
+    srv = make_server(conf, names, "rpc", prefetch=0)
+    srv.start()
+    with client.RPCClient(conf, make_discovery(names), source=CLIENT) as cli, \
+            maybe_profile(path):
+        for i in range(n):
+            cli.bench_svc.sink(value=i).cast()
+        while srv.handled < n and srv.drain(0.0):
+            pass
+    srv.close()
+
+
+def _profile_pair(setup: Any, side: str, scenario: str, n: int, out: str) -> List[Tuple[str, str]]:
+    """Run ``scenario`` ("call" or "cast") for ``side`` with both processes profiled."""
+    from bench.scenarios import Cluster, side_module
+
+    module = side_module(side)
+    service_file = f"{out}/{scenario}-{side}-service.pstats"
+    client_file = f"{out}/{scenario}-{side}-client.pstats"
+    expected = setup.warmup + n if scenario == "cast" else 0
+    client_target = module.call_client if scenario == "call" else module.cast_client
+    with Cluster(setup) as cluster:
+        names = cluster.names(f"prof{scenario}")
+        service = cluster.spawn(module.serve, setup, names, "rpc", expected, service_file)
+        service.expect("ready", setup.timeout)
+        cluster.spawn(client_target, setup, names, n, client_file).expect(
+            "result", setup.timeout)
+        if expected:
+            service.expect("done", setup.timeout)
+    return [(f"{scenario}, {side}: client ({n} {scenario}s)", client_file),
+            (f"{scenario}, {side}: service ({n} {scenario}s)", service_file)]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from bench.common import Child, Setup
+
+    parser = argparse.ArgumentParser(prog="python -m bench.profiling", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672//")
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--casts", type=int, default=5000)
+    parser.add_argument("--memory-casts", type=int, default=20000)
+    parser.add_argument("--confirms", choices=("on", "off"), default="on")
+    parser.add_argument("--sides", default="tavrida,kombu",
+                        help="whose processes to profile (default: tavrida,kombu)")
+    parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--out", default=os.path.join("bench", "results", "profile"))
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    out = os.path.abspath(args.out)
+    setup = Setup(url=args.url, confirms=args.confirms == "on")
+    files: List[Tuple[str, str]] = []
+    for side in [name.strip() for name in args.sides.split(",") if name.strip()]:
+        files += _profile_pair(setup, side, "call", args.calls, out)
+        files += _profile_pair(setup, side, "cast", args.casts, out)
+    memory_file = f"{out}/memory-pipeline-tavrida.pstats"
+    child = Child(_memory_child, memory_file, args.memory_casts, lifetime=setup.timeout)
+    try:
+        child.expect("result", setup.timeout)
+    finally:
+        child.stop()
+    files.append((f"memory:// cast pipeline, tavrida, one thread ({args.memory_casts} casts)",
+                  memory_file))
+    for title, path in files:
+        print_top(title, path, args.top)
+    return 0
+
+
+def _memory_child(link: Any, path: str, n: int) -> None:
+    _memory_pipeline(path, n)
+    link.send("result", None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Figures, targets, medians and ratios; the table (text or Markdown) and the JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+from bench.common import median
+
+#: Samples: scenario -> side -> one dict of figures per repetition.
+Samples = Dict[str, Dict[str, List[Dict[str, float]]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """``ratio`` (tavrida / kombu) or ``tavrida`` (absolute value) compared with ``value``."""
+
+    on: str
+    op: str
+    value: float
+
+    def met(self, tavrida: float, ratio: float) -> Optional[bool]:
+        measured = ratio if self.on == "ratio" else tavrida
+        if math.isnan(measured):
+            return None
+        return measured >= self.value if self.op == ">=" else measured <= self.value
+
+    def __str__(self) -> str:
+        value = f"{self.value:g}"
+        return f"{self.op} {value}x" if self.on == "ratio" else f"{self.op} {value}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """One row of the table."""
+
+    scenario: str
+    key: str
+    label: str
+    unit: str
+    #: "run": confirms as the run says; "on": always on; "n/a": no broker.
+    confirms: str
+    target: Optional[Target] = None
+    #: No ratio when the kombu median is at most this (a ratio of two near-zeros is noise).
+    min_base: float = 0.0
+
+
+FIGURES = (
+    Figure("call", "calls_per_s", "1 call (broker) sequential", "calls/s", "run",
+           Target("ratio", ">=", 0.8)),
+    Figure("call", "median_us", "1 call (broker) latency median", "us", "run"),
+    Figure("call", "p99_us", "1 call (broker) latency p99", "us", "run"),
+    Figure("call", "client_cpu_us", "1 call (broker) client CPU", "us/call", "run"),
+    Figure("cast", "msgs_per_s", "2 cast end to end", "msgs/s", "run",
+           Target("ratio", ">=", 0.8)),
+    Figure("cast", "cpu_us_per_msg", "2 cast client CPU", "us/msg", "run",
+           Target("ratio", "<=", 1.5)),
+    Figure("cast", "service_cpu_us", "2 cast service CPU", "us/msg", "run"),
+    Figure("fanout", "msgs_per_s", "3 fan-out to 2 subscribers", "msgs/s", "run"),
+    Figure("memory", "calls_per_s", "4 memory call sequential", "calls/s", "n/a",
+           Target("ratio", ">=", 5.0)),
+    Figure("memory", "median_us", "4 memory call latency median", "us", "n/a"),
+    Figure("memory", "p99_us", "4 memory call latency p99", "us", "n/a"),
+    Figure("memory", "casts_per_s", "4 memory cast full pipeline", "msgs/s", "n/a",
+           Target("tavrida", ">=", 20000.0)),
+    Figure("rss", "peak_mib", "5 service peak RSS, backlog", "MiB", "run",
+           Target("ratio", "<=", 1.5)),
+    Figure("rss", "growth_mib", "5 RSS growth 10%->100% drained", "MiB", "run",
+           Target("tavrida", "<=", 5.0), min_base=0.5),
+    Figure("rss", "drain_msgs_per_s", "5 backlog drain rate", "msgs/s", "run"),
+    Figure("bulk", "msgs_per_s", "6 bulk confirmed casts", "msgs/s", "on",
+           Target("ratio", ">=", 3.0)),
+)
+
+
+def build_rows(samples: Samples, confirms: bool, is_amqp: bool) -> List[Dict[str, Any]]:
+    """One row per figure of the scenarios that ran: medians, ratio, target, met."""
+    rows = []
+    for figure in FIGURES:
+        by_side = samples.get(figure.scenario)
+        if not by_side:
+            continue
+        values = {side: [run[figure.key] for run in by_side.get(side, []) if figure.key in run]
+                  for side in ("tavrida", "kombu")}
+        tavrida, kombu = median(values["tavrida"]), median(values["kombu"])
+        comparable = not math.isnan(kombu) and abs(kombu) > figure.min_base and kombu != 0
+        ratio = tavrida / kombu if comparable else math.nan
+        # Both sides of a repetition ran back to back: their ratio shows the run's noise.
+        paired = [t / k for t, k in zip(values["tavrida"], values["kombu"])
+                  if comparable and abs(k) > figure.min_base]
+        if figure.confirms == "run":
+            confirm_text = ("on" if confirms else "off") if is_amqp else "n/a"
+        else:
+            confirm_text = figure.confirms
+        rows.append({
+            "scenario": figure.scenario, "figure": figure.key, "label": figure.label,
+            "unit": figure.unit, "confirms": confirm_text,
+            "tavrida": tavrida, "kombu": kombu, "ratio": ratio, "paired_ratios": paired,
+            "target": str(figure.target) if figure.target else "",
+            "met": figure.target.met(tavrida, ratio) if figure.target else None,
+            "samples": values,
+        })
+    return rows
+
+
+def _number(value: float) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}"
+
+
+def _met(value: Optional[bool]) -> str:
+    return "" if value is None else ("yes" if value else "NO")
+
+
+COLUMNS = ("figure", "unit", "confirms", "tavrida", "kombu", "ratio", "per-run ratios", "target",
+           "met")
+
+
+def _cells(row: Dict[str, Any]) -> List[str]:
+    ratio = "-" if math.isnan(row["ratio"]) else f"{row['ratio']:.2f}x"
+    paired = row["paired_ratios"]
+    spread = f"{min(paired):.2f}-{max(paired):.2f}" if paired else "-"
+    return [row["label"], row["unit"], row["confirms"], _number(row["tavrida"]),
+            _number(row["kombu"]), ratio, spread, row["target"], _met(row["met"])]
+
+
+def format_table(rows: Sequence[Dict[str, Any]], markdown: bool = False) -> str:
+    """The rows as an aligned text table or a Markdown table."""
+    cells = [_cells(row) for row in rows]
+    if markdown:
+        lines = ["| " + " | ".join(COLUMNS) + " |",
+                 "|" + "|".join(["---"] * 3 + ["---:"] * 4 + ["---"] * 2) + "|"]
+        lines += ["| " + " | ".join(line) + " |" for line in cells]
+        return "\n".join(lines)
+    widths = [max(len(text) for text in column) for column in zip(COLUMNS, *cells)]
+    right = {3, 4, 5, 6}
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(value.rjust(width) if index in right else value.ljust(width)
+                         for index, (value, width) in enumerate(zip(values, widths))).rstrip()
+
+    return "\n".join([line(COLUMNS), line(["-" * width for width in widths])]
+                     + [line(row) for row in cells])
+
+
+def _clean(value: Any) -> Any:
+    """NaN becomes null: the JSON stays standard."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _clean(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_clean(item) for item in value]
+    return value
+
+
+def write_json(path: str, document: Dict[str, Any]) -> None:
+    """Write the run (meta and rows) as JSON, creating the directory."""
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(_clean(document), handle, indent=2, sort_keys=False)
+        handle.write("\n")
+
+
+def load(path: str) -> Dict[str, Any]:
+    """A JSON written by :func:`write_json`, nulls back to NaN."""
+    with open(path, encoding="utf-8") as handle:
+        document = json.load(handle)
+    for row in document.get("rows", []):
+        for key in ("tavrida", "kombu", "ratio"):
+            if row.get(key) is None:
+                row[key] = math.nan
+    return document
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m bench.report [PATH] [--markdown]``: print the table of an earlier run."""
+    import argparse
+
+    from bench.runner import header
+
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    parser.add_argument("path", nargs="?",
+                        default=os.path.join(os.path.dirname(__file__), "results", "latest.json"))
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args(argv)
+    document = load(args.path)
+    print("\n".join(header(document)))
+    print(f"command: {document['command']}")
+    print(format_table(document["rows"], markdown=args.markdown))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

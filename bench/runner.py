@@ -1,0 +1,100 @@
+"""Run the scenarios repeatedly, alternating sides, and describe the run."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence, TextIO
+
+from bench.common import Setup, machine_info
+from bench.report import Samples
+from bench.scenarios import SCENARIOS, SIDES, Sizes
+
+
+def run(setup: Setup, sizes: Sizes, scenarios: Sequence[str], repeat: int,
+        log: Optional[TextIO] = sys.stderr) -> Samples:
+    """``repeat`` rounds of every scenario for both sides; the order of sides alternates."""
+    samples: Samples = {name: {side: [] for side in SIDES} for name in scenarios}
+    for round_index in range(repeat):
+        sides = SIDES if round_index % 2 == 0 else tuple(reversed(SIDES))
+        for name in scenarios:
+            for side in sides:
+                began = time.monotonic()
+                figures = SCENARIOS[name](side, setup, sizes)
+                samples[name][side].append(figures)
+                if log is not None:
+                    shown = ", ".join(f"{key}={value:,.1f}" for key, value in figures.items())
+                    print(f"[{round_index + 1}/{repeat}] {name:<6} {side:<7} "
+                          f"{time.monotonic() - began:5.1f}s  {shown}", file=log, flush=True)
+    return samples
+
+
+def broker_version(url: str) -> str:
+    """The broker's product and version, as it announces itself."""
+    if url.startswith("memory"):
+        return "none (in-process)"
+    import kombu
+
+    with kombu.Connection(url) as conn:
+        conn.ensure_connection(max_retries=1)
+        raw = conn.connection
+        properties: Dict[str, Any] = getattr(raw, "server_properties", None) or {}
+        if properties:
+            return f"{properties.get('product', '?')} {properties.get('version', '?')}"
+        client = getattr(conn.default_channel, "client", None)
+        if client is not None and hasattr(client, "info"):
+            return f"Redis {client.info().get('redis_version', '?')}"
+    return "unknown"
+
+
+def safe_url(url: str) -> str:
+    """``url`` with its password masked."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    auth, _, host = rest.rpartition("@")
+    user = auth.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
+
+
+def describe(setup: Setup, sizes: Sizes, scenarios: Sequence[str], repeat: int,
+             argv: Sequence[str], elapsed: float) -> Dict[str, Any]:
+    """Everything about the run but the figures: command, date, machine, versions."""
+    import amqp
+    import kombu
+
+    import tavrida
+
+    return {
+        "command": " ".join(["python -m bench", *argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "elapsed_s": round(elapsed, 1),
+        "url": safe_url(setup.url),
+        "machine": machine_info(),
+        "versions": {"python": platform.python_version(), "tavrida": tavrida.__version__,
+                     "kombu": kombu.__version__, "amqp": amqp.__version__,
+                     "broker": broker_version(setup.url)},
+        "settings": {"repeat": repeat, "scenarios": list(scenarios),
+                     "confirms": setup.effective_confirms, "persistent": True,
+                     "prefetch": setup.prefetch, "warmup": setup.warmup,
+                     "kombu_memory_transport_options": {"polling_interval": 0}},
+        "sizes": {key: getattr(sizes, key) for key in sizes.__dataclass_fields__},
+    }
+
+
+def header(meta: Dict[str, Any]) -> List[str]:
+    """Lines printed above the table."""
+    machine, versions = meta["machine"], meta["versions"]
+    settings = meta["settings"]
+    return [
+        f"tavrida {versions['tavrida']} vs raw kombu {versions['kombu']} -- {meta['url']} "
+        f"({versions['broker']}), {meta['date']}",
+        f"medians of {settings['repeat']} repetitions; persistent messages; publisher confirms: "
+        f"{'on' if settings['confirms'] else 'off'}, both sides (column 'confirms'); "
+        f"prefetch {settings['prefetch']}; ratio = tavrida / kombu of the medians; per-run "
+        f"ratios: lowest-highest of the repetitions (each ran both sides back to back)",
+        f"machine: {machine['nproc']} cpus, {machine['cpu']}, {machine['ram_gib']} GiB RAM; "
+        f"Python {versions['python']}; run took {meta['elapsed_s']}s",
+    ]

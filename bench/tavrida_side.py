@@ -1,0 +1,258 @@
+"""tavrida's side of every scenario: the services, the clients, the in-process runs.
+
+Each ``serve`` / ``*_client`` / ``memory_run`` function is the body of a
+spawned child (see :class:`bench.common.Child`); :mod:`bench.baseline_kombu`
+has the same functions doing the same work with raw kombu.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from typing import Any, Dict, Iterator, List
+
+from bench.common import (
+    CLIENT,
+    EVENT,
+    EVENT_KEY,
+    PUBLISHER,
+    SERVICE,
+    SERVICE_BINDING,
+    SINK_KEY,
+    BenchError,
+    Link,
+    Names,
+    Progress,
+    Setup,
+    median,
+    now,
+    percentile,
+)
+from bench.profiling import maybe_profile
+from tavrida import client, config, discovery, dispatcher, messages, server, service
+from tavrida.transports.base import Binding, Delivery, Topology
+
+#: Seconds a single blocking call may take before the run fails.
+CALL_TIMEOUT = 10.0
+
+
+@dispatcher.rpc_service(SERVICE)
+class BenchService(service.ServiceController):
+    """``echo`` answers the value back; ``sink`` takes a cast and does nothing."""
+
+    @dispatcher.rpc_method(service=SERVICE, method="echo")
+    def echo(self, request: Any, proxy: Any, value: Any) -> Dict[str, Any]:
+        return {"value": value}
+
+    @dispatcher.rpc_method(service=SERVICE, method="sink")
+    def sink(self, request: Any, proxy: Any, value: Any) -> None:
+        return None
+
+
+@dispatcher.rpc_service("bench_subscriber")
+class Subscriber(service.ServiceController):
+    """Takes the notifications of ``bench_pub.event``."""
+
+    @dispatcher.subscription_method(service=PUBLISHER, method=EVENT)
+    def on_event(self, notification: Any, proxy: Any, value: Any) -> None:
+        return None
+
+
+class CountingServer(server.Server):
+    """A :class:`~tavrida.server.Server` that ticks :attr:`progress` after each message.
+
+    ``handle`` returns once the message was handled and acked, so the tick
+    counts acked messages, as the kombu baseline does.
+    """
+
+    progress: Any = None
+
+    def handle(self, delivery: Delivery) -> None:
+        super().handle(delivery)
+        if self.progress is not None:
+            self.progress.tick()
+
+
+def make_discovery(names: Names) -> discovery.LocalDiscovery:
+    """Discovery shared by the service, the subscribers and the clients."""
+    disc = discovery.LocalDiscovery()
+    disc.register_remote_service(SERVICE, names.exchange)
+    disc.register_remote_service(CLIENT, names.reply_exchange)
+    disc.register_local_publisher(PUBLISHER, names.events_exchange)
+    disc.register_remote_publisher(PUBLISHER, names.events_exchange)
+    return disc
+
+
+def make_config(setup: Setup, url: str = "", confirms: Any = None) -> config.ConnectionConfig:
+    """Persistent messages; confirms as the run says unless ``confirms`` is given."""
+    return config.ConnectionConfig.from_url(
+        url or setup.url, persistent=True, prefetch_count=setup.prefetch,
+        publisher_confirms=setup.confirms if confirms is None else confirms)
+
+
+def service_topology(names: Names) -> Topology:
+    """The service queue bound to its exchange (what the kombu baseline declares too)."""
+    return Topology.build([names.exchange], [names.queue],
+                          [Binding(names.queue, names.exchange, SERVICE_BINDING)])
+
+
+def make_server(conf: config.ConnectionConfig, names: Names, role: str,
+                prefetch: int) -> CountingServer:
+    """``role`` "rpc": the bench service; "sub0" / "sub1": a subscriber."""
+    disc = make_discovery(names)
+    if role == "rpc":
+        BenchService.set_discovery(disc)
+        return CountingServer(conf, names.queue, names.exchange, [BenchService],
+                              prefetch_count=prefetch)
+    index = int(role[-1])
+    Subscriber.set_discovery(disc)
+    return CountingServer(conf, names.subscriber_queue(index), names.subscriber_exchange(index),
+                          [Subscriber], prefetch_count=prefetch)
+
+
+# --- child processes -----------------------------------------------------------------------------
+
+def serve(link: Link, setup: Setup, names: Names, role: str, expected: int,
+          profile_to: str = "") -> None:
+    """A service process; reports ``ready``, then ``done`` after ``expected`` acks."""
+    srv = make_server(make_config(setup), names, role, setup.prefetch)
+    if expected:
+        srv.progress = Progress(expected, lambda report: link.send("done", report))
+    srv.start()
+    link.send("ready", os.getpid())
+    threading.Thread(target=lambda: (link.stop.wait(), srv.stop()), daemon=True).start()
+    with maybe_profile(profile_to):
+        srv.run()
+
+
+def call_client(link: Link, setup: Setup, names: Names, n: int, profile_to: str = "") -> None:
+    """``n`` sequential blocking calls; reports each one's latency."""
+    with client.RPCClient(make_config(setup), make_discovery(names), source=CLIENT) as cli:
+        for i in range(setup.warmup):
+            cli.bench_svc.echo(value=i).call(timeout=CALL_TIMEOUT)
+        latencies: List[float] = []
+        with maybe_profile(profile_to):
+            cpu = time.process_time()
+            start = now()
+            for i in range(n):
+                began = now()
+                answer = cli.bench_svc.echo(value=i).call(timeout=CALL_TIMEOUT)
+                latencies.append(now() - began)
+                if answer["value"] != i:
+                    raise BenchError(f"call {i} got {answer!r}")
+            elapsed = now() - start
+            cpu = time.process_time() - cpu
+    link.send("result", {"latencies": latencies, "elapsed": elapsed, "cpu": cpu})
+
+
+def cast_client(link: Link, setup: Setup, names: Names, n: int, profile_to: str = "") -> None:
+    """``setup.warmup`` then ``n`` timed casts; reports the first's time and the CPU used."""
+    with client.RPCClient(make_config(setup), make_discovery(names), source=CLIENT) as cli:
+        for i in range(setup.warmup):
+            cli.bench_svc.sink(value=i).cast()
+        with maybe_profile(profile_to):
+            cpu = time.process_time()
+            t_first = now()
+            for i in range(n):
+                cli.bench_svc.sink(value=i).cast()
+            elapsed = now() - t_first
+            cpu = time.process_time() - cpu
+    link.send("result", {"t_first": t_first, "elapsed": elapsed, "cpu": cpu})
+
+
+def publish_client(link: Link, setup: Setup, names: Names, n: int) -> None:
+    """``setup.warmup`` then ``n`` timed notifications of ``bench_pub.event``."""
+    with client.RPCClient(make_config(setup), make_discovery(names), source=EVENT_KEY) as cli:
+        for i in range(setup.warmup):
+            cli.publish(value=i)
+        t_first = now()
+        for i in range(n):
+            cli.publish(value=i)
+        elapsed = now() - t_first
+    link.send("result", {"t_first": t_first, "elapsed": elapsed})
+
+
+def _requests(start: int, stop: int) -> Iterator[messages.Request]:
+    headers = {"source": CLIENT, "destination": SINK_KEY}
+    return (messages.Request(headers, None, {"value": i}) for i in range(start, stop))
+
+
+def bulk_client(link: Link, setup: Setup, names: Names, n: int, batch: int) -> None:
+    """``n`` confirmed persistent casts through ``Sender.send_many``, ``batch`` at a time."""
+    conf = make_config(setup, confirms=True)
+    with client.RPCClient(conf, make_discovery(names), source=CLIENT) as cli:
+        cli.transport.declare(service_topology(names))
+        sender = cli.sender
+        sender.send_many(_requests(0, setup.warmup))
+        start = now()
+        for first in range(0, n, batch):
+            sender.send_many(_requests(first, min(first + batch, n)))
+        elapsed = now() - start
+    link.send("result", {"elapsed": elapsed})
+
+
+def fill(link: Link, setup: Setup, names: Names, n: int, batch: int = 1000) -> None:
+    """Put ``n`` casts (tavrida's wire format) in the service queue, confirmed."""
+    conf = make_config(setup, confirms=True)
+    with client.RPCClient(conf, make_discovery(names), source=CLIENT) as cli:
+        cli.transport.declare(service_topology(names))
+        for first in range(0, n, batch):
+            cli.sender.send_many(_requests(first, min(first + batch, n)))
+    link.send("result", {"count": n})
+
+
+# --- in-memory transport -------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def running(srv: server.Server) -> Iterator[server.Server]:
+    """``srv`` serving in a thread until the block ends."""
+    srv.start()
+    thread = threading.Thread(target=srv.run, daemon=True, name="bench-server")
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        thread.join(10.0)
+
+
+def memory_run(link: Link, setup: Setup, n_calls: int, n_casts: int,
+               profile_to: str = "") -> None:
+    """Blocking calls, then casts, through a Server thread on tavrida's ``memory://``."""
+    names = Names.fresh("mem")
+    conf = make_config(setup, url=f"memory://{names.prefix}")
+    disc = make_discovery(names)
+    figures: Dict[str, float] = {}
+    with maybe_profile(profile_to):
+        with running(make_server(conf, names, "rpc", setup.prefetch)), \
+                client.RPCClient(conf, disc, source=CLIENT) as cli:
+            for i in range(setup.warmup):
+                cli.bench_svc.echo(value=i).call(timeout=CALL_TIMEOUT)
+            latencies = []
+            start = now()
+            for i in range(n_calls):
+                began = now()
+                cli.bench_svc.echo(value=i).call(timeout=CALL_TIMEOUT)
+                latencies.append(now() - began)
+            figures["calls_per_s"] = n_calls / (now() - start)
+        figures["median_us"] = median(latencies) * 1e6
+        figures["p99_us"] = percentile(latencies, 99) * 1e6
+
+        done = threading.Event()
+        report: Dict[str, Any] = {}
+        srv = make_server(conf, names, "rpc", setup.prefetch)
+        srv.progress = Progress(setup.warmup + n_casts,
+                                lambda result: (report.update(result), done.set()))
+        with running(srv), client.RPCClient(conf, disc, source=CLIENT) as cli:
+            for i in range(setup.warmup):
+                cli.bench_svc.sink(value=i).cast()
+            t_first = now()
+            for i in range(n_casts):
+                cli.bench_svc.sink(value=i).cast()
+            if not done.wait(setup.timeout):
+                raise BenchError(f"memory casts: {srv.progress.count} of "
+                                 f"{setup.warmup + n_casts} handled in {setup.timeout}s")
+        figures["casts_per_s"] = n_casts / (report["t_last"] - t_first)
+    link.send("result", figures)

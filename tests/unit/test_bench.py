@@ -1,0 +1,107 @@
+"""Smoke test of the benchmark (``python -m bench``): it runs and reports every figure.
+
+Only the in-memory scenario runs here (no broker) with tiny sizes. Nothing
+is timed: the numbers only have to exist and be positive.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # bench/ is not installed: it lives beside tavrida/
+    sys.path.insert(0, str(ROOT))
+MEMORY_FIGURES = ("calls_per_s", "median_us", "p99_us", "casts_per_s")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """``python -m bench --url memory:// --quick``: its output and its JSON."""
+    path = tmp_path_factory.mktemp("bench") / "result.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--url", "memory://", "--quick", "--json", str(path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout, json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_json_has_every_memory_figure_with_positive_numbers(quick_run):
+    _, document = quick_run
+    rows = {row["figure"]: row for row in document["rows"]}
+    assert set(rows) == set(MEMORY_FIGURES)
+    for name, row in rows.items():
+        assert row["scenario"] == "memory"
+        assert row["confirms"] == "n/a"
+        for side in ("tavrida", "kombu"):
+            assert row[side] > 0, (name, side, row)
+            assert len(row["samples"][side]) == 3
+            assert all(value > 0 for value in row["samples"][side])
+        assert math.isclose(row["ratio"], row["tavrida"] / row["kombu"])
+    assert rows["calls_per_s"]["target"] == ">= 5x"
+    assert rows["casts_per_s"]["target"] == ">= 20000"
+
+
+def test_json_describes_the_run(quick_run):
+    _, document = quick_run
+    assert document["command"].startswith("python -m bench --url memory://")
+    assert document["settings"]["repeat"] == 3
+    assert document["settings"]["scenarios"] == ["memory"]
+    assert document["machine"]["nproc"] >= 1
+    assert {"python", "kombu", "amqp", "tavrida", "broker"} <= set(document["versions"])
+    assert document["sizes"]["memory_calls"] > 0
+
+
+def test_table_is_printed(quick_run):
+    stdout, document = quick_run
+    header = next(line for line in stdout.splitlines() if line.startswith("figure"))
+    for column in ("unit", "confirms", "tavrida", "kombu", "ratio", "target", "met"):
+        assert column in header
+    for row in document["rows"]:
+        assert row["label"] in stdout
+
+
+def test_memory_url_refuses_broker_scenarios():
+    from bench.__main__ import choose_scenarios
+
+    assert choose_scenarios("", "memory://") == ["memory"]
+    assert "bulk" in choose_scenarios("", "amqp://guest:guest@localhost//")
+    assert "bulk" not in choose_scenarios("", "redis://localhost:6379/0")
+    with pytest.raises(SystemExit):
+        choose_scenarios("call", "memory://")
+    with pytest.raises(SystemExit):
+        choose_scenarios("nope", "amqp://localhost//")
+
+
+def test_rows_medians_ratios_and_targets():
+    from bench.report import build_rows, format_table
+
+    samples = {"cast": {"tavrida": [{"msgs_per_s": v, "cpu_us_per_msg": 150.0,
+                                     "service_cpu_us": 1.0} for v in (90.0, 100.0, 300.0)],
+                        "kombu": [{"msgs_per_s": v, "cpu_us_per_msg": 100.0,
+                                   "service_cpu_us": 1.0} for v in (100.0, 200.0, 110.0)]}}
+    rows = {row["figure"]: row for row in build_rows(samples, confirms=True, is_amqp=True)}
+    assert rows["msgs_per_s"]["tavrida"] == 100.0 and rows["msgs_per_s"]["kombu"] == 110.0
+    assert rows["msgs_per_s"]["met"] is True  # 0.909 >= 0.8
+    assert rows["cpu_us_per_msg"]["ratio"] == 1.5 and rows["cpu_us_per_msg"]["met"] is True
+    assert rows["service_cpu_us"]["met"] is None
+    assert all(row["confirms"] == "on" for row in rows.values())
+    table = format_table(list(rows.values()), markdown=True)
+    assert table.splitlines()[0].startswith("| figure |")
+    assert len(table.splitlines()) == 2 + len(rows)
+
+
+def test_percentile_and_median():
+    from bench.common import median, percentile
+
+    values = list(range(1, 101))
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile([5.0], 99) == 5.0
+    assert median([3.0, 1.0, 2.0]) == 2.0
+    assert math.isnan(median([]))
