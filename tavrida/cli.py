@@ -13,7 +13,8 @@ from ``--url``, then ``TAVRIDA_URL``, then the config file; ``call``,
 ``cast`` and ``publish`` default to RabbitMQ on localhost.
 
 Exit codes: 0 done, 1 the remote service answered with an error or did not
-answer in time, 2 bad arguments or config.
+answer in time, 2 bad arguments or config, or the broker refused or could not
+be reached (one line on stderr says why).
 """
 
 from __future__ import annotations
@@ -142,6 +143,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except exceptions.TavridaError as exc:
         print(f"tavrida: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the broker library's errors (refused, bad login)
+        print(f"tavrida: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 
 

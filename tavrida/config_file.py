@@ -194,4 +194,12 @@ class ServiceConfig:
         """Give every configured service class its discovery."""
         for cls in self.service_classes:
             subscriptions = sorted({ep.service for ep in cls.get_dispatcher().get_publishers()})
-            cls.set_discovery(self.discovery_for(cls.service_name(), subscriptions))
+            disc = self.discovery_for(cls.service_name(), subscriptions)
+            for publisher in subscriptions:
+                try:
+                    disc.get_remote_publisher(publisher)
+                except exceptions.TavridaError:
+                    raise self._error("discovery", f"remote_publisher.{publisher}",
+                                      f"is required: {cls.service_name()} subscribes to "
+                                      f"{publisher}'s notifications") from None
+            cls.set_discovery(disc)
