@@ -175,7 +175,13 @@ def rpc_service(service_name: str) -> Callable[[C], C]:
                 if name in seen:
                     continue
                 seen.add(name)
-                for message_type, ep in getattr(func, _ENTRIES_ATTR, ()):
+                entries = getattr(func, _ENTRIES_ATTR, ())
+                if entries and hasattr(service.ServiceController, name):
+                    raise exceptions.WrongHandlerParameters(
+                        handler=name, entry_point=entries[0][1],
+                        reason=f"{name} is a ServiceController method; name the handler "
+                               f"otherwise")
+                for message_type, ep in entries:
                     if message_type == messages.REQUEST and ep.service != service_name:
                         raise exceptions.WrongHandlerParameters(
                             handler=name, entry_point=ep,

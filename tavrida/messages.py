@@ -17,7 +17,6 @@ along a whole chain of calls.
 from __future__ import annotations
 
 import random
-import uuid
 from typing import Any, Dict, Mapping, Optional, Type
 
 from tavrida import entry_point, exceptions
@@ -50,7 +49,13 @@ def new_id() -> str:
 
 def new_correlation_id() -> str:
     """A fresh correlation id, spelled as tavrida 1.0 does (36 characters, uuid4 form)."""
-    return str(uuid.UUID(int=_bits(128), version=4))
+    h = f"{_bits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# Version 4 and the RFC 4122 variant, as uuid.UUID(version=4) sets them.
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 def user_headers(headers: Mapping[str, Any]) -> Dict[str, Any]:

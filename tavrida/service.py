@@ -84,8 +84,7 @@ class ServiceController:
             result = middleware.process(message)
             if isinstance(result, (messages.Response, messages.Error)):
                 return result
-            if not isinstance(result, messages.Incoming) or (
-                    result.message_type != message.message_type):
+            if not isinstance(result, type(message)):
                 raise exceptions.WrongResponse(
                     reason=f"incoming middleware {type(middleware).__name__} returned "
                            f"{type(result).__name__}; expected {type(message).__name__}, "

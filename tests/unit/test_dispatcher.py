@@ -227,3 +227,12 @@ def test_get_handler_raises_handler_not_found():
         disp.get_handler(entry_point.EntryPoint("svc", "nothing"), "request")
     assert "svc.nothing" in str(info.value)
     assert disp.find(entry_point.EntryPoint("svc", "nothing"), "request") is None
+
+
+def test_a_handler_named_like_a_controller_method_is_refused():
+    with pytest.raises(exceptions.WrongHandlerParameters, match="process"):
+        @dispatcher.rpc_service("clash")
+        class Clash(service.ServiceController):
+            @dispatcher.rpc_method(service="clash", method="go")
+            def process(self, request, proxy):
+                pass

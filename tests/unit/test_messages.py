@@ -154,3 +154,14 @@ def test_get_fqcn_and_repr():
     assert messages.get_fqcn(CodedFailure()) == f"{__name__}.CodedFailure"
     text = repr(incoming_call())
     assert "IncomingRequestCall" in text and "caller.do->svc.method" in text
+
+
+def test_generated_correlation_ids_are_uuid4_strings():
+    import uuid
+
+    for _ in range(200):
+        value = messages.new_correlation_id()
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122

@@ -124,8 +124,11 @@ def test_incoming_answer_to_a_cast_stops_without_sending(cluster, build):
     assert cluster.dead_letters("svc_queue") == []
 
 
-@pytest.mark.parametrize("returned", [None, {"a": 1}, "text",
-                                      messages.IncomingNotification({}, {}, {})])
+@pytest.mark.parametrize("returned", [
+    None, {"a": 1}, "text", messages.IncomingNotification({}, {}, {}),
+    # a call turned into a cast would leave its caller without an answer
+    messages.IncomingRequestCast({"destination": "svc.do"}, {}, {"value": 1}),
+])
 def test_incoming_middleware_returning_anything_else_is_an_error(cluster, build, returned):
     log, cli, spy = build(incoming=[lambda log: Recording("bad", log, lambda m: returned)])
     cli.svc.do(value=1).call()
