@@ -44,6 +44,9 @@ from tavrida.transports.base import (
 
 LOG = logging.getLogger(__name__)
 
+#: Header of a dead letter whose original headers could not be copied: why.
+DEAD_LETTER_DROPPED_HEADER = "x-tavrida-dropped-headers"
+
 #: Called with (message or None, exception, raised_by_handler) on every failure.
 ErrorHook = Callable[[Optional[messages.Message], BaseException, bool], None]
 
@@ -324,7 +327,10 @@ class Server:
         """
         try:
             controller.postprocessor.send(answer)
-        except (exceptions.UnableToDiscover, exceptions.IncorrectOutgoingMessage) as exc:
+        except (exceptions.UnableToDiscover, exceptions.IncorrectOutgoingMessage,
+                exceptions.PublishFailed) as exc:
+            if isinstance(exc, exceptions.PublishFailed) and not exc.kwargs.get("unencodable"):
+                raise  # the broker's trouble, not the answer's: requeue the request
             LOG.error("cannot send %r: %s", answer, exc)
             self._notify(answer, exc)
             self._dead_letter(delivery, f"answer not sent: {exc}")
@@ -384,7 +390,22 @@ class Server:
                                     content_encoding=properties.get("content_encoding"),
                                     persistent=True)
         assert self.transport is not None
-        self.transport.publish(envelope)
+        try:
+            self.transport.publish(envelope)
+        except exceptions.PublishFailed as exc:
+            if not exc.kwargs.get("unencodable"):
+                raise
+            # Its headers cannot travel again (too large for a frame, a type the broker
+            # library cannot write): the copy keeps the body and tavrida's headers only.
+            # (Text that is not UTF-8, e.g. a routing key, is escaped so that it encodes.)
+            envelope.headers = {name: str(value)[:2000].encode("utf-8", "backslashreplace")
+                                .decode("utf-8") for name, value in (
+                                    (DEAD_LETTER_REASON_HEADER, reason),
+                                    (DEAD_LETTER_QUEUE_HEADER, delivery.queue),
+                                    (DEAD_LETTER_EXCHANGE_HEADER, delivery.exchange or ""),
+                                    (DEAD_LETTER_ROUTING_KEY_HEADER, delivery.routing_key or ""),
+                                    (DEAD_LETTER_DROPPED_HEADER, exc))}
+            self.transport.publish(envelope)
         LOG.warning("dead-lettered a message from %s to %s: %s", delivery.queue,
                     self.dead_letter_queue, reason)
 

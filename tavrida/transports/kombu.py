@@ -15,6 +15,14 @@ nothing about tavrida messages. It holds two long-lived connections:
   connections); a dead socket shows up as an error on the next publish,
   which reconnects and retries.
 
+With ``heartbeat_interval`` set (RabbitMQ), :meth:`drain` pumps heartbeats
+and a small thread sends them whenever nobody has drained for half an
+interval -- a handler running on the draining thread -- so a long handler
+does not lose its connection (and its message with it) without calling
+:meth:`heartbeat`. A client with a reply queue checks, before publishing,
+that the consuming connection was not closed meanwhile (and reconnects,
+declaring the queue again), so no answer is routed to a queue that is gone.
+
 Acks and rejects from other threads are queued and performed by whoever
 holds the consuming connection next: the caller itself when the connection
 is idle, otherwise :meth:`drain` after its current read. While deliveries
@@ -31,7 +39,13 @@ strictly, so one invalid UTF-8 property breaks its frame parser and poisons
 the queue; :func:`_tolerant_frame_handler` decodes such strings with
 ``surrogateescape`` instead (``value.encode("utf-8", "surrogateescape")``
 gives the original bytes back). Header *values* that are not UTF-8 arrive
-as ``bytes`` (py-amqp's own fallback).
+as ``bytes`` (py-amqp's own fallback); such header *keys* arrive as text
+with surrogates and go out again as their bytes. Header timestamps no
+``datetime`` can hold and tables nested past 32 levels, which make py-amqp
+raise, are read by :func:`_lenient_table` (a number, raw bytes). A message
+whose headers do not fit in one frame (or cannot be written) fails alone
+with ``PublishFailed(unencodable=[...])``, before RabbitMQ would close the
+connection over it.
 
 Differences on kombu's virtual transports (Redis and ``memory://``):
 
@@ -45,17 +59,24 @@ Differences on kombu's virtual transports (Redis and ``memory://``):
   (kombu shares one, so on Redis acking one copy could lose another).
 * reply queues are deleted by :meth:`KombuTransport.close`; a process that
   dies without closing leaves them behind (Redis has no exclusive queues).
-* un-acked messages of a crashed Redis consumer come back after kombu's
-  ``visibility_timeout`` (one hour by default); ``memory://`` drops them
-  on close (kombu does not restore them there).
+* on Redis a message is popped with ``BRPOPLPUSH`` into the consumer's
+  in-flight list (not kombu's ``BRPOP``, which lost the message when the
+  connection died as Redis sent it); see :class:`_RedisFetch`. Un-acked
+  messages of a lost connection go back to their queue on reconnect; those
+  of a crashed consumer come back after kombu's ``visibility_timeout`` (one
+  hour by default); ``memory://`` drops them on close (kombu does not
+  restore them there).
 * heartbeats are an AMQP feature; :meth:`KombuTransport.heartbeat` is a no-op.
 """
 
 from __future__ import annotations
 
 import collections
+import datetime
 import logging
 import os
+import queue as queue_module
+import select
 import socket
 import ssl as ssl_module
 import struct
@@ -69,7 +90,9 @@ import kombu
 from amqp import method_framing, serialization, spec
 from kombu.transport import pyamqp
 from kombu.transport.virtual.exchange import TopicExchange
+from kombu.utils.encoding import bytes_to_str
 from kombu.utils.functional import retry_over_time
+from kombu.utils.json import loads as json_loads
 
 from tavrida import exceptions
 from tavrida.config import ConnectionConfig
@@ -159,18 +182,90 @@ def _sanitize_method(fmt: str, payload: bytes) -> bytes:
     return bytes(payload[:4]) + serialization.dumps(fmt, values)
 
 
-def _sanitize_content_header(buf: bytes) -> Optional[bytes]:
-    """Rebuild a content header whose short-string properties are not UTF-8.
+#: What py-amqp's property decoding raises on a content header it cannot read.
+_DECODE_ERRORS = (ValueError, OverflowError, OSError, RecursionError, IndexError, struct.error,
+                  amqp.FrameSyntaxError)  # UnicodeDecodeError is a ValueError
+#: Header tables and arrays nested deeper than this are kept as their raw bytes.
+_MAX_TABLE_DEPTH = 32
+#: Headers put in place of a header table that cannot be read at all.
+UNREADABLE_HEADERS_HEADER = "x-tavrida-unreadable-headers"
+RAW_HEADERS_HEADER = "x-tavrida-raw-headers"
 
-    Returns None when the properties decode fine (the error came from
-    elsewhere). The header table goes through py-amqp, which already keeps
-    undecodable long-string values as bytes.
+
+def _read_value(buf: bytes, offset: int, depth: int) -> Tuple[Any, int]:
+    """One field value, as py-amqp reads it, but never failing on a valid frame.
+
+    A timestamp no ``datetime`` can hold stays a number (its decimal text
+    beyond 64 bits), tables and arrays deeper than :data:`_MAX_TABLE_DEPTH`
+    stay bytes (type letter included); py-amqp would raise, or recurse until
+    RecursionError. Everything it writes back is something py-amqp can encode.
     """
+    code = chr(buf[offset])
+    if code == "T":
+        seconds, = struct.unpack_from(">Q", buf, offset + 1)
+        try:
+            value: Any = datetime.datetime.fromtimestamp(
+                seconds, tz=datetime.timezone.utc).replace(tzinfo=None)
+        except (ValueError, OverflowError, OSError):
+            value = seconds if seconds < 2 ** 63 else str(seconds)
+        return value, offset + 9
+    if code in "FA":
+        size, = struct.unpack_from(">I", buf, offset + 1)
+        start, end = offset + 5, offset + 5 + size
+        if end > len(buf):
+            raise amqp.FrameSyntaxError(f"a field of {size} bytes overruns the frame")
+        if depth >= _MAX_TABLE_DEPTH:
+            return bytes(buf[offset:end]), end
+        if code == "F":
+            return _read_table(buf, start, end, depth + 1), end
+        items = []
+        while start < end:
+            item, start = _read_value(buf, start, depth + 1)
+            items.append(item)
+        return items, end
+    return serialization._read_item(buf, offset)
+
+
+def _read_table(buf: bytes, offset: int, end: int, depth: int) -> Dict[Any, Any]:
+    table: Dict[Any, Any] = {}
+    while offset < end:
+        size = buf[offset]
+        raw_key = bytes(buf[offset + 1:offset + 1 + size])
+        try:
+            key: Any = raw_key.decode("utf-8")
+        except UnicodeDecodeError:
+            key = raw_key
+        table[key], offset = _read_value(buf, offset + 1 + size, depth)
+    return table
+
+
+def _lenient_table(buf: bytes, offset: int) -> Tuple[Dict[Any, Any], int]:
+    """The header table at ``offset`` (see :func:`_read_value`) and the offset after it.
+
+    A table that cannot be read at all (an unknown field type, a length that
+    lies) becomes ``{x-tavrida-unreadable-headers: why, x-tavrida-raw-headers:
+    its bytes}``, so the message still reaches the server, which dead-letters it.
+    """
+    size, = struct.unpack_from(">I", buf, offset)
+    start, end = offset + 4, offset + 4 + size
     try:
-        serialization.decode_properties_basic(buf, 12)
-        return None
-    except UnicodeDecodeError:
-        pass
+        if end > len(buf):
+            raise amqp.FrameSyntaxError(f"a header table of {size} bytes overruns the frame")
+        return _read_table(buf, start, end, 0), end
+    except _DECODE_ERRORS as exc:
+        return {UNREADABLE_HEADERS_HEADER: f"{type(exc).__name__}: {exc}",
+                RAW_HEADERS_HEADER: bytes(buf[start:min(end, len(buf))])}, min(end, len(buf))
+
+
+def _sanitize_content_header(buf: bytes) -> bytes:
+    """Rebuild a content header py-amqp could not decode into one it can.
+
+    Short-string properties that are not UTF-8 are kept with surrogates (see
+    :func:`_lenient_text`); the header table is read by :func:`_lenient_table`
+    (py-amqp already keeps undecodable long-string values as bytes). Always
+    rebuilt, never re-tried as it is: whether py-amqp's recursion gets to the
+    bottom of a deep table depends on the stack at hand.
+    """
     flags, = struct.unpack_from(">H", buf, 12)
     offset = 14
     properties: Dict[str, Any] = {}
@@ -182,7 +277,7 @@ def _sanitize_content_header(buf: bytes) -> Optional[bytes]:
             properties[name] = _lenient_text(bytes(buf[offset + 1:offset + 1 + size]))
             offset += 1 + size
         elif kind == "F":
-            (properties[name],), offset = serialization.loads("F", buf, offset)
+            properties[name], offset = _lenient_table(buf, offset)
         else:
             code = ">B" if kind == "o" else ">Q"
             properties[name], = struct.unpack_from(code, buf, offset)
@@ -191,16 +286,18 @@ def _sanitize_content_header(buf: bytes) -> Optional[bytes]:
 
 
 def _tolerant_frame_handler(connection: amqp.Connection, callback: Callable) -> Callable:
-    """py-amqp's frame handler, made to survive invalid UTF-8 short strings.
+    """py-amqp's frame handler, made to survive properties it cannot decode.
 
-    py-amqp decodes short strings with ``utf-8``/``surrogatepass``. In a
-    content header that raises before the frame handler records the header,
-    the body frame that follows is then "unexpected" and the connection
-    dies; the broker redelivers the message to the next consumer, which
-    dies too. In a ``basic.deliver`` it raises out of ``drain_events`` and
-    the message is never seen nor acked. Both cases are rewritten here into
-    frames whose strings decode (see :func:`_lenient_text`); everything
-    else is py-amqp's own handler, untouched.
+    py-amqp decodes short strings with ``utf-8``/``surrogatepass``, header
+    timestamps into ``datetime`` (a year past 9999 raises) and nested tables
+    by recursion (a few thousand levels raise RecursionError). In a content
+    header that raises before the frame handler records the header, out of
+    ``drain_events``: the server dies, and the broker redelivers the message
+    to the next consumer, which dies too. In a ``basic.deliver`` a bad short
+    string raises the same way and the message is never seen nor acked. Such
+    frames are rewritten here into frames py-amqp decodes (see
+    :func:`_lenient_text` and :func:`_lenient_table`); everything else is
+    py-amqp's own handler, untouched.
     """
 
     def on_method(channel_id: int, method_sig: Tuple[int, int], payload: bytes,
@@ -215,13 +312,12 @@ def _tolerant_frame_handler(connection: amqp.Connection, callback: Callable) -> 
     def on_tolerant_frame(frame: Tuple[int, int, bytes]) -> Any:
         try:
             return on_frame(frame)
-        except UnicodeDecodeError:
+        except _DECODE_ERRORS:
             frame_type, channel_id, buf = frame
-            fixed = _sanitize_content_header(buf) if frame_type == 2 else None
-            if fixed is None:
+            if frame_type != 2:
                 raise
-            # The handler failed before recording the header: feed it again.
-            return on_frame((frame_type, channel_id, fixed))
+            # The handler failed before recording the header: feed it a readable one.
+            return on_frame((frame_type, channel_id, _sanitize_content_header(buf)))
 
     return on_tolerant_frame
 
@@ -301,6 +397,141 @@ def _own_copies(channel: Any, queue: str) -> None:
     channel.Message = message
 
 
+def _text_key(key: Any) -> Any:
+    """A header-table key as text: bytes that are not UTF-8 kept as surrogates."""
+    return key.decode("utf-8", "surrogateescape") if isinstance(key, bytes) else key
+
+
+def _bytes_key(key: Any) -> Any:
+    """The inverse of :func:`_text_key` for keys that hold surrogates (others stay text)."""
+    if isinstance(key, str) and not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            return key.encode("utf-8", "surrogateescape")
+    return key
+
+
+# --- reliable consumption on Redis --------------------------------------------------------------
+
+#: Longest in-flight list put back at once (it holds one message at a time, save accidents).
+_MAX_RECOVERED = 10_000
+
+
+class _RedisFetch:
+    """Takes one queue's messages on Redis without a moment where only the network holds them.
+
+    kombu pops with ``BRPOP``: Redis removes the message as it sends it, and
+    kombu records it as un-acked only after reading it. A connection lost in
+    between loses the message: the reply dies on the wire, or the record
+    cannot be written (both seen under cuts). Here the pop is a
+    ``BRPOPLPUSH`` into a list of this consumer's own,
+    ``<queue>.tavrida-inflight.<consumer tag>``; the copy there is removed
+    once kombu has recorded the message, and whatever is left in the list
+    goes back to the queue when the consumer starts again (after a
+    reconnect). Only the queue's plain list is consumed: tavrida never
+    publishes with a priority, so kombu's priority lists stay empty.
+    """
+
+    def __init__(self, queue: str, tag: str) -> None:
+        self.queue = queue
+        self.inflight = f"{queue}.tavrida-inflight.{tag}"
+        #: Items handed to kombu whose in-flight copy could not be removed (the
+        #: un-acked restore brings them back: their copy must go, not be restored).
+        self.handed: List[bytes] = []
+        #: Delivery tags whose un-acked record may have been written although
+        #: kombu failed (the reply was lost): the in-flight copy wins.
+        self.maybe_unacked: List[str] = []
+        #: Until then, the in-flight list is checked before every pop: Redis may
+        #: still serve a pop of the dead connection for a moment after it died.
+        self.watch_until = 0.0
+
+    def install(self, channel: Any) -> None:
+        """Replace the channel's BRPOP by BRPOPLPUSH (call before consuming)."""
+        fetch = self
+        prefix = getattr(channel, "global_keyprefix", "") or ""
+
+        def brpop_start(timeout: Optional[float] = None) -> None:
+            if timeout is None:
+                timeout = channel.brpop_timeout
+            if fetch.queue not in channel.active_queues:
+                return
+            if time.monotonic() < fetch.watch_until:
+                # Nothing is being handed over now: whatever is in flight was stranded.
+                fetch.recover(channel)
+            channel._in_poll = channel.client.connection
+            channel._brpop_sent_at = time.monotonic()
+            channel.client.connection.send_command(
+                "BRPOPLPUSH", prefix + fetch.queue, prefix + fetch.inflight, timeout or 0)
+
+        def brpop_read(**options: Any) -> bool:
+            try:
+                try:
+                    item = channel.client.parse_response(channel.client.connection,
+                                                         "BRPOPLPUSH", **options)
+                except channel.connection_errors:
+                    channel.client.connection.disconnect()
+                    raise
+                if item is None:
+                    raise queue_module.Empty()
+                channel.connection._deliver(json_loads(bytes_to_str(item)), fetch.queue)
+                fetch.handed.append(item)
+                with channel.conn_or_acquire() as client:
+                    client.execute_command("LREM", prefix + fetch.inflight, 1, item)
+                fetch.handed.remove(item)
+                return True
+            finally:
+                channel._in_poll = None
+                flush = getattr(channel, "_flush_brpop_reauth", None)
+                if flush is not None:
+                    flush()
+
+        qos = channel.qos
+        append = qos.append
+
+        def append_noting_failures(message: Any, delivery_tag: Any) -> None:
+            try:
+                append(message, delivery_tag)
+            except BaseException:
+                fetch.maybe_unacked.append(delivery_tag)
+                raise
+
+        channel._brpop_start = brpop_start
+        channel._brpop_read = brpop_read
+        channel.handlers["BRPOP"] = brpop_read
+        qos.append = append_noting_failures
+
+    def recover(self, channel: Any) -> int:
+        """Put what an earlier connection left in flight back in the queue; how many.
+
+        Raises the connection error when Redis cannot be reached (the caller
+        reconnects and this runs again).
+        """
+        prefix = getattr(channel, "global_keyprefix", "") or ""
+        for tag in list(self.maybe_unacked):
+            channel.qos._remove_from_indices(tag).execute()
+            self.maybe_unacked.remove(tag)
+        moved = 0
+        with channel.conn_or_acquire() as client:
+            for item in list(self.handed):
+                client.execute_command("LREM", prefix + self.inflight, 1, item)
+                self.handed.remove(item)
+            # RPOPLPUSH: the oldest first, to the back of the queue (as kombu restores).
+            while moved < _MAX_RECOVERED and client.execute_command(
+                    "RPOPLPUSH", prefix + self.inflight, prefix + self.queue) is not None:
+                moved += 1
+        if moved:
+            LOG.info("put %d message(s) left in flight back in %s", moved, self.queue)
+        return moved
+
+    def started(self) -> None:
+        """Called when consuming (again): watch for stranded pops for a while."""
+        self.watch_until = time.monotonic() + self.WATCH_SECONDS
+
+    #: How long after a (re)connect the in-flight list is checked before each pop.
+    WATCH_SECONDS = 10.0
+
+
 # --- deliveries ---------------------------------------------------------------------------------
 
 class KombuDelivery(Delivery):
@@ -345,6 +576,8 @@ class _Consumer:
         self.prefetch_count = prefetch_count
         self.tag = f"tavrida-{uuid.uuid4().hex}"
         self.channel: Any = None
+        #: Redis only: the reliable fetch, kept across reconnects (see :class:`_RedisFetch`).
+        self.fetch: Optional[_RedisFetch] = None
 
 
 class _Batch:
@@ -354,12 +587,16 @@ class _Batch:
         self.envelopes = envelopes
         self.todo: Dict[int, None] = dict.fromkeys(range(len(envelopes)))
         self.failed: Dict[int, str] = {}
+        #: Failed because they cannot be written at all: trying again cannot help.
+        self.unencodable: Set[int] = set()
 
-    def fail(self, index: int, reason: str) -> None:
+    def fail(self, index: int, reason: str, unencodable: bool = False) -> None:
         """Record why envelope ``index`` failed, unless it is settled already."""
         if index in self.todo:
             del self.todo[index]
             self.failed[index] = reason
+            if unencodable:
+                self.unencodable.add(index)
 
     def error(self) -> exceptions.PublishFailed:
         """The PublishFailed that names every failed envelope."""
@@ -369,15 +606,37 @@ class _Batch:
         if len(self.envelopes) > 1:
             reason = (f"{len(self.failed)} of {len(self.envelopes)} messages failed "
                       f"(indexes {sorted(self.failed)}); first: {reason}")
-        # failed: index -> reason; envelopes: the failed ones, for callers that retry.
+        # failed: index -> reason; envelopes: the failed ones, for callers that retry;
+        # unencodable: the indexes that can never be published as they are.
         return exceptions.PublishFailed(
             exchange=envelope.exchange, routing_key=envelope.routing_key, reason=reason,
             failed=dict(self.failed),
-            envelopes=[self.envelopes[index] for index in sorted(self.failed)])
+            envelopes=[self.envelopes[index] for index in sorted(self.failed)],
+            unencodable=sorted(self.unencodable))
 
 
-#: Errors of a message that cannot be encoded (header types, names too long).
-_UNENCODABLE = (amqp.FrameSyntaxError, TypeError, ValueError, struct.error)
+#: Errors of a message that cannot be encoded (header types, names too long, values out
+#: of range, tables nested deeper than py-amqp's recursion can write).
+_UNENCODABLE = (amqp.FrameSyntaxError, TypeError, ValueError, OverflowError, RecursionError,
+                struct.error)
+#: Bytes of a content-header frame besides the properties (frame header and end,
+#: class id, weight, body size).
+_CONTENT_HEADER_OVERHEAD = 8 + 12
+
+
+class _CheckedMessage(amqp.Message):
+    """An amqp.Message that serializes its properties once, so their size can be checked.
+
+    A content header must fit in one frame: RabbitMQ answers a larger one by
+    closing the connection (FRAME_ERROR), and every retry would do the same.
+    """
+
+    _serialized: Optional[bytes] = None
+
+    def _serialize_properties(self) -> bytes:
+        if self._serialized is None:
+            self._serialized = super()._serialize_properties()
+        return self._serialized
 
 
 class _ConfirmTimeout(Exception):
@@ -442,8 +701,14 @@ class KombuTransport(Transport):
         self._unsettled: Set[int] = set()
         self._slice = self.poll_interval
         self._settles: Deque[Tuple[KombuDelivery, Optional[bool]]] = collections.deque()
+        #: kombu QoS objects of lost virtual channels whose un-acked messages are not back yet.
+        self._unrestored: List[Any] = []
         self._stop = threading.Event()
         self._closed = False
+        self._closing = threading.Event()
+        #: Keeps heartbeats going while a callback runs on the draining thread (AMQP).
+        self._beat_thread: Optional[threading.Thread] = None
+        self._last_beat = 0.0
 
         # Publishing connection: state guarded by _publish_lock.
         self._publish_lock = threading.Lock()
@@ -565,6 +830,11 @@ class KombuTransport(Transport):
         heartbeat = self._config.heartbeat_interval or 0
         self._conn = self._open_connection("consume", heartbeat if self._is_amqp else 0)
         self._generation += 1
+        if self._is_amqp and heartbeat and self._beat_thread is None:
+            self._last_beat = time.monotonic()
+            self._beat_thread = threading.Thread(target=self._keep_heartbeats, daemon=True,
+                                                 name=f"tavrida-heartbeat-{self.connection_name}")
+            self._beat_thread.start()
         self._ever_connected = True
         try:
             self._control = self._new_channel(self._conn)
@@ -577,21 +847,52 @@ class KombuTransport(Transport):
         except BaseException:
             self._drop_connection()
             raise
+        if self._unrestored:
+            self._restore_unacked()
 
     def _drop_connection(self) -> None:
         """Forget the consuming connection without talking to the broker."""
         conn, self._conn, self._control = self._conn, None, None
         self._broken = False
+        channels = [consumer.channel for consumer in self._consumers
+                    if consumer.channel is not None]
         for consumer in self._consumers:
             consumer.channel = None
         # Deliveries not yet handed out came on the dead connection: the broker redelivers them.
         self._ready.clear()
         self._unsettled.clear()
+        if conn is not None and not self._is_amqp:
+            # RabbitMQ requeues what a lost connection held; Redis has no such thing.
+            self._unrestored.extend(channel.qos for channel in channels)
+            self._restore_unacked()
         if conn is not None:
             try:
                 conn.collect()
             except Exception:  # the connection is dead anyway: nothing to report
                 LOG.debug("ignoring error while dropping a connection", exc_info=True)
+
+    def _restore_unacked(self) -> None:
+        """Give the un-acked messages of lost virtual channels back to their queues.
+
+        kombu restores them when a channel closes, but closing a channel whose
+        Redis connection died mid-BRPOP raises before that, leaving them in
+        kombu's ``unacked`` hash until ``visibility_timeout`` (an hour) -- among
+        them deliveries received and never handed out. Done here instead, with
+        fresh connections from the channel's pool; what cannot be restored now
+        (Redis down) is tried again after each reconnect.
+        """
+        pending, self._unrestored = self._unrestored, []
+        for qos in pending:
+            try:
+                qos._flush()  # forget what was acked meanwhile
+                if qos._delivered:
+                    LOG.info("giving %d un-acked message(s) back to their queue",
+                             len(qos._delivered))
+                    qos.restore_unacked()  # clears _delivered: kombu's own close restores nothing
+            except Exception as exc:  # noqa: BLE001 - kept for the next attempt
+                LOG.warning("could not give un-acked messages back yet (%s: %s)",
+                            type(exc).__name__, exc)
+                self._unrestored.append(qos)
 
     def _lost(self, exc: BaseException) -> None:
         LOG.warning("connection to %s lost (%s: %s)", self._config.safe_url,
@@ -759,6 +1060,8 @@ class KombuTransport(Transport):
                     if consumer.channel is not None:
                         # py-amqp waits for cancel-ok: deliveries still in flight land in _ready.
                         consumer.channel.basic_cancel(consumer.tag)
+                        if consumer.fetch is not None:
+                            consumer.fetch.recover(consumer.channel)
             except self._connection_errors + self._channel_errors as exc:
                 self._lost(exc)  # the broker gives everything back itself
                 return
@@ -773,6 +1076,13 @@ class KombuTransport(Transport):
         consumer.channel = channel
         if not self._is_amqp:
             _own_copies(channel, consumer.queue)
+        if self._config.scheme in REDIS_SCHEMES:
+            if consumer.fetch is None:
+                consumer.fetch = _RedisFetch(consumer.queue, consumer.tag)
+            consumer.fetch.recover(channel)
+            consumer.fetch.install(channel)
+            if self._generation > 1:
+                consumer.fetch.started()  # a reconnect: the dead connection may still pop
         channel.basic_qos(0, consumer.prefetch_count, False)
         generation = self._generation
         channel.basic_consume(
@@ -814,9 +1124,12 @@ class KombuTransport(Transport):
         body = message.body
         if not isinstance(body, bytes):
             body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+        headers = dict(props.get("application_headers") or {})
+        if not all(type(key) is str for key in headers):
+            # py-amqp keeps a key that is not UTF-8 as bytes; the core expects text.
+            headers = {_text_key(key): value for key, value in headers.items()}
         return KombuDelivery(
-            self, channel, info["delivery_tag"], generation, body,
-            dict(props.get("application_headers") or {}),
+            self, channel, info["delivery_tag"], generation, body, headers,
             {name: props[name] for name in _PROPERTY_NAMES if props.get(name) is not None},
             info.get("exchange") or "", info.get("routing_key") or "", consumer.queue,
             bool(info.get("redelivered")))
@@ -931,6 +1244,7 @@ class KombuTransport(Transport):
         except self._connection_errors as exc:
             self._lost(exc)
             return
+        self._last_beat = time.monotonic()
         self._perform_settles()
 
     def _next_slice(self) -> float:
@@ -967,11 +1281,27 @@ class KombuTransport(Transport):
             raw = self._raw_connection()
             if raw is not None and not self._broken:
                 raw.send_heartbeat()
+                self._last_beat = time.monotonic()
         except self._connection_errors as exc:
             LOG.warning("heartbeat failed (%s: %s)", type(exc).__name__, exc)
             self._broken = True
         finally:
             self._lock.release()
+
+    def _keep_heartbeats(self) -> None:
+        """Send heartbeats whenever nobody has drained for half an interval.
+
+        :meth:`drain` pumps heartbeats, but a handler run on the draining
+        thread (a server with ``workers=0``) stops it: RabbitMQ then closes
+        the connection after two missed intervals, the handler's ack is lost
+        and the message is redelivered -- to run as long again, for ever.
+        This thread only writes heartbeat frames, through :meth:`heartbeat`,
+        when the connection is free; it never reads.
+        """
+        interval = float(self._config.heartbeat_interval or 0)
+        while not self._closing.wait(max(interval / 4, 0.05)):
+            if time.monotonic() - self._last_beat >= interval / 2:
+                self.heartbeat()
 
     # -- publishing ------------------------------------------------------------------------------
 
@@ -999,6 +1329,8 @@ class KombuTransport(Transport):
             for index in list(batch.todo):
                 batch.fail(index, "the transport is closed")
             raise batch.error()
+        if self._reply_queues and self._is_amqp:
+            self._check_reply_connection()
         with self._publish_lock:
             self._pub_batch = batch
             try:
@@ -1008,6 +1340,49 @@ class KombuTransport(Transport):
                 self._pub_waiting.clear()
         if batch.failed:
             raise batch.error()
+
+    def _check_reply_connection(self) -> None:
+        """Before a request goes out: make sure the reply queue it names exists.
+
+        RabbitMQ deletes an exclusive reply queue with its connection, and
+        drops answers routed to it until it is declared again -- which
+        happens when someone next reads the consuming connection and finds it
+        dead. A request published in between would lose its answer (the first
+        call after every connection loss timed out). A closed connection
+        shows as end-of-file on its socket: peeking at it costs one system
+        call, and reconnecting here (which declares the reply queue again)
+        comes before the request. (Not for amqps, whose sockets cannot peek,
+        nor where ``select.poll`` is missing.)
+        """
+        if self._config.ssl or not hasattr(select, "poll"):
+            return
+        if self._conn is not None and not self._broken and self._socket_alive():
+            return
+        with self._lock:
+            if self._conn is not None and not self._broken and not self._socket_alive():
+                LOG.warning("the consuming connection to %s is closed",
+                            self._config.safe_url)
+                self._broken = True
+            if not self._closed:
+                self._ensure_connected()
+
+    def _socket_alive(self) -> bool:
+        """False when the consuming connection's socket was closed or reset by the peer."""
+        raw = self._raw_connection()
+        sock = getattr(getattr(raw, "transport", None), "sock", None)
+        if sock is None:
+            return False
+        try:
+            # Poll first: recv on a socket in timeout mode would wait for data.
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            if not poller.poll(0):
+                return True  # nothing to read: alive as far as can be told
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+        except (BlockingIOError, InterruptedError, socket.timeout):
+            return True  # a drainer took the data meanwhile
+        except OSError:
+            return False
 
     def _publish_batch(self, batch: _Batch) -> None:
         def attempt() -> None:
@@ -1082,7 +1457,8 @@ class KombuTransport(Transport):
                                           routing_key=envelope.routing_key)
                 except _UNENCODABLE as exc:
                     # Raised while encoding, before anything was written: only this one fails.
-                    batch.fail(index, f"cannot encode it: {type(exc).__name__}: {exc}")
+                    batch.fail(index, f"cannot encode it: {type(exc).__name__}: {exc}",
+                               unencodable=True)
                     continue
                 if self._confirms:
                     # Registered after the write: acks read inside basic_publish are older.
@@ -1106,9 +1482,23 @@ class KombuTransport(Transport):
                                          durable=True, auto_delete=False)
             self._pub_exchanges.add(envelope.exchange)
         properties = {"delivery_mode": 2 if envelope.persistent else 1}
-        return channel.prepare_message(bytes(envelope.body), None, envelope.content_type,
-                                       envelope.content_encoding, dict(envelope.headers),
-                                       properties)
+        if not self._is_amqp:
+            return channel.prepare_message(bytes(envelope.body), None, envelope.content_type,
+                                           envelope.content_encoding, dict(envelope.headers),
+                                           properties)
+        headers = dict(envelope.headers)
+        if not all(key.isascii() for key in headers if type(key) is str):
+            # Keys received as text with surrogates (see _text_key) go out as their bytes.
+            headers = {_bytes_key(key): value for key, value in headers.items()}
+        message = channel.prepare_message(bytes(envelope.body), None, envelope.content_type,
+                                          envelope.content_encoding, headers,
+                                          properties, _Message=_CheckedMessage)
+        room = channel.connection.frame_max - _CONTENT_HEADER_OVERHEAD
+        size = len(message._serialize_properties())
+        if size > room:
+            raise ValueError(f"its headers and properties take {size} bytes, more than the "
+                             f"{room} a frame of this connection holds")
+        return message
 
     def _wait_for_confirms(self) -> None:
         deadline = time.monotonic() + self.confirm_timeout
@@ -1178,13 +1568,18 @@ class KombuTransport(Transport):
         go away (RabbitMQ: with the connection; others: deleted here).
         """
         self._closed = True
+        self._closing.set()
         self._stop.set()
         with self._lock:
             try:
                 if self._conn is not None and not self._broken and self._conn.connected:
                     self._perform_settles()
                     for consumer in list(self._consumers):
+                        channel = consumer.channel
                         self._cancel_consumer(consumer)
+                        if consumer.fetch is not None and channel is not None:
+                            # Anything a dead connection popped since: back to the queue.
+                            consumer.fetch.recover(self._control)
                     if not self._is_amqp and self._reply_queues:
                         for queue in self._reply_queues:
                             self._control.queue_delete(queue=queue)
@@ -1203,3 +1598,6 @@ class KombuTransport(Transport):
                 except self._connection_errors + self._channel_errors:
                     LOG.debug("ignoring error while closing the publisher", exc_info=True)
             self._drop_publisher()
+        beat = self._beat_thread
+        if beat is not None and beat is not threading.current_thread():
+            beat.join(2)
