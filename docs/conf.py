@@ -21,7 +21,9 @@ version = ".".join(release.split(".")[:2])
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.viewcode",
+    "myst_parser",  # performance.md and reliability.md are Markdown
 ]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 
 # Docstrings are plain reST (no napoleon). Members keep source order.
 autodoc_member_order = "bysource"

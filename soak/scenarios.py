@@ -139,6 +139,13 @@ def cleanup(url: str, names: Names) -> None:
             keys = list(client_.scan_iter(match=f"*{names.prefix}*", count=1000))
             if keys:
                 client_.delete(*keys)
+            # kombu's un-acked records live in one hash for everybody: drop ours only,
+            # or another consumer would restore them into a queue that is gone.
+            mine = [tag for tag, record in client_.hscan_iter("unacked")
+                    if names.prefix.encode() in record]
+            if mine:
+                client_.hdel("unacked", *mine)
+                client_.zrem("unacked_index", *mine)
         finally:
             client_.close()
 

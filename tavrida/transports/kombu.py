@@ -442,9 +442,6 @@ class _RedisFetch:
         #: Delivery tags whose un-acked record may have been written although
         #: kombu failed (the reply was lost): the in-flight copy wins.
         self.maybe_unacked: List[str] = []
-        #: Until then, the in-flight list is checked before every pop: Redis may
-        #: still serve a pop of the dead connection for a moment after it died.
-        self.watch_until = 0.0
 
     def install(self, channel: Any) -> None:
         """Replace the channel's BRPOP by BRPOPLPUSH (call before consuming)."""
@@ -456,9 +453,6 @@ class _RedisFetch:
                 timeout = channel.brpop_timeout
             if fetch.queue not in channel.active_queues:
                 return
-            if time.monotonic() < fetch.watch_until:
-                # Nothing is being handed over now: whatever is in flight was stranded.
-                fetch.recover(channel)
             channel._in_poll = channel.client.connection
             channel._brpop_sent_at = time.monotonic()
             channel.client.connection.send_command(
@@ -523,13 +517,6 @@ class _RedisFetch:
         if moved:
             LOG.info("put %d message(s) left in flight back in %s", moved, self.queue)
         return moved
-
-    def started(self) -> None:
-        """Called when consuming (again): watch for stranded pops for a while."""
-        self.watch_until = time.monotonic() + self.WATCH_SECONDS
-
-    #: How long after a (re)connect the in-flight list is checked before each pop.
-    WATCH_SECONDS = 10.0
 
 
 # --- deliveries ---------------------------------------------------------------------------------
@@ -1081,8 +1068,6 @@ class KombuTransport(Transport):
                 consumer.fetch = _RedisFetch(consumer.queue, consumer.tag)
             consumer.fetch.recover(channel)
             consumer.fetch.install(channel)
-            if self._generation > 1:
-                consumer.fetch.started()  # a reconnect: the dead connection may still pop
         channel.basic_qos(0, consumer.prefetch_count, False)
         generation = self._generation
         channel.basic_consume(
