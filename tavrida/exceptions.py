@@ -160,9 +160,21 @@ class WrongHandlerParameters(BaseAckableException):
 
 
 class PublishFailed(TavridaError):
-    """The broker did not take a message (nack, unroutable, connection lost)."""
+    """The broker did not take a message (nack, unroutable, connection lost).
+
+    For a batch (``publish_many``): ``failed`` maps the index of each failed
+    message to its reason, ``envelopes`` holds those messages (to retry),
+    and ``unencodable`` lists the indexes that can never be published as
+    they are (headers too large or of a type the broker library cannot write).
+    """
 
     message_template = "Publishing to %(exchange)s/%(routing_key)s failed: %(reason)s"
+
+    def __init__(self, message: str = "", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.failed: dict = kwargs.get("failed", {})
+        self.envelopes: list = kwargs.get("envelopes", [])
+        self.unencodable: list = kwargs.get("unencodable", [])
 
 
 class RemoteError(TavridaError):

@@ -329,7 +329,7 @@ class Server:
             controller.postprocessor.send(answer)
         except (exceptions.UnableToDiscover, exceptions.IncorrectOutgoingMessage,
                 exceptions.PublishFailed) as exc:
-            if isinstance(exc, exceptions.PublishFailed) and not exc.kwargs.get("unencodable"):
+            if isinstance(exc, exceptions.PublishFailed) and not exc.unencodable:
                 raise  # the broker's trouble, not the answer's: requeue the request
             LOG.error("cannot send %r: %s", answer, exc)
             self._notify(answer, exc)
@@ -393,7 +393,7 @@ class Server:
         try:
             self.transport.publish(envelope)
         except exceptions.PublishFailed as exc:
-            if not exc.kwargs.get("unencodable"):
+            if not exc.unencodable:
                 raise
             # Its headers cannot travel again (too large for a frame, a type the broker
             # library cannot write): the copy keeps the body and tavrida's headers only.

@@ -1304,7 +1304,7 @@ class KombuTransport(Transport):
         Messages lost with a connection or a channel are published again
         (at-least-once: a message whose confirm was lost may arrive twice).
         Raises PublishFailed naming every message that failed -- its
-        ``kwargs["failed"]`` maps their indexes to reasons, ``kwargs["envelopes"]``
+        ``exc.failed`` maps their indexes to reasons, ``exc.envelopes``
         lists them; all the others were confirmed.
         """
         batch = _Batch(list(envelopes))

@@ -92,7 +92,7 @@ def test_headers_too_large_for_a_frame_fail_alone_and_keep_the_connection(amqp_u
         huge = OutgoingEnvelope("", names.queue, b"{}", {"big": "h" * 140_000})
         with pytest.raises(exceptions.PublishFailed) as raised:
             transport.publish_many([OutgoingEnvelope("", names.queue, b"1", {}), huge])
-        assert raised.value.kwargs["unencodable"] == [1]
+        assert raised.value.unencodable == [1]
         assert "a frame of this connection holds" in str(raised.value)
         connection = transport._pub_conn
         transport.publish(OutgoingEnvelope("", names.queue, b"2", {}))
