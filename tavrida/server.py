@@ -379,14 +379,14 @@ class Server:
 
     def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Copy the original bytes and headers to the dead-letter queue with the reason."""
-        headers = dict(delivery.headers or {})
-        headers[DEAD_LETTER_REASON_HEADER] = reason
-        headers[DEAD_LETTER_QUEUE_HEADER] = delivery.queue
-        headers[DEAD_LETTER_EXCHANGE_HEADER] = delivery.exchange or ""
-        headers[DEAD_LETTER_ROUTING_KEY_HEADER] = delivery.routing_key or ""
+        why = {DEAD_LETTER_REASON_HEADER: reason,
+               DEAD_LETTER_QUEUE_HEADER: delivery.queue,
+               DEAD_LETTER_EXCHANGE_HEADER: delivery.exchange or "",
+               DEAD_LETTER_ROUTING_KEY_HEADER: delivery.routing_key or ""}
         properties = delivery.properties or {}
         envelope = OutgoingEnvelope("", self.dead_letter_queue, bytes(delivery.body or b""),
-                                    headers, content_type=properties.get("content_type"),
+                                    {**(delivery.headers or {}), **why},
+                                    content_type=properties.get("content_type"),
                                     content_encoding=properties.get("content_encoding"),
                                     persistent=True)
         assert self.transport is not None
@@ -398,13 +398,9 @@ class Server:
             # Its headers cannot travel again (too large for a frame, a type the broker
             # library cannot write): the copy keeps the body and tavrida's headers only.
             # (Text that is not UTF-8, e.g. a routing key, is escaped so that it encodes.)
+            why[DEAD_LETTER_DROPPED_HEADER] = exc
             envelope.headers = {name: str(value)[:2000].encode("utf-8", "backslashreplace")
-                                .decode("utf-8") for name, value in (
-                                    (DEAD_LETTER_REASON_HEADER, reason),
-                                    (DEAD_LETTER_QUEUE_HEADER, delivery.queue),
-                                    (DEAD_LETTER_EXCHANGE_HEADER, delivery.exchange or ""),
-                                    (DEAD_LETTER_ROUTING_KEY_HEADER, delivery.routing_key or ""),
-                                    (DEAD_LETTER_DROPPED_HEADER, exc))}
+                                .decode("utf-8") for name, value in why.items()}
             self.transport.publish(envelope)
         LOG.warning("dead-lettered a message from %s to %s: %s", delivery.queue,
                     self.dead_letter_queue, reason)
