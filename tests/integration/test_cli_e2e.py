@@ -161,9 +161,10 @@ BAD_CONFIGS = {
     "not a service": ("svc_cli:Calc", "svc_cli:CalcFailure",
                       "[server] services: svc_cli:CalcFailure is not a ServiceController"),
     "bad number": ("prefetch_count = 10", "prefetch_count = lots",
-                   "[connection] prefetch_count: 'lots' is not a valid value"),
+                   "[connection] prefetch_count: 'lots' is not a whole number"),
     "bad discovery key": ("remote.tavrida_cli", "remotely.tavrida_cli",
-                          "[discovery] remotely.tavrida_cli: expected remote.<service>"),
+                          "[discovery] remotely.tavrida_cli: unknown key "
+                          "(did you mean remote.tavrida_cli?)"),
     "bad log level": ("level = INFO", "level = LOUD", "[logging] level: unknown level 'LOUD'"),
     "subscription without exchange": ("remote_publisher.ticker = {ticker}\n", "",
                                       "[discovery] remote_publisher.ticker: is required"),

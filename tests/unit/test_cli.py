@@ -111,10 +111,11 @@ def test_bad_key_value_argument_exits_2(running, capsys):
      "is not a ServiceController"),
     ("server", "workers", "workers = many", "[server] workers: 'many' is not a whole number"),
     ("connection", "prefetch_count", "prefetch_count = lots",
-     "[connection] prefetch_count: 'lots' is not a valid value"),
+     "[connection] prefetch_count: 'lots' is not a whole number"),
     ("connection", "colour", "colour = blue", "[connection] colour: unknown key"),
     ("connection", "url", "url = nothing", "[connection] url:"),
-    ("discovery", "bogus", "bogus.x = y", "[discovery] bogus.x: expected remote.<service>"),
+    ("discovery", "bogus", "bogus.x = y", "[discovery] bogus.x: unknown key; [discovery] takes "
+     "file, remote.<service>, remote_publisher.<service>, local_publisher.<service>"),
     ("logging", "level", "level = LOUD", "[logging] level: unknown level 'LOUD'"),
 ])
 def test_each_config_error_names_file_section_key_and_exits_2(
