@@ -166,6 +166,10 @@ BAD_CONFIGS = {
                           "[discovery] remotely.tavrida_cli: unknown key "
                           "(did you mean remote.tavrida_cli?)"),
     "bad log level": ("level = INFO", "level = LOUD", "[logging] level: unknown level 'LOUD'"),
+    "misspelt section": ("[server]", "[sever]",
+                         "[sever]: unknown section (did you mean [server]?)"),
+    "unknown key": ("workers = 2", "workerz = 2",
+                    "[server] workerz: unknown key (did you mean workers?)"),
     "subscription without exchange": ("remote_publisher.ticker = {ticker}\n", "",
                                       "[discovery] remote_publisher.ticker: is required"),
 }
