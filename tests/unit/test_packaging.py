@@ -29,3 +29,30 @@ def test_license_and_metadata():
     assert meta["Author"]
     urls = dict(entry.split(", ", 1) for entry in meta.get_all("Project-URL"))
     assert urls["Source"].startswith("https://") and urls["Issues"].startswith("https://")
+
+
+SPHINX = "python -m sphinx -W -b html docs docs/_build/html"
+
+
+def test_one_sphinx_command_everywhere_it_is_written():
+    for name in ["README.md", "docs/installation.rst", "docs/conf.py", "tox.ini"]:
+        text = (REPO / name).read_text()
+        assert SPHINX in text, f"{name} does not give the docs command"
+        assert text.count("-m sphinx") == text.count(SPHINX), f"{name} gives another one"
+
+
+def test_every_module_has_its_api_page_public_ones_first():
+    def name(path: pathlib.Path) -> str:
+        parts = path.relative_to(REPO / "tavrida").with_suffix("").parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = sorted(name(path) for path in (REPO / "tavrida").rglob("*.py")
+                     if not path.name.startswith("_") or path.name == "__init__.py")
+    modules.remove("")  # tavrida itself: its docstring is the list in api.rst
+    pages = re.findall(r"^   api/(\S+)$", (REPO / "docs" / "api.rst").read_text(), re.M)
+    assert sorted(pages) == modules, "a module without an API page (docs/api/NAME.rst)"
+    assert pages[:3] == ["client", "server", "service"]
+    assert pages.index("testing") < pages.index("transports")
+    for page in pages:
+        assert f".. automodule:: tavrida.{page}\n" in (REPO / "docs" / "api" / f"{page}.rst"
+                                                       ).read_text()
