@@ -104,8 +104,10 @@ def _parser() -> argparse.ArgumentParser:
                        ("cast", "send a request without waiting"),
                        ("publish", "publish a notification as SERVICE.EVENT")):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("target", metavar="SERVICE.METHOD")
-        sub.add_argument("params", nargs="*", metavar="key=value")
+        sub.add_argument("target", metavar="SERVICE.METHOD",
+                         help="where it goes (SERVICE.EVENT for publish)")
+        sub.add_argument("params", nargs="*", metavar="key=value",
+                         help="the payload; values are JSON when they parse, else text")
         sub.add_argument("--url", help=f"broker URL (default: $TAVRIDA_URL or {DEFAULT_URL})")
         sub.add_argument("--exchange", help="exchange of the service (or its notifications)")
         sub.add_argument("--discovery", metavar="DS_FILE", help=".ds file to find exchanges in")
@@ -114,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
         if name != "publish":
             sub.add_argument("--source", default=DEFAULT_SOURCE,
                              help=f"caller service name (default {DEFAULT_SOURCE})")
-            sub.add_argument("--correlation-id", default="")
+            sub.add_argument("--correlation-id", default="",
+                             help="correlation id to send (default: a new one)")
         if name == "call":
             sub.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")
             sub.add_argument("--reply-exchange",
@@ -127,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
 def _topology_parser(commands: Any) -> None:
     topology = commands.add_parser(
         "topology", help="show or delete what the server of a config file declares",
-        description="Show or delete the queues, exchanges and bindings the server of a "
+        description="Show or delete the queues, exchanges and bindings the server of a\n"
                     "config file declares.",
         epilog=TOPOLOGY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = topology.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -136,7 +139,7 @@ def _topology_parser(commands: Any) -> None:
                                 epilog=TOPOLOGY_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     for sub in (show, delete):
-        sub.add_argument("config", help="INI config file")
+        sub.add_argument("config", metavar="CONFIG", help="INI config file")
         sub.add_argument("--url", help="broker URL (overrides the config file)")
     show.add_argument("--counts", action="store_true",
                       help="also ask the broker how many messages each queue holds")
