@@ -228,7 +228,8 @@ def test_version_comes_from_the_package(capsys):
 @pytest.mark.parametrize("command", [[], ["run"], ["call"], ["cast"], ["publish"],
                                      ["topology"], ["topology", "show"],
                                      ["topology", "delete"]])
-def test_help_is_plain_text(command, capsys):
+def test_help_is_plain_text(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
     with pytest.raises(SystemExit) as info:
         cli.main([*command, "--help"])
     assert info.value.code == 0
@@ -236,6 +237,7 @@ def test_help_is_plain_text(command, capsys):
     assert out.startswith("usage: tavrida")
     for markup in ("``", ":mod:", ":class:", ":func:", "::\n"):
         assert markup not in out, f"reST {markup!r} in the help of {command}"
+    assert max(len(line) for line in out.splitlines()) <= 80
 
 
 def test_environment_overrides_the_url(config_path, monkeypatch):
