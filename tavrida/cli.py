@@ -249,7 +249,7 @@ def _declared(args: argparse.Namespace) -> Tuple[config_file.ServiceConfig, Topo
     return conf, topology, roles, own
 
 
-def _table(rows: List[Tuple[str, ...]]) -> List[str]:
+def _table(rows: Sequence[Tuple[str, ...]]) -> List[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return ["  " + "  ".join([cell.ljust(width) for cell, width in zip(row, widths)]
                              + [row[-1]]).rstrip() for row in rows]

@@ -37,7 +37,7 @@ import importlib
 import logging
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Type
 
 from tavrida import config as config_mod
 from tavrida import discovery as discovery_mod
@@ -256,12 +256,12 @@ class ServiceConfig:
             key = "url" if url else "-"
             raise self._error(section, key, exc.message) from None
 
-    def _services(self) -> List[type]:
+    def _services(self) -> List[Type[ServiceController]]:
         names = self._required("server", "services").replace(",", " ").split()
         folder = os.path.dirname(os.path.abspath(self.path))
         if folder not in sys.path:
             sys.path.insert(0, folder)
-        classes = []
+        classes: List[Type[ServiceController]] = []
         for name in names:
             module_name, _, class_name = name.partition(":")
             if not class_name:
