@@ -94,6 +94,8 @@ SCHEMA: Dict[str, Dict[str, type]] = {
 }
 
 _NOT_CONNECTION_PARAMETERS = ("url", "username", "password")
+#: What a URL says; a URL from a flag or the environment overrides them.
+_URL_PARTS = ("host", "port", "virtual_host", "scheme")
 _BOOLEANS = configparser.ConfigParser.BOOLEAN_STATES
 #: No [DEFAULT] magic: a section of that name is just an unknown section.
 _NO_DEFAULT_SECTION = "\0tavrida-no-default"
@@ -242,9 +244,18 @@ class ServiceConfig:
             url, origin = os.environ[URL_ENV], URL_ENV
         else:
             url, origin = self.get(section, "url", ""), ""
+            clash = [key for key in _URL_PARTS if url and key in values]
+            if clash:
+                raise self._error(section, clash[0], "the url gives it too: keep one of them")
         try:
             if url:
-                return config_mod.ConnectionConfig.from_url(url.strip(), **values)
+                conf = config_mod.ConnectionConfig.from_url(
+                    url.strip(), **{k: v for k, v in values.items() if k not in _URL_PARTS})
+                if username is not None and conf.credentials is None:
+                    conf.credentials = config_mod.Credentials(username, password or "")
+                elif username is not None and not origin:
+                    raise self._error(section, "username", "the url gives a user too: keep one")
+                return conf
             if "host" not in values:
                 raise self._error(section, "url", f"is required (or set {URL_ENV}, or host)")
             if username is not None:

@@ -9,7 +9,7 @@ from typing import Dict, Tuple
 
 import pytest
 
-from tavrida import config_file
+from tavrida import config, config_file
 
 SERVICES = '''
 from tavrida import dispatcher, service
@@ -157,3 +157,23 @@ def test_get_refuses_keys_the_schema_does_not_declare(write):
     conf = config_file.ServiceConfig(write(GOOD))
     with pytest.raises(KeyError):
         conf.get("server", "workerz")
+
+
+def test_username_and_password_complete_a_url_without_them(write):
+    path = write(GOOD.replace("url = {url}", "url = amqp://rabbit:5672/\nusername = svc\n"
+                              "password = s3cret"))
+    conf = config_file.ServiceConfig(path).connection
+    assert (conf.host, conf.credentials) == ("rabbit", config.Credentials("svc", "s3cret"))
+
+
+@pytest.mark.parametrize("extra, key", [("host = other", "host"), ("username = svc", "username")])
+def test_a_url_and_the_keys_it_gives_are_one_too_many(write, extra, key):
+    path = write(GOOD.replace("url = {url}", f"url = amqp://u:p@rabbit/\n{extra}"))
+    assert error_of(path).startswith(f"{path}: [connection] {key}: the url gives ")
+
+
+def test_a_url_flag_overrides_the_host_of_the_file(write):
+    path = write(GOOD.replace("url = {url}", "host = rabbit\nport = 5673\nusername = svc"))
+    assert config_file.ServiceConfig(path).connection.port == 5673
+    conf = config_file.ServiceConfig(path, url="amqp://other/").connection
+    assert (conf.host, conf.port, conf.credentials.username) == ("other", 5672, "svc")
