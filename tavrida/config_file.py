@@ -54,6 +54,8 @@ URL_ENV = "TAVRIDA_URL"
 #: add one line here and read it with :meth:`ServiceConfig.get`; every
 #: ``[connection]`` key but ``url``, ``username`` and ``password`` is passed
 #: to :class:`~tavrida.config.ConnectionConfig` as is.
+#:
+#: :meta hide-value:
 SCHEMA: Dict[str, Dict[str, type]] = {
     "connection": {
         "url": str,
