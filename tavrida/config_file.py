@@ -21,6 +21,21 @@
 
     [logging]
     level = INFO
+    format = text                                ; or json: one JSON object per line
+    access = false                               ; true: one INFO line per message
+    amqp_debug = false                           ; true: the amqp library's DEBUG lines too
+
+    [metrics]                                    ; needs pip install 'tavrida[metrics]'
+    port = 9100                                  ; Prometheus /metrics (and /healthz)
+    host = 0.0.0.0
+
+    [tracing]                                    ; needs pip install 'tavrida[otel]'
+    enabled = false                              ; OpenTelemetry spans, traceparent headers
+
+    [health]
+    file = /run/svc.alive                        ; touched while the consumer loop runs
+    interval = 5                                 ; seconds between touches
+    port = 9100                                  ; GET /healthz (may share the metrics port)
 
 Every mistake raises :class:`ConfigError` naming the file, section and key.
 The config file's folder is put on ``sys.path`` so its modules import.
@@ -79,6 +94,17 @@ class ServiceConfig:
         self.workers = self._int("server", "workers", 0)
         self.service_classes = self._services()
         self.log_level = self._log_level()
+        self.log_format = self._choice("logging", "format", ("text", "json"), "text")
+        self.log_access = self._bool("logging", "access", False)
+        self.amqp_debug = self._bool("logging", "amqp_debug", False)
+        self.metrics_port = self._port("metrics", "port")
+        self.metrics_host = self._parser.get("metrics", "host", fallback="").strip() or "0.0.0.0"
+        self.tracing = self._bool("tracing", "enabled", False)
+        health_file = self._parser.get("health", "file", fallback="").strip()
+        self.health_file = (os.path.join(os.path.dirname(os.path.abspath(self.path)),
+                                         health_file) if health_file else None)
+        self.health_interval = self._positive("health", "interval", 5.0)
+        self.health_port = self._port("health", "port")
 
     def _error(self, section: str, key: str, reason: str) -> ConfigError:
         return ConfigError(path=self.path, section=section, key=key, reason=reason)
@@ -97,6 +123,55 @@ class ServiceConfig:
             return int(raw)
         except ValueError:
             raise self._error(section, key, f"{raw!r} is not a whole number") from None
+
+    def _bool(self, section: str, key: str, default: bool) -> bool:
+        raw = self._parser.get(section, key, fallback="").strip().lower()
+        if not raw:
+            return default
+        if raw not in self._parser.BOOLEAN_STATES:
+            raise self._error(section, key, f"{raw!r} is not true or false")
+        return self._parser.BOOLEAN_STATES[raw]
+
+    def _choice(self, section: str, key: str, choices: tuple, default: str) -> str:
+        raw = self._parser.get(section, key, fallback="").strip().lower() or default
+        if raw not in choices:
+            raise self._error(section, key, f"{raw!r} is not one of {', '.join(choices)}")
+        return raw
+
+    def _port(self, section: str, key: str) -> Optional[int]:
+        if not self._parser.get(section, key, fallback="").strip():
+            return None
+        port = self._int(section, key, 0)
+        if not 0 <= port <= 65535:
+            raise self._error(section, key, f"{port} is not a port number")
+        return port
+
+    def _positive(self, section: str, key: str, default: float) -> float:
+        raw = self._parser.get(section, key, fallback="").strip()
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not value > 0:
+            raise self._error(section, key, f"{raw!r} is not a positive number of seconds")
+        return value
+
+    def hooks(self) -> list:
+        """The server hooks (access log, metrics, tracing, health) this file asks for."""
+        from tavrida.observability import build_hooks
+
+        return build_hooks(access=self.log_access, metrics_port=self.metrics_port,
+                           metrics_host=self.metrics_host, tracing=self.tracing,
+                           health_file=self.health_file, health_interval=self.health_interval,
+                           health_port=self.health_port)
+
+    def configure_logging(self) -> None:
+        """Set up logging as ``[logging]`` says (what ``tavrida run`` does)."""
+        from tavrida.observability.logs import configure_logging
+
+        configure_logging(self.log_level, self.log_format, self.amqp_debug)
 
     def _connection(self, url: Optional[str]) -> config_mod.ConnectionConfig:
         section = "connection"
