@@ -21,6 +21,7 @@ your own exporter.
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 from tavrida.observability.hooks import MessageRecord, ServerHook
@@ -34,7 +35,7 @@ try:
 except ImportError:  # pragma: no cover - exercised where the extra is missing
     prometheus_client = None
 
-_FAMILIES: Dict[int, Dict[str, Any]] = {}
+_FAMILIES: weakref.WeakKeyDictionary[Any, Dict[str, Any]] = weakref.WeakKeyDictionary()
 _FAMILIES_LOCK = threading.Lock()
 
 
@@ -48,9 +49,9 @@ def _families(registry: Any) -> Dict[str, Any]:
     """The metric objects of ``registry``, created once (several servers share them)."""
     prom = _require()
     with _FAMILIES_LOCK:
-        found = _FAMILIES.get(id(registry))
+        found = _FAMILIES.get(registry)
         if found is None:
-            found = _FAMILIES[id(registry)] = {
+            found = _FAMILIES[registry] = {
                 "messages": prom.Counter(
                     "tavrida_messages", "Messages taken, by how they ended",
                     ["queue", "entry_point", "message_type", "outcome"], registry=registry),
