@@ -152,10 +152,12 @@ class HookList(List[ServerHook]):
                 LOG.exception("server hook %r failed in %s", hook, method)
 
     def started(self, server: Server) -> None:
+        """Unlike the others, raises: a hook that cannot start (a port in use) stops the start."""
         self._known = frozenset(
             (kind, str(ep)) for cls in server.service_classes
             for kind, ep in cls.get_dispatcher().handlers)
-        self._each("started", server)
+        for hook in self:
+            hook.started(server)
 
     def tick(self, server: Server) -> None:
         self._each("tick", server)

@@ -67,10 +67,11 @@ class StatusServer:
     def acquire(self) -> None:
         """Start serving (for the first user)."""
         with self._lock:
-            self._users += 1
             if self._httpd is not None:
+                self._users += 1
                 return
             httpd = _HTTPServer((self.host, self.requested_port), _Handler)
+            self._users += 1
             httpd.routes = self.routes
             self._httpd = httpd
             self._thread = threading.Thread(target=httpd.serve_forever, kwargs={
@@ -82,7 +83,7 @@ class StatusServer:
     def release(self) -> None:
         """Stop serving once the last user released it."""
         with self._lock:
-            self._users -= 1
+            self._users = max(self._users - 1, 0)
             if self._users > 0 or self._httpd is None:
                 return
             httpd, self._httpd = self._httpd, None
