@@ -48,12 +48,15 @@ import importlib
 import logging
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from tavrida import config as config_mod
 from tavrida import discovery as discovery_mod
 from tavrida import exceptions
 from tavrida.service import ServiceController
+
+if TYPE_CHECKING:
+    from tavrida.observability.hooks import ServerHook
 
 #: Environment variable that overrides the broker URL of every config.
 URL_ENV = "TAVRIDA_URL"
@@ -132,7 +135,7 @@ class ServiceConfig:
             raise self._error(section, key, f"{raw!r} is not true or false")
         return self._parser.BOOLEAN_STATES[raw]
 
-    def _choice(self, section: str, key: str, choices: tuple, default: str) -> str:
+    def _choice(self, section: str, key: str, choices: Tuple[str, ...], default: str) -> str:
         raw = self._parser.get(section, key, fallback="").strip().lower() or default
         if raw not in choices:
             raise self._error(section, key, f"{raw!r} is not one of {', '.join(choices)}")
@@ -158,7 +161,7 @@ class ServiceConfig:
             raise self._error(section, key, f"{raw!r} is not a positive number of seconds")
         return value
 
-    def hooks(self) -> list:
+    def hooks(self) -> List[ServerHook]:
         """The server hooks (access log, metrics, tracing, health) this file asks for."""
         from tavrida.observability import build_hooks
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Type, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Type, Union, cast
 
 from tavrida import client as client_mod
 from tavrida import config as config_mod
@@ -157,7 +157,8 @@ class MemoryCluster:
                    exchange_name: Optional[str] = None, **kwargs: Any) -> Server:
         """Start a server for ``service_list``; names default to the first service's."""
         service_list = list(service_list)
-        first = service_list[0].service_name() if service_list else "service"
+        first = (cast(Type[ServiceController], service_list[0]).service_name()
+                 if service_list else "service")
         server = Server(self.config, queue_name or f"{first}_queue",
                         exchange_name or f"{first}_exchange", service_list, **kwargs)
         server.error_hooks.append(self._on_error)
@@ -239,7 +240,7 @@ class MemoryCluster:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"services still busy after {timeout}s")
 
-    def dead_letters(self, queue_name: str) -> List[Tuple[dict, bytes]]:
+    def dead_letters(self, queue_name: str) -> List[Tuple[Dict[str, Any], bytes]]:
         """(headers, body) of the messages in ``queue_name``'s dead-letter queue."""
         return self.broker.messages(queue_name + ".dead")
 

@@ -15,13 +15,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterable,
+    List,
+    Optional,
+    Tuple,
+    Type,
+    cast,
+)
 
 from tavrida import messages
 from tavrida.transports.base import Delivery
 
 if TYPE_CHECKING:
     from tavrida.server import Server
+    from tavrida.service import ServiceController
 
 LOG = logging.getLogger(__name__)
 
@@ -155,7 +168,7 @@ class HookList(List[ServerHook]):
         """Unlike the others, raises: a hook that cannot start (a port in use) stops the start."""
         self._known = frozenset(
             (kind, str(ep)) for cls in server.service_classes
-            for kind, ep in cls.get_dispatcher().handlers)
+            for kind, ep in cast("Type[ServiceController]", cls).get_dispatcher().handlers)
         for hook in self:
             hook.started(server)
 

@@ -30,6 +30,7 @@ from tavrida.observability.http import StatusServer
 if TYPE_CHECKING:
     from tavrida.server import Server
 
+prometheus_client: Any
 try:
     import prometheus_client
 except ImportError:  # pragma: no cover - exercised where the extra is missing

@@ -21,7 +21,7 @@ and its exporters are the application's choice), or the one given.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional
 
 from tavrida import messages
 from tavrida.observability.hooks import MessageRecord, ServerHook
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from tavrida.client import RPCClient
     from tavrida.server import Server
 
+trace: Any
 try:
     from opentelemetry import context as otel_context
     from opentelemetry import trace
@@ -37,7 +38,6 @@ try:
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError:  # pragma: no cover - exercised where the extra is missing
     trace = None
-    Getter = object  # type: ignore[assignment,misc]
 
 #: The headers this module reads and writes.
 TRACE_HEADERS = ("traceparent", "tracestate")
@@ -49,23 +49,24 @@ def _require() -> None:
         raise ImportError("tracing needs opentelemetry-api: pip install 'tavrida[otel]'")
 
 
-class _HeaderGetter(Getter):  # type: ignore[misc,valid-type]
-    """Reads AMQP header tables, whose values may be bytes."""
+if trace is not None:
+    class _HeaderGetter(Getter[Mapping[str, Any]]):
+        """Reads AMQP header tables, whose values may be bytes."""
 
-    def get(self, carrier: Mapping[str, Any], key: str) -> Optional[List[str]]:
-        value = carrier.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bytes):
-            value = value.decode("ascii", "replace")
-        return [str(value)]
+        def get(self, carrier: Mapping[str, Any], key: str) -> Optional[List[str]]:
+            value = carrier.get(key)
+            if value is None:
+                return None
+            if isinstance(value, bytes):
+                value = value.decode("ascii", "replace")
+            return [str(value)]
 
-    def keys(self, carrier: Mapping[str, Any]) -> List[str]:
-        return list(carrier)
+        def keys(self, carrier: Mapping[str, Any]) -> List[str]:
+            return list(carrier)
 
 
 def _attributes(message_type: str, entry_point: str, correlation_id: str,
-                **more: Any) -> dict:
+                **more: Any) -> Dict[str, Any]:
     attributes = {"messaging.system": "tavrida", "tavrida.message_type": message_type,
                   "tavrida.entry_point": entry_point,
                   "tavrida.correlation_id": correlation_id,
