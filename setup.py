@@ -39,7 +39,12 @@ setup(
     package_data={"tavrida": ["py.typed"]},
     python_requires=">=3.9",
     install_requires=requirements("requirements.txt"),
-    extras_require={"dev": requirements("requirements-dev.txt")},
+    extras_require={
+        "dev": requirements("requirements-dev.txt"),
+        # Optional observability (docs/observability.rst): off unless configured.
+        "metrics": ["prometheus-client>=0.16"],
+        "otel": ["opentelemetry-api>=1.20"],
+    },
     entry_points={"console_scripts": ["tavrida = tavrida.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -35,7 +35,6 @@ be reached (one line on stderr says why).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -214,11 +213,10 @@ def _url_config(url: Optional[str]) -> config_mod.ConnectionConfig:
 
 def _run(args: argparse.Namespace) -> int:
     conf = config_file.ServiceConfig(args.config, args.url, url_flag="--url")
-    logging.basicConfig(level=conf.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    conf.configure_logging()
     conf.bind_discovery()
     server = Server(conf.connection, conf.queue, conf.exchange, conf.service_classes,
-                    workers=conf.workers)
+                    workers=conf.workers, hooks=conf.hooks())
     server.run()
     return 0
 

@@ -21,6 +21,21 @@
 
     [logging]
     level = INFO
+    format = text                                ; or json: one JSON object per line
+    access = false                               ; true: one INFO line per message
+    amqp_debug = false                           ; true: the amqp library's DEBUG lines too
+
+    [metrics]                                    ; needs pip install 'tavrida[metrics]'
+    port = 9100                                  ; Prometheus /metrics (and /healthz)
+    host = 0.0.0.0
+
+    [tracing]                                    ; needs pip install 'tavrida[otel]'
+    enabled = false                              ; OpenTelemetry spans, traceparent headers
+
+    [health]
+    file = /run/svc.alive                        ; touched while the consumer loop runs
+    interval = 5                                 ; seconds between touches
+    port = 9100                                  ; GET /healthz (may share the metrics port)
 
 The sections and keys a file may hold are declared in :data:`SCHEMA`; any
 other section or key is an error with a "did you mean" hint. Every mistake
@@ -37,12 +52,15 @@ import importlib
 import logging
 import os
 import sys
-from typing import Any, Dict, List, Optional, Type
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type
 
 from tavrida import config as config_mod
 from tavrida import discovery as discovery_mod
 from tavrida import exceptions
 from tavrida.service import ServiceController
+
+if TYPE_CHECKING:
+    from tavrida.observability.hooks import ServerHook
 
 #: Environment variable that overrides the broker URL of every config.
 URL_ENV = "TAVRIDA_URL"
@@ -92,6 +110,21 @@ SCHEMA: Dict[str, Dict[str, type]] = {
     },
     "logging": {
         "level": str,
+        "format": str,
+        "access": bool,
+        "amqp_debug": bool,
+    },
+    "metrics": {
+        "port": int,
+        "host": str,
+    },
+    "tracing": {
+        "enabled": bool,
+    },
+    "health": {
+        "file": str,
+        "interval": float,
+        "port": int,
     },
 }
 
@@ -185,6 +218,17 @@ class ServiceConfig:
         self.workers = self.get("server", "workers", 0)
         self.service_classes = self._services()
         self.log_level = self._log_level()
+        self.log_format = self._choice("logging", "format", ("text", "json"), "text")
+        self.log_access: bool = self.get("logging", "access", False)
+        self.amqp_debug: bool = self.get("logging", "amqp_debug", False)
+        self.metrics_port = self._port("metrics", "port")
+        self.metrics_host: str = self.get("metrics", "host", "") or "0.0.0.0"
+        self.tracing: bool = self.get("tracing", "enabled", False)
+        health_file: str = self.get("health", "file", "")
+        self.health_file = (os.path.join(os.path.dirname(os.path.abspath(self.path)),
+                                         health_file) if health_file else None)
+        self.health_interval = self._positive("health", "interval", 5.0)
+        self.health_port = self._port("health", "port")
 
     def _error(self, section: str, key: str, reason: str) -> ConfigError:
         return ConfigError(path=self.path, section=section, key=key, reason=reason)
@@ -233,6 +277,39 @@ class ServiceConfig:
         if not value:
             raise self._error(section, key, "is required")
         return str(value)
+
+    def _choice(self, section: str, key: str, choices: Tuple[str, ...], default: str) -> str:
+        raw = str(self.get(section, key, "")).lower() or default
+        if raw not in choices:
+            raise self._error(section, key, f"{raw!r} is not one of {', '.join(choices)}")
+        return raw
+
+    def _port(self, section: str, key: str) -> Optional[int]:
+        port: Optional[int] = self.get(section, key)
+        if port is not None and not 0 <= port <= 65535:
+            raise self._error(section, key, f"{port} is not a port number")
+        return port
+
+    def _positive(self, section: str, key: str, default: float) -> float:
+        value: float = self.get(section, key, default)
+        if not value > 0:
+            raise self._error(section, key, f"{value!r} is not a positive number of seconds")
+        return value
+
+    def hooks(self) -> List[ServerHook]:
+        """The server hooks (access log, metrics, tracing, health) this file asks for."""
+        from tavrida.observability import build_hooks
+
+        return build_hooks(access=self.log_access, metrics_port=self.metrics_port,
+                           metrics_host=self.metrics_host, tracing=self.tracing,
+                           health_file=self.health_file, health_interval=self.health_interval,
+                           health_port=self.health_port)
+
+    def configure_logging(self) -> None:
+        """Set up logging as ``[logging]`` says (what ``tavrida run`` does)."""
+        from tavrida.observability.logs import configure_logging
+
+        configure_logging(self.log_level, self.log_format, self.amqp_debug)
 
     def _connection(self, url: Optional[str], url_flag: str) -> config_mod.ConnectionConfig:
         section = "connection"

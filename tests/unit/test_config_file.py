@@ -86,10 +86,10 @@ CASES: Dict[str, Tuple[str, str, str]] = {
                         "[discovry]: unknown section (did you mean [discovery]?)"),
     "far from any section": ("[logging]", "[zzz]\n[logging]",
                              "[zzz]: unknown section; sections are [connection], [server], "
-                             "[discovery], [logging]"),
+                             "[discovery], [logging], [metrics], [tracing], [health]"),
     "DEFAULT is no exception": ("[logging]", "[DEFAULT]\nworkers = 1\n[logging]",
                                 "[DEFAULT]: unknown section; sections are [connection], "
-                                "[server], [discovery], [logging]"),
+                                "[server], [discovery], [logging], [metrics], [tracing], [health]"),
     "misspelt discovery kind": ("remote.tavrida_cli", "remot.tavrida_cli",
                                 "[discovery] remot.tavrida_cli: unknown key "
                                 "(did you mean remote.tavrida_cli?)"),
