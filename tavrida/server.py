@@ -139,10 +139,7 @@ class Server:
         topology = self.topology()
         if self.transport is None:
             self.transport = create_transport(self.config)
-        self.controllers = [
-            cls(Sender(self.transport, cls.get_discovery(), self.config.persistent,
-                       source=cls.service_name()))
-            for cls in self.service_classes]
+        self.controllers = [cls(self._sender(cls)) for cls in self.service_classes]
         self.router = Router(self.controllers)
         self.transport.declare(topology)
         if self.workers:
@@ -155,6 +152,12 @@ class Server:
         self._started = True
         LOG.info("server on queue %s started with services %s (%s)", self.queue_name,
                  ", ".join(c.service_name() for c in self.controllers), self.config.safe_url)
+
+    def _sender(self, cls: type) -> Sender:
+        sender = Sender(self.transport, cls.get_discovery(), self.config.persistent,
+                        source=cls.service_name())
+        sender.reply_exchange = self.exchange_name  # answers to its calls come back here
+        return sender
 
     def drain(self, timeout: float = 0.0) -> bool:
         """Handle what is waiting, waiting at most ``timeout`` seconds for it."""
@@ -375,6 +378,8 @@ class Server:
             except exceptions.TavridaError:
                 continue
             return controller
+        if message.reply_exchange and candidates:
+            return candidates[0]  # no discovery knows the caller: its call named the exchange
         return None
 
     def _dead_letter(self, delivery: Delivery, reason: str) -> None:
