@@ -332,11 +332,27 @@ class Server:
             controller.postprocessor.send(answer)
         except (exceptions.UnableToDiscover, exceptions.IncorrectOutgoingMessage,
                 exceptions.PublishFailed) as exc:
-            if isinstance(exc, exceptions.PublishFailed) and not exc.unencodable:
+            if isinstance(exc, exceptions.PublishFailed) and not exc.unencodable and \
+                    not self._routed_by_call(controller, answer):
                 raise  # the broker's trouble, not the answer's: requeue the request
             LOG.error("cannot send %r: %s", answer, exc)
             self._notify(answer, exc)
             self._dead_letter(delivery, f"answer not sent: {exc}")
+
+    @staticmethod
+    def _routed_by_call(controller: ServiceController, answer: messages.Message) -> bool:
+        """True when an answer goes to the exchange its call named (no discovery entry).
+
+        Such an exchange is the caller's to declare; when the broker refuses it
+        (it does not exist) a retry would only run the handler again.
+        """
+        if not answer.reply_exchange:
+            return False
+        try:
+            controller.postprocessor.discovery.get_remote(answer.destination.service)
+        except exceptions.TavridaError:
+            return True
+        return False
 
     def _fail(self, delivery: Delivery, message: messages.Message,
               exc: exceptions.TavridaError) -> None:
