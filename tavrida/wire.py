@@ -35,8 +35,9 @@ JSON_CONTENT_TYPES = frozenset({"", "application/json", "text/json", "text/plain
                                 "application/data", "application/octet-stream"})
 #: Words in a content type that name a serializer other than JSON: such bodies are refused
 #: (a pickle must never be unpickled; the others would only fail to parse, less clearly).
-FOREIGN_SERIALIZERS = ("pickle", "python-serialize", "yaml", "msgpack", "bson", "cbor",
-                       "protobuf", "avro", "thrift")
+FOREIGN_SERIALIZERS = {"pickle": "pickle", "python-serialize": "pickle", "yaml": "yaml",
+                       "msgpack": "msgpack", "bson": "bson", "cbor": "cbor",
+                       "protobuf": "protobuf", "avro": "avro", "thrift": "thrift"}
 #: Content encodings of UTF-8 text (kombu labels raw bytes ``binary``).
 ENCODINGS = frozenset({"", "utf-8", "utf8", "binary", "8bit", "7bit"})
 
@@ -167,10 +168,10 @@ def _label(value: Any) -> str:
 
 def _check_content_type(content_type: str) -> None:
     """Refuse a content type that names another serializer; any other label reads as JSON."""
-    for word in FOREIGN_SERIALIZERS:
+    for word, serializer in FOREIGN_SERIALIZERS.items():
         if word in content_type:
             raise exceptions.IncorrectMessage(
-                reason=f"content type {content_type!r} refused: it names the {word} "
+                reason=f"content type {content_type!r} refused: it names the {serializer} "
                        f"serializer; tavrida accepts JSON only (and never unpickles)")
 
 

@@ -109,7 +109,7 @@ def test_decode_accepts_bytes_headers_and_keeps_user_headers():
     (b'{"payload": "x", "context": {}}', None, 'body has no "payload" object'),
     (b'{"payload": {}, "context": [1]}', None, 'body "context" is not an object'),
     (GOOD_BODY, {"content_type": "application/x-python-serialize"},
-     "content type 'application/x-python-serialize' refused: it names the python-serialize"),
+     "content type 'application/x-python-serialize' refused: it names the pickle"),
     (GOOD_BODY, {"content_type": "application/x-yaml"}, "names the yaml serializer"),
     (GOOD_BODY, {"content_type": "application/x-msgpack"}, "names the msgpack serializer"),
     (GOOD_BODY, {"content_type": "application/pickle"}, "names the pickle serializer"),
