@@ -24,11 +24,11 @@ import pika
 import pytest
 from svc_support import PlainAMQP, amqp_connection
 
-from tavrida import discovery, dispatcher, messages, server, service
+from tavrida import discovery, dispatcher, server, service
 
 WAIT = 15.0
 CALLER = "peer_caller"
-REPLY = messages.REPLY_EXCHANGE_HEADER
+REPLY = "x-tavrida-reply-exchange"  # the wire contract, spelled out
 
 
 @dispatcher.rpc_service("peer_echo")

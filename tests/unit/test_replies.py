@@ -5,16 +5,7 @@ import uuid
 
 import pytest
 
-from tavrida import (
-    client,
-    discovery,
-    dispatcher,
-    entry_point,
-    exceptions,
-    replies,
-    server,
-    service,
-)
+from tavrida import client, discovery, dispatcher, entry_point, exceptions, server, service
 from tavrida.transports.memory import MemoryBroker
 
 
@@ -136,7 +127,7 @@ def test_a_source_in_no_discovery_is_answered_on_the_default_reply_exchange(runn
     own = discovery.LocalDiscovery()
     own.register_remote_service("calc", "calc_exchange")  # "stranger" is nowhere
     with client.RPCClient(url, own, source="stranger") as cli:
-        assert cli.sender.reply_exchange == replies.DEFAULT_REPLY_EXCHANGE
+        assert cli.sender.reply_exchange == "tavrida.replies"
         assert cli.calc.add(a=1, b=2).call(timeout=5)["sum"] == 3
 
 

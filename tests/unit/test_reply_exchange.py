@@ -11,10 +11,9 @@ import json
 
 import pytest
 
-from tavrida import discovery, dispatcher, messages, service
-from tavrida.replies import DEFAULT_REPLY_EXCHANGE
+from tavrida import discovery, dispatcher, service
 
-REPLY = messages.REPLY_EXCHANGE_HEADER
+REPLY = "x-tavrida-reply-exchange"  # the wire contract, spelled out
 
 
 @pytest.fixture
@@ -181,7 +180,7 @@ def test_a_client_in_no_discovery_waits_on_the_default_reply_exchange(cluster, e
     disc = discovery.LocalDiscovery()
     disc.register_remote_service("echo", "echo_exchange")
     cli = cluster.client(disc, source="script")
-    assert cli.sender.reply_exchange == DEFAULT_REPLY_EXCHANGE
+    assert cli.sender.reply_exchange == "tavrida.replies"
     disc.register_remote_service("known", "known_exchange")
     assert cluster.client(disc, source="known").sender.reply_exchange == "known_exchange"
 

@@ -76,7 +76,7 @@ GOOD_BODY = b'{"payload": {}, "context": {}}'
     ("not a table", "headers are not a table"),
     (good_headers(correlation_id={"a": 1}), "header 'correlation_id' must be text, got dict"),
     (good_headers(source=["caller.x"]), "header 'source' must be text, got list"),
-    (good_headers(**{messages.REPLY_EXCHANGE_HEADER: {"x": 1}}),
+    (good_headers(**{"x-tavrida-reply-exchange": {"x": 1}}),
      "header 'x-tavrida-reply-exchange' must be text, got dict"),
     (good_headers(source=b"\xff\xfe"), "header 'source' is not valid UTF-8"),
     (good_headers(message_type="bogus"), "unknown message_type 'bogus'"),
@@ -280,7 +280,7 @@ def test_every_message_has_seven_string_headers_plus_user_headers(tutorial, brok
         if headers["message_type"] == "request" and headers["reply_to"]:
             expected = ("tavrida.replies" if headers["source"].startswith("client")
                         else "test_exchange")  # the client's default, hello's server's
-            assert headers.pop(messages.REPLY_EXCHANGE_HEADER) == expected
+            assert headers.pop("x-tavrida-reply-exchange") == expected
         assert set(headers) - {"x-trace"} == set(messages.TAVRIDA_HEADERS), headers
         assert all(isinstance(headers[name], str) for name in messages.TAVRIDA_HEADERS)
         # the client's header travels along the chain it started; nothing else does
