@@ -24,7 +24,7 @@ import pika
 import pytest
 from svc_support import PlainAMQP, amqp_connection
 
-from tavrida import discovery, dispatcher, server, service
+from tavrida import client, discovery, dispatcher, server, service
 
 WAIT = 15.0
 CALLER = "peer_caller"
@@ -258,3 +258,36 @@ def test_pika_gets_an_error_answer_for_a_bad_payload(pika_peer, names):
     payload = json.loads(body.decode("utf-8"))["payload"]
     assert payload["name"] == "WrongHandlerParameters"
     assert "lacks required parameter(s) value" in payload["message"]
+
+
+# -- tavrida 2 callers, and a reply exchange that does not exist ------------------------------
+
+def test_a_2_0_client_the_service_does_not_know_gets_its_answer(names, amqp_url):
+    disc = discovery.LocalDiscovery()
+    disc.register_remote_service("peer_echo", names.exchange)
+    disc.register_remote_service("stranger", names.reply_exchange)  # its own discovery only
+    with client.RPCClient(amqp_url, disc, source="stranger") as cli:
+        assert cli.peer_echo.echo(value=5).call(correlation_id="c-5", timeout=WAIT) == \
+            {"value": 5, "correlation_id": "c-5"}
+    assert dead_letters(amqp_url, names) == 0
+
+
+def test_an_answer_to_a_missing_exchange_dead_letters_its_call_once(pika_peer, names,
+                                                                    amqp_url):
+    missing = names.reply_exchange + ".missing"
+    sent = request_headers(names, **{REPLY: missing})
+    pika_peer.basic_publish(names.exchange, "peer_echo.echo",
+                            json.dumps(envelope("lost?")).encode("utf-8"),
+                            pika.BasicProperties(headers=sent))
+    with PlainAMQP(amqp_url) as plain:
+        dead = wait_for(lambda: plain.get_all(names.queue + ".dead", 1) or None, "dead letter")
+    reason = text(dead[0].headers["x-tavrida-dead-reason"])
+    assert "answer not sent" in reason and missing in reason, reason
+    assert text(dead[0].headers["request_id"]) == sent["request_id"]
+    # the server goes on: the next call is answered
+    sent = request_headers(names)
+    pika_peer.basic_publish(names.exchange, "peer_echo.echo",
+                            json.dumps(envelope("next")).encode("utf-8"),
+                            pika.BasicProperties(headers=sent))
+    properties, body = pika_answer(pika_peer, names)
+    check_answer(properties.headers, json.loads(body.decode("utf-8"))["payload"], sent, "next")
