@@ -24,7 +24,8 @@ Used by ``tests/integration/cluster/conftest.py`` and by hand::
 The cluster's state (pids, folder) is kept in
 ``$TMPDIR/tavrida-cluster-<base_port>/state.json``, so ``stop`` works from
 another process and a cluster left behind by a crashed run is stopped by the
-next ``start``.
+next ``start``; one whose owning process still runs, or one started by hand,
+is left alone and ``start`` says so.
 """
 
 from __future__ import annotations
@@ -294,15 +295,39 @@ class RabbitCluster:
     def _state_file(self) -> str:
         return os.path.join(self.root, "state.json")
 
-    def _save_state(self) -> None:
-        state = {"root": self.root, "base_port": self.base_port,
-                 "nodes": {n.nodename: n.pid() for n in self.nodes}}
-        with open(self._state_file(), "w", encoding="utf-8") as handle:
-            json.dump(state, handle)
+    def _load_state(self) -> Dict[str, Any]:
+        try:
+            with open(self._state_file(), encoding="utf-8") as handle:
+                state = json.load(handle)
+        except (OSError, ValueError):
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def _save_state(self, **changes: Any) -> None:
+        """Record pids and who owns the cluster: the process running it, or a person."""
+        state = self._load_state()
+        state.setdefault("owner", os.getpid())
+        state.update({"root": self.root, "base_port": self.base_port,
+                      "nodes": {n.nodename: n.pid() for n in self.nodes}}, **changes)
+        if os.path.isdir(self.root):
+            with open(self._state_file(), "w", encoding="utf-8") as handle:
+                json.dump(state, handle)
 
     def _clear_leftovers(self) -> None:
-        """Stop nodes of a crashed earlier run (ours: same folder and node names)."""
+        """Stop nodes of a crashed earlier run (ours: same folder and node names).
+
+        A cluster whose owner still runs (another test run) or that was
+        started by hand is left alone: starting again is an error.
+        """
         if os.path.isdir(self.root):
+            state = self._load_state()
+            owner = state.get("owner")
+            if state.get("by_hand"):
+                raise ClusterError(f"a cluster started by hand runs in {self.root}: "
+                                   f"scripts/rabbitmq-cluster stop, or another base_port")
+            if isinstance(owner, int) and owner != os.getpid() and _pid_alive(owner):
+                raise ClusterError(f"process {owner} runs a cluster in {self.root}: "
+                                   f"wait for it, or pick another base_port")
             for node in self.nodes:
                 node.terminate(timeout=10)
             shutil.rmtree(self.root, ignore_errors=True)
@@ -316,6 +341,7 @@ class RabbitCluster:
         began = time.monotonic()
         self._clear_leftovers()
         os.makedirs(self.home)
+        self._save_state(owner=os.getpid())
         cookie = os.path.join(self.home, ".erlang.cookie")
         with open(cookie, "w", encoding="ascii") as handle:
             handle.write("TAVRIDATESTCLUSTER" + os.urandom(8).hex().upper())
@@ -412,6 +438,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "start":
             cluster.start()
             atexit.unregister(cluster.stop)  # it outlives this command
+            cluster._save_state(owner=None, by_hand=True)
             print(f"started in {cluster.start_seconds:.1f} s; folder {cluster.root}")
             print(f"failover URL: {cluster.failover_url}")
         elif args.command == "stop":
