@@ -8,13 +8,20 @@ alone::
     conf = config.ConnectionConfig.from_url("memory://")
     conf = config.ConnectionConfig("localhost", config.Credentials("guest", "guest"))
 
+A RabbitMQ cluster is several URLs, in kombu's failover form or as a list;
+the first is where a client connects first, the others are
+:attr:`ConnectionConfig.alternates`::
+
+    conf = config.ConnectionConfig.from_url("amqp://u:p@rabbit1//;amqp://rabbit2;amqp://rabbit3")
+    conf = config.ConnectionConfig.from_url(["amqp://u:p@rabbit1//", "amqp://rabbit2"])
+
 Passwords never appear in ``repr()`` or in :attr:`ConnectionConfig.safe_url`.
 """
 
 from __future__ import annotations
 
 import urllib.parse
-from typing import Any, Optional, Union
+from typing import Any, List, Optional, Sequence, Union
 
 from tavrida import exceptions
 
@@ -56,6 +63,9 @@ class ConnectionConfig:
     * ``persistent``: publish with ``delivery_mode=2`` (default True).
     * ``prefetch_count``: un-acked messages a server holds at once.
     * ``transport_options``: extra options passed to the transport.
+    * ``alternates``: URLs of the other nodes of a cluster (same scheme and
+      virtual host; a URL without a user takes this config's credentials).
+      See :attr:`urls`.
     """
 
     def __init__(
@@ -82,6 +92,7 @@ class ConnectionConfig:
         persistent: bool = True,
         prefetch_count: int = 100,
         transport_options: Optional[dict] = None,
+        alternates: Sequence[str] = (),
     ) -> None:
         if scheme not in MEMORY_SCHEMES + KOMBU_SCHEMES:
             raise exceptions.IncorrectAMQPConfig(
@@ -112,20 +123,33 @@ class ConnectionConfig:
         self.persistent = persistent
         self.prefetch_count = prefetch_count
         self.transport_options = dict(transport_options or {})
+        #: The other nodes' URLs as given (may carry passwords: log :attr:`safe_urls`).
+        self.alternates: List[str] = [_checked_alternate(self, u) for u in alternates]
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> "ConnectionConfig":
+    def from_url(cls, url: Union[str, Sequence[str]], **kwargs: Any) -> "ConnectionConfig":
         """Build a config from a URL such as ``amqp://guest:guest@host:5672//``.
 
         ``memory://`` (optionally ``memory://name``) selects the in-memory
         transport; every ``memory://`` config with the same name shares one
         in-process broker. Keyword arguments set the other parameters.
+
+        Several URLs (the nodes of a cluster), as kombu's failover string
+        ``amqp://a;amqp://b`` or as a list, give the first URL's config with
+        the others as :attr:`alternates`.
         """
+        urls = _split_urls(url)
+        if len(urls) > 1:
+            kwargs["alternates"] = [*urls[1:], *kwargs.get("alternates", ())]
+        url = urls[0]
         parts = urllib.parse.urlsplit(url)
         scheme = parts.scheme.lower()
         if not scheme:
             raise exceptions.IncorrectAMQPConfig(reason=f"{_mask(url)!r} is not a URL")
         if scheme in MEMORY_SCHEMES or scheme == "kombu+memory":
+            if kwargs.get("alternates"):
+                raise exceptions.IncorrectAMQPConfig(
+                    reason=f"{scheme}:// is one in-process broker: it takes no other URLs")
             kwargs.setdefault("virtual_host", parts.netloc + parts.path or "/")
             return cls(host="", scheme=scheme, **kwargs)
         credentials = None
@@ -150,37 +174,70 @@ class ConnectionConfig:
         """True when tavrida's in-memory transport serves this config."""
         return self.scheme in MEMORY_SCHEMES
 
-    def _url(self, password: str) -> str:
+    def _url(self, password: Optional[str], host: Optional[str] = None,
+             port: Optional[int] = None, credentials: Optional[Credentials] = None) -> str:
+        """This config's URL, or an alternate's (its host, port, credentials).
+
+        ``password=None`` puts the real password in, quoted; else ``password``.
+        """
         if self.scheme in MEMORY_SCHEMES or self.scheme == "kombu+memory":
             name = "" if self.virtual_host == "/" else self.virtual_host
             return f"{self.scheme}://{name}"
+        credentials = credentials or self.credentials
         auth = ""
-        if self.credentials is not None:
-            auth = (urllib.parse.quote(self.credentials.username, safe="") + ":"
-                    + password + "@")
+        if credentials is not None:
+            if password is None:
+                password = urllib.parse.quote(credentials.password, safe="")
+            auth = urllib.parse.quote(credentials.username, safe="") + ":" + password + "@"
         if self.scheme.startswith("redis"):
             vhost = self.virtual_host if self.virtual_host not in ("", "/") else "0"
         else:
             vhost = urllib.parse.quote(self.virtual_host, safe="")
-        return f"{self.scheme}://{auth}{self.host}:{self.port}/{vhost}"
+        return f"{self.scheme}://{auth}{host or self.host}:{port or self.port}/{vhost}"
+
+    def _urls(self, password: Optional[str]) -> List[str]:
+        urls = [self._url(password)]
+        for alternate in self.alternates:
+            parts = urllib.parse.urlsplit(alternate)
+            urls.append(self._url(password, parts.hostname,
+                                  parts.port or DEFAULT_PORTS.get(self.scheme),
+                                  _credentials(parts)))
+        return urls
+
+    @property
+    def urls(self) -> List[str]:
+        """Every node's full URL, this one first, passwords included: never log them.
+
+        Each alternate gets this config's virtual host, and its credentials
+        unless it has its own, so each URL is complete on its own (kombu's
+        failover takes a missing user as ``guest``, not as the first URL's).
+        """
+        return self._urls(None)
+
+    @property
+    def safe_urls(self) -> List[str]:
+        """:attr:`urls` with every password masked, fit for logs."""
+        return self._urls("***")
 
     @property
     def url(self) -> str:
-        """The broker URL, password included: never log it."""
-        password = ""
-        if self.credentials is not None:
-            password = urllib.parse.quote(self.credentials.password, safe="")
-        return self._url(password)
+        """The broker URL, password included: never log it.
+
+        With :attr:`alternates`, kombu's failover form: :attr:`urls` joined
+        by ``;`` (:meth:`from_url` reads it back).
+        """
+        return ";".join(self.urls)
 
     @property
     def safe_url(self) -> str:
-        """The broker URL with the password masked, fit for logs."""
-        return self._url("***")
+        """:attr:`url` with every password masked, fit for logs."""
+        return ";".join(self.safe_urls)
 
     def to_dict(self) -> dict:
         """All parameters as a dict (the password masked)."""
         result = dict(vars(self))
         result["credentials"] = repr(self.credentials) if self.credentials else None
+        result["alternates"] = self.safe_urls[1:]
         return result
 
     def __repr__(self) -> str:
@@ -195,6 +252,55 @@ def as_config(value: Union[ConnectionConfig, str]) -> ConnectionConfig:
         return ConnectionConfig.from_url(value)
     raise exceptions.IncorrectAMQPConfig(
         reason=f"expected a ConnectionConfig or a URL, got {type(value).__name__}")
+
+
+def _split_urls(url: Union[str, Sequence[str]]) -> List[str]:
+    """One URL, kombu's ``a;b`` failover form or a list, as a list of URLs."""
+    items = [url] if isinstance(url, str) else list(url)
+    if not all(isinstance(item, str) for item in items):
+        raise exceptions.IncorrectAMQPConfig(reason="broker URLs must be strings")
+    urls = [part.strip() for item in items for part in item.split(";") if part.strip()]
+    if not urls:
+        raise exceptions.IncorrectAMQPConfig(reason="no broker URL given")
+    return urls
+
+
+def _credentials(parts: urllib.parse.SplitResult) -> Optional[Credentials]:
+    if parts.username is None:
+        return None
+    return Credentials(urllib.parse.unquote(parts.username),
+                       urllib.parse.unquote(parts.password or ""))
+
+
+def _checked_alternate(conf: ConnectionConfig, url: str) -> str:
+    """``url`` if it can be another node of ``conf``'s cluster; else a clear error."""
+    if not isinstance(url, str):
+        raise exceptions.IncorrectAMQPConfig(reason="broker URLs must be strings")
+    url = url.strip()
+    parts = urllib.parse.urlsplit(url)
+    if conf.scheme in MEMORY_SCHEMES or conf.scheme == "kombu+memory":
+        raise exceptions.IncorrectAMQPConfig(
+            reason=f"{conf.scheme}:// is one in-process broker: it takes no other URLs")
+    schemes = {conf.scheme}
+    if conf.scheme == "amqps":  # ssl=True made amqp:// amqps://: it does so for every URL
+        schemes.update(("amqp", "pyamqp"))
+    if parts.scheme.lower() not in schemes:
+        raise exceptions.IncorrectAMQPConfig(
+            reason=f"{_mask(url)!r}: every URL of a cluster must use {conf.scheme}://")
+    if not parts.hostname:
+        raise exceptions.IncorrectAMQPConfig(reason=f"{_mask(url)!r} names no host")
+    try:
+        _ = parts.port  # raises ValueError on a bad port
+    except ValueError as exc:
+        raise exceptions.IncorrectAMQPConfig(reason=f"bad port in {_mask(url)!r}") from exc
+    if parts.path not in ("", "/"):
+        path = parts.path[1:]
+        vhost = path if conf.scheme.startswith("redis") else urllib.parse.unquote(path)
+        if vhost != conf.virtual_host:
+            raise exceptions.IncorrectAMQPConfig(
+                reason=f"{_mask(url)!r}: every URL of a cluster must name the same "
+                       f"virtual host ({conf.virtual_host!r})")
+    return url
 
 
 def _mask(url: str) -> str:

@@ -37,6 +37,10 @@
     interval = 5                                 ; seconds between touches
     port = 9100                                  ; GET /healthz (may share the metrics port)
 
+For a RabbitMQ cluster, ``url`` takes kombu's failover form
+(``amqp://u:p@rabbit1//;amqp://rabbit2``, no spaces around ``;``, which
+starts a comment), or ``urls`` lists one URL per indented line.
+
 The sections and keys a file may hold are declared in :data:`SCHEMA`; any
 other section or key is an error with a "did you mean" hint. Every mistake
 raises :class:`ConfigError` naming the file, section and key (or the
@@ -70,13 +74,15 @@ URL_ENV = "TAVRIDA_URL"
 #: ``.*`` takes any name after the dot (``remote.*`` matches
 #: ``remote.users``). Anything not declared here is an error. To add a key,
 #: add one line here and read it with :meth:`ServiceConfig.get`; every
-#: ``[connection]`` key but ``url``, ``username`` and ``password`` is passed
-#: to :class:`~tavrida.config.ConnectionConfig` as is.
+#: ``[connection]`` key but ``url``, ``urls``, ``username`` and ``password``
+#: is passed to :class:`~tavrida.config.ConnectionConfig` as is. ``urls``
+#: lists a cluster's nodes, one URL per (indented) line.
 #:
 #: :meta hide-value:
 SCHEMA: Dict[str, Dict[str, type]] = {
     "connection": {
         "url": str,
+        "urls": str,
         "host": str,
         "port": int,
         "virtual_host": str,
@@ -128,7 +134,7 @@ SCHEMA: Dict[str, Dict[str, type]] = {
     },
 }
 
-_NOT_CONNECTION_PARAMETERS = ("url", "username", "password")
+_NOT_CONNECTION_PARAMETERS = ("url", "urls", "username", "password")
 #: What a URL says; a URL from a flag or the environment overrides them.
 _URL_PARTS = ("host", "port", "virtual_host", "scheme")
 _BOOLEANS = configparser.ConfigParser.BOOLEAN_STATES
@@ -322,7 +328,7 @@ class ServiceConfig:
         elif os.environ.get(URL_ENV):
             url, origin = os.environ[URL_ENV], URL_ENV
         else:
-            url, origin = self.get(section, "url", ""), ""
+            url, origin = self._file_url(), ""
             clash = [key for key in _URL_PARTS if url and key in values]
             if clash:
                 raise self._error(section, clash[0], "the url gives it too: keep one of them")
@@ -343,8 +349,18 @@ class ServiceConfig:
         except exceptions.IncorrectAMQPConfig as exc:
             if origin:
                 raise ConfigError(f"{origin}: {exc.message}") from None
-            key = "url" if url else "-"
+            key = ("urls" if self.get(section, "urls") else "url") if url else "-"
             raise self._error(section, key, exc.message) from None
+
+    def _file_url(self) -> str:
+        """``[connection] url``, or ``urls`` (one per line) in kombu's ``a;b`` form."""
+        url = self.get("connection", "url", "")
+        urls = self.get("connection", "urls", "")
+        if url and urls:
+            raise self._error("connection", "urls", "url gives the broker too: keep one of them")
+        if self.get("connection", "urls") is not None and not urls:
+            raise self._error("connection", "urls", "needs one URL or more")
+        return ";".join(urls.split()) if urls else str(url)
 
     def _services(self) -> List[Type[ServiceController]]:
         names = self._required("server", "services").replace(",", " ").split()

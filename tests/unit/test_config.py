@@ -151,3 +151,87 @@ def test_ssl_selects_amqps_and_its_port():
     conf = config.ConnectionConfig("h", ssl=True)
     assert (conf.scheme, conf.port, conf.ssl) == ("amqps", 5671, True)
     assert config.ConnectionConfig("h", ssl=True, port=5999).port == 5999
+
+
+# -- several URLs: the nodes of a cluster ------------------------------------------------------
+
+QUOTED = SECRET.replace(":", "%3A").replace("@", "%40").replace("/", "%2F")
+CLUSTER = f"amqp://user:{QUOTED}@r1:5673/prod"
+
+
+@pytest.mark.parametrize("given", [
+    f"{CLUSTER};amqp://r2/prod;amqp://other:pw@r3:5674",
+    [CLUSTER, "amqp://r2/prod", "amqp://other:pw@r3:5674"],
+    f" {CLUSTER} ; amqp://r2/prod;;amqp://other:pw@r3:5674; ",
+])
+def test_several_urls_give_the_first_node_and_alternates(given):
+    conf = config.ConnectionConfig.from_url(given)
+    assert (conf.host, conf.port, conf.virtual_host) == ("r1", 5673, "prod")
+    assert conf.credentials == config.Credentials("user", SECRET)
+    assert conf.alternates == ["amqp://r2/prod", "amqp://other:pw@r3:5674"]
+    assert [u.split("@")[-1] for u in conf.urls] == ["r1:5673/prod", "r2:5672/prod",
+                                                      "r3:5674/prod"]
+
+
+def test_an_alternate_without_a_user_takes_the_configs_credentials():
+    """kombu's failover would take a URL without a user as guest: each URL is complete."""
+    conf = config.ConnectionConfig.from_url("amqp://r1;amqp://r2;amqp://u:p@r3")
+    conf.credentials = config.Credentials("svc", "pw")
+    assert conf.urls == ["amqp://svc:pw@r1:5672/%2F", "amqp://svc:pw@r2:5672/%2F",
+                         "amqp://u:p@r3:5672/%2F"]
+
+
+def test_url_is_kombus_failover_form_and_reads_back():
+    conf = config.ConnectionConfig.from_url(f"{CLUSTER};amqp://r2")
+    assert conf.url == ";".join(conf.urls)
+    again = config.ConnectionConfig.from_url(conf.url)
+    assert again.urls == conf.urls
+    assert again.credentials == config.Credentials("user", SECRET)
+
+
+def test_every_password_is_masked_in_logs():
+    conf = config.ConnectionConfig.from_url(f"{CLUSTER};amqp://r2;amqp://u:{QUOTED}x@r3")
+    shown = [conf.safe_url, repr(conf), str(conf.to_dict()), *conf.safe_urls]
+    assert all("s3cr" not in text for text in shown)
+    assert conf.safe_url.count(":***@") == 3
+    assert conf.to_dict()["alternates"] == conf.safe_urls[1:]
+
+
+def test_one_url_behaves_as_before():
+    conf = config.ConnectionConfig.from_url("amqp://guest:guest@127.0.0.1:5672//")
+    assert conf.alternates == []
+    assert conf.url == "amqp://guest:guest@127.0.0.1:5672/%2F"
+    assert conf.urls == [conf.url]
+
+
+def test_alternates_in_the_constructor():
+    conf = config.ConnectionConfig("r1", config.Credentials("u", "p"),
+                                   alternates=["amqp://r2:5680"])
+    assert conf.urls == ["amqp://u:p@r1:5672/%2F", "amqp://u:p@r2:5680/%2F"]
+
+
+def test_ssl_makes_every_url_amqps():
+    conf = config.ConnectionConfig.from_url("amqp://r1;amqp://r2", ssl=True)
+    assert [u.split("://")[0] for u in conf.urls] == ["amqps", "amqps"]
+
+
+@pytest.mark.parametrize("given, reason", [
+    ("amqp://r1;redis://r2", "every URL of a cluster must use amqp://"),
+    ("amqp://r1/prod;amqp://r2/test", "must name the same virtual host ('prod')"),
+    ("amqp://r1;amqp://r2:bad", "bad port in 'amqp://r2:bad'"),
+    ("amqp://r1;amqp://", "'amqp://' names no host"),
+    ("memory://a;memory://b", "memory:// is one in-process broker"),
+    (" ; ", "no broker URL given"),
+    ([], "no broker URL given"),
+    (["amqp://r1", 5], "broker URLs must be strings"),
+])
+def test_bad_url_lists_are_refused_with_the_reason(given, reason):
+    with pytest.raises(exceptions.IncorrectAMQPConfig) as info:
+        config.ConnectionConfig.from_url(given)
+    assert reason in str(info.value)
+
+
+def test_a_bad_alternate_never_shows_its_password():
+    with pytest.raises(exceptions.IncorrectAMQPConfig) as info:
+        config.ConnectionConfig.from_url(f"amqp://r1;redis://u:{QUOTED}x@r2")
+    assert "s3cr" not in str(info.value)

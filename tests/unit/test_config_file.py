@@ -177,3 +177,34 @@ def test_a_url_flag_overrides_the_host_of_the_file(write):
     assert config_file.ServiceConfig(path).connection.port == 5673
     conf = config_file.ServiceConfig(path, url="amqp://other/").connection
     assert (conf.host, conf.port, conf.credentials.username) == ("other", 5672, "svc")
+
+
+def test_a_cluster_in_url_in_kombus_failover_form(write):
+    path = write(GOOD.replace("url = {url}", "url = amqp://u:p@r1//;amqp://r2;amqp://r3"))
+    conf = config_file.ServiceConfig(path).connection
+    assert [u.split("@")[1] for u in conf.urls] == ["r1:5672/%2F", "r2:5672/%2F", "r3:5672/%2F"]
+
+
+def test_a_cluster_in_urls_one_per_line(write):
+    path = write(GOOD.replace("url = {url}", "urls = amqp://r1:5601\n  amqp://r2:5602\n"
+                              "username = svc\npassword = pw"))
+    conf = config_file.ServiceConfig(path).connection
+    assert conf.urls == ["amqp://svc:pw@r1:5601/%2F", "amqp://svc:pw@r2:5602/%2F"]
+
+
+def test_url_and_urls_are_one_too_many(write):
+    path = write(GOOD.replace("url = {url}", "url = amqp://r1\nurls = amqp://r2"))
+    assert error_of(path) == (f"{path}: [connection] urls: url gives the broker too: "
+                              "keep one of them")
+
+
+def test_a_bad_url_in_urls_is_blamed_on_urls(write):
+    path = write(GOOD.replace("url = {url}", "urls = amqp://r1\n  redis://r2"))
+    assert error_of(path).startswith(f"{path}: [connection] urls: ")
+    assert "every URL of a cluster must use amqp://" in error_of(path)
+
+
+def test_a_cluster_in_the_environment(write, monkeypatch):
+    monkeypatch.setenv(config_file.URL_ENV, "amqp://r1;amqp://r2")
+    conf = config_file.ServiceConfig(write(GOOD)).connection
+    assert (conf.host, conf.alternates) == ("r1", ["amqp://r2"])
