@@ -12,6 +12,9 @@
     exchange = test_exchange
     services = hello_world:HelloController       ; module:Class, one or more
     workers = 0
+    max_attempts = 5                             ; runs of a message whose handler asks
+    retry_backoff = 0.5                          ; for a retry (none: no limit), first
+    retry_backoff_max = 30                       ; delay in seconds, doubling up to this
 
     [discovery]
     file = services.ds                           ; relative to this file
@@ -38,6 +41,7 @@ from typing import Any, Dict, List, Optional
 from tavrida import config as config_mod
 from tavrida import discovery as discovery_mod
 from tavrida import exceptions
+from tavrida.retries import RetryPolicy
 from tavrida.service import ServiceController
 
 #: Environment variable that overrides the broker URL of every config.
@@ -77,6 +81,7 @@ class ServiceConfig:
         self.queue = self._required("server", "queue")
         self.exchange = self._required("server", "exchange")
         self.workers = self._int("server", "workers", 0)
+        self.retry_policy = self._retry_policy()
         self.service_classes = self._services()
         self.log_level = self._log_level()
 
@@ -97,6 +102,32 @@ class ServiceConfig:
             return int(raw)
         except ValueError:
             raise self._error(section, key, f"{raw!r} is not a whole number") from None
+
+    def _float(self, section: str, key: str, default: float) -> float:
+        raw = self._parser.get(section, key, fallback="").strip()
+        if not raw:
+            return default
+        try:
+            return float(raw)
+        except ValueError:
+            raise self._error(section, key, f"{raw!r} is not a number") from None
+
+    def _retry_policy(self) -> RetryPolicy:
+        section = "server"
+        raw = self._parser.get(section, "max_attempts", fallback="").strip()
+        max_attempts: Optional[int] = RetryPolicy.max_attempts
+        if raw.lower() == "none":
+            max_attempts = None
+        elif raw:
+            max_attempts = self._int(section, "max_attempts", 0)
+            if max_attempts < 1:
+                raise self._error(section, "max_attempts", f"{raw!r} is not >= 1 (or none)")
+        backoff = self._float(section, "retry_backoff", RetryPolicy.backoff)
+        backoff_max = self._float(section, "retry_backoff_max", RetryPolicy.backoff_max)
+        for key, value in (("retry_backoff", backoff), ("retry_backoff_max", backoff_max)):
+            if not value >= 0:
+                raise self._error(section, key, f"{value!r} is not >= 0 seconds")
+        return RetryPolicy(max_attempts, backoff, backoff_max)
 
     def _connection(self, url: Optional[str]) -> config_mod.ConnectionConfig:
         section = "connection"

@@ -9,6 +9,7 @@ hands the bytes to the transport. It is the ``postprocessor`` that 1.0's
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable, Iterable, List, Optional
 
 from tavrida import discovery as discovery_mod
@@ -50,8 +51,14 @@ class Sender:
     def envelope(self, message: messages.Message) -> OutgoingEnvelope:
         """The envelope for a message: exchange, routing key, bytes, headers."""
         body, headers = wire.encode(message)
-        return OutgoingEnvelope(self.exchange_of(message), self.routing_key_of(message),
-                                body, headers, persistent=self.persistent)
+        envelope = OutgoingEnvelope(self.exchange_of(message), self.routing_key_of(message),
+                                    body, headers, persistent=self.persistent)
+        if message.expires_at is not None:
+            # A blocking call: the broker (AMQP expiration) and the server (the header,
+            # for transports without per-message TTL) drop it once its caller gave up.
+            headers[messages.EXPIRES_AT_HEADER] = int(message.expires_at * 1000)
+            envelope.expiration = max(0.0, message.expires_at - time.time())
+        return envelope
 
     def send(self, message: messages.Message) -> None:
         """Publish one message; returns when the broker has it."""

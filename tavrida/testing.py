@@ -116,7 +116,9 @@ class MemoryCluster:
     def deliver(self, timeout: float = 5.0, raise_errors: bool = True) -> int:
         """Hand waiting messages to the servers until every queue is idle.
 
-        Returns how many messages were taken. Raises :class:`HandlerFailed`
+        A message whose handler asked for a retry counts as work until it
+        ran again or was given up (see :mod:`tavrida.retries`). Returns how
+        many messages were taken. Raises :class:`HandlerFailed`
         (caused by the handler's exception) when a handler raised and
         ``raise_errors`` is set, and TimeoutError when the services are
         still busy after ``timeout`` seconds (for example a ping-pong loop).
@@ -132,7 +134,10 @@ class MemoryCluster:
                 self._errors.clear()
                 raise HandlerFailed(f"handler raised {exc!r} on {message!r}") from exc
             if not busy:
-                return sum(server.handled for server in self.servers) - before
+                waiting = [server for server in self.servers if server.pending_retries]
+                if not waiting:
+                    return sum(server.handled for server in self.servers) - before
+                waiting[0].drain(0.05)  # wakes when a retry is published
             if time.monotonic() > deadline:
                 raise TimeoutError(f"services still busy after {timeout}s")
 
