@@ -32,6 +32,7 @@ ATTEMPTS_HEADER = "x-tavrida-attempts"
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_RETRY_BACKOFF = 0.5
 DEFAULT_RETRY_BACKOFF_MAX = 30.0
+_MAX_COUNT = 2 ** 31 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +83,7 @@ def attempts_of(headers: Mapping[str, Any]) -> int:
         value = int(raw)
     except (TypeError, ValueError, OverflowError):
         return 0
-    return max(value, 0)
+    return min(max(value, 0), _MAX_COUNT)  # a hostile value stays a header int can hold
 
 
 class RetryTimer:

@@ -186,7 +186,8 @@ def test_bad_retry_settings_are_refused(kwargs):
 
 
 @pytest.mark.parametrize("raw, expected", [(None, 0), (3, 3), ("4", 4), (b"5", 5),
-                                           ("x", 0), (-2, 0), (2.0, 2), ([1], 0)])
+                                           ("x", 0), (-2, 0), (2.0, 2), ([1], 0),
+                                           (10 ** 30, 2 ** 31 - 1)])
 def test_attempts_header_is_read_leniently(raw, expected):
     headers = {} if raw is None else {ATTEMPTS: raw}
     assert retries.attempts_of(headers) == expected
