@@ -199,3 +199,10 @@ def test_a_stop_neither_waits_for_a_pending_retry_nor_loses_it(world):
     world.wait_for(lambda: world.size(world.queue) == 0, "the ack")
     assert world.runs == [(2, None), (2, None)]  # the original, run again: not lost
     assert world.size(world.queue + ".dead") == 0
+
+
+def test_poison_scenario_among_healthy_traffic(url, report):
+    """``python -m soak --only poison`` at CI size: 20 poison, 20 flaky and 200 good casts."""
+    from soak import poison
+
+    report(poison.poison(url, poisoned=20, flaky=20, good=200))
