@@ -107,16 +107,17 @@ class RetryTimer:
         with self._cond:
             return len(self._heap) + self._running
 
-    def schedule(self, delay: float, callback: Callable[[], None]) -> None:
-        """Run ``callback`` on the timer thread in ``delay`` seconds."""
+    def schedule(self, delay: float, callback: Callable[[], None]) -> bool:
+        """Run ``callback`` on the timer thread in ``delay`` seconds; False once closed."""
         with self._cond:
             if self._closed:
-                raise RuntimeError(f"retry timer {self._name} is closed")
+                return False
             heapq.heappush(self._heap, (time.monotonic() + delay, next(self._seq), callback))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
             self._cond.notify()
+        return True
 
     def cancel(self) -> int:
         """Forget every callback not yet run; returns how many."""

@@ -9,6 +9,7 @@ hands the bytes to the transport. It is the ``postprocessor`` that 1.0's
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Callable, Iterable, List, Optional
 
@@ -53,7 +54,7 @@ class Sender:
         body, headers = wire.encode(message)
         envelope = OutgoingEnvelope(self.exchange_of(message), self.routing_key_of(message),
                                     body, headers, persistent=self.persistent)
-        if message.expires_at is not None:
+        if message.expires_at is not None and math.isfinite(message.expires_at):
             # A blocking call: the broker (AMQP expiration) and the server (the header,
             # for transports without per-message TTL) drop it once its caller gave up.
             headers[messages.EXPIRES_AT_HEADER] = int(message.expires_at * 1000)

@@ -351,8 +351,9 @@ class Server:
             LOG.warning("%s on %r (attempt %d of %s); running it again in %.3g s", why, message,
                         attempt, policy.max_attempts or "unlimited", delay)
             if delay > 0:
-                self._retry_timer.schedule(delay, functools.partial(self._retry_later,
-                                                                    delivery, attempt))
+                if not self._retry_timer.schedule(delay, functools.partial(
+                        self._retry_later, delivery, attempt)):
+                    LOG.info("server closing: the broker will deliver the message again")
             else:
                 self._republish(delivery, attempt)
             return

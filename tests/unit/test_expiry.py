@@ -106,6 +106,9 @@ def test_the_envelope_of_an_expiring_request_carries_its_ttl():
     assert envelope.headers[EXPIRES] == int(request.expires_at * 1000)
     request.expires_at = time.time() - 5
     assert sender.envelope(request).expiration == 0
+    request.expires_at = float("inf")  # call(timeout=inf): waits for ever, never expires
+    envelope = sender.envelope(request)
+    assert envelope.expiration is None and EXPIRES not in envelope.headers
 
 
 def test_late_by_reads_the_header():
