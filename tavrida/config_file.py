@@ -95,22 +95,19 @@ class ServiceConfig:
         return value
 
     def _int(self, section: str, key: str, default: int) -> int:
-        raw = self._parser.get(section, key, fallback="").strip()
-        if not raw:
-            return default
-        try:
-            return int(raw)
-        except ValueError:
-            raise self._error(section, key, f"{raw!r} is not a whole number") from None
+        return self._number(section, key, default, int, "a whole number")
 
     def _float(self, section: str, key: str, default: float) -> float:
+        return self._number(section, key, default, float, "a number")
+
+    def _number(self, section: str, key: str, default: Any, kind: type, what: str) -> Any:
         raw = self._parser.get(section, key, fallback="").strip()
         if not raw:
             return default
         try:
-            return float(raw)
+            return kind(raw)
         except ValueError:
-            raise self._error(section, key, f"{raw!r} is not a number") from None
+            raise self._error(section, key, f"{raw!r} is not {what}") from None
 
     def _retry_policy(self) -> RetryPolicy:
         section = "server"
