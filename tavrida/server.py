@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, List, Optional, Union
 
 from tavrida import config as config_mod
 from tavrida import exceptions, messages, wire
+from tavrida.observability.hooks import HookList, ServerHook
 from tavrida.proxies import RPCProxy
 from tavrida.retries import ATTEMPTS_HEADER, RetryPolicy, RetryTimer, attempts_of
 from tavrida.router import Router, check_service_classes
@@ -76,6 +77,7 @@ class Server:
                  prefetch_count: Optional[int] = None,
                  max_body_size: int = wire.DEFAULT_MAX_BODY_SIZE,
                  transport: Optional[Transport] = None,
+                 hooks: Iterable[ServerHook] = (),
                  max_attempts: Optional[int] = RetryPolicy.max_attempts,
                  retry_backoff: float = RetryPolicy.backoff,
                  retry_backoff_max: float = RetryPolicy.backoff_max) -> None:
@@ -98,8 +100,10 @@ class Server:
         self.transport = transport
         self.controllers: List[ServiceController] = []
         self.router: Optional[Router] = None
+        #: Access log, metrics, traces, health (see :mod:`tavrida.observability`).
+        self.hooks = HookList(hooks)
         #: Called on every handler or message failure (the test helpers use it).
-        self.error_hooks: List[ErrorHook] = []
+        self.error_hooks: List[ErrorHook] = [self.hooks.failed]
         self._stopping = threading.Event()
         self._started = False
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
@@ -121,7 +125,8 @@ class Server:
         conf = ServiceConfig(path, url)
         conf.bind_discovery()
         return cls(conf.connection, conf.queue, conf.exchange, conf.service_classes,
-                   workers=conf.workers, max_attempts=conf.retry_policy.max_attempts,
+                   workers=conf.workers, hooks=conf.hooks(),
+                   max_attempts=conf.retry_policy.max_attempts,
                    retry_backoff=conf.retry_policy.backoff,
                    retry_backoff_max=conf.retry_policy.backoff_max)
 
@@ -173,6 +178,7 @@ class Server:
         self._started = True
         LOG.info("server on queue %s started with services %s (%s)", self.queue_name,
                  ", ".join(c.service_name() for c in self.controllers), self.config.safe_url)
+        self.hooks.started(self)
 
     def drain(self, timeout: float = 0.0) -> bool:
         """Handle what is waiting, waiting at most ``timeout`` seconds for it."""
@@ -188,6 +194,7 @@ class Server:
             assert self.transport is not None
             while not self._stopping.is_set():
                 self.transport.drain(1.0)
+                self.hooks.tick(self)
             self._finish()
         finally:
             for signum, handler in restore:
@@ -217,12 +224,17 @@ class Server:
             self._executor = None
         if self.transport is not None:
             self.transport.close()
+        if self._started:
+            self.hooks.closed(self)
         self._started = False
 
     def _finish(self) -> None:
         # Stop deliveries first, then keep the loop turning so that acks
         # queued by workers are performed before the connection closes.
         assert self.transport is not None
+        LOG.info("server on queue %s stopping: no new messages, %d in flight", self.queue_name,
+                 self._inflight)
+        self.hooks.stopping(self, self._inflight)
         self.transport.cancel()
         while self._inflight:
             self.transport.drain(0.05)
@@ -260,6 +272,12 @@ class Server:
         Never raises: when the broker fails us half-way (a dead letter or an
         answer cannot be published) the message is requeued, not lost.
         """
+        if self.hooks:
+            self.hooks.observe(self, delivery, self._handle_safely)
+        else:
+            self._handle_safely(delivery)
+
+    def _handle_safely(self, delivery: Delivery) -> None:
         try:
             self._handle(delivery)
         except Exception as exc:  # noqa: BLE001
@@ -350,6 +368,7 @@ class Server:
             delay = policy.delay(attempt)
             LOG.warning("%s on %r (attempt %d of %s); running it again in %.3g s", why, message,
                         attempt, policy.max_attempts or "unlimited", delay)
+            self.hooks.retrying()
             if delay > 0:
                 if not self._retry_timer.schedule(delay, functools.partial(
                         self._retry_later, delivery, attempt)):
@@ -523,6 +542,7 @@ class Server:
             self.transport.publish(envelope)
         LOG.warning("dead-lettered a message from %s to %s: %s", delivery.queue,
                     self.dead_letter_queue, reason)
+        self.hooks.dead_lettered(reason)
 
     def _notify(self, message: Optional[messages.Message], exc: BaseException,
                 by_handler: bool = False) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from tavrida import discovery, dispatcher, exceptions, messages, service
 from tavrida.sender import Sender
+from tavrida.transports.memory import MemoryTransport
 
 EXPIRES = messages.EXPIRES_AT_HEADER
 
@@ -39,7 +40,9 @@ def svc(cluster, broker):
     requests = broker.spy("svc_exchange")
     hops = broker.spy("other_exchange")
     cluster.add_server([Svc], "svc_queue", "svc_exchange")
-    return runs, cluster.client(disc, source="client"), requests, hops
+    # A plain connection: its blocking calls do not run the cluster's servers meanwhile.
+    cli = cluster.client(disc, source="client", transport=MemoryTransport(cluster.config))
+    return runs, cli, requests, hops
 
 
 def test_a_request_whose_caller_timed_out_is_dropped_not_run(cluster, broker, svc, caplog):

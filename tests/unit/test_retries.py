@@ -90,9 +90,9 @@ def test_a_call_that_never_succeeds_gets_an_error_after_max_attempts(cluster, br
     spy = broker.spy("client_exchange")
     start(max_attempts=2)
     client_of(cluster, svc="svc_exchange").svc.do(value=1).call()
-    with pytest.raises(HandlerFailed):
-        cluster.deliver()
+    cluster.deliver()  # no HandlerFailed: an Error answer told the caller
     assert len(state["runs"]) == 2
+    assert isinstance(cluster.failures[-1].exception, Retry) and cluster.failures[-1].answered
     ((kind, payload),) = answers(spy)
     assert (kind, payload["class"]) == ("error", "test_server.Retry")
     assert cluster.dead_letters("svc_queue") == []  # answered: the caller has its error
@@ -223,3 +223,37 @@ def test_bad_retry_keys_name_the_key(tmp_path, line, key):
     with pytest.raises(ConfigError) as info:
         ServiceConfig(_ini(tmp_path, line + "\n"))
     assert f"[server] {key}:" in str(info.value)
+
+
+def test_a_blocking_call_in_a_cluster_waits_for_the_retry(cluster, poison):
+    state, start = poison
+    start(max_attempts=3)
+    state["ok_from"] = 2
+    cli = cluster.client(_client_disc(), source="client")
+    assert cli.svc.do(value=1).call(timeout=5) == {"runs": 2}
+
+
+def test_hooks_see_a_retried_run_as_requeued(cluster, poison):
+    from tavrida.observability.hooks import REQUEUED, ServerHook
+
+    outcomes = []
+
+    class Watch(ServerHook):
+        def message_finished(self, server, record):
+            outcomes.append(record.outcome)
+
+    state, start = poison
+    start(max_attempts=3, hooks=[Watch()])
+    state["ok_from"] = 2
+    client_of(cluster, svc="svc_exchange").svc.do(value=1).cast()
+    cluster.deliver()
+    assert outcomes == [REQUEUED, "ok"]
+
+
+def _client_disc():
+    from tavrida import discovery
+
+    disc = discovery.LocalDiscovery()
+    disc.register_remote_service("svc", "svc_exchange")
+    disc.register_remote_service("client", "client_exchange")
+    return disc
