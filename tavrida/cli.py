@@ -120,8 +120,10 @@ def _parser() -> argparse.ArgumentParser:
         if name == "call":
             sub.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")
             sub.add_argument("--reply-exchange",
-                             help="exchange the service answers the caller on "
-                                  "(default: the caller's in --discovery, else --exchange)")
+                             help="exchange the service answers the caller on (default: the "
+                                  "caller's in --discovery, else --exchange, else "
+                                  "tavrida.replies); a 2.0 service needs no entry for the "
+                                  "caller in its discovery")
     _topology_parser(commands)
     return parser
 

@@ -162,10 +162,7 @@ class Server:
         topology = self.topology()
         if self.transport is None:
             self.transport = create_transport(self.config)
-        self.controllers = [
-            cls(Sender(self.transport, cls.get_discovery(), self.config.persistent,
-                       source=cls.service_name()))
-            for cls in self.service_classes]
+        self.controllers = [cls(self._sender(cls)) for cls in self.service_classes]
         self.router = Router(self.controllers)
         self.transport.declare(topology)
         if self.workers:
@@ -179,6 +176,12 @@ class Server:
         LOG.info("server on queue %s started with services %s (%s)", self.queue_name,
                  ", ".join(c.service_name() for c in self.controllers), self.config.safe_url)
         self.hooks.started(self)
+
+    def _sender(self, cls: type) -> Sender:
+        sender = Sender(self.transport, cls.get_discovery(), self.config.persistent,
+                        source=cls.service_name())
+        sender.reply_exchange = self.exchange_name  # answers to its calls come back here
+        return sender
 
     def drain(self, timeout: float = 0.0) -> bool:
         """Handle what is waiting, waiting at most ``timeout`` seconds for it."""
@@ -459,11 +462,27 @@ class Server:
             controller.postprocessor.send(answer)
         except (exceptions.UnableToDiscover, exceptions.IncorrectOutgoingMessage,
                 exceptions.PublishFailed) as exc:
-            if isinstance(exc, exceptions.PublishFailed) and not exc.unencodable:
+            if isinstance(exc, exceptions.PublishFailed) and not exc.unencodable and \
+                    not self._routed_by_call(controller, answer):
                 raise  # the broker's trouble, not the answer's: requeue the request
             LOG.error("cannot send %r: %s", answer, exc)
             self._notify(answer, exc)
             self._dead_letter(delivery, f"answer not sent: {exc}")
+
+    @staticmethod
+    def _routed_by_call(controller: ServiceController, answer: messages.Message) -> bool:
+        """True when an answer goes to the exchange its call named (no discovery entry).
+
+        Such an exchange is the caller's to declare; when the broker refuses it
+        (it does not exist) a retry would only run the handler again.
+        """
+        if not answer.reply_exchange:
+            return False
+        try:
+            controller.postprocessor.discovery.get_remote(answer.destination.service)
+        except exceptions.TavridaError:
+            return True
+        return False
 
     def _fail(self, delivery: Delivery, message: messages.Message,
               exc: exceptions.TavridaError) -> None:
@@ -505,6 +524,8 @@ class Server:
             except exceptions.TavridaError:
                 continue
             return controller
+        if message.reply_exchange and candidates:
+            return candidates[0]  # no discovery knows the caller: its call named the exchange
         return None
 
     def _dead_letter(self, delivery: Delivery, reason: str,

@@ -106,6 +106,24 @@ def test_cast_sends_without_waiting(running, capsys):
                      "--exchange", "cli_exchange"]) == 0
 
 
+@pytest.mark.parametrize("extra", [[], ["--reply-exchange", "my_replies"]])
+def test_call_needs_no_entry_for_the_cli_in_the_services_discovery(
+        config_path, capsys, extra):
+    path, url = config_path
+    path.write_text(path.read_text().replace("remote.tavrida_cli = cli_reply_exchange\n", ""))
+    srv = server.Server.from_config(str(path))
+    srv.start()
+    thread = threading.Thread(target=srv.run)
+    thread.start()
+    try:
+        assert cli.main(["call", "echo.say", "text=hi", "--url", url,
+                         "--exchange", "cli_exchange", "--timeout", "5", *extra]) == 0
+    finally:
+        srv.stop()
+        thread.join(10)
+    assert json.loads(capsys.readouterr().out) == {"said": "hi"}
+
+
 def test_bad_key_value_argument_exits_2(running, capsys):
     assert call(running, "echo.say", "novalue") == 2
     assert "key=value" in capsys.readouterr().err

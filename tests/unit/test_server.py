@@ -549,8 +549,10 @@ GOOD = b'{"payload": {"value": 1}, "context": {}}'
 # (case id, header changes, body, content_type, reason in log and dead letter, readable)
 BAD_INPUT = [
     ("missing header", {"source": None}, GOOD, None, "missing header(s): source", False),
-    ("non-string header", {"request_id": 12}, GOOD, None,
-     "header 'request_id' must be a string, got int", False),
+    ("structured header", {"request_id": {"id": 12}}, GOOD, None,
+     "header 'request_id' must be text, got dict", False),
+    ("list header", {"correlation_id": [1, 2]}, GOOD, None,
+     "header 'correlation_id' must be text, got list", False),
     ("bytes header not utf-8", {"source": b"\xff"}, GOOD, None,
      "header 'source' is not valid UTF-8", False),
     ("unknown message_type", {"message_type": "command"}, GOOD, None,
