@@ -25,7 +25,8 @@ from typing import Callable, Dict, List, Optional
 from soak import scenarios
 from soak.scenarios import Result, broker_kind
 
-SCENARIOS = ("faults", "dedup", "shutdown", "long-handler", "backlog", "hostile", "secrets")
+SCENARIOS = ("faults", "dedup", "shutdown", "long-handler", "backlog", "hostile", "secrets",
+             "poison")
 AMQP_ONLY = ("long-handler", "hostile")
 COLUMNS = ("scenario", "broker", "in", "out", "lost", "redelivered", "duplicates", "dead",
            "peak RSS MB", "seconds", "verdict")
@@ -88,6 +89,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="backlog SIGTERM'd half-way (messages)")
     parser.add_argument("--backlog", type=int, default=300_000, help="backlog drained (messages)")
     parser.add_argument("--examples", type=int, default=3000, help="hostile messages generated")
+    parser.add_argument("--poison", type=int, default=1000,
+                        help="poison messages (as many flaky ones, 10x as many good ones)")
     parser.add_argument("--only", default=",".join(SCENARIOS),
                         help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--seed", type=int, default=None, help="seed of the cut moments")
@@ -121,6 +124,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "backlog": lambda: [scenarios.backlog(url, args.backlog, command=command)],
         "hostile": lambda: [_hostile(url, args.examples, command)],
         "secrets": lambda: [_secrets(url, command)],
+        "poison": lambda: [_poison(url, args.poison, command)],
     }
     results: List[Result] = []
     started = time.monotonic()
@@ -155,6 +159,12 @@ def _hostile(url: str, examples: int, command: str) -> Result:
         result.problems.append(f"cannot run: {exc} (pip install hypothesis)")
         return result.done()
     return hostile.hostile(url, examples, command=command)
+
+
+def _poison(url: str, count: int, command: str) -> Result:
+    from soak import poison
+
+    return poison.poison(url, count, count, 10 * count, command=command)
 
 
 def _secrets(url: str, command: str) -> Result:

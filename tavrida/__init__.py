@@ -6,6 +6,7 @@ The public API, module by module (``from tavrida import dispatcher, ...``):
   ``rpc_response_method``, ``rpc_error_method``, ``subscription_method``;
 * :mod:`~tavrida.service` -- ``ServiceController``, the base of services;
 * :mod:`~tavrida.server` -- ``Server``, consumes a queue and runs handlers;
+* :mod:`~tavrida.retries` -- ``RetryPolicy``: how often a retried message runs;
 * :mod:`~tavrida.client` -- ``RPCClient``, calls services from any program;
 * :mod:`~tavrida.proxies` -- what handlers call remote services with;
 * :mod:`~tavrida.discovery` -- service name to exchange maps, ``.ds`` files;

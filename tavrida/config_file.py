@@ -12,6 +12,9 @@
     exchange = test_exchange
     services = hello_world:HelloController       ; module:Class, one or more
     workers = 0
+    max_attempts = 5                             ; runs of a message whose handler asks
+    retry_backoff = 0.5                          ; for a retry (none: no limit), first
+    retry_backoff_max = 30                       ; delay in seconds, doubling up to this
 
     [discovery]
     file = services.ds                           ; relative to this file
@@ -61,6 +64,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type
 from tavrida import config as config_mod
 from tavrida import discovery as discovery_mod
 from tavrida import exceptions
+from tavrida.retries import RetryPolicy
 from tavrida.service import ServiceController
 
 if TYPE_CHECKING:
@@ -107,6 +111,9 @@ SCHEMA: Dict[str, Dict[str, type]] = {
         "exchange": str,
         "services": str,
         "workers": int,
+        "max_attempts": str,  # a whole number >= 1, or "none"
+        "retry_backoff": float,
+        "retry_backoff_max": float,
     },
     "discovery": {
         "file": str,
@@ -222,6 +229,7 @@ class ServiceConfig:
         self.queue = self._required("server", "queue")
         self.exchange = self._required("server", "exchange")
         self.workers = self.get("server", "workers", 0)
+        self.retry_policy = self._retry_policy()
         self.service_classes = self._services()
         self.log_level = self._log_level()
         self.log_format = self._choice("logging", "format", ("text", "json"), "text")
@@ -301,6 +309,30 @@ class ServiceConfig:
         if not value > 0:
             raise self._error(section, key, f"{value!r} is not a positive number of seconds")
         return value
+
+    def _retry_policy(self) -> RetryPolicy:
+        """``max_attempts``, ``retry_backoff``, ``retry_backoff_max`` of ``[server]``."""
+        section = "server"
+        raw = str(self.get(section, "max_attempts", "")).strip()
+        max_attempts: Optional[int] = RetryPolicy.max_attempts
+        if raw.lower() == "none":
+            max_attempts = None
+        elif raw:
+            try:
+                max_attempts = int(raw)
+            except ValueError:
+                max_attempts = 0
+            if max_attempts < 1:
+                raise self._error(section, "max_attempts",
+                                  f"{raw!r} is not a whole number >= 1 (or none)")
+        delays = []
+        for key, default in (("retry_backoff", RetryPolicy.backoff),
+                             ("retry_backoff_max", RetryPolicy.backoff_max)):
+            value: float = self.get(section, key, default)
+            if not value >= 0:
+                raise self._error(section, key, f"{value!r} is not >= 0 seconds")
+            delays.append(value)
+        return RetryPolicy(max_attempts, delays[0], delays[1])
 
     def hooks(self) -> List[ServerHook]:
         """The server hooks (access log, metrics, tracing, health) this file asks for."""

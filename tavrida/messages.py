@@ -16,7 +16,8 @@ along a whole chain of calls.
 
 from __future__ import annotations
 
-import random
+import os
+import time
 from typing import Any, Dict, Mapping, Optional, Type
 
 from tavrida import entry_point, exceptions
@@ -41,25 +42,59 @@ REPLY_EXCHANGE_HEADER = "x-tavrida-reply-exchange"
 DEFAULT_ERROR_CODE = 1000
 
 
-# Ids only need to be unique, not secret: 128 random bits from the fast
-# generator (reseeded after fork) cost a fraction of uuid4's system call.
-_bits = random.getrandbits
+# Ids come from the operating system's generator (os.urandom), never from the
+# global ``random`` module: user code seeds that one (``random.seed(1)``), and two
+# processes seeded alike would send the same ids (answers matched to the wrong
+# caller, distinct messages dropped as duplicates). No buffering either: bytes
+# read ahead would be shared by the children of a fork.
+_urandom = os.urandom
+# The uuid4 variant digit (10xx in binary) for each hex digit of random bits.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 def new_id() -> str:
-    """A fresh message or request id: 32 lowercase hex characters."""
-    return f"{_bits(128):032x}"
+    """A fresh message or request id: 32 lowercase hex characters (128 random bits)."""
+    return _urandom(16).hex()
 
 
 def new_correlation_id() -> str:
     """A fresh correlation id, spelled as tavrida 1.0 does (36 characters, uuid4 form)."""
-    h = f"{_bits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = _urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
-# Version 4 and the RFC 4122 variant, as uuid.UUID(version=4) sets them.
-_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+#: Header of a request whose caller stops waiting at a known time: a blocking
+#: ``call(timeout=T)`` sets it to the moment it gives up, in milliseconds since the
+#: Unix epoch (an integer). A server drops such a request once that time has passed
+#: instead of running it. Like every ``x-tavrida-`` header it is never copied into
+#: another message; tavrida 1.0 ignores it.
+EXPIRES_AT_HEADER = "x-tavrida-expires-at"
+
+
+def expiry_of(headers: Mapping[str, Any]) -> Optional[float]:
+    """When the caller of a request gave up (epoch seconds), or None: no limit.
+
+    A value that is not a number is ignored (the request is handled).
+    """
+    raw = headers.get(EXPIRES_AT_HEADER)
+    if raw is None:
+        return None
+    if isinstance(raw, (bytes, bytearray)):
+        raw = bytes(raw).decode("ascii", "replace")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return value / 1000.0 if value == value else None  # NaN: no limit
+
+
+def late_by(headers: Mapping[str, Any], now: Optional[float] = None) -> Optional[float]:
+    """Seconds since the caller of a request gave up, or None while it still waits."""
+    deadline = expiry_of(headers)
+    if deadline is None:
+        return None
+    late = (time.time() if now is None else now) - deadline
+    return late if late >= 0 else None
 
 
 def user_headers(headers: Mapping[str, Any]) -> Dict[str, Any]:
@@ -82,6 +117,10 @@ class Message:
     """Base message: headers, context and payload."""
 
     message_type = ""
+    #: Outgoing requests of a blocking call: when the caller gives up (epoch
+    #: seconds). The sender writes it as :data:`EXPIRES_AT_HEADER` and as the AMQP
+    #: ``expiration``, so a request nobody waits for any more is never run.
+    expires_at: Optional[float] = None
 
     def __init__(self, headers: Mapping[str, Any], context: Optional[Mapping[str, Any]],
                  payload: Optional[Mapping[str, Any]]) -> None:

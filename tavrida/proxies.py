@@ -12,6 +12,7 @@ correlation id and user headers on to every message it sends.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Dict, Mapping, Optional, Union
 
 from tavrida import entry_point, exceptions, messages
@@ -80,6 +81,8 @@ class RPCCallProxy:
                 raise exceptions.TavridaError(
                     "a blocking call (timeout=...) needs an RPCClient; from a handler "
                     "use call() with a response handler")
+            # The request expires with the call: nobody runs it once its caller gave up.
+            request.expires_at = time.time() + timeout
             return replies.call(request, timeout)
         self._postprocessor.send(request)
         return request

@@ -9,6 +9,8 @@ hands the bytes to the transport. It is the ``postprocessor`` that 1.0's
 from __future__ import annotations
 
 import logging
+import math
+import time
 from typing import Callable, Iterable, List, Optional
 
 from tavrida import discovery as discovery_mod
@@ -66,8 +68,14 @@ class Sender:
                 self.reply_exchange if message.reply_to.service == self._service else "")
             if reply_exchange:
                 headers[messages.REPLY_EXCHANGE_HEADER] = reply_exchange
-        return OutgoingEnvelope(self.exchange_of(message), self.routing_key_of(message),
-                                body, headers, persistent=self.persistent)
+        envelope = OutgoingEnvelope(self.exchange_of(message), self.routing_key_of(message),
+                                    body, headers, persistent=self.persistent)
+        if message.expires_at is not None and math.isfinite(message.expires_at):
+            # A blocking call: the broker (AMQP expiration) and the server (the header,
+            # for transports without per-message TTL) drop it once its caller gave up.
+            headers[messages.EXPIRES_AT_HEADER] = int(message.expires_at * 1000)
+            envelope.expiration = max(0.0, message.expires_at - time.time())
+        return envelope
 
     def send(self, message: messages.Message) -> None:
         """Publish one message; returns when the broker has it."""

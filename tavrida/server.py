@@ -11,12 +11,17 @@ What happens to each message (the delivery guarantees):
   unless an Error answer went back to a caller, copied to the dead-letter
   queue ``<queue>.dead`` with the reason, then acked;
 * a handler raising a :class:`~tavrida.exceptions.NackableException` has
-  its message requeued.
+  its message run again after a backoff delay, up to ``max_attempts`` runs
+  (see :mod:`tavrida.retries`), then dead-lettered (a call gets an Error);
+* a request whose caller gave up (a blocking call's
+  :data:`~tavrida.messages.EXPIRES_AT_HEADER` is past) is logged and acked,
+  never run.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import signal
 import threading
@@ -26,6 +31,7 @@ from tavrida import config as config_mod
 from tavrida import exceptions, messages, wire
 from tavrida.observability.hooks import HookList, ServerHook
 from tavrida.proxies import RPCProxy
+from tavrida.retries import ATTEMPTS_HEADER, RetryPolicy, RetryTimer, attempts_of
 from tavrida.router import Router, check_service_classes
 from tavrida.sender import Sender
 from tavrida.service import ServiceController
@@ -58,8 +64,12 @@ class Server:
     ``config`` is a :class:`~tavrida.config.ConnectionConfig` or a URL.
     ``workers`` > 0 runs handlers in that many threads (acks still happen on
     the connection's thread); ``prefetch_count`` bounds the un-acked
-    messages held (default: the config's). :meth:`run` blocks until
-    :meth:`stop` is called from another thread or SIGTERM/SIGINT arrives.
+    messages held (default: the config's). A handler raising a
+    :class:`~tavrida.exceptions.NackableException` runs again after
+    ``retry_backoff`` seconds, doubling up to ``retry_backoff_max``, at most
+    ``max_attempts`` times in all (None: no limit); see :mod:`tavrida.retries`.
+    :meth:`run` blocks until :meth:`stop` is called from another thread or
+    SIGTERM/SIGINT arrives.
     """
 
     def __init__(self, config: Union[config_mod.ConnectionConfig, str], queue_name: str,
@@ -67,7 +77,10 @@ class Server:
                  prefetch_count: Optional[int] = None,
                  max_body_size: int = wire.DEFAULT_MAX_BODY_SIZE,
                  transport: Optional[Transport] = None,
-                 hooks: Iterable[ServerHook] = ()) -> None:
+                 hooks: Iterable[ServerHook] = (),
+                 max_attempts: Optional[int] = RetryPolicy.max_attempts,
+                 retry_backoff: float = RetryPolicy.backoff,
+                 retry_backoff_max: float = RetryPolicy.backoff_max) -> None:
         if not queue_name or not exchange_name:
             raise exceptions.IncorrectAMQPConfig(
                 reason="Server needs a queue_name and an exchange_name")
@@ -81,6 +94,8 @@ class Server:
         self.prefetch_count = (self.config.prefetch_count if prefetch_count is None
                                else prefetch_count)
         self.max_body_size = max_body_size
+        self.retry_policy = RetryPolicy(max_attempts, retry_backoff, retry_backoff_max)
+        self._retry_timer = RetryTimer(f"tavrida-retry-{queue_name}")
         self.dead_letter_queue = dead_letter_queue_name(queue_name)
         self.transport = transport
         self.controllers: List[ServiceController] = []
@@ -110,7 +125,10 @@ class Server:
         conf = ServiceConfig(path, url)
         conf.bind_discovery()
         return cls(conf.connection, conf.queue, conf.exchange, conf.service_classes,
-                   workers=conf.workers, hooks=conf.hooks())
+                   workers=conf.workers, hooks=conf.hooks(),
+                   max_attempts=conf.retry_policy.max_attempts,
+                   retry_backoff=conf.retry_policy.backoff,
+                   retry_backoff_max=conf.retry_policy.backoff_max)
 
     # -- topology ---------------------------------------------------------
 
@@ -140,6 +158,7 @@ class Server:
         """Connect, create the controllers, declare the topology and start consuming."""
         if self._started:
             return
+        self._retry_timer.reopen()
         topology = self.topology()
         if self.transport is None:
             self.transport = create_transport(self.config)
@@ -191,8 +210,18 @@ class Server:
         if self.transport is not None:
             self.transport.stop()
 
+    @property
+    def pending_retries(self) -> int:
+        """Messages held un-acked, waiting for the delay before their next attempt."""
+        return len(self._retry_timer)
+
     def close(self) -> None:
-        """Close the connection; un-acked messages go back to the queue."""
+        """Close the connection; un-acked messages go back to the queue.
+
+        Retries still waiting for their delay are not waited for: their
+        originals were never acked, so the broker delivers them again.
+        """
+        self._retry_timer.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -285,6 +314,17 @@ class Server:
                 self._dead_letter(delivery, str(exc))
             delivery.ack()
             return
+        if messages.EXPIRES_AT_HEADER in message.headers and \
+                message.message_type == messages.REQUEST:
+            late = messages.late_by(message.headers)
+            if late is not None:
+                # Its caller already got CallTimeout: running it now would do work
+                # nobody waits for. Acked, not dead-lettered: nothing is lost.
+                LOG.warning("dropping a request to %s (correlation id %s) unrun: its caller "
+                            "gave up %.3f s ago", message.destination, message.correlation_id,
+                            late)
+                delivery.ack()
+                return
         message.update_context(message.payload)
         assert self.router is not None
         try:
@@ -303,9 +343,7 @@ class Server:
                 answer = controller.process(handler, message, proxy)
             except Exception as exc:  # noqa: BLE001 - any handler failure is reported
                 if isinstance(exc, exceptions.NackableException):
-                    LOG.warning("handler %s asked to retry %r: %s", handler.method_name,
-                                message, exc)
-                    delivery.reject(requeue=True)
+                    self._retry(delivery, controller, handler.method_name, message, exc)
                     return
                 self._notify(message, exc, by_handler=True)
                 if isinstance(message, messages.IncomingRequestCall):
@@ -321,6 +359,81 @@ class Server:
             if answer is not None and isinstance(message, messages.IncomingRequestCall):
                 self._send_answer(controller, answer, delivery)
             controller.message_done(message, answer)
+        delivery.ack()
+
+    def _retry(self, delivery: Delivery, controller: ServiceController, method_name: str,
+               message: messages.Message, exc: Exception) -> None:
+        """Run the message again after its backoff, or give up after the last attempt."""
+        attempt = attempts_of(delivery.headers) + 1
+        policy = self.retry_policy
+        why = f"handler {method_name} asked for a retry: {messages.get_fqcn(exc)}: {exc}"
+        if not policy.exhausted(attempt):
+            delay = policy.delay(attempt)
+            LOG.warning("%s on %r (attempt %d of %s); running it again in %.3g s", why, message,
+                        attempt, policy.max_attempts or "unlimited", delay)
+            self.hooks.retrying()
+            if delay > 0:
+                if not self._retry_timer.schedule(delay, functools.partial(
+                        self._retry_later, delivery, attempt)):
+                    LOG.info("server closing: the broker will deliver the message again")
+            else:
+                self._republish(delivery, attempt)
+            return
+        self._notify(message, exc, by_handler=True)
+        if isinstance(message, messages.IncomingRequestCall):
+            LOG.warning("%s on %r; giving up after %d attempts, answering with an Error", why,
+                        message, attempt)
+            self._send_answer(controller, self._error_answer(controller, message, exc),
+                              delivery)
+        else:
+            self._dead_letter(delivery, f"{why} (gave up after {attempt} attempts)",
+                              {ATTEMPTS_HEADER: attempt})
+        delivery.ack()
+
+    def _retry_later(self, delivery: Delivery, attempt: int) -> None:
+        # On the retry timer's thread, once the delay is over.
+        if self._stopping.is_set() or not self._started:
+            return  # never acked: the broker gives the original back
+        with self._inflight_lock:
+            self._inflight += 1
+        try:
+            self._republish(delivery, attempt)
+        finally:
+            with self._inflight_lock:
+                self._inflight -= 1
+            if self.transport is not None:
+                self.transport.stop()  # let the loop perform the ack now
+
+    def _republish(self, delivery: Delivery, attempt: int) -> None:
+        """Publish a copy counting ``attempt`` runs to this queue; once confirmed, ack the original.
+
+        A crash between the two leaves both (a duplicate, never a loss); a
+        publish that fails gives the original back to the queue.
+        """
+        headers = dict(delivery.headers or {})
+        if ATTEMPTS_HEADER not in headers:
+            # The copy goes through the default exchange: keep where it was first sent.
+            headers[DEAD_LETTER_EXCHANGE_HEADER] = delivery.exchange or ""
+            headers[DEAD_LETTER_ROUTING_KEY_HEADER] = delivery.routing_key or ""
+        headers[ATTEMPTS_HEADER] = attempt
+        properties = delivery.properties or {}
+        envelope = OutgoingEnvelope("", self.queue_name, bytes(delivery.body or b""), headers,
+                                    content_type=properties.get("content_type"),
+                                    content_encoding=properties.get("content_encoding"),
+                                    persistent=properties.get("delivery_mode") != 1)
+        assert self.transport is not None
+        try:
+            self.transport.publish(envelope)
+        except Exception as exc:  # noqa: BLE001 - any failure: the broker keeps the original
+            if isinstance(exc, exceptions.PublishFailed) and exc.unencodable:
+                self._dead_letter(delivery, f"cannot publish its retry: {exc}",
+                                  {ATTEMPTS_HEADER: attempt})
+                delivery.ack()
+                return
+            LOG.error("could not publish attempt %d of a message from %s (%s); giving it back "
+                      "to the queue", attempt + 1, delivery.queue, exc)
+            delivery.reject(requeue=True)
+            return
         delivery.ack()
 
     @staticmethod
@@ -415,12 +528,20 @@ class Server:
             return candidates[0]  # no discovery knows the caller: its call named the exchange
         return None
 
-    def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+    def _dead_letter(self, delivery: Delivery, reason: str,
+                     extra: Optional[dict] = None) -> None:
         """Copy the original bytes and headers to the dead-letter queue with the reason."""
         why = {DEAD_LETTER_REASON_HEADER: reason,
                DEAD_LETTER_QUEUE_HEADER: delivery.queue,
                DEAD_LETTER_EXCHANGE_HEADER: delivery.exchange or "",
                DEAD_LETTER_ROUTING_KEY_HEADER: delivery.routing_key or ""}
+        original = delivery.headers or {}
+        if ATTEMPTS_HEADER in original and not delivery.exchange:
+            # A retried copy came through the default exchange; it says where it was first sent.
+            for name in (DEAD_LETTER_EXCHANGE_HEADER, DEAD_LETTER_ROUTING_KEY_HEADER):
+                if name in original:
+                    why[name] = original[name]
+        why.update(extra or {})
         properties = delivery.properties or {}
         envelope = OutgoingEnvelope("", self.dead_letter_queue, bytes(delivery.body or b""),
                                     {**(delivery.headers or {}), **why},

@@ -119,8 +119,15 @@ class _ClusterTransport(MemoryTransport):
             if super().drain(0):
                 return True
             if not self._cluster._step():
-                # Idle: only another thread can still send anything.
                 remaining = None if deadline is None else deadline - time.monotonic()
+                if self._cluster._retries_pending():
+                    # A retry is waiting for its delay: look again soon.
+                    if super().drain(0.05 if remaining is None else min(max(remaining, 0), 0.05)):
+                        return True
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return False
+                    continue
+                # Idle: only another thread can still send anything.
                 return super().drain(remaining if remaining is None else max(remaining, 0.0))
             self._cluster._raise_unanswered(())
             if deadline is not None and time.monotonic() >= deadline:
@@ -206,6 +213,10 @@ class MemoryCluster:
                 busy = server.drain(0) or busy
             return busy
 
+    def _retries_pending(self) -> bool:
+        """True while a message whose handler asked for a retry waits for its delay."""
+        return any(server.pending_retries for server in self.servers)
+
     def _raise_unanswered(self, expect_errors: ExpectedErrors) -> None:
         failures, self._unreported = self._unreported, []
         self._unanswered_calls.clear()
@@ -219,6 +230,8 @@ class MemoryCluster:
                 expect_errors: ExpectedErrors = ()) -> int:
         """Hand waiting messages to the servers until every queue is idle.
 
+        A message whose handler asked for a retry counts as work until it
+        ran again or was given up (see :mod:`tavrida.retries`).
         Returns how many messages were taken. A called handler that raises
         answers its caller with an Error (the caller's error handler runs):
         that is not a test failure. A handler failure no Error answer covers
@@ -236,7 +249,13 @@ class MemoryCluster:
             if raise_errors:
                 self._raise_unanswered(expect_errors)
             if not busy:
-                return sum(server.handled for server in self.servers) - before
+                if not self._retries_pending():
+                    return sum(server.handled for server in self.servers) - before
+                with self._lock:
+                    for server in self.servers:
+                        if server.pending_retries:
+                            server.drain(0.05)  # wakes when the retry is published
+                            break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"services still busy after {timeout}s")
 

@@ -204,6 +204,12 @@ class HookList(List[ServerHook]):
         if record is not None and record.exception is None:
             record.exception = exc
 
+    def retrying(self) -> None:
+        """The message being handled will run again after a delay (see tavrida.retries)."""
+        record = self._current()
+        if record is not None:
+            record.outcome = REQUEUED
+
     def dead_lettered(self, reason: str) -> None:
         """The message being handled went to the dead-letter queue."""
         record = self._current()

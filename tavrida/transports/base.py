@@ -77,6 +77,10 @@ class OutgoingEnvelope:
 
     ``exchange == ""`` is the default exchange: the message goes straight
     to the queue named by ``routing_key`` (used for dead letters).
+    ``expiration`` (seconds, None: never) is how long the broker may keep the
+    message before dropping it unread: the AMQP per-message TTL, set on the
+    requests of blocking calls. Transports that cannot honour it may ignore
+    it; the server checks :data:`tavrida.messages.EXPIRES_AT_HEADER` as well.
     """
 
     exchange: str
@@ -86,6 +90,7 @@ class OutgoingEnvelope:
     content_type: Optional[str] = "application/json"
     content_encoding: Optional[str] = "utf-8"
     persistent: bool = True
+    expiration: Optional[float] = None
 
 
 class Delivery(abc.ABC):

@@ -1466,7 +1466,10 @@ class KombuTransport(Transport):
                 channel.exchange_declare(exchange=envelope.exchange, type="topic",
                                          durable=True, auto_delete=False)
             self._pub_exchanges.add(envelope.exchange)
-        properties = {"delivery_mode": 2 if envelope.persistent else 1}
+        properties: Dict[str, Any] = {"delivery_mode": 2 if envelope.persistent else 1}
+        if envelope.expiration is not None:
+            # AMQP per-message TTL: milliseconds, as a string (virtual transports ignore it).
+            properties["expiration"] = str(int(envelope.expiration * 1000))
         if not self._is_amqp:
             return channel.prepare_message(bytes(envelope.body), None, envelope.content_type,
                                            envelope.content_encoding, dict(envelope.headers),

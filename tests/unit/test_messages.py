@@ -165,3 +165,44 @@ def test_generated_correlation_ids_are_uuid4_strings():
         assert str(parsed) == value
         assert parsed.version == 4
         assert parsed.variant == uuid.RFC_4122
+
+
+_SEEDED_IDS = r"""
+import json, random
+random.seed(1)
+from tavrida import messages, proxies
+
+class Keep:
+    def __init__(self):
+        self.sent = []
+    def send(self, message):
+        self.sent.append(message)
+
+random.seed(1)  # user code seeds after its imports, too
+keep = Keep()
+proxy = proxies.RPCProxy(keep, "client")
+for _ in range(20):
+    proxy.svc.do().cast()
+    proxy.svc.do().call()
+    messages.Request({"source": "client", "destination": "svc.do"}, {}, {})
+ids = [messages.new_id() for _ in range(20)] + [messages.new_correlation_id() for _ in range(20)]
+for message in keep.sent:
+    ids += [message.message_id, message.request_id, message.correlation_id]
+print(json.dumps(ids))
+"""
+
+
+def test_ids_do_not_repeat_across_processes_that_seed_random_alike():
+    """Ids came from the global ``random``: two processes calling random.seed(1) sent the
+    same message, request and correlation ids (answers went to the wrong caller)."""
+    import json
+    import subprocess
+    import sys
+
+    runs = [json.loads(subprocess.run([sys.executable, "-c", _SEEDED_IDS], check=True,
+                                      capture_output=True, text=True, timeout=60).stdout)
+            for _ in range(2)]
+    first, second = (set(ids) for ids in runs)
+    assert len(first) == len(runs[0]) == 160  # none repeats within a process either
+    assert first.isdisjoint(second)
+    assert all(UUID36.match(value) for value in runs[0][20:40])

@@ -330,7 +330,7 @@ def test_answer_publish_failure_requeues_then_dead_letters(cluster, echo, broker
     assert broker.messages("svc_queue") == []
 
 
-def test_nackable_exception_requeues_and_the_message_comes_back(cluster, echo):
+def test_nackable_exception_runs_the_message_again_after_its_backoff(cluster, echo):
     state, cli, spy, _ = echo
     tries = []
 
@@ -344,7 +344,7 @@ def test_nackable_exception_requeues_and_the_message_comes_back(cluster, echo):
     cli.svc.do(value=1).call()
     cluster.deliver()
     assert len(tries) == 2
-    assert tries[0] == tries[1]  # the same message, redelivered
+    assert tries[0] == tries[1]  # the same message, published again (deliver() waited)
     assert answers(spy) == [("response", {"done": 2})]
     assert cluster.dead_letters("svc_queue") == []
 
