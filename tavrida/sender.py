@@ -50,8 +50,10 @@ class Sender:
     def envelope(self, message: messages.Message) -> OutgoingEnvelope:
         """The envelope for a message: exchange, routing key, bytes, headers."""
         body, headers = wire.encode(message)
+        # A notification nobody subscribes to is normal pub/sub, not a lost message.
         return OutgoingEnvelope(self.exchange_of(message), self.routing_key_of(message),
-                                body, headers, persistent=self.persistent)
+                                body, headers, persistent=self.persistent,
+                                mandatory=message.message_type != messages.NOTIFICATION)
 
     def send(self, message: messages.Message) -> None:
         """Publish one message; returns when the broker has it."""

@@ -323,13 +323,16 @@ class Server:
                      delivery: Delivery) -> None:
         """Publish an answer; one that cannot be routed dead-letters its request.
 
-        Broker trouble propagates, so :meth:`handle` requeues the request.
+        An answer no queue takes (:class:`~tavrida.exceptions.Unroutable`:
+        the caller's reply queue is gone) dead-letters its request too. Broker
+        trouble propagates, so :meth:`handle` requeues the request.
         """
         try:
             controller.postprocessor.send(answer)
         except (exceptions.UnableToDiscover, exceptions.IncorrectOutgoingMessage,
                 exceptions.PublishFailed) as exc:
-            if isinstance(exc, exceptions.PublishFailed) and not exc.unencodable:
+            if (isinstance(exc, exceptions.PublishFailed) and not exc.unencodable
+                    and not isinstance(exc, exceptions.Unroutable)):
                 raise  # the broker's trouble, not the answer's: requeue the request
             LOG.error("cannot send %r: %s", answer, exc)
             self._notify(answer, exc)
