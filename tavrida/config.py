@@ -22,6 +22,8 @@ from tavrida import exceptions
 MEMORY_SCHEMES = ("memory",)
 #: Schemes served by the kombu transport (``kombu+memory`` is kombu's memory://).
 KOMBU_SCHEMES = ("amqp", "amqps", "pyamqp", "redis", "rediss", "kombu+memory")
+#: Default of :attr:`ConnectionConfig.publish_timeout`, in seconds.
+DEFAULT_PUBLISH_TIMEOUT = 30.0
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671, "pyamqp": 5672, "redis": 6379, "rediss": 6379}
 
 
@@ -56,6 +58,11 @@ class ConnectionConfig:
     * ``persistent``: publish with ``delivery_mode=2`` (default True).
     * ``prefetch_count``: un-acked messages a server holds at once.
     * ``transport_options``: extra options passed to the transport.
+    * ``publish_timeout``: seconds a publish (``cast()``, ``publish()``, a
+      service's answers) may take, reconnecting included, before it gives up
+      with :class:`~tavrida.exceptions.PublishConnectionFailed` (default
+      :data:`DEFAULT_PUBLISH_TIMEOUT`; ``None`` waits for ever). A blocking
+      ``call(timeout=T)`` is bounded by ``T`` instead.
     """
 
     def __init__(
@@ -82,6 +89,7 @@ class ConnectionConfig:
         persistent: bool = True,
         prefetch_count: int = 100,
         transport_options: Optional[dict] = None,
+        publish_timeout: Optional[float] = DEFAULT_PUBLISH_TIMEOUT,
     ) -> None:
         if scheme not in MEMORY_SCHEMES + KOMBU_SCHEMES:
             raise exceptions.IncorrectAMQPConfig(
@@ -91,6 +99,9 @@ class ConnectionConfig:
             scheme = "amqps"
         if prefetch_count < 0:
             raise exceptions.IncorrectAMQPConfig(reason="prefetch_count must be >= 0")
+        if publish_timeout is not None and not publish_timeout > 0:
+            raise exceptions.IncorrectAMQPConfig(
+                reason="publish_timeout must be a positive number of seconds, or None")
         self.scheme = scheme
         self.host = host
         self.credentials = credentials
@@ -112,6 +123,7 @@ class ConnectionConfig:
         self.persistent = persistent
         self.prefetch_count = prefetch_count
         self.transport_options = dict(transport_options or {})
+        self.publish_timeout = publish_timeout
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> "ConnectionConfig":

@@ -6,6 +6,7 @@
     url = amqp://guest:guest@127.0.0.1:5672//   ; TAVRIDA_URL overrides it
     prefetch_count = 100                         ; scalar ConnectionConfig parameters,
     heartbeat_interval = 30                      ; username, password
+    publish_timeout = 30                         ; seconds, or none: wait for ever
 
     [server]
     queue = test_service
@@ -46,6 +47,8 @@ URL_ENV = "TAVRIDA_URL"
 _INTS = ("port", "channel_max", "frame_max", "connection_attempts", "reconnect_attempts",
          "prefetch_count")
 _FLOATS = ("heartbeat_interval", "retry_delay", "socket_timeout")
+#: Floats that may also be ``none`` (no limit).
+_OPTIONAL_FLOATS = ("publish_timeout",)
 _BOOLS = ("ssl", "publisher_confirms", "persistent", "async_engine")
 _STRS = ("host", "virtual_host", "username", "password", "scheme")
 _DISCOVERY_KINDS = ("remote", "remote_publisher", "local_publisher")
@@ -127,6 +130,12 @@ class ServiceConfig:
             if key in _INTS:
                 return int(raw)
             if key in _FLOATS:
+                return float(raw)
+            if key in _OPTIONAL_FLOATS:
+                if raw.lower() == "none":
+                    return None
+                if not float(raw) > 0:
+                    raise ValueError(raw)
                 return float(raw)
             if key in _BOOLS:
                 return self._parser.BOOLEAN_STATES[raw.lower()]
