@@ -163,7 +163,13 @@ class Server:
         return self.transport.drain(timeout)
 
     def run(self) -> None:
-        """Serve until :meth:`stop` (or SIGTERM / SIGINT in the main thread)."""
+        """Serve until :meth:`stop` (or SIGTERM / SIGINT in the main thread).
+
+        Raises :class:`~tavrida.exceptions.ConnectionFailed` when the broker
+        cannot be reached (first connect, or reconnect attempts ran out).
+        Stopping during an outage returns at once: the messages in hand
+        cannot be acked, and the broker delivers them again.
+        """
         restore = self._install_signal_handlers()
         try:
             self.start()
@@ -177,10 +183,14 @@ class Server:
             self.close()
 
     def stop(self) -> None:
-        """Ask :meth:`run` to stop: take no new message, finish and ack those in hand."""
+        """Ask :meth:`run` to stop: take no new message, finish and ack those in hand.
+
+        Also stops reconnecting: while the broker is unreachable, :meth:`run`
+        returns within a fraction of a second (safe from a signal handler).
+        """
         self._stopping.set()
         if self.transport is not None:
-            self.transport.stop()
+            self.transport.interrupt()
 
     def close(self) -> None:
         """Close the connection; un-acked messages go back to the queue."""

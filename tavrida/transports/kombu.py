@@ -1230,8 +1230,17 @@ class KombuTransport(Transport):
             if now < self._next_topology_check or not self._consumers:
                 return
             self._next_topology_check = now + self.topology_check_interval
-            if not self._bindings_missing():
+            missing = self._missing_bindings()
+            if not missing:
                 return
+            # kombu skips a binding its channel state already records: forget those first.
+            state = self._control.state
+            for binding in missing:
+                state.binding_delete(binding.queue, binding.exchange, binding.routing_key)
+                table = state.exchanges.get(binding.exchange, {}).get("table")
+                if table:
+                    table[:] = [row for row in table
+                                if (row[0], row[-1]) != (binding.routing_key, binding.queue)]
         self._resume = []
         LOG.warning("queues or bindings on %s disappeared (%s); declaring them again",
                     self._config.safe_url,
@@ -1244,22 +1253,24 @@ class KombuTransport(Transport):
             if consumer in self._consumers and consumer.channel is not None:
                 self._basic_consume(consumer, consumer.channel)
 
-    def _bindings_missing(self) -> bool:
-        """True when a binding declared here is not in the virtual broker's tables."""
-        wanted: Dict[str, Set[Tuple[str, str]]] = {}
+    def _missing_bindings(self) -> List[Binding]:
+        """Bindings declared here that the virtual broker's tables no longer have."""
+        wanted: Dict[str, List[Binding]] = {}
         for binding in self._bindings:
-            wanted.setdefault(binding.exchange, set()).add((binding.routing_key, binding.queue))
+            wanted.setdefault(binding.exchange, []).append(binding)
         for queue, bindings in self._reply_queues.items():
             for binding in bindings:
-                wanted.setdefault(binding.exchange, set()).add((binding.routing_key, queue))
-        for exchange, keys in wanted.items():
+                wanted.setdefault(binding.exchange, []).append(
+                    Binding(queue, binding.exchange, binding.routing_key))
+        missing = []
+        for exchange, bindings in wanted.items():
             try:
                 table = self._control.get_table(exchange)
             except KeyError:  # kombu's memory transport: the exchange is gone
                 table = []
-            if keys - {(row[0], row[-1]) for row in table}:
-                return True
-        return False
+            present = {(row[0], row[-1]) for row in table}
+            missing += [b for b in bindings if (b.routing_key, b.queue) not in present]
+        return missing
 
     def _cancel_consumer(self, consumer: _Consumer) -> None:
         self._consumers.remove(consumer)
