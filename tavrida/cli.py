@@ -14,7 +14,9 @@ from ``--url``, then ``TAVRIDA_URL``, then the config file; ``call``,
 
 Exit codes: 0 done, 1 the remote service answered with an error or did not
 answer in time, 2 bad arguments or config, or the broker refused or could not
-be reached (one line on stderr says why).
+be reached (one line on stderr says why: ``tavrida: Cannot reach the broker at
+URL: ...``, the password masked; ``call``, ``cast`` and ``publish`` do not
+log their reconnect attempts).
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ def _send(args: argparse.Namespace) -> int:
     if not target.method:
         raise ValueError(f"{args.target!r} is not SERVICE.METHOD")
     payload = _payload(args.params)
+    # One line on failure: the retries' warnings would repeat what it says.
+    logging.basicConfig(level=logging.ERROR, format="tavrida: %(message)s")
     url = args.url or os.environ.get(config_file.URL_ENV) or DEFAULT_URL
     disc = _discovery(args, target.service)
     source = args.target if args.command == "publish" else args.source
@@ -141,7 +145,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (config_file.ConfigError, ValueError) as exc:
         print(f"tavrida: {exc}", file=sys.stderr)
         return 2
-    except exceptions.TavridaError as exc:
+    except exceptions.TavridaError as exc:  # ConnectionFailed among them
         print(f"tavrida: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - the broker library's errors (refused, bad login)
