@@ -113,6 +113,8 @@ def test_bad_key_value_argument_exits_2(running, capsys):
     ("connection", "prefetch_count", "prefetch_count = lots",
      "[connection] prefetch_count: 'lots' is not a valid value"),
     ("connection", "colour", "colour = blue", "[connection] colour: unknown key"),
+    ("connection", "publish_timeout", "publish_timeout = 0",
+     "[connection] publish_timeout: '0' is not a valid value"),
     ("connection", "url", "url = nothing", "[connection] url:"),
     ("discovery", "bogus", "bogus.x = y", "[discovery] bogus.x: expected remote.<service>"),
     ("logging", "level", "level = LOUD", "[logging] level: unknown level 'LOUD'"),
@@ -137,6 +139,26 @@ def test_each_config_error_names_file_section_key_and_exits_2(
     err = capsys.readouterr().err
     assert str(path) in err
     assert expected in err
+
+
+@pytest.mark.parametrize("text,expected", [("", 30.0), ("publish_timeout = 2.5", 2.5),
+                                           ("publish_timeout = none", None)])
+def test_publish_timeout_is_read_from_the_connection_section(config_path, text, expected):
+    path, url = config_path
+    path.write_text(path.read_text().replace("prefetch_count = 10", f"prefetch_count = 10\n{text}"))
+    assert config_file.ServiceConfig(str(path)).connection.publish_timeout == expected
+
+
+def test_an_unreachable_broker_is_one_line_and_exit_2(capsys):
+    with __import__("socket").socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, never listening: refused
+        port = sock.getsockname()[1]
+        code = cli.main(["cast", "echo.say", "text=hi", "--exchange", "cli_exchange",
+                         "--url", f"redis://:s3cret@127.0.0.1:{port}/0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("tavrida: Cannot reach the broker at ")
+    assert "s3cret" not in err
 
 
 def test_missing_config_file_exits_2(tmp_path, capsys):

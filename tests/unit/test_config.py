@@ -151,3 +151,16 @@ def test_ssl_selects_amqps_and_its_port():
     conf = config.ConnectionConfig("h", ssl=True)
     assert (conf.scheme, conf.port, conf.ssl) == ("amqps", 5671, True)
     assert config.ConnectionConfig("h", ssl=True, port=5999).port == 5999
+
+
+def test_publish_timeout_defaults_to_30_seconds_and_none_waits_for_ever():
+    assert config.ConnectionConfig().publish_timeout == config.DEFAULT_PUBLISH_TIMEOUT == 30.0
+    assert config.ConnectionConfig.from_url("memory://", publish_timeout=None).publish_timeout \
+        is None
+    assert config.ConnectionConfig(publish_timeout=2.5).publish_timeout == 2.5
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_publish_timeout_must_be_positive(value):
+    with pytest.raises(exceptions.IncorrectAMQPConfig, match="publish_timeout"):
+        config.ConnectionConfig(publish_timeout=value)
