@@ -782,6 +782,9 @@ class KombuTransport(Transport):
         elif config.scheme in REDIS_SCHEMES:
             transport = config.scheme
             options["socket_connect_timeout"] = config.socket_timeout
+            # Bounds every read (kombu's default has none: a broker that stops answering
+            # would hang a publish for ever); longer than the 1 s BRPOP wait.
+            options["socket_timeout"] = config.socket_timeout
             if config.ssl:
                 # kombu silently ignores a non-dict, and warns into CERT_NONE without one.
                 ssl = config.ssl_options or {"ssl_cert_reqs": ssl_module.CERT_REQUIRED}
