@@ -32,6 +32,19 @@ within a few milliseconds and a slow one costs few wake-ups.
 Concurrent reads and writes on one socket are never allowed, which keeps
 ``amqps://`` (whose SSL objects are not thread safe) correct.
 
+Unroutable messages: every AMQP publish is ``mandatory``; RabbitMQ returns
+one no queue takes before confirming it, and :meth:`KombuTransport._on_return`
+matches the return to its publish, so the confirm does not count
+(``Unroutable``; a non-mandatory envelope -- a notification -- is only logged at
+DEBUG). A consumer RabbitMQ cancels (its queue was deleted) makes the
+consuming connection declare the topology again and consume again.
+
+Deadlines: every blocking operation (connecting, reconnecting, declaring,
+publishing, draining) honours the calling thread's :meth:`KombuTransport.deadline`
+and publishes also ``publish_timeout``; reconnect sleeps end at once on
+:meth:`KombuTransport.close` or :meth:`KombuTransport.interrupt`. Giving up
+raises :class:`~tavrida.exceptions.ConnectionFailed`.
+
 Bytes are never interpreted: bodies are not decoded, decompressed or
 unpickled, whatever the content type or headers say. py-amqp decodes AMQP
 short strings (content_type, correlation_id, reply_to, routing key, ...)
@@ -49,8 +62,13 @@ connection over it.
 
 Differences on kombu's virtual transports (Redis and ``memory://``):
 
-* no publisher confirms: a publish returns once Redis has the message; an
-  exchange nobody declared is not an error (nothing is routed).
+* no publisher confirms: a publish returns once Redis has the message. A
+  message no binding matches raises ``Unroutable`` when it is ``mandatory``
+  (see :func:`_strict_lookup`); on the default exchange it goes to the list
+  named by its routing key, as kombu does.
+* nobody tells a consumer that its queue or bindings were deleted: the
+  consuming connection compares them with kombu's tables every
+  :attr:`KombuTransport.topology_check_interval` and declares them again.
 * topic routing runs in the publishing process; kombu's ``#`` needs at
   least one word, so tavrida installs RabbitMQ's rule (``a.#`` matches ``a``).
 * a requeued or lost un-acked message goes back to the queue it came from
@@ -855,15 +873,16 @@ class KombuTransport(Transport):
         if self._interrupted:
             raise self._failed(None, "stopped while the broker was unreachable")
 
-    def _failed(self, cause: Optional[BaseException], reason: str = "",
-                kind: type = exceptions.ConnectionFailed) -> exceptions.ConnectionFailed:
+    def _failed(self, cause: Optional[BaseException],
+                reason: str = "") -> exceptions.ConnectionFailed:
         """A ConnectionFailed naming the masked URL and the cause (no password in it)."""
         text = f"{type(cause).__name__}: {cause}" if cause is not None else ""
         text = f"{reason} ({text})" if reason and text else reason or text
         credentials = self._config.credentials
         if credentials is not None and credentials.password:
             text = text.replace(credentials.password, "***")
-        return kind(safe_url=self._config.safe_url, cause=cause, reason=text)
+        return exceptions.ConnectionFailed(safe_url=self._config.safe_url, cause=cause,
+                                           reason=text)
 
     @contextlib.contextmanager
     def deadline(self, timeout: Optional[float]) -> Iterator[None]:
