@@ -17,7 +17,12 @@ name (``reply_to``), where a service's response handlers get it.
 
 It raises :class:`~tavrida.exceptions.RemoteError` when the service answers
 with an Error and :class:`~tavrida.exceptions.CallTimeout` when nothing
-comes back in time. Any number of threads may call at once. The client's
+comes back in time; all within ``timeout``, broker up or down:
+:class:`~tavrida.exceptions.ConnectionFailed` when the request could not be
+sent in time, :class:`~tavrida.exceptions.Unroutable` when no queue takes
+it. ``.cast()`` and :meth:`RPCClient.publish` give up after the config's
+``publish_timeout``. :meth:`RPCClient.close` also ends reconnect attempts
+other threads are waiting in. Any number of threads may call at once. The client's
 ``source`` service must be registered in discovery (on both sides) with the
 exchange its answers go to; see :mod:`tavrida.replies`.
 """
