@@ -1,10 +1,19 @@
 """Packaging for tavrida 2."""
 
 import pathlib
+import re
 
 from setuptools import find_packages, setup
 
 HERE = pathlib.Path(__file__).parent
+#: The home of tavrida 1.0, whose successor this is (same name, API and wire protocol).
+REPOSITORY = "https://github.com/sbunatyan/tavrida"
+
+
+def version():
+    """``__version__`` of tavrida/_version.py, read without importing tavrida."""
+    text = (HERE / "tavrida" / "_version.py").read_text()
+    return re.search(r'^__version__ = "([^"]+)"$', text, re.M).group(1)
 
 
 def requirements(name):
@@ -14,15 +23,28 @@ def requirements(name):
 
 setup(
     name="tavrida",
-    version="2.0.0.dev0",
+    version=version(),
     description="Services that talk over a message broker: RPC, pub/sub, middlewares",
+    author="tavrida contributors",
+    url=REPOSITORY,
+    project_urls={
+        "Source": REPOSITORY,
+        "Issues": f"{REPOSITORY}/issues",
+    },
+    license="Apache-2.0",
+    license_files=["LICENSE"],
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["tavrida", "tavrida.*"]),
     package_data={"tavrida": ["py.typed"]},
     python_requires=">=3.9",
     install_requires=requirements("requirements.txt"),
-    extras_require={"dev": requirements("requirements-dev.txt")},
+    extras_require={
+        "dev": requirements("requirements-dev.txt"),
+        # Optional observability (docs/observability.rst): off unless configured.
+        "metrics": ["prometheus-client>=0.16"],
+        "otel": ["opentelemetry-api>=1.20"],
+    },
     entry_points={"console_scripts": ["tavrida = tavrida.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",

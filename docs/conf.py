@@ -1,6 +1,9 @@
 """Sphinx configuration of the tavrida documentation.
 
-Build: ``python -m sphinx -W --keep-going -b html docs docs/_build/html``.
+Build (the one command, as .ci/run, tox and the README run it)::
+
+    python -m sphinx -W -b html docs docs/_build/html
+
 Nothing is fetched from the network.
 """
 
@@ -32,10 +35,14 @@ autodoc_default_options = {"show-inheritance": True}
 
 exclude_patterns = ["_build"]
 templates_path = []
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["tavrida.css"]  # code blocks and signatures that fit the page
 html_theme = "alabaster"
 html_theme_options = {
     "description": "Services that talk over a message broker",
     "fixed_sidebar": True,
+    # Fits 1280 px screens: 220 px of sidebar, ~100 columns of code in the body.
+    "page_width": "1240px",
+    "sidebar_width": "220px",
 }
 pygments_style = "sphinx"

@@ -31,10 +31,9 @@ from tavrida import (
                      server,
                      service,
 )
-
-__version__ = "2.0.0.dev0"
+from tavrida._version import __version__
 
 __all__ = [
-    "client", "config", "discovery", "dispatcher", "entry_point", "exceptions", "messages",
-    "middleware", "proxies", "server", "service",
+    "__version__", "client", "config", "discovery", "dispatcher", "entry_point", "exceptions",
+    "messages", "middleware", "proxies", "server", "service",
 ]

@@ -6,17 +6,32 @@
     tavrida call test_hello.hello param=123 --exchange test_exchange [--timeout 5]
     tavrida cast test_hello.hello param=123 --exchange test_exchange
     tavrida publish test_hello.hello param=1 --exchange test_notification_exchange
+    tavrida topology show services.ini [--counts] [--json]
+    tavrida topology delete services.ini [--yes] [--force] [--exchanges]
+    tavrida --version
 
 ``key=value`` arguments are read as JSON when they parse (``n=1`` is a
 number, ``s='"1"'`` a string) and as text otherwise. The broker URL comes
 from ``--url``, then ``TAVRIDA_URL``, then the config file; ``call``,
-``cast`` and ``publish`` default to RabbitMQ on localhost.
+``cast`` and ``publish`` default to RabbitMQ on localhost. ``--header k=v``
+(repeatable) adds a user header (its value is text) to what they send.
+
+``topology show`` prints the queues, exchanges and bindings the server of a
+config file declares, without connecting (``--counts`` also asks the broker
+how many messages each queue holds). ``topology delete`` deletes the
+service's queues (its queue and dead-letter queue) after asking (``--yes``
+does not ask); it refuses while a queue holds messages unless ``--force``.
+``--exchanges`` also deletes the service's own exchanges (its server
+exchange and notification exchanges): other services' queues bound to them
+lose those bindings until their servers declare them again. The exchanges of
+other services are never deleted.
 
 Exit codes: 0 done, 1 the remote service answered with an error or did not
-answer in time, 2 bad arguments or config, or the broker refused or could not
-be reached (one line on stderr says why: ``tavrida: Cannot reach the broker at
-URL: ...``, the password masked; ``call``, ``cast`` and ``publish`` do not
-log their reconnect attempts).
+answer in time (or ``topology delete`` refused or was not confirmed), 2 bad
+arguments or config, or the broker refused or could not be reached (one line
+on stderr says why: ``tavrida: Cannot reach the broker at URL: ...``, the
+password masked; ``call``, ``cast`` and ``publish`` do not log their
+reconnect attempts).
 """
 
 from __future__ import annotations
@@ -25,12 +40,15 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import simplejson
 
+import tavrida
 from tavrida import client, config_file, discovery, entry_point, exceptions, wire
+from tavrida import config as config_mod
 from tavrida.server import Server
+from tavrida.transports import Topology, create_transport
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672//"
 DEFAULT_SOURCE = "tavrida_cli"
@@ -49,9 +67,38 @@ def _payload(pairs: List[str]) -> Dict[str, Any]:
     return payload
 
 
+DESCRIPTION = "Run tavrida services from a config file, call them from a shell."
+EPILOG = f"""\
+key=value arguments are read as JSON when they parse (n=1 is a number,
+s='"1"' a string) and as text otherwise. The broker URL comes from --url,
+then ${config_file.URL_ENV}, then the config file.
+
+exit codes: 0 done; 1 the service answered with an error or not in time,
+or topology delete refused; 2 bad arguments or config, or broker trouble."""
+TOPOLOGY_EPILOG = """\
+delete deletes the service's queue and dead-letter queue. It asks first
+(--yes: do not ask) and refuses while a queue holds messages (--force: delete
+them with their messages). Stop the service first. --exchanges also deletes
+the service's own exchanges (server and notification exchanges); other
+services' queues bound to them lose those bindings until their servers
+declare them again. Other services' exchanges are never deleted."""
+
+
+def _headers(pairs: Sequence[str]) -> Dict[str, str]:
+    headers: Dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--header {pair!r} is not key=value")
+        headers[key.strip()] = value
+    return headers
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tavrida", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="tavrida", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"tavrida {tavrida.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="run the services a config file names")
     run.add_argument("config", help="INI config file")
     run.add_argument("--url", help="broker URL (overrides the config file)")
@@ -59,26 +106,62 @@ def _parser() -> argparse.ArgumentParser:
                        ("cast", "send a request without waiting"),
                        ("publish", "publish a notification as SERVICE.EVENT")):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("target", metavar="SERVICE.METHOD")
-        sub.add_argument("params", nargs="*", metavar="key=value")
+        sub.add_argument("target", metavar="SERVICE.METHOD",
+                         help="where it goes (SERVICE.EVENT for publish)")
+        sub.add_argument("params", nargs="*", metavar="key=value",
+                         help="the payload; values are JSON when they parse, else text")
         sub.add_argument("--url", help=f"broker URL (default: $TAVRIDA_URL or {DEFAULT_URL})")
         sub.add_argument("--exchange", help="exchange of the service (or its notifications)")
         sub.add_argument("--discovery", metavar="DS_FILE", help=".ds file to find exchanges in")
+        sub.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
+                         help="add a user header (text value); repeatable")
         if name != "publish":
             sub.add_argument("--source", default=DEFAULT_SOURCE,
                              help=f"caller service name (default {DEFAULT_SOURCE})")
-            sub.add_argument("--correlation-id", default="")
+            sub.add_argument("--correlation-id", default="",
+                             help="correlation id to send (default: a new one)")
         if name == "call":
             sub.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")
             sub.add_argument("--reply-exchange",
-                             help="exchange the service answers the caller on "
-                                  "(default: the caller's in --discovery, else --exchange)")
+                             help="exchange the service answers the caller on (default: the "
+                                  "caller's in --discovery, else --exchange, else "
+                                  "tavrida.replies); a 2.0 service needs no entry for the "
+                                  "caller in its discovery")
+    _topology_parser(commands)
     return parser
+
+
+def _topology_parser(commands: Any) -> None:
+    topology = commands.add_parser(
+        "topology", help="show or delete what the server of a config file declares",
+        description="Show or delete the queues, exchanges and bindings the server of a\n"
+                    "config file declares.",
+        epilog=TOPOLOGY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = topology.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = actions.add_parser("show", help="print them (without connecting unless --counts)")
+    delete = actions.add_parser("delete", help="delete the service's queues on the broker",
+                                epilog=TOPOLOGY_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    for sub in (show, delete):
+        sub.add_argument("config", metavar="CONFIG", help="INI config file")
+        sub.add_argument("--url", help="broker URL (overrides the config file)")
+    show.add_argument("--counts", action="store_true",
+                      help="also ask the broker how many messages each queue holds")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    delete.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    delete.add_argument("--force", action="store_true",
+                        help="delete queues that hold messages, with their messages")
+    delete.add_argument("--exchanges", action="store_true",
+                        help="also delete the service's own exchanges")
 
 
 def _discovery(args: argparse.Namespace, service: str) -> discovery.LocalDiscovery:
     if args.discovery:
-        disc: discovery.LocalDiscovery = discovery.FileBasedDiscoveryService(args.discovery, "")
+        try:
+            disc: discovery.LocalDiscovery = discovery.FileBasedDiscoveryService(
+                args.discovery, "")
+        except exceptions.TavridaError as exc:
+            raise ValueError(f"--discovery: {exc.message}") from None
     else:
         disc = discovery.LocalDiscovery()
     if args.exchange:
@@ -100,10 +183,11 @@ def _send(args: argparse.Namespace) -> int:
     payload = _payload(args.params)
     # One line on failure: the retries' warnings would repeat what it says.
     logging.basicConfig(level=logging.ERROR, format="tavrida: %(message)s")
-    url = args.url or os.environ.get(config_file.URL_ENV) or DEFAULT_URL
+    url = _url_config(args.url)
+    headers = _headers(args.header)
     disc = _discovery(args, target.service)
     source = args.target if args.command == "publish" else args.source
-    with client.RPCClient(url, disc, source=source) as cli:
+    with client.RPCClient(url, disc, source=source, headers=headers) as cli:
         if args.command == "publish":
             cli.publish(**payload)
             return 0
@@ -124,14 +208,144 @@ def _send(args: argparse.Namespace) -> int:
         return 0
 
 
+def _url_config(url: Optional[str]) -> config_mod.ConnectionConfig:
+    """The broker config of ``--url``, else ``$TAVRIDA_URL``, else localhost; errors name them."""
+    origin = "--url" if url else config_file.URL_ENV
+    url = url or os.environ.get(config_file.URL_ENV)
+    try:
+        return config_mod.ConnectionConfig.from_url(url or DEFAULT_URL)
+    except exceptions.IncorrectAMQPConfig as exc:
+        raise ValueError(f"{origin}: {exc.message}") from None
+
+
 def _run(args: argparse.Namespace) -> int:
-    conf = config_file.ServiceConfig(args.config, args.url)
-    logging.basicConfig(level=conf.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    conf = config_file.ServiceConfig(args.config, args.url, url_flag="--url")
+    conf.configure_logging()
+    conf.bind_discovery()
+    server = Server(conf.connection, conf.queue, conf.exchange, conf.service_classes,
+                    workers=conf.workers, hooks=conf.hooks())
+    server.run()
+    return 0
+
+
+def _declared(args: argparse.Namespace) -> Tuple[config_file.ServiceConfig, Topology,
+                                                 Dict[str, str], List[str]]:
+    """The config, the topology its server declares, a role per name, the own exchanges."""
+    conf = config_file.ServiceConfig(args.config, args.url, url_flag="--url")
     conf.bind_discovery()
     server = Server(conf.connection, conf.queue, conf.exchange, conf.service_classes,
                     workers=conf.workers)
-    server.run()
+    topology = server.topology()
+    services = ", ".join(cls.service_name() for cls in conf.service_classes)
+    roles = {conf.queue: f"queue of {services}",
+             server.dead_letter_queue: f"dead letters of {conf.queue}"}
+    own = [conf.exchange]
+    for cls in conf.service_classes:
+        exchanges = cls.get_discovery().get_all_exchanges()
+        for kind, what in (("remote_publisher", "notifications of"), ("remote", "exchange of"),
+                           ("local_publisher", "notifications of")):
+            for service, exchange in exchanges[kind].items():
+                roles[exchange] = f"{what} {service}"
+        own.extend(exchanges["local_publisher"].values())
+    roles[conf.exchange] = f"server exchange of {services}"
+    own = list(dict.fromkeys(own))
+    for exchange in own:
+        roles[exchange] += " (own)"
+    return conf, topology, roles, own
+
+
+def _table(rows: Sequence[Tuple[str, ...]]) -> List[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return ["  " + "  ".join([cell.ljust(width) for cell, width in zip(row, widths)]
+                             + [row[-1]]).rstrip() for row in rows]
+
+
+def _messages(size: Optional[int]) -> str:
+    return "missing" if size is None else f"{size} message{'' if size == 1 else 's'}"
+
+
+def _topology_show(args: argparse.Namespace) -> int:
+    conf, topology, roles, own = _declared(args)
+    sizes: Dict[str, Optional[int]] = {}
+    if args.counts:
+        transport = create_transport(conf.connection)
+        try:
+            sizes = {queue: transport.queue_size(queue) for queue in topology.queues}
+        finally:
+            transport.close()
+    if args.json:
+        print(wire.dumps({
+            "url": conf.connection.safe_url,
+            "queues": [dict({"name": q, "role": roles[q]},
+                            **({"messages": sizes[q]} if args.counts else {}))
+                       for q in topology.queues],
+            "exchanges": [{"name": e, "role": roles.get(e, ""), "own": e in own}
+                          for e in topology.exchanges],
+            "bindings": [{"exchange": b.exchange, "queue": b.queue, "routing_key": b.routing_key}
+                         for b in topology.bindings]}))
+        return 0
+    print(f"{conf.path}: the server on {conf.connection.safe_url} declares")
+    print("queues (durable):")
+    print("\n".join(_table([(q, roles[q], _messages(sizes[q]) if args.counts else "")
+                            for q in topology.queues])))
+    print("exchanges (durable, topic):")
+    print("\n".join(_table([(e, roles.get(e, "")) for e in topology.exchanges])))
+    if topology.bindings:
+        print("bindings:")
+        print("\n".join(_table([(f"{b.exchange} -> {b.queue}", f"routing key {b.routing_key}")
+                                for b in topology.bindings])))
+    return 0
+
+
+def _confirmed(question: str) -> bool:
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        print()
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _topology_delete(args: argparse.Namespace) -> int:
+    conf, topology, roles, own = _declared(args)
+    transport = create_transport(conf.connection)
+    try:
+        sizes = {queue: transport.queue_size(queue) for queue in topology.queues}
+        full = {queue: size for queue, size in sizes.items() if size}
+        if full and not args.force:
+            for queue, size in full.items():
+                print(f"tavrida: queue {queue} holds {_messages(size)}", file=sys.stderr)
+            print("tavrida: deleted nothing: handle or move those messages first, or pass "
+                  "--force to delete them with the queues", file=sys.stderr)
+            return 1
+        queues = [queue for queue in topology.queues if sizes[queue] is not None]
+        exchanges = [e for e in topology.exchanges if e in own] if args.exchanges else []
+        kept = [e for e in topology.exchanges if e not in exchanges]
+        if not queues and not exchanges:
+            print(f"nothing to delete on {conf.connection.safe_url}: "
+                  f"no queue {' or '.join(topology.queues)}")
+            return 0
+        print(f"to delete on {conf.connection.safe_url}:")
+        print("\n".join(_table([(f"queue {q}", _messages(sizes[q])) for q in queues]
+                               + [(f"exchange {e}", roles.get(e, "")) for e in exchanges])))
+        if kept:
+            print(f"kept: exchange{'s' if len(kept) > 1 else ''} {', '.join(kept)}"
+                  + ("" if args.exchanges else " (--exchanges deletes the service's own)"))
+        if not args.yes and not _confirmed(
+                "Delete them? Stop the service's servers first: messages a running server "
+                "holds are not counted."):
+            print("tavrida: not confirmed: deleted nothing", file=sys.stderr)
+            return 1
+        # A transport that keeps bindings per connection (kombu's Redis) deletes only the
+        # bindings it knows: declare the queues' bindings (as the server would) first.
+        bindings = [b for b in topology.bindings if b.queue in queues]
+        transport.declare(Topology.build([b.exchange for b in bindings], queues, bindings))
+        transport.delete(exchanges=exchanges, queues=queues)
+    finally:
+        transport.close()
+    print(f"deleted {len(queues)} queue{'' if len(queues) == 1 else 's'}"
+          + (f" and {len(exchanges)} exchange{'' if len(exchanges) == 1 else 's'}"
+             if exchanges else ""))
     return 0
 
 
@@ -141,6 +355,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "topology":
+            return _topology_show(args) if args.action == "show" else _topology_delete(args)
         return _send(args)
     except (config_file.ConfigError, ValueError) as exc:
         print(f"tavrida: {exc}", file=sys.stderr)

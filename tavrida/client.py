@@ -22,9 +22,11 @@ comes back in time; all within ``timeout``, broker up or down:
 sent in time, :class:`~tavrida.exceptions.Unroutable` when no queue takes
 it. ``.cast()`` and :meth:`RPCClient.publish` give up after the config's
 ``publish_timeout``. :meth:`RPCClient.close` also ends reconnect attempts
-other threads are waiting in. Any number of threads may call at once. The client's
-``source`` service must be registered in discovery (on both sides) with the
-exchange its answers go to; see :mod:`tavrida.replies`.
+other threads are waiting in. Any number of threads may call at once. Answers come
+back on the exchange the client's ``source`` service has in its discovery,
+else on ``tavrida.replies``; every call names that exchange in a header,
+so a 2.0 service needs no discovery entry for the client (a 1.0 service
+does); see :mod:`tavrida.replies`.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class RPCClient:
                               source=source)
         self._replies = Replies(self._sender, entry_point.parse(source).service)
         self._sender.replies = self._replies
+        self._sender.reply_exchange = self._replies.exchange
         self._proxy = RPCProxy(self._sender, source, context, "", headers)
 
     @property

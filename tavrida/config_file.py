@@ -22,135 +22,353 @@
 
     [logging]
     level = INFO
+    format = text                                ; or json: one JSON object per line
+    access = false                               ; true: one INFO line per message
+    amqp_debug = false                           ; true: the amqp library's DEBUG lines too
 
-Every mistake raises :class:`ConfigError` naming the file, section and key.
-The config file's folder is put on ``sys.path`` so its modules import.
+    [metrics]                                    ; needs pip install 'tavrida[metrics]'
+    port = 9100                                  ; Prometheus /metrics (and /healthz)
+    host = 0.0.0.0
+
+    [tracing]                                    ; needs pip install 'tavrida[otel]'
+    enabled = false                              ; OpenTelemetry spans, traceparent headers
+
+    [health]
+    file = /run/svc.alive                        ; touched while the consumer loop runs
+    interval = 5                                 ; seconds between touches
+    port = 9100                                  ; GET /healthz (may share the metrics port)
+
+The sections and keys a file may hold are declared in :data:`SCHEMA`; any
+other section or key is an error with a "did you mean" hint. Every mistake
+raises :class:`ConfigError` naming the file, section and key (or the
+command-line flag or environment variable the bad value came from). The
+config file's folder is put on ``sys.path`` so its modules import.
 """
 
 from __future__ import annotations
 
 import configparser
+import difflib
 import importlib
 import logging
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type
 
 from tavrida import config as config_mod
 from tavrida import discovery as discovery_mod
 from tavrida import exceptions
 from tavrida.service import ServiceController
 
+if TYPE_CHECKING:
+    from tavrida.observability.hooks import ServerHook
+
 #: Environment variable that overrides the broker URL of every config.
 URL_ENV = "TAVRIDA_URL"
 
-_INTS = ("port", "channel_max", "frame_max", "connection_attempts", "reconnect_attempts",
-         "prefetch_count")
-_FLOATS = ("heartbeat_interval", "retry_delay", "socket_timeout")
-#: Floats that may also be ``none`` (no limit).
-_OPTIONAL_FLOATS = ("publish_timeout",)
-_BOOLS = ("ssl", "publisher_confirms", "persistent", "async_engine")
-_STRS = ("host", "virtual_host", "username", "password", "scheme")
-_DISCOVERY_KINDS = ("remote", "remote_publisher", "local_publisher")
+class SecondsOrNone:
+    """:data:`SCHEMA` type of a positive number of seconds, or ``none`` (no limit)."""
+
+
+#: Every section a config file may have, the keys it takes and the type of
+#: each value (``str``, ``int``, ``float``, ``bool`` or :class:`SecondsOrNone`). A key ending in
+#: ``.*`` takes any name after the dot (``remote.*`` matches
+#: ``remote.users``). Anything not declared here is an error. To add a key,
+#: add one line here and read it with :meth:`ServiceConfig.get`; every
+#: ``[connection]`` key but ``url``, ``username`` and ``password`` is passed
+#: to :class:`~tavrida.config.ConnectionConfig` as is.
+#:
+#: :meta hide-value:
+SCHEMA: Dict[str, Dict[str, type]] = {
+    "connection": {
+        "url": str,
+        "host": str,
+        "port": int,
+        "virtual_host": str,
+        "username": str,
+        "password": str,
+        "scheme": str,
+        "ssl": bool,
+        "channel_max": int,
+        "frame_max": int,
+        "heartbeat_interval": float,
+        "connection_attempts": int,
+        "retry_delay": float,
+        "socket_timeout": float,
+        "reconnect_attempts": int,
+        "async_engine": bool,
+        "publisher_confirms": bool,
+        "persistent": bool,
+        "prefetch_count": int,
+        "publish_timeout": SecondsOrNone,
+    },
+    "server": {
+        "queue": str,
+        "exchange": str,
+        "services": str,
+        "workers": int,
+    },
+    "discovery": {
+        "file": str,
+        "remote.*": str,
+        "remote_publisher.*": str,
+        "local_publisher.*": str,
+    },
+    "logging": {
+        "level": str,
+        "format": str,
+        "access": bool,
+        "amqp_debug": bool,
+    },
+    "metrics": {
+        "port": int,
+        "host": str,
+    },
+    "tracing": {
+        "enabled": bool,
+    },
+    "health": {
+        "file": str,
+        "interval": float,
+        "port": int,
+    },
+}
+
+_NOT_CONNECTION_PARAMETERS = ("url", "username", "password")
+#: What a URL says; a URL from a flag or the environment overrides them.
+_URL_PARTS = ("host", "port", "virtual_host", "scheme")
+_BOOLEANS = configparser.ConfigParser.BOOLEAN_STATES
+#: No [DEFAULT] magic: a section of that name is just an unknown section.
+_NO_DEFAULT_SECTION = "\0tavrida-no-default"
 
 
 class ConfigError(exceptions.TavridaError):
-    """A config file is wrong; the message names the file, section and key."""
+    """A config file is wrong; the message names the file, section and key.
+
+    A bad value from a command-line flag or the environment names the flag
+    or the variable instead.
+    """
 
     message_template = "%(path)s: [%(section)s] %(key)s: %(reason)s"
 
 
-class ServiceConfig:
-    """A parsed service config file: connection, server and discovery settings."""
+def _spelled(key: str) -> str:
+    """A schema key as users write it: ``remote.*`` is ``remote.<service>``."""
+    return key[:-1] + "<service>" if key.endswith(".*") else key
 
-    def __init__(self, path: str, url: Optional[str] = None) -> None:
+
+def _schema_key(section: str, key: str) -> Optional[str]:
+    """The :data:`SCHEMA` entry ``key`` of ``section`` matches, if any."""
+    keys = SCHEMA.get(section, {})
+    if key in keys:
+        return key
+    prefix, dot, rest = key.partition(".")
+    if dot and rest and f"{prefix}.*" in keys:
+        return f"{prefix}.*"
+    return None
+
+
+def _did_you_mean(word: str, choices: List[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _unknown_key_reason(section: str, key: str) -> str:
+    """``unknown key`` and the nearest known key, here or in another section."""
+    keys = SCHEMA[section]
+    prefix, dot, rest = key.partition(".")
+    if dot and rest:
+        patterns = [k[:-2] for k in keys if k.endswith(".*")]
+        close = difflib.get_close_matches(prefix, patterns, n=1, cutoff=0.6)
+        if close:
+            return f"unknown key (did you mean {close[0]}.{rest}?)"
+    hint = _did_you_mean(key, [k for k in keys if not k.endswith(".*")])
+    if hint:
+        return f"unknown key{hint}"
+    for other, other_keys in SCHEMA.items():
+        if other != section and key in other_keys:
+            return f"unknown key (did you mean [{other}] {key}?)"
+    return f"unknown key; [{section}] takes {', '.join(_spelled(k) for k in keys)}"
+
+
+class ServiceConfig:
+    """A parsed service config file: connection, server and discovery settings.
+
+    ``url`` overrides the file's broker URL; ``url_flag`` is how errors in it
+    name it (the ``tavrida`` command passes ``"--url"``).
+    """
+
+    def __init__(self, path: str, url: Optional[str] = None, *, url_flag: str = "url") -> None:
         self.path = path
-        parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",))
+        parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",),
+                                           default_section=_NO_DEFAULT_SECTION)
         try:
             with open(path, encoding="utf-8") as handle:
                 parser.read_file(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: the file does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a folder, not a config file") from None
         except OSError as exc:
-            raise ConfigError(path=path, section="-", key="-",
-                              reason=f"cannot read: {exc.strerror}") from None
+            raise ConfigError(f"{path}: cannot read the file: {exc.strerror}") from None
         except configparser.Error as exc:
-            raise ConfigError(path=path, section="-", key="-",
-                              reason=f"not valid INI: {exc}") from None
+            raise ConfigError(f"{path}: not valid INI: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
         self._parser = parser
-        self.connection = self._connection(url)
+        #: section -> key -> value, converted to its :data:`SCHEMA` type.
+        self.values: Dict[str, Dict[str, Any]] = self._checked()
+        self.connection = self._connection(url, url_flag)
         self.queue = self._required("server", "queue")
         self.exchange = self._required("server", "exchange")
-        self.workers = self._int("server", "workers", 0)
+        self.workers = self.get("server", "workers", 0)
         self.service_classes = self._services()
         self.log_level = self._log_level()
+        self.log_format = self._choice("logging", "format", ("text", "json"), "text")
+        self.log_access: bool = self.get("logging", "access", False)
+        self.amqp_debug: bool = self.get("logging", "amqp_debug", False)
+        self.metrics_port = self._port("metrics", "port")
+        self.metrics_host: str = self.get("metrics", "host", "") or "0.0.0.0"
+        self.tracing: bool = self.get("tracing", "enabled", False)
+        health_file: str = self.get("health", "file", "")
+        self.health_file = (os.path.join(os.path.dirname(os.path.abspath(self.path)),
+                                         health_file) if health_file else None)
+        self.health_interval = self._positive("health", "interval", 5.0)
+        self.health_port = self._port("health", "port")
 
     def _error(self, section: str, key: str, reason: str) -> ConfigError:
         return ConfigError(path=self.path, section=section, key=key, reason=reason)
 
+    def _checked(self) -> Dict[str, Dict[str, Any]]:
+        """Every section and key checked against :data:`SCHEMA`, values converted."""
+        values: Dict[str, Dict[str, Any]] = {}
+        for section in self._parser.sections():
+            if section not in SCHEMA:
+                close = difflib.get_close_matches(section, list(SCHEMA), n=1, cutoff=0.6)
+                hint = (f" (did you mean [{close[0]}]?)" if close
+                        else f"; sections are {', '.join(f'[{s}]' for s in SCHEMA)}")
+                raise ConfigError(f"{self.path}: [{section}]: unknown section{hint}")
+            values[section] = {}
+            for key, raw in self._parser.items(section):
+                entry = _schema_key(section, key)
+                if entry is None:
+                    raise self._error(section, key, _unknown_key_reason(section, key))
+                values[section][key] = self._convert(section, key, SCHEMA[section][entry],
+                                                     raw.strip())
+        return values
+
+    def _convert(self, section: str, key: str, kind: type, raw: str) -> Any:
+        if kind is str:
+            return raw
+        if not raw:
+            raise self._error(section, key, "needs a value")
+        if kind is SecondsOrNone:
+            if raw.lower() == "none":
+                return None
+            try:
+                seconds = float(raw)
+            except ValueError:
+                seconds = 0.0
+            if not seconds > 0:
+                raise self._error(section, key,
+                                  f"{raw!r} is not a positive number of seconds or none")
+            return seconds
+        if kind is bool:
+            if raw.lower() not in _BOOLEANS:
+                raise self._error(section, key, f"{raw!r} is not true or false")
+            return _BOOLEANS[raw.lower()]
+        try:
+            return kind(raw)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise self._error(section, key, f"{raw!r} is not {what}") from None
+
+    def get(self, section: str, key: str, default: Any = None) -> Any:
+        """The value of ``[section] key``, of its :data:`SCHEMA` type, or ``default``."""
+        if _schema_key(section, key) is None:
+            raise KeyError(f"[{section}] {key} is not declared in config_file.SCHEMA")
+        return self.values.get(section, {}).get(key, default)
+
     def _required(self, section: str, key: str) -> str:
-        value = self._parser.get(section, key, fallback="").strip()
+        value = self.get(section, key, "")
         if not value:
             raise self._error(section, key, "is required")
+        return str(value)
+
+    def _choice(self, section: str, key: str, choices: Tuple[str, ...], default: str) -> str:
+        raw = str(self.get(section, key, "")).lower() or default
+        if raw not in choices:
+            raise self._error(section, key, f"{raw!r} is not one of {', '.join(choices)}")
+        return raw
+
+    def _port(self, section: str, key: str) -> Optional[int]:
+        port: Optional[int] = self.get(section, key)
+        if port is not None and not 0 <= port <= 65535:
+            raise self._error(section, key, f"{port} is not a port number")
+        return port
+
+    def _positive(self, section: str, key: str, default: float) -> float:
+        value: float = self.get(section, key, default)
+        if not value > 0:
+            raise self._error(section, key, f"{value!r} is not a positive number of seconds")
         return value
 
-    def _int(self, section: str, key: str, default: int) -> int:
-        raw = self._parser.get(section, key, fallback="").strip()
-        if not raw:
-            return default
-        try:
-            return int(raw)
-        except ValueError:
-            raise self._error(section, key, f"{raw!r} is not a whole number") from None
+    def hooks(self) -> List[ServerHook]:
+        """The server hooks (access log, metrics, tracing, health) this file asks for."""
+        from tavrida.observability import build_hooks
 
-    def _connection(self, url: Optional[str]) -> config_mod.ConnectionConfig:
+        return build_hooks(access=self.log_access, metrics_port=self.metrics_port,
+                           metrics_host=self.metrics_host, tracing=self.tracing,
+                           health_file=self.health_file, health_interval=self.health_interval,
+                           health_port=self.health_port)
+
+    def configure_logging(self) -> None:
+        """Set up logging as ``[logging]`` says (what ``tavrida run`` does)."""
+        from tavrida.observability.logs import configure_logging
+
+        configure_logging(self.log_level, self.log_format, self.amqp_debug)
+
+    def _connection(self, url: Optional[str], url_flag: str) -> config_mod.ConnectionConfig:
         section = "connection"
-        values: Dict[str, Any] = {}
-        if self._parser.has_section(section):
-            for key, raw in self._parser.items(section):
-                if key == "url":
-                    continue
-                values[key] = self._typed(section, key, raw.strip())
-        url = url or os.environ.get(URL_ENV) or self._parser.get(section, "url", fallback="")
-        username = values.pop("username", None)
-        password = values.pop("password", None)
+        values = {key: value for key, value in self.values.get(section, {}).items()
+                  if key not in _NOT_CONNECTION_PARAMETERS}
+        username = self.get(section, "username")
+        password = self.get(section, "password")
+        if url:
+            origin = url_flag
+        elif os.environ.get(URL_ENV):
+            url, origin = os.environ[URL_ENV], URL_ENV
+        else:
+            url, origin = self.get(section, "url", ""), ""
+            clash = [key for key in _URL_PARTS if url and key in values]
+            if clash:
+                raise self._error(section, clash[0], "the url gives it too: keep one of them")
         try:
             if url:
-                return config_mod.ConnectionConfig.from_url(url.strip(), **values)
+                conf = config_mod.ConnectionConfig.from_url(
+                    url.strip(), **{k: v for k, v in values.items() if k not in _URL_PARTS})
+                if username is not None and conf.credentials is None:
+                    conf.credentials = config_mod.Credentials(username, password or "")
+                elif username is not None and not origin:
+                    raise self._error(section, "username", "the url gives a user too: keep one")
+                return conf
             if "host" not in values:
                 raise self._error(section, "url", f"is required (or set {URL_ENV}, or host)")
             if username is not None:
                 values["credentials"] = config_mod.Credentials(username, password or "")
             return config_mod.ConnectionConfig(**values)
         except exceptions.IncorrectAMQPConfig as exc:
-            raise self._error(section, "url", exc.message) from None
-        except TypeError as exc:
-            raise self._error(section, "-", str(exc)) from None
+            if origin:
+                raise ConfigError(f"{origin}: {exc.message}") from None
+            key = "url" if url else "-"
+            raise self._error(section, key, exc.message) from None
 
-    def _typed(self, section: str, key: str, raw: str) -> Any:
-        try:
-            if key in _INTS:
-                return int(raw)
-            if key in _FLOATS:
-                return float(raw)
-            if key in _OPTIONAL_FLOATS:
-                if raw.lower() == "none":
-                    return None
-                if not float(raw) > 0:
-                    raise ValueError(raw)
-                return float(raw)
-            if key in _BOOLS:
-                return self._parser.BOOLEAN_STATES[raw.lower()]
-        except (ValueError, KeyError):
-            raise self._error(section, key, f"{raw!r} is not a valid value") from None
-        if key in _STRS:
-            return raw
-        raise self._error(section, key, "unknown key")
-
-    def _services(self) -> List[type]:
+    def _services(self) -> List[Type[ServiceController]]:
         names = self._required("server", "services").replace(",", " ").split()
         folder = os.path.dirname(os.path.abspath(self.path))
         if folder not in sys.path:
             sys.path.insert(0, folder)
-        classes = []
+        classes: List[Type[ServiceController]] = []
         for name in names:
             module_name, _, class_name = name.partition(":")
             if not class_name:
@@ -167,7 +385,7 @@ class ServiceConfig:
         return classes
 
     def _log_level(self) -> int:
-        raw = self._parser.get("logging", "level", fallback="INFO").strip().upper()
+        raw = str(self.get("logging", "level", "") or "INFO").upper()
         level = logging.getLevelName(raw)
         if not isinstance(level, int):
             raise self._error("logging", "level", f"unknown level {raw!r}")
@@ -177,7 +395,7 @@ class ServiceConfig:
                       subscriptions: List[str]) -> discovery_mod.AbstractDiscovery:
         """The discovery of one service: the ``.ds`` file, then the inline entries."""
         section = "discovery"
-        ds_file = self._parser.get(section, "file", fallback="").strip()
+        ds_file = self.get(section, "file", "")
         try:
             if ds_file:
                 path = os.path.join(os.path.dirname(os.path.abspath(self.path)), ds_file)
@@ -187,16 +405,14 @@ class ServiceConfig:
                 disc = discovery_mod.LocalDiscovery()
         except exceptions.TavridaError as exc:
             raise self._error(section, "file", exc.message) from None
-        if self._parser.has_section(section):
-            for key, value in self._parser.items(section):
-                if key == "file":
-                    continue
-                kind, _, service = key.partition(".")
-                if kind not in _DISCOVERY_KINDS or not service:
-                    raise self._error(section, key, "expected remote.<service>, "
-                                      "remote_publisher.<service> or local_publisher.<service>")
-                getattr(disc, f"register_{'remote_service' if kind == 'remote' else kind}")(
-                    service, value.strip())
+        for key, value in self.values.get(section, {}).items():
+            if key == "file":
+                continue
+            kind, _, service = key.partition(".")
+            if not value:
+                raise self._error(section, key, "needs an exchange name")
+            register = "register_remote_service" if kind == "remote" else f"register_{kind}"
+            getattr(disc, register)(service, value)
         return disc
 
     def bind_discovery(self) -> None:

@@ -21,8 +21,19 @@ SUBSCRIPTION = messages.NOTIFICATION
 _ENTRIES_ATTR = "_tavrida_entries"
 
 
+#: Names the proxy parameter (the second after ``self``) may have.
+PROXY_PARAMETER_NAMES = ("proxy", "_proxy", "_")
+_SIGNATURE = "a handler takes (self, message, proxy, ...)"
+
+
 class Handler:
-    """One handler method and the payload keys it takes (computed once)."""
+    """One handler method and the payload keys it takes (computed once).
+
+    The signature is checked here, when the class is declared: ``self``,
+    the message, the proxy (a parameter named ``proxy``, so that a payload
+    key is never bound to it by mistake), then the payload keys it takes by
+    name. An error handler takes exactly ``(self, error, proxy)``.
+    """
 
     __slots__ = ("method_name", "message_type", "entry_point", "params", "required", "var_kw")
 
@@ -32,21 +43,36 @@ class Handler:
         self.message_type = message_type
         self.entry_point = ep
         parameters = list(inspect.signature(func).parameters.values())[1:]  # drop self
-        positional = [p for p in parameters
-                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        if len(positional) < 2 and not any(p.kind == p.VAR_POSITIONAL for p in parameters):
-            raise exceptions.WrongHandlerParameters(
-                handler=method_name, entry_point=ep,
-                reason="a handler takes (self, message, proxy, ...)")
-        named = [p for p in parameters[2:]
-                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        self.params = frozenset(p.name for p in named)
-        self.required = frozenset(p.name for p in named if p.default is p.empty)
+        named = parameters[2:]
+        self.params = frozenset(p.name for p in named
+                                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        self.required = frozenset(p.name for p in named
+                                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                                  and p.default is p.empty)
         self.var_kw = any(p.kind == p.VAR_KEYWORD for p in parameters)
-        if message_type == messages.ERROR and (len(parameters) != 2 or self.var_kw):
+        reason = self._signature_problem(parameters)
+        if reason:
             raise exceptions.WrongHandlerParameters(
-                handler=method_name, entry_point=ep,
-                reason="an error handler takes exactly (self, error, proxy)")
+                handler=getattr(func, "__qualname__", method_name), entry_point=ep,
+                reason=reason)
+
+    def _signature_problem(self, parameters: List[inspect.Parameter]) -> str:
+        """Why a handler's parameters (``self`` dropped) are wrong, or ""."""
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        firsts = parameters[:2]
+        if len(firsts) < 2 or any(p.kind not in positional for p in firsts):
+            return _SIGNATURE
+        proxy = firsts[1].name
+        if proxy not in PROXY_PARAMETER_NAMES:
+            return (f"its second parameter {proxy!r} takes the proxy; name it 'proxy' "
+                    f"({_SIGNATURE}, payload keys after the proxy)")
+        if self.message_type == messages.ERROR and len(parameters) != 2:
+            return "an error handler takes exactly (self, error, proxy)"
+        by_position = [p.name for p in parameters[2:] if p.kind == p.POSITIONAL_ONLY]
+        if by_position:
+            return (f"payload parameter(s) {', '.join(by_position)} are positional-only; "
+                    f"payload keys are passed by name")
+        return ""
 
     def arguments(self, payload: Mapping[str, Any]) -> Dict[str, Any]:
         """Keyword arguments for a payload: extra keys dropped, missing ones an error."""
@@ -77,7 +103,8 @@ class Dispatcher:
             raise exceptions.DuplicatedEntryPointRegistration(
                 entry_point=ep, message_type=message_type, service=service_name,
                 first=self.handlers[key].method_name, second=handler_method_name)
-        handler = Handler(handler_method_name, message_type, ep, func or (lambda s, m, p: None))
+        handler = Handler(handler_method_name, message_type, ep,
+                          func or (lambda self, message, proxy: None))
         self.handlers[key] = handler
         return handler
 

@@ -33,6 +33,10 @@ TAVRIDA_HEADERS = ("correlation_id", "request_id", "message_id", "message_type",
 #: Headers an incoming message must carry (``reply_to`` may be absent).
 REQUIRED_HEADERS = ("correlation_id", "message_id", "request_id", "message_type",
                     "source", "destination")
+#: Header of a 2.0 call: the exchange its answers go to, used when the answering
+#: service's discovery does not know the caller (1.0 ignores it). Like every
+#: ``x-tavrida-*`` header it describes one message and is not copied into others.
+REPLY_EXCHANGE_HEADER = "x-tavrida-reply-exchange"
 #: Error code sent when an exception has no ``code`` attribute.
 DEFAULT_ERROR_CODE = 1000
 
@@ -97,6 +101,8 @@ class Message:
         self._reply_to = entry_point.parse(headers["reply_to"])
         self._source = entry_point.parse(headers["source"], source=True)
         self._destination = entry_point.parse(headers["destination"], destination=True)
+        #: Exchange answers to ``reply_to`` go to when discovery does not know it ("": none).
+        self.reply_exchange = str(headers.get(REPLY_EXCHANGE_HEADER) or "")
         self.headers = headers
         self.context: Dict[str, Any] = dict(context or {})
         self.payload: Dict[str, Any] = dict(payload or {})
@@ -179,6 +185,10 @@ class IncomingRequest(Message, Incoming):
 class IncomingRequestCall(IncomingRequest):
     """A request whose sender waits for an answer (``reply_to`` is set)."""
 
+    #: Set by ``transfer()`` when the forwarded request answers the same caller:
+    #: the final service answers, so a handler returning None sends nothing.
+    transferred = False
+
     def make_response(self, **payload: Any) -> "Response":
         """A Response answering this request."""
         return Response.create_by_request(self, payload)
@@ -223,6 +233,8 @@ def _answer_headers(request: Message) -> Dict[str, Any]:
     headers.update(correlation_id=request.correlation_id, request_id=request.request_id,
                    source=str(request.destination), reply_to="",
                    destination=destination.to_routing_key())
+    if request.reply_exchange:  # where to send the answer; never written on the wire
+        headers[REPLY_EXCHANGE_HEADER] = request.reply_exchange
     return headers
 
 

@@ -105,7 +105,13 @@ class RPCCallProxy:
         outgoing = self._request(request.correlation_id, context or request.context,
                                  reply_to or request.reply_to, source, payload,
                                  request.request_id)
+        same_caller = outgoing.reply_to == request.reply_to
+        if same_caller:
+            # The answer goes to the first caller: the exchange its call named, too.
+            outgoing.reply_exchange = request.reply_exchange
         self._postprocessor.send(outgoing)
+        if same_caller and isinstance(request, messages.IncomingRequestCall):
+            request.transferred = True  # the final service answers, not this one
         return outgoing
 
 

@@ -3,11 +3,15 @@
 How answers reach a client without changing how services answer (so a
 tavrida 1.0 service can answer a 2.0 client): a service sends a response
 to ``discovery.get_remote(<caller service>)`` with the bare caller service
-name as routing key. The client therefore registers its own ``source``
-service name in discovery, like any service (``[client_app]
-exchange=client_app_exchange`` in a ``.ds`` file), and on its first
-blocking call declares a private reply queue that goes away with its
-connection, bound to that exchange with the routing key ``client_app``.
+name as routing key. The client's reply exchange is its own ``source``
+service's exchange in its discovery when registered there (``[client_app]
+exchange=client_app_exchange`` in a ``.ds`` file), else
+:data:`DEFAULT_REPLY_EXCHANGE`. On its first blocking call it declares a
+private reply queue that goes away with its connection, bound to that
+exchange with the routing key ``client_app``. Every call names that
+exchange in its ``x-tavrida-reply-exchange`` header, so a 2.0 service
+answers the client without a discovery entry for it (a 1.0 service needs
+one: it ignores the header).
 Answers are matched to callers by ``request_id``; answers nobody waits for
 (late, after a timeout, or for another client of the same name) are logged
 and dropped.
@@ -31,6 +35,9 @@ from tavrida.sender import Sender
 from tavrida.transports.base import Binding, Delivery, Topology
 
 LOG = logging.getLogger(__name__)
+
+#: Exchange a client's answers come back on when its discovery does not name one.
+DEFAULT_REPLY_EXCHANGE = "tavrida.replies"
 
 
 class _TimedOut(Exception):
@@ -62,6 +69,13 @@ class Replies:
         self._started = False
         self._start_lock = threading.Lock()  # taken with the caller's deadline
         self.queue = f"{service_name}.replies.{uuid.uuid4().hex}"
+        #: Exchange the answers come back on (see the module's docstring).
+        self.exchange = ""
+        if service_name:
+            try:
+                self.exchange = sender.discovery.get_remote(service_name)
+            except exceptions.UnableToDiscover:
+                self.exchange = DEFAULT_REPLY_EXCHANGE
 
     def _start(self, deadline: float) -> None:
         """Declare and consume the reply queue once (first caller; others wait until deadline)."""
@@ -75,13 +89,7 @@ class Replies:
             if not self._service_name:
                 raise exceptions.TavridaError(
                     "blocking calls need a client source: the service name answers are sent to")
-            try:
-                exchange = self._sender.discovery.get_remote(self._service_name)
-            except exceptions.UnableToDiscover:
-                raise exceptions.UnableToDiscover(
-                    f"register the client's source {self._service_name!r} in its discovery: "
-                    f"services send its answers to that exchange",
-                    service=self._service_name) from None
+            exchange = self.exchange
             transport = self._sender.transport
             assert transport is not None
             transport.declare(Topology.build(exchanges=[exchange]))

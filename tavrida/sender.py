@@ -12,7 +12,7 @@ import logging
 from typing import Callable, Iterable, List, Optional
 
 from tavrida import discovery as discovery_mod
-from tavrida import messages, wire
+from tavrida import entry_point, exceptions, messages, wire
 from tavrida.transports.base import OutgoingEnvelope, Transport
 
 LOG = logging.getLogger(__name__)
@@ -35,12 +35,23 @@ class Sender:
         self.observers: List[Observer] = []
         #: Set by a client that waits for answers (see :mod:`tavrida.client`).
         self.replies = None
+        #: Exchange the answers to this service's own calls come back on (the server's
+        #: exchange, a client's reply exchange); sent in every call's
+        #: ``x-tavrida-reply-exchange`` header so that a callee needs no discovery entry.
+        self.reply_exchange = ""
+        self._service = entry_point.parse(source).service if source else ""
 
     def exchange_of(self, message: messages.Message) -> str:
         """Exchange a message goes to; raises UnableToDiscover or PublisherEndpointNotFound."""
         if message.message_type == messages.NOTIFICATION:
             return self.discovery.get_local_publisher(message.source.service)
-        return self.discovery.get_remote(message.destination.service)
+        try:
+            return self.discovery.get_remote(message.destination.service)
+        except exceptions.UnableToDiscover:
+            # An answer to a caller discovery does not know: the exchange its call named.
+            if message.reply_exchange and message.message_type != messages.REQUEST:
+                return message.reply_exchange
+            raise
 
     def routing_key_of(self, message: messages.Message) -> str:
         if message.message_type == messages.NOTIFICATION:
@@ -50,6 +61,11 @@ class Sender:
     def envelope(self, message: messages.Message) -> OutgoingEnvelope:
         """The envelope for a message: exchange, routing key, bytes, headers."""
         body, headers = wire.encode(message)
+        if message.message_type == messages.REQUEST and message.reply_to:
+            reply_exchange = message.reply_exchange or (
+                self.reply_exchange if message.reply_to.service == self._service else "")
+            if reply_exchange:
+                headers[messages.REPLY_EXCHANGE_HEADER] = reply_exchange
         # A notification nobody subscribes to is normal pub/sub, not a lost message.
         return OutgoingEnvelope(self.exchange_of(message), self.routing_key_of(message),
                                 body, headers, persistent=self.persistent,

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, List, Optional, Union
 
 from tavrida import config as config_mod
 from tavrida import exceptions, messages, wire
+from tavrida.observability.hooks import HookList, ServerHook
 from tavrida.proxies import RPCProxy
 from tavrida.router import Router, check_service_classes
 from tavrida.sender import Sender
@@ -65,7 +66,8 @@ class Server:
                  exchange_name: str, service_list: Iterable[type], *, workers: int = 0,
                  prefetch_count: Optional[int] = None,
                  max_body_size: int = wire.DEFAULT_MAX_BODY_SIZE,
-                 transport: Optional[Transport] = None) -> None:
+                 transport: Optional[Transport] = None,
+                 hooks: Iterable[ServerHook] = ()) -> None:
         if not queue_name or not exchange_name:
             raise exceptions.IncorrectAMQPConfig(
                 reason="Server needs a queue_name and an exchange_name")
@@ -83,8 +85,10 @@ class Server:
         self.transport = transport
         self.controllers: List[ServiceController] = []
         self.router: Optional[Router] = None
+        #: Access log, metrics, traces, health (see :mod:`tavrida.observability`).
+        self.hooks = HookList(hooks)
         #: Called on every handler or message failure (the test helpers use it).
-        self.error_hooks: List[ErrorHook] = []
+        self.error_hooks: List[ErrorHook] = [self.hooks.failed]
         self._stopping = threading.Event()
         self._started = False
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
@@ -106,7 +110,7 @@ class Server:
         conf = ServiceConfig(path, url)
         conf.bind_discovery()
         return cls(conf.connection, conf.queue, conf.exchange, conf.service_classes,
-                   workers=conf.workers)
+                   workers=conf.workers, hooks=conf.hooks())
 
     # -- topology ---------------------------------------------------------
 
@@ -139,10 +143,7 @@ class Server:
         topology = self.topology()
         if self.transport is None:
             self.transport = create_transport(self.config)
-        self.controllers = [
-            cls(Sender(self.transport, cls.get_discovery(), self.config.persistent,
-                       source=cls.service_name()))
-            for cls in self.service_classes]
+        self.controllers = [cls(self._sender(cls)) for cls in self.service_classes]
         self.router = Router(self.controllers)
         self.transport.declare(topology)
         if self.workers:
@@ -155,6 +156,13 @@ class Server:
         self._started = True
         LOG.info("server on queue %s started with services %s (%s)", self.queue_name,
                  ", ".join(c.service_name() for c in self.controllers), self.config.safe_url)
+        self.hooks.started(self)
+
+    def _sender(self, cls: type) -> Sender:
+        sender = Sender(self.transport, cls.get_discovery(), self.config.persistent,
+                        source=cls.service_name())
+        sender.reply_exchange = self.exchange_name  # answers to its calls come back here
+        return sender
 
     def drain(self, timeout: float = 0.0) -> bool:
         """Handle what is waiting, waiting at most ``timeout`` seconds for it."""
@@ -176,6 +184,7 @@ class Server:
             assert self.transport is not None
             while not self._stopping.is_set():
                 self.transport.drain(1.0)
+                self.hooks.tick(self)
             self._finish()
         finally:
             for signum, handler in restore:
@@ -199,12 +208,17 @@ class Server:
             self._executor = None
         if self.transport is not None:
             self.transport.close()
+        if self._started:
+            self.hooks.closed(self)
         self._started = False
 
     def _finish(self) -> None:
         # Stop deliveries first, then keep the loop turning so that acks
         # queued by workers are performed before the connection closes.
         assert self.transport is not None
+        LOG.info("server on queue %s stopping: no new messages, %d in flight", self.queue_name,
+                 self._inflight)
+        self.hooks.stopping(self, self._inflight)
         self.transport.cancel()
         while self._inflight:
             self.transport.drain(0.05)
@@ -242,6 +256,12 @@ class Server:
         Never raises: when the broker fails us half-way (a dead letter or an
         answer cannot be published) the message is requeued, not lost.
         """
+        if self.hooks:
+            self.hooks.observe(self, delivery, self._handle_safely)
+        else:
+            self._handle_safely(delivery)
+
+    def _handle_safely(self, delivery: Delivery) -> None:
         try:
             self._handle(delivery)
         except Exception as exc:  # noqa: BLE001
@@ -342,11 +362,27 @@ class Server:
         except (exceptions.UnableToDiscover, exceptions.IncorrectOutgoingMessage,
                 exceptions.PublishFailed) as exc:
             if (isinstance(exc, exceptions.PublishFailed) and not exc.unencodable
-                    and not isinstance(exc, exceptions.Unroutable)):
+                    and not isinstance(exc, exceptions.Unroutable)
+                    and not self._routed_by_call(controller, answer)):
                 raise  # the broker's trouble, not the answer's: requeue the request
             LOG.error("cannot send %r: %s", answer, exc)
             self._notify(answer, exc)
             self._dead_letter(delivery, f"answer not sent: {exc}")
+
+    @staticmethod
+    def _routed_by_call(controller: ServiceController, answer: messages.Message) -> bool:
+        """True when an answer goes to the exchange its call named (no discovery entry).
+
+        Such an exchange is the caller's to declare; when the broker refuses it
+        (it does not exist) a retry would only run the handler again.
+        """
+        if not answer.reply_exchange:
+            return False
+        try:
+            controller.postprocessor.discovery.get_remote(answer.destination.service)
+        except exceptions.TavridaError:
+            return True
+        return False
 
     def _fail(self, delivery: Delivery, message: messages.Message,
               exc: exceptions.TavridaError) -> None:
@@ -388,6 +424,8 @@ class Server:
             except exceptions.TavridaError:
                 continue
             return controller
+        if message.reply_exchange and candidates:
+            return candidates[0]  # no discovery knows the caller: its call named the exchange
         return None
 
     def _dead_letter(self, delivery: Delivery, reason: str) -> None:
@@ -417,6 +455,7 @@ class Server:
             self.transport.publish(envelope)
         LOG.warning("dead-lettered a message from %s to %s: %s", delivery.queue,
                     self.dead_letter_queue, reason)
+        self.hooks.dead_lettered(reason)
 
     def _notify(self, message: Optional[messages.Message], exc: BaseException,
                 by_handler: bool = False) -> None:

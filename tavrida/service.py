@@ -106,6 +106,8 @@ class ServiceController:
         if not isinstance(message, messages.IncomingRequestCall):
             return None
         if result is None:
+            if message.transferred:
+                return None  # forwarded with transfer(): the final service answers
             result = {}
         if isinstance(result, dict):
             result = messages.Response.create_by_request(message, result)

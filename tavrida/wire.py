@@ -3,8 +3,12 @@
 Body: UTF-8 JSON ``{"context": {...}, "payload": {...}}`` written with
 simplejson. Headers: the seven tavrida headers as strings, beside the
 user's. Only JSON is accepted: the body is parsed as JSON whatever the
-content type says, and a content type that announces anything else
-(pickle included) is refused. Nothing is ever unpickled.
+content type says (AMQP clients label JSON bytes ``application/data``,
+``application/octet-stream`` or nothing), and only a content type that names
+another serializer (pickle, YAML, msgpack, ...) is refused. Nothing is ever
+unpickled. Tavrida headers of other AMQP types (an integer
+``correlation_id``, UTF-8 bytes) are read as their text; tables, lists and
+bytes that are not UTF-8 are refused.
 
 :func:`decode` checks everything and raises
 :class:`~tavrida.exceptions.IncorrectMessage` with a reason a person can
@@ -14,6 +18,10 @@ act on; what it could read of the headers rides on the exception
 
 from __future__ import annotations
 
+import codecs
+import datetime
+import decimal
+import functools
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import simplejson
@@ -22,9 +30,16 @@ from tavrida import entry_point, exceptions, messages
 
 #: Bodies larger than this are refused (bytes); the server may set its own.
 DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
-#: Content types accepted as JSON ("" and None: 1.0 sets none).
-JSON_CONTENT_TYPES = frozenset({"", "application/json", "text/json", "text/plain"})
-ENCODINGS = frozenset({"", "utf-8", "utf8"})
+#: Content types that need no look: JSON as tavrida, 1.0 (none) and AMQP clients label it.
+JSON_CONTENT_TYPES = frozenset({"", "application/json", "text/json", "text/plain",
+                                "application/data", "application/octet-stream"})
+#: Words in a content type that name a serializer other than JSON: such bodies are refused
+#: (a pickle must never be unpickled; the others would only fail to parse, less clearly).
+FOREIGN_SERIALIZERS = {"pickle": "pickle", "python-serialize": "pickle", "yaml": "yaml",
+                       "msgpack": "msgpack", "bson": "bson", "cbor": "cbor",
+                       "protobuf": "protobuf", "avro": "avro", "thrift": "thrift"}
+#: Content encodings of UTF-8 text (kombu labels raw bytes ``binary``).
+ENCODINGS = frozenset({"", "utf-8", "utf8", "binary", "8bit", "7bit"})
 
 _encoder = simplejson.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _decoder = simplejson.JSONDecoder()
@@ -49,17 +64,26 @@ def encode(message: messages.Message) -> Tuple[bytes, Dict[str, Any]]:
     return body.encode("utf-8"), message.wire_headers()
 
 
+#: AMQP field types other than strings that a tavrida header may come as, read as text
+#: (1.0 services take an integer ``correlation_id``, so 2.0 does too).
+_SCALARS = (int, float, decimal.Decimal, datetime.datetime)
+
+
 def _text(name: str, value: Any) -> str:
     if isinstance(value, str):
         return value
-    if isinstance(value, (bytes, bytearray)):
+    if isinstance(value, (bytes, bytearray, memoryview)):
         try:
             return bytes(value).decode("utf-8")
         except UnicodeDecodeError:
             raise exceptions.IncorrectMessage(
                 reason=f"header {name!r} is not valid UTF-8") from None
+    if value is None:  # AMQP void
+        return ""
+    if isinstance(value, _SCALARS):
+        return str(value)
     raise exceptions.IncorrectMessage(
-        reason=f"header {name!r} must be a string, got {type(value).__name__}")
+        reason=f"header {name!r} must be text, got {type(value).__name__}")
 
 
 def read_headers(raw: Any) -> Dict[str, str]:
@@ -74,6 +98,9 @@ def read_headers(raw: Any) -> Dict[str, str]:
         raise exceptions.IncorrectMessage(reason=f"missing header(s): {', '.join(missing)}")
     for name in messages.TAVRIDA_HEADERS:
         headers[name] = _text(name, headers.get(name, ""))
+    if messages.REPLY_EXCHANGE_HEADER in headers:
+        name = messages.REPLY_EXCHANGE_HEADER
+        headers[name] = _text(name, headers[name])
     if headers["message_type"] not in messages.MESSAGE_TYPES:
         raise exceptions.IncorrectMessage(
             reason=f"unknown message_type {headers['message_type']!r}")
@@ -93,14 +120,13 @@ def read_body(body: Any, properties: Optional[Mapping[str, Any]] = None,
               max_size: int = DEFAULT_MAX_BODY_SIZE) -> Tuple[dict, dict]:
     """Context and payload of a raw body, checked."""
     properties = properties or {}
-    content_type = str(properties.get("content_type") or "").split(";")[0].strip().lower()
+    content_type = _label(properties.get("content_type")).split(";")[0].strip()
     if content_type not in JSON_CONTENT_TYPES:
+        _check_content_type(content_type)
+    encoding = _label(properties.get("content_encoding")).strip()
+    if encoding not in ENCODINGS and not _is_utf8(encoding):
         raise exceptions.IncorrectMessage(
-            reason=f"content type {content_type!r} refused: tavrida accepts JSON only")
-    encoding = str(properties.get("content_encoding") or "").lower()
-    if encoding not in ENCODINGS:
-        raise exceptions.IncorrectMessage(
-            reason=f"content encoding {encoding!r} refused: tavrida accepts UTF-8 only")
+            reason=f"content encoding {encoding!r} refused: tavrida reads UTF-8 JSON")
     if isinstance(body, str):
         body = body.encode("utf-8", "surrogatepass")
     if not isinstance(body, (bytes, bytearray, memoryview)):
@@ -118,7 +144,8 @@ def read_body(body: Any, properties: Optional[Mapping[str, Any]] = None,
     except RecursionError:
         raise exceptions.IncorrectMessage(reason="body JSON is nested too deeply") from None
     except ValueError as exc:
-        raise exceptions.IncorrectMessage(reason=f"body is not JSON: {exc}") from None
+        label = f" (content type {content_type!r})" if content_type else ""
+        raise exceptions.IncorrectMessage(reason=f"body is not JSON{label}: {exc}") from None
     if not isinstance(data, dict):
         raise exceptions.IncorrectMessage(reason="body is not a JSON object")
     payload = data.get("payload")
@@ -130,6 +157,31 @@ def read_body(body: Any, properties: Optional[Mapping[str, Any]] = None,
     if not isinstance(context, dict):
         raise exceptions.IncorrectMessage(reason='body "context" is not an object')
     return context, payload
+
+
+def _label(value: Any) -> str:
+    """A content type or encoding property as lower-case text."""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("utf-8", "replace")
+    return str(value or "").lower()
+
+
+def _check_content_type(content_type: str) -> None:
+    """Refuse a content type that names another serializer; any other label reads as JSON."""
+    for word, serializer in FOREIGN_SERIALIZERS.items():
+        if word in content_type:
+            raise exceptions.IncorrectMessage(
+                reason=f"content type {content_type!r} refused: it names the {serializer} "
+                       f"serializer; tavrida accepts JSON only (and never unpickles)")
+
+
+@functools.lru_cache(maxsize=64)
+def _is_utf8(encoding: str) -> bool:
+    """True for the names Python knows for UTF-8 or its subset ASCII."""
+    try:
+        return codecs.lookup(encoding).name in ("utf-8", "ascii")
+    except (LookupError, ValueError):
+        return False
 
 
 _FACTORY = messages.IncomingMessageFactory()

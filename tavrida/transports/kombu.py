@@ -1844,6 +1844,11 @@ class KombuTransport(Transport):
         for index in culprits or unconfirmed or list(batch.todo):
             batch.fail(index, reason)
 
+    @property
+    def reconnects(self) -> int:
+        """Times the consuming connection was opened again after the first (for metrics)."""
+        return max(self._generation - 1, 0)
+
     # -- closing ---------------------------------------------------------------------------------
 
     def close(self) -> None:

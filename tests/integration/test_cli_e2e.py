@@ -174,10 +174,15 @@ BAD_CONFIGS = {
     "not a service": ("svc_cli:Calc", "svc_cli:CalcFailure",
                       "[server] services: svc_cli:CalcFailure is not a ServiceController"),
     "bad number": ("prefetch_count = 10", "prefetch_count = lots",
-                   "[connection] prefetch_count: 'lots' is not a valid value"),
+                   "[connection] prefetch_count: 'lots' is not a whole number"),
     "bad discovery key": ("remote.tavrida_cli", "remotely.tavrida_cli",
-                          "[discovery] remotely.tavrida_cli: expected remote.<service>"),
+                          "[discovery] remotely.tavrida_cli: unknown key "
+                          "(did you mean remote.tavrida_cli?)"),
     "bad log level": ("level = INFO", "level = LOUD", "[logging] level: unknown level 'LOUD'"),
+    "misspelt section": ("[server]", "[sever]",
+                         "[sever]: unknown section (did you mean [server]?)"),
+    "unknown key": ("workers = 2", "workerz = 2",
+                    "[server] workerz: unknown key (did you mean workers?)"),
     "subscription without exchange": ("remote_publisher.ticker = {ticker}\n", "",
                                       "[discovery] remote_publisher.ticker: is required"),
 }

@@ -236,3 +236,54 @@ def test_a_handler_named_like_a_controller_method_is_refused():
             @dispatcher.rpc_method(service="clash", method="go")
             def process(self, request, proxy):
                 pass
+
+
+@pytest.mark.parametrize("signature, reason", [
+    # the case: the payload key took the proxy's place
+    ("def go(self, request, item): pass", "second parameter 'item' takes the proxy"),
+    ("def go(self, request, p, item): pass", "second parameter 'p' takes the proxy"),
+    ("def go(self, request, *args): pass", "(self, message, proxy, ...)"),
+    ("def go(self, *args, **kwargs): pass", "(self, message, proxy, ...)"),
+    ("def go(self, request, *, proxy): pass", "(self, message, proxy, ...)"),
+    ("def go(self, request, proxy, item, /): pass", "item are positional-only"),
+])
+@pytest.mark.parametrize("decorator", [dispatcher.rpc_method, dispatcher.rpc_response_method,
+                                       dispatcher.subscription_method])
+def test_a_handler_without_message_and_proxy_first_is_refused_when_declared(
+        decorator, signature, reason):
+    namespace = {}
+    exec(signature, namespace)  # noqa: S102 - build a method with this exact signature
+    service_name = "svc" if decorator is dispatcher.rpc_method else "remote"
+    func = decorator(service=service_name, method="go")(namespace["go"])
+    controller = type("Controller", (service.ServiceController,), {"go": func})
+    with pytest.raises(exceptions.WrongHandlerParameters) as info:
+        dispatcher.rpc_service("svc")(controller)
+    assert reason in str(info.value)
+    assert "Handler go of" in str(info.value)  # names the handler and its entry point
+    assert f"{service_name}.go" in str(info.value)
+
+
+@pytest.mark.parametrize("signature", [
+    "def go(self, request, proxy, item): pass",
+    "def go(self, message, _proxy, item=1): pass",
+    "def go(self, msg, _, *, item): pass",
+    "def go(self, request, proxy, /, item, **rest): pass",
+])
+def test_message_then_proxy_then_payload_keys_is_accepted(signature):
+    namespace = {}
+    exec(signature, namespace)  # noqa: S102
+    func = dispatcher.rpc_method(service="svc", method="go")(namespace["go"])
+    controller = type("Controller", (service.ServiceController,), {"go": func})
+    dispatcher.rpc_service("svc")(controller)
+    handler = controller.get_dispatcher().find(entry_point.EntryPoint("svc", "go"), "request")
+    assert handler.arguments({"item": 5})["item"] == 5
+
+
+def test_error_handler_may_name_its_proxy_underscore():
+    @dispatcher.rpc_service("svc")
+    class Controller(service.ServiceController):
+        @dispatcher.rpc_error_method(service="remote", method="call")
+        def on_error(self, error, _proxy):
+            pass
+
+    assert len(Controller.get_dispatcher().handlers) == 1

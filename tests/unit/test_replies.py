@@ -135,11 +135,13 @@ def test_fifty_concurrent_calls_get_their_own_answers(running):
     assert results == {i: i + 1000 for i in range(50)}
 
 
-def test_unregistered_source_is_a_clear_error(running):
+def test_a_source_in_no_discovery_is_answered_on_the_default_reply_exchange(running):
     url, disc = running
-    with client.RPCClient(url, disc, source="stranger") as cli:
-        with pytest.raises(exceptions.UnableToDiscover, match="stranger"):
-            cli.calc.add(a=1, b=2).call(timeout=1)
+    own = discovery.LocalDiscovery()
+    own.register_remote_service("calc", "calc_exchange")  # "stranger" is nowhere
+    with client.RPCClient(url, own, source="stranger") as cli:
+        assert cli.sender.reply_exchange == "tavrida.replies"
+        assert cli.calc.add(a=1, b=2).call(timeout=5)["sum"] == 3
 
 
 def test_reply_queue_goes_away_with_the_client(running):

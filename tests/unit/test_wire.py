@@ -74,7 +74,10 @@ GOOD_BODY = b'{"payload": {}, "context": {}}'
     (good_headers(message_id=None, request_id=None), "missing header(s): message_id, request_id"),
     (None, "missing header(s)"),
     ("not a table", "headers are not a table"),
-    (good_headers(correlation_id=123), "header 'correlation_id' must be a string, got int"),
+    (good_headers(correlation_id={"a": 1}), "header 'correlation_id' must be text, got dict"),
+    (good_headers(source=["caller.x"]), "header 'source' must be text, got list"),
+    (good_headers(**{"x-tavrida-reply-exchange": {"x": 1}}),
+     "header 'x-tavrida-reply-exchange' must be text, got dict"),
     (good_headers(source=b"\xff\xfe"), "header 'source' is not valid UTF-8"),
     (good_headers(message_type="bogus"), "unknown message_type 'bogus'"),
     (good_headers(correlation_id=""), "header 'correlation_id' is empty"),
@@ -105,9 +108,14 @@ def test_decode_accepts_bytes_headers_and_keeps_user_headers():
     (b'{"payload": [1], "context": {}}', None, 'body has no "payload" object'),
     (b'{"payload": "x", "context": {}}', None, 'body has no "payload" object'),
     (b'{"payload": {}, "context": [1]}', None, 'body "context" is not an object'),
-    (GOOD_BODY, {"content_type": "application/x-python-serialize"}, "content type"),
-    (GOOD_BODY, {"content_type": "application/x-yaml"}, "accepts JSON only"),
-    (GOOD_BODY, {"content_encoding": "latin-1"}, "accepts UTF-8 only"),
+    (GOOD_BODY, {"content_type": "application/x-python-serialize"},
+     "content type 'application/x-python-serialize' refused: it names the pickle"),
+    (GOOD_BODY, {"content_type": "application/x-yaml"}, "names the yaml serializer"),
+    (GOOD_BODY, {"content_type": "application/x-msgpack"}, "names the msgpack serializer"),
+    (GOOD_BODY, {"content_type": "application/pickle"}, "names the pickle serializer"),
+    (GOOD_BODY, {"content_encoding": "latin-1"}, "tavrida reads UTF-8 JSON"),
+    (GOOD_BODY, {"content_encoding": "gzip"}, "content encoding 'gzip' refused"),
+    (b"<html/>", {"content_type": "text/html"}, "body is not JSON (content type 'text/html')"),
     (b"[" * 100000 + b"]" * 100000, None, "nested too deeply"),
 ])
 def test_decode_refuses_bad_bodies_and_keeps_headers(body, properties, reason):
@@ -134,10 +142,27 @@ def test_decode_accepts_null_or_missing_context(body):
 
 
 @pytest.mark.parametrize("content_type", [None, "", "application/json",
-                                          "application/json; charset=utf-8", "text/plain"])
-def test_decode_accepts_json_content_types(content_type):
-    message = wire.decode(GOOD_BODY, good_headers(), {"content_type": content_type})
-    assert message.payload == {}
+                                          "application/json; charset=utf-8", "text/plain",
+                                          "application/data", "application/octet-stream",
+                                          "Application/JSON", "text/x-anything", b"binary"])
+@pytest.mark.parametrize("content_encoding", [None, "", "utf-8", "UTF8", "binary", "ascii",
+                                              "us-ascii", "utf_8"])
+def test_decode_reads_json_whatever_the_label(content_type, content_encoding):
+    # kombu labels raw bytes application/data + binary; pika and py-amqp set nothing
+    message = wire.decode(b'{"payload": {"a": "\xc3\xa9"}}', good_headers(),
+                          {"content_type": content_type, "content_encoding": content_encoding})
+    assert message.payload == {"a": "\u00e9"}
+
+
+@pytest.mark.parametrize("value, text", [(123, "123"), (-5, "-5"), (b"c-1", "c-1"),
+                                         (bytearray(b"c-2"), "c-2"), (1.5, "1.5")])
+def test_decode_reads_tavrida_headers_of_other_amqp_types_as_text(value, text):
+    # a 1.0 client passing correlation_id=123 sends an AMQP integer; 1.0 services take it
+    message = wire.decode(GOOD_BODY, good_headers(correlation_id=value, request_id=value))
+    assert message.correlation_id == text
+    assert message.request_id == text
+    answer = messages.Response.create_by_request(message, {})
+    assert wire.encode(answer)[1]["correlation_id"] == text
 
 
 def test_decode_never_unpickles(tmp_path):
@@ -251,6 +276,11 @@ def test_every_message_has_seven_string_headers_plus_user_headers(tutorial, brok
     assert kinds == {"request", "response", "error", "notification"}
     for delivery in deliveries:
         headers = delivery.headers
+        # a 2.0 call names the exchange its answer goes to; nothing else adds headers
+        if headers["message_type"] == "request" and headers["reply_to"]:
+            expected = ("tavrida.replies" if headers["source"].startswith("client")
+                        else "test_exchange")  # the client's default, hello's server's
+            assert headers.pop("x-tavrida-reply-exchange") == expected
         assert set(headers) - {"x-trace"} == set(messages.TAVRIDA_HEADERS), headers
         assert all(isinstance(headers[name], str) for name in messages.TAVRIDA_HEADERS)
         # the client's header travels along the chain it started; nothing else does

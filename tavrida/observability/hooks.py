@@ -1,0 +1,216 @@
+"""Server hooks: the one seam observability plugs into.
+
+A :class:`ServerHook` is told when a server starts, each turn of its
+consumer loop, around every message, and when it stops and closes. The
+server holds them in a :class:`HookList` (``Server(..., hooks=[...])``)
+and, when the list is empty, pays nothing per message. Access logs,
+metrics, traces and health checks (the other modules of this package) are
+hooks; write your own the same way.
+
+A hook must not raise: what it raises is logged and the message goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterable,
+    List,
+    Optional,
+    Tuple,
+    Type,
+    cast,
+)
+
+from tavrida import messages
+from tavrida.transports.base import Delivery
+
+if TYPE_CHECKING:
+    from tavrida.server import Server
+    from tavrida.service import ServiceController
+
+LOG = logging.getLogger(__name__)
+
+#: Outcomes of a message (:attr:`MessageRecord.outcome`).
+OK = "ok"                       # handled; a call was answered with a Response
+ERROR = "error"                 # a caller was answered with an Error
+DEAD_LETTERED = "dead-lettered"  # copied to the dead-letter queue
+REQUEUED = "requeued"           # given back to the broker to try again
+OUTCOMES = (OK, ERROR, DEAD_LETTERED, REQUEUED)
+
+#: The entry-point label of messages no handler of the server is declared for.
+OTHER = "other"
+
+
+class MessageRecord:
+    """One message as hooks see it: where it goes, how it ended, how long it took.
+
+    ``headers`` is the header table the server will decode: a hook may add
+    headers to it in :meth:`ServerHook.message_started` (tracing does).
+    """
+
+    __slots__ = ("correlation_id", "dead_letter_reason", "duration", "entry_point",
+                 "exception", "headers", "known", "message_type", "outcome", "queue",
+                 "started", "state")
+
+    def __init__(self, queue: str, headers: Dict[str, Any],
+                 known: FrozenSet[Tuple[str, str]]) -> None:
+        self.queue = queue
+        self.headers = headers
+        self.message_type = _text(headers.get("message_type"))
+        field = "destination" if self.message_type == messages.REQUEST else "source"
+        #: The handler's entry point: a request's destination, else the source.
+        self.entry_point = _text(headers.get(field))
+        self.correlation_id = _text(headers.get("correlation_id"))
+        #: True when a handler of the server is declared for it (a bounded label).
+        self.known = (self.message_type, self.entry_point) in known
+        self.started = time.perf_counter()
+        self.duration: Optional[float] = None
+        self.outcome: Optional[str] = None
+        self.exception: Optional[BaseException] = None
+        self.dead_letter_reason: Optional[str] = None
+        #: Per-hook scratch space (a tracing span, ...), keyed by the hook.
+        self.state: Dict[Any, Any] = {}
+
+    @property
+    def label(self) -> str:
+        """The entry point, or ``other`` for unknown ones (hostile input stays bounded)."""
+        return self.entry_point if self.known else OTHER
+
+    def _finish(self) -> None:
+        self.duration = time.perf_counter() - self.started
+        if self.outcome is None:
+            self.outcome = ERROR if self.exception is not None else OK
+
+
+def _text(value: Any, limit: int = 200) -> str:
+    """A header value as short printable text (for logs and labels)."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    text = "" if value is None else str(value)[:limit]
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class ServerHook:
+    """Base class: override what you need; every method does nothing here."""
+
+    def started(self, server: Server) -> None:
+        """The server is consuming."""
+
+    def tick(self, server: Server) -> None:
+        """One turn of :meth:`Server.run`'s consumer loop (about once a second)."""
+
+    def message_started(self, server: Server, record: MessageRecord) -> None:
+        """A message was taken, before it is decoded (in the thread that handles it)."""
+
+    def message_finished(self, server: Server, record: MessageRecord) -> None:
+        """The message is settled: ``record.outcome`` and ``record.duration`` are set."""
+
+    def stopping(self, server: Server, in_flight: int) -> None:
+        """A graceful stop began; ``in_flight`` messages are still being handled."""
+
+    def closed(self, server: Server) -> None:
+        """The server closed its connection."""
+
+
+class _ObservedDelivery(Delivery):
+    """The delivery the server handles while hooks watch: notes requeues."""
+
+    def __init__(self, delivery: Delivery, record: MessageRecord) -> None:
+        self._delivery = delivery
+        self._record = record
+        self.body = delivery.body
+        self.headers = record.headers
+        self.properties = delivery.properties
+        self.exchange = delivery.exchange
+        self.routing_key = delivery.routing_key
+        self.queue = delivery.queue
+        self.redelivered = delivery.redelivered
+
+    def ack(self) -> None:
+        self._delivery.ack()
+
+    def reject(self, requeue: bool) -> None:
+        self._delivery.reject(requeue)
+        if requeue:
+            self._record.outcome = REQUEUED
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._delivery, name)
+
+
+class HookList(List[ServerHook]):
+    """The hooks of one server, called in order (finishing ones in reverse)."""
+
+    def __init__(self, hooks: Iterable[ServerHook] = ()) -> None:
+        super().__init__(hooks)
+        self._local = threading.local()
+        self._known: FrozenSet[Tuple[str, str]] = frozenset()
+
+    def _each(self, method: str, *args: Any, hooks: Optional[Iterable[ServerHook]] = None,
+              ) -> None:
+        for hook in self if hooks is None else hooks:
+            try:
+                getattr(hook, method)(*args)
+            except Exception:  # noqa: BLE001 - a hook never stops the server
+                LOG.exception("server hook %r failed in %s", hook, method)
+
+    def started(self, server: Server) -> None:
+        """Unlike the others, raises: a hook that cannot start (a port in use) stops the start."""
+        self._known = frozenset(
+            (kind, str(ep)) for cls in server.service_classes
+            for kind, ep in cast("Type[ServiceController]", cls).get_dispatcher().handlers)
+        for hook in self:
+            hook.started(server)
+
+    def tick(self, server: Server) -> None:
+        self._each("tick", server)
+
+    def stopping(self, server: Server, in_flight: int) -> None:
+        self._each("stopping", server, in_flight)
+
+    def closed(self, server: Server) -> None:
+        self._each("closed", server)
+
+    def observe(self, server: Server, delivery: Delivery,
+                handle: Callable[[Delivery], None]) -> None:
+        """Run ``handle(delivery)`` between the hooks' message_started and message_finished."""
+        record = MessageRecord(delivery.queue, dict(delivery.headers or {}), self._known)
+        self._local.record = record
+        try:
+            self._each("message_started", server, record)
+            handle(_ObservedDelivery(delivery, record))
+        finally:
+            self._local.record = None
+            record._finish()
+            self._each("message_finished", server, record, hooks=reversed(self))
+
+    def _current(self) -> Optional[MessageRecord]:
+        return getattr(self._local, "record", None)
+
+    def failed(self, message: Optional[messages.Message], exc: BaseException,
+               by_handler: bool) -> None:
+        """An error hook of the server: the message being handled failed."""
+        record = self._current()
+        if record is not None and record.exception is None:
+            record.exception = exc
+
+    def dead_lettered(self, reason: str) -> None:
+        """The message being handled went to the dead-letter queue."""
+        record = self._current()
+        if record is not None:
+            record.outcome = DEAD_LETTERED
+            record.dead_letter_reason = reason
+
+
+__all__ = ["DEAD_LETTERED", "ERROR", "OK", "OTHER", "OUTCOMES", "REQUEUED", "HookList",
+           "MessageRecord", "ServerHook"]

@@ -1,0 +1,179 @@
+"""Service config files: the schema, strict checking and errors that say where."""
+
+from __future__ import annotations
+
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Dict, Tuple
+
+import pytest
+
+from tavrida import config, config_file
+
+SERVICES = '''
+from tavrida import dispatcher, service
+
+
+@dispatcher.rpc_service("cf_echo")
+class EchoController(service.ServiceController):
+
+    @dispatcher.rpc_method(service="cf_echo", method="say")
+    def say(self, request, proxy, text):
+        return {"said": text}
+'''
+
+GOOD = """\
+[connection]
+url = {url}
+prefetch_count = 10
+publisher_confirms = no
+
+[server]
+queue = cf_queue
+exchange = cf_exchange
+services = cf_services:EchoController
+workers = 2
+
+[discovery]
+remote.tavrida_cli = cf_reply
+
+[logging]
+level = warning
+"""
+
+
+@pytest.fixture
+def write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """write(text) -> path of a config file beside the cf_services module."""
+    monkeypatch.delenv(config_file.URL_ENV, raising=False)
+    (tmp_path / "cf_services.py").write_text(SERVICES)
+
+    def write(text: str) -> str:
+        path = tmp_path / "services.ini"
+        path.write_text(textwrap.dedent(text).format(url=f"memory://cf-{uuid.uuid4().hex}"))
+        return str(path)
+
+    return write
+
+
+def error_of(path: str, **kwargs: str) -> str:
+    with pytest.raises(config_file.ConfigError) as info:
+        config_file.ServiceConfig(path, **kwargs)
+    return str(info.value)
+
+
+def test_a_good_file_gives_typed_values(write):
+    conf = config_file.ServiceConfig(write(GOOD))
+    assert (conf.queue, conf.exchange, conf.workers) == ("cf_queue", "cf_exchange", 2)
+    assert conf.connection.prefetch_count == 10
+    assert conf.connection.publisher_confirms is False
+    assert conf.get("server", "workers") == 2
+    assert conf.get("connection", "heartbeat_interval", 7.5) == 7.5  # absent: the default
+    assert conf.values["discovery"] == {"remote.tavrida_cli": "cf_reply"}
+
+
+CASES: Dict[str, Tuple[str, str, str]] = {
+    # name: (replace this, with this, expected error after "PATH: ")
+    "unknown key": ("workers = 2", "workerz = 2",
+                    "[server] workerz: unknown key (did you mean workers?)"),
+    "key in the wrong section": ("prefetch_count = 10", "workers = 3",
+                                 "[connection] workers: unknown key (did you mean [server] "
+                                 "workers?)"),
+    "misspelt section": ("[server]", "[sever]",
+                         "[sever]: unknown section (did you mean [server]?)"),
+    "unknown section": ("[logging]", "[discovry]\n[logging]",
+                        "[discovry]: unknown section (did you mean [discovery]?)"),
+    "far from any section": ("[logging]", "[zzz]\n[logging]",
+                             "[zzz]: unknown section; sections are [connection], [server], "
+                             "[discovery], [logging], [metrics], [tracing], [health]"),
+    "DEFAULT is no exception": ("[logging]", "[DEFAULT]\nworkers = 1\n[logging]",
+                                "[DEFAULT]: unknown section; sections are [connection], "
+                                "[server], [discovery], [logging], [metrics], [tracing], [health]"),
+    "misspelt discovery kind": ("remote.tavrida_cli", "remot.tavrida_cli",
+                                "[discovery] remot.tavrida_cli: unknown key "
+                                "(did you mean remote.tavrida_cli?)"),
+    "not a boolean": ("publisher_confirms = no", "publisher_confirms = perhaps",
+                      "[connection] publisher_confirms: 'perhaps' is not true or false"),
+    "not a number": ("prefetch_count = 10", "heartbeat_interval = soon",
+                     "[connection] heartbeat_interval: 'soon' is not a number"),
+    "empty number": ("workers = 2", "workers =",
+                     "[server] workers: needs a value"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_mistake_names_file_section_and_key(write, case):
+    old, new, expected = CASES[case]
+    assert old in GOOD
+    path = write(GOOD.replace(old, new, 1))
+    assert error_of(path) == f"{path}: {expected}"
+
+
+def test_an_unknown_section_is_reported_before_missing_keys(write):
+    """``[sever]`` is the mistake, not the ``[server] queue`` it seems to lack."""
+    path = write(GOOD.replace("[server]", "[sever]"))
+    message = error_of(path)
+    assert "unknown section (did you mean [server]?)" in message
+    assert "is required" not in message
+
+
+def test_a_missing_file_says_it_does_not_exist(tmp_path):
+    path = str(tmp_path / "nope.ini")
+    assert error_of(path) == f"{path}: the file does not exist"
+
+
+def test_a_folder_is_not_a_config_file(tmp_path):
+    assert error_of(str(tmp_path)) == f"{tmp_path}: is a folder, not a config file"
+
+
+def test_a_bad_url_flag_is_blamed_on_the_flag_not_the_file(write):
+    path = write(GOOD)
+    assert error_of(path, url="nothing", url_flag="--url") == (
+        "--url: Incorrect connection config: 'nothing' is not a URL")
+
+
+def test_a_bad_url_in_the_environment_is_blamed_on_the_variable(write, monkeypatch):
+    path = write(GOOD)
+    monkeypatch.setenv(config_file.URL_ENV, "amqp://h:bad/")
+    assert error_of(path).startswith(f"{config_file.URL_ENV}: ")
+
+
+def test_a_bad_url_in_the_file_is_blamed_on_the_file(write):
+    path = write(GOOD.replace("url = {url}", "url = nothing"))
+    assert error_of(path).startswith(f"{path}: [connection] url: ")
+
+
+def test_a_key_added_to_the_schema_is_accepted_and_typed(write, monkeypatch):
+    """Other features declare their keys with one line in SCHEMA."""
+    path = write(GOOD.replace("workers = 2", "workers = 2\nmax_retries = 4"))
+    assert "[server] max_retries: unknown key" in error_of(path)
+    monkeypatch.setitem(config_file.SCHEMA, "server",
+                        {**config_file.SCHEMA["server"], "max_retries": int})
+    assert config_file.ServiceConfig(path).get("server", "max_retries") == 4
+
+
+def test_get_refuses_keys_the_schema_does_not_declare(write):
+    conf = config_file.ServiceConfig(write(GOOD))
+    with pytest.raises(KeyError):
+        conf.get("server", "workerz")
+
+
+def test_username_and_password_complete_a_url_without_them(write):
+    path = write(GOOD.replace("url = {url}", "url = amqp://rabbit:5672/\nusername = svc\n"
+                              "password = s3cret"))
+    conf = config_file.ServiceConfig(path).connection
+    assert (conf.host, conf.credentials) == ("rabbit", config.Credentials("svc", "s3cret"))
+
+
+@pytest.mark.parametrize("extra, key", [("host = other", "host"), ("username = svc", "username")])
+def test_a_url_and_the_keys_it_gives_are_one_too_many(write, extra, key):
+    path = write(GOOD.replace("url = {url}", f"url = amqp://u:p@rabbit/\n{extra}"))
+    assert error_of(path).startswith(f"{path}: [connection] {key}: the url gives ")
+
+
+def test_a_url_flag_overrides_the_host_of_the_file(write):
+    path = write(GOOD.replace("url = {url}", "host = rabbit\nport = 5673\nusername = svc"))
+    assert config_file.ServiceConfig(path).connection.port == 5673
+    conf = config_file.ServiceConfig(path, url="amqp://other/").connection
+    assert (conf.host, conf.port, conf.credentials.username) == ("other", 5672, "svc")
