@@ -118,17 +118,6 @@ def test_call_no_queue_takes_is_refused_naming_exchange_and_routing_key(service)
         lost.describe()
 
 
-def test_call_nobody_answers_times_out_naming_the_destination(service):
-    # The service takes the request but cannot answer a caller it does not know.
-    lost = service.command("call", "calc.add", "a=1", "b=2", "--source", "stranger",
-                           "--exchange", service.names["exchange"],
-                           "--reply-exchange", service.names["reply"], "--timeout", "1.0")
-    assert returncode(lost) == 1, lost.describe()
-    assert lost.stdout == ""
-    assert "calc.add" in lost.stderr and "1.0s" in lost.stderr, lost.describe()
-    assert lost.stderr.startswith("tavrida: No answer from calc.add"), lost.describe()
-
-
 def test_cast_and_publish_reach_the_running_service(service, amqp_url, unique):
     names = service.names
     with PlainAMQP(amqp_url) as plain:

@@ -425,3 +425,23 @@ def test_topology_delete_force_and_exchanges(config_path, capsys):
     assert not set(OWN_EXCHANGES) & set(broker.exchange_names())
     assert "cli_reply_exchange" in broker.exchange_names()
     assert broker.bindings() == []
+
+
+def test_a_call_nobody_answers_exits_1_naming_the_destination(capsys):
+    from tavrida import config
+    from tavrida.transports.base import Binding, Topology
+    from tavrida.transports.memory import MemoryBroker, MemoryTransport
+
+    url = f"memory://cli-{uuid.uuid4().hex}"
+    idle = MemoryTransport(config.ConnectionConfig.from_url(url))  # a queue nobody consumes
+    idle.declare(Topology.build(["cli_exchange"], ["idle"],
+                                [Binding("idle", "cli_exchange", "echo.#")]))
+    try:
+        code = cli.main(["call", "echo.say", "text=hi", "--url", url, "--exchange",
+                         "cli_exchange", "--reply-exchange", "cli_reply_exchange",
+                         "--timeout", "0.3"])
+    finally:
+        idle.close()
+        MemoryBroker.reset(url.split("://")[1])
+    assert code == 1
+    assert capsys.readouterr().err.startswith("tavrida: No answer from echo.say")
