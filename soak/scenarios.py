@@ -365,7 +365,8 @@ def faults(url: str, casts: int = 20_000, calls: int = 2_000, cuts: int = 5,
     Each cut resets every connection of both sides (through their own TCP
     proxies) at a random point of the stream. Checks: every cast handled at
     least once (exactly once with ``idempotent``), every call answered with
-    its own answer or failed with a clear error, nothing dead-lettered.
+    its own answer or failed with a clear error; nothing dead-lettered but the
+    requests of failed calls whose answer found its reply queue gone.
     """
     name = "dedup" if idempotent else "faults"
     result = Result(name, url, command)
@@ -510,7 +511,10 @@ def faults(url: str, casts: int = 20_000, calls: int = 2_000, cuts: int = 5,
         result.check(call_errors <= callers * cuts,
                      f"{call_errors} calls failed, more than {callers} callers x {cuts} cuts")
         result.check(len(cut_log) == cuts, f"only {len(cut_log)} of {cuts} cuts happened")
-        result.check(sizes["dead"] == 0, f"{sizes['dead']} dead letters")
+        # An answer whose reply queue went with a cut is Unroutable: the service dead-letters
+        # its request, and that call ended in a clear error.
+        result.check(sizes["dead"] <= call_errors,
+                     f"{sizes['dead']} dead letters, more than the {call_errors} failed calls")
         if idempotent:
             result.check(cast_dupes + call_dupes == 0,
                          f"the handler saw {cast_dupes + call_dupes} duplicates")

@@ -28,13 +28,16 @@ other services are never deleted.
 
 Exit codes: 0 done, 1 the remote service answered with an error or did not
 answer in time (or ``topology delete`` refused or was not confirmed), 2 bad
-arguments or config, or the broker refused or could not
-be reached (one line on stderr says why).
+arguments or config, or the broker refused or could not be reached (one line
+on stderr says why: ``tavrida: Cannot reach the broker at URL: ...``, the
+password masked; ``call``, ``cast`` and ``publish`` do not log their
+reconnect attempts).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -178,6 +181,8 @@ def _send(args: argparse.Namespace) -> int:
     if not target.method:
         raise ValueError(f"{args.target!r} is not SERVICE.METHOD")
     payload = _payload(args.params)
+    # One line on failure: the retries' warnings would repeat what it says.
+    logging.basicConfig(level=logging.ERROR, format="tavrida: %(message)s")
     url = _url_config(args.url)
     headers = _headers(args.header)
     disc = _discovery(args, target.service)
@@ -356,7 +361,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (config_file.ConfigError, ValueError) as exc:
         print(f"tavrida: {exc}", file=sys.stderr)
         return 2
-    except exceptions.TavridaError as exc:
+    except exceptions.TavridaError as exc:  # ConnectionFailed among them
         print(f"tavrida: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - the broker library's errors (refused, bad login)

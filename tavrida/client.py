@@ -17,7 +17,12 @@ name (``reply_to``), where a service's response handlers get it.
 
 It raises :class:`~tavrida.exceptions.RemoteError` when the service answers
 with an Error and :class:`~tavrida.exceptions.CallTimeout` when nothing
-comes back in time. Any number of threads may call at once. Answers come
+comes back in time; all within ``timeout``, broker up or down:
+:class:`~tavrida.exceptions.ConnectionFailed` when the request could not be
+sent in time, :class:`~tavrida.exceptions.Unroutable` when no queue takes
+it. ``.cast()`` and :meth:`RPCClient.publish` give up after the config's
+``publish_timeout``. :meth:`RPCClient.close` also ends reconnect attempts
+other threads are waiting in. Any number of threads may call at once. Answers come
 back on the exchange the client's ``source`` service has in its discovery,
 else on ``tavrida.replies``; every call names that exchange in a header,
 so a 2.0 service needs no discovery entry for the client (a 1.0 service

@@ -29,6 +29,8 @@ from tavrida import exceptions
 MEMORY_SCHEMES = ("memory",)
 #: Schemes served by the kombu transport (``kombu+memory`` is kombu's memory://).
 KOMBU_SCHEMES = ("amqp", "amqps", "pyamqp", "redis", "rediss", "kombu+memory")
+#: Default of :attr:`ConnectionConfig.publish_timeout`, in seconds.
+DEFAULT_PUBLISH_TIMEOUT = 30.0
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671, "pyamqp": 5672, "redis": 6379, "rediss": 6379}
 
 
@@ -66,6 +68,11 @@ class ConnectionConfig:
     * ``alternates``: URLs of the other nodes of a cluster (same scheme and
       virtual host; a URL without a user takes this config's credentials).
       See :attr:`urls`.
+    * ``publish_timeout``: seconds a publish (``cast()``, ``publish()``, a
+      service's answers) may take, reconnecting included, before it gives up
+      with :class:`~tavrida.exceptions.PublishConnectionFailed` (default
+      :data:`DEFAULT_PUBLISH_TIMEOUT`; ``None`` waits for ever). A blocking
+      ``call(timeout=T)`` is bounded by ``T`` instead.
     """
 
     def __init__(
@@ -93,6 +100,7 @@ class ConnectionConfig:
         prefetch_count: int = 100,
         transport_options: Optional[dict] = None,
         alternates: Sequence[str] = (),
+        publish_timeout: Optional[float] = DEFAULT_PUBLISH_TIMEOUT,
     ) -> None:
         if scheme not in MEMORY_SCHEMES + KOMBU_SCHEMES:
             raise exceptions.IncorrectAMQPConfig(
@@ -102,6 +110,9 @@ class ConnectionConfig:
             scheme = "amqps"
         if prefetch_count < 0:
             raise exceptions.IncorrectAMQPConfig(reason="prefetch_count must be >= 0")
+        if publish_timeout is not None and not publish_timeout > 0:
+            raise exceptions.IncorrectAMQPConfig(
+                reason="publish_timeout must be a positive number of seconds, or None")
         self.scheme = scheme
         self.host = host
         self.credentials = credentials
@@ -125,6 +136,7 @@ class ConnectionConfig:
         self.transport_options = dict(transport_options or {})
         #: The other nodes' URLs as given (may carry passwords: log :attr:`safe_urls`).
         self.alternates: List[str] = [_checked_alternate(self, u) for u in alternates]
+        self.publish_timeout = publish_timeout
 
     @classmethod
     def from_url(cls, url: Union[str, Sequence[str]], **kwargs: Any) -> "ConnectionConfig":

@@ -6,6 +6,7 @@
     url = amqp://guest:guest@127.0.0.1:5672//   ; TAVRIDA_URL overrides it
     prefetch_count = 100                         ; scalar ConnectionConfig parameters,
     heartbeat_interval = 30                      ; username, password
+    publish_timeout = 30                         ; seconds, or none: wait for ever
 
     [server]
     queue = test_service
@@ -73,8 +74,12 @@ if TYPE_CHECKING:
 #: Environment variable that overrides the broker URL of every config.
 URL_ENV = "TAVRIDA_URL"
 
+class SecondsOrNone:
+    """:data:`SCHEMA` type of a positive number of seconds, or ``none`` (no limit)."""
+
+
 #: Every section a config file may have, the keys it takes and the type of
-#: each value (``str``, ``int``, ``float`` or ``bool``). A key ending in
+#: each value (``str``, ``int``, ``float``, ``bool`` or :class:`SecondsOrNone`). A key ending in
 #: ``.*`` takes any name after the dot (``remote.*`` matches
 #: ``remote.users``). Anything not declared here is an error. To add a key,
 #: add one line here and read it with :meth:`ServiceConfig.get`; every
@@ -105,6 +110,7 @@ SCHEMA: Dict[str, Dict[str, type]] = {
         "publisher_confirms": bool,
         "persistent": bool,
         "prefetch_count": int,
+        "publish_timeout": SecondsOrNone,
     },
     "server": {
         "queue": str,
@@ -270,6 +276,17 @@ class ServiceConfig:
             return raw
         if not raw:
             raise self._error(section, key, "needs a value")
+        if kind is SecondsOrNone:
+            if raw.lower() == "none":
+                return None
+            try:
+                seconds = float(raw)
+            except ValueError:
+                seconds = 0.0
+            if not seconds > 0:
+                raise self._error(section, key,
+                                  f"{raw!r} is not a positive number of seconds or none")
+            return seconds
         if kind is bool:
             if raw.lower() not in _BOOLEANS:
                 raise self._error(section, key, f"{raw!r} is not true or false")

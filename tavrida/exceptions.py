@@ -172,9 +172,57 @@ class PublishFailed(TavridaError):
 
     def __init__(self, message: str = "", **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
+        self.exchange: str = kwargs.get("exchange", "")
+        self.routing_key: str = kwargs.get("routing_key", "")
         self.failed: dict = kwargs.get("failed", {})
         self.envelopes: list = kwargs.get("envelopes", [])
         self.unencodable: list = kwargs.get("unencodable", [])
+        #: Indexes of the messages no queue took (see :class:`Unroutable`).
+        self.unroutable: list = kwargs.get("unroutable", [])
+
+
+class Unroutable(PublishFailed):
+    """No queue took the message: nothing is bound to ``exchange`` for ``routing_key``.
+
+    RabbitMQ returned it (it was published ``mandatory``), or the virtual
+    transport (Redis, ``memory://``) found no binding. The message is not
+    stored anywhere: it was not sent. ``exchange`` and ``routing_key`` name
+    the (first) message that failed; for a batch, ``unroutable`` lists the
+    indexes of every unroutable message.
+    """
+
+    message_template = (
+        "No queue takes messages to exchange %(exchange)r with routing key "
+        "%(routing_key)r: %(reason)s")
+
+
+class ConnectionFailed(TavridaError):
+    """The broker could not be reached (refused, unreachable, login refused, timed out).
+
+    Raised by every entry point that touches the broker (``Server.run``,
+    blocking calls, casts, publishes, declarations) once retries ran out,
+    the operation's deadline passed, or the transport was stopped or
+    closed meanwhile. ``safe_url`` is the broker URL with the password
+    masked; ``cause`` the broker library's error, if any.
+    """
+
+    message_template = "Cannot reach the broker at %(safe_url)s: %(reason)s"
+
+    def __init__(self, message: str = "", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.safe_url: str = kwargs.get("safe_url", "")
+        self.cause: Any = kwargs.get("cause")
+
+
+class PublishConnectionFailed(ConnectionFailed, PublishFailed):
+    """A publish gave up because the broker could not be reached in time.
+
+    Both a :class:`ConnectionFailed` and a :class:`PublishFailed` (with
+    ``failed`` and ``envelopes`` saying which messages of a batch were not
+    confirmed; the others were).
+    """
+
+    message_template = ConnectionFailed.message_template
 
 
 class RemoteError(TavridaError):

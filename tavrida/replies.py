@@ -15,6 +15,11 @@ one: it ignores the header).
 Answers are matched to callers by ``request_id``; answers nobody waits for
 (late, after a timeout, or for another client of the same name) are logged
 and dropped.
+
+``call(timeout=T)`` returns or raises within ``T`` seconds (plus a few
+milliseconds) whether the broker is up or not: declaring the reply queue,
+connecting, publishing the request and waiting for its answer all share
+that one deadline (:meth:`tavrida.transports.base.Transport.deadline`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ LOG = logging.getLogger(__name__)
 
 #: Exchange a client's answers come back on when its discovery does not name one.
 DEFAULT_REPLY_EXCHANGE = "tavrida.replies"
+
+
+class _TimedOut(Exception):
+    """The call's deadline passed before its request could go out."""
 
 
 class _Waiter:
@@ -58,6 +67,7 @@ class Replies:
         self._answered = threading.Condition(self._lock)
         self._drainer = False  # a caller is draining the reply queue
         self._started = False
+        self._start_lock = threading.Lock()  # taken with the caller's deadline
         self.queue = f"{service_name}.replies.{uuid.uuid4().hex}"
         #: Exchange the answers come back on (see the module's docstring).
         self.exchange = ""
@@ -67,8 +77,13 @@ class Replies:
             except exceptions.UnableToDiscover:
                 self.exchange = DEFAULT_REPLY_EXCHANGE
 
-    def _start(self) -> None:
-        with self._lock:
+    def _start(self, deadline: float) -> None:
+        """Declare and consume the reply queue once (first caller; others wait until deadline)."""
+        if self._started:
+            return
+        if not self._start_lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            raise _TimedOut()
+        try:
             if self._started:
                 return
             if not self._service_name:
@@ -82,11 +97,12 @@ class Replies:
                 self.queue, [Binding(self.queue, exchange, self._service_name)])
             transport.consume(self.queue, self._on_message, 0)
             self._started = True
+        finally:
+            self._start_lock.release()
 
-    def _wait(self, waiter: _Waiter, timeout: float) -> bool:
+    def _wait(self, waiter: _Waiter, deadline: float) -> bool:
         transport = self._sender.transport
         assert transport is not None
-        deadline = time.monotonic() + timeout
         while True:
             with self._lock:
                 remaining = deadline - time.monotonic()
@@ -100,7 +116,11 @@ class Replies:
                 self._drainer = True
             try:
                 while waiter.answer is None and remaining > 0:
-                    transport.drain(min(remaining, 0.2))
+                    try:
+                        transport.drain(min(remaining, 0.2))
+                    except exceptions.ConnectionFailed:
+                        if time.monotonic() < deadline:
+                            raise  # reconnect attempts ran out before the deadline
                     remaining = deadline - time.monotonic()
             finally:
                 with self._lock:
@@ -130,16 +150,26 @@ class Replies:
     def call(self, request: messages.Request, timeout: float) -> Dict[str, Any]:
         """Send ``request`` and wait for its answer: the payload, or raise.
 
-        Raises :class:`~tavrida.exceptions.RemoteError` for an Error answer and
-        :class:`~tavrida.exceptions.CallTimeout` when none comes in time.
+        Raises :class:`~tavrida.exceptions.RemoteError` for an Error answer,
+        :class:`~tavrida.exceptions.CallTimeout` when none comes in time,
+        :class:`~tavrida.exceptions.ConnectionFailed` when the request could
+        not be sent within ``timeout`` (broker unreachable) and
+        :class:`~tavrida.exceptions.Unroutable` when no queue takes it.
         """
-        self._start()
+        deadline = time.monotonic() + timeout
+        transport = self._sender.transport
+        assert transport is not None
         waiter = _Waiter()
-        with self._lock:
-            self._pending[request.request_id] = waiter
+        answered = False
         try:
-            self._sender.send(request)
-            answered = self._wait(waiter, timeout)
+            with transport.deadline(timeout):
+                self._start(deadline)
+                with self._lock:
+                    self._pending[request.request_id] = waiter
+                self._sender.send(request)
+                answered = self._wait(waiter, deadline)
+        except _TimedOut:
+            pass
         finally:
             with self._lock:
                 self._pending.pop(request.request_id, None)

@@ -68,8 +68,10 @@ class Sender:
                 self.reply_exchange if message.reply_to.service == self._service else "")
             if reply_exchange:
                 headers[messages.REPLY_EXCHANGE_HEADER] = reply_exchange
+        # A notification nobody subscribes to is normal pub/sub, not a lost message.
         envelope = OutgoingEnvelope(self.exchange_of(message), self.routing_key_of(message),
-                                    body, headers, persistent=self.persistent)
+                                    body, headers, persistent=self.persistent,
+                                    mandatory=message.message_type != messages.NOTIFICATION)
         if message.expires_at is not None and math.isfinite(message.expires_at):
             # A blocking call: the broker (AMQP expiration) and the server (the header,
             # for transports without per-message TTL) drop it once its caller gave up.

@@ -190,7 +190,13 @@ class Server:
         return self.transport.drain(timeout)
 
     def run(self) -> None:
-        """Serve until :meth:`stop` (or SIGTERM / SIGINT in the main thread)."""
+        """Serve until :meth:`stop` (or SIGTERM / SIGINT in the main thread).
+
+        Raises :class:`~tavrida.exceptions.ConnectionFailed` when the broker
+        cannot be reached (first connect, or reconnect attempts ran out).
+        Stopping during an outage returns at once: the messages in hand
+        cannot be acked, and the broker delivers them again.
+        """
         restore = self._install_signal_handlers()
         try:
             self.start()
@@ -205,10 +211,14 @@ class Server:
             self.close()
 
     def stop(self) -> None:
-        """Ask :meth:`run` to stop: take no new message, finish and ack those in hand."""
+        """Ask :meth:`run` to stop: take no new message, finish and ack those in hand.
+
+        Also stops reconnecting: while the broker is unreachable, :meth:`run`
+        returns within a fraction of a second (safe from a signal handler).
+        """
         self._stopping.set()
         if self.transport is not None:
-            self.transport.stop()
+            self.transport.interrupt()
 
     @property
     def pending_retries(self) -> int:
@@ -456,14 +466,17 @@ class Server:
                      delivery: Delivery) -> None:
         """Publish an answer; one that cannot be routed dead-letters its request.
 
-        Broker trouble propagates, so :meth:`handle` requeues the request.
+        An answer no queue takes (:class:`~tavrida.exceptions.Unroutable`:
+        the caller's reply queue is gone) dead-letters its request too. Broker
+        trouble propagates, so :meth:`handle` requeues the request.
         """
         try:
             controller.postprocessor.send(answer)
         except (exceptions.UnableToDiscover, exceptions.IncorrectOutgoingMessage,
                 exceptions.PublishFailed) as exc:
-            if isinstance(exc, exceptions.PublishFailed) and not exc.unencodable and \
-                    not self._routed_by_call(controller, answer):
+            if (isinstance(exc, exceptions.PublishFailed) and not exc.unencodable
+                    and not isinstance(exc, exceptions.Unroutable)
+                    and not self._routed_by_call(controller, answer)):
                 raise  # the broker's trouble, not the answer's: requeue the request
             LOG.error("cannot send %r: %s", answer, exc)
             self._notify(answer, exc)

@@ -135,10 +135,16 @@ class _ClusterTransport(MemoryTransport):
 
 
 class MemoryCluster:
-    """Servers and clients sharing one private in-memory broker."""
+    """Servers and clients sharing one private in-memory broker.
 
-    def __init__(self, name: Optional[str] = None) -> None:
+    Messages to services that are not in the cluster are captured and
+    dropped; with ``strict_routing=True`` sending them raises
+    :class:`~tavrida.exceptions.Unroutable`, as on a real broker.
+    """
+
+    def __init__(self, name: Optional[str] = None, strict_routing: bool = False) -> None:
         self.name = name or f"tavrida-test-{uuid.uuid4().hex}"
+        self.broker.drop_unroutable = not strict_routing
         self.config = config_mod.ConnectionConfig.from_url(f"memory://{self.name}")
         self.servers: List[Server] = []
         self.clients: List[client_mod.RPCClient] = []

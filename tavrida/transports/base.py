@@ -17,8 +17,11 @@ that runs the server loop); callbacks run on that thread.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+from tavrida import exceptions
 
 #: Header added to dead-lettered messages: why tavrida could not handle them.
 DEAD_LETTER_REASON_HEADER = "x-tavrida-dead-reason"
@@ -81,6 +84,11 @@ class OutgoingEnvelope:
     message before dropping it unread: the AMQP per-message TTL, set on the
     requests of blocking calls. Transports that cannot honour it may ignore
     it; the server checks :data:`tavrida.messages.EXPIRES_AT_HEADER` as well.
+
+    ``mandatory``: a message no queue takes is an error
+    (:class:`~tavrida.exceptions.Unroutable`), not a silent drop. Requests,
+    answers and dead letters are mandatory; notifications are not (pub/sub
+    with no subscriber is normal: the transport logs it at DEBUG).
     """
 
     exchange: str
@@ -91,6 +99,7 @@ class OutgoingEnvelope:
     content_encoding: Optional[str] = "utf-8"
     persistent: bool = True
     expiration: Optional[float] = None
+    mandatory: bool = True
 
 
 class Delivery(abc.ABC):
@@ -139,16 +148,53 @@ class Transport(abc.ABC):
         """Publish one message; return once the broker has it.
 
         On a confirming transport this waits for the confirm and raises
-        :class:`tavrida.exceptions.PublishFailed` if the broker refused it.
+        :class:`tavrida.exceptions.PublishFailed` if the broker refused it,
+        :class:`~tavrida.exceptions.Unroutable` if no queue took a
+        ``mandatory`` one, and
+        :class:`~tavrida.exceptions.PublishConnectionFailed` when the broker
+        could not be reached within the publish timeout or :meth:`deadline`.
         """
 
     def publish_many(self, envelopes: Iterable[OutgoingEnvelope]) -> None:
         """Publish several messages; return once the broker has all of them.
 
-        Transports that can pipeline publisher confirms override this.
+        Raises one PublishFailed naming every message that failed (see
+        :func:`publish_error`). Transports that can pipeline publisher
+        confirms override this.
         """
-        for envelope in envelopes:
-            self.publish(envelope)
+        batch = list(envelopes)
+        failed: dict = {}
+        unroutable = []
+        for index, envelope in enumerate(batch):
+            try:
+                self.publish(envelope)
+            except exceptions.Unroutable as exc:
+                failed[index] = exc.kwargs.get("reason", str(exc))
+                unroutable.append(index)
+        if failed:
+            raise publish_error(batch, failed, unroutable=unroutable)
+
+    def deadline(self, timeout: Optional[float]) -> "contextlib.AbstractContextManager[None]":
+        """Bound the blocking operations this thread runs inside the block.
+
+        ``with transport.deadline(2): ...``: connecting, reconnecting,
+        declaring, publishing and draining give up ``timeout`` seconds after
+        the block began (raising :class:`~tavrida.exceptions.ConnectionFailed`
+        when the broker could not be reached). Blocks nest (the earliest
+        deadline wins); ``None`` adds no bound. Transports that never block
+        keep this no-op.
+        """
+        return contextlib.nullcontext()
+
+    def interrupt(self) -> None:
+        """The owner is stopping: wake :meth:`drain` and stop reconnecting.
+
+        While the broker is unreachable, waiting drains return and
+        publishes give up at once instead of retrying; nothing changes while
+        it is connected (a graceful stop still finishes and acks). From any
+        thread or a signal handler.
+        """
+        self.stop()
 
     @abc.abstractmethod
     def consume(self, queue: str, on_message: OnMessage, prefetch_count: int) -> None:
@@ -194,3 +240,28 @@ class Transport(abc.ABC):
     def declare_reply_queue(self, queue: str, bindings: Iterable[Binding]) -> None:
         """Declare a private auto-delete queue that goes away with this connection."""
         raise NotImplementedError
+
+
+def publish_error(envelopes: Sequence[OutgoingEnvelope], failed: Mapping[int, str],
+                  unencodable: Iterable[int] = (),
+                  unroutable: Iterable[int] = ()) -> exceptions.PublishFailed:
+    """The one exception that reports the failed messages of a publish.
+
+    ``failed`` maps indexes into ``envelopes`` to reasons. When every
+    failure is unroutable it is an :class:`~tavrida.exceptions.Unroutable`,
+    else a :class:`~tavrida.exceptions.PublishFailed`; either way ``failed``,
+    ``envelopes`` (the failed ones), ``unencodable`` and ``unroutable`` say
+    which message failed how.
+    """
+    first = min(failed)
+    envelope = envelopes[first]
+    reason = failed[first]
+    if len(envelopes) > 1:
+        reason = (f"{len(failed)} of {len(envelopes)} messages failed "
+                  f"(indexes {sorted(failed)}); first: {reason}")
+    unroutable = sorted(unroutable)
+    kind = (exceptions.Unroutable if unroutable and len(unroutable) == len(failed)
+            else exceptions.PublishFailed)
+    return kind(exchange=envelope.exchange, routing_key=envelope.routing_key, reason=reason,
+                failed=dict(failed), envelopes=[envelopes[index] for index in sorted(failed)],
+                unencodable=sorted(unencodable), unroutable=unroutable)

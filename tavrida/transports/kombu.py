@@ -32,6 +32,19 @@ within a few milliseconds and a slow one costs few wake-ups.
 Concurrent reads and writes on one socket are never allowed, which keeps
 ``amqps://`` (whose SSL objects are not thread safe) correct.
 
+Unroutable messages: every AMQP publish is ``mandatory``; RabbitMQ returns
+one no queue takes before confirming it, and :meth:`KombuTransport._on_return`
+matches the return to its publish, so the confirm does not count
+(``Unroutable``; a non-mandatory envelope -- a notification -- is only logged at
+DEBUG). A consumer RabbitMQ cancels (its queue was deleted) makes the
+consuming connection declare the topology again and consume again.
+
+Deadlines: every blocking operation (connecting, reconnecting, declaring,
+publishing, draining) honours the calling thread's :meth:`KombuTransport.deadline`
+and publishes also ``publish_timeout``; reconnect sleeps end at once on
+:meth:`KombuTransport.close` or :meth:`KombuTransport.interrupt`. Giving up
+raises :class:`~tavrida.exceptions.ConnectionFailed`.
+
 Bytes are never interpreted: bodies are not decoded, decompressed or
 unpickled, whatever the content type or headers say. py-amqp decodes AMQP
 short strings (content_type, correlation_id, reply_to, routing key, ...)
@@ -49,8 +62,13 @@ connection over it.
 
 Differences on kombu's virtual transports (Redis and ``memory://``):
 
-* no publisher confirms: a publish returns once Redis has the message; an
-  exchange nobody declared is not an error (nothing is routed).
+* no publisher confirms: a publish returns once Redis has the message. A
+  message no binding matches raises ``Unroutable`` when it is ``mandatory``
+  (see :func:`_strict_lookup`); on the default exchange it goes to the list
+  named by its routing key, as kombu does.
+* nobody tells a consumer that its queue or bindings were deleted: the
+  consuming connection compares them with kombu's tables every
+  :attr:`KombuTransport.topology_check_interval` and declares them again.
 * topic routing runs in the publishing process; kombu's ``#`` needs at
   least one word, so tavrida installs RabbitMQ's rule (``a.#`` matches ``a``).
 * a requeued or lost un-acked message goes back to the queue it came from
@@ -72,6 +90,7 @@ Differences on kombu's virtual transports (Redis and ``memory://``):
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime
 import logging
 import os
@@ -83,7 +102,7 @@ import struct
 import threading
 import time
 import uuid
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 import amqp
 import kombu
@@ -91,7 +110,6 @@ from amqp import method_framing, serialization, spec
 from kombu.transport import pyamqp
 from kombu.transport.virtual.exchange import TopicExchange
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.functional import retry_over_time
 from kombu.utils.json import loads as json_loads
 
 from tavrida import exceptions
@@ -103,6 +121,7 @@ from tavrida.transports.base import (
     OutgoingEnvelope,
     Topology,
     Transport,
+    publish_error,
 )
 from tavrida.transports.memory import topic_matches
 
@@ -576,30 +595,38 @@ class _Batch:
         self.failed: Dict[int, str] = {}
         #: Failed because they cannot be written at all: trying again cannot help.
         self.unencodable: Set[int] = set()
+        #: Failed because no queue took them (mandatory ones).
+        self.unroutable: Set[int] = set()
+        #: Why the rest failed, when the broker could not be reached.
+        self.connection_failed: Optional[exceptions.ConnectionFailed] = None
 
-    def fail(self, index: int, reason: str, unencodable: bool = False) -> None:
+    def fail(self, index: int, reason: str, unencodable: bool = False,
+             unroutable: bool = False) -> None:
         """Record why envelope ``index`` failed, unless it is settled already."""
         if index in self.todo:
             del self.todo[index]
             self.failed[index] = reason
             if unencodable:
                 self.unencodable.add(index)
+            if unroutable:
+                self.unroutable.add(index)
 
     def error(self) -> exceptions.PublishFailed:
-        """The PublishFailed that names every failed envelope."""
-        first = min(self.failed)
-        envelope = self.envelopes[first]
-        reason = self.failed[first]
-        if len(self.envelopes) > 1:
-            reason = (f"{len(self.failed)} of {len(self.envelopes)} messages failed "
-                      f"(indexes {sorted(self.failed)}); first: {reason}")
-        # failed: index -> reason; envelopes: the failed ones, for callers that retry;
-        # unencodable: the indexes that can never be published as they are.
-        return exceptions.PublishFailed(
-            exchange=envelope.exchange, routing_key=envelope.routing_key, reason=reason,
-            failed=dict(self.failed),
-            envelopes=[self.envelopes[index] for index in sorted(self.failed)],
-            unencodable=sorted(self.unencodable))
+        """The PublishFailed that names every failed envelope.
+
+        ``failed``: index -> reason; ``envelopes``: the failed ones, for
+        callers that retry; ``unencodable``: the indexes that can never be
+        published as they are; ``unroutable``: those no queue took.
+        """
+        error = publish_error(self.envelopes, self.failed, self.unencodable, self.unroutable)
+        cause = self.connection_failed
+        if cause is None:
+            return error
+        return exceptions.PublishConnectionFailed(
+            safe_url=cause.safe_url, cause=cause.cause, reason=error.kwargs["reason"],
+            exchange=error.exchange, routing_key=error.routing_key, failed=error.failed,
+            envelopes=error.envelopes, unencodable=error.unencodable,
+            unroutable=error.unroutable)
 
 
 #: Errors of a message that cannot be encoded (header types, names too long, values out
@@ -630,6 +657,36 @@ class _ConfirmTimeout(Exception):
     """The broker did not confirm in time."""
 
 
+class _NoRoute(Exception):
+    """A virtual transport found no queue for a message (nothing was stored)."""
+
+
+def _strict_lookup(channel: Any) -> None:
+    """Make a virtual channel's publish raise :class:`_NoRoute` when no queue matches.
+
+    kombu's ``Channel._lookup`` (private; the one place routing is decided)
+    sends such a message to its ``deadletter_queue``, which topic exchanges
+    then skip: it is silently gone. Here the same table and exchange type
+    decide, and an empty answer raises before anything is stored. The
+    default exchange keeps kombu's rule: the message goes to the list named
+    by the routing key (Redis keeps it there until that queue is consumed).
+    """
+
+    def lookup(exchange: str, routing_key: str, default: Any = None) -> List[str]:
+        if not exchange:
+            return [routing_key]
+        try:
+            table = channel.get_table(exchange)
+        except KeyError:  # kombu's memory transport: an exchange it never saw
+            table = []
+        queues = list(channel.typeof(exchange).lookup(table, exchange, routing_key, None))
+        if not queues:
+            raise _NoRoute()
+        return queues
+
+    channel._lookup = lookup
+
+
 # --- the transport ------------------------------------------------------------------------------
 
 class KombuTransport(Transport):
@@ -651,6 +708,8 @@ class KombuTransport(Transport):
     confirm_timeout = 30.0
     #: Upper bound of the sleep between reconnect attempts.
     max_retry_interval = 10.0
+    #: Seconds between checks that a virtual broker (Redis) still has the bindings.
+    topology_check_interval = 2.0
 
     def __init__(self, config: ConnectionConfig) -> None:
         if config.is_memory:
@@ -683,6 +742,9 @@ class KombuTransport(Transport):
         self._bindings: Dict[Binding, None] = {}
         self._reply_queues: Dict[str, Tuple[Binding, ...]] = {}
         self._consumers: List[_Consumer] = []
+        #: Consumers RabbitMQ cancelled (their queue was deleted), to declare and resume.
+        self._resume: List[_Consumer] = []
+        self._next_topology_check = 0.0
         self._ready: Deque[Tuple[KombuDelivery, OnMessage]] = collections.deque()
         #: Deliveries handed out and not yet acked or rejected (ids; set ops are atomic).
         self._unsettled: Set[int] = set()
@@ -692,6 +754,11 @@ class KombuTransport(Transport):
         self._unrestored: List[Any] = []
         self._stop = threading.Event()
         self._closed = False
+        #: Set by close() and interrupt(): cuts retry sleeps short.
+        self._wake = threading.Event()
+        self._interrupted = False
+        #: Per-thread deadline of blocking operations (see deadline()).
+        self._local = threading.local()
         self._closing = threading.Event()
         #: Keeps heartbeats going while a callback runs on the draining thread (AMQP).
         self._beat_thread: Optional[threading.Thread] = None
@@ -704,6 +771,8 @@ class KombuTransport(Transport):
         self._pub_ever_connected = False
         self._pub_confirming = False
         self._pub_seq = 0
+        #: Sequence number of the last publish RabbitMQ returned (see _on_return).
+        self._pub_returned_seq = 0
         self._pub_waiting: "collections.OrderedDict[int, int]" = collections.OrderedDict()
         self._pub_batch: Optional[_Batch] = None
         self._pub_exchanges: Set[str] = set()
@@ -731,6 +800,9 @@ class KombuTransport(Transport):
         elif config.scheme in REDIS_SCHEMES:
             transport = config.scheme
             options["socket_connect_timeout"] = config.socket_timeout
+            # Bounds every read (kombu's default has none: a broker that stops answering
+            # would hang a publish for ever); longer than the 1 s BRPOP wait.
+            options["socket_timeout"] = config.socket_timeout
             if config.ssl:
                 # kombu silently ignores a non-dict, and warns into CERT_NONE without one.
                 ssl = config.ssl_options or {"ssl_cert_reqs": ssl_module.CERT_REQUIRED}
@@ -758,36 +830,113 @@ class KombuTransport(Transport):
             "transport_options": options,
         }
 
-    def _retry_policy(self, initial: bool) -> Dict[str, Any]:
-        """kombu retry_over_time arguments for the first connect or a reconnect."""
+    def _retry(self, fun: Callable[[], Any], initial: bool, what: str) -> Any:
+        """Run ``fun`` until it stops raising connection errors, per the retry policy.
+
+        Gives up with :class:`~tavrida.exceptions.ConnectionFailed` when the
+        attempts run out, this thread's :meth:`deadline` passes, or the
+        transport is closed or interrupted; an error retrying cannot mend (a
+        refused login) raises it at once. Sleeps ``retry_delay``, then
+        ``2 * retry_delay``, ... up to :attr:`max_retry_interval`, waking at
+        once on :meth:`close` or :meth:`interrupt`.
+        """
         config = self._config
         attempts = config.connection_attempts if initial else config.reconnect_attempts
+        tries_left = None if attempts < 0 else max(attempts, 1)
         delay = max(config.retry_delay, 0.0)
-        return {
-            "max_retries": None if attempts < 0 else max(attempts - 1, 0),
-            "interval_start": delay,
-            "interval_step": delay,
-            "interval_max": max(delay, self.max_retry_interval),
-        }
-
-    def _retry(self, fun: Callable[[], Any], initial: bool, what: str) -> Any:
-        """Run ``fun`` until it stops raising connection errors, per the retry policy."""
-        if not initial and self._config.reconnect_attempts == 0:
-            return fun()
-
-        def errback(exc: BaseException, intervals: Any, retries: int) -> float:
-            interval = next(intervals)
+        interval = delay
+        deadline = getattr(self._local, "deadline", None)
+        while True:
+            self._check_not_stopped()
+            try:
+                return fun()
+            except self._retry_errors as exc:
+                error: BaseException = exc
+            except self._connection_errors as exc:
+                raise self._failed(exc) from exc
+            if tries_left is not None:
+                tries_left -= 1
+                if tries_left <= 0:
+                    raise self._failed(error, f"gave up after {attempts} attempt(s)") from error
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise self._failed(error, "timed out") from error
+            wait = interval if deadline is None else min(interval, deadline - now)
             LOG.warning("%s %s failed (%s: %s); retrying in %.1fs", what,
-                        self._config.safe_url, type(exc).__name__, exc, interval)
-            return interval
+                        self._config.safe_url, type(error).__name__, error, wait)
+            self._wake.wait(wait)
+            interval = min(interval + delay, max(delay, self.max_retry_interval))
 
-        return retry_over_time(fun, self._retry_errors, errback=errback,
-                               **self._retry_policy(initial))
+    def _check_not_stopped(self) -> None:
+        if self._closed:
+            raise self._failed(None, "the transport is closed")
+        if self._interrupted:
+            raise self._failed(None, "stopped while the broker was unreachable")
+
+    def _failed(self, cause: Optional[BaseException],
+                reason: str = "") -> exceptions.ConnectionFailed:
+        """A ConnectionFailed naming the masked URL and the cause (no password in it)."""
+        text = f"{type(cause).__name__}: {cause}" if cause is not None else ""
+        text = f"{reason} ({text})" if reason and text else reason or text
+        credentials = self._config.credentials
+        if credentials is not None and credentials.password:
+            text = text.replace(credentials.password, "***")
+        return exceptions.ConnectionFailed(safe_url=self._config.safe_url, cause=cause,
+                                           reason=text)
+
+    @contextlib.contextmanager
+    def deadline(self, timeout: Optional[float]) -> Iterator[None]:
+        """Bound this thread's blocking operations inside the block (see the base class)."""
+        previous = getattr(self._local, "deadline", None)
+        if timeout is None:
+            yield
+            return
+        mine = time.monotonic() + max(timeout, 0.0)
+        self._local.deadline = mine if previous is None else min(previous, mine)
+        try:
+            yield
+        finally:
+            self._local.deadline = previous
+
+    @contextlib.contextmanager
+    def _holding(self, lock: Any) -> Iterator[None]:
+        """Acquire ``lock`` before this thread's deadline, or raise ConnectionFailed."""
+        deadline = getattr(self._local, "deadline", None)
+        if deadline is None:
+            lock.acquire()
+        elif not lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            raise self._failed(None, "timed out: another thread holds the connection "
+                                     "(reconnecting)")
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _open_connection(self, role: str, heartbeat: float = 0) -> kombu.Connection:
-        """Connect once (retries belong to the caller)."""
-        conn = kombu.Connection(**self._connection_params(role, heartbeat))
-        conn.ensure_connection(max_retries=0, reraise_as_library_errors=False)
+        """Connect once (retries belong to the caller), before this thread's deadline.
+
+        Errors retrying cannot mend (login refused, no such virtual host)
+        raise ConnectionFailed.
+        """
+        params = self._connection_params(role, heartbeat)
+        deadline = getattr(self._local, "deadline", None)
+        if deadline is not None:
+            remaining = max(deadline - time.monotonic(), 0.1)
+            for owner, key in ((params, "connect_timeout"),
+                               (params["transport_options"], "socket_connect_timeout")):
+                if key in owner:
+                    owner[key] = min(owner[key] or remaining, remaining)
+        conn = kombu.Connection(**params)
+        try:
+            conn.ensure_connection(max_retries=0, reraise_as_library_errors=False)
+        except self._retry_errors:
+            raise
+        except Exception as exc:
+            try:
+                conn.collect()
+            except Exception:  # noqa: BLE001 - never connected: nothing to report
+                LOG.debug("ignoring error while dropping a connection", exc_info=True)
+            raise self._failed(exc) from exc
         return conn
 
     def _new_channel(self, conn: kombu.Connection) -> Any:
@@ -841,6 +990,7 @@ class KombuTransport(Transport):
         """Forget the consuming connection without talking to the broker."""
         conn, self._conn, self._control = self._conn, None, None
         self._broken = False
+        self._resume = []  # a new connection consumes everything again
         channels = [consumer.channel for consumer in self._consumers
                     if consumer.channel is not None]
         for consumer in self._consumers:
@@ -921,7 +1071,7 @@ class KombuTransport(Transport):
         reconnect (which then performs the declarations itself) or once the
         action worked, never after the broker refused it.
         """
-        with self._lock:
+        with self._holding(self._lock):
             for attempt in range(3):
                 self._ensure_connected()
                 try:
@@ -930,7 +1080,7 @@ class KombuTransport(Transport):
                     remember()
                     self._lost(exc)
                     if attempt == 2 or self._config.reconnect_attempts == 0:
-                        raise
+                        raise self._failed(exc) from exc
                     continue
                 remember()
                 return result
@@ -1017,7 +1167,7 @@ class KombuTransport(Transport):
         (0: no bound). Consumes again after every reconnect.
         """
         consumer = _Consumer(queue, on_message, max(int(prefetch_count), 0))
-        with self._lock:
+        with self._holding(self._lock):
             self._ensure_connected()
             self._consumers.append(consumer)
             try:
@@ -1069,10 +1219,80 @@ class KombuTransport(Transport):
             consumer.fetch.recover(channel)
             consumer.fetch.install(channel)
         channel.basic_qos(0, consumer.prefetch_count, False)
+        self._basic_consume(consumer, channel)
+
+    def _basic_consume(self, consumer: _Consumer, channel: Any) -> None:
         generation = self._generation
+        options: Dict[str, Any] = {}
+        if self._is_amqp:
+            # RabbitMQ cancels a consumer whose queue was deleted: declare it again.
+            options["on_cancel"] = lambda tag: self._resume.append(consumer)
         channel.basic_consume(
             queue=consumer.queue, no_ack=False, consumer_tag=consumer.tag,
-            callback=lambda message: self._on_message(consumer, channel, generation, message))
+            callback=lambda message: self._on_message(consumer, channel, generation, message),
+            **options)
+
+    def _check_topology(self) -> None:
+        """Declare again what the broker lost while connected; call with ``_lock`` held.
+
+        RabbitMQ: a consumer the broker cancelled (its queue was deleted)
+        -- its queue, the other queues and every binding are declared again
+        and it consumes again on its channel. Redis and kombu's memory
+        transport tell nobody: every :attr:`topology_check_interval` seconds
+        the bindings are compared with the broker's tables, and declared
+        again when one is missing (a deleted queue, a Redis restarted
+        without persistence under a live connection, a FLUSHALL).
+        """
+        resume = self._resume
+        if self._is_amqp:
+            if not resume:
+                return
+        else:
+            now = time.monotonic()
+            if now < self._next_topology_check or not self._consumers:
+                return
+            self._next_topology_check = now + self.topology_check_interval
+            missing = self._missing_bindings()
+            if not missing:
+                return
+            # kombu skips a binding its channel state already records: forget those first.
+            state = self._control.state
+            for binding in missing:
+                state.binding_delete(binding.queue, binding.exchange, binding.routing_key)
+                table = state.exchanges.get(binding.exchange, {}).get("table")
+                if table:
+                    table[:] = [row for row in table
+                                if (row[0], row[-1]) != (binding.routing_key, binding.queue)]
+        self._resume = []
+        LOG.warning("queues or bindings on %s disappeared (%s); declaring them again",
+                    self._config.safe_url,
+                    ", ".join(sorted({c.queue for c in resume})) or "bindings")
+        self._declare_on(self._control, list(self._exchanges), list(self._queues),
+                         list(self._bindings))
+        for queue, bindings in self._reply_queues.items():
+            self._declare_reply_on(self._control, queue, bindings)
+        for consumer in resume:
+            if consumer in self._consumers and consumer.channel is not None:
+                self._basic_consume(consumer, consumer.channel)
+
+    def _missing_bindings(self) -> List[Binding]:
+        """Bindings declared here that the virtual broker's tables no longer have."""
+        wanted: Dict[str, List[Binding]] = {}
+        for binding in self._bindings:
+            wanted.setdefault(binding.exchange, []).append(binding)
+        for queue, bindings in self._reply_queues.items():
+            for binding in bindings:
+                wanted.setdefault(binding.exchange, []).append(
+                    Binding(queue, binding.exchange, binding.routing_key))
+        missing = []
+        for exchange, bindings in wanted.items():
+            try:
+                table = self._control.get_table(exchange)
+            except KeyError:  # kombu's memory transport: the exchange is gone
+                table = []
+            present = {(row[0], row[-1]) for row in table}
+            missing += [b for b in bindings if (b.routing_key, b.queue) not in present]
+        return missing
 
     def _cancel_consumer(self, consumer: _Consumer) -> None:
         self._consumers.remove(consumer)
@@ -1196,12 +1416,19 @@ class KombuTransport(Transport):
             if self._stop.is_set():
                 break
             remaining = deadline - time.monotonic()
-            if not self._consumers and self._conn is None:
-                # Nothing to read or keep alive: just wait to be stopped.
+            if not self._consumers and (self._conn is None or self._broken):
+                # Nothing to read or keep alive (after cancel(), acks of a lost
+                # connection are void: no reconnect for them): wait to be stopped.
                 self._stop.wait(max(remaining, 0.0))
                 break
-            with self._lock:
-                self._drain_once(min(max(remaining, self.min_poll_interval), self._next_slice()))
+            try:
+                with self._holding(self._lock):
+                    self._drain_once(min(max(remaining, self.min_poll_interval),
+                                         self._next_slice()))
+            except exceptions.ConnectionFailed:
+                if self._closed or self._interrupted:
+                    break  # stopping during an outage: nothing in hand can be acked anyway
+                raise
             if self._ready:
                 return self._deliver_ready()
             if time.monotonic() >= deadline:
@@ -1222,6 +1449,11 @@ class KombuTransport(Transport):
             pass
         except self._connection_errors + self._channel_errors as exc:
             self._lost(exc)
+            return
+        try:
+            self._check_topology()
+        except self._connection_errors + self._channel_errors as exc:
+            self._lost(exc)  # reconnecting declares everything anyway
             return
         try:
             # After reading: frames just read count as signs of life.
@@ -1252,6 +1484,15 @@ class KombuTransport(Transport):
 
     def stop(self) -> None:
         """Make a waiting :meth:`drain` return (within :attr:`poll_interval`)."""
+        self._stop.set()
+
+    def interrupt(self) -> None:
+        """Stop reconnecting for good: retries give up at once (see the base class).
+
+        Only flags are set, so a signal handler may call it.
+        """
+        self._interrupted = True
+        self._wake.set()
         self._stop.set()
 
     def heartbeat(self) -> None:
@@ -1305,7 +1546,10 @@ class KombuTransport(Transport):
         (at-least-once: a message whose confirm was lost may arrive twice).
         Raises PublishFailed naming every message that failed -- its
         ``exc.failed`` maps their indexes to reasons, ``exc.envelopes``
-        lists them; all the others were confirmed.
+        lists them; all the others were confirmed. A ``mandatory`` message
+        no queue took is such a failure (only those: ``Unroutable``); giving
+        up on an unreachable broker (after ``publish_timeout`` or this
+        thread's :meth:`deadline`) raises PublishConnectionFailed.
         """
         batch = _Batch(list(envelopes))
         if not batch.envelopes:
@@ -1314,15 +1558,21 @@ class KombuTransport(Transport):
             for index in list(batch.todo):
                 batch.fail(index, "the transport is closed")
             raise batch.error()
-        if self._reply_queues and self._is_amqp:
-            self._check_reply_connection()
-        with self._publish_lock:
-            self._pub_batch = batch
+        with self.deadline(self._config.publish_timeout):
             try:
-                self._publish_batch(batch)
-            finally:
-                self._pub_batch = None
-                self._pub_waiting.clear()
+                if self._reply_queues and self._is_amqp:
+                    self._check_reply_connection()
+                with self._holding(self._publish_lock):
+                    self._pub_batch = batch
+                    try:
+                        self._publish_batch(batch)
+                    finally:
+                        self._pub_batch = None
+                        self._pub_waiting.clear()
+            except exceptions.ConnectionFailed as exc:
+                batch.connection_failed = exc
+                for index in list(batch.todo):
+                    batch.fail(index, exc.kwargs.get("reason", str(exc)))
         if batch.failed:
             raise batch.error()
 
@@ -1343,7 +1593,7 @@ class KombuTransport(Transport):
             return
         if self._conn is not None and not self._broken and self._socket_alive():
             return
-        with self._lock:
+        with self._holding(self._lock):
             if self._conn is not None and not self._broken and not self._socket_alive():
                 LOG.warning("the consuming connection to %s is closed",
                             self._config.safe_url)
@@ -1379,7 +1629,11 @@ class KombuTransport(Transport):
         except _ConfirmTimeout:
             self._drop_publisher()
             for index in list(batch.todo):
-                batch.fail(index, f"no confirm from the broker within {self.confirm_timeout}s")
+                batch.fail(index, "no confirm from the broker in time (confirm_timeout "
+                                  f"{self.confirm_timeout}s, or the publish deadline)")
+        except exceptions.ConnectionFailed:
+            self._drop_publisher()
+            raise
         except Exception as exc:  # whatever it is, every message gets its reason
             self._drop_publisher()
             reason = f"{type(exc).__name__}: {exc}"
@@ -1399,12 +1653,15 @@ class KombuTransport(Transport):
                 events = self._pub_channel.events
                 events["basic_ack"].add(self._on_confirm)
                 events["basic_nack"].add(self._on_nack)
-                # Without a listener py-amqp raises returns; mandatory is never set anyway.
+                # Mandatory messages no queue takes come back before their confirm.
                 events["basic_return"].add(self._on_return)
+            else:
+                _strict_lookup(self._pub_channel)
         if self._confirms and not self._pub_confirming:
             self._pub_channel.confirm_select()
             self._pub_confirming = True
             self._pub_seq = 0
+            self._pub_returned_seq = 0
             self._pub_waiting.clear()
         return self._pub_channel
 
@@ -1438,12 +1695,21 @@ class KombuTransport(Transport):
                 envelope = batch.envelopes[index]
                 try:
                     message = self._prepare(channel, envelope)
-                    channel.basic_publish(message, exchange=envelope.exchange,
-                                          routing_key=envelope.routing_key)
+                    if self._is_amqp:
+                        # Always mandatory: a return is how a notification nobody takes is seen.
+                        channel.basic_publish(message, exchange=envelope.exchange,
+                                              routing_key=envelope.routing_key, mandatory=True)
+                    else:
+                        channel.basic_publish(message, exchange=envelope.exchange,
+                                              routing_key=envelope.routing_key)
                 except _UNENCODABLE as exc:
                     # Raised while encoding, before anything was written: only this one fails.
                     batch.fail(index, f"cannot encode it: {type(exc).__name__}: {exc}",
                                unencodable=True)
+                    continue
+                except _NoRoute:
+                    # Raised by the routing lookup, before anything was stored.
+                    self._unrouted(batch, index)
                     continue
                 if self._confirms:
                     # Registered after the write: acks read inside basic_publish are older.
@@ -1488,8 +1754,20 @@ class KombuTransport(Transport):
                              f"{room} a frame of this connection holds")
         return message
 
+    def _unrouted(self, batch: _Batch, index: int) -> None:
+        """Envelope ``index`` reached no queue: an Unroutable failure, or fine if not mandatory."""
+        envelope = batch.envelopes[index]
+        if envelope.mandatory:
+            batch.fail(index, "no queue is bound with a matching key", unroutable=True)
+        else:
+            LOG.debug("nobody takes %s/%s: dropped", envelope.exchange, envelope.routing_key)
+            batch.todo.pop(index, None)
+
     def _wait_for_confirms(self) -> None:
         deadline = time.monotonic() + self.confirm_timeout
+        own = getattr(self._local, "deadline", None)
+        if own is not None:
+            deadline = min(deadline, own)
         raw = self._pub_conn._connection
         while self._pub_waiting:
             remaining = deadline - time.monotonic()
@@ -1527,7 +1805,29 @@ class KombuTransport(Transport):
         return settled
 
     def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
-        LOG.warning("broker returned a message for %s/%s: %s", exchange, routing_key, exc)
+        """RabbitMQ returned a message no queue took; it comes before that message's confirm.
+
+        Returns come in publish order, so the returned message is the first
+        unconfirmed one after the last returned that has its exchange,
+        routing key and body (identical messages are interchangeable).
+        """
+        batch = self._pub_batch
+        if batch is not None and self._confirms:
+            body = message.body
+            if not isinstance(body, bytes):
+                body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+            for seq, index in self._pub_waiting.items():
+                if seq <= self._pub_returned_seq or index not in batch.todo:
+                    continue
+                envelope = batch.envelopes[index]
+                if (envelope.exchange == exchange and envelope.routing_key == routing_key
+                        and bytes(envelope.body) == body):
+                    self._pub_returned_seq = seq
+                    self._unrouted(batch, index)
+                    return
+        LOG.warning("the broker returned a message for %s/%s (%s); it reached no queue "
+                    "(without publisher confirms it cannot be told which publish it was)",
+                    exchange, routing_key, exc)
 
     def _on_channel_error(self, batch: _Batch, exc: amqp.ChannelError) -> None:
         """The broker closed the publishing channel (py-amqp has reopened it)."""
@@ -1562,6 +1862,7 @@ class KombuTransport(Transport):
         """
         self._closed = True
         self._closing.set()
+        self._wake.set()
         self._stop.set()
         with self._lock:
             try:

@@ -8,9 +8,13 @@ or in a single thread -- exchange messages without a real broker.
 The broker behaves like RabbitMQ where tavrida can tell the difference:
 
 * exchanges are topic exchanges (``*`` is exactly one word, ``#`` zero or
-  more); a message goes once to every queue with a matching binding, and
-  unroutable messages are dropped and counted in :attr:`MemoryBroker.unroutable`;
-* the default exchange ``""`` routes to the queue named by the routing key;
+  more); a message goes once to every queue with a matching binding. A
+  message no queue takes is counted in :attr:`MemoryBroker.unroutable`;
+  publishing raises :class:`~tavrida.exceptions.Unroutable` for it unless
+  the envelope is not ``mandatory`` (a notification nobody subscribes to),
+  which is dropped with a DEBUG line;
+* the default exchange ``""`` routes to the queue named by the routing key
+  (unroutable when there is no such queue, as on RabbitMQ);
   publishing to an exchange that was never declared raises
   :class:`~tavrida.exceptions.PublishFailed`;
 * queues are FIFO; competing consumers get messages round-robin, each up to
@@ -33,6 +37,7 @@ import datetime
 import decimal
 import functools
 import itertools
+import logging
 import operator
 import re
 import threading
@@ -50,7 +55,10 @@ from tavrida.transports.base import (
     OutgoingEnvelope,
     Topology,
     Transport,
+    publish_error,
 )
+
+LOG = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_EXCHANGE",
@@ -158,7 +166,7 @@ def _copy_table(table: Mapping[str, Any] | None) -> dict[str, Any]:
 class _Message:
     """A published message as the broker keeps it; never handed out itself."""
 
-    __slots__ = ("body", "exchange", "headers", "properties", "routing_key")
+    __slots__ = ("body", "exchange", "headers", "mandatory", "properties", "routing_key")
 
     def __init__(self, envelope: OutgoingEnvelope) -> None:
         self.body = bytes(envelope.body)
@@ -172,6 +180,7 @@ class _Message:
         self.properties = properties
         self.exchange = envelope.exchange
         self.routing_key = envelope.routing_key
+        self.mandatory = envelope.mandatory
 
 
 class _Queue:
@@ -315,6 +324,10 @@ class MemoryBroker:
         self.lock = threading.Lock()
         #: Messages that matched no queue and were dropped.
         self.unroutable = 0
+        #: False: a ``mandatory`` message no queue takes raises Unroutable (as
+        #: RabbitMQ returns it). True: it is dropped and counted like any other
+        #: (test harnesses whose services talk to peers that are not running).
+        self.drop_unroutable = False
         self._exchanges: dict[str, _Exchange] = {}
         self._queues: dict[str, _Queue] = {}
         self._tags = itertools.count(1)
@@ -470,6 +483,12 @@ class MemoryBroker:
             targets = exchange.route(message.routing_key)
         if not targets:
             self.unroutable += 1
+            if message.mandatory and not self.drop_unroutable:
+                raise exceptions.Unroutable(
+                    exchange=message.exchange, routing_key=message.routing_key,
+                    reason=f"no queue is bound with a matching key in {self!r}",
+                    unroutable=[0])
+            LOG.debug("nobody takes %s/%s: dropped", message.exchange, message.routing_key)
             return
         for queue in targets:
             queue.messages.append((message, False))
@@ -563,7 +582,11 @@ class MemoryTransport(Transport):
                                  bindings, owner=self)
 
     def publish(self, envelope: OutgoingEnvelope) -> None:
-        """Route one message; raises PublishFailed if its exchange does not exist."""
+        """Route one message; raises PublishFailed if its exchange does not exist.
+
+        Raises :class:`~tavrida.exceptions.Unroutable` when no queue takes a
+        ``mandatory`` message.
+        """
         message = _Message(envelope)
         with self._lock:
             if self._closed:
@@ -573,15 +596,28 @@ class MemoryTransport(Transport):
             self.broker._publish(message)
 
     def publish_many(self, envelopes: Iterable[OutgoingEnvelope]) -> None:
-        """Route several messages under one lock; stops at the first failure."""
+        """Route several messages under one lock.
+
+        Every message is tried; one PublishFailed (an Unroutable when only
+        unroutable ones failed) names each that failed in ``failed``.
+        """
+        envelopes = list(envelopes)
         messages = [_Message(envelope) for envelope in envelopes]
+        failed: dict[int, str] = {}
+        unroutable = []
         with self._lock:
-            for message in messages:
+            for index, message in enumerate(messages):
                 if self._closed:
-                    raise exceptions.PublishFailed(exchange=message.exchange,
-                                                   routing_key=message.routing_key,
-                                                   reason="the transport is closed")
-                self.broker._publish(message)
+                    failed[index] = "the transport is closed"
+                    continue
+                try:
+                    self.broker._publish(message)
+                except exceptions.PublishFailed as exc:
+                    failed[index] = exc.kwargs.get("reason", str(exc))
+                    if isinstance(exc, exceptions.Unroutable):
+                        unroutable.append(index)
+        if failed:
+            raise publish_error(envelopes, failed, unroutable=unroutable)
 
     def consume(self, queue: str, on_message: OnMessage, prefetch_count: int) -> None:
         """Register a consumer; its messages are delivered by :meth:`drain`."""

@@ -108,12 +108,14 @@ def test_call_prints_the_answer_or_the_remote_error(service):
         "class": "svc_cli.CalcFailure", "name": "CalcFailure", "message": "no way", "code": 7}}
 
 
-def test_call_to_nothing_times_out_naming_the_destination(service):
+def test_call_no_queue_takes_is_refused_naming_exchange_and_routing_key(service):
     lost = service.call("ghost.method", "x=1", timeout=1.0)
-    assert returncode(lost) == 1, lost.describe()
+    assert returncode(lost) == 2, lost.describe()
     assert lost.stdout == ""
-    assert "ghost.method" in lost.stderr and "1.0s" in lost.stderr, lost.describe()
-    assert lost.stderr.startswith("tavrida: No answer from ghost.method"), lost.describe()
+    assert lost.stderr.startswith("tavrida: No queue takes messages to exchange "), \
+        lost.describe()
+    assert service.names["exchange"] in lost.stderr and "'ghost.method'" in lost.stderr, \
+        lost.describe()
 
 
 def test_cast_and_publish_reach_the_running_service(service, amqp_url, unique):

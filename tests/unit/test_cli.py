@@ -139,6 +139,8 @@ def test_bad_key_value_argument_exits_2(running, capsys):
     ("connection", "prefetch_count", "prefetch_count = lots",
      "[connection] prefetch_count: 'lots' is not a whole number"),
     ("connection", "colour", "colour = blue", "[connection] colour: unknown key"),
+    ("connection", "publish_timeout", "publish_timeout = 0",
+     "[connection] publish_timeout: '0' is not a positive number of seconds or none"),
     ("connection", "url", "url = nothing", "[connection] url:"),
     ("discovery", "bogus", "bogus.x = y", "[discovery] bogus.x: unknown key; [discovery] takes "
      "file, remote.<service>, remote_publisher.<service>, local_publisher.<service>"),
@@ -164,6 +166,27 @@ def test_each_config_error_names_file_section_key_and_exits_2(
     err = capsys.readouterr().err
     assert str(path) in err
     assert expected in err
+
+
+@pytest.mark.parametrize("text,expected", [("", 30.0), ("publish_timeout = 2.5", 2.5),
+                                           ("publish_timeout = none", None)])
+def test_publish_timeout_is_read_from_the_connection_section(config_path, text, expected):
+    path, url = config_path
+    path.write_text(path.read_text().replace("prefetch_count = 10",
+                                             f"prefetch_count = 10\n{text}"))
+    assert config_file.ServiceConfig(str(path)).connection.publish_timeout == expected
+
+
+def test_an_unreachable_broker_is_one_line_and_exit_2(capsys):
+    with __import__("socket").socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, never listening: refused
+        port = sock.getsockname()[1]
+        code = cli.main(["cast", "echo.say", "text=hi", "--exchange", "cli_exchange",
+                         "--url", f"redis://:s3cret@127.0.0.1:{port}/0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("tavrida: Cannot reach the broker at ")
+    assert "s3cret" not in err
 
 
 def test_missing_config_file_exits_2_saying_so(tmp_path, capsys):
@@ -402,3 +425,23 @@ def test_topology_delete_force_and_exchanges(config_path, capsys):
     assert not set(OWN_EXCHANGES) & set(broker.exchange_names())
     assert "cli_reply_exchange" in broker.exchange_names()
     assert broker.bindings() == []
+
+
+def test_a_call_nobody_answers_exits_1_naming_the_destination(capsys):
+    from tavrida import config
+    from tavrida.transports.base import Binding, Topology
+    from tavrida.transports.memory import MemoryBroker, MemoryTransport
+
+    url = f"memory://cli-{uuid.uuid4().hex}"
+    idle = MemoryTransport(config.ConnectionConfig.from_url(url))  # a queue nobody consumes
+    idle.declare(Topology.build(["cli_exchange"], ["idle"],
+                                [Binding("idle", "cli_exchange", "echo.#")]))
+    try:
+        code = cli.main(["call", "echo.say", "text=hi", "--url", url, "--exchange",
+                         "cli_exchange", "--reply-exchange", "cli_reply_exchange",
+                         "--timeout", "0.3"])
+    finally:
+        idle.close()
+        MemoryBroker.reset(url.split("://")[1])
+    assert code == 1
+    assert capsys.readouterr().err.startswith("tavrida: No answer from echo.say")

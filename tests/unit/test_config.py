@@ -235,3 +235,16 @@ def test_a_bad_alternate_never_shows_its_password():
     with pytest.raises(exceptions.IncorrectAMQPConfig) as info:
         config.ConnectionConfig.from_url(f"amqp://r1;redis://u:{QUOTED}x@r2")
     assert "s3cr" not in str(info.value)
+
+
+def test_publish_timeout_defaults_to_30_seconds_and_none_waits_for_ever():
+    assert config.ConnectionConfig().publish_timeout == config.DEFAULT_PUBLISH_TIMEOUT == 30.0
+    assert config.ConnectionConfig.from_url("memory://", publish_timeout=None).publish_timeout \
+        is None
+    assert config.ConnectionConfig(publish_timeout=2.5).publish_timeout == 2.5
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_publish_timeout_must_be_positive(value):
+    with pytest.raises(exceptions.IncorrectAMQPConfig, match="publish_timeout"):
+        config.ConnectionConfig(publish_timeout=value)

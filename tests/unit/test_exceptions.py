@@ -63,3 +63,29 @@ def test_remote_error_carries_the_error_payload_fields():
     assert (exc.remote_class, exc.remote_name, exc.remote_message, exc.code) == (
         "app.Failure", "Failure", "went wrong", 42)
     assert str(exc) == "app.Failure: went wrong"
+
+
+def test_unroutable_is_a_publish_failure_naming_exchange_and_routing_key():
+    exc = exceptions.Unroutable(exchange="ex", routing_key="svc.m", reason="nobody")
+    assert isinstance(exc, exceptions.PublishFailed)
+    assert (exc.exchange, exc.routing_key) == ("ex", "svc.m")
+    assert "'ex'" in str(exc) and "'svc.m'" in str(exc)
+
+
+def test_connection_failed_carries_the_masked_url_and_the_cause():
+    cause = ConnectionRefusedError(111, "Connection refused")
+    exc = exceptions.ConnectionFailed(safe_url="amqp://guest:***@h:5672/%2F", cause=cause,
+                                      reason="timed out")
+    assert isinstance(exc, exceptions.TavridaError)
+    assert not isinstance(exc, exceptions.PublishFailed)
+    assert exc.safe_url == "amqp://guest:***@h:5672/%2F" and exc.cause is cause
+    assert str(exc) == "Cannot reach the broker at amqp://guest:***@h:5672/%2F: timed out"
+
+
+def test_a_publish_that_gives_up_is_both_connection_failed_and_publish_failed():
+    exc = exceptions.PublishConnectionFailed(safe_url="redis://h:6379/0", reason="down",
+                                             failed={0: "down"}, envelopes=["e"])
+    assert isinstance(exc, exceptions.ConnectionFailed)
+    assert isinstance(exc, exceptions.PublishFailed)
+    assert exc.failed == {0: "down"} and exc.envelopes == ["e"]
+    assert exc.safe_url == "redis://h:6379/0"

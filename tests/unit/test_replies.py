@@ -86,12 +86,25 @@ def test_missing_parameter_is_a_remote_error_naming_it(running):
 
 def test_timeout_names_destination_and_correlation_id(running):
     url, disc = running
+    with client.RPCClient(url, disc, source="caller") as cli:
+        gate = uuid.uuid4().hex
+        GATES[gate] = threading.Event()
+        with pytest.raises(exceptions.CallTimeout) as info:
+            cli.calc.slow(gate=gate).call(correlation_id="corr-1", timeout=0.2)
+        GATES[gate].set()
+    assert "calc.slow" in str(info.value)
+    assert "corr-1" in str(info.value)
+
+
+def test_a_call_nobody_can_take_raises_unroutable_at_once(running):
+    url, disc = running
     disc.register_remote_service("nobody", "calc_exchange")  # routed nowhere
     with client.RPCClient(url, disc, source="caller") as cli:
-        with pytest.raises(exceptions.CallTimeout) as info:
-            cli.nobody.ping().call(correlation_id="corr-1", timeout=0.2)
-    assert "nobody.ping" in str(info.value)
-    assert "corr-1" in str(info.value)
+        with pytest.raises(exceptions.Unroutable) as info:
+            cli.nobody.ping().call(timeout=30)
+    assert info.value.exchange == "calc_exchange"
+    assert info.value.routing_key == "nobody.ping"
+    assert "calc_exchange" in str(info.value) and "nobody.ping" in str(info.value)
 
 
 def test_late_answer_after_timeout_is_dropped_not_misdelivered(running, caplog):

@@ -15,9 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tavrida import discovery, dispatcher, exceptions, messages, server, service
+from tavrida import config, discovery, dispatcher, exceptions, messages, server, service
 from tavrida.testing import HandlerFailed, MemoryCluster
 from tavrida.transports.base import Binding, OutgoingEnvelope
+from tavrida.transports.memory import MemoryTransport
 
 DEAD_REASON = "x-tavrida-dead-reason"
 
@@ -802,3 +803,45 @@ def test_server_survives_any_message(headers, body, content_type):
              "message_type": "request", "source": "caller.x", "destination": "svc.do"}))
         cluster.deliver()
         assert handled[-1] == "next"
+
+
+def test_an_answer_no_queue_takes_dead_letters_the_request(broker):
+    """The caller's reply queue is gone (it gave up): the answer is Unroutable, the
+    request goes to the dead-letter queue with the reason, and is acked."""
+    with MemoryCluster(strict_routing=True) as strict:
+
+        @dispatcher.rpc_service("lone")
+        class Lone(service.ServiceController):
+            @dispatcher.rpc_method(service="lone", method="do")
+            def do(self, request, proxy):
+                return {"done": True}
+
+        serve(strict, Lone)  # declares client_exchange; nothing is bound to it
+        cli = client_of(strict, lone="lone_exchange")
+        cli.lone.do().call()
+        strict.deliver()
+        ((headers, _),) = strict.dead_letters("lone_queue")
+        assert "answer not sent" in headers[DEAD_REASON]
+        assert "client_exchange" in headers[DEAD_REASON]
+        assert strict.broker.messages("lone_queue") == []
+
+
+def test_server_stop_interrupts_the_transport():
+    """Stopping wakes the loop and stops reconnect attempts (see Transport.interrupt)."""
+    calls = []
+
+    class Recording(MemoryTransport):
+        def interrupt(self):
+            calls.append("interrupt")
+            super().interrupt()
+
+    @dispatcher.rpc_service("quiet")
+    class Quiet(service.ServiceController):
+        pass
+
+    srv = server.Server("memory://", "quiet_queue", "quiet_exchange", [Quiet],
+                        transport=Recording(config.ConnectionConfig.from_url("memory://")))
+    srv.start()
+    srv.stop()
+    srv.run()  # returns at once: already stopping
+    assert calls == ["interrupt"]

@@ -592,7 +592,7 @@ def test_nacked_messages_are_reported(amqp_url: str, unique, make_transport) -> 
 
 def test_unreachable_broker_fails_after_the_configured_attempts(
         caplog: pytest.LogCaptureFixture) -> None:
-    """No broker at all: bounded retries, PublishFailed, and no password in the logs."""
+    """No broker at all: bounded retries, ConnectionFailed, and no password in the logs."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again: nothing listens there
@@ -601,11 +601,15 @@ def test_unreachable_broker_fails_after_the_configured_attempts(
     transport = KombuTransport(config)
     caplog.set_level(logging.DEBUG)
     try:
-        with pytest.raises(exceptions.PublishFailed) as raised:
+        with pytest.raises(exceptions.PublishConnectionFailed) as raised:
             transport.publish(envelope("x", "k"))
+        assert isinstance(raised.value, exceptions.PublishFailed)
+        assert raised.value.safe_url == config.safe_url
         assert "s3cret-pw" not in str(raised.value)
-        with pytest.raises(OSError):  # the library's connection error, attempts exhausted
+        with pytest.raises(exceptions.ConnectionFailed) as failed:  # attempts exhausted
             transport.declare(Topology.build(["x"]))
+        assert isinstance(failed.value.cause, OSError)
+        assert "s3cret-pw" not in str(failed.value)
         assert transport.drain(0.01) is False  # nothing consumed yet: no connection needed
     finally:
         transport.close()

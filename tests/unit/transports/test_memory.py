@@ -171,15 +171,53 @@ def test_queue_gets_one_copy_when_several_bindings_match(connect: Connect) -> No
     assert transport.queue_size("q") == 1
 
 
-def test_unroutable_messages_are_dropped_and_counted(connect: Connect) -> None:
+def test_unroutable_messages_raise_and_are_counted(connect: Connect) -> None:
     transport = connect()
     declare_queues(transport, {"q": ["a.b"]})
 
-    transport.publish(envelope("nobody.listens"))
-    transport.publish(envelope("missing-queue", exchange=""))
+    with pytest.raises(exceptions.Unroutable) as info:
+        transport.publish(envelope("nobody.listens"))
+    assert (info.value.exchange, info.value.routing_key) == ("ex", "nobody.listens")
+    with pytest.raises(exceptions.Unroutable, match="missing-queue"):
+        transport.publish(envelope("missing-queue", exchange=""))
 
     assert transport.queue_size("q") == 0
     assert transport.broker.unroutable == 2
+
+
+def test_a_notification_nobody_takes_is_dropped_quietly(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"q": ["a.b"]})
+    unwanted = envelope("nobody.listens")
+    unwanted.mandatory = False
+
+    transport.publish(unwanted)
+
+    assert transport.broker.unroutable == 1
+
+
+def test_publish_many_names_each_unroutable_message(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"q": ["a.b"]})
+
+    with pytest.raises(exceptions.Unroutable) as info:
+        transport.publish_many([envelope("a.b"), envelope("x.y"), envelope("a.b"),
+                                envelope("z", exchange="")])
+
+    assert sorted(info.value.failed) == [1, 3]
+    assert info.value.unroutable == [1, 3]
+    assert [e.routing_key for e in info.value.envelopes] == ["x.y", "z"]
+    assert transport.queue_size("q") == 2
+
+
+def test_a_harness_broker_can_drop_unroutable_messages(connect: Connect) -> None:
+    transport = connect()
+    transport.broker.drop_unroutable = True
+    declare_queues(transport, {"q": ["a.b"]})
+
+    transport.publish(envelope("nobody.listens"))
+
+    assert transport.broker.unroutable == 1
 
 
 def test_default_exchange_routes_to_the_queue_named_by_the_key(connect: Connect) -> None:
@@ -704,7 +742,8 @@ def test_reply_queue_is_deleted_when_its_transport_closes(connect: Connect) -> N
     assert broker.queue_names() == ["svc"]
     assert broker.exchange_names() == ["ex", "replies"]
     assert broker.bindings() == [Binding("svc", "ex", "svc.#")]
-    server.publish(envelope("reply.1", exchange="replies"))
+    with pytest.raises(exceptions.Unroutable):
+        server.publish(envelope("reply.1", exchange="replies"))
     assert broker.unroutable == 1
 
 
