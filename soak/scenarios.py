@@ -384,6 +384,7 @@ def faults(url: str, casts: int = 20_000, calls: int = 2_000, cuts: int = 5,
     answered = [0]
     wrong = [0]
     sent_casts = [0]
+    after_cuts: Any = None
     service = ServiceProcess(server_proxy.url(url), names, workdir, "faults",
                              casts=casts, calls=calls, idempotent=idempotent)
     try:
@@ -438,7 +439,7 @@ def faults(url: str, casts: int = 20_000, calls: int = 2_000, cuts: int = 5,
                                 else:
                                     wrong[0] += 1
                         except (exceptions.CallTimeout, exceptions.PublishFailed,
-                                exceptions.RemoteError) as exc:
+                                exceptions.ConnectionFailed, exceptions.RemoteError) as exc:
                             with lock:
                                 errors[type(exc).__name__] += 1
                         except Exception as exc:  # noqa: BLE001 - not a "clear" error
@@ -467,6 +468,12 @@ def faults(url: str, casts: int = 20_000, calls: int = 2_000, cuts: int = 5,
                                  f"{sent_casts[0]} distinct casts to be handled")
                 except ScenarioError as exc:
                     result.problems.append(str(exc))  # the figures below say what is missing
+                # After the cuts the client must still work: one more call, with a deadline
+                # no machine load reaches (its seq is out of the tallied range).
+                try:
+                    after_cuts = cli.soak.ask(seq=calls).call(timeout=drain_timeout)
+                except exceptions.TavridaError as exc:
+                    after_cuts = f"{type(exc).__name__}: {exc}"
             finally:
                 cli.close()
             final = service.terminate()
@@ -485,6 +492,7 @@ def faults(url: str, casts: int = 20_000, calls: int = 2_000, cuts: int = 5,
             "casts_in": casts, "casts_out": sum(1 for c in cast_counts if c),
             "lost": lost, "calls_in": calls, "answers": answered[0],
             "call_errors": call_errors, "wrong_answers": wrong[0],
+            "call_after_cuts": "answered" if after_cuts == {"seq": calls} else "failed",
             "deliveries": final.get("deliveries"), "redelivered": final.get("redelivered"),
             "handler_duplicates": cast_dupes + call_dupes,
             "skipped_duplicates": final.get("skipped_duplicates", 0),
@@ -506,10 +514,12 @@ def faults(url: str, casts: int = 20_000, calls: int = 2_000, cuts: int = 5,
         result.check(wrong[0] == 0, f"{wrong[0]} calls got another call's answer")
         result.check(not [k for k in errors if k.startswith("unexpected")],
                      f"unclear errors: {dict(errors)}")
-        # A cut of the client's reply connection can lose the answers in flight (at most one
-        # per waiting caller); more timeouts than that would mean something else is wrong.
-        result.check(call_errors <= callers * cuts,
-                     f"{call_errors} calls failed, more than {callers} callers x {cuts} cuts")
+        # A call that timed out told its caller so (a cut can take the answers in flight, and
+        # on a loaded machine an answer can come after its deadline): that is an error the
+        # caller sees, not a loss, so how many there were is a figure, not a verdict. What
+        # would be wrong is a client that no longer works after the cuts.
+        result.check(after_cuts == {"seq": calls},
+                     f"the call made after the cuts got {after_cuts!r}")
         result.check(len(cut_log) == cuts, f"only {len(cut_log)} of {cuts} cuts happened")
         # An answer whose reply queue went with a cut is Unroutable: the service dead-letters
         # its request, and that call ended in a clear error.
