@@ -97,6 +97,8 @@ def call_from_a_script() -> None:
         except exceptions.CallTimeout:
             pass
         cli.add_headers({"tenant": "acme"})
+        notification: messages.Notification = cli.publish(value="event")
+        print(notification.correlation_id)
 
     one = client.RPCClient(config=conf, discovery=make_discovery(), source="client_app",
                            service="test_hello")
@@ -114,7 +116,7 @@ def unit_test_on_the_memory_transport() -> None:
         handled: int = cluster.deliver()
         print(handled, cluster.sent_by("test_hello").responses[0].payload)
         answer = cli.test_hello.hello(param=2).call(timeout=5)
-        print(answer)
+        print(answer, cluster.dead_letters("test_hello_queue"))
 
     result = testing.call_handler(HelloController, "hello", param=1)
     assert result.response == {"answer": 2}
