@@ -130,6 +130,11 @@ class Dispatcher:
         """Remote entry points this service subscribes to."""
         return self._entries(SUBSCRIPTION)
 
+    def get_subscription_handlers(self) -> Iterator[Tuple[entry_point.EntryPoint, Handler]]:
+        """Remote entry points this service subscribes to, each with its handler."""
+        return ((ep, handler) for (kind, ep), handler in self.handlers.items()
+                if kind == SUBSCRIPTION)
+
     @property
     def subscriptions(self) -> List[entry_point.EntryPoint]:
         return list(self.get_publishers())

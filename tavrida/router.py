@@ -48,8 +48,7 @@ class Router:
         for controller in controllers:
             self.services[controller.service_name()] = controller
             dispatcher = controller.get_dispatcher()
-            for ep in dispatcher.get_publishers():
-                handler = dispatcher.find(ep, messages.NOTIFICATION)
+            for ep, handler in dispatcher.get_subscription_handlers():
                 self.subscribers.setdefault(ep, []).append((controller, handler))
 
     def route(self, message: messages.Message) -> List[Target]:

@@ -9,14 +9,20 @@ or nothing. Outgoing middlewares see that answer last.
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar, List, Optional
+from typing import Any, ClassVar, List, Optional, TypeVar, Union
 
 from tavrida import discovery as discovery_mod
 from tavrida import exceptions, messages
 from tavrida.dispatcher import Dispatcher, Handler
 from tavrida.middleware import Middleware
+from tavrida.proxies import RPCProxy
 
 LOG = logging.getLogger(__name__)
+
+#: What a controller answers a call with.
+Answer = Union[messages.Response, messages.Error]
+#: An answer of one kind: outgoing middlewares keep it.
+AnswerT = TypeVar("AnswerT", bound=Answer)
 
 
 class ServiceController:
@@ -53,9 +59,10 @@ class ServiceController:
     @classmethod
     def get_discovery(cls) -> discovery_mod.AbstractDiscovery:
         """This service's discovery; an empty LocalDiscovery when none was set."""
-        if cls.__dict__.get("_discovery") is None:
-            cls._discovery = discovery_mod.LocalDiscovery()
-        return cls._discovery  # type: ignore[return-value]
+        discovery: Optional[discovery_mod.AbstractDiscovery] = cls.__dict__.get("_discovery")
+        if discovery is None:
+            discovery = cls._discovery = discovery_mod.LocalDiscovery()
+        return discovery
 
     @classmethod
     def get_dispatcher(cls) -> Dispatcher:
@@ -73,7 +80,8 @@ class ServiceController:
         """Keep the broker connection alive from a long-running handler."""
         self.postprocessor.heartbeat()
 
-    def process(self, method: Any, message: messages.Message, proxy: Any) -> Any:
+    def process(self, method: Union[Handler, str], message: messages.Message,
+                proxy: RPCProxy) -> Optional[Answer]:
         """Run middlewares and the handler; return the answer (Response, Error) or None.
 
         ``method`` is a :class:`~tavrida.dispatcher.Handler` or a method name.
@@ -101,7 +109,7 @@ class ServiceController:
                 return handler
         raise exceptions.HandlerNotFound(message_type=message.message_type, entry_point=name)
 
-    def make_answer(self, message: messages.Message, result: Any) -> Any:
+    def make_answer(self, message: messages.Message, result: Any) -> Optional[Answer]:
         """Turn a handler's return value into the answer to send (or None)."""
         if not isinstance(message, messages.IncomingRequestCall):
             return None
@@ -109,20 +117,23 @@ class ServiceController:
             if message.transferred:
                 return None  # forwarded with transfer(): the final service answers
             result = {}
+        answer: Answer
         if isinstance(result, dict):
-            result = messages.Response.create_by_request(message, result)
-        elif not isinstance(result, (messages.Response, messages.Error)):
+            answer = messages.Response.create_by_request(message, result)
+        elif isinstance(result, (messages.Response, messages.Error)):
+            answer = result
+        else:
             raise exceptions.WrongResponse(
                 reason=f"handler returned {type(result).__name__}; expected None, a dict, "
                        f"a Response or an Error")
-        return self.run_outgoing(result)
+        return self.run_outgoing(answer)
 
-    def message_done(self, message: messages.Message, answer: Any) -> None:
+    def message_done(self, message: messages.Message, answer: Optional[Answer]) -> None:
         """Tell the incoming middlewares that ``message`` was handled (before its ack)."""
         for middleware in self.incoming_middlewares:
             middleware.done(message, answer)
 
-    def run_outgoing(self, answer: Any) -> Any:
+    def run_outgoing(self, answer: AnswerT) -> AnswerT:
         """Pass an answer through the outgoing middlewares; each must keep its kind."""
         for middleware in self.outgoing_middlewares:
             result = middleware.process(answer)

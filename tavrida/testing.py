@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Type, Union, cast
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Type, Union
 
 from tavrida import client as client_mod
 from tavrida import config as config_mod
@@ -166,12 +166,12 @@ class MemoryCluster:
         """What service (or client source) ``name`` has sent so far."""
         return self._captures.setdefault(name, Capture())
 
-    def add_server(self, service_list: Iterable[type], queue_name: Optional[str] = None,
-                   exchange_name: Optional[str] = None, **kwargs: Any) -> Server:
+    def add_server(self, service_list: Iterable[Type[ServiceController]],
+                   queue_name: Optional[str] = None, exchange_name: Optional[str] = None,
+                   **kwargs: Any) -> Server:
         """Start a server for ``service_list``; names default to the first service's."""
         service_list = list(service_list)
-        first = (cast(Type[ServiceController], service_list[0]).service_name()
-                 if service_list else "service")
+        first = service_list[0].service_name() if service_list else "service"
         server = Server(self.config, queue_name or f"{first}_queue",
                         exchange_name or f"{first}_exchange", service_list, **kwargs)
         server.error_hooks.append(self._on_error)

@@ -117,7 +117,7 @@ def read_headers(raw: Any) -> Dict[str, str]:
 
 
 def read_body(body: Any, properties: Optional[Mapping[str, Any]] = None,
-              max_size: int = DEFAULT_MAX_BODY_SIZE) -> Tuple[dict, dict]:
+              max_size: int = DEFAULT_MAX_BODY_SIZE) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Context and payload of a raw body, checked."""
     properties = properties or {}
     content_type = _label(properties.get("content_type")).split(";")[0].strip()

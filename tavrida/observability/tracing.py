@@ -157,6 +157,8 @@ def instrument_client(client: RPCClient, tracer_provider: Any = None) -> RPCClie
             for span in spans:
                 span.end()
 
+    # Instance attributes shadow the Sender's methods on purpose: this one
+    # client's sends are traced, other senders are left alone.
     sender.send = traced_send  # type: ignore[method-assign]
     sender.send_many = traced_send_many  # type: ignore[method-assign]
     return client
