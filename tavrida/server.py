@@ -544,9 +544,9 @@ class Server:
                      extra: Optional[Mapping[str, Any]] = None) -> None:
         """Copy the original bytes and headers to the dead-letter queue with the reason."""
         why: Dict[str, Any] = {DEAD_LETTER_REASON_HEADER: reason,
-               DEAD_LETTER_QUEUE_HEADER: delivery.queue,
-               DEAD_LETTER_EXCHANGE_HEADER: delivery.exchange or "",
-               DEAD_LETTER_ROUTING_KEY_HEADER: delivery.routing_key or ""}
+                               DEAD_LETTER_QUEUE_HEADER: delivery.queue,
+                               DEAD_LETTER_EXCHANGE_HEADER: delivery.exchange or "",
+                               DEAD_LETTER_ROUTING_KEY_HEADER: delivery.routing_key or ""}
         original = delivery.headers or {}
         if ATTEMPTS_HEADER in original and not delivery.exchange:
             # A retried copy came through the default exchange; it says where it was first sent.
