@@ -36,7 +36,7 @@ from typing import Any, Mapping, Optional, Union
 from tavrida import config as config_mod
 from tavrida import discovery as discovery_mod
 from tavrida import entry_point, messages
-from tavrida.proxies import RPCMethodProxy, RPCProxy, RPCServiceProxy
+from tavrida.proxies import RPCClientProxy, RPCProxy
 from tavrida.replies import Replies
 from tavrida.sender import Sender
 from tavrida.transports import create_transport
@@ -77,11 +77,13 @@ class RPCClient:
     def transport(self) -> Transport:
         return self._transport
 
-    def __getattr__(self, name: str) -> Union[RPCServiceProxy, RPCMethodProxy]:
+    def __getattr__(self, name: str) -> RPCClientProxy:
+        """``cli.<service>``, or ``cli.<method>`` for a client made for one ``service``."""
         if name.startswith("_"):
             raise AttributeError(name)
-        service_proxy = getattr(self._proxy, self._service or name)
-        return getattr(service_proxy, name) if self._service else service_proxy
+        if self._service:
+            return self._proxy.service(self._service, name)
+        return self._proxy.service(name)
 
     def add_headers(self, headers: Mapping[str, Any]) -> None:
         """Add user headers to every message this client sends."""

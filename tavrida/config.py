@@ -21,7 +21,7 @@ Passwords never appear in ``repr()`` or in :attr:`ConnectionConfig.safe_url`.
 from __future__ import annotations
 
 import urllib.parse
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from tavrida import exceptions
 
@@ -85,7 +85,7 @@ class ConnectionConfig:
         frame_max: Optional[int] = None,
         heartbeat_interval: Optional[float] = None,
         ssl: Optional[bool] = None,
-        ssl_options: Optional[dict] = None,
+        ssl_options: Optional[Dict[str, Any]] = None,
         connection_attempts: int = 3,
         retry_delay: float = 1.0,
         socket_timeout: float = 3.0,
@@ -98,7 +98,7 @@ class ConnectionConfig:
         publisher_confirms: bool = True,
         persistent: bool = True,
         prefetch_count: int = 100,
-        transport_options: Optional[dict] = None,
+        transport_options: Optional[Dict[str, Any]] = None,
         alternates: Sequence[str] = (),
         publish_timeout: Optional[float] = DEFAULT_PUBLISH_TIMEOUT,
     ) -> None:
@@ -245,7 +245,7 @@ class ConnectionConfig:
         """:attr:`url` with every password masked, fit for logs."""
         return ";".join(self.safe_urls)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> Dict[str, Any]:
         """All parameters as a dict (the password masked)."""
         result = dict(vars(self))
         result["credentials"] = repr(self.credentials) if self.credentials else None

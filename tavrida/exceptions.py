@@ -12,7 +12,7 @@ the message is rejected and requeued for another try.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict, List, Optional
 
 
 class AckableException:
@@ -108,6 +108,10 @@ class IncorrectAMQPLibrary(TavridaError):
 class IncorrectMessage(BaseAckableException):
     message_template = "Incorrect message: %(reason)s"
 
+    #: The message's tavrida headers when they were valid (its body was not),
+    #: so that a call can still be answered with an Error; set by :func:`tavrida.wire.decode`.
+    headers: Optional[Dict[str, str]] = None
+
 
 class IncorrectOutgoingMessage(TavridaError):
     message_template = "Incorrect outgoing message: %(reason)s"
@@ -174,11 +178,11 @@ class PublishFailed(TavridaError):
         super().__init__(message, **kwargs)
         self.exchange: str = kwargs.get("exchange", "")
         self.routing_key: str = kwargs.get("routing_key", "")
-        self.failed: dict = kwargs.get("failed", {})
-        self.envelopes: list = kwargs.get("envelopes", [])
-        self.unencodable: list = kwargs.get("unencodable", [])
+        self.failed: Dict[int, str] = kwargs.get("failed", {})
+        self.envelopes: List[Any] = kwargs.get("envelopes", [])
+        self.unencodable: List[int] = kwargs.get("unencodable", [])
         #: Indexes of the messages no queue took (see :class:`Unroutable`).
-        self.unroutable: list = kwargs.get("unroutable", [])
+        self.unroutable: List[int] = kwargs.get("unroutable", [])
 
 
 class Unroutable(PublishFailed):

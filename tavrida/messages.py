@@ -146,16 +146,35 @@ class Message:
         self.context: Dict[str, Any] = dict(context or {})
         self.payload: Dict[str, Any] = dict(payload or {})
 
-    correlation_id = property(lambda self: self._correlation_id,
-                              doc="Id of the whole chain of calls.")
-    request_id = property(lambda self: self._request_id,
-                          doc="Id of one request and its response or error.")
-    message_id = property(lambda self: self._message_id, doc="Id of this message.")
-    reply_to = property(lambda self: self._reply_to,
-                        doc="Entry point answers go to (empty unless a call).")
-    source = property(lambda self: self._source, doc="Entry point the message comes from.")
-    destination = property(lambda self: self._destination,
-                           doc="Entry point the message goes to.")
+    @property
+    def correlation_id(self) -> str:
+        """Id of the whole chain of calls."""
+        return self._correlation_id
+
+    @property
+    def request_id(self) -> str:
+        """Id of one request and its response or error."""
+        return self._request_id
+
+    @property
+    def message_id(self) -> str:
+        """Id of this message."""
+        return self._message_id
+
+    @property
+    def reply_to(self) -> entry_point.EntryPoint:
+        """Entry point answers go to (empty unless a call)."""
+        return self._reply_to
+
+    @property
+    def source(self) -> entry_point.EntryPoint:
+        """Entry point the message comes from."""
+        return self._source
+
+    @property
+    def destination(self) -> entry_point.EntryPoint:
+        """Entry point the message goes to."""
+        return self._destination
 
     @property
     def type(self) -> str:

@@ -13,9 +13,12 @@ correlation id and user headers on to every message it sends.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Union, overload
 
 from tavrida import entry_point, exceptions, messages
+
+if TYPE_CHECKING:  # only a client has one; importing it would pull the transports in
+    from tavrida.replies import Replies
 
 EntryPointLike = Union[str, entry_point.EntryPoint]
 
@@ -58,14 +61,29 @@ class RPCCallProxy:
                        destination=str(self._destination), reply_to=str(reply_to or ""))
         return messages.Request(headers, context or self._context, payload)
 
+    @overload
     def call(self, correlation_id: str = "", context: Any = "", reply_to: EntryPointLike = "",
-             source: EntryPointLike = "", timeout: Optional[float] = None) -> Any:
+             source: EntryPointLike = "", timeout: None = None) -> messages.Request: ...
+
+    @overload
+    def call(self, correlation_id: str = "", context: Any = "", reply_to: EntryPointLike = "",
+             source: EntryPointLike = "", *, timeout: float) -> Dict[str, Any]: ...
+
+    @overload
+    def call(self, correlation_id: str = "", context: Any = "", reply_to: EntryPointLike = "",
+             source: EntryPointLike = "", *,
+             timeout: Optional[float]) -> Union[messages.Request, Dict[str, Any]]: ...
+
+    def call(self, correlation_id: str = "", context: Any = "", reply_to: EntryPointLike = "",
+             source: EntryPointLike = "",
+             timeout: Optional[float] = None) -> Union[messages.Request, Dict[str, Any]]:
         """Send a request that expects an answer.
 
         The answer goes to ``reply_to`` (default: the caller's service), whose
-        response or error handler gets it. With ``timeout`` (an
-        :class:`~tavrida.client.RPCClient` only) the call blocks and returns
-        the response payload; see :meth:`tavrida.client.RPCClient`.
+        response or error handler gets it; the sent :class:`~tavrida.messages.Request`
+        is returned. With ``timeout`` (an :class:`~tavrida.client.RPCClient` only)
+        the call blocks and returns the response payload instead; see
+        :mod:`tavrida.client`.
         """
         src = _source(source or self._source)
         reply = entry_point.parse(reply_to) if reply_to else entry_point.ServiceEntryPoint(
@@ -76,7 +94,7 @@ class RPCCallProxy:
                 reason=f"call to {self._destination} has no source or reply_to to answer to")
         request = self._request(correlation_id, context, reply, src, self._kwargs)
         if timeout is not None:
-            replies = getattr(self._postprocessor, "replies", None)
+            replies: Optional[Replies] = getattr(self._postprocessor, "replies", None)
             if replies is None:
                 raise exceptions.TavridaError(
                     "a blocking call (timeout=...) needs an RPCClient; from a handler "
@@ -141,13 +159,54 @@ class RPCServiceProxy:
     def __init__(self, postprocessor: Any, name: str, source: EntryPointLike,
                  context: Optional[Mapping[str, Any]] = None, correlation_id: str = "",
                  headers: Optional[Mapping[str, Any]] = None) -> None:
-        self._args = (postprocessor, name)
-        self._rest = (source, context, correlation_id, headers)
+        self._postprocessor = postprocessor
+        self._name = name
+        self._source = source
+        self._context = context
+        self._correlation_id = correlation_id
+        self._headers = headers
+
+    def _method(self, method_name: str) -> RPCMethodProxy:
+        return RPCMethodProxy(self._postprocessor, self._name, method_name, self._source,
+                              self._context, self._correlation_id, self._headers)
 
     def __getattr__(self, method_name: str) -> RPCMethodProxy:
         if method_name.startswith("__"):
             raise AttributeError(method_name)
-        return RPCMethodProxy(*self._args, method_name, *self._rest)
+        return self._method(method_name)
+
+
+class RPCClientProxy(RPCServiceProxy):
+    """``client.<name>``: a service to pick a method of, or a method to call.
+
+    An :class:`~tavrida.client.RPCClient` has two forms: ``cli.service.method(...)``,
+    where ``cli.service`` is a service, and, for a client made for one
+    service, ``cli.method(...)``, where ``cli.method`` is a method. One type
+    for both, so that both type-check in user code; at run time a service
+    is still not callable and a method has no attributes.
+    """
+
+    def __init__(self, postprocessor: Any, service_name: str, method_name: Optional[str],
+                 source: EntryPointLike, context: Optional[Mapping[str, Any]] = None,
+                 correlation_id: str = "", headers: Optional[Mapping[str, Any]] = None) -> None:
+        super().__init__(postprocessor, service_name, source, context, correlation_id, headers)
+        self._method_name = method_name
+
+    def __getattr__(self, method_name: str) -> RPCMethodProxy:
+        if self._method_name is not None and not method_name.startswith("__"):
+            raise AttributeError(f"{self._name}.{self._method_name} is a method: "
+                                 f"it has no attribute {method_name!r}")
+        return super().__getattr__(method_name)
+
+    def __call__(self, **kwargs: Any) -> RPCCallProxy:
+        if self._method_name is None:
+            raise TypeError(f"{self._name} is a service, not callable: call one of its "
+                            f"methods, client.{self._name}.<method>(...)")
+        return self._method(self._method_name)(**kwargs)
+
+    def __repr__(self) -> str:
+        name = self._name if self._method_name is None else f"{self._name}.{self._method_name}"
+        return f"<{type(self).__name__} {name}>"
 
 
 class RPCProxy:
@@ -171,6 +230,15 @@ class RPCProxy:
             raise AttributeError(service_name)
         return RPCServiceProxy(self._postprocessor, service_name, self._source,
                                self._context, self._correlation_id, self._headers)
+
+    def service(self, service_name: str, method_name: Optional[str] = None) -> RPCClientProxy:
+        """Service ``service_name`` (or its method ``method_name``) as a client attribute.
+
+        Also reaches a service whose name is one of this proxy's attributes:
+        ``proxy.service("publish").method(...)``.
+        """
+        return RPCClientProxy(self._postprocessor, service_name, method_name, self._source,
+                              self._context, self._correlation_id, self._headers)
 
     def publish(self, correlation_id: str = "", **kwargs: Any) -> messages.Notification:
         """Publish a notification with ``kwargs`` as payload on this service's exchange."""

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Tuple, Type
 
 from tavrida import entry_point, exceptions, messages
 from tavrida.dispatcher import Handler
@@ -18,10 +18,10 @@ from tavrida.service import ServiceController
 Target = Tuple[ServiceController, Handler]
 
 
-def check_service_classes(service_list: Iterable[type]) -> List[type]:
+def check_service_classes(service_list: Iterable[type]) -> List[Type[ServiceController]]:
     """The service classes of a server, checked: declared controllers, one per name."""
-    classes: List[type] = []
-    names: Dict[str, type] = {}
+    classes: List[Type[ServiceController]] = []
+    names: Dict[str, Type[ServiceController]] = {}
     for cls in service_list:
         if not (isinstance(cls, type) and issubclass(cls, ServiceController)):
             raise exceptions.NeedToBeController(name=getattr(cls, "__qualname__", repr(cls)))

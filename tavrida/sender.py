@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Callable, Iterable, List, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, List, Optional
 
 from tavrida import discovery as discovery_mod
 from tavrida import entry_point, exceptions, messages, wire
 from tavrida.transports.base import OutgoingEnvelope, Transport
+
+if TYPE_CHECKING:  # replies imports this module
+    from tavrida.replies import Replies
 
 LOG = logging.getLogger(__name__)
 
@@ -36,7 +39,7 @@ class Sender:
         #: Called with every message after it is published (tests capture with it).
         self.observers: List[Observer] = []
         #: Set by a client that waits for answers (see :mod:`tavrida.client`).
-        self.replies = None
+        self.replies: Optional[Replies] = None
         #: Exchange the answers to this service's own calls come back on (the server's
         #: exchange, a client's reply exchange); sent in every call's
         #: ``x-tavrida-reply-exchange`` header so that a callee needs no discovery entry.

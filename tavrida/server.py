@@ -25,7 +25,7 @@ import functools
 import logging
 import signal
 import threading
-from typing import Any, Callable, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Type, Union
 
 from tavrida import config as config_mod
 from tavrida import exceptions, messages, wire
@@ -177,7 +177,7 @@ class Server:
                  ", ".join(c.service_name() for c in self.controllers), self.config.safe_url)
         self.hooks.started(self)
 
-    def _sender(self, cls: type) -> Sender:
+    def _sender(self, cls: Type[ServiceController]) -> Sender:
         sender = Sender(self.transport, cls.get_discovery(), self.config.persistent,
                         source=cls.service_name())
         sender.reply_exchange = self.exchange_name  # answers to its calls come back here
@@ -253,10 +253,10 @@ class Server:
             self.transport.drain(0.05)
         LOG.info("server on queue %s stopped", self.queue_name)
 
-    def _install_signal_handlers(self) -> list:
+    def _install_signal_handlers(self) -> List[Tuple[int, Any]]:
         if threading.current_thread() is not threading.main_thread():
             return []
-        restore = []
+        restore: List[Tuple[int, Any]] = []
         for signum in (signal.SIGTERM, signal.SIGINT):
             restore.append((signum, signal.getsignal(signum)))
             signal.signal(signum, lambda *_: self.stop())
@@ -319,8 +319,7 @@ class Server:
             LOG.error("bad message on queue %s (routing key %r): %s", delivery.queue,
                       delivery.routing_key, exc)
             self._notify(None, exc)
-            headers = getattr(exc, "headers", None)
-            if headers is None or not self._answer_bad(headers, exc):
+            if exc.headers is None or not self._answer_bad(exc.headers, exc):
                 self._dead_letter(delivery, str(exc))
             delivery.ack()
             return
@@ -509,7 +508,7 @@ class Server:
                 return
         self._dead_letter(delivery, str(exc))
 
-    def _answer_bad(self, headers: dict, exc: exceptions.IncorrectMessage) -> bool:
+    def _answer_bad(self, headers: Dict[str, Any], exc: exceptions.IncorrectMessage) -> bool:
         """Send an Error for a malformed call whose headers could be read."""
         if headers.get("message_type") != messages.REQUEST or not headers.get("reply_to"):
             return False
@@ -542,12 +541,12 @@ class Server:
         return None
 
     def _dead_letter(self, delivery: Delivery, reason: str,
-                     extra: Optional[dict] = None) -> None:
+                     extra: Optional[Mapping[str, Any]] = None) -> None:
         """Copy the original bytes and headers to the dead-letter queue with the reason."""
-        why = {DEAD_LETTER_REASON_HEADER: reason,
-               DEAD_LETTER_QUEUE_HEADER: delivery.queue,
-               DEAD_LETTER_EXCHANGE_HEADER: delivery.exchange or "",
-               DEAD_LETTER_ROUTING_KEY_HEADER: delivery.routing_key or ""}
+        why: Dict[str, Any] = {DEAD_LETTER_REASON_HEADER: reason,
+                               DEAD_LETTER_QUEUE_HEADER: delivery.queue,
+                               DEAD_LETTER_EXCHANGE_HEADER: delivery.exchange or "",
+                               DEAD_LETTER_ROUTING_KEY_HEADER: delivery.routing_key or ""}
         original = delivery.headers or {}
         if ATTEMPTS_HEADER in original and not delivery.exchange:
             # A retried copy came through the default exchange; it says where it was first sent.
@@ -570,7 +569,7 @@ class Server:
             # Its headers cannot travel again (too large for a frame, a type the broker
             # library cannot write): the copy keeps the body and tavrida's headers only.
             # (Text that is not UTF-8, e.g. a routing key, is escaped so that it encodes.)
-            why[DEAD_LETTER_DROPPED_HEADER] = exc
+            why[DEAD_LETTER_DROPPED_HEADER] = str(exc)
             envelope.headers = {name: str(value)[:2000].encode("utf-8", "backslashreplace")
                                 .decode("utf-8") for name, value in why.items()}
             self.transport.publish(envelope)

@@ -25,8 +25,6 @@ from typing import (
     List,
     Optional,
     Tuple,
-    Type,
-    cast,
 )
 
 from tavrida import messages
@@ -34,7 +32,6 @@ from tavrida.transports.base import Delivery
 
 if TYPE_CHECKING:
     from tavrida.server import Server
-    from tavrida.service import ServiceController
 
 LOG = logging.getLogger(__name__)
 
@@ -168,7 +165,7 @@ class HookList(List[ServerHook]):
         """Unlike the others, raises: a hook that cannot start (a port in use) stops the start."""
         self._known = frozenset(
             (kind, str(ep)) for cls in server.service_classes
-            for kind, ep in cast("Type[ServiceController]", cls).get_dispatcher().handlers)
+            for kind, ep in cls.get_dispatcher().handlers)
         for hook in self:
             hook.started(server)
 

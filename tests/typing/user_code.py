@@ -9,7 +9,7 @@ annotated as a strict user would annotate it.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from tavrida import (
     client,
@@ -90,7 +90,7 @@ def call_from_a_script() -> None:
         request: messages.Request = cli.test_hello.hello(param=123).call()
         print(request.request_id)
         try:
-            answer: Any = cli.test_hello.hello(param=123).call(timeout=5)
+            answer: Dict[str, Any] = cli.test_hello.hello(param=123).call(timeout=5)
             print(answer)
         except exceptions.RemoteError as exc:
             print(exc)
@@ -103,8 +103,23 @@ def call_from_a_script() -> None:
     one = client.RPCClient(config=conf, discovery=make_discovery(), source="client_app",
                            service="test_hello")
     one.hello(param=1).cast()
-    print(one.hello(param=1).call(timeout=5))
+    print(one.hello(param=1).call(timeout=5)["answer"])
+    deadline: Optional[float] = None
+    sent_or_answer = one.hello(param=1).call(timeout=deadline)
+    if isinstance(sent_or_answer, messages.Request):
+        print(sent_or_answer.request_id)
     one.close()
+
+
+def misuse_is_caught() -> None:
+    """What mypy must reject: strict mode's ``warn_unused_ignores`` makes each
+    ``type: ignore`` below an error of its own if the line ever type-checks."""
+    cli = client.RPCClient("memory://", make_discovery(), source="client_app")
+    print(cli.test_hello.hello.extra)  # type: ignore[attr-defined]
+    cli.test_hello.hello(param=1).call().keys()  # type: ignore[attr-defined]
+    request: messages.Request = cli.test_hello.hello(  # type: ignore[assignment]
+        param=1).call(timeout=5)
+    print(request, cli.test_hello.hello(param=1).call(5))  # type: ignore[call-overload]
 
 
 def unit_test_on_the_memory_transport() -> None:

@@ -190,3 +190,14 @@ def test_call_without_a_source_is_refused_not_sent_as_a_cast(cluster, broker, he
     cluster.deliver()
     (delivery,) = spy.collect()
     assert delivery.headers["reply_to"] == "client_app"
+
+
+def test_a_service_is_not_callable_and_a_method_has_no_attributes(cluster, disc):
+    """``cli.<name>`` is typed as one class for both forms; the wrong use still fails."""
+    cli = cluster.client(disc, source="client_app")
+    with pytest.raises(TypeError, match="test_hello is a service"):
+        cli.test_hello(param=1)
+    one = cluster.client(disc, source="client_app", service="test_hello")
+    with pytest.raises(AttributeError, match="test_hello.hello is a method"):
+        one.hello.other  # noqa: B018
+

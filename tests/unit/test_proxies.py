@@ -261,3 +261,13 @@ def test_blocking_call_through_a_transfer_returns_the_final_answer(cluster, rela
             srv.stop()
         for thread in threads:
             thread.join(5)
+
+
+def test_service_names_a_service_like_an_attribute_would(setup):
+    """``proxy.service(name[, method])`` is ``proxy.<name>[.<method>]``, for any name
+    (``publish`` too) and typed as the client's attributes are."""
+    proxy, spy, _ = setup
+    proxy.service("remote").work(a=1).cast()
+    proxy.service("remote", "work")(a=2).cast()
+    assert [(d.routing_key, json.loads(d.body)["payload"]) for d in spy.collect()] == [
+        ("remote.work", {"a": 1}), ("remote.work", {"a": 2})]
