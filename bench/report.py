@@ -73,6 +73,11 @@ FIGURES = (
     Figure("rss", "drain_msgs_per_s", "5 backlog drain rate", "msgs/s", "run"),
     Figure("bulk", "msgs_per_s", "6 bulk confirmed casts", "msgs/s", "on",
            Target("ratio", ">=", 3.0)),
+    Figure("threads", "calls_per_s", "7 calls from threads, one client", "calls/s", "run",
+           Target("ratio", ">=", 1.0)),
+    Figure("threads", "median_us", "7 threaded call latency median", "us", "run"),
+    Figure("threads", "p99_us", "7 threaded call latency p99", "us", "run"),
+    Figure("threads", "client_cpu_us", "7 threaded call client CPU", "us/call", "run"),
 )
 
 

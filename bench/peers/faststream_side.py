@@ -1,0 +1,68 @@
+"""FastStream's side of the peer comparison (``python -m bench.peers.faststream_side``).
+
+``serve URL QUEUE``: a ``RabbitBroker`` subscriber on a durable queue whose
+handler returns ``{"value": value}`` (FastStream answers through RabbitMQ's
+direct reply-to); prints ``ready`` and runs until its standard input closes.
+``call URL QUEUE N WARMUP``: ``N`` sequential ``await broker.request(...)``
+with ``persist=True`` (publisher confirms are FastStream's default, on);
+prints one JSON line (latencies, elapsed, cpu).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+
+def _queue(name: str):
+    from faststream.rabbit import RabbitQueue
+
+    return RabbitQueue(name, durable=True)
+
+
+async def _serve(url: str, queue: str) -> None:
+    from faststream.rabbit import RabbitBroker
+
+    broker = RabbitBroker(url, log_level=30)
+
+    @broker.subscriber(_queue(queue))
+    async def echo(body: dict) -> dict:
+        return {"value": body["value"]}
+
+    await broker.start()
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await broker.stop()
+
+
+async def _call(url: str, queue: str, n: int, warmup: int) -> None:
+    from faststream.rabbit import RabbitBroker
+
+    async with RabbitBroker(url, log_level=30) as broker:
+        async def one(i: int) -> None:
+            reply = await broker.request({"value": i}, queue, persist=True, timeout=10)
+            answer = json.loads(reply.body)
+            if answer["value"] != i:
+                raise RuntimeError(f"call {i} got {answer!r}")
+
+        for i in range(warmup):
+            await one(i)
+        latencies = []
+        cpu = time.process_time()
+        start = time.perf_counter()
+        for i in range(n):
+            began = time.perf_counter()
+            await one(i)
+            latencies.append(time.perf_counter() - began)
+        elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu
+    print(json.dumps({"latencies": latencies, "elapsed": elapsed, "cpu": cpu}), flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "serve":
+        asyncio.run(_serve(sys.argv[2], sys.argv[3]))
+    else:
+        asyncio.run(_call(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])))
