@@ -29,13 +29,13 @@ from bench.common import BenchError, median, percentile
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 #: Where ``python -m bench.peers --make-venv`` puts the peers' own venv.
 VENV = os.path.join(ROOT, "bench", ".venv-peers")
-#: Peer name -> (module, the broker names its service declares for ``name``).
+#: Peer name -> the module that runs its service and its client.
 PEERS: Dict[str, str] = {
     "nameko": "bench.peers.nameko_side",
     "faststream": "bench.peers.faststream_side",
 }
 #: What ``--make-venv`` installs (the same pins as the ``bench`` extra of setup.py).
-REQUIREMENTS = ["nameko>=2.14,<3", "faststream[rabbit]>=0.5,<0.8"]
+REQUIREMENTS = ["nameko>=2.14,<3", "faststream[rabbit]>=0.7,<0.8"]
 
 
 def default_python() -> str:
