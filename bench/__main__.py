@@ -132,7 +132,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("\n".join(runner.header(meta)))
     print(report.format_table(rows, markdown=args.markdown))
     if peers or skipped:
+        failures = samples.get("peer_failures", {})
         document["peers"] = {"python": peers_python, "ran": list(peers), "skipped": skipped,
+                             "failed_rounds": failures,
                              "versions": runner.peer_versions(peers_python, peers)}
         document["peer_rows"] = report.build_peer_rows(samples, setup.effective_confirms)
         print()
@@ -141,6 +143,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(report.format_peer_table(document["peer_rows"], markdown=args.markdown))
         for name, reason in skipped.items():
             print(f"peer {name} skipped: {reason}")
+        for name, reasons in failures.items():
+            print(f"peer {name} failed {len(reasons)} round(s); first: "
+                  f"{reasons[0].splitlines()[0]}")
     report.write_json(args.json, document)
     print(f"JSON written to {args.json}")
     return 0

@@ -117,6 +117,7 @@ PEER_FIGURES = (
     ("median_us", "call latency median", "us", None),
     ("p99_us", "call latency p99", "us", None),
     ("client_cpu_us", "client CPU", "us/call", None),
+    ("unanswered", "calls unanswered in 10 s", "calls", None),
 )
 
 
@@ -135,12 +136,16 @@ def build_peer_rows(samples: Samples, confirms: bool) -> List[Dict[str, Any]]:
             mine = [run[key] for run in runs if key in run]
             value, tavrida = median(mine), median(values["tavrida"])
             ratio = value / tavrida if tavrida and not math.isnan(tavrida) else math.nan
+            if key == "unanswered":  # tavrida's calls either answer or fail the run
+                tavrida, ratio = math.nan, math.nan
             rows.append({
                 "peer": peer, "figure": key, "label": f"{peer} {label}", "unit": unit,
                 "confirms": "on" if confirms else "off",
-                "peer_value": value, "tavrida": tavrida, "kombu": median(values["kombu"]),
+                "peer_value": value, "tavrida": tavrida,
+                "kombu": math.nan if key == "unanswered" else median(values["kombu"]),
                 "ratio": ratio,
-                "paired_ratios": [p / t for p, t in zip(mine, values["tavrida"]) if t],
+                "paired_ratios": [] if math.isnan(ratio) else
+                [p / t for p, t in zip(mine, values["tavrida"]) if t],
                 "target": str(target) if target else "",
                 "met": target.met(value, ratio) if target else None,
                 "samples": {peer: mine, **values},

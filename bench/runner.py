@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
-from bench.common import Setup, machine_info
+from bench.common import BenchError, Setup, machine_info
 from bench.report import Samples
 from bench.scenarios import SCENARIOS, SIDES, Sizes
 
@@ -22,8 +22,10 @@ def run(setup: Setup, sizes: Sizes, scenarios: Sequence[str], repeat: int,
     round, after the scenarios, in an order that alternates too.
     """
     samples: Samples = {name: {side: [] for side in SIDES} for name in scenarios}
+    failures: Dict[str, List[str]] = {}
     if peers:
         samples["peers"] = {peer: [] for peer in peers}
+        samples["peer_failures"] = failures  # type: ignore[assignment]
     for round_index in range(repeat):
         sides = SIDES if round_index % 2 == 0 else tuple(reversed(SIDES))
         for name in scenarios:
@@ -39,8 +41,15 @@ def run(setup: Setup, sizes: Sizes, scenarios: Sequence[str], repeat: int,
             from bench.peers import run_peer
 
             began = time.monotonic()
-            figures = run_peer(peer, setup.url, sizes.calls, setup.warmup, peers_python,
-                               setup.timeout)
+            try:
+                figures = run_peer(peer, setup.url, sizes.calls, setup.warmup, peers_python,
+                                   setup.timeout)
+            except BenchError as exc:  # a peer's failure is its figure, not the run's end
+                failures.setdefault(peer, []).append(f"round {round_index + 1}: {exc}")
+                if log is not None:
+                    print(f"[{round_index + 1}/{repeat}] peer   {peer:<10} FAILED: {exc}",
+                          file=log, flush=True)
+                continue
             samples["peers"][peer].append(figures)
             if log is not None:
                 shown = ", ".join(f"{key}={value:,.1f}" for key, value in figures.items())

@@ -151,6 +151,11 @@ def _run_peer(name: str, module: str, target: str, url: str, calls: int, warmup:
             result = json.loads(_read_line(client, timeout, f"{name} client", "{", client_err))
         finally:
             _stop(client)
+    except BenchError as exc:
+        _stop(service)
+        service_err.seek(0)
+        raise BenchError(f"{exc}\n{name} service's stderr:\n{service_err.read()[-2000:]}") \
+            from None
     finally:
         _stop(service)
         _delete_queue(url, f"rpc-{target}" if name == "nameko" else target)
@@ -158,7 +163,8 @@ def _run_peer(name: str, module: str, target: str, url: str, calls: int, warmup:
     return {"calls_per_s": calls / result["elapsed"],
             "median_us": median(latencies) * 1e6,
             "p99_us": percentile(latencies, 99) * 1e6,
-            "client_cpu_us": result["cpu"] / calls * 1e6}
+            "client_cpu_us": result["cpu"] / calls * 1e6,
+            "unanswered": float(result.get("unanswered", 0))}
 
 
 def make_venv(path: str = VENV) -> str:

@@ -5,7 +5,10 @@ handler returns ``{"value": value}`` (FastStream answers through RabbitMQ's
 direct reply-to); prints ``ready`` and runs until its standard input closes.
 ``call URL QUEUE N WARMUP``: ``N`` sequential ``await broker.request(...)``
 with ``persist=True`` (publisher confirms are FastStream's default, on);
-prints one JSON line (latencies, elapsed, cpu).
+prints one JSON line (latencies, elapsed, cpu, unanswered). A call with no
+answer in ``CALL_TIMEOUT`` is counted (its wait stays in the elapsed time)
+and the next one is made: on a loaded machine, FastStream 0.7.8 has left one
+request in 2,000 unanswered (2 of about 8 runs here).
 """
 
 from __future__ import annotations
@@ -14,6 +17,11 @@ import asyncio
 import json
 import sys
 import time
+
+#: Seconds a call waits for its answer.
+CALL_TIMEOUT = 10.0
+#: Calls that may go unanswered (each reported on stderr and counted) before the run fails.
+MAX_LOST = 5
 
 
 def _queue(name: str):
@@ -41,8 +49,18 @@ async def _call(url: str, queue: str, n: int, warmup: int) -> None:
     from faststream.rabbit import RabbitBroker
 
     async with RabbitBroker(url, log_level=30) as broker:
+        lost = []
+
         async def one(i: int) -> None:
-            reply = await broker.request({"value": i}, queue, persist=True, timeout=10)
+            try:
+                reply = await broker.request({"value": i}, queue, persist=True,
+                                             timeout=CALL_TIMEOUT)
+            except TimeoutError:
+                lost.append(i)
+                print(f"call {i}: no answer in {CALL_TIMEOUT}s", file=sys.stderr, flush=True)
+                if len(lost) > MAX_LOST:
+                    raise
+                return
             answer = json.loads(reply.body)
             if answer["value"] != i:
                 raise RuntimeError(f"call {i} got {answer!r}")
@@ -58,7 +76,8 @@ async def _call(url: str, queue: str, n: int, warmup: int) -> None:
             latencies.append(time.perf_counter() - began)
         elapsed = time.perf_counter() - start
         cpu = time.process_time() - cpu
-    print(json.dumps({"latencies": latencies, "elapsed": elapsed, "cpu": cpu}), flush=True)
+    print(json.dumps({"latencies": latencies, "elapsed": elapsed, "cpu": cpu,
+                      "unanswered": len(lost)}), flush=True)
 
 
 if __name__ == "__main__":
