@@ -77,19 +77,22 @@ def _read_line(proc: "subprocess.Popen[str]", timeout: float, what: str,
                prefix: str, err_file: Any) -> str:
     """The first line of ``proc``'s stdout that starts with ``prefix``, within ``timeout``.
 
-    Other lines (a peer's own logging) are skipped.
+    Other lines (a peer's own logging) are skipped, and the rest of the output
+    is read and dropped until the process ends: a full pipe would block it.
     """
     box: List[str] = []
+    found = threading.Event()
 
     def read() -> None:
         for line in proc.stdout:
-            if line.startswith(prefix):
+            if not box and line.startswith(prefix):
                 box.append(line)
-                return
+                found.set()
+        found.set()  # the process ended (without the line, if box is empty)
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    reader.join(timeout)
+    found.wait(timeout)
     if not box:
         proc.kill()
         proc.wait(5)
