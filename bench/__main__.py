@@ -4,6 +4,7 @@ Examples::
 
     python -m bench --url amqp://guest:guest@127.0.0.1//      # every scenario, ~1.5 min
     python -m bench --url memory:// --quick                    # in-memory only, seconds
+    python -m bench --url amqp://guest:guest@127.0.0.1// --peers  # and nameko, FastStream
     python -m bench --url amqp://... --scenarios rss --backlog 100000
 
 Prints a table of medians over ``--repeat`` repetitions with the ratio
@@ -17,7 +18,7 @@ import dataclasses
 import os
 import sys
 import time
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 DEFAULT_URL = os.environ.get("TAVRIDA_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 DEFAULT_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latest.json")
@@ -46,6 +47,14 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=20, help="untimed calls/casts (20)")
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="longest wait for one step, seconds (120)")
+    parser.add_argument("--peers", nargs="?", const="nameko,faststream", default="",
+                        metavar="NAMES",
+                        help="also run scenario 1's calls with these peers (default with the "
+                             "flag: nameko,faststream; RabbitMQ only; install: "
+                             "pip install -e '.[bench]' or python -m bench.peers --make-venv)")
+    parser.add_argument("--peers-python", default="", metavar="PATH",
+                        help="interpreter the peers run in (default: bench/.venv-peers/bin/"
+                             "python if it exists, else this one)")
     for field in dataclasses.fields(Sizes):
         flag = "--" + field.name.replace("_", "-")
         parser.add_argument(flag, type=int, default=None,
@@ -71,6 +80,27 @@ def choose_scenarios(text: str, url: str) -> List[str]:
     return names
 
 
+def choose_peers(text: str, python: str, setup: Any) -> Tuple[List[str], str, Dict[str, str]]:
+    """The peers to run (those that import), their interpreter, and why others are skipped."""
+    from bench import peers as peer_module
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in peer_module.PEERS]
+    if unknown:
+        raise SystemExit(f"unknown peer(s): {', '.join(unknown)} "
+                         f"(known: {', '.join(peer_module.PEERS)})")
+    if names and not setup.is_amqp:
+        raise SystemExit("--peers needs RabbitMQ (an amqp:// URL)")
+    python = python or peer_module.default_python()
+    skipped = {}
+    for name in names:
+        problem = peer_module.available(python, name)
+        if problem is not None:
+            skipped[name] = (f"does not import in {python}: {problem} (pip install -e "
+                             f"'.[bench]' or python -m bench.peers --make-venv)")
+    return [name for name in names if name not in skipped], python, skipped
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from bench import report, runner
     from bench.common import Setup
@@ -87,14 +117,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup = Setup(url=args.url, confirms=args.confirms == "on", prefetch=args.prefetch,
                   warmup=args.warmup, timeout=args.timeout)
     scenarios = choose_scenarios(args.scenarios, args.url)
+    peers, peers_python, skipped = choose_peers(args.peers, args.peers_python, setup)
+    if peers and "call" not in scenarios:
+        scenarios.insert(0, "call")  # the peers are compared with tavrida's scenario 1
+    load_before = runner.load_average()
     began = time.monotonic()
-    samples = runner.run(setup, sizes, scenarios, args.repeat)
+    samples = runner.run(setup, sizes, scenarios, args.repeat, peers=peers,
+                         peers_python=peers_python)
     rows = report.build_rows(samples, setup.effective_confirms, setup.is_amqp)
     meta = runner.describe(setup, sizes, scenarios, args.repeat, argv,
                            time.monotonic() - began)
+    meta["machine"]["load_average_at_start"] = load_before
+    document: Dict[str, Any] = {**meta, "rows": rows}
     print("\n".join(runner.header(meta)))
     print(report.format_table(rows, markdown=args.markdown))
-    report.write_json(args.json, {**meta, "rows": rows})
+    if peers or skipped:
+        failures = samples.get("peer_failures", {})
+        document["peers"] = {"python": peers_python, "ran": list(peers), "skipped": skipped,
+                             "failed_rounds": failures,
+                             "versions": runner.peer_versions(peers_python, peers)}
+        document["peer_rows"] = report.build_peer_rows(samples, setup.effective_confirms)
+        print()
+        print(f"peers ({peers_python}; {document['peers']['versions']}): ratio = peer / "
+              f"tavrida's scenario 1 in the same run; target <= 0.6x")
+        print(report.format_peer_table(document["peer_rows"], markdown=args.markdown))
+        for name, reason in skipped.items():
+            print(f"peer {name} skipped: {reason}")
+        for name, reasons in failures.items():
+            print(f"peer {name} failed {len(reasons)} round(s); first: "
+                  f"{reasons[0].splitlines()[0]}")
+    report.write_json(args.json, document)
     print(f"JSON written to {args.json}")
     return 0
 

@@ -33,6 +33,7 @@ from bench.common import (
     median,
     now,
     percentile,
+    threaded_calls,
 )
 from bench.profiling import maybe_profile
 
@@ -73,20 +74,36 @@ def subscriber_queue(names: Names, index: int) -> kombu.Queue:
 def service_loop(conn: kombu.Connection, queue: kombu.Queue, setup: Setup,
                  progress: Optional[Progress], stopped: Callable[[], bool],
                  on_ready: Callable[[], None]) -> None:
-    """Consume ``queue``: answer requests that have ``reply_to``, ack everything."""
+    """Consume ``queue``: answer requests that have ``reply_to``, ack everything.
+
+    Requests are answered after ``drain_events`` returns, not inside the
+    callback: with ``confirm_publish`` a publish waits for its confirm, and a
+    request delivered during that wait would otherwise publish (and wait) from
+    a nested callback, where RabbitMQ's multiple-acks can leave one of the
+    waits hanging; with several callers at once (scenario 7) it does.
+    """
     channel = conn.channel()
     producer = kombu.Producer(channel)
+    requests: List[Any] = []
 
-    def on_message(body: Any, message: Any) -> None:
-        properties = message.properties
-        reply_to = properties.get("reply_to")
-        if reply_to:
-            producer.publish({"value": body["value"]}, exchange="", routing_key=reply_to,
-                             correlation_id=properties.get("correlation_id"),
-                             delivery_mode=2, serializer="json")
+    def done(message: Any) -> None:
         message.ack()
         if progress is not None:
             progress.tick()
+
+    def on_message(body: Any, message: Any) -> None:
+        if message.properties.get("reply_to"):
+            requests.append((body, message))
+        else:
+            done(message)
+
+    def answer(body: Any, message: Any) -> None:
+        properties = message.properties
+        producer.publish({"value": body["value"]}, exchange="",
+                         routing_key=properties["reply_to"],
+                         correlation_id=properties.get("correlation_id"),
+                         delivery_mode=2, serializer="json")
+        done(message)
 
     consumer = kombu.Consumer(channel, [queue], callbacks=[on_message],
                               prefetch_count=setup.prefetch, accept=["json"])
@@ -97,6 +114,8 @@ def service_loop(conn: kombu.Connection, queue: kombu.Queue, setup: Setup,
             conn.drain_events(timeout=0.1)
         except socket.timeout:
             pass
+        while requests:
+            answer(*requests.pop(0))
     consumer.cancel()
 
 
@@ -174,6 +193,38 @@ def call_client(link: Link, setup: Setup, names: Names, n: int, profile_to: str 
             cpu = time.process_time() - cpu
         rpc.close()
     link.send("result", {"latencies": latencies, "elapsed": elapsed, "cpu": cpu})
+
+
+def threaded_run(setup: Setup, names: Names, threads: int, n: int) -> Dict[str, Any]:
+    """``n`` blocking calls from ``threads`` threads, each with its own connection.
+
+    A kombu connection (and its channels) must not be shared by threads, so
+    the common kombu pattern is one connection and one reply queue per thread.
+    """
+    options = MEMORY_OPTIONS if setup.url.startswith("memory") else None
+    opened: List[Any] = []
+    lock = threading.Lock()
+
+    def make_caller(index: int) -> Callable[[int], Any]:
+        conn = connect(setup, options=options)
+        rpc = RPCClient(conn, names, exclusive=setup.is_amqp)
+        with lock:
+            opened.append((conn, rpc))
+        for i in range(max(setup.warmup // threads, 1)):
+            rpc.call(i)
+        return rpc.call
+
+    try:
+        return threaded_calls(make_caller, threads, n, setup.timeout)
+    finally:
+        for conn, rpc in opened:
+            rpc.close()
+            conn.release()
+
+
+def threaded_client(link: Link, setup: Setup, names: Names, threads: int, n: int) -> None:
+    """Scenario 7's client process: ``threads`` threads, one connection each."""
+    link.send("result", threaded_run(setup, names, threads, n))
 
 
 def _publish_loop(conn: kombu.Connection, setup: Setup, n: int, exchange: str,

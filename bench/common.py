@@ -305,3 +305,64 @@ class Child:
             self.process.join(5.0)
         self._ctrl.close()
         self._results.close()
+
+
+# --- many threads calling at once ----------------------------------------------------------------
+
+def threaded_calls(make_caller: Callable[[int], Callable[[int], Any]], threads: int, n: int,
+                   timeout: float) -> Dict[str, Any]:
+    """``n`` blocking calls shared by ``threads`` threads, all started together.
+
+    ``make_caller(index)`` runs in thread ``index`` before the start (so a
+    side can open that thread's connection there) and returns ``call(i)``,
+    which must answer ``{"value": i}``. Reports every call's latency, the
+    time from the start to the last answer and the process CPU in between.
+    """
+    per_thread = [n // threads + (1 if index < n % threads else 0) for index in range(threads)]
+    start = threading.Barrier(threads + 1)
+    latencies: List[List[float]] = [[] for _ in range(threads)]
+    errors: List[str] = []
+
+    def work(index: int) -> None:
+        try:
+            call = make_caller(index)
+        except BaseException:  # noqa: B036 - reported to the caller below
+            errors.append(traceback.format_exc())
+            start.abort()
+            return
+        try:
+            start.wait(timeout)
+            first = sum(per_thread[:index])
+            mine = latencies[index]
+            for i in range(first, first + per_thread[index]):
+                began = now()
+                answer = call(i)
+                mine.append(now() - began)
+                if answer["value"] != i:
+                    raise BenchError(f"call {i} got {answer!r}")
+        except threading.BrokenBarrierError:
+            pass
+        except BaseException:  # noqa: B036 - reported to the caller below
+            errors.append(traceback.format_exc())
+
+    workers = [threading.Thread(target=work, args=(index,), daemon=True,
+                                name=f"bench-caller-{index}") for index in range(threads)]
+    for worker in workers:
+        worker.start()
+    try:
+        start.wait(timeout)
+    except threading.BrokenBarrierError:
+        raise BenchError("a caller thread failed to start:\n" + "\n".join(errors)) from None
+    cpu = time.process_time()
+    began = now()
+    deadline = time.monotonic() + timeout
+    for worker in workers:
+        worker.join(max(deadline - time.monotonic(), 0.0))
+    elapsed = now() - began
+    cpu = time.process_time() - cpu
+    if errors:
+        raise BenchError(f"{len(errors)} caller thread(s) failed:\n{errors[0]}")
+    if any(worker.is_alive() for worker in workers):
+        raise BenchError(f"the {threads} caller threads did not finish within {timeout:.0f}s")
+    return {"latencies": [value for mine in latencies for value in mine], "elapsed": elapsed,
+            "cpu": cpu}

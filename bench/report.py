@@ -73,6 +73,11 @@ FIGURES = (
     Figure("rss", "drain_msgs_per_s", "5 backlog drain rate", "msgs/s", "run"),
     Figure("bulk", "msgs_per_s", "6 bulk confirmed casts", "msgs/s", "on",
            Target("ratio", ">=", 3.0)),
+    Figure("threads", "calls_per_s", "7 calls from threads, one client", "calls/s", "run",
+           Target("ratio", ">=", 1.0)),
+    Figure("threads", "median_us", "7 threaded call latency median", "us", "run"),
+    Figure("threads", "p99_us", "7 threaded call latency p99", "us", "run"),
+    Figure("threads", "client_cpu_us", "7 threaded call client CPU", "us/call", "run"),
 )
 
 
@@ -106,6 +111,65 @@ def build_rows(samples: Samples, confirms: bool, is_amqp: bool) -> List[Dict[str
     return rows
 
 
+#: The figures of scenario 1 a peer reports, with the target of its calls/s (peer / tavrida).
+PEER_FIGURES = (
+    ("calls_per_s", "sequential calls", "calls/s", Target("ratio", "<=", 0.6)),
+    ("median_us", "call latency median", "us", None),
+    ("p99_us", "call latency p99", "us", None),
+    ("client_cpu_us", "client CPU", "us/call", None),
+    ("unanswered", "calls unanswered in 10 s", "calls", None),
+)
+
+
+def build_peer_rows(samples: Samples, confirms: bool) -> List[Dict[str, Any]]:
+    """One row per peer and figure: the peer's median against tavrida's scenario 1.
+
+    ``samples["peers"]`` maps a peer to its repetitions; the ratio is
+    peer / tavrida (so below 1 the peer is slower in calls/s), paired per round.
+    """
+    rows = []
+    call = samples.get("call", {})
+    for peer, runs in samples.get("peers", {}).items():
+        for key, label, unit, target in PEER_FIGURES:
+            values = {side: [run[key] for run in call.get(side, []) if key in run]
+                      for side in ("tavrida", "kombu")}
+            mine = [run[key] for run in runs if key in run]
+            value, tavrida = median(mine), median(values["tavrida"])
+            ratio = value / tavrida if tavrida and not math.isnan(tavrida) else math.nan
+            if key == "unanswered":  # tavrida's calls either answer or fail the run
+                tavrida, ratio = math.nan, math.nan
+            rows.append({
+                "peer": peer, "figure": key, "label": f"{peer} {label}", "unit": unit,
+                "confirms": "on" if confirms else "off",
+                "peer_value": value, "tavrida": tavrida,
+                "kombu": math.nan if key == "unanswered" else median(values["kombu"]),
+                "ratio": ratio,
+                "paired_ratios": [] if math.isnan(ratio) else
+                [p / t for p, t in zip(mine, values["tavrida"]) if t],
+                "target": str(target) if target else "",
+                "met": target.met(value, ratio) if target else None,
+                "samples": {peer: mine, **values},
+            })
+    return rows
+
+
+PEER_COLUMNS = ("figure", "unit", "confirms", "peer", "tavrida", "kombu", "peer / tavrida",
+                "per-run ratios", "target", "met")
+
+
+def format_peer_table(rows: Sequence[Dict[str, Any]], markdown: bool = False) -> str:
+    """The peers' rows as a table (columns as :func:`format_table`, plus the peer)."""
+    cells = []
+    for row in rows:
+        ratio = "-" if math.isnan(row["ratio"]) else f"{row['ratio']:.2f}x"
+        paired = row["paired_ratios"]
+        spread = f"{min(paired):.2f}-{max(paired):.2f}" if paired else "-"
+        cells.append([row["label"], row["unit"], row["confirms"], _number(row["peer_value"]),
+                      _number(row["tavrida"]), _number(row["kombu"]), ratio, spread,
+                      row["target"], _met(row["met"])])
+    return _layout(PEER_COLUMNS, cells, markdown, right={3, 4, 5, 6, 7})
+
+
 def _number(value: float) -> str:
     if value is None or math.isnan(value):
         return "-"
@@ -132,20 +196,24 @@ def _cells(row: Dict[str, Any]) -> List[str]:
 
 def format_table(rows: Sequence[Dict[str, Any]], markdown: bool = False) -> str:
     """The rows as an aligned text table or a Markdown table."""
-    cells = [_cells(row) for row in rows]
+    return _layout(COLUMNS, [_cells(row) for row in rows], markdown, right={3, 4, 5, 6})
+
+
+def _layout(columns: Sequence[str], cells: Sequence[Sequence[str]], markdown: bool,
+            right: Any) -> str:
     if markdown:
-        lines = ["| " + " | ".join(COLUMNS) + " |",
-                 "|" + "|".join(["---"] * 3 + ["---:"] * 4 + ["---"] * 2) + "|"]
+        lines = ["| " + " | ".join(columns) + " |",
+                 "|" + "|".join("---:" if index in right else "---"
+                                for index in range(len(columns))) + "|"]
         lines += ["| " + " | ".join(line) + " |" for line in cells]
         return "\n".join(lines)
-    widths = [max(len(text) for text in column) for column in zip(COLUMNS, *cells)]
-    right = {3, 4, 5, 6}
+    widths = [max(len(text) for text in column) for column in zip(columns, *cells)]
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(value.rjust(width) if index in right else value.ljust(width)
                          for index, (value, width) in enumerate(zip(values, widths))).rstrip()
 
-    return "\n".join([line(COLUMNS), line(["-" * width for width in widths])]
+    return "\n".join([line(columns), line(["-" * width for width in widths])]
                      + [line(row) for row in cells])
 
 
@@ -174,9 +242,9 @@ def load(path: str) -> Dict[str, Any]:
     """A JSON written by :func:`write_json`, nulls back to NaN."""
     with open(path, encoding="utf-8") as handle:
         document = json.load(handle)
-    for row in document.get("rows", []):
-        for key in ("tavrida", "kombu", "ratio"):
-            if row.get(key) is None:
+    for row in document.get("rows", []) + document.get("peer_rows", []):
+        for key in ("tavrida", "kombu", "ratio", "peer_value"):
+            if key in row and row[key] is None:
                 row[key] = math.nan
     return document
 
@@ -196,6 +264,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("\n".join(header(document)))
     print(f"command: {document['command']}")
     print(format_table(document["rows"], markdown=args.markdown))
+    if document.get("peer_rows"):
+        print()
+        print(format_peer_table(document["peer_rows"], markdown=args.markdown))
     return 0
 
 

@@ -8,15 +8,24 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
-from bench.common import Setup, machine_info
+from bench.common import BenchError, Setup, machine_info
 from bench.report import Samples
 from bench.scenarios import SCENARIOS, SIDES, Sizes
 
 
 def run(setup: Setup, sizes: Sizes, scenarios: Sequence[str], repeat: int,
-        log: Optional[TextIO] = sys.stderr) -> Samples:
-    """``repeat`` rounds of every scenario for both sides; the order of sides alternates."""
+        log: Optional[TextIO] = sys.stderr, peers: Sequence[str] = (),
+        peers_python: str = sys.executable) -> Samples:
+    """``repeat`` rounds of every scenario for both sides; the order of sides alternates.
+
+    ``peers`` (see :mod:`bench.peers`) each run scenario 1's calls once a
+    round, after the scenarios, in an order that alternates too.
+    """
     samples: Samples = {name: {side: [] for side in SIDES} for name in scenarios}
+    failures: Dict[str, List[str]] = {}
+    if peers:
+        samples["peers"] = {peer: [] for peer in peers}
+        samples["peer_failures"] = failures  # type: ignore[assignment]
     for round_index in range(repeat):
         sides = SIDES if round_index % 2 == 0 else tuple(reversed(SIDES))
         for name in scenarios:
@@ -28,6 +37,24 @@ def run(setup: Setup, sizes: Sizes, scenarios: Sequence[str], repeat: int,
                     shown = ", ".join(f"{key}={value:,.1f}" for key, value in figures.items())
                     print(f"[{round_index + 1}/{repeat}] {name:<6} {side:<7} "
                           f"{time.monotonic() - began:5.1f}s  {shown}", file=log, flush=True)
+        for peer in (peers if round_index % 2 == 0 else tuple(reversed(peers))):
+            from bench.peers import run_peer
+
+            began = time.monotonic()
+            try:
+                figures = run_peer(peer, setup.url, sizes.calls, setup.warmup, peers_python,
+                                   setup.timeout)
+            except BenchError as exc:  # a peer's failure is its figure, not the run's end
+                failures.setdefault(peer, []).append(f"round {round_index + 1}: {exc}")
+                if log is not None:
+                    print(f"[{round_index + 1}/{repeat}] peer   {peer:<10} FAILED: {exc}",
+                          file=log, flush=True)
+                continue
+            samples["peers"][peer].append(figures)
+            if log is not None:
+                shown = ", ".join(f"{key}={value:,.1f}" for key, value in figures.items())
+                print(f"[{round_index + 1}/{repeat}] peer   {peer:<10} "
+                      f"{time.monotonic() - began:5.1f}s  {shown}", file=log, flush=True)
     return samples
 
 
@@ -59,6 +86,32 @@ def safe_url(url: str) -> str:
     return f"{scheme}{sep}{user}:***@{host}"
 
 
+def peer_versions(python: str, peers: Sequence[str]) -> Dict[str, str]:
+    """The installed version of each peer's package (and its AMQP client) in ``python``."""
+    import subprocess
+
+    packages = {"nameko": ["nameko", "eventlet"], "faststream": ["faststream", "aio-pika"]}
+    wanted = [name for peer in peers for name in packages.get(peer, [peer])]
+    if not wanted:
+        return {}
+    script = ("import importlib.metadata as m, json, sys; "
+              "print(json.dumps({n: m.version(n) for n in sys.argv[1:]}))")
+    done = subprocess.run([python, "-c", script, *wanted], capture_output=True, text=True,
+                          timeout=60)
+    if done.returncode != 0:
+        return {name: "?" for name in wanted}
+    import json
+
+    return json.loads(done.stdout)
+
+
+def load_average() -> List[float]:
+    """The 1, 5 and 15 minute load averages (the machine is shared)."""
+    import os
+
+    return [round(value, 2) for value in os.getloadavg()]
+
+
 def describe(setup: Setup, sizes: Sizes, scenarios: Sequence[str], repeat: int,
              argv: Sequence[str], elapsed: float) -> Dict[str, Any]:
     """Everything about the run but the figures: command, date, machine, versions."""
@@ -72,7 +125,7 @@ def describe(setup: Setup, sizes: Sizes, scenarios: Sequence[str], repeat: int,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "elapsed_s": round(elapsed, 1),
         "url": safe_url(setup.url),
-        "machine": machine_info(),
+        "machine": {**machine_info(), "load_average_at_end": load_average()},
         "versions": {"python": platform.python_version(), "tavrida": tavrida.__version__,
                      "kombu": kombu.__version__, "amqp": amqp.__version__,
                      "broker": broker_version(setup.url)},

@@ -32,12 +32,14 @@ class Sizes:
     backlog: int = 20000
     bulk: int = 3000
     bulk_batch: int = 500
+    threads: int = 16
+    threaded_calls: int = 4000
 
     @classmethod
     def quick(cls) -> "Sizes":
         """Tiny sizes for smoke tests: every figure, no meaning."""
         return cls(calls=30, casts=60, fanout=60, memory_calls=50, memory_casts=200,
-                   backlog=300, bulk=60, bulk_batch=20)
+                   backlog=300, bulk=60, bulk_batch=20, threads=4, threaded_calls=40)
 
 
 def side_module(side: str) -> ModuleType:
@@ -199,9 +201,30 @@ def bulk(side: str, setup: Setup, sizes: Sizes) -> Dict[str, float]:
     return {"msgs_per_s": sizes.bulk / result["elapsed"]}
 
 
+def threads(side: str, setup: Setup, sizes: Sizes) -> Dict[str, float]:
+    """7: blocking calls from ``sizes.threads`` threads of one client process."""
+    module = side_module(side)
+    with Cluster(setup) as cluster:
+        names = cluster.names("threads")
+        cluster.spawn(module.serve, setup, names, "rpc", 0).expect("ready", setup.timeout)
+        result = cluster.spawn(module.threaded_client, setup, names, sizes.threads,
+                               sizes.threaded_calls).expect("result", setup.timeout * 2)
+    return threaded_figures(result, sizes.threaded_calls)
+
+
+def threaded_figures(result: Dict[str, Any], n: int) -> Dict[str, float]:
+    """Scenario 7's figures from a ``threaded_run`` result."""
+    latencies = result["latencies"]
+    return {"calls_per_s": n / result["elapsed"],
+            "median_us": median(latencies) * 1e6,
+            "p99_us": percentile(latencies, 99) * 1e6,
+            "client_cpu_us": result["cpu"] / n * 1e6}
+
+
 #: Scenario name -> function, in the order a run goes through them.
 SCENARIOS: Dict[str, Callable[[str, Setup, Sizes], Dict[str, float]]] = {
     "call": call, "cast": cast, "fanout": fanout, "memory": memory, "rss": rss, "bulk": bulk,
+    "threads": threads,
 }
 #: Scenarios that need a broker (all but ``memory``).
-BROKER_SCENARIOS = ("call", "cast", "fanout", "rss", "bulk")
+BROKER_SCENARIOS = ("call", "cast", "fanout", "rss", "bulk", "threads")

@@ -29,6 +29,7 @@ from bench.common import (
     median,
     now,
     percentile,
+    threaded_calls,
 )
 from bench.profiling import maybe_profile
 from tavrida import client, config, discovery, dispatcher, messages, server, service
@@ -145,6 +146,23 @@ def call_client(link: Link, setup: Setup, names: Names, n: int, profile_to: str 
             elapsed = now() - start
             cpu = time.process_time() - cpu
     link.send("result", {"latencies": latencies, "elapsed": elapsed, "cpu": cpu})
+
+
+def threaded_run(setup: Setup, names: Names, threads: int, n: int) -> Dict[str, Any]:
+    """``n`` blocking calls from ``threads`` threads sharing one ``RPCClient``."""
+    with client.RPCClient(make_config(setup), make_discovery(names), source=CLIENT) as cli:
+        for i in range(setup.warmup):
+            cli.bench_svc.echo(value=i).call(timeout=CALL_TIMEOUT)
+
+        def make_caller(index: int) -> Any:
+            return lambda i: cli.bench_svc.echo(value=i).call(timeout=CALL_TIMEOUT)
+
+        return threaded_calls(make_caller, threads, n, setup.timeout)
+
+
+def threaded_client(link: Link, setup: Setup, names: Names, threads: int, n: int) -> None:
+    """Scenario 7's client process: one client, ``threads`` calling threads."""
+    link.send("result", threaded_run(setup, names, threads, n))
 
 
 def cast_client(link: Link, setup: Setup, names: Names, n: int, profile_to: str = "") -> None:

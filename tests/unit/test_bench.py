@@ -105,3 +105,70 @@ def test_percentile_and_median():
     assert percentile([5.0], 99) == 5.0
     assert median([3.0, 1.0, 2.0]) == 2.0
     assert math.isnan(median([]))
+
+
+@pytest.mark.parametrize("side", ["tavrida", "kombu"])
+def test_threaded_calls_scenario_on_memory(side):
+    """Scenario 7's code path: several threads' calls all answered, every latency reported."""
+    from bench import baseline_kombu, tavrida_side
+    from bench.common import Names, Setup
+    from bench.scenarios import threaded_figures
+
+    names = Names.fresh("threads")
+    if side == "tavrida":
+        setup = Setup(url=f"memory://{names.prefix}", warmup=2, timeout=60)
+        conf = tavrida_side.make_config(setup)
+        with tavrida_side.running(tavrida_side.make_server(conf, names, "rpc", 10)):
+            result = tavrida_side.threaded_run(setup, names, threads=4, n=42)
+    else:
+        setup = Setup(url="memory://", warmup=4, timeout=60)
+        with baseline_kombu._MemoryService(setup, names, None):
+            result = baseline_kombu.threaded_run(setup, names, threads=4, n=42)
+    assert len(result["latencies"]) == 42
+    figures = threaded_figures(result, 42)
+    assert set(figures) == {"calls_per_s", "median_us", "p99_us", "client_cpu_us"}
+    assert all(value > 0 for value in figures.values())
+
+
+def test_threaded_calls_reports_a_failing_caller():
+    from bench.common import BenchError, threaded_calls
+
+    def make_caller(index):
+        return lambda i: {"value": i if index else -1}
+
+    with pytest.raises(BenchError, match="got"):
+        threaded_calls(make_caller, threads=3, n=9, timeout=30)
+
+
+def test_peer_rows_ratio_to_tavrida_and_target():
+    from bench.report import build_peer_rows, format_peer_table
+
+    call = {"tavrida": [{"calls_per_s": v, "median_us": 1000.0, "p99_us": 2000.0,
+                         "client_cpu_us": 300.0} for v in (900.0, 1000.0, 800.0)],
+            "kombu": [{"calls_per_s": 1000.0, "median_us": 900.0, "p99_us": 1800.0,
+                       "client_cpu_us": 200.0}] * 3}
+    peer = [{"calls_per_s": v, "median_us": 2000.0, "p99_us": 4000.0, "client_cpu_us": 900.0}
+            for v in (450.0, 500.0, 400.0)]
+    rows = build_peer_rows({"call": call, "peers": {"nameko": peer, "faststream": peer[:1]}},
+                           confirms=True)
+    by = {(row["peer"], row["figure"]): row for row in rows}
+    calls = by[("nameko", "calls_per_s")]
+    assert calls["peer_value"] == 450.0 and calls["tavrida"] == 900.0
+    assert calls["ratio"] == 0.5 and calls["met"] is True and calls["target"] == "<= 0.6x"
+    assert calls["paired_ratios"] == [0.5, 0.5, 0.5]
+    assert by[("faststream", "calls_per_s")]["met"] is True
+    assert by[("nameko", "median_us")]["met"] is None
+    table = format_peer_table(rows, markdown=True)
+    assert len(table.splitlines()) == 2 + len(rows)
+    assert "nameko sequential calls" in table
+
+
+def test_peers_need_rabbitmq_and_known_names():
+    from bench.__main__ import choose_peers
+    from bench.common import Setup
+
+    with pytest.raises(SystemExit):
+        choose_peers("nameko", "", Setup(url="redis://localhost:6379/0"))
+    with pytest.raises(SystemExit):
+        choose_peers("nope", "", Setup(url="amqp://localhost//"))
+    assert choose_peers("", "", Setup(url="memory://"))[0] == []
