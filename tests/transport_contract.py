@@ -34,7 +34,7 @@ import threading
 import time
 import urllib.parse
 import zlib
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -132,6 +132,14 @@ def drain_until(condition: Callable[[], bool], *transports: Transport,
         assert time.monotonic() < deadline, "timed out waiting for messages"
         for transport in transports:
             transport.drain(0.05)
+
+
+def receive(transport: Transport, queue: str, count: int, prefetch: int = 10) -> Inbox:
+    """Consume ``queue`` until ``count`` messages came (acking them); what came."""
+    inbox = Inbox()
+    transport.consume(queue, inbox, prefetch)
+    drain_until(lambda: len(inbox) == count, transport)
+    return inbox
 
 
 def drain_for(seconds: float, *transports: Transport) -> None:
@@ -312,9 +320,7 @@ class TransportContract:
         first.declare(topology)
         second.declare(topology)
         assert first.queue_size(queue) == 1
-        inbox = Inbox()
-        second.consume(queue, inbox, 10)
-        drain_until(lambda: len(inbox) == 1, second)
+        inbox = receive(second, queue, 1)
         assert inbox.bodies == [b"kept"]
 
     def test_publish_returns_once_the_broker_has_the_message(self, make, service) -> None:
@@ -325,9 +331,7 @@ class TransportContract:
                                 for i in range(200)])
         transport.publish(envelope(exchange, "svc.one", b"200"))
         assert transport.queue_size(queue) == 201
-        inbox = Inbox()
-        transport.consume(queue, inbox, 100)
-        drain_until(lambda: len(inbox) == 201, transport)
+        inbox = receive(transport, queue, 201, prefetch=100)
         assert inbox.bodies == [str(i).encode() for i in range(201)]
 
     def test_publish_from_many_threads(self, make, service) -> None:
@@ -357,9 +361,7 @@ class TransportContract:
             transport.declare(topology)
             transport.publish(envelope(exchange, "svc.m", b"in time"))
         with transport.deadline(None):
-            inbox = Inbox()
-            transport.consume(queue, inbox, 1)
-            drain_until(lambda: len(inbox) == 1, transport)
+            inbox = receive(transport, queue, 1, prefetch=1)
         assert inbox.bodies == [b"in time"]
 
     def test_an_unreachable_broker_fails_within_the_deadline(self, url, can, service) -> None:
@@ -403,9 +405,7 @@ class TransportContract:
         unwanted.mandatory = False
         transport.publish(unwanted)
         transport.publish(envelope(exchange, "svc.after", b"after"))
-        inbox = Inbox()
-        transport.consume(queue, inbox, 10)
-        drain_until(lambda: len(inbox) == 1, transport)
+        inbox = receive(transport, queue, 1)
         assert inbox.bodies == [b"after"]
 
     def test_publish_many_names_each_unroutable_message(self, make, service) -> None:
@@ -419,9 +419,7 @@ class TransportContract:
         assert sorted(info.value.failed) == [1]
         assert info.value.unroutable == [1]
         assert info.value.envelopes == [batch[1]]
-        inbox = Inbox()
-        transport.consume(queue, inbox, 10)
-        drain_until(lambda: len(inbox) == 2, transport)
+        inbox = receive(transport, queue, 2)
         assert inbox.bodies == [b"1", b"3"]
 
     def test_publish_to_an_undeclared_exchange_fails(self, make, names, can) -> None:
@@ -767,9 +765,7 @@ class TransportContract:
             # No exclusive queues: another connection may declare (and so share) it.
             other.declare_reply_queue(reply, [Binding(reply, exchange, "caller")])
             other.publish(envelope(exchange, "caller", b"shared"))
-            inbox = Inbox()
-            owner.consume(reply, inbox, 10)
-            drain_until(lambda: len(inbox) == 1, owner)
+            assert receive(owner, reply, 1).bodies == [b"shared"]
 
     def test_delete_removes_queues_and_exchanges(self, make, service, can) -> None:
         exchange, queue, topology = service
@@ -782,11 +778,10 @@ class TransportContract:
             transport.publish(envelope(exchange, "svc.m"))
 
 
-def declare_overflowing_queue(url: str, exchange: str, queue: str) -> None:
-    """A queue of one message that refuses the rest (RabbitMQ only: queue arguments).
+def amqp_channel(url: str) -> Any:
+    """A raw py-amqp channel on ``url``'s RabbitMQ, to act as another client.
 
-    The seam declares tavrida 1.0's plain queues only, so this takes a raw
-    py-amqp channel on the transport's broker.
+    (tavrida 1.0, a foreign producer, or queue arguments the seam does not declare.)
     """
     import amqp
 
@@ -796,11 +791,16 @@ def declare_overflowing_queue(url: str, exchange: str, queue: str) -> None:
                            password=urllib.parse.unquote(parts.password or "guest"),
                            virtual_host=urllib.parse.unquote(parts.path[1:]) or "/")
     conn.connect()
+    return conn.channel()
+
+
+def declare_overflowing_queue(url: str, exchange: str, queue: str) -> None:
+    """A queue of one message that refuses the rest (RabbitMQ only: queue arguments)."""
+    channel = amqp_channel(url)
     try:
-        channel = conn.channel()
         channel.exchange_declare(exchange, "topic", durable=True, auto_delete=False)
         channel.queue_declare(queue, durable=True, auto_delete=False, arguments={
             "x-max-length": 1, "x-overflow": "reject-publish"})
         channel.queue_bind(queue, exchange, "#")
     finally:
-        conn.close()
+        channel.connection.close()

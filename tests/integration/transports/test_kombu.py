@@ -14,12 +14,18 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import urllib.parse
 from typing import Callable, Iterator, List
 
 import amqp
 import pytest
-from transport_contract import ALL_BYTES, Inbox, drain_for, drain_until, envelope
+from transport_contract import (
+    ALL_BYTES,
+    Inbox,
+    amqp_channel,
+    drain_for,
+    drain_until,
+    envelope,
+)
 
 from tavrida import exceptions
 from tavrida.config import ConnectionConfig, Credentials
@@ -46,17 +52,6 @@ def make_transport(unique: object) -> Iterator[MakeTransport]:
     yield make
     for transport in made:
         transport.close()
-
-
-def amqp_channel(url: str) -> amqp.Channel:
-    """A raw py-amqp channel, to act as another client (tavrida 1.0, a foreign producer)."""
-    parts = urllib.parse.urlsplit(url)
-    conn = amqp.Connection(f"{parts.hostname}:{parts.port or 5672}",
-                           userid=urllib.parse.unquote(parts.username or "guest"),
-                           password=urllib.parse.unquote(parts.password or "guest"),
-                           virtual_host=urllib.parse.unquote(parts.path[1:]) or "/")
-    conn.connect()
-    return conn.channel()
 
 
 def service_topology(unique: Callable[[str], str], pattern: str = "svc.#") -> tuple:
