@@ -1,4 +1,8 @@
-"""KombuTransport against real brokers: RabbitMQ, Redis and kombu's memory transport.
+"""KombuTransport against real brokers: what only the kombu transport has.
+
+What every transport does is the contract (tests/transport_contract.py, run on
+these brokers by test_contract_brokers.py); this module keeps reconnects,
+heartbeats, py-amqp's frame parsing, large bodies and tavrida 1.0 objects.
 
 No mocks. Waits are bounded loops around ``drain`` that end as soon as the
 awaited messages are in; the few fixed waits assert that something does
@@ -10,67 +14,25 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
-import urllib.parse
-import zlib
 from typing import Callable, Iterator, List
 
 import amqp
 import pytest
-import redis
+from transport_contract import (
+    ALL_BYTES,
+    Inbox,
+    amqp_channel,
+    drain_for,
+    drain_until,
+    envelope,
+)
 
 from tavrida import exceptions
 from tavrida.config import ConnectionConfig, Credentials
-from tavrida.transports.base import Binding, Delivery, OutgoingEnvelope, Topology
+from tavrida.transports.base import Binding, Topology
 from tavrida.transports.kombu import KombuTransport
 
-ALL_BYTES = bytes(range(256))
-WAIT = 15.0
-
 MakeTransport = Callable[..., KombuTransport]
-
-
-class Inbox:
-    """An on_message callback that keeps what it gets (and acks it, unless told not to)."""
-
-    def __init__(self, ack: bool = True) -> None:
-        self.ack = ack
-        self.deliveries: List[Delivery] = []
-
-    def __call__(self, delivery: Delivery) -> None:
-        self.deliveries.append(delivery)
-        if self.ack:
-            delivery.ack()
-
-    @property
-    def bodies(self) -> List[bytes]:
-        return [d.body for d in self.deliveries]
-
-    def __len__(self) -> int:
-        return len(self.deliveries)
-
-
-def drain_until(condition: Callable[[], bool], *transports: KombuTransport,
-                timeout: float = WAIT) -> None:
-    """Drain the transports until ``condition()`` holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for messages"
-        for transport in transports:
-            transport.drain(0.05)
-
-
-def drain_for(seconds: float, *transports: KombuTransport) -> None:
-    """Keep draining for a while (to show that nothing more arrives)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        for transport in transports:
-            transport.drain(0.05)
-
-
-def envelope(exchange: str, routing_key: str, body: bytes = b"{}", **headers: object
-             ) -> OutgoingEnvelope:
-    return OutgoingEnvelope(exchange, routing_key, body, dict(headers))
 
 
 @pytest.fixture
@@ -92,216 +54,12 @@ def make_transport(unique: object) -> Iterator[MakeTransport]:
         transport.close()
 
 
-def amqp_channel(url: str) -> amqp.Channel:
-    """A raw py-amqp channel, to act as another client (tavrida 1.0, a foreign producer)."""
-    parts = urllib.parse.urlsplit(url)
-    conn = amqp.Connection(f"{parts.hostname}:{parts.port or 5672}",
-                           userid=urllib.parse.unquote(parts.username or "guest"),
-                           password=urllib.parse.unquote(parts.password or "guest"),
-                           virtual_host=urllib.parse.unquote(parts.path[1:]) or "/")
-    conn.connect()
-    return conn.channel()
-
-
 def service_topology(unique: Callable[[str], str], pattern: str = "svc.#") -> tuple:
     exchange, queue = unique("x"), unique("q")
     return exchange, queue, Topology.build([exchange], [queue], [Binding(queue, exchange, pattern)])
 
 
-# --- every broker -------------------------------------------------------------------------------
-
-def test_round_trip_keeps_bytes_and_headers(broker_url: str, unique, make_transport) -> None:
-    transport = make_transport(broker_url)
-    exchange, queue, topology = service_topology(unique)
-    transport.declare(topology)
-    inbox = Inbox()
-    transport.consume(queue, inbox, 10)
-    headers = {"message_type": "request", "empty": "", "n": 42, "big": 2 ** 40, "yes": True,
-               "pi": 3.5, "none": None, "raw": b"\x00\xff\xfe", "nested": {"a": [1, "b"]},
-               "unicode": "h\u00e9llo \u2603"}
-    transport.publish(OutgoingEnvelope(exchange, "svc.method", ALL_BYTES, headers))
-    transport.publish(OutgoingEnvelope(exchange, "svc", b"", {}, content_type=None,
-                                       content_encoding=None, persistent=False))
-    # A header kombu's Message acts on (it would decompress) and a pickle content type:
-    # the body still arrives as the very bytes sent.
-    squeezed = zlib.compress(b'{"payload": {}}')
-    transport.publish(OutgoingEnvelope(exchange, "svc.x", squeezed,
-                                       {"compression": "application/x-gzip"},
-                                       content_type="application/x-python-serialize"))
-    drain_until(lambda: len(inbox) == 3, transport)
-
-    first, second, third = inbox.deliveries
-    assert first.body == ALL_BYTES
-    assert dict(first.headers) == headers
-    assert first.properties["content_type"] == "application/json"
-    assert first.properties["content_encoding"] == "utf-8"
-    assert first.properties["delivery_mode"] == 2
-    assert (first.exchange, first.routing_key, first.queue) == (exchange, "svc.method", queue)
-    assert first.redelivered is False
-    assert second.body == b""
-    assert dict(second.headers) == {}
-    assert "content_type" not in second.properties
-    assert second.properties["delivery_mode"] == 1
-    assert second.routing_key == "svc"
-    assert type(third.body) is bytes and third.body == squeezed
-    assert third.headers == {"compression": "application/x-gzip"}
-
-
-def test_topic_routing_is_rabbitmq_routing(broker_url: str, unique, make_transport) -> None:
-    """``*`` is one word, ``#`` zero or more, on every broker (kombu alone differs on ``a.#``)."""
-    transport = make_transport(broker_url)
-    exchange = unique("x")
-    patterns = {"a.*": unique("star"), "a.#": unique("hash"), "#": unique("all"),
-                "a.*.c": unique("mid"), "a.#.c": unique("hashmid")}
-    transport.declare(Topology.build(
-        [exchange], patterns.values(),
-        [Binding(queue, exchange, pattern) for pattern, queue in patterns.items()]))
-    inboxes = {queue: Inbox() for queue in patterns.values()}
-    for queue, inbox in inboxes.items():
-        transport.consume(queue, inbox, 50)
-    keys = ["a", "a.b", "a.c", "a.b.c", "a.b.b.c", "b", "ab.c"]
-    transport.publish_many([envelope(exchange, key, key.encode()) for key in keys])
-    # Queues are FIFO: once the sentinel is in, everything routed before it is too.
-    transport.publish_many([envelope("", queue, b"sentinel") for queue in inboxes])
-    drain_until(lambda: all(inbox.bodies[-1:] == [b"sentinel"] for inbox in inboxes.values()),
-                transport)
-
-    routed = {pattern: sorted(b.decode() for b in inboxes[queue].bodies[:-1])
-              for pattern, queue in patterns.items()}
-    assert routed == {
-        "a.*": ["a.b", "a.c"],
-        "a.#": ["a", "a.b", "a.b.b.c", "a.b.c", "a.c"],
-        "#": sorted(keys),
-        "a.*.c": ["a.b.c"],
-        "a.#.c": ["a.b.b.c", "a.b.c", "a.c"],
-    }
-
-
-def test_competing_consumers_share_a_queue(broker_url: str, unique, make_transport) -> None:
-    exchange, queue, topology = service_topology(unique)
-    first, second = make_transport(broker_url), make_transport(broker_url)
-    first.declare(topology)
-    second.declare(topology)
-    inbox_1, inbox_2 = Inbox(), Inbox()
-    first.consume(queue, inbox_1, 1)
-    second.consume(queue, inbox_2, 1)
-    bodies = [str(i).encode() for i in range(20)]
-    first.publish_many([envelope(exchange, "svc.work", body) for body in bodies])
-    drain_until(lambda: len(inbox_1) + len(inbox_2) >= len(bodies), first, second)
-
-    assert sorted(inbox_1.bodies + inbox_2.bodies) == sorted(bodies)
-    assert inbox_1.deliveries and inbox_2.deliveries
-
-
-def test_prefetch_bounds_unacked_deliveries(broker_url: str, unique, make_transport) -> None:
-    transport = make_transport(broker_url)
-    exchange, queue, topology = service_topology(unique)
-    transport.declare(topology)
-    inbox = Inbox(ack=False)
-    transport.consume(queue, inbox, 3)
-    transport.publish_many([envelope(exchange, "svc.m", str(i).encode()) for i in range(5)])
-    drain_until(lambda: len(inbox) == 3, transport)
-
-    drain_for(0.4, transport)
-    assert len(inbox) == 3, "a 4th message came while 3 were un-acked"
-    inbox.deliveries[0].ack()
-    drain_until(lambda: len(inbox) == 4, transport)
-    drain_for(0.2, transport)
-    assert len(inbox) == 4
-    for delivery in inbox.deliveries[1:]:
-        delivery.ack()
-    drain_until(lambda: len(inbox) == 5, transport)
-    inbox.deliveries[4].ack()
-    assert sorted(inbox.bodies) == [b"0", b"1", b"2", b"3", b"4"]
-
-
-def test_reject_with_requeue_redelivers(broker_url: str, unique, make_transport) -> None:
-    transport = make_transport(broker_url)
-    exchange, queue, topology = service_topology(unique)
-    transport.declare(topology)
-    inbox = Inbox(ack=False)
-    transport.consume(queue, inbox, 5)
-    transport.publish(envelope(exchange, "svc.m", b"again", trace="1"))
-    drain_until(lambda: len(inbox) == 1, transport)
-    inbox.deliveries[0].reject(requeue=True)
-    drain_until(lambda: len(inbox) == 2, transport)
-
-    again = inbox.deliveries[1]
-    assert again.body == b"again"
-    assert again.redelivered is True
-    assert dict(again.headers) == {"trace": "1"}
-    assert (again.exchange, again.routing_key) == (exchange, "svc.m")
-    again.reject(requeue=False)
-    drain_for(0.2, transport)
-    assert len(inbox) == 2
-    assert transport.queue_size(queue) == 0
-
-
-def test_requeue_returns_to_its_own_queue_only(broker_url: str, unique, make_transport) -> None:
-    """Unpatched kombu virtual transports re-route a requeued message to every bound
-    queue, and on Redis the other queue's ack made the requeued copy vanish."""
-    transport = make_transport(broker_url)
-    exchange, rejecting, other = unique("x"), unique("rejecting"), unique("other")
-    transport.declare(Topology.build([exchange], [rejecting, other],
-                                     [Binding(rejecting, exchange, "event.#"),
-                                      Binding(other, exchange, "event.#")]))
-    rejected, kept = Inbox(ack=False), Inbox()
-    transport.consume(rejecting, rejected, 5)
-    transport.consume(other, kept, 5)
-    transport.publish(envelope(exchange, "event.happened", b"once"))
-    drain_until(lambda: len(rejected) == 1 and len(kept) == 1, transport)
-    rejected.deliveries[0].reject(requeue=True)
-    drain_until(lambda: len(rejected) == 2, transport)
-    rejected.deliveries[1].ack()
-    transport.publish(envelope("", other, b"sentinel"))
-    drain_until(lambda: kept.bodies[-1:] == [b"sentinel"], transport)
-
-    assert kept.bodies == [b"once", b"sentinel"]
-    assert (rejected.deliveries[1].exchange, rejected.deliveries[1].routing_key) == (
-        exchange, "event.happened")
-
-
-def test_ack_from_another_thread_is_performed(broker_url: str, unique, make_transport) -> None:
-    transport = make_transport(broker_url)
-    exchange, queue, topology = service_topology(unique)
-    transport.declare(topology)
-    workers: List[threading.Thread] = []
-
-    def on_message(delivery: Delivery) -> None:
-        worker = threading.Thread(target=delivery.ack)
-        workers.append(worker)
-        worker.start()
-
-    transport.consume(queue, on_message, 1)
-    transport.publish_many([envelope(exchange, "svc.m", b"1"), envelope(exchange, "svc.m", b"2")])
-    # With prefetch 1 the second message only comes once the worker's ack reached the broker.
-    drain_until(lambda: len(workers) == 2, transport)
-    for worker in workers:
-        worker.join()
-    drain_for(0.2, transport)  # lets a queued ack go out
-    transport.close()
-
-    again = make_transport(broker_url)
-    again.declare(topology)
-    inbox = Inbox()
-    again.consume(queue, inbox, 10)
-    drain_for(0.3, again)
-    assert inbox.bodies == []
-    assert again.queue_size(queue) == 0
-
-
-def test_stop_wakes_a_waiting_drain(broker_url: str, unique, make_transport) -> None:
-    transport = make_transport(broker_url)
-    _, queue, topology = service_topology(unique)
-    transport.declare(topology)
-    transport.consume(queue, Inbox(), 1)
-    timer = threading.Timer(0.2, transport.stop)
-    timer.start()
-    started = time.monotonic()
-    assert transport.drain(30.0) is False
-    assert time.monotonic() - started < 5.0
-    timer.join()
-
+# --- every broker (the rest of what every transport does: tests/transport_contract.py) ----------
 
 @pytest.mark.slow
 def test_ten_megabyte_body(broker_url: str, unique, make_transport) -> None:
@@ -315,70 +73,6 @@ def test_ten_megabyte_body(broker_url: str, unique, make_transport) -> None:
     drain_until(lambda: len(inbox) == 1, transport)
     assert inbox.deliveries[0].body == body
     assert inbox.deliveries[0].headers["size"] == len(body)
-
-
-def test_publish_from_many_threads(broker_url: str, unique, make_transport) -> None:
-    transport = make_transport(broker_url)
-    exchange, queue, topology = service_topology(unique)
-    transport.declare(topology)
-    inbox = Inbox()
-    transport.consume(queue, inbox, 100)
-
-    def publish(thread: int) -> None:
-        for i in range(25):
-            transport.publish(envelope(exchange, "svc.m", f"{thread}-{i}".encode()))
-
-    threads = [threading.Thread(target=publish, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    drain_until(lambda: len(inbox) >= 200, transport)
-    assert sorted(inbox.bodies) == sorted(f"{t}-{i}".encode() for t in range(8) for i in range(25))
-
-
-def test_unencodable_message_fails_alone(server_url: str, unique, make_transport) -> None:
-    """(kombu's memory transport does not encode messages: anything goes there.)"""
-    transport = make_transport(server_url)
-    exchange, queue, topology = service_topology(unique)
-    transport.declare(topology)
-    inbox = Inbox()
-    transport.consume(queue, inbox, 10)
-    batch = [envelope(exchange, "svc.m", b"1"), envelope(exchange, "svc.m", b"2", bad=object()),
-             envelope(exchange, "svc.m", b"3")]
-    with pytest.raises(exceptions.PublishFailed) as raised:
-        transport.publish_many(batch)
-    assert list(raised.value.failed) == [1]
-    assert "cannot encode" in str(raised.value)
-    drain_until(lambda: len(inbox) == 2, transport)
-    assert inbox.bodies == [b"1", b"3"]
-
-
-def test_cancel_stops_deliveries_and_still_takes_acks(broker_url: str, unique,
-                                                       make_transport) -> None:
-    transport = make_transport(broker_url)
-    exchange, queue, topology = service_topology(unique)
-    transport.declare(topology)
-    inbox = Inbox(ack=False)
-    transport.consume(queue, inbox, 5)
-    transport.publish_many([envelope(exchange, "svc.m", str(i).encode()) for i in range(3)])
-    drain_until(lambda: len(inbox) >= 1, transport)
-    transport.cancel()
-    handed_out = len(inbox)
-    transport.publish(envelope(exchange, "svc.m", b"3"))
-    drain_for(0.3, transport)
-    assert len(inbox) == handed_out
-    for delivery in inbox.deliveries:
-        delivery.ack()
-    drain_for(0.1, transport)
-    transport.close()
-
-    again = make_transport(broker_url)
-    rest = Inbox()
-    again.consume(queue, rest, 10)
-    drain_until(lambda: len(rest) >= 4 - handed_out, again)
-    drain_for(0.2, again)
-    assert sorted(inbox.bodies + rest.bodies) == [b"0", b"1", b"2", b"3"]
 
 
 # --- RabbitMQ -----------------------------------------------------------------------------------
@@ -502,19 +196,6 @@ def test_plain_py_amqp_fails_on_invalid_utf8_properties(amqp_url: str, unique) -
         channel.connection.collect()
 
 
-def test_publish_many_confirms_every_message(amqp_url: str, unique, make_transport) -> None:
-    transport = make_transport(amqp_url)
-    exchange, queue, topology = service_topology(unique)
-    transport.declare(topology)
-    bodies = [str(i).encode() for i in range(500)]
-    transport.publish_many([envelope(exchange, "svc.bulk", body) for body in bodies])
-    assert transport.queue_size(queue) == len(bodies)
-    inbox = Inbox()
-    transport.consume(queue, inbox, 100)
-    drain_until(lambda: len(inbox) == len(bodies), transport)
-    assert inbox.bodies == bodies
-
-
 def test_declare_over_tavrida_1_0_objects(amqp_url: str, unique, make_transport) -> None:
     """Objects first declared as tavrida 1.0 does (durable, no arguments): no 406."""
     exchange, queue, topology = service_topology(unique)
@@ -560,36 +241,6 @@ def test_heartbeat_keeps_an_idle_consumer_alive(amqp_url: str, unique, make_tran
     assert not [r for r in caplog.records if "lost" in r.getMessage()]
 
 
-def test_delete_removes_queues_and_exchanges(amqp_url: str, unique, make_transport) -> None:
-    transport = make_transport(amqp_url)
-    exchange, queue, topology = service_topology(unique)
-    transport.declare(topology)
-    assert transport.queue_size(queue) == 0
-    transport.delete(exchanges=[exchange], queues=[queue])
-    assert transport.queue_size(queue) is None
-    with pytest.raises(exceptions.PublishFailed):
-        transport.publish(envelope(exchange, "svc.m"))
-
-
-def test_nacked_messages_are_reported(amqp_url: str, unique, make_transport) -> None:
-    """A queue that refuses overflow makes RabbitMQ nack: those messages are named."""
-    exchange, queue = unique("x"), unique("full")
-    channel = amqp_channel(amqp_url)
-    try:
-        channel.exchange_declare(exchange, "topic", durable=True, auto_delete=False)
-        channel.queue_declare(queue, durable=True, auto_delete=False, arguments={
-            "x-max-length": 1, "x-overflow": "reject-publish"})
-        channel.queue_bind(queue, exchange, "#")
-    finally:
-        channel.connection.close()
-    transport = make_transport(amqp_url)
-    with pytest.raises(exceptions.PublishFailed) as raised:
-        transport.publish_many([envelope(exchange, "k", str(i).encode()) for i in range(3)])
-    assert list(raised.value.failed) == [1, 2]
-    assert "nacked" in str(raised.value)
-    assert transport.queue_size(queue) == 1
-
-
 def test_unreachable_broker_fails_after_the_configured_attempts(
         caplog: pytest.LogCaptureFixture) -> None:
     """No broker at all: bounded retries, ConnectionFailed, and no password in the logs."""
@@ -617,66 +268,7 @@ def test_unreachable_broker_fails_after_the_configured_attempts(
     assert "s3cret-pw" not in caplog.text
 
 
-# --- RabbitMQ and Redis -------------------------------------------------------------------------
-
-@pytest.fixture(params=["amqp", "redis"])
-def server_url(request: pytest.FixtureRequest) -> str:
-    return request.getfixturevalue(f"{request.param}_url")
-
-
-def test_reply_queue_goes_away_on_close(server_url: str, unique, make_transport) -> None:
-    exchange, reply = unique("x"), unique("reply")
-    transport = make_transport(server_url)
-    transport.declare(Topology.build([exchange]))
-    transport.declare_reply_queue(reply, [Binding(reply, exchange, "caller")])
-    inbox = Inbox()
-    transport.consume(reply, inbox, 10)
-    transport.publish(envelope(exchange, "caller", b"answer"))
-    drain_until(lambda: len(inbox) == 1, transport)
-    assert reply_queue_exists(server_url, exchange, reply)
-    transport.close()
-    assert not reply_queue_exists(server_url, exchange, reply)
-
-
-def reply_queue_exists(url: str, exchange: str, queue: str) -> bool:
-    if url.startswith("redis"):
-        client = redis.Redis.from_url(url)
-        try:
-            members = client.smembers(f"_kombu.binding.{exchange}")
-        finally:
-            client.close()
-        return any(queue.encode() in member for member in members)
-    channel = amqp_channel(url)
-    try:
-        channel.queue_declare(queue, passive=True)
-        return True
-    except amqp.ResourceLocked:
-        return True  # exclusive to another connection, but there
-    except amqp.NotFound:
-        return False
-    finally:
-        channel.connection.collect()
-
-
-def test_close_gives_unacked_messages_back(server_url: str, unique, make_transport) -> None:
-    exchange, queue, topology = service_topology(unique)
-    first = make_transport(server_url)
-    first.declare(topology)
-    held = Inbox(ack=False)
-    first.consume(queue, held, 10)
-    first.publish_many([envelope(exchange, "svc.m", b"1"), envelope(exchange, "svc.m", b"2")])
-    drain_until(lambda: len(held) == 2, first)
-    held.deliveries[0].ack()
-    first.close()
-    held.deliveries[1].ack()  # after close: dropped, without raising
-
-    second = make_transport(server_url)
-    inbox = Inbox()
-    second.consume(queue, inbox, 10)
-    drain_until(lambda: len(inbox) == 1, second)
-    assert inbox.bodies == [b"2"]
-    assert inbox.deliveries[0].redelivered is True
-
+# --- Redis ------------------------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_redis_reconnects_after_connections_are_killed(redis_url: str, unique, make_transport,

@@ -1,4 +1,10 @@
-"""The in-memory transport behaves like a RabbitMQ topic broker."""
+"""The in-memory transport behaves like a RabbitMQ topic broker.
+
+What every transport does is the contract (tests/transport_contract.py, run on
+memory:// by test_contract_memory.py); this module keeps what only the
+in-memory broker has: its inspection API, exact round-robin and ordering,
+declare checks, per-name brokers.
+"""
 
 from __future__ import annotations
 
@@ -136,41 +142,6 @@ def test_topic_matching(pattern: str, routing_key: str, expected: bool) -> None:
     assert topic_matches(pattern, routing_key) is expected
 
 
-def test_routing_follows_topic_rules(connect: Connect) -> None:
-    transport = connect()
-    declare_queues(transport, {"star": ["a.*"], "hash": ["a.#"], "tail": ["#.b"],
-                               "exact": ["a.b"]})
-    for key in ("a", "a.b", "a.c.b", "b"):
-        transport.publish(envelope(key, body=key.encode()))
-
-    broker = transport.broker
-    assert [body for _, body in broker.messages("star")] == [b"a.b"]
-    assert [body for _, body in broker.messages("hash")] == [b"a", b"a.b", b"a.c.b"]
-    assert [body for _, body in broker.messages("tail")] == [b"a.b", b"a.c.b", b"b"]
-    assert [body for _, body in broker.messages("exact")] == [b"a.b"]
-    assert broker.unroutable == 0
-
-
-def test_fan_out_gives_each_bound_queue_a_copy(connect: Connect) -> None:
-    transport = connect()
-    declare_queues(transport, {"q1": ["event.#"], "q2": ["event.*"], "q3": ["other"]})
-
-    transport.publish(envelope("event.created", body=b"hello"))
-
-    assert transport.queue_size("q1") == 1
-    assert transport.queue_size("q2") == 1
-    assert transport.queue_size("q3") == 0
-
-
-def test_queue_gets_one_copy_when_several_bindings_match(connect: Connect) -> None:
-    transport = connect()
-    declare_queues(transport, {"q": ["a.b", "a.*", "#", "a.#"]})
-
-    transport.publish(envelope("a.b"))
-
-    assert transport.queue_size("q") == 1
-
-
 def test_unroutable_messages_raise_and_are_counted(connect: Connect) -> None:
     transport = connect()
     declare_queues(transport, {"q": ["a.b"]})
@@ -185,31 +156,6 @@ def test_unroutable_messages_raise_and_are_counted(connect: Connect) -> None:
     assert transport.broker.unroutable == 2
 
 
-def test_a_notification_nobody_takes_is_dropped_quietly(connect: Connect) -> None:
-    transport = connect()
-    declare_queues(transport, {"q": ["a.b"]})
-    unwanted = envelope("nobody.listens")
-    unwanted.mandatory = False
-
-    transport.publish(unwanted)
-
-    assert transport.broker.unroutable == 1
-
-
-def test_publish_many_names_each_unroutable_message(connect: Connect) -> None:
-    transport = connect()
-    declare_queues(transport, {"q": ["a.b"]})
-
-    with pytest.raises(exceptions.Unroutable) as info:
-        transport.publish_many([envelope("a.b"), envelope("x.y"), envelope("a.b"),
-                                envelope("z", exchange="")])
-
-    assert sorted(info.value.failed) == [1, 3]
-    assert info.value.unroutable == [1, 3]
-    assert [e.routing_key for e in info.value.envelopes] == ["x.y", "z"]
-    assert transport.queue_size("q") == 2
-
-
 def test_a_harness_broker_can_drop_unroutable_messages(connect: Connect) -> None:
     transport = connect()
     transport.broker.drop_unroutable = True
@@ -220,52 +166,7 @@ def test_a_harness_broker_can_drop_unroutable_messages(connect: Connect) -> None
     assert transport.broker.unroutable == 1
 
 
-def test_default_exchange_routes_to_the_queue_named_by_the_key(connect: Connect) -> None:
-    transport = connect()
-    transport.declare(Topology.build(queues=["svc.dead", "other"]))
-
-    transport.publish(envelope("svc.dead", exchange="", body=b"dead"))
-
-    assert transport.broker.messages("svc.dead") == [({}, b"dead")]
-    assert transport.queue_size("other") == 0
-
-
-def test_publishing_to_an_undeclared_exchange_raises(connect: Connect) -> None:
-    transport = connect()
-
-    with pytest.raises(exceptions.PublishFailed) as info:
-        transport.publish(envelope("a.b", exchange="ghost"))
-
-    assert "ghost" in str(info.value)
-    assert transport.broker.unroutable == 0
-
-
-def test_publish_many_routes_every_message(connect: Connect) -> None:
-    transport = connect()
-    declare_queues(transport, {"q": ["#"]})
-
-    transport.publish_many([envelope("a", body=b"1"), envelope("b", body=b"2")])
-
-    assert [body for _, body in transport.broker.messages("q")] == [b"1", b"2"]
-
-
 # --------------------------------------------------------------------------- declare / delete
-
-
-def test_declare_is_idempotent(connect: Connect) -> None:
-    transport = connect()
-    topology = Topology.build(["ex"], ["q"], [Binding("q", "ex", "a.#")])
-
-    transport.declare(topology)
-    transport.publish(envelope("a.b"))
-    transport.declare(topology)
-    connect().declare(topology)
-
-    broker = transport.broker
-    assert broker.exchange_names() == ["ex"]
-    assert broker.queue_names() == ["q"]
-    assert broker.bindings() == [Binding("q", "ex", "a.#")]
-    assert transport.queue_size("q") == 1
 
 
 @pytest.mark.parametrize(("topology", "missing"), [
@@ -332,21 +233,6 @@ def test_delivery_never_shares_state_with_the_publisher(connect: Connect) -> Non
     assert one.headers == {"id": "1", "nested": {"list": [1, 2]}}
     one.headers["nested"]["list"].clear()  # type: ignore[index]
     assert two.headers == {"id": "1", "nested": {"list": [1, 2]}}
-
-
-def test_redelivery_gets_fresh_headers(connect: Connect) -> None:
-    transport = connect()
-    declare_queues(transport, {"q": ["#"]})
-    transport.publish(envelope("k", headers={"id": "1"}))
-    seen = Collector()
-    transport.consume("q", seen, 0)
-    transport.drain(0)
-
-    seen.deliveries[0].headers["id"] = "tampered"  # type: ignore[index]
-    seen.deliveries[0].reject(requeue=True)
-    transport.drain(0)
-
-    assert seen.deliveries[1].headers == {"id": "1"}
 
 
 @pytest.mark.parametrize(("kwargs", "properties"), [
@@ -468,19 +354,6 @@ def test_callback_error_keeps_the_rest_of_the_batch(connect: Connect) -> None:
 # --------------------------------------------------------------------------- ack / reject
 
 
-def test_ack_removes_the_message(connect: Connect) -> None:
-    publisher, server = connect(), connect()
-    declare_queues(publisher, {"q": ["#"]})
-    publisher.publish(envelope("k"))
-    seen = Collector(ack=True)
-    server.consume("q", seen, 1)
-    server.drain(0)
-
-    server.close()
-
-    assert publisher.queue_size("q") == 0
-
-
 def test_reject_with_requeue_redelivers_first(connect: Connect) -> None:
     transport = connect()
     declare_queues(transport, {"q": ["#"]})
@@ -497,21 +370,6 @@ def test_reject_with_requeue_redelivers_first(connect: Connect) -> None:
 
     assert seen.bodies == [b"first", b"first", b"second"]
     assert [d.redelivered for d in seen.deliveries] == [False, True, False]
-
-
-def test_reject_without_requeue_drops_the_message(connect: Connect) -> None:
-    transport = connect()
-    declare_queues(transport, {"q": ["#"]})
-    transport.publish(envelope("k"))
-    seen = Collector()
-    transport.consume("q", seen, 0)
-    transport.drain(0)
-
-    seen.deliveries[0].reject(requeue=False)
-
-    assert transport.drain(0) is False
-    transport.close()
-    assert transport.queue_size("q") == 0
 
 
 @pytest.mark.parametrize(("first", "second"), [
@@ -569,56 +427,7 @@ def test_close_requeues_messages_pushed_but_not_yet_drained(connect: Connect) ->
     assert server.drain(0) is False
 
 
-# --------------------------------------------------------------------------- prefetch
-
-
-def test_prefetch_limits_unacked_messages_per_consumer(connect: Connect) -> None:
-    transport = connect()
-    declare_queues(transport, {"q": ["#"]})
-    for number in range(5):
-        transport.publish(envelope("k", body=str(number).encode()))
-    seen = Collector()
-    transport.consume("q", seen, 2)
-
-    transport.drain(0)
-    assert seen.bodies == [b"0", b"1"]
-    assert transport.queue_size("q") == 3
-    assert transport.drain(0) is False
-
-    seen.deliveries[0].ack()
-    transport.drain(0)
-    assert seen.bodies == [b"0", b"1", b"2"]
-    assert transport.queue_size("q") == 2
-
-
-def test_prefetch_zero_is_unlimited(connect: Connect) -> None:
-    transport = connect()
-    declare_queues(transport, {"q": ["#"]})
-    for _ in range(500):
-        transport.publish(envelope("k"))
-    seen = Collector()
-    transport.consume("q", seen, 0)
-
-    transport.drain(0)
-
-    assert len(seen.deliveries) == 500
-    assert transport.queue_size("q") == 0
-
-
 # --------------------------------------------------------------------------- drain and threads
-
-
-def test_drain_returns_false_quickly_when_idle(connect: Connect) -> None:
-    transport = connect()
-    declare_queues(transport, {"q": ["#"]})
-    transport.consume("q", Collector(), 0)
-
-    started = time.monotonic()
-    assert transport.drain(0) is False
-    assert transport.drain(0.05) is False
-    elapsed = time.monotonic() - started
-
-    assert 0.04 <= elapsed < 2
 
 
 def run_drain_in_thread(transport: MemoryTransport, timeout: float,
@@ -637,34 +446,6 @@ def run_drain_in_thread(transport: MemoryTransport, timeout: float,
     thread.start()
     assert started.wait(5)
     return thread, started, outcome
-
-
-def test_publish_from_another_thread_wakes_drain(connect: Connect) -> None:
-    server, client = connect(), connect()
-    declare_queues(server, {"q": ["#"]})
-    seen = Collector(ack=True)
-    server.consume("q", seen, 0)
-
-    thread, _, outcome = run_drain_in_thread(server, 30)
-    client.publish(envelope("k", body=b"wake up"))
-    thread.join(10)
-
-    assert outcome["result"] is True
-    assert outcome["elapsed"] < 10
-    assert seen.bodies == [b"wake up"]
-
-
-def test_stop_from_another_thread_wakes_drain(connect: Connect) -> None:
-    server = connect()
-    declare_queues(server, {"q": ["#"]})
-    server.consume("q", Collector(), 0)
-
-    thread, _, outcome = run_drain_in_thread(server, 30)
-    server.stop()
-    thread.join(10)
-
-    assert outcome["result"] is False
-    assert outcome["elapsed"] < 10
 
 
 def test_ack_that_frees_prefetch_wakes_drain(connect: Connect) -> None:
@@ -723,36 +504,6 @@ def test_concurrent_publishers_and_consumers_lose_nothing(connect: Connect) -> N
 
     assert sorted(received) == sorted(f"{i}-{n}".encode() for i in range(len(publishers))
                                       for n in range(per_publisher))
-
-
-# --------------------------------------------------------------------------- reply queues
-
-
-def test_reply_queue_is_deleted_when_its_transport_closes(connect: Connect) -> None:
-    server, client = connect(), connect()
-    declare_queues(server, {"svc": ["svc.#"]})
-    client.declare_reply_queue("reply.1", [Binding("reply.1", "replies", "reply.1")])
-    client.declare_reply_queue("reply.1", [Binding("reply.1", "replies", "reply.1")])
-    server.publish(envelope("reply.1", exchange="replies"))
-    assert server.queue_size("reply.1") == 1
-
-    client.close()
-
-    broker = server.broker
-    assert broker.queue_names() == ["svc"]
-    assert broker.exchange_names() == ["ex", "replies"]
-    assert broker.bindings() == [Binding("svc", "ex", "svc.#")]
-    with pytest.raises(exceptions.Unroutable):
-        server.publish(envelope("reply.1", exchange="replies"))
-    assert broker.unroutable == 1
-
-
-def test_reply_queue_of_another_transport_cannot_be_taken(connect: Connect) -> None:
-    first, second = connect(), connect()
-    first.declare_reply_queue("reply.x", [])
-
-    with pytest.raises(exceptions.IncorrectAMQPConfig, match="reply.x"):
-        second.declare_reply_queue("reply.x", [])
 
 
 # --------------------------------------------------------------------------- brokers
