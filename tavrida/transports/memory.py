@@ -35,11 +35,8 @@ import collections
 import copy
 import datetime
 import decimal
-import functools
 import itertools
 import logging
-import operator
-import re
 import threading
 import time
 import uuid
@@ -57,6 +54,9 @@ from tavrida.transports.base import (
     Transport,
     publish_error,
 )
+from tavrida.transports.topic import is_wildcard as _is_wildcard
+from tavrida.transports.topic import topic_matcher as _topic_matcher
+from tavrida.transports.topic import topic_matches
 
 LOG = logging.getLogger(__name__)
 
@@ -79,55 +79,6 @@ class MemoryTransportError(exceptions.TavridaError, RuntimeError):
     """Misuse of the in-memory transport: double ack, use after close, ..."""
 
     message_template = "Memory transport: %(reason)s"
-
-
-# --------------------------------------------------------------------------- topic matching
-
-
-def _match_everything(routing_key: str) -> bool:
-    return True
-
-
-@functools.lru_cache(maxsize=4096)
-def _topic_matcher(pattern: str) -> Callable[[str], bool]:
-    """Compile a binding key into a fast predicate on routing keys.
-
-    Keys are split into words on ``.`` exactly as RabbitMQ does: ``""`` has
-    no words, ``"a."`` has the words ``a`` and ``""``. The regex runs on
-    ``"." + key`` so that every word, empty ones too, is ``\\.[^.]*``.
-    """
-    words: list[str] = []
-    for word in pattern.split(".") if pattern else ():
-        if not (word == "#" and words and words[-1] == "#"):
-            words.append(word)
-    if words == ["#"]:
-        return _match_everything
-    if "#" not in words and "*" not in words:
-        return functools.partial(operator.eq, pattern)
-    parts = []
-    for word in words:
-        if word == "#":
-            parts.append(r"(?:\.[^.]*)*")
-        elif word == "*":
-            parts.append(r"\.[^.]*")
-        else:
-            parts.append(r"\." + re.escape(word))
-    fullmatch = re.compile("".join(parts), re.DOTALL).fullmatch
-
-    def matches(routing_key: str) -> bool:
-        # A pattern with a word other than "#" needs at least one word.
-        return bool(routing_key) and fullmatch("." + routing_key) is not None
-
-    return matches
-
-
-def topic_matches(pattern: str, routing_key: str) -> bool:
-    """True when topic binding key ``pattern`` matches ``routing_key``."""
-    return _topic_matcher(pattern)(routing_key)
-
-
-def _is_wildcard(pattern: str) -> bool:
-    return any(word in ("*", "#") for word in pattern.split("."))
 
 
 # --------------------------------------------------------------------------- copying

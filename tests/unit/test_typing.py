@@ -25,8 +25,7 @@ USER_CODE = "tests/typing/user_code.py"
 PENDING = {
     "tavrida/client.py", "tavrida/config.py", "tavrida/exceptions.py", "tavrida/messages.py",
     "tavrida/proxies.py", "tavrida/replies.py", "tavrida/sender.py", "tavrida/server.py",
-    "tavrida/transports/__init__.py", "tavrida/transports/base.py",
-    "tavrida/transports/kombu.py", "tavrida/transports/memory.py", "tavrida/wire.py",
+    "tavrida/wire.py",
 }
 
 _ERROR = re.compile(r"^(?P<path>[^:\n]+):\d+(?::\d+)?: error: ", re.MULTILINE)
