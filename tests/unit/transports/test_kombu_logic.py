@@ -52,8 +52,8 @@ def retry(fun: Any, **options: Any) -> Any:
 class Flaky:
     """Raises ``error`` the first ``times`` calls, then returns ``"done"``."""
 
-    def __init__(self, times: int, error: BaseException = Broken("down")) -> None:
-        self.times, self.error, self.calls = times, error, 0
+    def __init__(self, times: int, error: Optional[BaseException] = None) -> None:
+        self.times, self.error, self.calls = times, error or Broken("down"), 0
 
     def __call__(self) -> str:
         self.calls += 1
