@@ -3,6 +3,11 @@
 Each consumer has its own channel (its own prefetch window). Acks and
 rejects from other threads are queued and performed by whoever holds the
 consuming connection next (see :meth:`KombuConsuming._settle`).
+
+kombu's ``Consumer`` is not used: it decodes bodies and wraps them in
+kombu messages (tavrida hands bytes and headers on untouched), and it has no
+``on_cancel`` for RabbitMQ cancelling a consumer whose queue was deleted;
+each consumer is a ``basic_consume`` on a channel of its own instead.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 Exchanges and queues are declared with kombu's public ``Exchange.declare``
 and ``Queue.declare`` (the tavrida 1.0 properties exactly); bindings with
-``Channel.queue_bind``.
+``Channel.queue_bind``. kombu's ``maybe_declare`` is not used: it caches
+what it declared per connection, and the adapter must declare again what a
+broker lost under a live connection (see ``_check_topology``).
 """
 
 from __future__ import annotations
