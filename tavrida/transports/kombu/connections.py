@@ -47,7 +47,7 @@ def retry_call(fun: Callable[[], T], *, attempts: int, delay: float, max_interva
                failed: Callable[[Optional[BaseException], str], exceptions.ConnectionFailed],
                check: Optional[Callable[[], None]] = None,
                on_error: Optional[Callable[[BaseException], None]] = None,
-               give_up: str = "", pause: bool = True, what: str = "", url: str = "") -> T:
+               give_up: str = "", pause: bool = True, what: str = "", url: object = "") -> T:
     """Call ``fun`` until it stops raising ``retry_errors``; the adapter's one retry loop.
 
     ``attempts`` calls at most (-1: no bound); ``fatal_errors`` (which retrying
@@ -57,7 +57,8 @@ def retry_call(fun: Callable[[], T], *, attempts: int, delay: float, max_interva
     every call (it raises to stop), ``on_error`` after every retried error.
     With ``pause`` it sleeps ``delay``, ``2 * delay``, ... up to
     ``max_interval`` (cut to the deadline) between calls, on ``wake`` so that
-    setting it ends the sleep.
+    setting it ends the sleep. ``what`` and ``url`` name the operation in the
+    warning logged before a pause (``url`` is turned into text only then).
     """
     tries_left = None if attempts < 0 else max(attempts, 1)
     interval = delay = max(delay, 0.0)
@@ -86,6 +87,18 @@ def retry_call(fun: Callable[[], T], *, attempts: int, delay: float, max_interva
                     type(error).__name__, error, wait)
         wake.wait(wait)
         interval = min(interval + delay, max(delay, max_interval))
+
+
+class _SafeUrl:
+    """``config.safe_url``, computed only when a log line shows it (not on every publish)."""
+
+    __slots__ = ("config",)
+
+    def __init__(self, config: ConnectionConfig) -> None:
+        self.config = config
+
+    def __str__(self) -> str:
+        return self.config.safe_url
 
 
 class KombuConnections(Transport):
@@ -223,7 +236,7 @@ class KombuConnections(Transport):
             max_interval=self.max_retry_interval, deadline=self._deadline(), wake=self._wake,
             retry_errors=self._retry_errors, fatal_errors=self._connection_errors,
             failed=self._failed, check=self._check_not_stopped,
-            give_up=f"gave up after {attempts} attempt(s)", what=what, url=config.safe_url)
+            give_up=f"gave up after {attempts} attempt(s)", what=what, url=_SafeUrl(config))
 
     def _check_not_stopped(self) -> None:
         if self._closed:
