@@ -30,7 +30,7 @@ from tavrida.transports.base import Binding, OnMessage, Transport
 from tavrida.transports.kombu.batch import Batch
 from tavrida.transports.kombu.deliveries import Consumer, KombuDelivery
 from tavrida.transports.kombu.pyamqp_compat import AMQPTransport, raw_connection
-from tavrida.transports.kombu.virtual import RabbitTopicExchange, restore_unacked
+from tavrida.transports.kombu.virtual import rabbit_topic_routing, restore_unacked
 
 LOG = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ class KombuConnections(Transport):
     def _new_channel(self, conn: Connection) -> Any:
         channel = conn.channel()
         if not self._is_amqp:
-            channel.exchange_types["topic"] = RabbitTopicExchange(channel)  # type: ignore[no-untyped-call]
+            rabbit_topic_routing(channel)
         return channel
 
     def _ensure_connected(self) -> None:

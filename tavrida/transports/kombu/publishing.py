@@ -19,12 +19,7 @@ from tavrida import exceptions
 from tavrida.transports.base import OutgoingEnvelope
 from tavrida.transports.kombu.batch import Batch, ConfirmTimeout
 from tavrida.transports.kombu.confirms import KombuConfirms
-from tavrida.transports.kombu.pyamqp_compat import (
-    CONTENT_HEADER_OVERHEAD,
-    UNENCODABLE,
-    CheckedMessage,
-    bytes_key,
-)
+from tavrida.transports.kombu.pyamqp_compat import UNENCODABLE, bytes_key, checked_message
 from tavrida.transports.kombu.virtual import NoRoute, strict_lookup
 
 LOG = logging.getLogger(__name__)
@@ -228,13 +223,6 @@ class KombuPublishing(KombuConfirms):
         if not all(key.isascii() for key in headers if type(key) is str):
             # Keys received as text with surrogates (see text_key) go out as their bytes.
             headers = {bytes_key(key): value for key, value in headers.items()}
-        message = channel.prepare_message(bytes(envelope.body), None, envelope.content_type,
-                                          envelope.content_encoding, headers,
-                                          properties, _Message=CheckedMessage)
-        room = channel.connection.frame_max - CONTENT_HEADER_OVERHEAD
-        size = len(message._serialize_properties())
-        if size > room:
-            raise ValueError(f"its headers and properties take {size} bytes, more than the "
-                             f"{room} a frame of this connection holds")
-        return message
+        return checked_message(channel, bytes(envelope.body), envelope.content_type,
+                               envelope.content_encoding, headers, properties)
 

@@ -326,3 +326,22 @@ class CheckedMessage(amqp.Message):  # type: ignore[misc]  # py-amqp has no type
             self._serialized = super()._serialize_properties()
         assert self._serialized is not None
         return self._serialized
+
+
+def checked_message(channel: Any, body: bytes, content_type: Optional[str],
+                    content_encoding: Optional[str], headers: Dict[Any, Any],
+                    properties: Dict[str, Any]) -> CheckedMessage:
+    """A :class:`CheckedMessage` for ``channel.basic_publish``, its header checked to fit a frame.
+
+    Raises ValueError (before anything is written) when the properties and
+    headers take more than one frame of the channel's connection.
+    """
+    message: CheckedMessage = channel.prepare_message(
+        body, None, content_type, content_encoding, headers, properties,
+        _Message=CheckedMessage)
+    room = channel.connection.frame_max - CONTENT_HEADER_OVERHEAD
+    size = len(message._serialize_properties())
+    if size > room:
+        raise ValueError(f"its headers and properties take {size} bytes, more than the "
+                         f"{room} a frame of this connection holds")
+    return message

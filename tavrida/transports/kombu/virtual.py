@@ -20,8 +20,9 @@ name of ``kombu.transport.virtual`` the adapter uses is here, and
 * ``QoS._flush``, ``QoS._delivered`` (private) and ``QoS.restore_unacked``:
   :func:`restore_unacked`, which gives a lost channel's un-acked messages back
   (kombu's own close raises first when the Redis connection died mid-read).
-* ``TopicExchange.lookup`` (subclassed): :class:`RabbitTopicExchange` matches
-  as RabbitMQ does (``a.#`` matches ``a``).
+* ``TopicExchange.lookup`` (subclassed) and ``Channel.exchange_types`` (an
+  undocumented table): :class:`RabbitTopicExchange`, put in place by
+  :func:`rabbit_topic_routing`, matches as RabbitMQ does (``a.#`` matches ``a``).
 """
 
 from __future__ import annotations
@@ -92,6 +93,11 @@ class RabbitTopicExchange(TopicExchange):
     def lookup(self, table: Iterable[Tuple[Any, ...]], exchange: str, routing_key: str,
                default: Any) -> Set[str]:
         return {queue for key, _, queue in table if topic_matches(key, routing_key)}
+
+
+def rabbit_topic_routing(channel: Any) -> None:
+    """Make the virtual ``channel`` route topic exchanges as RabbitMQ does."""
+    channel.exchange_types["topic"] = RabbitTopicExchange(channel)  # type: ignore[no-untyped-call]
 
 
 def own_copies(channel: Any, queue: str) -> None:

@@ -161,6 +161,15 @@ def test_kombu_topic_hash_still_needs_a_word_where_rabbitmq_needs_none() -> None
     assert tavrida_virtual.RabbitTopicExchange(None).lookup(table, "x", "svc", None) == {"q"}
 
 
+def test_virtual_channels_still_look_exchange_types_up_in_their_table(memory_channel) -> None:
+    assert isinstance(memory_channel.exchange_types["topic"], TopicExchange)
+    tavrida_virtual.rabbit_topic_routing(memory_channel)
+    assert memory_channel.typeof("") is memory_channel.exchange_types["direct"]
+    memory_channel.exchange_declare(exchange="tavrida-compat-topic", type="topic")
+    assert isinstance(memory_channel.typeof("tavrida-compat-topic"),
+                      tavrida_virtual.RabbitTopicExchange)
+
+
 def test_virtual_messages_still_keep_their_raw_payload(unique, memory_channel) -> None:
     queue = unique("q")
     memory_channel.queue_declare(queue=queue)
