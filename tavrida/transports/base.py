@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 from tavrida import exceptions
 
@@ -55,9 +55,9 @@ class Topology:
     tavrida 1.0 declaration, so both versions can share the names).
     """
 
-    exchanges: tuple = ()
-    queues: tuple = ()
-    bindings: tuple = ()
+    exchanges: Tuple[str, ...] = ()
+    queues: Tuple[str, ...] = ()
+    bindings: Tuple[Binding, ...] = ()
 
     @classmethod
     def build(
@@ -94,7 +94,7 @@ class OutgoingEnvelope:
     exchange: str
     routing_key: str
     body: bytes
-    headers: dict
+    headers: Dict[str, Any]
     content_type: Optional[str] = "application/json"
     content_encoding: Optional[str] = "utf-8"
     persistent: bool = True
@@ -163,7 +163,7 @@ class Transport(abc.ABC):
         confirms override this.
         """
         batch = list(envelopes)
-        failed: dict = {}
+        failed: Dict[int, str] = {}
         unroutable = []
         for index, envelope in enumerate(batch):
             try:

@@ -19,10 +19,6 @@ mypy_api = pytest.importorskip("mypy.api", reason="mypy is in requirements-dev.t
 ROOT = Path(__file__).resolve().parents[2]
 USER_CODE = "tests/typing/user_code.py"
 
-#: The transports package is typed by the branch that splits it into modules;
-#: its strict errors are expected until that branch is merged.
-TRANSPORTS = "tavrida/transports/"
-
 _ERROR = re.compile(r"^(?P<path>[^:\n]+):\d+(?::\d+)?: error: ", re.MULTILINE)
 
 
@@ -44,15 +40,8 @@ def errors() -> Dict[str, List[str]]:
     return found
 
 
-def test_package_outside_the_transports_is_strict_clean(errors):
-    assert {path: lines for path, lines in errors.items()
-            if path.startswith("tavrida/") and not path.startswith(TRANSPORTS)} == {}
-
-
-@pytest.mark.xfail(strict=True, reason="the transports package is typed on the branch "
-                   "that splits it into modules")
-def test_transports_are_strict_clean(errors):
-    assert {path: lines for path, lines in errors.items() if path.startswith(TRANSPORTS)} == {}
+def test_package_is_strict_clean(errors):
+    assert {path: lines for path, lines in errors.items() if path.startswith("tavrida/")} == {}
 
 
 def test_documented_user_code_type_checks(errors):

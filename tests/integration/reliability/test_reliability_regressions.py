@@ -10,7 +10,6 @@ import threading
 import time
 from typing import Any, List
 
-import amqp
 import pytest
 
 from soak import hostile
@@ -274,13 +273,3 @@ def test_raw_publisher_sees_broker_refusals(amqp_url, names) -> None:
         publisher.close()
         transport.close()
         cleanup(amqp_url, names)
-
-
-def test_amqp_lib_still_needs_the_tolerant_parser() -> None:
-    """If py-amqp ever reads these itself, the workarounds in kombu.py can go."""
-    from amqp import serialization
-
-    for table in (deep_table(3000), b"\x00\x00\x00\x0a" + b"\x01tT" + b"\xff" * 8 + b"\x00"):
-        with pytest.raises((RecursionError, ValueError, OverflowError, OSError,
-                            amqp.FrameSyntaxError)):
-            serialization.loads("F", table, 0)

@@ -1,0 +1,103 @@
+"""The kombu transport's facade: RabbitMQ (``amqp://``), Redis (``redis://``), kombu's ``memory://``.
+
+:class:`KombuTransport` is put together from one part per concern, each a
+module of this package: :mod:`.connections` (parameters, the retry helper,
+deadlines, reconnects), :mod:`.heartbeats`, :mod:`.declaring`,
+:mod:`.consuming` (consumers, deliveries, settling), :mod:`.draining`,
+:mod:`.confirms` (acks, nacks, returns), :mod:`.publishing`; the
+workarounds of kombu's and py-amqp's behaviour, the only modules using
+private names of theirs, are :mod:`.pyamqp_compat`, :mod:`.virtual` and
+:mod:`.redis_fetch`. This module holds the state they share (set up in
+``__init__``), connecting as a whole, and closing.
+
+:class:`KombuTransport` moves opaque bytes plus a header table; it knows
+nothing about tavrida messages. It holds two long-lived connections:
+
+* the *consuming* connection is driven by :meth:`drain` (one thread at a
+  time; callbacks run on that thread). It carries the declarations, one
+  channel per :meth:`consume` call (so each consumer has its own prefetch
+  window) and a control channel. It is only touched under ``self._lock``;
+  :meth:`drain` releases that lock while callbacks run, so a callback may
+  ack, declare or send heartbeats at will.
+* the *publishing* connection has one channel in publisher-confirm mode,
+  shared by every thread under ``self._publish_lock``. It has no heartbeats
+  (nothing reads it between publishes, as with celery's producer
+  connections); a dead socket shows up as an error on the next publish,
+  which reconnects and retries.
+
+With ``heartbeat_interval`` set (RabbitMQ), :meth:`drain` pumps heartbeats
+and a small thread sends them whenever nobody has drained for half an
+interval -- a handler running on the draining thread -- so a long handler
+does not lose its connection (and its message with it) without calling
+:meth:`heartbeat`. A client with a reply queue checks, before publishing,
+that the consuming connection was not closed meanwhile (and reconnects,
+declaring the queue again), so no answer is routed to a queue that is gone.
+
+Acks and rejects from other threads are queued and performed by whoever
+holds the consuming connection next: the caller itself when the connection
+is idle, otherwise :meth:`drain` after its current read. While deliveries
+are out with handlers, those reads last 1 ms, doubling up to
+:attr:`KombuTransport.poll_interval`, so a quick worker's ack goes out
+within a few milliseconds and a slow one costs few wake-ups.
+Concurrent reads and writes on one socket are never allowed, which keeps
+``amqps://`` (whose SSL objects are not thread safe) correct.
+
+Unroutable messages: every AMQP publish is ``mandatory``; RabbitMQ returns
+one no queue takes before confirming it, and :meth:`KombuTransport._on_return`
+matches the return to its publish, so the confirm does not count
+(``Unroutable``; a non-mandatory envelope -- a notification -- is only logged at
+DEBUG). A consumer RabbitMQ cancels (its queue was deleted) makes the
+consuming connection declare the topology again and consume again.
+
+Deadlines: every blocking operation (connecting, reconnecting, declaring,
+publishing, draining) honours the calling thread's :meth:`KombuTransport.deadline`
+and publishes also ``publish_timeout``; reconnect sleeps end at once on
+:meth:`KombuTransport.close` or :meth:`KombuTransport.interrupt`. Giving up
+raises :class:`~tavrida.exceptions.ConnectionFailed`.
+
+Bytes are never interpreted: bodies are not decoded, decompressed or
+unpickled, whatever the content type or headers say. py-amqp decodes AMQP
+short strings (content_type, correlation_id, reply_to, routing key, ...)
+strictly, so one invalid UTF-8 property breaks its frame parser and poisons
+the queue; :func:`.pyamqp_compat.tolerant_frame_handler` decodes such
+strings with ``surrogateescape`` instead (``value.encode("utf-8", "surrogateescape")``
+gives the original bytes back). Header *values* that are not UTF-8 arrive
+as ``bytes`` (py-amqp's own fallback); such header *keys* arrive as text
+with surrogates and go out again as their bytes. Header timestamps no
+``datetime`` can hold and tables nested past 32 levels, which make py-amqp
+raise, are read by ``_lenient_table`` (a number, raw bytes). A message
+whose headers do not fit in one frame (or cannot be written) fails alone
+with ``PublishFailed(unencodable=[...])``, before RabbitMQ would close the
+connection over it.
+
+Differences on kombu's virtual transports (Redis and ``memory://``):
+
+* no publisher confirms: a publish returns once Redis has the message. A
+  message no binding matches raises ``Unroutable`` when it is ``mandatory``
+  (see :func:`.virtual.strict_lookup`); on the default exchange it goes
+  to the list named by its routing key, as kombu does.
+* nobody tells a consumer that its queue or bindings were deleted: the
+  consuming connection compares them with kombu's tables every
+  :attr:`KombuTransport.topology_check_interval` and declares them again.
+* topic routing runs in the publishing process; kombu's ``#`` needs at
+  least one word, so tavrida installs RabbitMQ's rule (``a.#`` matches ``a``).
+* a requeued or lost un-acked message goes back to the queue it came from
+  only (kombu would route it through the exchange again, duplicating it to
+  every other bound queue), and each queue's copy has its own delivery tag
+  (kombu shares one, so on Redis acking one copy could lose another).
+* reply queues are deleted by :meth:`KombuTransport.close`; a process that
+  dies without closing leaves them behind (Redis has no exclusive queues).
+* on Redis a message is popped with ``BRPOPLPUSH`` into the consumer's
+  in-flight list (not kombu's ``BRPOP``, which lost the message when the
+  connection died as Redis sent it); see :class:`.redis_fetch.RedisFetch`. Un-acked
+  messages of a lost connection go back to their queue on reconnect; those
+  of a crashed consumer come back after kombu's ``visibility_timeout`` (one
+  hour by default); ``memory://`` drops them on close (kombu does not
+  restore them there).
+* heartbeats are an AMQP feature; :meth:`KombuTransport.heartbeat` is a no-op.
+"""
+
+from tavrida.transports.kombu.deliveries import KombuDelivery
+from tavrida.transports.kombu.transport import KombuTransport
+
+__all__ = ["KombuDelivery", "KombuTransport"]

@@ -1,0 +1,293 @@
+"""Consumers: start, cancel and resume them, turn broker messages into deliveries, settle.
+
+Each consumer has its own channel (its own prefetch window). Acks and
+rejects from other threads are queued and performed by whoever holds the
+consuming connection next (see :meth:`KombuConsuming._settle`).
+
+kombu's ``Consumer`` is not used: it decodes bodies and wraps them in
+kombu messages (tavrida hands bytes and headers on untouched), and it has no
+``on_cancel`` for RabbitMQ cancelling a consumer whose queue was deleted;
+each consumer is a ``basic_consume`` on a channel of its own instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Dict, Iterable, List, Optional
+
+import amqp
+
+from tavrida.transports.base import Binding, OnMessage
+from tavrida.transports.kombu.connections import REDIS_SCHEMES
+from tavrida.transports.kombu.declaring import KombuDeclarations
+from tavrida.transports.kombu.deliveries import Consumer, KombuDelivery
+from tavrida.transports.kombu.pyamqp_compat import PROPERTY_NAMES, text_key
+from tavrida.transports.kombu.redis_fetch import RedisFetch
+from tavrida.transports.kombu.virtual import (
+    ORIGIN,
+    binding_rows,
+    forget_bindings,
+    own_copies,
+    raw_payload,
+)
+
+LOG = logging.getLogger(__name__)
+
+
+class KombuConsuming(KombuDeclarations):
+    """The consuming part of :class:`~tavrida.transports.kombu.KombuTransport`."""
+
+    def consume(self, queue: str, on_message: OnMessage, prefetch_count: int) -> None:
+        """Deliver ``queue`` to ``on_message`` inside :meth:`drain` (manual acks).
+
+        ``prefetch_count`` bounds the un-acked deliveries of this consumer
+        (0: no bound). Consumes again after every reconnect.
+        """
+        consumer = Consumer(queue, on_message, max(int(prefetch_count), 0))
+        with self._holding(self._lock):
+            self._ensure_connected()
+            self._consumers.append(consumer)
+            try:
+                self._start_consumer(consumer)
+            except self._retry_errors as exc:
+                self._lost(exc)
+                self._ensure_connected()
+            except BaseException:
+                self._consumers.remove(consumer)
+                self._close_channel(consumer.channel)
+                consumer.channel = None
+                raise
+
+    def cancel(self) -> None:
+        """Stop taking messages; received ones not yet handed out go back to their queue.
+
+        Consumer channels stay open until :meth:`close`, so deliveries already
+        handed out can still be acked or rejected. Not consumed again after a
+        reconnect.
+        """
+        with self._lock:
+            consumers, self._consumers = self._consumers, []
+            if self._conn is None or self._broken:
+                return  # nothing is consuming on the broker
+            try:
+                for consumer in consumers:
+                    if consumer.channel is not None:
+                        # py-amqp waits for cancel-ok: deliveries still in flight land in _ready.
+                        consumer.channel.basic_cancel(consumer.tag)
+                        if consumer.fetch is not None:
+                            consumer.fetch.recover(consumer.channel)
+            except self._connection_errors + self._channel_errors as exc:
+                self._lost(exc)  # the broker gives everything back itself
+                return
+            while self._ready:
+                delivery, _ = self._ready.popleft()
+                delivery._settled = True
+                self._settles.append((delivery, True))
+            self._perform_settles()
+
+    def delete(self, exchanges: Iterable[str] = (), queues: Iterable[str] = ()) -> None:
+        """Delete queues, then exchanges, and forget them (missing ones are fine)."""
+        exchanges, queues = list(exchanges), list(queues)
+        with self._lock:
+            for consumer in [c for c in self._consumers if c.queue in queues]:
+                self._cancel_consumer(consumer)
+            for name in queues:
+                self._queues.pop(name, None)
+                self._reply_queues.pop(name, None)
+            for name in exchanges:
+                self._exchanges.pop(name, None)
+            self._bindings = {b: None for b in self._bindings
+                              if b.queue not in queues and b.exchange not in exchanges}
+
+            def action(channel: Any) -> None:
+                for name in queues:
+                    channel.queue_delete(queue=name)
+                for name in exchanges:
+                    channel.exchange_delete(exchange=name)
+
+            self._with_connection(action, lambda: None)
+        with self._publish_lock:
+            self._pub_exchanges.difference_update(exchanges)
+
+    def _start_consumer(self, consumer: Consumer) -> None:
+        assert self._conn is not None
+        channel = self._new_channel(self._conn)
+        consumer.channel = channel
+        if not self._is_amqp:
+            own_copies(channel, consumer.queue)
+        if self._config.scheme in REDIS_SCHEMES:
+            if consumer.fetch is None:
+                consumer.fetch = RedisFetch(consumer.queue, consumer.tag)
+            consumer.fetch.recover(channel)
+            consumer.fetch.install(channel)
+        channel.basic_qos(0, consumer.prefetch_count, False)
+        self._basic_consume(consumer, channel)
+
+    def _basic_consume(self, consumer: Consumer, channel: Any) -> None:
+        generation = self._generation
+        options: Dict[str, Any] = {}
+        if self._is_amqp:
+            # RabbitMQ cancels a consumer whose queue was deleted: declare it again.
+            options["on_cancel"] = lambda tag: self._resume.append(consumer)
+        channel.basic_consume(
+            queue=consumer.queue, no_ack=False, consumer_tag=consumer.tag,
+            callback=lambda message: self._on_message(consumer, channel, generation, message),
+            **options)
+
+    def _check_topology(self) -> None:
+        """Declare again what the broker lost while connected; call with ``_lock`` held.
+
+        RabbitMQ: a consumer the broker cancelled (its queue was deleted)
+        -- its queue, the other queues and every binding are declared again
+        and it consumes again on its channel. Redis and kombu's memory
+        transport tell nobody: every :attr:`topology_check_interval` seconds
+        the bindings are compared with the broker's tables, and declared
+        again when one is missing (a deleted queue, a Redis restarted
+        without persistence under a live connection, a FLUSHALL).
+        """
+        resume = self._resume
+        if self._is_amqp:
+            if not resume:
+                return
+        else:
+            now = time.monotonic()
+            if now < self._next_topology_check or not self._consumers:
+                return
+            self._next_topology_check = now + self.topology_check_interval
+            missing = self._missing_bindings()
+            if not missing:
+                return
+            forget_bindings(self._control, missing)
+        self._resume = []
+        LOG.warning("queues or bindings on %s disappeared (%s); declaring them again",
+                    self._config.safe_url,
+                    ", ".join(sorted({c.queue for c in resume})) or "bindings")
+        self._declare_on(self._control, list(self._exchanges), list(self._queues),
+                         list(self._bindings))
+        for queue, bindings in self._reply_queues.items():
+            self._declare_reply_on(self._control, queue, bindings)
+        for consumer in resume:
+            if consumer in self._consumers and consumer.channel is not None:
+                self._basic_consume(consumer, consumer.channel)
+
+    def _missing_bindings(self) -> List[Binding]:
+        """Bindings declared here that the virtual broker's tables no longer have."""
+        wanted: Dict[str, List[Binding]] = {}
+        for binding in self._bindings:
+            wanted.setdefault(binding.exchange, []).append(binding)
+        for queue, bindings in self._reply_queues.items():
+            for binding in bindings:
+                wanted.setdefault(binding.exchange, []).append(
+                    Binding(queue, binding.exchange, binding.routing_key))
+        missing: List[Binding] = []
+        for exchange, wanted_here in wanted.items():
+            present = {(row[0], row[-1]) for row in binding_rows(self._control, exchange)}
+            missing += [b for b in wanted_here if (b.routing_key, b.queue) not in present]
+        return missing
+
+    def _cancel_consumer(self, consumer: Consumer) -> None:
+        self._consumers.remove(consumer)
+        channel, consumer.channel = consumer.channel, None
+        if channel is not None:
+            try:
+                channel.basic_cancel(consumer.tag)
+            except self._connection_errors + self._channel_errors:
+                LOG.debug("could not cancel consumer of %s", consumer.queue, exc_info=True)
+            self._close_channel(channel)
+
+    def _close_channel(self, channel: Any) -> None:
+        if channel is None:
+            return
+        try:
+            channel.close()
+        except Exception:  # closing is best effort
+            LOG.debug("ignoring error while closing a channel", exc_info=True)
+
+    def _on_message(self, consumer: Consumer, channel: Any, generation: int,
+                    message: Any) -> None:
+        """Wrap a broker message (raw py-amqp or kombu virtual) into a Delivery."""
+        if self._is_amqp:
+            delivery = self._amqp_delivery(consumer, channel, generation, message)
+        else:
+            delivery = self._virtual_delivery(consumer, channel, generation, message)
+        # Handed out by drain() once the connection lock is released.
+        self._ready.append((delivery, consumer.on_message))
+
+    def _amqp_delivery(self, consumer: Consumer, channel: Any, generation: int,
+                       message: amqp.Message) -> KombuDelivery:
+        props = message.properties
+        info = message.delivery_info
+        body = message.body
+        if not isinstance(body, bytes):
+            body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+        headers = dict(props.get("application_headers") or {})
+        if not all(type(key) is str for key in headers):
+            # py-amqp keeps a key that is not UTF-8 as bytes; the core expects text.
+            headers = {text_key(key): value for key, value in headers.items()}
+        return KombuDelivery(
+            self, channel, info["delivery_tag"], generation, body, headers,
+            {name: props[name] for name in PROPERTY_NAMES if props.get(name) is not None},
+            info.get("exchange") or "", info.get("routing_key") or "", consumer.queue,
+            bool(info.get("redelivered")))
+
+    def _virtual_delivery(self, consumer: Consumer, channel: Any, generation: int,
+                          message: Any) -> KombuDelivery:
+        raw = raw_payload(message)  # kombu's Message may have decompressed the body
+        props = raw.get("properties") or {}
+        info = props.get("delivery_info") or {}
+        body = raw.get("body") or b""
+        if body:
+            body = channel.decode_body(body, props.get("body_encoding"))
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        headers = dict(raw.get("headers") or {})
+        redelivered = bool(info.get("redelivered") or raw.get("redelivered"))
+        if redelivered and headers.get("redelivered") is True:
+            headers.pop("redelivered")  # added by kombu's Redis restore, not by the sender
+        properties = {name: props[name] for name in PROPERTY_NAMES
+                      if props.get(name) is not None}
+        if properties.get("priority") == 0:
+            del properties["priority"]  # kombu's filler, not the sender's
+        for name, key in (("content_type", "content-type"),
+                          ("content_encoding", "content-encoding")):
+            if raw.get(key) is not None:
+                properties[name] = raw[key]
+        exchange, routing_key = props.get(ORIGIN) or ["", consumer.queue]
+        return KombuDelivery(self, channel, props.get("delivery_tag"), generation, body,
+                             headers, properties, exchange, routing_key, consumer.queue,
+                             redelivered)
+
+    def _settle(self, delivery: KombuDelivery, requeue: Optional[bool]) -> None:
+        """Queue an ack (``requeue is None``) or reject; do it now if the connection is free."""
+        if delivery._settled:
+            LOG.warning("%r was already acked or rejected; ignoring", delivery)
+            return
+        delivery._settled = True
+        self._unsettled.discard(id(delivery))
+        self._slice = self.min_poll_interval
+        self._settles.append((delivery, requeue))
+        # Busy means drain() is in the middle of a (short) read: it settles right after.
+        if self._lock.acquire(blocking=False):
+            try:
+                self._perform_settles()
+            finally:
+                self._lock.release()
+
+    def _perform_settles(self) -> None:
+        """Send queued acks/rejects; call with ``_lock`` held."""
+        while self._settles:
+            delivery, requeue = self._settles.popleft()
+            if (self._conn is None or self._broken or delivery._generation != self._generation
+                    or delivery._channel is None):
+                LOG.debug("dropping ack of %r: its connection is gone", delivery)
+                continue
+            try:
+                if requeue is None:
+                    delivery._channel.basic_ack(delivery._delivery_tag)
+                else:
+                    delivery._channel.basic_reject(delivery._delivery_tag, requeue=requeue)
+            except self._connection_errors + self._channel_errors as exc:
+                # drain() reconnects; the broker redelivers what was not acked.
+                LOG.warning("could not settle %r (%s: %s)", delivery, type(exc).__name__, exc)
+                self._broken = True

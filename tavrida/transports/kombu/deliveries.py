@@ -1,0 +1,59 @@
+"""What the consuming side hands out and keeps: deliveries and consumers."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Dict, Optional, Protocol
+
+from tavrida.transports.base import Delivery, OnMessage
+from tavrida.transports.kombu.redis_fetch import RedisFetch
+
+
+class _Settles(Protocol):
+    def _settle(self, delivery: "KombuDelivery", requeue: Optional[bool]) -> None: ...
+
+
+class KombuDelivery(Delivery):
+    """A message received by :class:`KombuTransport`; ack/reject from any thread."""
+
+    def __init__(self, transport: _Settles, channel: Any, delivery_tag: Any,
+                 generation: int, body: bytes, headers: Dict[str, Any],
+                 properties: Dict[str, Any], exchange: str, routing_key: str, queue: str,
+                 redelivered: bool) -> None:
+        self.body = body
+        self.headers = headers
+        self.properties = properties
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.queue = queue
+        self.redelivered = redelivered
+        self._transport = transport
+        self._channel = channel
+        self._delivery_tag = delivery_tag
+        self._generation = generation
+        self._settled = False
+
+    def ack(self) -> None:
+        """Acknowledge; dropped if the connection it came on is gone (it is redelivered)."""
+        self._transport._settle(self, None)
+
+    def reject(self, requeue: bool) -> None:
+        """Reject (``requeue=True`` gives it back to the queue)."""
+        self._transport._settle(self, bool(requeue))
+
+    def __repr__(self) -> str:
+        return (f"<KombuDelivery {self.queue!r} from {self.exchange!r}/{self.routing_key!r}"
+                f" {len(self.body)} bytes>")
+
+
+class Consumer:
+    """What :meth:`KombuTransport.consume` was asked, kept to consume again after a reconnect."""
+
+    def __init__(self, queue: str, on_message: OnMessage, prefetch_count: int) -> None:
+        self.queue = queue
+        self.on_message = on_message
+        self.prefetch_count = prefetch_count
+        self.tag = f"tavrida-{uuid.uuid4().hex}"
+        self.channel: Any = None
+        #: Redis only: the reliable fetch, kept across reconnects (see :class:`RedisFetch`).
+        self.fetch: Optional[RedisFetch] = None

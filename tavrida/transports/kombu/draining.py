@@ -1,0 +1,106 @@
+"""Draining: bounded reads on the consuming connection, callbacks outside the lock.
+
+Reads go through kombu's ``Transport.drain_events`` on the raw connection
+(no implicit reconnect) and ``Transport.heartbeat_check``; a lost
+connection is dropped and opened again on the next read.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+from tavrida import exceptions
+from tavrida.transports.kombu.consuming import KombuConsuming
+
+LOG = logging.getLogger(__name__)
+
+
+class KombuDraining(KombuConsuming):
+    """The draining part of :class:`~tavrida.transports.kombu.KombuTransport`."""
+
+    def drain(self, timeout: float) -> bool:
+        """Deliver waiting messages, waiting at most ``timeout`` seconds for one.
+
+        Returns True once something was delivered. Pumps heartbeats, performs
+        queued acks and reconnects (re-declaring and consuming again) when the
+        connection is lost; raises only when reconnect attempts run out.
+        """
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while not self._closed:
+            if self._ready:
+                return self._deliver_ready()
+            if self._stop.is_set():
+                break
+            remaining = deadline - time.monotonic()
+            if not self._consumers and (self._conn is None or self._broken):
+                # Nothing to read or keep alive (after cancel(), acks of a lost
+                # connection are void: no reconnect for them): wait to be stopped.
+                self._stop.wait(max(remaining, 0.0))
+                break
+            try:
+                with self._holding(self._lock):
+                    self._drain_once(min(max(remaining, self.min_poll_interval),
+                                         self._next_slice()))
+            except exceptions.ConnectionFailed:
+                if self._closed or self._interrupted:
+                    break  # stopping during an outage: nothing in hand can be acked anyway
+                raise
+            if self._ready:
+                return self._deliver_ready()
+            if time.monotonic() >= deadline:
+                break
+        self._stop.clear()
+        return False
+
+    def _drain_once(self, timeout: float) -> None:
+        """One bounded read on the consuming connection; call with ``_lock`` held."""
+        if self._closed:
+            return
+        self._ensure_connected()
+        self._perform_settles()
+        conn = self._conn
+        assert conn is not None  # _ensure_connected() raises otherwise
+        try:
+            conn.transport.drain_events(self._raw_connection(), timeout=timeout)
+        except socket.timeout:
+            pass
+        except self._connection_errors + self._channel_errors as exc:
+            self._lost(exc)
+            return
+        try:
+            self._check_topology()
+        except self._connection_errors + self._channel_errors as exc:
+            self._lost(exc)  # reconnecting declares everything anyway
+            return
+        try:
+            # After reading: frames just read count as signs of life.
+            conn.transport.heartbeat_check(self._raw_connection(), rate=2)
+        except self._connection_errors as exc:
+            self._lost(exc)
+            return
+        self._last_beat = time.monotonic()
+        self._perform_settles()
+
+    def _next_slice(self) -> float:
+        """How long the next read may block: short while handlers may ack from elsewhere."""
+        if not self._unsettled:
+            return self.poll_interval
+        current = self._slice
+        self._slice = min(current * 2, self.poll_interval)
+        return current
+
+    def _deliver_ready(self) -> bool:
+        """Run callbacks of received messages, outside the lock, on the draining thread."""
+        while self._ready:
+            delivery, on_message = self._ready.popleft()
+            if not delivery._settled:
+                self._unsettled.add(id(delivery))
+                self._slice = self.min_poll_interval
+            on_message(delivery)
+        return True
+
+    def stop(self) -> None:
+        """Make a waiting :meth:`drain` return (within :attr:`poll_interval`)."""
+        self._stop.set()

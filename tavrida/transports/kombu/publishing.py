@@ -1,0 +1,228 @@
+"""Publishing: one publisher connection, pipelined batches, unencodable and unroutable ones.
+
+One channel in confirm mode is shared by every thread under
+``_publish_lock``; messages lost with a connection or a channel are
+published again (at least once). kombu's ``Producer`` is not used: it has
+no ``mandatory`` return matching, and tavrida needs the raw
+``basic_publish`` of the channel to pipeline confirms.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+from typing import Any, Dict, Iterable
+
+import amqp
+
+from tavrida import exceptions
+from tavrida.transports.base import OutgoingEnvelope
+from tavrida.transports.kombu.batch import Batch, ConfirmTimeout
+from tavrida.transports.kombu.confirms import KombuConfirms
+from tavrida.transports.kombu.pyamqp_compat import UNENCODABLE, bytes_key, checked_message
+from tavrida.transports.kombu.virtual import NoRoute, strict_lookup
+
+LOG = logging.getLogger(__name__)
+
+
+class KombuPublishing(KombuConfirms):
+    """The publishing part of :class:`~tavrida.transports.kombu.KombuTransport`."""
+
+    def publish(self, envelope: OutgoingEnvelope) -> None:
+        """Publish one message; with confirms, return once the broker confirmed it.
+
+        Raises PublishFailed on a nack, a missing exchange (RabbitMQ), a
+        confirm timeout, or when reconnect attempts run out.
+        """
+        self.publish_many([envelope])
+
+    def publish_many(self, envelopes: Iterable[OutgoingEnvelope]) -> None:
+        """Publish all, then wait for all confirms (pipelined).
+
+        Messages lost with a connection or a channel are published again
+        (at-least-once: a message whose confirm was lost may arrive twice).
+        Raises PublishFailed naming every message that failed -- its
+        ``exc.failed`` maps their indexes to reasons, ``exc.envelopes``
+        lists them; all the others were confirmed. A ``mandatory`` message
+        no queue took is such a failure (only those: ``Unroutable``); giving
+        up on an unreachable broker (after ``publish_timeout`` or this
+        thread's :meth:`deadline`) raises PublishConnectionFailed.
+        """
+        batch = Batch(list(envelopes))
+        if not batch.envelopes:
+            return
+        if self._closed:
+            for index in list(batch.todo):
+                batch.fail(index, "the transport is closed")
+            raise batch.error()
+        with self.deadline(self._config.publish_timeout):
+            try:
+                if self._reply_queues and self._is_amqp:
+                    self._check_reply_connection()
+                with self._holding(self._publish_lock):
+                    self._pub_batch = batch
+                    try:
+                        self._publish_batch(batch)
+                    finally:
+                        self._pub_batch = None
+                        self._pub_waiting.clear()
+            except exceptions.ConnectionFailed as exc:
+                batch.connection_failed = exc
+                for index in list(batch.todo):
+                    batch.fail(index, exc.kwargs.get("reason", str(exc)))
+        if batch.failed:
+            raise batch.error()
+
+    def _check_reply_connection(self) -> None:
+        """Before a request goes out: make sure the reply queue it names exists.
+
+        RabbitMQ deletes an exclusive reply queue with its connection, and
+        drops answers routed to it until it is declared again -- which
+        happens when someone next reads the consuming connection and finds it
+        dead. A request published in between would lose its answer (the first
+        call after every connection loss timed out). A closed connection
+        shows as end-of-file on its socket: peeking at it costs one system
+        call, and reconnecting here (which declares the reply queue again)
+        comes before the request. (Not for amqps, whose sockets cannot peek,
+        nor where ``select.poll`` is missing.)
+        """
+        if self._config.ssl or not hasattr(select, "poll"):
+            return
+        if self._conn is not None and not self._broken and self._socket_alive():
+            return
+        with self._holding(self._lock):
+            if self._conn is not None and not self._broken and not self._socket_alive():
+                LOG.warning("the consuming connection to %s is closed",
+                            self._config.safe_url)
+                self._broken = True
+            if not self._closed:
+                self._ensure_connected()
+
+    def _publish_batch(self, batch: Batch) -> None:
+        def attempt() -> None:
+            while batch.todo:
+                self._publish_round(batch)
+
+        try:
+            self._retry(attempt, not self._pub_ever_connected, "publishing to")
+        except ConfirmTimeout:
+            self._drop_publisher()
+            for index in list(batch.todo):
+                batch.fail(index, "no confirm from the broker in time (confirm_timeout "
+                                  f"{self.confirm_timeout}s, or the publish deadline)")
+        except exceptions.ConnectionFailed:
+            self._drop_publisher()
+            raise
+        except Exception as exc:  # whatever it is, every message gets its reason
+            self._drop_publisher()
+            reason = f"{type(exc).__name__}: {exc}"
+            for index in list(batch.todo):
+                batch.fail(index, reason)
+
+    def _publisher_channel(self) -> Any:
+        """The confirm-mode publishing channel, (re)connecting once if needed."""
+        conn = self._pub_conn
+        if conn is None or not conn.connected:
+            self._drop_publisher()
+            self._pub_conn = conn = self._open_connection("publish")
+            self._pub_ever_connected = True
+        if self._pub_channel is None:
+            self._pub_channel = self._new_channel(conn)
+            if self._is_amqp:
+                events = self._pub_channel.events
+                events["basic_ack"].add(self._on_confirm)
+                events["basic_nack"].add(self._on_nack)
+                # Mandatory messages no queue takes come back before their confirm.
+                events["basic_return"].add(self._on_return)
+            else:
+                strict_lookup(self._pub_channel)
+        if self._confirms and not self._pub_confirming:
+            self._pub_channel.confirm_select()
+            self._pub_confirming = True
+            self._pub_seq = 0
+            self._pub_returned_seq = 0
+            self._pub_waiting.clear()
+        return self._pub_channel
+
+    def _drop_publisher(self) -> None:
+        conn, self._pub_conn, self._pub_channel = self._pub_conn, None, None
+        self._pub_confirming = False
+        self._pub_waiting.clear()
+        self._pub_exchanges.clear()
+        if conn is not None:
+            try:
+                conn.collect()
+            except Exception:  # the connection is dead anyway: nothing to report
+                LOG.debug("ignoring error while dropping a connection", exc_info=True)
+
+    def _publish_round(self, batch: Batch) -> None:
+        """Publish every pending envelope once and wait for their confirms.
+
+        Connection errors propagate (the caller reconnects and calls again);
+        a channel error fails the envelopes it names and leaves the others
+        pending for the next round on a fresh confirm channel.
+        """
+        try:
+            channel = self._publisher_channel()
+        except self._retry_errors:
+            self._drop_publisher()
+            raise
+        try:
+            for index in list(batch.todo):
+                if index not in batch.todo:
+                    continue  # failed meanwhile (nack read while publishing)
+                envelope = batch.envelopes[index]
+                try:
+                    message = self._prepare(channel, envelope)
+                    if self._is_amqp:
+                        # Always mandatory: a return is how a notification nobody takes is seen.
+                        channel.basic_publish(message, exchange=envelope.exchange,
+                                              routing_key=envelope.routing_key, mandatory=True)
+                    else:
+                        channel.basic_publish(message, exchange=envelope.exchange,
+                                              routing_key=envelope.routing_key)
+                except UNENCODABLE as exc:
+                    # Raised while encoding, before anything was written: only this one fails.
+                    batch.fail(index, f"cannot encode it: {type(exc).__name__}: {exc}",
+                               unencodable=True)
+                    continue
+                except NoRoute:
+                    # Raised by the routing lookup, before anything was stored.
+                    self._unrouted(batch, index)
+                    continue
+                if self._confirms:
+                    # Registered after the write: acks read inside basic_publish are older.
+                    self._pub_seq += 1
+                    self._pub_waiting[self._pub_seq] = index
+                else:
+                    batch.todo.pop(index, None)
+            self._wait_for_confirms()
+        except self._retry_errors:
+            self._drop_publisher()
+            raise
+        except amqp.ChannelError as exc:
+            self._on_channel_error(batch, exc)
+
+    def _prepare(self, channel: Any, envelope: OutgoingEnvelope) -> Any:
+        if not self._is_amqp and envelope.exchange not in self._pub_exchanges:
+            # Virtual transports route in this process and treat an exchange they
+            # have not seen as "direct": record it as topic (no broker round trip).
+            if envelope.exchange:
+                channel.exchange_declare(exchange=envelope.exchange, type="topic",
+                                         durable=True, auto_delete=False)
+            self._pub_exchanges.add(envelope.exchange)
+        properties: Dict[str, Any] = {"delivery_mode": 2 if envelope.persistent else 1}
+        if envelope.expiration is not None:
+            # AMQP per-message TTL: milliseconds, as a string (virtual transports ignore it).
+            properties["expiration"] = str(int(envelope.expiration * 1000))
+        if not self._is_amqp:
+            return channel.prepare_message(bytes(envelope.body), None, envelope.content_type,
+                                           envelope.content_encoding, dict(envelope.headers),
+                                           properties)
+        headers = dict(envelope.headers)
+        if not all(key.isascii() for key in headers if type(key) is str):
+            # Keys received as text with surrogates (see text_key) go out as their bytes.
+            headers = {bytes_key(key): value for key, value in headers.items()}
+        return checked_message(channel, bytes(envelope.body), envelope.content_type,
+                               envelope.content_encoding, headers, properties)
+

@@ -1,0 +1,137 @@
+"""Reliable consumption on Redis: ``BRPOPLPUSH`` into a per-consumer in-flight list.
+
+kombu's Redis channel pops with ``BRPOP``, which loses a message whose
+connection dies as Redis sends it. :class:`RedisFetch` replaces that one
+command on the channel; the rest is kombu's. This is a copy of kombu 5.x's
+``Channel._brpop_start``/``_brpop_read`` with the command changed, so it
+relies on these private names of ``kombu.transport.redis.Channel``, checked
+by ``tests/unit/transports/test_kombu_compat.py``:
+
+* ``_brpop_start(timeout)``, ``_brpop_read(**options)`` and ``handlers["BRPOP"]``:
+  the two halves of kombu's blocking pop, and the handler its poller calls;
+* ``_in_poll`` and ``_brpop_sent_at`` (kombu 5.4+), set as kombu does, and
+  ``_flush_brpop_reauth`` (only when kombu has it);
+* ``active_queues``, ``brpop_timeout``, ``client``, ``conn_or_acquire``,
+  ``connection_errors``, ``global_keyprefix`` and ``connection._deliver``;
+* ``QoS.append`` (wrapped, to note records that may half exist) and
+  ``QoS._remove_from_indices`` (to drop those records).
+
+Should kombu ever pop reliably itself, or rename one of these, the canary
+test fails instead of the plain BRPOP silently coming back.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue as queue_module
+import time
+from typing import Any, List, Optional
+
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads as json_loads
+
+LOG = logging.getLogger(__name__)
+
+#: Longest in-flight list put back at once (it holds one message at a time, save accidents).
+_MAX_RECOVERED = 10_000
+
+
+class RedisFetch:
+    """Takes one queue's messages on Redis without a moment where only the network holds them.
+
+    kombu pops with ``BRPOP``: Redis removes the message as it sends it, and
+    kombu records it as un-acked only after reading it. A connection lost in
+    between loses the message: the reply dies on the wire, or the record
+    cannot be written (both seen under cuts). Here the pop is a
+    ``BRPOPLPUSH`` into a list of this consumer's own,
+    ``<queue>.tavrida-inflight.<consumer tag>``; the copy there is removed
+    once kombu has recorded the message, and whatever is left in the list
+    goes back to the queue when the consumer starts again (after a
+    reconnect). Only the queue's plain list is consumed: tavrida never
+    publishes with a priority, so kombu's priority lists stay empty.
+    """
+
+    def __init__(self, queue: str, tag: str) -> None:
+        self.queue = queue
+        self.inflight = f"{queue}.tavrida-inflight.{tag}"
+        #: Items handed to kombu whose in-flight copy could not be removed (the
+        #: un-acked restore brings them back: their copy must go, not be restored).
+        self.handed: List[bytes] = []
+        #: Delivery tags whose un-acked record may have been written although
+        #: kombu failed (the reply was lost): the in-flight copy wins.
+        self.maybe_unacked: List[str] = []
+
+    def install(self, channel: Any) -> None:
+        """Replace the channel's BRPOP by BRPOPLPUSH (call before consuming)."""
+        fetch = self
+        prefix = getattr(channel, "global_keyprefix", "") or ""
+
+        def brpop_start(timeout: Optional[float] = None) -> None:
+            if timeout is None:
+                timeout = channel.brpop_timeout
+            if fetch.queue not in channel.active_queues:
+                return
+            channel._in_poll = channel.client.connection
+            channel._brpop_sent_at = time.monotonic()
+            channel.client.connection.send_command(
+                "BRPOPLPUSH", prefix + fetch.queue, prefix + fetch.inflight, timeout or 0)
+
+        def brpop_read(**options: Any) -> bool:
+            try:
+                try:
+                    item = channel.client.parse_response(channel.client.connection,
+                                                         "BRPOPLPUSH", **options)
+                except channel.connection_errors:
+                    channel.client.connection.disconnect()
+                    raise
+                if item is None:
+                    raise queue_module.Empty()
+                channel.connection._deliver(json_loads(bytes_to_str(item)), fetch.queue)
+                fetch.handed.append(item)
+                with channel.conn_or_acquire() as client:
+                    client.execute_command("LREM", prefix + fetch.inflight, 1, item)
+                fetch.handed.remove(item)
+                return True
+            finally:
+                channel._in_poll = None
+                flush = getattr(channel, "_flush_brpop_reauth", None)
+                if flush is not None:
+                    flush()
+
+        qos = channel.qos
+        append = qos.append
+
+        def append_noting_failures(message: Any, delivery_tag: Any) -> None:
+            try:
+                append(message, delivery_tag)
+            except BaseException:
+                fetch.maybe_unacked.append(delivery_tag)
+                raise
+
+        channel._brpop_start = brpop_start
+        channel._brpop_read = brpop_read
+        channel.handlers["BRPOP"] = brpop_read
+        qos.append = append_noting_failures
+
+    def recover(self, channel: Any) -> int:
+        """Put what an earlier connection left in flight back in the queue; how many.
+
+        Raises the connection error when Redis cannot be reached (the caller
+        reconnects and this runs again).
+        """
+        prefix = getattr(channel, "global_keyprefix", "") or ""
+        for tag in list(self.maybe_unacked):
+            channel.qos._remove_from_indices(tag).execute()
+            self.maybe_unacked.remove(tag)
+        moved = 0
+        with channel.conn_or_acquire() as client:
+            for item in list(self.handed):
+                client.execute_command("LREM", prefix + self.inflight, 1, item)
+                self.handed.remove(item)
+            # RPOPLPUSH: the oldest first, to the back of the queue (as kombu restores).
+            while moved < _MAX_RECOVERED and client.execute_command(
+                    "RPOPLPUSH", prefix + self.inflight, prefix + self.queue) is not None:
+                moved += 1
+        if moved:
+            LOG.info("put %d message(s) left in flight back in %s", moved, self.queue)
+        return moved

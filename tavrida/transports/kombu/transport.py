@@ -1,0 +1,199 @@
+"""The facade: :class:`KombuTransport`, its shared state, connecting as a whole, closing.
+
+The parts it is made of, and what the adapter guarantees, are described in
+the package's docstring (:mod:`tavrida.transports.kombu`).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+import uuid
+
+from kombu.connection import Connection
+
+from tavrida import exceptions
+from tavrida.config import ConnectionConfig
+from tavrida.transports.kombu.connections import AMQP_SCHEMES
+from tavrida.transports.kombu.publishing import KombuPublishing
+
+__all__ = ["KombuTransport"]
+
+LOG = logging.getLogger(__name__)
+
+
+class KombuTransport(KombuPublishing):
+    """A :class:`~tavrida.transports.base.Transport` on any kombu broker URL.
+
+    Connections open lazily (first declare, consume, drain or publish).
+    Connection errors are retried by :func:`.connections.retry_call`: the first
+    connect ``connection_attempts`` times, later reconnects
+    ``reconnect_attempts`` times (-1: for ever), sleeping ``retry_delay``,
+    then ``2 * retry_delay``, ... up to :attr:`max_retry_interval`.
+    """
+
+    #: Longest wait inside one ``drain_events`` call: bounds how late a queued
+    #: ack from another thread, a heartbeat or :meth:`stop` is noticed.
+    poll_interval = 0.05
+    #: Shortest such wait, used right after handing out a delivery.
+    min_poll_interval = 0.001
+    #: Seconds to wait for publisher confirms before raising PublishFailed.
+    confirm_timeout = 30.0
+    #: Upper bound of the sleep between reconnect attempts.
+    max_retry_interval = 10.0
+    #: Seconds between checks that a virtual broker (Redis) still has the bindings.
+    topology_check_interval = 2.0
+
+    def __init__(self, config: ConnectionConfig) -> None:
+        if config.is_memory:
+            raise exceptions.IncorrectAMQPConfig(
+                reason="memory:// is tavrida's own transport; kombu's is kombu+memory://")
+        self._config = config
+        self._is_amqp = config.scheme in AMQP_SCHEMES
+        self._confirms = self._is_amqp and config.publisher_confirms
+        options = config.transport_options
+        properties = dict(options.get("client_properties") or {})
+        #: Base of the names the connections give the broker: ``<name>:consume`` and
+        #: ``<name>:publish`` (RabbitMQ ``connection_name``, Redis ``CLIENT SETNAME``).
+        self.connection_name = (properties.get("connection_name")
+                                     or options.get("client_name")
+                                     or f"tavrida-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        errors = Connection(**self._connection_params("probe"))
+        self._retry_errors = tuple(errors.recoverable_connection_errors)
+        self._connection_errors = tuple(errors.connection_errors)
+        self._channel_errors = tuple(errors.channel_errors)
+
+        # Consuming connection: state guarded by _lock.
+        self._lock = threading.RLock()
+        self._conn = None
+        self._control = None
+        self._generation = 0
+        self._ever_connected = False
+        self._broken = False
+        self._exchanges = {}
+        self._queues = {}
+        self._bindings = {}
+        self._reply_queues = {}
+        self._consumers = []
+        #: Consumers RabbitMQ cancelled (their queue was deleted), to declare and resume.
+        self._resume = []
+        self._next_topology_check = 0.0
+        self._ready = collections.deque()
+        #: Deliveries handed out and not yet acked or rejected (ids; set ops are atomic).
+        self._unsettled = set()
+        self._slice = self.poll_interval
+        self._settles = collections.deque()
+        #: kombu QoS objects of lost virtual channels whose un-acked messages are not back yet.
+        self._unrestored = []
+        self._stop = threading.Event()
+        self._closed = False
+        #: Set by close() and interrupt(): cuts retry sleeps short.
+        self._wake = threading.Event()
+        self._interrupted = False
+        #: Per-thread deadline of blocking operations (see deadline()).
+        self._local = threading.local()
+        self._closing = threading.Event()
+        #: Keeps heartbeats going while a callback runs on the draining thread (AMQP).
+        self._beat_thread = None
+        self._last_beat = 0.0
+
+        # Publishing connection: state guarded by _publish_lock.
+        self._publish_lock = threading.Lock()
+        self._pub_conn = None
+        self._pub_channel = None
+        self._pub_ever_connected = False
+        self._pub_confirming = False
+        self._pub_seq = 0
+        #: Sequence number of the last publish RabbitMQ returned (see _on_return).
+        self._pub_returned_seq = 0
+        self._pub_waiting = collections.OrderedDict()
+        self._pub_batch = None
+        self._pub_exchanges = set()
+
+    def __repr__(self) -> str:
+        return f"KombuTransport({self._config.safe_url!r})"
+
+    def _connect(self) -> None:
+        """One attempt: connect, declare everything remembered, consume again."""
+        self._drop_connection()
+        heartbeat = self._config.heartbeat_interval or 0
+        self._conn = self._open_connection("consume", heartbeat if self._is_amqp else 0)
+        self._generation += 1
+        if self._is_amqp and heartbeat and self._beat_thread is None:
+            self._last_beat = time.monotonic()
+            self._beat_thread = threading.Thread(target=self._keep_heartbeats, daemon=True,
+                                                 name=f"tavrida-heartbeat-{self.connection_name}")
+            self._beat_thread.start()
+        self._ever_connected = True
+        try:
+            self._control = self._new_channel(self._conn)
+            self._declare_on(self._control, list(self._exchanges), list(self._queues),
+                             list(self._bindings))
+            for queue, bindings in self._reply_queues.items():
+                self._declare_reply_on(self._control, queue, bindings)
+            for consumer in self._consumers:
+                self._start_consumer(consumer)
+        except BaseException:
+            self._drop_connection()
+            raise
+        if self._unrestored:
+            self._restore_unacked()
+
+    def interrupt(self) -> None:
+        """Stop reconnecting for good: retries give up at once (see the base class).
+
+        Only flags are set, so a signal handler may call it.
+        """
+        self._interrupted = True
+        self._wake.set()
+        self._stop.set()
+
+    @property
+    def reconnects(self) -> int:
+        """Times the consuming connection was opened again after the first (for metrics)."""
+        return max(self._generation - 1, 0)
+
+    def close(self) -> None:
+        """Send queued acks, cancel consumers, close both connections.
+
+        Un-acked messages go back to the broker (RabbitMQ, Redis). Reply queues
+        go away (RabbitMQ: with the connection; others: deleted here).
+        """
+        self._closed = True
+        self._closing.set()
+        self._wake.set()
+        self._stop.set()
+        with self._lock:
+            try:
+                if self._conn is not None and not self._broken and self._conn.connected:
+                    self._perform_settles()
+                    for consumer in list(self._consumers):
+                        channel = consumer.channel
+                        self._cancel_consumer(consumer)
+                        if consumer.fetch is not None and channel is not None:
+                            # Anything a dead connection popped since: back to the queue.
+                            consumer.fetch.recover(self._control)
+                    if not self._is_amqp and self._reply_queues:
+                        for queue in self._reply_queues:
+                            self._control.queue_delete(queue=queue)
+                    self._close_channel(self._control)
+                    self._conn.release()
+            except self._connection_errors + self._channel_errors:
+                LOG.debug("ignoring error while closing %s", self._config.safe_url,
+                          exc_info=True)
+            finally:
+                self._consumers.clear()
+                self._drop_connection()
+        with self._publish_lock:
+            if self._pub_conn is not None:
+                try:
+                    self._pub_conn.release()
+                except self._connection_errors + self._channel_errors:
+                    LOG.debug("ignoring error while closing the publisher", exc_info=True)
+            self._drop_publisher()
+        beat = self._beat_thread
+        if beat is not None and beat is not threading.current_thread():
+            beat.join(2)

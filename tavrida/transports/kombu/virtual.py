@@ -1,0 +1,156 @@
+"""Fixes to kombu's virtual transports (Redis, ``kombu+memory://``): routing and requeues.
+
+kombu's virtual transports route in the publishing process, with tables
+kept in the broker (Redis) or in process. Their defaults lose or duplicate
+messages in ways RabbitMQ does not; each fix below says which. Every private
+name of ``kombu.transport.virtual`` the adapter uses is here, and
+``tests/unit/transports/test_kombu_compat.py`` fails when one changes:
+
+* ``Channel._lookup`` (private; the one place routing is decided): replaced by
+  :func:`strict_lookup`, so a message no binding takes raises :class:`NoRoute`
+  instead of going to kombu's ``deadletter_queue`` (silently gone).
+* ``Channel.Message`` (a class attribute, set per instance by :func:`own_copies`):
+  each queue's copy gets its own delivery tag and is requeued to its own queue.
+* ``Channel.typeof``, ``Channel.get_table``, ``Channel.state.binding_delete`` and
+  the ``table`` rows ``(routing_key, pattern, queue)`` of ``state.exchanges``
+  (undocumented): :func:`binding_rows` and :func:`forget_bindings`, used to
+  notice and re-declare bindings the broker lost.
+* ``Message._raw`` (private): :func:`raw_payload`, the stored payload (kombu's
+  ``Message`` may have decompressed the body; tavrida hands bytes on untouched).
+* ``QoS._flush``, ``QoS._delivered`` (private) and ``QoS.restore_unacked``:
+  :func:`restore_unacked`, which gives a lost channel's un-acked messages back
+  (kombu's own close raises first when the Redis connection died mid-read).
+* ``TopicExchange.lookup`` (subclassed) and ``Channel.exchange_types`` (an
+  undocumented table): :class:`RabbitTopicExchange`, put in place by
+  :func:`rabbit_topic_routing`, matches as RabbitMQ does (``a.#`` matches ``a``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any, Dict, Iterable, List, Set, Tuple
+
+from kombu.transport.virtual.exchange import TopicExchange
+
+from tavrida.transports.base import Binding
+from tavrida.transports.topic import topic_matches
+
+LOG = logging.getLogger(__name__)
+
+#: Key under which virtual transports keep a message's original route.
+ORIGIN = "x-tavrida-origin"
+
+
+def raw_payload(message: Any) -> Any:
+    """The payload kombu stored for ``message`` (body still encoded, never decompressed)."""
+    return message._raw
+
+
+def binding_rows(channel: Any, exchange: str) -> List[Tuple[Any, ...]]:
+    """The broker's binding rows ``(routing_key, pattern, queue)`` of ``exchange``."""
+    try:
+        return list(channel.get_table(exchange))
+    except KeyError:  # kombu's memory transport: an exchange it never saw (or lost)
+        return []
+
+
+def forget_bindings(channel: Any, bindings: Iterable[Binding]) -> None:
+    """Drop ``bindings`` from the channel's own records, so declaring them writes them again.
+
+    kombu skips a binding its channel state already records, although the
+    broker may have lost it (a deleted queue, a Redis FLUSHALL).
+    """
+    state = channel.state
+    for binding in bindings:
+        state.binding_delete(binding.queue, binding.exchange, binding.routing_key)
+        table = state.exchanges.get(binding.exchange, {}).get("table")
+        if table:
+            table[:] = [row for row in table
+                        if (row[0], row[-1]) != (binding.routing_key, binding.queue)]
+
+
+def restore_unacked(qos: Any) -> None:
+    """Give the un-acked messages a lost virtual channel's QoS holds back to their queues.
+
+    Raises when the broker cannot be reached (the caller tries again later).
+    """
+    qos._flush()  # forget what was acked meanwhile
+    if qos._delivered:
+        LOG.info("giving %d un-acked message(s) back to their queue", len(qos._delivered))
+        qos.restore_unacked()  # clears _delivered: kombu's own close restores nothing
+
+
+class RabbitTopicExchange(TopicExchange):
+    """kombu's virtual topic exchange, matching as RabbitMQ does.
+
+    kombu turns ``#`` into ``.*?`` between dots, so ``svc.#`` does not match
+    ``svc`` -- the routing key of tavrida responses. The binding's own key
+    is matched, not the regex kombu stored beside it in Redis, by the very
+    function the in-memory transport routes with.
+    """
+
+    def lookup(self, table: Iterable[Tuple[Any, ...]], exchange: str, routing_key: str,
+               default: Any) -> Set[str]:
+        return {queue for key, _, queue in table if topic_matches(key, routing_key)}
+
+
+def rabbit_topic_routing(channel: Any) -> None:
+    """Make the virtual ``channel`` route topic exchanges as RabbitMQ does."""
+    channel.exchange_types["topic"] = RabbitTopicExchange(channel)  # type: ignore[no-untyped-call]
+
+
+def own_copies(channel: Any, queue: str) -> None:
+    """Make each message this channel receives a copy of its own.
+
+    kombu's virtual transports give every queue's copy of a published message
+    the same delivery tag, and Redis keeps un-acked messages in one hash keyed
+    by tag: acking the copy in one queue deleted the un-acked record of the
+    copy in another, so rejecting or losing that one lost the message. Each
+    received message gets a fresh tag here.
+
+    They also requeue (reject, lost consumer) by routing the message through
+    its exchange again, handing another copy to every other bound queue. The
+    original route is kept in the message properties, and the restore route
+    becomes the default exchange with ``queue`` as routing key.
+    """
+    make_message = channel.Message
+
+    def message(payload: Dict[str, Any], channel: Any = None, **kwargs: Any) -> Any:
+        # Copies: kombu's memory transport puts one payload object in every queue.
+        properties = dict(payload["properties"])
+        info = dict(properties.get("delivery_info") or {})
+        properties.setdefault(ORIGIN, [info.get("exchange") or "", info.get("routing_key") or ""])
+        info["exchange"], info["routing_key"] = "", queue
+        properties["delivery_info"] = info
+        properties["delivery_tag"] = uuid.uuid4().hex
+        return make_message(dict(payload, properties=properties), channel=channel, **kwargs)
+
+    channel.Message = message
+
+
+class NoRoute(Exception):
+    """A virtual transport found no queue for a message (nothing was stored)."""
+
+
+def strict_lookup(channel: Any) -> None:
+    """Make a virtual channel's publish raise :class:`NoRoute` when no queue matches.
+
+    kombu's ``Channel._lookup`` (private; the one place routing is decided)
+    sends such a message to its ``deadletter_queue``, which topic exchanges
+    then skip: it is silently gone. Here the same table and exchange type
+    decide, and an empty answer raises before anything is stored. The
+    default exchange keeps kombu's rule: the message goes to the list named
+    by the routing key (Redis keeps it there until that queue is consumed).
+    """
+
+    def lookup(exchange: str, routing_key: str, default: Any = None) -> List[str]:
+        if not exchange:
+            return [routing_key]
+        table = binding_rows(channel, exchange)
+        queues = list(channel.typeof(exchange).lookup(table, exchange, routing_key, None))
+        if not queues:
+            raise NoRoute()
+        return queues
+
+    channel._lookup = lookup

@@ -1,0 +1,228 @@
+"""Canaries of the private kombu and py-amqp names the kombu adapter relies on.
+
+Each compat module (``tavrida.transports.kombu.pyamqp_compat``, ``.virtual``,
+``.redis_fetch``) lists the private names it uses. These tests fail when a
+kombu or py-amqp release renames or changes one of them (the workaround
+would break, or silently stop working), or no longer needs it (plain
+py-amqp reads the hostile frame, kombu's Redis channel pops reliably): then
+the workaround can go. They need no broker: kombu's in-process ``memory``
+transport and the classes themselves are enough.
+"""
+
+from __future__ import annotations
+
+import inspect
+import struct
+import sys
+import uuid
+from typing import Callable, Iterator
+
+import amqp
+import kombu
+import pytest
+from amqp import method_framing, serialization, spec
+from kombu.transport import pyamqp, virtual
+from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual.exchange import TopicExchange
+
+from tavrida.transports.base import Binding
+from tavrida.transports.kombu import pyamqp_compat, redis_fetch
+from tavrida.transports.kombu import virtual as tavrida_virtual
+
+
+def deep_table(depth: int) -> bytes:
+    """A header table nesting ``depth`` tables: ``{"k": {"k": ...}}``."""
+    # Table k (k levels deep) is 4 + 7 * k bytes: its length, then b"\x01kF" and table k - 1.
+    prefixes = [struct.pack(">I", 3 + 4 + 7 * (level - 1)) + b"\x01kF"
+                for level in range(depth, 0, -1)]
+    return b"".join(prefixes) + b"\x00\x00\x00\x00"
+
+
+@pytest.fixture
+def default_recursion_limit() -> Iterator[None]:
+    """Python's default recursion limit (mypy, run by another test, raises it)."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+#: A table whose timestamp (year > 9999) no datetime can hold.
+HUGE_TIMESTAMP_TABLE = b"\x00\x00\x00\x0b" + b"\x01tT" + b"\xff" * 8
+#: basic.deliver arguments whose consumer tag is not UTF-8.
+BAD_DELIVER = (b"\x00\x3c\x00\x3c" + b"\x01\xff" + struct.pack(">Q", 1) + b"\x00"
+               + b"\x01x" + b"\x01y")
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """Names of this test's own kombu objects."""
+    return lambda prefix: f"tavrida-compat-{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def parameters(function: object) -> list:
+    return list(inspect.signature(function).parameters)
+
+
+# -- pyamqp_compat ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("table", [deep_table(3000), HUGE_TIMESTAMP_TABLE],
+                         ids=["nested-3000", "year-past-9999"])
+def test_plain_py_amqp_still_fails_on_tables_the_compat_parser_reads(
+        table: bytes, default_recursion_limit: None) -> None:
+    with pytest.raises((RecursionError, ValueError, OverflowError, OSError,
+                        amqp.FrameSyntaxError)):
+        serialization.loads("F", table, 0)
+    read, end = pyamqp_compat._lenient_table(table, 0)
+    assert end == len(table) and read
+
+
+def test_plain_py_amqp_still_fails_on_a_short_string_that_is_not_utf8() -> None:
+    with pytest.raises(UnicodeDecodeError):
+        serialization.loads("sLbss", BAD_DELIVER, 4)
+    fixed = pyamqp_compat._sanitize_method("sLbss", BAD_DELIVER)
+    tag, delivery_tag, redelivered, exchange, routing_key = serialization.loads(
+        "sLbss", fixed, 4)[0]
+    assert tag.encode("utf-8", "surrogateescape") == b"\xff"
+    assert (delivery_tag, redelivered, exchange, routing_key) == (1, False, "x", "y")
+
+
+def test_read_item_is_still_py_amqps_reader_of_one_field_value() -> None:
+    assert parameters(serialization._read_item)[:2] == ["buf", "offset"]
+    assert serialization._read_item(b"I\x00\x00\x00\x05", 0) == (5, 5)
+    assert serialization._read_item(b"S\x00\x00\x00\x02hi", 0) == ("hi", 7)
+
+
+def test_the_frame_handler_hook_is_still_an_argument_of_amqp_connections() -> None:
+    assert "frame_handler" in parameters(amqp.Connection.__init__)
+    assert parameters(method_framing.frame_handler)[:2] == ["connection", "callback"]
+    assert pyamqp.Transport.Connection is not None and pyamqp.Connection.Channel is not None
+    assert issubclass(pyamqp_compat.AMQPTransport.Connection, pyamqp.Connection)
+    assert pyamqp_compat.AMQPConnection.Channel is pyamqp_compat.AMQPChannel
+
+
+def test_the_content_method_formats_are_py_amqps() -> None:
+    formats = {sig: method.args for sig, method in amqp.Channel._METHODS.items()}
+    assert {sig: formats[sig] for sig in pyamqp_compat._CONTENT_METHOD_ARGS} == \
+        pyamqp_compat._CONTENT_METHOD_ARGS
+    assert set(pyamqp_compat._CONTENT_METHOD_ARGS) == {
+        spec.Basic.Deliver, spec.Basic.GetOk, spec.Basic.Return}
+
+
+def test_message_properties_serialize_privately_and_prepare_message_takes_the_class() -> None:
+    assert callable(amqp.Message._serialize_properties)
+    names = [name for name, _ in amqp.Message.PROPERTIES]
+    assert names[:3] == ["content_type", "content_encoding", "application_headers"]
+    assert "_Message" in parameters(pyamqp.Channel.prepare_message)
+    message = pyamqp_compat.CheckedMessage(b"x", content_type="a/b")
+    assert message._serialize_properties() is message._serialize_properties()
+
+
+def test_kombu_connections_still_keep_the_transport_connection_privately() -> None:
+    conn = kombu.Connection("memory://")
+    try:
+        conn.ensure_connection(max_retries=0)
+        assert pyamqp_compat.raw_connection(conn) is conn._connection is not None
+    finally:
+        conn.release()
+
+
+# -- virtual ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def memory_channel():
+    conn = kombu.Connection("memory://")
+    channel = conn.channel()
+    yield channel
+    channel.close()
+    conn.release()
+
+
+def test_kombu_virtual_lookup_still_drops_unroutable_messages_silently(unique,
+                                                                       memory_channel) -> None:
+    exchange = unique("x")
+    memory_channel.exchange_declare(exchange=exchange, type="topic")
+    assert parameters(virtual.Channel._lookup)[1:4] == ["exchange", "routing_key", "default"]
+    # Without strict_lookup: no queue (or kombu's dead-letter queue, never consumed), no error.
+    assert list(memory_channel._lookup(exchange, "nobody")) in (
+        [], [memory_channel.deadletter_queue])
+    tavrida_virtual.strict_lookup(memory_channel)
+    with pytest.raises(tavrida_virtual.NoRoute):
+        memory_channel._lookup(exchange, "nobody")
+
+
+def test_kombu_topic_hash_still_needs_a_word_where_rabbitmq_needs_none() -> None:
+    assert parameters(TopicExchange.lookup)[1:] == ["table", "exchange", "routing_key",
+                                                    "default"]
+    table = [("svc.#", TopicExchange(None).key_to_pattern("svc.#"), "q")]
+    assert TopicExchange(None).lookup(table, "x", "svc", None) == set()
+    assert tavrida_virtual.RabbitTopicExchange(None).lookup(table, "x", "svc", None) == {"q"}
+
+
+def test_virtual_channels_still_look_exchange_types_up_in_their_table(memory_channel) -> None:
+    assert isinstance(memory_channel.exchange_types["topic"], TopicExchange)
+    tavrida_virtual.rabbit_topic_routing(memory_channel)
+    assert memory_channel.typeof("") is memory_channel.exchange_types["direct"]
+    memory_channel.exchange_declare(exchange="tavrida-compat-topic", type="topic")
+    assert isinstance(memory_channel.typeof("tavrida-compat-topic"),
+                      tavrida_virtual.RabbitTopicExchange)
+
+
+def test_virtual_messages_still_keep_their_raw_payload(unique, memory_channel) -> None:
+    queue = unique("q")
+    memory_channel.queue_declare(queue=queue)
+    assert isinstance(memory_channel.Message, type)  # set per instance by own_copies
+    memory_channel.basic_publish(memory_channel.prepare_message(b"body"), "", queue)
+    message = memory_channel.basic_get(queue)
+    assert message._raw["body"] and message._raw["properties"]["delivery_tag"]
+    assert tavrida_virtual.raw_payload(message) is message._raw
+    memory_channel.basic_ack(message.delivery_tag)
+
+
+def test_virtual_qos_still_has_the_private_restore_hooks(memory_channel) -> None:
+    qos = memory_channel.qos
+    for name in ("_flush", "_delivered", "restore_unacked", "append"):
+        assert hasattr(qos, name), name
+    tavrida_virtual.restore_unacked(qos)  # nothing un-acked: nothing happens
+
+
+def test_virtual_channel_state_still_records_bindings(unique, memory_channel) -> None:
+    exchange, queue = unique("x"), unique("q")
+    memory_channel.exchange_declare(exchange=exchange, type="topic")
+    memory_channel.queue_declare(queue=queue)
+    memory_channel.queue_bind(queue=queue, exchange=exchange, routing_key="a.#")
+    assert [(row[0], row[-1]) for row in tavrida_virtual.binding_rows(
+        memory_channel, exchange)] == [("a.#", queue)]
+    assert memory_channel.typeof(exchange).type == "topic"
+    assert "binding_delete" in dir(memory_channel.state)
+    tavrida_virtual.forget_bindings(memory_channel, [Binding(queue, exchange, "a.#")])
+    assert not memory_channel.state.has_binding(queue, exchange, "a.#")
+    assert tavrida_virtual.binding_rows(memory_channel, unique("never")) == []
+
+
+# -- redis_fetch -----------------------------------------------------------------------------------
+
+def test_kombu_redis_still_pops_with_plain_brpop() -> None:
+    """The day kombu pops reliably (or renames the hooks), RedisFetch must be revisited."""
+    source = inspect.getsource(kombu_redis.Channel._brpop_start)
+    assert "'BRPOP'" in source or '"BRPOP"' in source
+    assert "_in_poll" in source and "_brpop_sent_at" in source
+    assert parameters(kombu_redis.Channel._brpop_start) == ["self", "timeout"]
+    assert parameters(kombu_redis.Channel._brpop_read) == ["self", "options"]
+    assert "self.handlers = {'BRPOP': self._brpop_read" in inspect.getsource(
+        kombu_redis.Channel.__init__).replace('"', "'")
+
+
+def test_kombu_redis_still_has_the_attributes_redis_fetch_sets_and_reads() -> None:
+    channel = kombu_redis.Channel
+    for name in ("_in_poll", "_brpop_sent_at", "active_queues", "conn_or_acquire",
+                 "global_keyprefix", "client"):
+        assert hasattr(channel, name), name
+    assert isinstance(kombu_redis.Transport.brpop_timeout, (int, float))
+    assert "self.brpop_timeout = " in inspect.getsource(channel.__init__)
+    assert parameters(kombu_redis.QoS._remove_from_indices)[:2] == ["self", "delivery_tag"]
+    assert parameters(kombu_redis.QoS.append) == ["self", "message", "delivery_tag"]
+    assert callable(virtual.Transport._deliver)
+    assert redis_fetch.RedisFetch("q", "t").inflight == "q.tavrida-inflight.t"

@@ -1,0 +1,320 @@
+"""Broker-free tests of the kombu adapter's own logic, with recording channels.
+
+No broker is contacted: a :class:`KombuTransport` opens connections lazily,
+and these tests drive its bookkeeping directly -- the retry helper, publisher
+confirm and return matching, settle ordering, the binding check of virtual
+brokers -- with fake channel objects that record what they are asked. The
+behaviour on real brokers is tested in tests/integration.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, List, Optional, Tuple
+
+import amqp
+import pytest
+
+from tavrida import exceptions
+from tavrida.config import ConnectionConfig
+from tavrida.transports.base import Binding, OutgoingEnvelope
+from tavrida.transports.kombu import KombuDelivery, KombuTransport
+from tavrida.transports.kombu.batch import Batch
+from tavrida.transports.kombu.connections import retry_call
+from tavrida.transports.kombu.virtual import NoRoute, strict_lookup
+
+#: Nothing listens here: nothing in these tests connects.
+AMQP_URL = "amqp://guest:guest@127.0.0.1:25699//"
+
+
+class Broken(OSError):
+    """A connection error the retry helper retries."""
+
+
+class Refused(Exception):
+    """An error retrying cannot mend."""
+
+
+def failed(cause: Optional[BaseException], reason: str) -> exceptions.ConnectionFailed:
+    return exceptions.ConnectionFailed(safe_url="test://", cause=cause, reason=reason)
+
+
+def retry(fun: Any, **options: Any) -> Any:
+    settings = dict(attempts=-1, delay=0.01, max_interval=0.05, deadline=None,
+                    wake=threading.Event(), retry_errors=(Broken,), fatal_errors=(Refused,),
+                    failed=failed)
+    settings.update(options)
+    return retry_call(fun, **settings)
+
+
+class Flaky:
+    """Raises ``error`` the first ``times`` calls, then returns ``"done"``."""
+
+    def __init__(self, times: int, error: Optional[BaseException] = None) -> None:
+        self.times, self.error, self.calls = times, error or Broken("down"), 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.calls <= self.times:
+            raise self.error
+        return "done"
+
+
+# -- the retry helper ------------------------------------------------------------------------------
+
+def test_retry_returns_once_the_errors_stop() -> None:
+    fun = Flaky(3)
+    errors: List[BaseException] = []
+    assert retry(fun, on_error=errors.append) == "done"
+    assert fun.calls == 4 and len(errors) == 3
+
+
+def test_retry_gives_up_after_its_attempts() -> None:
+    fun = Flaky(10)
+    with pytest.raises(exceptions.ConnectionFailed, match="gave up") as caught:
+        retry(fun, attempts=3, give_up="gave up after 3 attempt(s)")
+    assert fun.calls == 3 and isinstance(caught.value.__cause__, Broken)
+
+
+def test_retry_raises_an_error_retrying_cannot_mend_at_once() -> None:
+    fun = Flaky(10, Refused("bad password"))
+    with pytest.raises(exceptions.ConnectionFailed):
+        retry(fun)
+    assert fun.calls == 1
+
+
+def test_retry_stops_at_the_deadline() -> None:
+    fun = Flaky(10 ** 9)
+    start = time.monotonic()
+    with pytest.raises(exceptions.ConnectionFailed, match="timed out"):
+        retry(fun, delay=0.05, deadline=start + 0.3)
+    assert time.monotonic() - start < 0.3 + 3
+
+
+def test_retry_wakes_and_stops_when_interrupted() -> None:
+    wake = threading.Event()
+    stopped = threading.Event()
+
+    def check() -> None:
+        if stopped.is_set():
+            raise failed(None, "stopped while the broker was unreachable")
+
+    def interrupt() -> None:
+        stopped.set()
+        wake.set()
+
+    timer = threading.Timer(0.2, interrupt)
+    start = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(exceptions.ConnectionFailed, match="stopped"):
+            retry(Flaky(10 ** 9), delay=60.0, max_interval=60.0, wake=wake, check=check)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - start < 0.2 + 3  # not the 60 s sleep
+
+
+def test_retry_without_pauses_does_not_sleep_nor_look_at_the_deadline() -> None:
+    fun = Flaky(2)
+    assert retry(fun, attempts=3, delay=60.0, deadline=time.monotonic() - 1,
+                 pause=False) == "done"
+
+
+# -- publisher confirms and returns ----------------------------------------------------------------
+
+def envelope(routing_key: str, body: bytes = b"{}", mandatory: bool = True) -> OutgoingEnvelope:
+    return OutgoingEnvelope(exchange="x", routing_key=routing_key, body=body, headers={},
+                            mandatory=mandatory)
+
+
+class Returned:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+
+@pytest.fixture
+def publisher() -> KombuTransport:
+    """A transport in the middle of a confirmed publish (nothing connected)."""
+    transport = KombuTransport(ConnectionConfig.from_url(AMQP_URL))
+    assert transport._confirms
+    return transport
+
+
+def published(transport: KombuTransport, envelopes: List[OutgoingEnvelope]) -> Batch:
+    batch = Batch(envelopes)
+    transport._pub_batch = batch
+    for index in range(len(envelopes)):
+        transport._pub_seq += 1
+        transport._pub_waiting[transport._pub_seq] = index
+    return batch
+
+
+def test_acks_settle_one_or_every_tag_up_to_theirs(publisher: KombuTransport) -> None:
+    batch = published(publisher, [envelope(f"k{i}") for i in range(5)])
+    publisher._on_confirm(2, False)
+    assert list(batch.todo) == [0, 2, 3, 4]
+    publisher._on_confirm(4, True)
+    assert list(batch.todo) == [4] and not batch.failed
+    publisher._on_nack(5, False)
+    assert batch.failed == {4: "the broker nacked it"} and not batch.todo
+
+
+def test_a_return_fails_the_first_matching_unconfirmed_publish(publisher: KombuTransport) -> None:
+    same = envelope("nobody", b"same")
+    batch = published(publisher, [envelope("k0"), same, same, envelope("nobody", b"other")])
+    publisher._on_return(Exception("NO_ROUTE"), "x", "nobody", Returned(b"same"))
+    publisher._on_return(Exception("NO_ROUTE"), "x", "nobody", Returned(b"same"))
+    publisher._on_confirm(4, True)  # the returned ones are confirmed too: they stay failed
+    assert batch.unroutable == {1, 2} and set(batch.failed) == {1, 2}
+    assert not batch.todo
+    error = batch.error()
+    assert isinstance(error, exceptions.Unroutable) and len(error.envelopes) == 2
+
+
+def test_a_return_of_a_notification_drops_it_quietly(publisher: KombuTransport) -> None:
+    batch = published(publisher, [envelope("event", mandatory=False)])
+    publisher._on_return(Exception("NO_ROUTE"), "x", "event", Returned(b"{}"))
+    assert not batch.todo and not batch.failed
+
+
+def test_a_return_matching_nothing_is_only_logged(publisher: KombuTransport,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    batch = published(publisher, [envelope("k0")])
+    with caplog.at_level(logging.WARNING):
+        publisher._on_return(Exception("NO_ROUTE"), "x", "other", Returned(b"{}"))
+    assert list(batch.todo) == [0] and "reached no queue" in caplog.text
+
+
+def test_a_channel_error_blames_the_publishes_to_the_missing_exchange(
+        publisher: KombuTransport) -> None:
+    batch = published(publisher, [envelope("k0"), OutgoingEnvelope("gone", "k", b"{}", {})])
+    error = amqp.NotFound(reply_text="NOT_FOUND - no exchange 'gone' in vhost '/'")
+    publisher._on_channel_error(batch, error)
+    assert list(batch.failed) == [1] and list(batch.todo) == [0]
+    assert not publisher._pub_waiting and not publisher._pub_confirming
+
+
+# -- settling --------------------------------------------------------------------------------------
+
+class RecordingChannel:
+    """Records acks and rejects, in order."""
+
+    def __init__(self) -> None:
+        self.calls: List[Tuple[str, Any, Optional[bool]]] = []
+
+    def basic_ack(self, delivery_tag: Any) -> None:
+        self.calls.append(("ack", delivery_tag, None))
+
+    def basic_reject(self, delivery_tag: Any, requeue: bool) -> None:
+        self.calls.append(("reject", delivery_tag, requeue))
+
+
+@pytest.fixture
+def consuming() -> KombuTransport:
+    """A transport that believes its consuming connection is up (generation 1)."""
+    transport = KombuTransport(ConnectionConfig.from_url(AMQP_URL))
+    transport._conn = object()  # type: ignore[assignment]
+    transport._generation = 1
+    return transport
+
+
+def delivery(transport: KombuTransport, channel: Any, tag: int,
+             generation: int = 1) -> KombuDelivery:
+    return KombuDelivery(transport, channel, tag, generation, b"{}", {}, {}, "x", "k", "q",
+                         False)
+
+
+def test_settles_go_out_at_once_when_the_connection_is_free(consuming: KombuTransport) -> None:
+    channel = RecordingChannel()
+    delivery(consuming, channel, 1).ack()
+    delivery(consuming, channel, 2).reject(requeue=True)
+    delivery(consuming, channel, 3).reject(requeue=False)
+    assert channel.calls == [("ack", 1, None), ("reject", 2, True), ("reject", 3, False)]
+
+
+def test_settles_from_other_threads_wait_for_the_holder_in_order(
+        consuming: KombuTransport) -> None:
+    channel = RecordingChannel()
+    deliveries = [delivery(consuming, channel, tag) for tag in range(1, 6)]
+    with consuming._lock:  # drain() is reading
+        workers = [threading.Thread(target=d.ack) for d in deliveries]
+        for worker in workers:
+            worker.start()
+            worker.join()
+        assert channel.calls == []
+        consuming._perform_settles()
+    assert channel.calls == [("ack", tag, None) for tag in range(1, 6)]
+
+
+def test_a_second_settle_is_ignored_with_a_warning(consuming: KombuTransport,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    channel = RecordingChannel()
+    one = delivery(consuming, channel, 7)
+    one.ack()
+    with caplog.at_level(logging.WARNING):
+        one.reject(requeue=True)
+    assert channel.calls == [("ack", 7, None)] and "already acked" in caplog.text
+
+
+def test_settles_of_a_lost_connection_are_dropped(consuming: KombuTransport) -> None:
+    channel = RecordingChannel()
+    delivery(consuming, channel, 1, generation=0).ack()  # came on the previous connection
+    consuming._broken = True
+    delivery(consuming, channel, 2).ack()
+    assert channel.calls == []
+
+
+def test_a_failing_settle_marks_the_connection_broken(consuming: KombuTransport) -> None:
+    class Dead(RecordingChannel):
+        def basic_ack(self, delivery_tag: Any) -> None:
+            raise consuming._connection_errors[0]("gone")
+
+    delivery(consuming, Dead(), 1).ack()
+    assert consuming._broken
+
+
+# -- virtual brokers: routing and the binding check ------------------------------------------------
+
+class FakeExchangeType:
+    def __init__(self, queues: List[str]) -> None:
+        self.queues = queues
+
+    def lookup(self, table: Any, exchange: str, routing_key: str, default: Any) -> List[str]:
+        return self.queues
+
+
+class FakeVirtualChannel:
+    """The parts of a kombu virtual channel strict_lookup and the binding check read."""
+
+    def __init__(self, tables: dict, queues: Optional[List[str]] = None) -> None:
+        self.tables = tables
+        self.queues = queues or []
+
+    def get_table(self, exchange: str) -> List[Tuple[str, str, str]]:
+        return self.tables[exchange]
+
+    def typeof(self, exchange: str) -> FakeExchangeType:
+        return FakeExchangeType(self.queues)
+
+
+def test_strict_lookup_raises_when_no_queue_matches() -> None:
+    channel = FakeVirtualChannel({"x": []})
+    strict_lookup(channel)
+    with pytest.raises(NoRoute):
+        channel._lookup("x", "k")  # type: ignore[attr-defined]
+    with pytest.raises(NoRoute):
+        channel._lookup("never-declared", "k")  # type: ignore[attr-defined]
+    assert channel._lookup("", "q") == ["q"]  # type: ignore[attr-defined]
+    channel.queues = ["q1"]
+    assert channel._lookup("x", "k") == ["q1"]  # type: ignore[attr-defined]
+
+
+def test_the_binding_check_finds_bindings_the_broker_lost() -> None:
+    transport = KombuTransport(ConnectionConfig.from_url("redis://127.0.0.1:25699/0"))
+    kept, lost = Binding("q1", "x", "a.#"), Binding("q2", "x", "b")
+    transport._bindings = {kept: None, lost: None}
+    transport._reply_queues = {"reply": (Binding("ignored", "y", "r"),)}
+    transport._control = FakeVirtualChannel({"x": [("a.#", "pattern", "q1")]})
+    assert transport._missing_bindings() == [lost, Binding("reply", "y", "r")]
