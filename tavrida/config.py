@@ -159,26 +159,16 @@ class ConnectionConfig:
         if not scheme:
             raise exceptions.IncorrectAMQPConfig(reason=f"{_mask(url)!r} is not a URL")
         if scheme in MEMORY_SCHEMES or scheme == "kombu+memory":
-            if kwargs.get("alternates"):
-                raise exceptions.IncorrectAMQPConfig(
-                    reason=f"{scheme}:// is one in-process broker: it takes no other URLs")
+            # Alternates, if any, are refused by the constructor (_checked_alternate).
             kwargs.setdefault("virtual_host", parts.netloc + parts.path or "/")
             return cls(host="", scheme=scheme, **kwargs)
-        credentials = None
-        if parts.username is not None:
-            credentials = Credentials(urllib.parse.unquote(parts.username),
-                                      urllib.parse.unquote(parts.password or ""))
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
         if scheme.startswith("redis"):
             vhost = path or "0"
         else:
             vhost = urllib.parse.unquote(path) if path else "/"
-        try:
-            port = parts.port
-        except ValueError as exc:
-            raise exceptions.IncorrectAMQPConfig(reason=f"bad port in {_mask(url)!r}") from exc
-        return cls(host=parts.hostname or "localhost", credentials=credentials,
-                   port=port, virtual_host=kwargs.pop("virtual_host", vhost),
+        return cls(host=parts.hostname or "localhost", credentials=_credentials(parts),
+                   port=_port(parts, url), virtual_host=kwargs.pop("virtual_host", vhost),
                    scheme=scheme, **kwargs)
 
     @property
@@ -277,6 +267,14 @@ def _split_urls(url: Union[str, Sequence[str]]) -> List[str]:
     return urls
 
 
+def _port(parts: urllib.parse.SplitResult, url: str) -> Optional[int]:
+    """The URL's port, or None; a clear error for one that is not a port number."""
+    try:
+        return parts.port
+    except ValueError as exc:
+        raise exceptions.IncorrectAMQPConfig(reason=f"bad port in {_mask(url)!r}") from exc
+
+
 def _credentials(parts: urllib.parse.SplitResult) -> Optional[Credentials]:
     if parts.username is None:
         return None
@@ -301,10 +299,7 @@ def _checked_alternate(conf: ConnectionConfig, url: str) -> str:
             reason=f"{_mask(url)!r}: every URL of a cluster must use {conf.scheme}://")
     if not parts.hostname:
         raise exceptions.IncorrectAMQPConfig(reason=f"{_mask(url)!r} names no host")
-    try:
-        _ = parts.port  # raises ValueError on a bad port
-    except ValueError as exc:
-        raise exceptions.IncorrectAMQPConfig(reason=f"bad port in {_mask(url)!r}") from exc
+    _port(parts, url)
     if parts.path not in ("", "/"):
         path = parts.path[1:]
         vhost = path if conf.scheme.startswith("redis") else urllib.parse.unquote(path)
