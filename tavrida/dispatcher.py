@@ -43,12 +43,10 @@ class Handler:
         self.message_type = message_type
         self.entry_point = ep
         parameters = list(inspect.signature(func).parameters.values())[1:]  # drop self
-        named = parameters[2:]
-        self.params = frozenset(p.name for p in named
-                                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-        self.required = frozenset(p.name for p in named
-                                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-                                  and p.default is p.empty)
+        named = [p for p in parameters[2:]
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        self.params = frozenset(p.name for p in named)
+        self.required = frozenset(p.name for p in named if p.default is p.empty)
         self.var_kw = any(p.kind == p.VAR_KEYWORD for p in parameters)
         reason = self._signature_problem(parameters)
         if reason:
