@@ -452,8 +452,13 @@ class Server:
             return str(message.destination)
         return f"{controller.service_name()}.{method_name}"
 
-    def _error_answer(self, controller: ServiceController, message: messages.Message,
+    @staticmethod
+    def _error_answer(controller: ServiceController, message: messages.Message,
                       exc: BaseException) -> messages.Error:
+        """The Error answering ``message``, through the outgoing middlewares.
+
+        A middleware that fails on it makes the answer an Error of that failure.
+        """
         error = messages.Error.create_by_request(message, exc)
         try:
             return controller.run_outgoing(error)

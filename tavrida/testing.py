@@ -441,8 +441,7 @@ def call_handler(controller: Union[Type[ServiceController], ServiceController], 
             result.exception = exc
             if isinstance(message, messages.IncomingRequestCall) and \
                     not isinstance(exc, exceptions.NackableException):
-                result.answer = instance.run_outgoing(messages.Error.create_by_request(message,
-                                                                                       exc))
+                result.answer = Server._error_answer(instance, message, exc)
             elif not _expected(exc, expect_errors):
                 raise HandlerFailed(f"handler {handler} raised {exc!r} on {message!r} and no "
                                     f"Error answer told a caller") from exc

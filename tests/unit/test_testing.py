@@ -375,6 +375,22 @@ def test_call_handler_turns_a_raise_into_the_error_a_caller_gets():
     assert result.sent.all == []
 
 
+class BreaksOnErrors(Middleware):
+    def process(self, message):
+        if isinstance(message, messages.Error):
+            raise Kaput("middleware broke")
+        return message
+
+
+def test_call_handler_answers_as_the_server_when_a_middleware_fails_on_the_error():
+    greeter = Greeter(RecordingSender(Greeter.get_discovery(), "greeter"))
+    greeter.add_outgoing_middleware(BreaksOnErrors())
+    result = call_handler(greeter, "greet", {"name": ""})
+    assert isinstance(result.exception, ValueError)
+    assert result.error is not None
+    assert (result.error["name"], result.error["message"]) == ("Kaput", "middleware broke")
+
+
 def test_call_handler_raises_what_no_error_answer_covers():
     with pytest.raises(HandlerFailed) as info:
         call_handler(Greeter, "greet", name="", cast=True)
