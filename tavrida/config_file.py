@@ -50,6 +50,11 @@ other section or key is an error with a "did you mean" hint. Every mistake
 raises :class:`ConfigError` naming the file, section and key (or the
 command-line flag or environment variable the bad value came from). The
 config file's folder is put on ``sys.path`` so its modules import.
+
+Why one module of over 400 lines: the :data:`SCHEMA` table and the reading
+of what it declares (each section's conversions and checks, the errors
+naming the culprit) are one concept; apart, a key's declaration and its
+meaning would sit in two files and drift.
 """
 
 from __future__ import annotations

@@ -21,29 +21,26 @@ What happens to each message (the delivery guarantees):
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import logging
 import signal
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Type, Union
+from typing import Any, Iterable, List, Optional, Tuple, Type, Union
 
 from tavrida import config as config_mod
 from tavrida import exceptions, messages, wire
+from tavrida.answering import DEAD_LETTER_DROPPED_HEADER as DEAD_LETTER_DROPPED_HEADER
+from tavrida.answering import ErrorHook as ErrorHook
 from tavrida.observability.hooks import HookList, ServerHook
 from tavrida.proxies import RPCProxy
-from tavrida.retries import ATTEMPTS_HEADER, RetryPolicy, RetryTimer, attempts_of
+from tavrida.retries import RetryPolicy, RetryTimer
+from tavrida.retrying import Retrying
 from tavrida.router import Router, check_service_classes
 from tavrida.sender import Sender
 from tavrida.service import ServiceController
 from tavrida.transports import create_transport
 from tavrida.transports.base import (
-    DEAD_LETTER_EXCHANGE_HEADER,
-    DEAD_LETTER_QUEUE_HEADER,
-    DEAD_LETTER_REASON_HEADER,
-    DEAD_LETTER_ROUTING_KEY_HEADER,
     Binding,
     Delivery,
-    OutgoingEnvelope,
     Topology,
     Transport,
     dead_letter_queue_name,
@@ -51,14 +48,8 @@ from tavrida.transports.base import (
 
 LOG = logging.getLogger(__name__)
 
-#: Header of a dead letter whose original headers could not be copied: why.
-DEAD_LETTER_DROPPED_HEADER = "x-tavrida-dropped-headers"
 
-#: Called with (message or None, exception, raised_by_handler) on every failure.
-ErrorHook = Callable[[Optional[messages.Message], BaseException, bool], None]
-
-
-class Server:
+class Server(Retrying):
     """Serves ``service_list`` on ``queue_name``, bound to ``exchange_name``.
 
     ``config`` is a :class:`~tavrida.config.ConnectionConfig` or a URL.
@@ -370,222 +361,12 @@ class Server:
             controller.message_done(message, answer)
         delivery.ack()
 
-    def _retry(self, delivery: Delivery, controller: ServiceController, method_name: str,
-               message: messages.Message, exc: Exception) -> None:
-        """Run the message again after its backoff, or give up after the last attempt."""
-        attempt = attempts_of(delivery.headers) + 1
-        policy = self.retry_policy
-        why = f"handler {method_name} asked for a retry: {messages.get_fqcn(exc)}: {exc}"
-        if not policy.exhausted(attempt):
-            delay = policy.delay(attempt)
-            LOG.warning("%s on %r (attempt %d of %s); running it again in %.3g s", why, message,
-                        attempt, policy.max_attempts or "unlimited", delay)
-            self.hooks.retrying()
-            if delay > 0:
-                if not self._retry_timer.schedule(delay, functools.partial(
-                        self._retry_later, delivery, attempt)):
-                    LOG.info("server closing: the broker will deliver the message again")
-            else:
-                self._republish(delivery, attempt)
-            return
-        self._notify(message, exc, by_handler=True)
-        if isinstance(message, messages.IncomingRequestCall):
-            LOG.warning("%s on %r; giving up after %d attempts, answering with an Error", why,
-                        message, attempt)
-            self._send_answer(controller, self._error_answer(controller, message, exc),
-                              delivery)
-        else:
-            self._dead_letter(delivery, f"{why} (gave up after {attempt} attempts)",
-                              {ATTEMPTS_HEADER: attempt})
-        delivery.ack()
-
-    def _retry_later(self, delivery: Delivery, attempt: int) -> None:
-        # On the retry timer's thread, once the delay is over.
-        if self._stopping.is_set() or not self._started:
-            return  # never acked: the broker gives the original back
-        with self._inflight_lock:
-            self._inflight += 1
-        try:
-            self._republish(delivery, attempt)
-        finally:
-            with self._inflight_lock:
-                self._inflight -= 1
-            if self.transport is not None:
-                self.transport.stop()  # let the loop perform the ack now
-
-    def _republish(self, delivery: Delivery, attempt: int) -> None:
-        """Publish a copy counting ``attempt`` runs to this queue; once confirmed, ack the original.
-
-        A crash between the two leaves both (a duplicate, never a loss); a
-        publish that fails gives the original back to the queue.
-        """
-        headers = dict(delivery.headers or {})
-        if ATTEMPTS_HEADER not in headers:
-            # The copy goes through the default exchange: keep where it was first sent.
-            headers[DEAD_LETTER_EXCHANGE_HEADER] = delivery.exchange or ""
-            headers[DEAD_LETTER_ROUTING_KEY_HEADER] = delivery.routing_key or ""
-        headers[ATTEMPTS_HEADER] = attempt
-        properties = delivery.properties or {}
-        envelope = OutgoingEnvelope("", self.queue_name, bytes(delivery.body or b""), headers,
-                                    content_type=properties.get("content_type"),
-                                    content_encoding=properties.get("content_encoding"),
-                                    persistent=properties.get("delivery_mode") != 1)
-        assert self.transport is not None
-        try:
-            self.transport.publish(envelope)
-        except Exception as exc:  # noqa: BLE001 - any failure: the broker keeps the original
-            if isinstance(exc, exceptions.PublishFailed) and exc.unencodable:
-                self._dead_letter(delivery, f"cannot publish its retry: {exc}",
-                                  {ATTEMPTS_HEADER: attempt})
-                delivery.ack()
-                return
-            LOG.error("could not publish attempt %d of a message from %s (%s); giving it back "
-                      "to the queue", attempt + 1, delivery.queue, exc)
-            delivery.reject(requeue=True)
-            return
-        delivery.ack()
-
     @staticmethod
     def _proxy_source(message: messages.Message, controller: ServiceController,
                       method_name: str) -> str:
         if message.message_type == messages.REQUEST:
             return str(message.destination)
         return f"{controller.service_name()}.{method_name}"
-
-    @staticmethod
-    def _error_answer(controller: ServiceController, message: messages.Message,
-                      exc: BaseException) -> messages.Error:
-        """The Error answering ``message``, through the outgoing middlewares.
-
-        A middleware that fails on it makes the answer an Error of that failure.
-        """
-        error = messages.Error.create_by_request(message, exc)
-        try:
-            return controller.run_outgoing(error)
-        except Exception as middleware_exc:  # noqa: BLE001
-            LOG.exception("outgoing middleware failed on %r", error)
-            return messages.Error.create_by_request(message, middleware_exc)
-
-    def _send_answer(self, controller: ServiceController, answer: messages.Message,
-                     delivery: Delivery) -> None:
-        """Publish an answer; one that cannot be routed dead-letters its request.
-
-        An answer no queue takes (:class:`~tavrida.exceptions.Unroutable`:
-        the caller's reply queue is gone) dead-letters its request too. Broker
-        trouble propagates, so :meth:`handle` requeues the request.
-        """
-        try:
-            controller.postprocessor.send(answer)
-        except (exceptions.UnableToDiscover, exceptions.IncorrectOutgoingMessage,
-                exceptions.PublishFailed) as exc:
-            if (isinstance(exc, exceptions.PublishFailed) and not exc.unencodable
-                    and not isinstance(exc, exceptions.Unroutable)
-                    and not self._routed_by_call(controller, answer)):
-                raise  # the broker's trouble, not the answer's: requeue the request
-            LOG.error("cannot send %r: %s", answer, exc)
-            self._notify(answer, exc)
-            self._dead_letter(delivery, f"answer not sent: {exc}")
-
-    @staticmethod
-    def _routed_by_call(controller: ServiceController, answer: messages.Message) -> bool:
-        """True when an answer goes to the exchange its call named (no discovery entry).
-
-        Such an exchange is the caller's to declare; when the broker refuses it
-        (it does not exist) a retry would only run the handler again.
-        """
-        if not answer.reply_exchange:
-            return False
-        try:
-            controller.postprocessor.discovery.get_remote(answer.destination.service)
-        except exceptions.TavridaError:
-            return True
-        return False
-
-    def _fail(self, delivery: Delivery, message: messages.Message,
-              exc: exceptions.TavridaError) -> None:
-        """Answer a call that cannot be dispatched with an Error, or dead-letter it."""
-        self._notify(message, exc)
-        if isinstance(message, messages.IncomingRequestCall):
-            controller = self._controller_for(message)
-            if controller is not None:
-                self._send_answer(controller, messages.Error.create_by_request(message, exc),
-                                  delivery)
-                return
-        self._dead_letter(delivery, str(exc))
-
-    def _answer_bad(self, headers: Dict[str, Any], exc: exceptions.IncorrectMessage) -> bool:
-        """Send an Error for a malformed call whose headers could be read."""
-        if headers.get("message_type") != messages.REQUEST or not headers.get("reply_to"):
-            return False
-        request = messages.IncomingRequestCall(headers, {}, {})
-        controller = self._controller_for(request)
-        if controller is None:
-            return False
-        try:
-            controller.postprocessor.send(messages.Error.create_by_request(request, exc))
-        except Exception as send_exc:  # noqa: BLE001
-            LOG.error("cannot answer bad message: %s", send_exc)
-            return False
-        return True
-
-    def _controller_for(self, message: messages.Message) -> Optional[ServiceController]:
-        """A controller whose discovery can reach the caller of ``message``."""
-        assert self.router is not None
-        own = self.router.services.get(message.destination.service)
-        candidates = [own] if own is not None else []
-        candidates += [c for c in self.controllers if c is not own]
-        reply = message.reply_to
-        for controller in candidates:
-            try:
-                controller.postprocessor.discovery.get_remote(reply.service)
-            except exceptions.TavridaError:
-                continue
-            return controller
-        if message.reply_exchange and candidates:
-            return candidates[0]  # no discovery knows the caller: its call named the exchange
-        return None
-
-    def _dead_letter(self, delivery: Delivery, reason: str,
-                     extra: Optional[Mapping[str, Any]] = None) -> None:
-        """Copy the original bytes and headers to the dead-letter queue with the reason."""
-        why: Dict[str, Any] = {DEAD_LETTER_REASON_HEADER: reason,
-                               DEAD_LETTER_QUEUE_HEADER: delivery.queue,
-                               DEAD_LETTER_EXCHANGE_HEADER: delivery.exchange or "",
-                               DEAD_LETTER_ROUTING_KEY_HEADER: delivery.routing_key or ""}
-        original = delivery.headers or {}
-        if ATTEMPTS_HEADER in original and not delivery.exchange:
-            # A retried copy came through the default exchange; it says where it was first sent.
-            for name in (DEAD_LETTER_EXCHANGE_HEADER, DEAD_LETTER_ROUTING_KEY_HEADER):
-                if name in original:
-                    why[name] = original[name]
-        why.update(extra or {})
-        properties = delivery.properties or {}
-        envelope = OutgoingEnvelope("", self.dead_letter_queue, bytes(delivery.body or b""),
-                                    {**(delivery.headers or {}), **why},
-                                    content_type=properties.get("content_type"),
-                                    content_encoding=properties.get("content_encoding"),
-                                    persistent=True)
-        assert self.transport is not None
-        try:
-            self.transport.publish(envelope)
-        except exceptions.PublishFailed as exc:
-            if not exc.unencodable:
-                raise
-            # Its headers cannot travel again (too large for a frame, a type the broker
-            # library cannot write): the copy keeps the body and tavrida's headers only.
-            # (Text that is not UTF-8, e.g. a routing key, is escaped so that it encodes.)
-            why[DEAD_LETTER_DROPPED_HEADER] = str(exc)
-            envelope.headers = {name: str(value)[:2000].encode("utf-8", "backslashreplace")
-                                .decode("utf-8") for name, value in why.items()}
-            self.transport.publish(envelope)
-        LOG.warning("dead-lettered a message from %s to %s: %s", delivery.queue,
-                    self.dead_letter_queue, reason)
-        self.hooks.dead_lettered(reason)
-
-    def _notify(self, message: Optional[messages.Message], exc: BaseException,
-                by_handler: bool = False) -> None:
-        for hook in self.error_hooks:
-            hook(message, exc, by_handler)
 
     def __enter__(self) -> "Server":
         return self

@@ -20,6 +20,11 @@ Every cluster has its own in-memory broker, so tests do not see each
 other's messages. Nothing runs in the background: :meth:`MemoryCluster.deliver`
 (and a blocking call of a cluster's client) hands messages to the servers in
 the calling thread until no queue has work, so a test sees one order of events.
+
+Why one module of over 400 lines: it is the public testing kit, one import
+for a test (``from tavrida import testing``); :class:`MemoryCluster` (a whole
+deployment in-process) and :func:`call_handler` (one handler, no broker)
+share its record of what was sent (:class:`Capture`).
 """
 
 from __future__ import annotations
