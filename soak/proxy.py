@@ -2,7 +2,8 @@
 
 Clients connect to the proxy instead of the broker; :meth:`TcpProxy.cut`
 drops every connection that goes through it at that moment (both ends get a
-reset), as a network failure or a broker-side close would. New connections
+reset), as a network failure or a broker-side close would; :meth:`TcpProxy.silence`
+leaves them open but drops what the broker sends (a half-open connection). New connections
 are forwarded again right away, so clients reconnect through the proxy.
 Works for any TCP broker (RabbitMQ, Redis); it touches nothing but its own
 sockets, so brokers shared with other test suites are never disturbed.
@@ -49,6 +50,10 @@ class _Pair:
         self.upstream = upstream
         self.closed = threading.Event()
         self.bytes = 0
+        #: Set: what the broker sends is read and dropped (the client hears nothing).
+        self.silent = False
+        #: What the client sent last (one read's worth).
+        self.last_sent = b""
 
     def start(self) -> None:
         for src, dst in ((self.downstream, self.upstream), (self.upstream, self.downstream)):
@@ -61,6 +66,11 @@ class _Pair:
                 data = src.recv(65536)
                 if not data:
                     break
+                if src is self.upstream:
+                    if self.silent:
+                        continue
+                else:
+                    self.last_sent = data
                 dst.sendall(data)
                 self.bytes += len(data)
         except OSError:
@@ -161,6 +171,20 @@ class TcpProxy:
         for pair in pairs:
             pair.close()
         self.cut_count += len(pairs)
+        return len(pairs)
+
+    def silence(self, last_sent: bytes = b"") -> int:
+        """Drop what the broker sends on connections open now; returns how many.
+
+        Only on those whose client last sent bytes containing ``last_sent``
+        (all by default). The connections stay open: to the client the broker
+        went silent, as behind a half-open connection. New connections are
+        forwarded as usual.
+        """
+        with self._lock:
+            pairs = [p for p in self._pairs if not p.closed.is_set() and last_sent in p.last_sent]
+        for pair in pairs:
+            pair.silent = True
         return len(pairs)
 
     def close(self) -> None:

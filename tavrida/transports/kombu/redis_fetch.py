@@ -4,17 +4,33 @@ kombu's Redis channel pops with ``BRPOP``, which loses a message whose
 connection dies as Redis sends it. :class:`RedisFetch` replaces that one
 command on the channel; the rest is kombu's. This is a copy of kombu 5.x's
 ``Channel._brpop_start``/``_brpop_read`` with the command changed, so it
-relies on these private names of ``kombu.transport.redis.Channel``, checked
-by ``tests/unit/transports/test_kombu_compat.py``:
+relies on these private names of ``kombu.transport.redis``, checked by
+``tests/unit/transports/test_kombu_compat.py``:
 
-* ``_brpop_start(timeout)``, ``_brpop_read(**options)`` and ``handlers["BRPOP"]``:
-  the two halves of kombu's blocking pop, and the handler its poller calls;
-* ``_in_poll`` and ``_brpop_sent_at`` (kombu 5.4+), set as kombu does, and
-  ``_flush_brpop_reauth`` (only when kombu has it);
-* ``active_queues``, ``brpop_timeout``, ``client``, ``conn_or_acquire``,
-  ``connection_errors``, ``global_keyprefix`` and ``connection._deliver``;
+* ``Channel._brpop_start(timeout)``, ``Channel._brpop_read(**options)`` and
+  ``Channel.handlers["BRPOP"]``: the two halves of kombu's blocking pop, and
+  the handler its poller calls;
+* ``Channel._in_poll`` (the connection a pop waits on, set as kombu does) and
+  ``Channel._brpop_sent_at`` (kombu 5.7+, read by kombu's BRPOP health check;
+  set on every kombu, unused below 5.7); ``Channel._flush_brpop_reauth``
+  (only when kombu has it, 5.7+);
+* ``Channel.active_queues``, ``brpop_timeout`` (read with a default of 1 s,
+  kombu's, where a channel lacks it), ``health_check_interval``, ``client``,
+  ``conn_or_acquire``, ``connection_errors``, ``global_keyprefix`` and
+  ``connection._deliver``; ``connection.cycle``, the channel's
+  ``MultiChannelPoller``: its ``maybe_check_brpop_health`` (kombu 5.7+) or, below
+  5.7, its ``maybe_restore_messages``, which its ``get`` calls after a poll that
+  read nothing (wrapped to run :meth:`RedisFetch.check_silence` there);
 * ``QoS.append`` (wrapped, to note records that may half exist) and
   ``QoS._remove_from_indices`` (to drop those records).
+
+A pop whose reply never comes (a half-open connection: Redis or the network
+gone without a reset) would wait for ever, as no socket timeout applies to
+kombu's poll. kombu 5.7+ drops such a connection once the reply is overdue by
+``brpop_timeout + health_check_interval``; on older kombu
+:meth:`RedisFetch.check_silence` does the same, in the same place. Either way
+kombu then connects again and pops anew, and :meth:`RedisFetch.install`'s pop
+first puts back what the abandoned pop may have moved to the in-flight list.
 
 Should kombu ever pop reliably itself, or rename one of these, the canary
 test fails instead of the plain BRPOP silently coming back.
@@ -24,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import queue as queue_module
+import select
 import time
 from typing import Any, List, Optional
 
@@ -34,6 +51,24 @@ LOG = logging.getLogger(__name__)
 
 #: Longest in-flight list put back at once (it holds one message at a time, save accidents).
 _MAX_RECOVERED = 10_000
+
+#: kombu's defaults of the Redis channel's ``brpop_timeout`` and ``health_check_interval``.
+_BRPOP_TIMEOUT = 1
+_HEALTH_CHECK_INTERVAL = 25
+
+
+def kombu_checks_brpop_health(channel: Any) -> bool:
+    """True when kombu itself drops a BRPOP connection whose reply is overdue (kombu 5.7+)."""
+    return callable(getattr(channel.connection.cycle, "maybe_check_brpop_health", None))
+
+
+def _readable(sock: Any) -> bool:
+    """Whether ``sock`` has data waiting (without reading it)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 class RedisFetch:
@@ -60,6 +95,8 @@ class RedisFetch:
         #: Delivery tags whose un-acked record may have been written although
         #: kombu failed (the reply was lost): the in-flight copy wins.
         self.maybe_unacked: List[str] = []
+        #: When the pop waiting for its reply was sent (monotonic), None when none waits.
+        self.sent_at: Optional[float] = None
 
     def install(self, channel: Any) -> None:
         """Replace the channel's BRPOP by BRPOPLPUSH (call before consuming)."""
@@ -68,11 +105,15 @@ class RedisFetch:
 
         def brpop_start(timeout: Optional[float] = None) -> None:
             if timeout is None:
-                timeout = channel.brpop_timeout
+                timeout = getattr(channel, "brpop_timeout", _BRPOP_TIMEOUT)
             if fetch.queue not in channel.active_queues:
                 return
+            if fetch.sent_at is not None:
+                # The last pop's connection was dropped unanswered (kombu's health
+                # check, or check_silence): what it may have moved goes back first.
+                fetch.recover(channel)
             channel._in_poll = channel.client.connection
-            channel._brpop_sent_at = time.monotonic()
+            channel._brpop_sent_at = fetch.sent_at = time.monotonic()
             channel.client.connection.send_command(
                 "BRPOPLPUSH", prefix + fetch.queue, prefix + fetch.inflight, timeout or 0)
 
@@ -94,6 +135,7 @@ class RedisFetch:
                 return True
             finally:
                 channel._in_poll = None
+                fetch.sent_at = None  # read, or failed: a lost connection reconnects and recovers
                 flush = getattr(channel, "_flush_brpop_reauth", None)
                 if flush is not None:
                     flush()
@@ -112,6 +154,37 @@ class RedisFetch:
         channel._brpop_read = brpop_read
         channel.handlers["BRPOP"] = brpop_read
         qos.append = append_noting_failures
+        if not kombu_checks_brpop_health(channel):
+            cycle = channel.connection.cycle
+            after_empty_poll = cycle.maybe_restore_messages
+
+            def check_then_restore() -> Any:
+                fetch.check_silence(channel)
+                return after_empty_poll()
+
+            cycle.maybe_restore_messages = check_then_restore
+
+    def check_silence(self, channel: Any) -> bool:
+        """Drop the pop's connection once its reply is overdue; True when it did.
+
+        Redis answers a pop within ``brpop_timeout``; no reply
+        ``health_check_interval`` seconds after that (0: never checked, as in
+        kombu) means a half-open connection. kombu 5.7+ does this itself
+        (``maybe_check_brpop_health``); :meth:`install` runs this on older kombu.
+        """
+        connection = channel._in_poll
+        timeout = getattr(channel, "brpop_timeout", _BRPOP_TIMEOUT)
+        grace = getattr(channel, "health_check_interval", _HEALTH_CHECK_INTERVAL)
+        if not connection or self.sent_at is None or not timeout or not grace:
+            return False
+        waited = time.monotonic() - self.sent_at
+        sock = getattr(connection, "_sock", None)
+        if waited < timeout + grace or sock is None or _readable(sock):
+            return False
+        LOG.warning("Redis sent no reply to a pop from %s for %.0f s; dropping the connection",
+                    self.queue, waited)
+        connection.disconnect()
+        return True
 
     def recover(self, channel: Any) -> int:
         """Put what an earlier connection left in flight back in the queue; how many.
@@ -120,6 +193,7 @@ class RedisFetch:
         reconnects and this runs again).
         """
         prefix = getattr(channel, "global_keyprefix", "") or ""
+        self.sent_at = None
         for tag in list(self.maybe_unacked):
             channel.qos._remove_from_indices(tag).execute()
             self.maybe_unacked.remove(tag)

@@ -27,6 +27,7 @@ from transport_contract import (
     envelope,
 )
 
+from soak.proxy import TcpProxy
 from tavrida import exceptions
 from tavrida.config import ConnectionConfig, Credentials
 from tavrida.transports.base import Binding, Topology
@@ -286,3 +287,36 @@ def test_redis_reconnects_after_connections_are_killed(redis_url: str, unique, m
     assert close_redis_connections(unique("publisher")) > 0
     publisher.publish_many([envelope(exchange, "svc.m", str(i).encode()) for i in range(10, 20)])
     drain_until(lambda: {str(i).encode() for i in range(20)} <= set(inbox.bodies), consumer)
+
+
+@pytest.mark.slow
+def test_redis_consumer_gets_past_a_connection_gone_silent(redis_url: str, unique,
+                                                          make_transport) -> None:
+    """A pop whose reply never came (half-open connection) waited for ever on kombu < 5.7,
+    holding what Redis had moved to the in-flight list for it."""
+    import redis
+
+    with TcpProxy.for_url(redis_url) as proxy:
+        consumer = make_transport(proxy.url(redis_url),
+                                  transport_options={"health_check_interval": 1})
+        publisher = make_transport(redis_url)
+        exchange, queue, topology = service_topology(unique)
+        publisher.declare(topology)
+        inbox = Inbox()
+        consumer.consume(queue, inbox, 10)
+        publisher.publish(envelope(exchange, "svc.m", b"before"))
+        drain_until(lambda: len(inbox) == 1, consumer)
+        consumer.drain(0.05)  # performs the ack
+        # Only the connection waiting for a pop goes silent: nothing else notices.
+        assert proxy.silence(b"BRPOPLPUSH") == 1
+        publisher.publish(envelope(exchange, "svc.m", b"during"))
+        drain_until(lambda: b"during" in inbox.bodies, consumer, timeout=60)
+        assert inbox.bodies == [b"before", b"during"]
+        consumer.drain(0.05)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.llen(queue) == 0
+        assert [key for key in client.scan_iter(match=f"{queue}.tavrida-inflight.*")
+                if client.llen(key)] == []
+    finally:
+        client.close()

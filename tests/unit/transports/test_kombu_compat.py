@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import struct
 import sys
+import time
 import uuid
 from typing import Callable, Iterator
 
@@ -204,11 +205,17 @@ def test_virtual_channel_state_still_records_bindings(unique, memory_channel) ->
 
 # -- redis_fetch -----------------------------------------------------------------------------------
 
+#: kombu 5.7+ drops a BRPOP connection whose reply is overdue; older kombu waits for ever.
+KOMBU_CHECKS_BRPOP = hasattr(kombu_redis.MultiChannelPoller, "maybe_check_brpop_health")
+
+
 def test_kombu_redis_still_pops_with_plain_brpop() -> None:
     """The day kombu pops reliably (or renames the hooks), RedisFetch must be revisited."""
     source = inspect.getsource(kombu_redis.Channel._brpop_start)
     assert "'BRPOP'" in source or '"BRPOP"' in source
-    assert "_in_poll" in source and "_brpop_sent_at" in source
+    assert "_in_poll" in source
+    # kombu stamps the pop for its health check exactly when it has one.
+    assert ("_brpop_sent_at" in source) is KOMBU_CHECKS_BRPOP
     assert parameters(kombu_redis.Channel._brpop_start) == ["self", "timeout"]
     assert parameters(kombu_redis.Channel._brpop_read) == ["self", "options"]
     assert "self.handlers = {'BRPOP': self._brpop_read" in inspect.getsource(
@@ -217,12 +224,74 @@ def test_kombu_redis_still_pops_with_plain_brpop() -> None:
 
 def test_kombu_redis_still_has_the_attributes_redis_fetch_sets_and_reads() -> None:
     channel = kombu_redis.Channel
-    for name in ("_in_poll", "_brpop_sent_at", "active_queues", "conn_or_acquire",
-                 "global_keyprefix", "client"):
+    for name in ("_in_poll", "active_queues", "conn_or_acquire", "global_keyprefix", "client",
+                 "health_check_interval"):
         assert hasattr(channel, name), name
+    assert hasattr(channel, "_brpop_sent_at") is KOMBU_CHECKS_BRPOP
     assert isinstance(kombu_redis.Transport.brpop_timeout, (int, float))
     assert "self.brpop_timeout = " in inspect.getsource(channel.__init__)
     assert parameters(kombu_redis.QoS._remove_from_indices)[:2] == ["self", "delivery_tag"]
     assert parameters(kombu_redis.QoS.append) == ["self", "message", "delivery_tag"]
     assert callable(virtual.Transport._deliver)
     assert redis_fetch.RedisFetch("q", "t").inflight == "q.tavrida-inflight.t"
+
+
+def test_kombu_redis_polls_then_checks_what_an_empty_poll_leaves() -> None:
+    """After a poll that read nothing kombu checks the pop (5.7+) or restores (both)."""
+    get = inspect.getsource(kombu_redis.MultiChannelPoller.get)
+    after_poll = get[get.index("self.poller.poll(timeout)"):]
+    assert "self.maybe_restore_messages()" in after_poll
+    assert ("self.maybe_check_brpop_health()" in after_poll) is KOMBU_CHECKS_BRPOP
+    if KOMBU_CHECKS_BRPOP:
+        check = inspect.getsource(kombu_redis.MultiChannelPoller.maybe_check_brpop_health)
+        for used in ("channel._in_poll", "channel._brpop_sent_at", "channel.brpop_timeout",
+                     "channel.health_check_interval", "connection.disconnect()"):
+            assert used in check, used
+
+
+class _Connection:
+    """The pop's redis-py connection: a socket with nothing to read, and disconnect()."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self._sock, self._peer = socket.socketpair()
+        self.disconnected = False
+
+    def disconnect(self) -> None:
+        self.disconnected = True
+        self._sock.close()
+        self._peer.close()
+
+
+def _stub_channel(cycle: object) -> object:
+    """The parts of a Redis channel :meth:`RedisFetch.install` and its check touch."""
+    from types import SimpleNamespace
+
+    qos = SimpleNamespace(append=lambda message, tag: None)
+    return SimpleNamespace(connection=SimpleNamespace(cycle=cycle), qos=qos, handlers={},
+                           global_keyprefix="", brpop_timeout=1, health_check_interval=25,
+                           _in_poll=None)
+
+
+def test_the_silent_pop_check_is_kombus_where_it_has_one_else_redis_fetchs() -> None:
+    cycle = kombu_redis.MultiChannelPoller()
+    try:
+        kombus = cycle.maybe_restore_messages
+        channel = _stub_channel(cycle)
+        fetch = redis_fetch.RedisFetch("q", "t")
+        fetch.install(channel)
+        assert redis_fetch.kombu_checks_brpop_health(channel) is KOMBU_CHECKS_BRPOP
+        if KOMBU_CHECKS_BRPOP:
+            assert cycle.maybe_restore_messages == kombus  # kombu's check runs, none of ours
+            return
+        assert cycle.maybe_restore_messages != kombus
+        connection = _Connection()
+        channel._in_poll, fetch.sent_at = connection, time.monotonic()
+        cycle.maybe_restore_messages()  # a pop just sent: left alone
+        assert not connection.disconnected
+        fetch.sent_at = time.monotonic() - 1 - 25  # overdue by brpop_timeout + the interval
+        cycle.maybe_restore_messages()
+        assert connection.disconnected
+    finally:
+        cycle.close()
