@@ -336,10 +336,6 @@ def _topology_delete(args: argparse.Namespace) -> int:
                 "holds are not counted."):
             print("tavrida: not confirmed: deleted nothing", file=sys.stderr)
             return 1
-        # A transport that keeps bindings per connection (kombu's Redis) deletes only the
-        # bindings it knows: declare the queues' bindings (as the server would) first.
-        bindings = [b for b in topology.bindings if b.queue in queues]
-        transport.declare(Topology.build([b.exchange for b in bindings], queues, bindings))
         transport.delete(exchanges=exchanges, queues=queues)
     finally:
         transport.close()

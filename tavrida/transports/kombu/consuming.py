@@ -27,6 +27,7 @@ from tavrida.transports.kombu.redis_fetch import RedisFetch
 from tavrida.transports.kombu.virtual import (
     ORIGIN,
     binding_rows,
+    delete_broker_bindings,
     forget_bindings,
     own_copies,
     raw_payload,
@@ -101,6 +102,7 @@ class KombuConsuming(KombuDeclarations):
                               if b.queue not in queues and b.exchange not in exchanges}
 
             def action(channel: Any) -> None:
+                delete_broker_bindings(channel, queues)  # Redis: those of other connections too
                 for name in queues:
                     channel.queue_delete(queue=name)
                 for name in exchanges:

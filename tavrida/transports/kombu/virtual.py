@@ -15,6 +15,11 @@ name of ``kombu.transport.virtual`` the adapter uses is here, and
   the ``table`` rows ``(routing_key, pattern, queue)`` of ``state.exchanges``
   (undocumented): :func:`binding_rows` and :func:`forget_bindings`, used to
   notice and re-declare bindings the broker lost.
+* ``Channel._delete`` (private), ``Channel.keyprefix_queue`` (the Redis
+  channel's ``_kombu.binding.%s`` key of an exchange's binding rows),
+  ``Channel.global_keyprefix`` and ``Channel.conn_or_acquire``:
+  :func:`delete_broker_bindings`, so that deleting a queue on Redis also
+  deletes the bindings other connections declared.
 * ``Message._raw`` (private): :func:`raw_payload`, the stored payload (kombu's
   ``Message`` may have decompressed the body; tavrida hands bytes on untouched).
 * ``QoS._flush``, ``QoS._delivered`` (private) and ``QoS.restore_unacked``:
@@ -28,10 +33,12 @@ name of ``kombu.transport.virtual`` the adapter uses is here, and
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import Any, Dict, Iterable, List, Set, Tuple
 
 from kombu.transport.virtual.exchange import TopicExchange
+from kombu.utils.encoding import bytes_to_str
 
 from tavrida.transports.base import Binding
 from tavrida.transports.topic import topic_matches
@@ -68,6 +75,44 @@ def forget_bindings(channel: Any, bindings: Iterable[Binding]) -> None:
         if table:
             table[:] = [row for row in table
                         if (row[0], row[-1]) != (binding.routing_key, binding.queue)]
+
+
+def _glob_escaped(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def delete_broker_bindings(channel: Any, queues: Iterable[str]) -> int:
+    """Delete every binding of ``queues`` a Redis broker holds, whoever declared it; how many.
+
+    kombu's ``queue_delete`` deletes only the bindings its own connection
+    declared (and, with them, the queue's lists): a queue another process bound
+    kept its bindings in the ``_kombu.binding.<exchange>`` sets, so messages
+    went on being routed to it. Here every such set (found with ``SCAN``; an
+    admin action, not a hot path) loses its rows naming one of ``queues``,
+    through the channel's own ``_delete``, and each queue's lists are purged
+    (a queue with no binding, like a dead-letter queue, keeps none). Other
+    transports keep their bindings in process, where kombu sees them all:
+    nothing to do there.
+    """
+    pattern = getattr(channel, "keyprefix_queue", None)
+    if pattern is None:
+        return 0
+    wanted = set(queues)
+    prefix = getattr(channel, "global_keyprefix", "") or ""
+    start = prefix + pattern % ("",)
+    removed = 0
+    with channel.conn_or_acquire() as client:
+        keys = [bytes_to_str(key) for key in client.scan_iter(
+            match=_glob_escaped(start) + "*", count=1000)]
+    for exchange in sorted({key[len(start):] for key in keys}):
+        for row in binding_rows(channel, exchange):
+            routing_key, match, queue = row[0], row[1], row[-1]
+            if queue in wanted:
+                channel._delete(queue, exchange, routing_key, match)
+                removed += 1
+    for queue in wanted:
+        channel.queue_purge(queue)
+    return removed
 
 
 def restore_unacked(qos: Any) -> None:

@@ -320,3 +320,28 @@ def test_redis_consumer_gets_past_a_connection_gone_silent(redis_url: str, uniqu
                 if client.llen(key)] == []
     finally:
         client.close()
+
+
+def test_redis_delete_removes_what_other_connections_declared(redis_url: str, unique,
+                                                              make_transport) -> None:
+    """kombu deleted only the bindings its own connection declared: the queue's binding
+    (and its messages) stayed on Redis, so publishing to the exchange went on filling it."""
+    import redis
+
+    declarer = make_transport(redis_url)
+    exchange, queue, _ = service_topology(unique)
+    dead = unique("dead")
+    declarer.declare(Topology.build([exchange], [queue, dead], [Binding(queue, exchange, "svc.#")]))
+    declarer.publish(envelope(exchange, "svc.m", b"bound"))
+    declarer.publish(envelope("", dead, b"unbound"))
+    declarer.close()  # as a stopped server
+
+    make_transport(redis_url).delete(queues=[queue, dead])
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.smembers(f"_kombu.binding.{exchange}") == set()
+        assert (client.llen(queue), client.llen(dead)) == (0, 0)
+    finally:
+        client.close()
+    with pytest.raises(exceptions.Unroutable):
+        make_transport(redis_url).publish(envelope(exchange, "svc.m", b"nobody takes it"))

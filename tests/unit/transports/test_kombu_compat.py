@@ -295,3 +295,22 @@ def test_the_silent_pop_check_is_kombus_where_it_has_one_else_redis_fetchs() -> 
         assert connection.disconnected
     finally:
         cycle.close()
+
+
+# -- virtual: deleting on Redis --------------------------------------------------------------------
+
+def test_kombu_still_deletes_only_the_bindings_its_own_connection_declared() -> None:
+    """The day kombu's queue_delete reads the broker's tables, delete_broker_bindings can go."""
+    assert kombu_redis.Channel.queue_delete is virtual.Channel.queue_delete
+    assert "self.state.queue_bindings(queue)" in inspect.getsource(virtual.Channel.queue_delete)
+
+
+def test_kombu_redis_still_keeps_binding_rows_in_one_set_per_exchange() -> None:
+    assert kombu_redis.Channel.keyprefix_queue == "_kombu.binding.%s"
+    assert "self.keyprefix_queue % exchange" in inspect.getsource(kombu_redis.Channel.get_table)
+    assert parameters(kombu_redis.Channel._delete)[:5] == [
+        "self", "queue", "exchange", "routing_key", "pattern"]
+    delete = inspect.getsource(kombu_redis.Channel._delete)
+    assert "srem(self.keyprefix_queue % (exchange," in delete
+    assert callable(kombu_redis.Channel.queue_purge)
+    assert tavrida_virtual.delete_broker_bindings(object(), ["q"]) == 0  # not Redis: kombu's
