@@ -89,11 +89,15 @@ Differences on kombu's virtual transports (Redis and ``memory://``):
   dies without closing leaves them behind (Redis has no exclusive queues).
 * on Redis a message is popped with ``BRPOPLPUSH`` into the consumer's
   in-flight list (not kombu's ``BRPOP``, which lost the message when the
-  connection died as Redis sent it); see :class:`.redis_fetch.RedisFetch`. Un-acked
+  connection died as Redis sent it); see :class:`.redis_fetch.RedisFetch`. A
+  pop whose reply is overdue (a half-open connection) is dropped and sent
+  again, what it moved put back first. Un-acked
   messages of a lost connection go back to their queue on reconnect; those
   of a crashed consumer come back after kombu's ``visibility_timeout`` (one
   hour by default); ``memory://`` drops them on close (kombu does not
   restore them there).
+* deleting a queue on Redis deletes its bindings whoever declared them (kombu
+  deletes only its own connection's); see :func:`.virtual.delete_broker_bindings`.
 * heartbeats are an AMQP feature; :meth:`KombuTransport.heartbeat` is a no-op.
 """
 

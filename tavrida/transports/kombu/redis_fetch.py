@@ -22,7 +22,9 @@ relies on these private names of ``kombu.transport.redis``, checked by
   5.7, its ``maybe_restore_messages``, which its ``get`` calls after a poll that
   read nothing (wrapped to run :meth:`RedisFetch.check_silence` there);
 * ``QoS.append`` (wrapped, to note records that may half exist) and
-  ``QoS._remove_from_indices`` (to drop those records).
+  ``QoS._remove_from_indices`` (to drop those records);
+* of redis-py: ``Connection._sock`` (private: is a reply waiting?, as kombu
+  5.7 asks), ``send_command``, ``parse_response`` and ``disconnect``.
 
 A pop whose reply never comes (a half-open connection: Redis or the network
 gone without a reset) would wait for ever, as no socket timeout applies to

@@ -234,6 +234,11 @@ def test_kombu_redis_still_has_the_attributes_redis_fetch_sets_and_reads() -> No
     assert parameters(kombu_redis.QoS.append) == ["self", "message", "delivery_tag"]
     assert callable(virtual.Transport._deliver)
     assert redis_fetch.RedisFetch("q", "t").inflight == "q.tavrida-inflight.t"
+    import redis
+
+    assert redis.connection.Connection()._sock is None  # redis-py's socket, set on connect
+    assert callable(redis.connection.Connection.send_command)
+    assert callable(redis.Redis.parse_response)
 
 
 def test_kombu_redis_polls_then_checks_what_an_empty_poll_leaves() -> None:
