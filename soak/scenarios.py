@@ -435,7 +435,8 @@ class Stream:
         """Figures and checks of the stream against the service's final counts.
 
         ``after`` is the answer of one more call made after the faults (seq
-        ``calls``), or the error text; ``when`` names the faults ("the cuts"). Returns the duplicates the handler saw.
+        ``calls``), or the error text; ``when`` names the faults ("the cuts").
+        Returns the duplicates the handler saw.
         """
         casts, calls = self.casts, self.calls
         cast_counts = counts(final, "casts")
