@@ -10,14 +10,15 @@ Quorum queues (``Topology.queue_type``, RabbitMQ only) are declared with
 the arguments :meth:`~tavrida.transports.base.Topology.queue_arguments`
 gives; a queue that exists with other arguments (a classic one asked to be
 quorum) is refused by RabbitMQ with 406 PRECONDITION_FAILED, which becomes
-:class:`~tavrida.exceptions.IncorrectAMQPConfig` saying why, and the
+:class:`~tavrida.exceptions.QueueMismatch` saying why, and the
 control channel RabbitMQ closed over it is opened again.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Optional
+import re
+from typing import Any, Iterable, Optional, Tuple
 
 import amqp
 from kombu.entity import Exchange, Queue
@@ -67,9 +68,10 @@ class KombuDeclarations(KombuHeartbeats):
         """Declare exchanges, queues, bindings (tavrida 1.0 style); again after reconnects.
 
         Raises the broker library's error when the broker refuses (e.g. 406
-        for a same-named object declared with other properties), and
-        IncorrectAMQPConfig for a queue that exists with other arguments
-        (a classic queue declared as quorum) or quorum queues off RabbitMQ.
+        for an exchange declared with other properties);
+        :class:`~tavrida.exceptions.QueueMismatch` for a queue that exists
+        with another type or arguments (a classic queue declared as quorum),
+        IncorrectAMQPConfig for quorum queues off RabbitMQ.
         """
         arguments = {name: topology.queue_arguments(name) for name in topology.queues}
         if topology.queue_type != "classic" and not self._is_amqp:
@@ -98,7 +100,8 @@ class KombuDeclarations(KombuHeartbeats):
                     elif value is not None:
                         self._queue_arguments[name] = value
                 self._reopen_control()
-            raise exceptions.IncorrectAMQPConfig(reason=_refused_reason(topology, exc)) from exc
+            queue, reason = _refused(topology, exc)
+            raise exceptions.QueueMismatch(queue=queue, reason=reason) from exc
 
     def _reopen_control(self) -> None:
         """A new control channel for the one the broker closed; call with ``_lock`` held."""
@@ -144,16 +147,17 @@ class KombuDeclarations(KombuHeartbeats):
         return self._with_connection(action, lambda: None)
 
 
-def _refused_reason(topology: Topology, exc: BaseException) -> str:
-    """Why RabbitMQ refused to declare ``topology`` (406), and what to do about it."""
+def _refused(topology: Topology, exc: BaseException) -> Tuple[str, str]:
+    """The queue RabbitMQ refused to declare (406) and what to do about it."""
     text = str(exc)
-    if "x-queue-type" in text:
-        if topology.queue_type == "quorum":
-            advice = ("the queue exists as a classic queue (tavrida 1.0's kind, or declared "
-                      "before queue_type = quorum); a queue's type cannot change: quorum "
-                      "queues need a new queue name (or delete the old queue once drained)")
-        else:
-            advice = ("the queue exists with another type (quorum); declare it with "
-                      "queue_type = quorum, or use another name")
-        return f"{advice} (RabbitMQ: {text})"
-    return f"RabbitMQ refused the declaration: {text}"
+    match = re.search(r"for queue '([^']*)'", text)
+    queue = match.group(1) if match else ", ".join(topology.queues)
+    if topology.queue_type == "quorum":
+        advice = ("it exists as a classic queue (tavrida 1.0's kind, or declared before "
+                  "queue_type = quorum) or with other quorum settings; a queue's type and "
+                  "arguments never change: quorum queues need a new queue name (or delete "
+                  "the old queue once it is drained)")
+    else:
+        advice = ("it exists with another type or other arguments (a quorum queue?); "
+                  "declare it as it was (queue_type = quorum), or use another name")
+    return queue, f"{advice} (RabbitMQ: {text})"
