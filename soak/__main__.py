@@ -12,7 +12,8 @@ message or failed a check, 2 on bad arguments. ``cluster`` (run only when
 named in ``--only``, needing no ``--url``) starts the three-node test
 cluster of tests/integration/cluster on ports 29601-29603
 (``TAVRIDA_CLUSTER_BASE_PORT`` moves them) and kills a node under the
-stream, with classic and with quorum queues (:mod:`soak.cluster`). ``--json PATH`` keeps the
+stream: classic queues on another node, quorum queues led by the node
+killed, classic queues on the node killed (:mod:`soak.cluster`). ``--json PATH`` keeps the
 figures. The CI versions of the same scenarios are in
 tests/integration/reliability/; docs/reliability.md has the last figures.
 """
@@ -185,7 +186,7 @@ def _secrets(url: str, command: str) -> Result:
 
 
 def _cluster(casts: int, calls: int, call_timeout: float, command: str) -> List[Result]:
-    """Both queue types on a test cluster of this command's own."""
+    """Every variant of :func:`soak.cluster.failover` on a test cluster of its own."""
     import os
 
     from soak import cluster
@@ -193,8 +194,8 @@ def _cluster(casts: int, calls: int, call_timeout: float, command: str) -> List[
     base_port = int(os.environ.get("TAVRIDA_CLUSTER_BASE_PORT") or 29600)
     with cluster.RabbitCluster(base_port) as nodes:
         print(f"# test cluster started in {nodes.start_seconds:.1f} s", flush=True)
-        return [cluster.failover(nodes, queue_type, casts, calls, call_timeout=call_timeout,
-                                 command=command) for queue_type in ("classic", "quorum")]
+        return [cluster.failover(nodes, variant, casts, calls, call_timeout=call_timeout,
+                                 command=command) for variant in cluster.VARIANTS]
 
 
 if __name__ == "__main__":
