@@ -49,6 +49,8 @@ def _row(result: Result) -> List[str]:
         out = f"{out} + {f['answers']} answers"
         if f.get("call_errors"):
             out += f" + {f['call_errors']} errors"
+    if f.get("casts_refused"):
+        out = f"{out} ({f['casts_refused']} casts refused)"
     if result.scenario.startswith("long-handler"):
         inn, out = 1, "1 answer" if f.get("answer") else "no answer"
     if result.scenario == "secrets":

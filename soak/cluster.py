@@ -182,6 +182,7 @@ def failover(cluster: RabbitCluster, variant: str = "classic", casts: int = 20_0
         result.figures.update({
             "killed_at": kill.get("at"), "restart_s": kill.get("restart_s"),
             "service_moves": moved, "client_moves": client_moved,
+            "peak_rss_mb": round(service.peak_rss_kb / 1024, 1),
             "late_answers_dropped": late,
             "send_s": round(send_seconds, 1),
         })
