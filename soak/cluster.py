@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import time
 import uuid
 from typing import Any, Dict, List, Optional
@@ -54,7 +53,7 @@ from soak.scenarios import (
     open_transport,
     queue_sizes,
 )
-from tavrida import client, exceptions
+from tavrida import client
 
 HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests",
                        "integration", "cluster")
@@ -117,7 +116,6 @@ def failover(cluster: RabbitCluster, variant: str = "classic", casts: int = 20_0
     workdir, tmp = _workdir(workdir)
     victim = cluster.node(VICTIM)
     kill: Dict[str, Any] = {}
-    after_kill: Any = None
     try:
         if variant == "classic":
             # Home node 2: only the connections die with node 1, not the queues.
@@ -152,23 +150,8 @@ def failover(cluster: RabbitCluster, variant: str = "classic", casts: int = 20_0
                     except Exception as exc:  # noqa: BLE001 - reported as a problem
                         kill["restart_error"] = f"{type(exc).__name__}: {exc}"
 
-                kill_thread = threading.Thread(target=killer, name="killer")
-                kill_thread.start()
-                try:
-                    stream.run()
-                finally:
-                    kill_thread.join(300)
-                send_seconds = time.monotonic() - result.started
-                try:
-                    service.wait(lambda s: s["cast_distinct"] >= stream.sent_casts,
-                                 drain_timeout,
-                                 f"{stream.sent_casts} distinct casts to be handled")
-                except ScenarioError as exc:
-                    result.problems.append(str(exc))  # the figures below say what is missing
-                try:
-                    after_kill = cli.soak.ask(seq=calls).call(timeout=drain_timeout)
-                except exceptions.TavridaError as exc:
-                    after_kill = f"{type(exc).__name__}: {exc}"
+                send_seconds, after_kill = stream.run_faulted(killer, 300, service, result,
+                                                              drain_timeout)
                 after = connections_by_port(cluster, 2, pids)
             finally:
                 cli.close()

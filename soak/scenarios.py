@@ -441,6 +441,36 @@ class Stream:
         if any(thread.is_alive() for thread in threads):
             raise ScenarioError("the client did not finish sending in time")
 
+    def run_faulted(self, fault: Callable[[], None], fault_wait: float,
+                    service: "ServiceProcess", result: Result,
+                    drain_timeout: float) -> "tuple[float, Any]":
+        """:meth:`run` while ``fault`` runs in a thread; then the handling and one more call.
+
+        Waits ``fault_wait`` seconds at most for ``fault`` to end once sending
+        did, then until ``service`` handled every cast sent (a problem of
+        ``result`` if not). Returns the seconds since ``result`` started and
+        the answer of a call made after the faults (or its error text).
+        """
+        thread = threading.Thread(target=fault, name="fault")
+        thread.start()
+        try:
+            self.run()
+        finally:
+            thread.join(fault_wait)
+        send_seconds = time.monotonic() - result.started
+        try:
+            service.wait(lambda s: s["cast_distinct"] >= self.sent_casts, drain_timeout,
+                         f"{self.sent_casts} distinct casts to be handled")
+        except ScenarioError as exc:
+            result.problems.append(str(exc))  # the figures say what is missing
+        # After the faults the client must still work: one more call, with a deadline
+        # no machine load reaches (its seq is out of the tallied range).
+        try:
+            after: Any = self.cli.soak.ask(seq=self.calls).call(timeout=drain_timeout)
+        except exceptions.TavridaError as exc:
+            after = f"{type(exc).__name__}: {exc}"
+        return send_seconds, after
+
     def judge(self, result: Result, final: Dict[str, Any], sizes: Dict[str, Optional[int]],
               after: Any, when: str, cast_errors_ok: bool = False) -> int:
         """Figures and checks of the stream against the service's final counts.
@@ -560,25 +590,8 @@ def faults(url: str, casts: int = 20_000, calls: int = 2_000, cuts: int = 5,
                             time.sleep(rng.uniform(0, 0.05))
                         cut_log.append(record)
 
-                cut_thread = threading.Thread(target=cutter, name="cutter")
-                cut_thread.start()
-                try:
-                    stream.run()
-                finally:
-                    cut_thread.join(5)
-                send_seconds = time.monotonic() - result.started
-                try:
-                    service.wait(lambda s: s["cast_distinct"] >= stream.sent_casts,
-                                 drain_timeout,
-                                 f"{stream.sent_casts} distinct casts to be handled")
-                except ScenarioError as exc:
-                    result.problems.append(str(exc))  # the figures below say what is missing
-                # After the cuts the client must still work: one more call, with a deadline
-                # no machine load reaches (its seq is out of the tallied range).
-                try:
-                    after_cuts = cli.soak.ask(seq=calls).call(timeout=drain_timeout)
-                except exceptions.TavridaError as exc:
-                    after_cuts = f"{type(exc).__name__}: {exc}"
+                send_seconds, after_cuts = stream.run_faulted(cutter, 5, service, result,
+                                                              drain_timeout)
             finally:
                 cli.close()
             final = service.terminate()
