@@ -324,8 +324,11 @@ class KombuConnections(Transport):
         text = f"{type(cause).__name__}: {cause}" if cause is not None else ""
         text = f"{reason} ({text})" if reason and text else reason or text
         credentials = self._config.credentials
-        if credentials is not None and credentials.password:
-            text = text.replace(credentials.password, "***")
+        passwords = {credentials.password} if credentials is not None else set()
+        if self._config.alternates:
+            passwords.update(node_endpoint(url)[3] or "" for url in self._config.urls)
+        for password in sorted(filter(None, passwords), key=len, reverse=True):
+            text = text.replace(password, "***")
         return exceptions.ConnectionFailed(safe_url=self._config.safe_url, cause=cause,
                                            reason=text)
 

@@ -79,6 +79,13 @@ def test_a_connect_attempt_tries_every_node_once_then_raises(
     assert kombu._rotation("publish").current == 1  # the next round starts further on
 
 
+def test_no_node_password_shows_in_a_connection_error() -> None:
+    kombu = transport()
+    error = kombu._failed(OSError("refused by other:pw2 and svc:s3cret"), "gave up")
+    assert "pw2" not in str(error) and "s3cret" not in str(error)
+    assert "other:***" in str(error)
+
+
 def test_a_connection_keeps_the_node_that_answered(monkeypatch: pytest.MonkeyPatch) -> None:
     kombu = transport()
     nodes = Nodes(up=[1, 2])
