@@ -37,7 +37,7 @@ class KombuDeclarations(KombuHeartbeats):
     def _declare_on(self, channel: Any, exchanges: Iterable[str], queues: Iterable[str],
                     bindings: Iterable[Binding]) -> None:
         # The tavrida 1.0 declarations exactly: no arguments, nothing exclusive or auto-deleted
-        # (quorum queues: their arguments, remembered by _queues).
+        # (quorum queues: the arguments _queue_arguments remembers).
         for name in exchanges:
             Exchange(name, "topic", durable=True, auto_delete=False).declare(channel=channel)
         for name in queues:
@@ -100,6 +100,8 @@ class KombuDeclarations(KombuHeartbeats):
                     elif value is not None:
                         self._queue_arguments[name] = value
                 self._reopen_control()
+            if "for queue" not in str(exc):
+                raise  # an exchange of another kind: the broker's error as it is
             queue, reason = _refused(topology, exc)
             raise exceptions.QueueMismatch(queue=queue, reason=reason) from exc
 

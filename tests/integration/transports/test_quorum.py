@@ -6,6 +6,7 @@ cluster tests (tests/integration/cluster) kill the node that holds one.
 
 from __future__ import annotations
 
+import amqp
 import pytest
 
 from tavrida import config, exceptions
@@ -70,3 +71,14 @@ def test_quorum_queue_dead_letters_what_its_consumer_keeps_rejecting(transport, 
     assert seen == [b"poison"] * 3
     assert transport.queue_size(dead) == 1
     assert transport.queue_size(queue) == 0
+
+
+def test_an_exchange_of_another_kind_keeps_the_brokers_error(transport, amqp_url, unique):
+    import kombu
+
+    name = unique("x")
+    with kombu.Connection(amqp_url) as conn:
+        kombu.Exchange(name, "direct", durable=True)(conn.default_channel).declare()
+    with pytest.raises(amqp.PreconditionFailed):
+        transport.declare(Topology.build([name], [], [], "quorum"))
+    transport.declare(Topology.build([], [unique("q")], [], "quorum"))  # still usable
