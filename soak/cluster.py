@@ -169,6 +169,9 @@ def failover(cluster: RabbitCluster, variant: str = "classic", casts: int = 20_0
             "late_answers_dropped": late,
             "send_s": round(send_seconds, 1),
         })
+        home = cluster.node(2 if variant == "classic" else VICTIM).nodename
+        result.check(result.figures["queues"].get(names.queue) == f"{queue_type}@{home}",
+                     f"the queue was not a {queue_type} queue held by {home}")
         result.check("at" in kill, "the stream ended before the kill")
         result.check("restart_error" not in kill, f"node 1 did not restart: "
                                                  f"{kill.get('restart_error')}")
