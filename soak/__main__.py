@@ -3,11 +3,17 @@
     python -m soak --url amqp://guest:guest@127.0.0.1:5672//
     python -m soak --url redis://127.0.0.1:6379/0 --casts 50000 --calls 5000 --cuts 10
     python -m soak --url amqp://... --only faults,backlog --markdown
+    python -m soak --only cluster                 # its own three-node RabbitMQ cluster
 
 Runs every scenario that applies to the broker (hostile input and long
 handlers need RabbitMQ), prints one figure line per scenario as it ends,
 then a table and the verdict line. Exits 1 when any scenario lost a
-message or failed a check, 2 on bad arguments. ``--json PATH`` keeps the
+message or failed a check, 2 on bad arguments. ``cluster`` (run only when
+named in ``--only``, needing no ``--url``) starts the three-node test
+cluster of tests/integration/cluster on ports 29601-29603
+(``TAVRIDA_CLUSTER_BASE_PORT`` moves them) and kills a node under the
+stream: classic queues on another node, quorum queues led by the node
+killed, classic queues on the node killed (:mod:`soak.cluster`). ``--json PATH`` keeps the
 figures. The CI versions of the same scenarios are in
 tests/integration/reliability/; docs/reliability.md has the last figures.
 """
@@ -28,6 +34,8 @@ from soak.scenarios import Result, broker_kind
 SCENARIOS = ("faults", "dedup", "shutdown", "long-handler", "backlog", "hostile", "secrets",
              "poison")
 AMQP_ONLY = ("long-handler", "hostile")
+#: Scenarios run only when ``--only`` names them.
+ON_REQUEST = ("cluster",)
 COLUMNS = ("scenario", "broker", "in", "out", "lost", "redelivered", "duplicates", "dead",
            "peak RSS MB", "seconds", "verdict")
 
@@ -41,6 +49,8 @@ def _row(result: Result) -> List[str]:
         out = f"{out} + {f['answers']} answers"
         if f.get("call_errors"):
             out += f" + {f['call_errors']} errors"
+    if f.get("casts_refused"):
+        out = f"{out} ({f['casts_refused']} casts refused)"
     if result.scenario.startswith("long-handler"):
         inn, out = 1, "1 answer" if f.get("answer") else "no answer"
     if result.scenario == "secrets":
@@ -79,7 +89,8 @@ def verdict(results: List[Result]) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m soak", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", required=True, help="broker URL (amqp://... or redis://...)")
+    parser.add_argument("--url", default="",
+                        help="broker URL (amqp://... or redis://...); not for cluster")
     parser.add_argument("--casts", type=int, default=100_000, help="casts in the fault stream")
     parser.add_argument("--calls", type=int, default=10_000, help="calls in the fault stream")
     parser.add_argument("--cuts", type=int, default=20, help="connection cuts in the stream")
@@ -99,9 +110,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="log warnings of the client side")
     args = parser.parse_args(argv)
     only = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = sorted(set(only) - set(SCENARIOS))
+    unknown = sorted(set(only) - set(SCENARIOS + ON_REQUEST))
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(unknown)}")
+    if not args.url and set(only) - set(ON_REQUEST):
+        parser.error("--url is needed for every scenario but cluster")
     level = logging.WARNING if args.verbose else logging.CRITICAL
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for handler in logging.getLogger().handlers:
@@ -109,7 +122,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     command = "python -m soak " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     url = args.url
-    kind = broker_kind(url)
+    kind = broker_kind(url) if url else "amqp"
     runs: Dict[str, Callable[[], List[Result]]] = {
         "faults": lambda: [scenarios.faults(url, args.casts, args.calls, args.cuts,
                                             seed=args.seed, call_timeout=args.call_timeout,
@@ -125,11 +138,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         "hostile": lambda: [_hostile(url, args.examples, command)],
         "secrets": lambda: [_secrets(url, command)],
         "poison": lambda: [_poison(url, args.poison, command)],
+        "cluster": lambda: _cluster(args.casts, args.calls, args.call_timeout, command),
     }
     results: List[Result] = []
     started = time.monotonic()
     print(f"# {command}", flush=True)
-    for name in SCENARIOS:
+    for name in SCENARIOS + ON_REQUEST:
         if name not in only:
             continue
         if name in AMQP_ONLY and kind != "amqp":
@@ -171,6 +185,19 @@ def _secrets(url: str, command: str) -> Result:
     from soak import secrets
 
     return secrets.secrets(url, command=command)
+
+
+def _cluster(casts: int, calls: int, call_timeout: float, command: str) -> List[Result]:
+    """Every variant of :func:`soak.cluster.failover` on a test cluster of its own."""
+    import os
+
+    from soak import cluster
+
+    base_port = int(os.environ.get("TAVRIDA_CLUSTER_BASE_PORT") or 29600)
+    with cluster.RabbitCluster(base_port) as nodes:
+        print(f"# test cluster started in {nodes.start_seconds:.1f} s", flush=True)
+        return [cluster.failover(nodes, variant, casts, calls, call_timeout=call_timeout,
+                                 command=command) for variant in cluster.VARIANTS]
 
 
 if __name__ == "__main__":

@@ -342,6 +342,193 @@ class ClientLog:
         self.handler.close()
 
 
+class Stream:
+    """The client side of a fault scenario: casts ``work(seq)`` and calls ``ask(seq)``.
+
+    One thread casts ``0 .. casts - 1``, ``callers`` threads call
+    ``0 .. calls - 1``, all through one client. :attr:`progress` counts
+    messages sent or failed (a fault injector waits for it with
+    :meth:`wait_for`); :meth:`judge` compares what the service counted
+    with what was sent.
+    """
+
+    def __init__(self, cli: client.RPCClient, casts: int, calls: int, callers: int,
+                 call_timeout: float, resend: int = 0) -> None:
+        self.cli = cli
+        #: Times a cast that failed with a clear error is sent again (as its sender may).
+        self.resend = resend
+        #: Casts that failed with a clear error every time they were sent.
+        self.failed_casts: List[int] = []
+        self.casts = casts
+        self.calls = calls
+        self.callers = callers
+        self.call_timeout = call_timeout
+        self.lock = threading.Lock()
+        self.progress = 0
+        self.sent_casts = 0
+        self.answered = 0
+        self.wrong = 0
+        self.errors: Dict[str, int] = collections.Counter()
+        self._sending = threading.Event()
+        self._sending.set()  # until run() ends: a fault injector may start first
+        self._seqs = iter(range(calls))
+
+    @property
+    def call_errors(self) -> int:
+        """Calls that ended in an error (cast errors are keyed ``cast ...``)."""
+        return sum(v for k, v in self.errors.items() if not k.startswith("cast "))
+
+    def wait_for(self, progress: float) -> bool:
+        """Until :attr:`progress` reaches ``progress``; False when sending ended first."""
+        while self.progress < progress and self._sending.is_set():
+            time.sleep(0.002)
+        return self._sending.is_set()
+
+    def _cast_all(self) -> None:
+        for seq in range(self.casts):
+            for attempt in range(self.resend + 1):
+                try:
+                    self.cli.soak.work(seq=seq).cast()
+                    self.sent_casts += 1
+                    break
+                except Exception as exc:  # noqa: BLE001 - counted and reported
+                    with self.lock:
+                        self.errors[f"cast {type(exc).__name__}"] += 1
+                    clear = isinstance(exc, (exceptions.PublishFailed,
+                                             exceptions.ConnectionFailed))
+                    if not clear or attempt == self.resend:
+                        self.failed_casts.append(seq)
+                        break
+            with self.lock:
+                self.progress += 1
+
+    def _call_some(self) -> None:
+        while True:
+            with self.lock:
+                seq = next(self._seqs, None)
+            if seq is None:
+                return
+            try:
+                answer = self.cli.soak.ask(seq=seq).call(timeout=self.call_timeout)
+                with self.lock:
+                    if answer == {"seq": seq}:
+                        self.answered += 1
+                    else:
+                        self.wrong += 1
+            except (exceptions.CallTimeout, exceptions.PublishFailed,
+                    exceptions.ConnectionFailed, exceptions.RemoteError) as exc:
+                with self.lock:
+                    self.errors[type(exc).__name__] += 1
+            except Exception as exc:  # noqa: BLE001 - not a "clear" error
+                with self.lock:
+                    self.errors[f"unexpected {type(exc).__name__}"] += 1
+            with self.lock:
+                self.progress += 1
+
+    def run(self) -> None:
+        """Send everything; raises ScenarioError when the threads do not finish."""
+        threads = [threading.Thread(target=self._cast_all, name="caster")]
+        threads += [threading.Thread(target=self._call_some, name=f"caller-{i}")
+                    for i in range(self.callers)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + max(300.0, (self.casts + self.calls) / 100)
+        try:
+            for thread in threads:
+                thread.join(max(deadline - time.monotonic(), 0))
+        finally:
+            self._sending.clear()
+        if any(thread.is_alive() for thread in threads):
+            raise ScenarioError("the client did not finish sending in time")
+
+    def run_faulted(self, fault: Callable[[], None], fault_wait: float,
+                    service: "ServiceProcess", result: Result,
+                    drain_timeout: float) -> "tuple[float, Any]":
+        """:meth:`run` while ``fault`` runs in a thread; then the handling and one more call.
+
+        Waits ``fault_wait`` seconds at most for ``fault`` to end once sending
+        did, then until ``service`` handled every cast sent (a problem of
+        ``result`` if not). Returns the seconds since ``result`` started and
+        the answer of a call made after the faults (or its error text).
+        """
+        thread = threading.Thread(target=fault, name="fault")
+        thread.start()
+        try:
+            self.run()
+        finally:
+            thread.join(fault_wait)
+        send_seconds = time.monotonic() - result.started
+        try:
+            service.wait(lambda s: s["cast_distinct"] >= self.sent_casts, drain_timeout,
+                         f"{self.sent_casts} distinct casts to be handled")
+        except ScenarioError as exc:
+            result.problems.append(str(exc))  # the figures say what is missing
+        # After the faults the client must still work: one more call, with a deadline
+        # no machine load reaches (its seq is out of the tallied range).
+        try:
+            after: Any = self.cli.soak.ask(seq=self.calls).call(timeout=drain_timeout)
+        except exceptions.TavridaError as exc:
+            after = f"{type(exc).__name__}: {exc}"
+        return send_seconds, after
+
+    def judge(self, result: Result, final: Dict[str, Any], sizes: Dict[str, Optional[int]],
+              after: Any, when: str, cast_errors_ok: bool = False) -> int:
+        """Figures and checks of the stream against the service's final counts.
+
+        ``after`` is the answer of one more call made after the faults (seq
+        ``calls``), or the error text; ``when`` names the faults ("the cuts").
+        With ``cast_errors_ok`` a cast whose sender got a clear error is no
+        loss (``lost`` counts the casts sent without an error and never
+        handled). Returns the duplicates the handler saw.
+        """
+        casts, calls = self.casts, self.calls
+        cast_counts = counts(final, "casts")
+        call_counts = counts(final, "calls")
+        refused = set(self.failed_casts) if cast_errors_ok else set()
+        missing = [seq for seq in range(casts) if not cast_counts[seq] and seq not in refused]
+        lost = len(missing)
+        dupes = (sum(c - 1 for c in cast_counts if c > 1)
+                 + sum(c - 1 for c in call_counts if c > 1))
+        call_errors = self.call_errors
+        f = result.figures
+        f.update({
+            "casts_in": casts, "casts_out": sum(1 for c in cast_counts if c),
+            "lost": lost, "calls_in": calls, "answers": self.answered,
+            "call_errors": call_errors, "wrong_answers": self.wrong,
+            f"call_after_{when.split()[-1]}": "answered" if after == {"seq": calls} else "failed",
+            "deliveries": final.get("deliveries"), "redelivered": final.get("redelivered"),
+            "handler_duplicates": dupes,
+            "skipped_duplicates": final.get("skipped_duplicates", 0),
+            "dead_letters": sizes["dead"], "left_in_queue": sizes["queue"],
+        })
+        if self.errors:
+            f["errors"] = dict(self.errors)
+        if missing:
+            f["missing"] = missing[:10]
+        result.check(final.get("exit_code") == 0, f"service exit code {final.get('exit_code')}")
+        result.check(lost == 0, f"{lost} casts never handled")
+        if cast_errors_ok:
+            f["casts_refused"] = len(self.failed_casts)
+            result.check(not [k for k in self.errors if k.startswith("cast ")
+                              and k not in ("cast Unroutable", "cast PublishFailed",
+                                            "cast PublishConnectionFailed")],
+                         f"unclear cast errors: {dict(self.errors)}")
+        else:
+            result.check(self.sent_casts == casts,
+                         f"{casts - self.sent_casts} casts failed to publish")
+        result.check(self.answered + call_errors == calls,
+                     f"{calls - self.answered - call_errors} calls got no answer and no error")
+        result.check(self.wrong == 0, f"{self.wrong} calls got another call's answer")
+        result.check(not [k for k in self.errors if k.startswith("unexpected")],
+                     f"unclear errors: {dict(self.errors)}")
+        # A call that timed out told its caller so (a fault can take the answers in flight,
+        # and on a loaded machine an answer can come after its deadline): that is an error
+        # the caller sees, not a loss, so how many there were is a figure, not a verdict.
+        # What would be wrong is a client that no longer works after the faults.
+        result.check(after == {"seq": calls}, f"the call made after {when} got {after!r}")
+        return dupes
+
+
 def load_backlog(url: str, names: Names, count: int, batch: int = 1000) -> float:
     """Publish ``count`` casts ``work(seq)`` straight onto the queue's exchange; seconds taken."""
     disc = names.discovery()
@@ -378,12 +565,6 @@ def faults(url: str, casts: int = 20_000, calls: int = 2_000, cuts: int = 5,
     server_proxy = TcpProxy.for_url(url).start()
     client_proxy = TcpProxy.for_url(url).start()
     cut_log: List[Dict[str, Any]] = []
-    errors: Dict[str, int] = collections.Counter()
-    progress = [0]
-    lock = threading.Lock()
-    answered = [0]
-    wrong = [0]
-    sent_casts = [0]
     after_cuts: Any = None
     service = ServiceProcess(server_proxy.url(url), names, workdir, "faults",
                              casts=casts, calls=calls, idempotent=idempotent)
@@ -395,139 +576,43 @@ def faults(url: str, casts: int = 20_000, calls: int = 2_000, cuts: int = 5,
             try:
                 total = casts + calls
                 points = sorted(rng.uniform(0.05, 0.9) * total for _ in range(cuts))
-                sending = threading.Event()
-                sending.set()
+                stream = Stream(cli, casts, calls, callers, call_timeout)
 
                 def cutter() -> None:
                     for point in points:
-                        while progress[0] < point and sending.is_set():
-                            time.sleep(0.002)
-                        if not sending.is_set():
+                        if not stream.wait_for(point):
                             return
                         sides = [("client", client_proxy), ("service", server_proxy)]
                         rng.shuffle(sides)
-                        record = {"at": progress[0]}
+                        record = {"at": stream.progress}
                         for side, proxy in sides:
                             record[side] = proxy.cut()
                             time.sleep(rng.uniform(0, 0.05))
                         cut_log.append(record)
 
-                def cast_all() -> None:
-                    for seq in range(casts):
-                        try:
-                            cli.soak.work(seq=seq).cast()
-                            sent_casts[0] += 1
-                        except Exception as exc:  # noqa: BLE001 - counted and reported
-                            with lock:
-                                errors[f"cast {type(exc).__name__}"] += 1
-                        with lock:
-                            progress[0] += 1
-
-                seqs = iter(range(calls))
-
-                def call_some() -> None:
-                    while True:
-                        with lock:
-                            seq = next(seqs, None)
-                        if seq is None:
-                            return
-                        try:
-                            answer = cli.soak.ask(seq=seq).call(timeout=call_timeout)
-                            with lock:
-                                if answer == {"seq": seq}:
-                                    answered[0] += 1
-                                else:
-                                    wrong[0] += 1
-                        except (exceptions.CallTimeout, exceptions.PublishFailed,
-                                exceptions.ConnectionFailed, exceptions.RemoteError) as exc:
-                            with lock:
-                                errors[type(exc).__name__] += 1
-                        except Exception as exc:  # noqa: BLE001 - not a "clear" error
-                            with lock:
-                                errors[f"unexpected {type(exc).__name__}"] += 1
-                        with lock:
-                            progress[0] += 1
-
-                threads = [threading.Thread(target=cast_all, name="caster")]
-                threads += [threading.Thread(target=call_some, name=f"caller-{i}")
-                            for i in range(callers)]
-                cut_thread = threading.Thread(target=cutter, name="cutter")
-                cut_thread.start()
-                for thread in threads:
-                    thread.start()
-                deadline = time.monotonic() + max(300.0, total / 100)
-                for thread in threads:
-                    thread.join(max(deadline - time.monotonic(), 0))
-                sending.clear()
-                cut_thread.join(5)
-                if any(thread.is_alive() for thread in threads):
-                    raise ScenarioError("the client did not finish sending in time")
-                send_seconds = time.monotonic() - result.started
-                try:
-                    service.wait(lambda s: s["cast_distinct"] >= sent_casts[0], drain_timeout,
-                                 f"{sent_casts[0]} distinct casts to be handled")
-                except ScenarioError as exc:
-                    result.problems.append(str(exc))  # the figures below say what is missing
-                # After the cuts the client must still work: one more call, with a deadline
-                # no machine load reaches (its seq is out of the tallied range).
-                try:
-                    after_cuts = cli.soak.ask(seq=calls).call(timeout=drain_timeout)
-                except exceptions.TavridaError as exc:
-                    after_cuts = f"{type(exc).__name__}: {exc}"
+                send_seconds, after_cuts = stream.run_faulted(cutter, 5, service, result,
+                                                              drain_timeout)
             finally:
                 cli.close()
             final = service.terminate()
             sizes = queue_sizes(url, names)
             late = replies.dropped
-        cast_counts = counts(final, "casts")
-        call_counts = counts(final, "calls")
-        missing = [seq for seq in range(casts) if not cast_counts[seq]]
-        lost = len(missing)
-        cast_dupes = sum(c - 1 for c in cast_counts if c > 1)
-        call_dupes = sum(c - 1 for c in call_counts if c > 1)
-        call_errors = sum(v for k, v in errors.items() if not k.startswith("cast "))
         cut_conns = sum(r.get("client", 0) + r.get("service", 0) for r in cut_log)
-        f = result.figures
-        f.update({
-            "casts_in": casts, "casts_out": sum(1 for c in cast_counts if c),
-            "lost": lost, "calls_in": calls, "answers": answered[0],
-            "call_errors": call_errors, "wrong_answers": wrong[0],
-            "call_after_cuts": "answered" if after_cuts == {"seq": calls} else "failed",
-            "deliveries": final.get("deliveries"), "redelivered": final.get("redelivered"),
-            "handler_duplicates": cast_dupes + call_dupes,
-            "skipped_duplicates": final.get("skipped_duplicates", 0),
+        dupes = stream.judge(result, final, sizes, after_cuts, "the cuts")
+        result.figures.update({
             "late_answers_dropped": late,
-            "dead_letters": sizes["dead"], "left_in_queue": sizes["queue"],
             "cuts": len(cut_log), "connections_cut": cut_conns,
             "peak_rss_mb": round(service.peak_rss_kb / 1024, 1),
             "send_s": round(send_seconds, 1), "seed": seed,
         })
-        if errors:
-            f["errors"] = dict(errors)
-        if missing:
-            f["missing"] = missing[:10]
-        result.check(final.get("exit_code") == 0, f"service exit code {final.get('exit_code')}")
-        result.check(lost == 0, f"{lost} casts never handled")
-        result.check(sent_casts[0] == casts, f"{casts - sent_casts[0]} casts failed to publish")
-        result.check(answered[0] + call_errors == calls,
-                     f"{calls - answered[0] - call_errors} calls got no answer and no error")
-        result.check(wrong[0] == 0, f"{wrong[0]} calls got another call's answer")
-        result.check(not [k for k in errors if k.startswith("unexpected")],
-                     f"unclear errors: {dict(errors)}")
-        # A call that timed out told its caller so (a cut can take the answers in flight, and
-        # on a loaded machine an answer can come after its deadline): that is an error the
-        # caller sees, not a loss, so how many there were is a figure, not a verdict. What
-        # would be wrong is a client that no longer works after the cuts.
-        result.check(after_cuts == {"seq": calls},
-                     f"the call made after the cuts got {after_cuts!r}")
         result.check(len(cut_log) == cuts, f"only {len(cut_log)} of {cuts} cuts happened")
+        call_errors = stream.call_errors
         # An answer whose reply queue went with a cut is Unroutable: the service dead-letters
         # its request, and that call ended in a clear error.
         result.check(sizes["dead"] <= call_errors,
                      f"{sizes['dead']} dead letters, more than the {call_errors} failed calls")
         if idempotent:
-            result.check(cast_dupes + call_dupes == 0,
-                         f"the handler saw {cast_dupes + call_dupes} duplicates")
+            result.check(dupes == 0, f"the handler saw {dupes} duplicates")
     except ScenarioError as exc:
         result.problems.append(str(exc))
     finally:

@@ -247,6 +247,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--beat", action="store_true", help="send_heartbeat() while sleeping")
     parser.add_argument("--heartbeat", type=float, default=0.0)
     parser.add_argument("--idempotent", action="store_true")
+    parser.add_argument("--queue-type", default="classic", help="classic or quorum")
     args = parser.parse_args(argv)
 
     logging.basicConfig(filename=args.log or None, level=args.log_level,
@@ -261,7 +262,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     Soak.set_discovery(disc)
     conf = config.ConnectionConfig.from_url(
         args.url, heartbeat_interval=args.heartbeat or None, prefetch_count=args.prefetch)
-    srv = CountingServer(conf, args.queue, args.exchange, [Soak], workers=args.workers)
+    srv = CountingServer(conf, args.queue, args.exchange, [Soak], workers=args.workers,
+                         queue_type=args.queue_type)
     status = StatusWriter(args.status)
     status.write()
     status.start()

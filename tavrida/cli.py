@@ -223,7 +223,10 @@ def _run(args: argparse.Namespace) -> int:
     conf.configure_logging()
     conf.bind_discovery()
     server = Server(conf.connection, conf.queue, conf.exchange, conf.service_classes,
-                    workers=conf.workers, hooks=conf.hooks())
+                    workers=conf.workers, hooks=conf.hooks(), queue_type=conf.queue_type,
+                    max_attempts=conf.retry_policy.max_attempts,
+                    retry_backoff=conf.retry_policy.backoff,
+                    retry_backoff_max=conf.retry_policy.backoff_max)
     server.run()
     return 0
 
@@ -234,7 +237,8 @@ def _declared(args: argparse.Namespace) -> Tuple[config_file.ServiceConfig, Topo
     conf = config_file.ServiceConfig(args.config, args.url, url_flag="--url")
     conf.bind_discovery()
     server = Server(conf.connection, conf.queue, conf.exchange, conf.service_classes,
-                    workers=conf.workers)
+                    workers=conf.workers, queue_type=conf.queue_type,
+                    max_attempts=conf.retry_policy.max_attempts)
     topology = server.topology()
     services = ", ".join(cls.service_name() for cls in conf.service_classes)
     roles = {conf.queue: f"queue of {services}",

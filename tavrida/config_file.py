@@ -16,6 +16,7 @@
     max_attempts = 5                             ; runs of a message whose handler asks
     retry_backoff = 0.5                          ; for a retry (none: no limit), first
     retry_backoff_max = 30                       ; delay in seconds, doubling up to this
+    queue_type = classic                         ; or quorum (RabbitMQ 3.8+): new names only
 
     [discovery]
     file = services.ds                           ; relative to this file
@@ -72,6 +73,7 @@ from tavrida import discovery as discovery_mod
 from tavrida import exceptions
 from tavrida.retries import RetryPolicy
 from tavrida.service import ServiceController
+from tavrida.transports.base import QUEUE_TYPES
 
 if TYPE_CHECKING:
     from tavrida.observability.hooks import ServerHook
@@ -125,6 +127,7 @@ SCHEMA: Dict[str, Dict[str, type]] = {
         "max_attempts": str,  # a whole number >= 1, or "none"
         "retry_backoff": float,
         "retry_backoff_max": float,
+        "queue_type": str,  # classic or quorum (see tavrida.transports.base.QUEUE_TYPES)
     },
     "discovery": {
         "file": str,
@@ -241,6 +244,8 @@ class ServiceConfig:
         self.exchange = self._required("server", "exchange")
         self.workers = self.get("server", "workers", 0)
         self.retry_policy = self._retry_policy()
+        #: ``classic`` (tavrida 1.0's, the default) or ``quorum`` (see ``Server``).
+        self.queue_type = self._choice("server", "queue_type", QUEUE_TYPES, "classic")
         self.service_classes = self._services()
         self.log_level = self._log_level()
         self.log_format = self._choice("logging", "format", ("text", "json"), "text")

@@ -101,6 +101,17 @@ class IncorrectAMQPConfig(TavridaError):
     message_template = "Incorrect connection config: %(reason)s"
 
 
+class QueueMismatch(IncorrectAMQPConfig):
+    """The broker has a queue of this name with another type or other arguments.
+
+    Raised when declaring; ``queue`` names it, ``reason`` says what to do and
+    carries the broker's own words. A classic queue (tavrida 1.0's kind)
+    never becomes a quorum queue: quorum needs a new name.
+    """
+
+    message_template = "Cannot declare queue %(queue)r: %(reason)s"
+
+
 class IncorrectAMQPLibrary(TavridaError):
     message_template = "Unknown transport %(name)s"
 

@@ -43,6 +43,7 @@ from tavrida.transports.base import (
     Delivery,
     Topology,
     Transport,
+    check_queue_type,
     dead_letter_queue_name,
 )
 
@@ -60,7 +61,10 @@ class Server(Retrying):
     ``retry_backoff`` seconds, doubling up to ``retry_backoff_max``, at most
     ``max_attempts`` times in all (None: no limit); see :mod:`tavrida.retries`.
     :meth:`run` blocks until :meth:`stop` is called from another thread or
-    SIGTERM/SIGINT arrives.
+    SIGTERM/SIGINT arrives. ``queue_type="quorum"`` declares the queue and
+    its dead-letter queue as RabbitMQ quorum queues (new names only; see
+    :class:`~tavrida.transports.base.Topology`), ``max_attempts`` being
+    the broker's delivery limit too.
     """
 
     def __init__(self, config: Union[config_mod.ConnectionConfig, str], queue_name: str,
@@ -71,7 +75,8 @@ class Server(Retrying):
                  hooks: Iterable[ServerHook] = (),
                  max_attempts: Optional[int] = RetryPolicy.max_attempts,
                  retry_backoff: float = RetryPolicy.backoff,
-                 retry_backoff_max: float = RetryPolicy.backoff_max) -> None:
+                 retry_backoff_max: float = RetryPolicy.backoff_max,
+                 queue_type: str = "classic") -> None:
         if not queue_name or not exchange_name:
             raise exceptions.IncorrectAMQPConfig(
                 reason="Server needs a queue_name and an exchange_name")
@@ -88,6 +93,7 @@ class Server(Retrying):
         self.retry_policy = RetryPolicy(max_attempts, retry_backoff, retry_backoff_max)
         self._retry_timer = RetryTimer(f"tavrida-retry-{queue_name}")
         self.dead_letter_queue = dead_letter_queue_name(queue_name)
+        self.queue_type = check_queue_type(queue_type)
         self.transport = transport
         self.controllers: List[ServiceController] = []
         self.router: Optional[Router] = None
@@ -119,7 +125,8 @@ class Server(Retrying):
                    workers=conf.workers, hooks=conf.hooks(),
                    max_attempts=conf.retry_policy.max_attempts,
                    retry_backoff=conf.retry_policy.backoff,
-                   retry_backoff_max=conf.retry_policy.backoff_max)
+                   retry_backoff_max=conf.retry_policy.backoff_max,
+                   queue_type=conf.queue_type)
 
     # -- topology ---------------------------------------------------------
 
@@ -141,7 +148,8 @@ class Server(Retrying):
                 exchanges.append(exchange)
                 bindings.append(Binding(self.queue_name, exchange,
                                         f"{ep.service}.{ep.method}.#"))
-        return Topology.build(exchanges, [self.queue_name, self.dead_letter_queue], bindings)
+        return Topology.build(exchanges, [self.queue_name, self.dead_letter_queue], bindings,
+                              self.queue_type, self.retry_policy.max_attempts)
 
     # -- life cycle -------------------------------------------------------
 

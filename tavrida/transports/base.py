@@ -46,6 +46,18 @@ class Binding:
     routing_key: str
 
 
+#: Queue types a server may ask for: ``classic`` (tavrida 1.0's) or ``quorum`` (RabbitMQ 3.8+).
+QUEUE_TYPES = ("classic", "quorum")
+
+
+def check_queue_type(queue_type: str) -> str:
+    """``queue_type`` if it is one of :data:`QUEUE_TYPES`; else a clear error."""
+    if queue_type not in QUEUE_TYPES:
+        raise exceptions.IncorrectAMQPConfig(
+            reason=f"queue_type must be one of {', '.join(QUEUE_TYPES)}, not {queue_type!r}")
+    return queue_type
+
+
 @dataclasses.dataclass(frozen=True)
 class Topology:
     """Broker objects a server needs, declared in this order.
@@ -53,11 +65,19 @@ class Topology:
     Exchanges are durable topic exchanges with no arguments, queues are
     durable, non-exclusive, non-auto-delete queues with no arguments (the
     tavrida 1.0 declaration, so both versions can share the names).
+
+    ``queue_type="quorum"`` declares every queue as a RabbitMQ quorum queue
+    instead (replicated over the cluster; new names only, see
+    :func:`queue_arguments`); ``delivery_limit`` bounds how often the broker
+    delivers one message of a queue whose dead-letter queue is in the
+    topology too, before it dead-letters it there.
     """
 
     exchanges: Tuple[str, ...] = ()
     queues: Tuple[str, ...] = ()
     bindings: Tuple[Binding, ...] = ()
+    queue_type: str = "classic"
+    delivery_limit: Optional[int] = None
 
     @classmethod
     def build(
@@ -65,13 +85,38 @@ class Topology:
         exchanges: Iterable[str] = (),
         queues: Iterable[str] = (),
         bindings: Iterable[Binding] = (),
+        queue_type: str = "classic",
+        delivery_limit: Optional[int] = None,
     ) -> "Topology":
         """Make a topology, dropping duplicates but keeping the first order."""
         return cls(
             tuple(dict.fromkeys(exchanges)),
             tuple(dict.fromkeys(queues)),
             tuple(dict.fromkeys(bindings)),
+            check_queue_type(queue_type),
+            delivery_limit,
         )
+
+    def queue_arguments(self, queue: str) -> Dict[str, Any]:
+        """The declare arguments of ``queue``: none for classic ones (the 1.0 declaration).
+
+        A quorum queue gets ``x-queue-type: quorum``; when its dead-letter
+        queue (:func:`dead_letter_queue_name`) is in the topology too, the
+        broker dead-letters there (``x-dead-letter-exchange`` ``""``,
+        ``x-dead-letter-routing-key``) what it delivered ``delivery_limit``
+        times without an ack (``x-delivery-limit``: a message that kills
+        its consumer every time, say).
+        """
+        if self.queue_type != "quorum":
+            return {}
+        arguments: Dict[str, Any] = {"x-queue-type": "quorum"}
+        dead = dead_letter_queue_name(queue)
+        if dead in self.queues:
+            arguments["x-dead-letter-exchange"] = ""
+            arguments["x-dead-letter-routing-key"] = dead
+            if self.delivery_limit is not None:
+                arguments["x-delivery-limit"] = self.delivery_limit
+        return arguments
 
 
 @dataclasses.dataclass

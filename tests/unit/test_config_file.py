@@ -208,3 +208,15 @@ def test_a_cluster_in_the_environment(write, monkeypatch):
     monkeypatch.setenv(config_file.URL_ENV, "amqp://r1;amqp://r2")
     conf = config_file.ServiceConfig(write(GOOD)).connection
     assert (conf.host, conf.alternates) == ("r1", ["amqp://r2"])
+
+
+def test_queue_type_is_classic_unless_the_file_says_quorum(write):
+    assert config_file.ServiceConfig(write(GOOD)).queue_type == "classic"
+    path = write(GOOD.replace("workers = 2", "workers = 2\nqueue_type = Quorum", 1))
+    assert config_file.ServiceConfig(path).queue_type == "quorum"
+
+
+def test_an_unknown_queue_type_is_named_with_the_choices(write):
+    path = write(GOOD.replace("workers = 2", "workers = 2\nqueue_type = mirrored", 1))
+    assert error_of(path) == (f"{path}: [server] queue_type: 'mirrored' is not one of "
+                              "classic, quorum")

@@ -8,6 +8,16 @@ retry loop of the adapter instead (connecting, reconnecting, declaring,
 publishing): attempts per the config, a backoff up to ``max_retry_interval``,
 the calling thread's deadline, and sleeps that end at once on an interrupt.
 Giving up raises :class:`~tavrida.exceptions.ConnectionFailed`.
+
+A cluster (:attr:`~tavrida.config.ConnectionConfig.urls`, several nodes)
+is failed over here, as kombu's round-robin failover does: each connection
+(consuming, publishing) sticks to the node it is connected to, and one
+connect attempt tries every node once, starting with that one, before
+:func:`retry_call` pauses; see :class:`NodeRotation`. A classic durable
+queue whose home node is down makes RabbitMQ refuse to declare or consume
+it (404 "home node ... is down or inaccessible"): :func:`queue_unavailable`
+turns that into :class:`QueueUnavailable`, retried like a lost connection
+until the node is back (or the deadline, attempts or a stop end it).
 """
 
 from __future__ import annotations
@@ -20,8 +30,10 @@ import socket
 import ssl as ssl_module
 import threading
 import time
+import urllib.parse
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Set, Tuple, Type, TypeVar
 
+import amqp
 from kombu.connection import Connection
 
 from tavrida import exceptions
@@ -89,6 +101,54 @@ def retry_call(fun: Callable[[], T], *, attempts: int, delay: float, max_interva
         interval = min(interval + delay, max(delay, max_interval))
 
 
+class QueueUnavailable(amqp.RecoverableConnectionError):  # type: ignore[misc]
+    """A queue lives on a cluster node that is down: retried like a lost connection.
+
+    RabbitMQ answers 404 NOT_FOUND "home node ... of durable queue ... is
+    down or inaccessible" to declaring or consuming a classic durable queue
+    whose node is down, whichever node the client is connected to; it is
+    back when that node is. A subclass of py-amqp's recoverable error, so
+    the adapter's retry loop (:func:`retry_call`) retries it.
+    """
+
+
+def queue_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` is RabbitMQ's 404 for a queue whose home node is down."""
+    return isinstance(exc, amqp.NotFound) and "home node" in str(exc)
+
+
+class NodeRotation:
+    """Which cluster node a connection uses: the one it has, else the next (round robin).
+
+    ``order()`` lists the node indexes one connect attempt tries, the
+    current node first; ``connected(i)`` records where it got. With one
+    URL it is always ``[0]``.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = max(count, 1)
+        self.current = 0
+
+    def order(self) -> List[int]:
+        """Every node once, starting with the current one."""
+        return [(self.current + step) % self.count for step in range(self.count)]
+
+    def connected(self, index: int) -> None:
+        self.current = index
+
+    def failed_round(self) -> None:
+        """No node answered: the next attempt starts with the next node."""
+        self.current = (self.current + 1) % self.count
+
+
+def node_endpoint(url: str) -> Tuple[str, Optional[int], Optional[str], Optional[str]]:
+    """Host, port, user and password of one of :attr:`ConnectionConfig.urls`."""
+    parts = urllib.parse.urlsplit(url)
+    user = urllib.parse.unquote(parts.username) if parts.username is not None else None
+    password = urllib.parse.unquote(parts.password or "") if user is not None else None
+    return parts.hostname or "localhost", parts.port, user, password
+
+
 class _SafeUrl:
     """``config.safe_url``, computed only when a log line shows it (not on every publish)."""
 
@@ -129,6 +189,8 @@ class KombuConnections(Transport):
     _broken: bool
     _exchanges: Dict[str, None]
     _queues: Dict[str, None]
+    #: Declare arguments of the queues that have some (quorum queues), by name.
+    _queue_arguments: Dict[str, Dict[str, Any]]
     _bindings: Dict[Binding, None]
     _reply_queues: Dict[str, Tuple[Binding, ...]]
     _consumers: List[Consumer]
@@ -161,6 +223,8 @@ class KombuConnections(Transport):
     _pub_batch: Optional[Batch]
     #: Exchanges a virtual publisher channel has recorded as topic exchanges.
     _pub_exchanges: Set[str]
+    #: The node each connection ("consume", "publish") uses, of a cluster's URLs.
+    _nodes: Dict[str, NodeRotation]
 
     def _connect(self) -> None:
         """One attempt to connect and set everything up again (the facade's)."""
@@ -172,8 +236,12 @@ class KombuConnections(Transport):
         return deadline
 
 
-    def _connection_params(self, role: str, heartbeat: float = 0) -> Dict[str, Any]:
-        """Connection arguments for one connection (``role`` names it on the broker)."""
+    def _connection_params(self, role: str, heartbeat: float = 0,
+                           node: int = 0) -> Dict[str, Any]:
+        """Connection arguments for one connection (``role`` names it on the broker).
+
+        ``node`` indexes :attr:`~tavrida.config.ConnectionConfig.urls` (0: the first).
+        """
         config = self._config
         options: Dict[str, Any] = {}
         ssl: Any = False
@@ -207,11 +275,17 @@ class KombuConnections(Transport):
         elif config.scheme in REDIS_SCHEMES:
             options["client_name"] = f"{self.connection_name}:{role}"
         credentials = config.credentials
+        hostname, port = config.host or "localhost", config.port
+        userid = credentials.username if credentials else None
+        password = credentials.password if credentials else None
+        if node:
+            hostname, node_port, userid, password = node_endpoint(config.urls[node])
+            port = node_port or port
         return {
-            "hostname": config.host or "localhost",
-            "port": config.port,
-            "userid": credentials.username if credentials else None,
-            "password": credentials.password if credentials else None,
+            "hostname": hostname,
+            "port": port,
+            "userid": userid,
+            "password": password,
             "virtual_host": config.virtual_host,
             "ssl": ssl,
             "transport": transport,
@@ -250,8 +324,11 @@ class KombuConnections(Transport):
         text = f"{type(cause).__name__}: {cause}" if cause is not None else ""
         text = f"{reason} ({text})" if reason and text else reason or text
         credentials = self._config.credentials
-        if credentials is not None and credentials.password:
-            text = text.replace(credentials.password, "***")
+        passwords = {credentials.password} if credentials is not None else set()
+        if self._config.alternates:
+            passwords.update(node_endpoint(url)[3] or "" for url in self._config.urls)
+        for password in sorted(filter(None, passwords), key=len, reverse=True):
+            text = text.replace(password, "***")
         return exceptions.ConnectionFailed(safe_url=self._config.safe_url, cause=cause,
                                            reason=text)
 
@@ -283,13 +360,51 @@ class KombuConnections(Transport):
         finally:
             lock.release()
 
-    def _open_connection(self, role: str, heartbeat: float = 0) -> Connection:
-        """Connect once (retries belong to the caller), before this thread's deadline.
+    def _rotation(self, role: str) -> NodeRotation:
+        """The node rotation of the ``role`` connection (made on first use)."""
+        rotation = self._nodes.get(role)
+        if rotation is None:
+            rotation = self._nodes[role] = NodeRotation(len(self._config.alternates) + 1)
+        return rotation
 
-        Errors retrying cannot mend (login refused, no such virtual host)
-        raise ConnectionFailed.
+    def _open_connection(self, role: str, heartbeat: float = 0) -> Connection:
+        """Connect once to each node at most (retries belong to the caller).
+
+        The node the ``role`` connection last had comes first, then the
+        others in order; the first that answers is kept. Errors retrying
+        cannot mend (login refused, no such virtual host) raise
+        ConnectionFailed; when no node answers, the last node's error is
+        raised (the caller's retry loop pauses, then tries the next node first).
         """
-        params = self._connection_params(role, heartbeat)
+        rotation = self._rotation(role)
+        order = rotation.order()
+        last: Optional[BaseException] = None
+        for index in order:
+            if last is not None:
+                self._check_not_stopped()
+                deadline = self._deadline()
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+            try:
+                conn = self._open_node(role, heartbeat, index)
+            except self._retry_errors as exc:
+                last = exc
+                if len(order) > 1:
+                    LOG.warning("cannot connect to node %s (%s: %s)",
+                                self._config.safe_urls[index], type(exc).__name__, exc)
+                continue
+            if index != rotation.current:
+                LOG.warning("the %s connection moved to node %s", role,
+                            self._config.safe_urls[index])
+            rotation.connected(index)
+            return conn
+        rotation.failed_round()
+        assert last is not None
+        raise last
+
+    def _open_node(self, role: str, heartbeat: float, node: int) -> Connection:
+        """Connect once to node ``node``, before this thread's deadline."""
+        params = self._connection_params(role, heartbeat, node)
         deadline = self._deadline()
         if deadline is not None:
             remaining = max(deadline - time.monotonic(), 0.1)
@@ -325,9 +440,19 @@ class KombuConnections(Transport):
         initial = not self._ever_connected
         if not initial:
             LOG.info("reconnecting to %s", self._config.safe_url)
-        self._retry(self._connect, initial, "connecting to")
+        self._retry(self._connect_declaring, initial, "connecting to")
         if not initial:
-            LOG.info("reconnected to %s", self._config.safe_url)
+            LOG.info("reconnected to %s",
+                     self._config.safe_urls[self._rotation("consume").current])
+
+    def _connect_declaring(self) -> None:
+        """:meth:`_connect`; a queue whose home node is down is retried, not fatal."""
+        try:
+            self._connect()
+        except amqp.NotFound as exc:
+            if not queue_unavailable(exc):
+                raise
+            raise QueueUnavailable(str(exc)) from exc
 
     def _drop_connection(self) -> None:
         """Forget the consuming connection without talking to the broker."""
@@ -371,7 +496,8 @@ class KombuConnections(Transport):
                 self._unrestored.append(qos)
 
     def _lost(self, exc: BaseException) -> None:
-        LOG.warning("connection to %s lost (%s: %s)", self._config.safe_url,
+        LOG.warning("connection to %s lost (%s: %s)",
+                    self._config.safe_urls[self._rotation("consume").current],
                     type(exc).__name__, exc)
         self._drop_connection()
 

@@ -5,17 +5,27 @@ and ``Queue.declare`` (the tavrida 1.0 properties exactly); bindings with
 ``Channel.queue_bind``. kombu's ``maybe_declare`` is not used: it caches
 what it declared per connection, and the adapter must declare again what a
 broker lost under a live connection (see ``_check_topology``).
+
+Quorum queues (``Topology.queue_type``, RabbitMQ only) are declared with
+the arguments :meth:`~tavrida.transports.base.Topology.queue_arguments`
+gives; a queue that exists with other arguments (a classic one asked to be
+quorum) is refused by RabbitMQ with 406 PRECONDITION_FAILED, which becomes
+:class:`~tavrida.exceptions.QueueMismatch` saying why, and the
+control channel RabbitMQ closed over it is opened again.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Optional
+import re
+from typing import Any, Iterable, Optional, Tuple
 
 import amqp
 from kombu.entity import Exchange, Queue
 
+from tavrida import exceptions
 from tavrida.transports.base import Binding, Topology
+from tavrida.transports.kombu.connections import QueueUnavailable, queue_unavailable
 from tavrida.transports.kombu.heartbeats import KombuHeartbeats
 
 LOG = logging.getLogger(__name__)
@@ -26,12 +36,20 @@ class KombuDeclarations(KombuHeartbeats):
 
     def _declare_on(self, channel: Any, exchanges: Iterable[str], queues: Iterable[str],
                     bindings: Iterable[Binding]) -> None:
-        # The tavrida 1.0 declarations exactly: no arguments, nothing exclusive or auto-deleted.
+        # The tavrida 1.0 declarations exactly: no arguments, nothing exclusive or auto-deleted
+        # (quorum queues: the arguments _queue_arguments remembers).
         for name in exchanges:
             Exchange(name, "topic", durable=True, auto_delete=False).declare(channel=channel)
         for name in queues:
-            Queue(name, durable=True, exclusive=False, auto_delete=False,
-                        no_declare=False).declare(channel=channel)
+            try:
+                Queue(name, durable=True, exclusive=False, auto_delete=False,
+                      no_declare=False,
+                      queue_arguments=self._queue_arguments.get(name) or None,
+                      ).declare(channel=channel)
+            except amqp.NotFound as exc:
+                if queue_unavailable(exc):
+                    raise QueueUnavailable(str(exc)) from exc
+                raise
         for binding in bindings:
             channel.queue_bind(queue=binding.queue, exchange=binding.exchange,
                                routing_key=binding.routing_key)
@@ -50,17 +68,51 @@ class KombuDeclarations(KombuHeartbeats):
         """Declare exchanges, queues, bindings (tavrida 1.0 style); again after reconnects.
 
         Raises the broker library's error when the broker refuses (e.g. 406
-        for a same-named object declared with other properties).
+        for an exchange declared with other properties);
+        :class:`~tavrida.exceptions.QueueMismatch` for a queue that exists
+        with another type or arguments (a classic queue declared as quorum),
+        IncorrectAMQPConfig for quorum queues off RabbitMQ.
         """
+        arguments = {name: topology.queue_arguments(name) for name in topology.queues}
+        if topology.queue_type != "classic" and not self._is_amqp:
+            raise exceptions.IncorrectAMQPConfig(
+                reason=f"queue_type {topology.queue_type!r} is a RabbitMQ feature; "
+                       f"{self._config.scheme}:// has classic queues only")
+        with self._lock:
+            previous = {name: self._queue_arguments.get(name) for name in arguments}
+            self._queue_arguments.update(arguments)
+
         def remember() -> None:
             self._exchanges.update(dict.fromkeys(topology.exchanges))
             self._queues.update(dict.fromkeys(topology.queues))
             self._bindings.update(dict.fromkeys(topology.bindings))
 
-        self._with_connection(
-            lambda channel: self._declare_on(channel, topology.exchanges, topology.queues,
-                                             topology.bindings),
-            remember)
+        try:
+            self._with_connection(
+                lambda channel: self._declare_on(channel, topology.exchanges, topology.queues,
+                                                 topology.bindings),
+                remember)
+        except amqp.PreconditionFailed as exc:
+            with self._lock:
+                for name, value in previous.items():
+                    if name not in self._queues:
+                        self._queue_arguments.pop(name, None)
+                    elif value is not None:
+                        self._queue_arguments[name] = value
+                self._reopen_control()
+            if "for queue" not in str(exc):
+                raise  # an exchange of another kind: the broker's error as it is
+            queue, reason = _refused(topology, exc)
+            raise exceptions.QueueMismatch(queue=queue, reason=reason) from exc
+
+    def _reopen_control(self) -> None:
+        """A new control channel for the one the broker closed; call with ``_lock`` held."""
+        if self._conn is None:
+            return
+        try:
+            self._control = self._new_channel(self._conn)
+        except self._connection_errors + self._channel_errors as exc:
+            self._lost(exc)  # the next operation reconnects
 
     def declare_reply_queue(self, queue: str, bindings: Iterable[Binding]) -> None:
         """Declare a private queue that goes away with this transport.
@@ -95,3 +147,19 @@ class KombuDeclarations(KombuHeartbeats):
                 return None  # py-amqp has already reopened the channel
 
         return self._with_connection(action, lambda: None)
+
+
+def _refused(topology: Topology, exc: BaseException) -> Tuple[str, str]:
+    """The queue RabbitMQ refused to declare (406) and what to do about it."""
+    text = str(exc)
+    match = re.search(r"for queue '([^']*)'", text)
+    queue = match.group(1) if match else ", ".join(topology.queues)
+    if topology.queue_type == "quorum":
+        advice = ("it exists as a classic queue (tavrida 1.0's kind, or declared before "
+                  "queue_type = quorum) or with other quorum settings; a queue's type and "
+                  "arguments never change: quorum queues need a new queue name (or delete "
+                  "the old queue once it is drained)")
+    else:
+        advice = ("it exists with another type or other arguments (a quorum queue?); "
+                  "declare it as it was (queue_type = quorum), or use another name")
+    return queue, f"{advice} (RabbitMQ: {text})"

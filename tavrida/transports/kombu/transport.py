@@ -112,6 +112,8 @@ class KombuTransport(KombuPublishing):
         self._pub_waiting = collections.OrderedDict()
         self._pub_batch = None
         self._pub_exchanges = set()
+        self._nodes = {}
+        self._queue_arguments = {}
 
     def __repr__(self) -> str:
         return f"KombuTransport({self._config.safe_url!r})"

@@ -1,7 +1,7 @@
 """The test cluster itself, with plain kombu: it forms, it routes, a killed node is only that one.
 
-tavrida's own failover tests (casts and calls while a node dies) build on
-this fixture once the kombu transport takes several URLs.
+tavrida's own failover tests (casts and calls while a node dies) are in
+test_failover.py, on the same fixture.
 """
 
 from __future__ import annotations
