@@ -1,14 +1,15 @@
 """The kombu transport's facade: RabbitMQ (``amqp://``), Redis (``redis://``), kombu's ``memory://``.
 
 :class:`KombuTransport` is put together from one part per concern, each a
-module of this package: :mod:`.connections` (parameters, the retry helper,
-deadlines, reconnects), :mod:`.heartbeats`, :mod:`.declaring`,
+module of this package: :mod:`.state` (what the parts share),
+:mod:`.connections` (parameters, deadlines, reconnects), :mod:`.retry`
+(the one retry loop), :mod:`.nodes` (a cluster's nodes), :mod:`.heartbeats`, :mod:`.declaring`,
 :mod:`.consuming` (consumers, deliveries, settling), :mod:`.draining`,
 :mod:`.confirms` (acks, nacks, returns), :mod:`.publishing`; the
 workarounds of kombu's and py-amqp's behaviour, the only modules using
 private names of theirs, are :mod:`.pyamqp_compat`, :mod:`.virtual` and
-:mod:`.redis_fetch`. This module holds the state they share (set up in
-``__init__``), connecting as a whole, and closing.
+:mod:`.redis_fetch`. :mod:`.transport` sets the shared state up, connects
+as a whole, and closes.
 
 :class:`KombuTransport` moves opaque bytes plus a header table; it knows
 nothing about tavrida messages. It holds two long-lived connections:

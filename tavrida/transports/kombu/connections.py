@@ -1,47 +1,41 @@
-"""Connecting: connection parameters, the one retry helper, deadlines, (re)connects.
+"""Connecting: connection parameters, deadlines, (re)connects.
 
 kombu's public ``Connection.ensure_connection`` opens each connection (one
 attempt, ``max_retries=0``), but its retry loop is not used: it has no
 deadline, cannot be cut short by :meth:`~tavrida.transports.base.Transport.interrupt`
-or ``close()``, and sleeps in ``time.sleep``. :func:`retry_call` is the one
+or ``close()``, and sleeps in ``time.sleep``. :func:`.retry.retry_call` is the one
 retry loop of the adapter instead (connecting, reconnecting, declaring,
 publishing): attempts per the config, a backoff up to ``max_retry_interval``,
 the calling thread's deadline, and sleeps that end at once on an interrupt.
 Giving up raises :class:`~tavrida.exceptions.ConnectionFailed`.
 
-A cluster (:attr:`~tavrida.config.ConnectionConfig.urls`, several nodes)
-is failed over here, as kombu's round-robin failover does: each connection
-(consuming, publishing) sticks to the node it is connected to, and one
-connect attempt tries every node once, starting with that one, before
-:func:`retry_call` pauses; see :class:`NodeRotation`. A classic durable
-queue whose home node is down makes RabbitMQ refuse to declare or consume
-it (404 "home node ... is down or inaccessible"): :func:`queue_unavailable`
-turns that into :class:`QueueUnavailable`, retried like a lost connection
-until the node is back (or the deadline, attempts or a stop end it).
+A cluster's nodes are failed over by :mod:`.nodes`.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import select
 import socket
 import ssl as ssl_module
-import threading
 import time
-import urllib.parse
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Set, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, Iterator, Optional, TypeVar
 
 import amqp
 from kombu.connection import Connection
 
 from tavrida import exceptions
 from tavrida.config import ConnectionConfig
-from tavrida.transports.base import Binding, OnMessage, Transport
-from tavrida.transports.kombu.batch import Batch
-from tavrida.transports.kombu.deliveries import Consumer, KombuDelivery
+from tavrida.transports.kombu.nodes import (
+    NodeRotation,
+    QueueUnavailable,
+    node_endpoint,
+    queue_unavailable,
+)
 from tavrida.transports.kombu.pyamqp_compat import AMQPTransport, raw_connection
+from tavrida.transports.kombu.retry import retry_call
+from tavrida.transports.kombu.state import KombuState
 from tavrida.transports.kombu.virtual import rabbit_topic_routing, restore_unacked
 
 LOG = logging.getLogger(__name__)
@@ -50,103 +44,6 @@ AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 REDIS_SCHEMES = ("redis", "rediss")
 
 T = TypeVar("T")
-Errors = Tuple[Type[BaseException], ...]
-
-
-def retry_call(fun: Callable[[], T], *, attempts: int, delay: float, max_interval: float,
-               deadline: Optional[float], wake: threading.Event,
-               retry_errors: Errors, fatal_errors: Errors,
-               failed: Callable[[Optional[BaseException], str], exceptions.ConnectionFailed],
-               check: Optional[Callable[[], None]] = None,
-               on_error: Optional[Callable[[BaseException], None]] = None,
-               give_up: str = "", pause: bool = True, what: str = "", url: object = "") -> T:
-    """Call ``fun`` until it stops raising ``retry_errors``; the adapter's one retry loop.
-
-    ``attempts`` calls at most (-1: no bound); ``fatal_errors`` (which retrying
-    cannot mend: a refused login) raise ``failed(exc, "")`` at once, as does
-    running out of attempts (``failed(exc, give_up)``) or, before a pause, the
-    ``deadline`` (``time.monotonic()``) having passed. ``check`` runs before
-    every call (it raises to stop), ``on_error`` after every retried error.
-    With ``pause`` it sleeps ``delay``, ``2 * delay``, ... up to
-    ``max_interval`` (cut to the deadline) between calls, on ``wake`` so that
-    setting it ends the sleep. ``what`` and ``url`` name the operation in the
-    warning logged before a pause (``url`` is turned into text only then).
-    """
-    tries_left = None if attempts < 0 else max(attempts, 1)
-    interval = delay = max(delay, 0.0)
-    while True:
-        if check is not None:
-            check()
-        try:
-            return fun()
-        except retry_errors as exc:
-            error: BaseException = exc
-        except fatal_errors as exc:
-            raise failed(exc, "") from exc
-        if on_error is not None:
-            on_error(error)
-        if tries_left is not None:
-            tries_left -= 1
-            if tries_left <= 0:
-                raise failed(error, give_up) from error
-        if not pause:
-            continue
-        now = time.monotonic()
-        if deadline is not None and now >= deadline:
-            raise failed(error, "timed out") from error
-        wait = interval if deadline is None else min(interval, deadline - now)
-        LOG.warning("%s %s failed (%s: %s); retrying in %.1fs", what, url,
-                    type(error).__name__, error, wait)
-        wake.wait(wait)
-        interval = min(interval + delay, max(delay, max_interval))
-
-
-class QueueUnavailable(amqp.RecoverableConnectionError):  # type: ignore[misc]
-    """A queue lives on a cluster node that is down: retried like a lost connection.
-
-    RabbitMQ answers 404 NOT_FOUND "home node ... of durable queue ... is
-    down or inaccessible" to declaring or consuming a classic durable queue
-    whose node is down, whichever node the client is connected to; it is
-    back when that node is. A subclass of py-amqp's recoverable error, so
-    the adapter's retry loop (:func:`retry_call`) retries it.
-    """
-
-
-def queue_unavailable(exc: BaseException) -> bool:
-    """True when ``exc`` is RabbitMQ's 404 for a queue whose home node is down."""
-    return isinstance(exc, amqp.NotFound) and "home node" in str(exc)
-
-
-class NodeRotation:
-    """Which cluster node a connection uses: the one it has, else the next (round robin).
-
-    ``order()`` lists the node indexes one connect attempt tries, the
-    current node first; ``connected(i)`` records where it got. With one
-    URL it is always ``[0]``.
-    """
-
-    def __init__(self, count: int) -> None:
-        self.count = max(count, 1)
-        self.current = 0
-
-    def order(self) -> List[int]:
-        """Every node once, starting with the current one."""
-        return [(self.current + step) % self.count for step in range(self.count)]
-
-    def connected(self, index: int) -> None:
-        self.current = index
-
-    def failed_round(self) -> None:
-        """No node answered: the next attempt starts with the next node."""
-        self.current = (self.current + 1) % self.count
-
-
-def node_endpoint(url: str) -> Tuple[str, Optional[int], Optional[str], Optional[str]]:
-    """Host, port, user and password of one of :attr:`ConnectionConfig.urls`."""
-    parts = urllib.parse.urlsplit(url)
-    user = urllib.parse.unquote(parts.username) if parts.username is not None else None
-    password = urllib.parse.unquote(parts.password or "") if user is not None else None
-    return parts.hostname or "localhost", parts.port, user, password
 
 
 class _SafeUrl:
@@ -161,70 +58,8 @@ class _SafeUrl:
         return self.config.safe_url
 
 
-class KombuConnections(Transport):
-    """The connections part of :class:`~tavrida.transports.kombu.KombuTransport`.
-
-    Declares the state every part shares (set by the facade's ``__init__``).
-    """
-
-    max_retry_interval: float
-    topology_check_interval: float
-    poll_interval: float
-    min_poll_interval: float
-    confirm_timeout: float
-
-    connection_name: str
-    _config: ConnectionConfig
-    _is_amqp: bool
-    _confirms: bool
-    _retry_errors: Errors
-    _connection_errors: Errors
-    _channel_errors: Errors
-    # The consuming connection (guarded by _lock).
-    _lock: threading.RLock
-    _conn: Optional[Connection]
-    _control: Any
-    _generation: int
-    _ever_connected: bool
-    _broken: bool
-    _exchanges: Dict[str, None]
-    _queues: Dict[str, None]
-    #: Declare arguments of the queues that have some (quorum queues), by name.
-    _queue_arguments: Dict[str, Dict[str, Any]]
-    _bindings: Dict[Binding, None]
-    _reply_queues: Dict[str, Tuple[Binding, ...]]
-    _consumers: List[Consumer]
-    _resume: List[Consumer]
-    _next_topology_check: float
-    _ready: Deque[Tuple[KombuDelivery, OnMessage]]
-    _unsettled: Set[int]
-    _slice: float
-    _settles: Deque[Tuple[KombuDelivery, Optional[bool]]]
-    _unrestored: List[Any]
-    _stop: threading.Event
-    _closed: bool
-    _wake: threading.Event
-    _interrupted: bool
-    _local: threading.local
-    _closing: threading.Event
-    _beat_thread: Optional[threading.Thread]
-    _last_beat: float
-    # The publishing connection (guarded by _publish_lock).
-    _publish_lock: threading.Lock
-    _pub_conn: Optional[Connection]
-    _pub_channel: Any
-    _pub_ever_connected: bool
-    _pub_confirming: bool
-    _pub_seq: int
-    #: Sequence number of the last publish RabbitMQ returned (see ``_on_return``).
-    _pub_returned_seq: int
-    #: Sequence number of each unconfirmed publish -> the index of its envelope.
-    _pub_waiting: "collections.OrderedDict[int, int]"
-    _pub_batch: Optional[Batch]
-    #: Exchanges a virtual publisher channel has recorded as topic exchanges.
-    _pub_exchanges: Set[str]
-    #: The node each connection ("consume", "publish") uses, of a cluster's URLs.
-    _nodes: Dict[str, NodeRotation]
+class KombuConnections(KombuState):
+    """The connections part of :class:`~tavrida.transports.kombu.KombuTransport`."""
 
     def _connect(self) -> None:
         """One attempt to connect and set everything up again (the facade's)."""

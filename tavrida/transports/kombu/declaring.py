@@ -25,8 +25,8 @@ from kombu.entity import Exchange, Queue
 
 from tavrida import exceptions
 from tavrida.transports.base import Binding, Topology
-from tavrida.transports.kombu.connections import QueueUnavailable, queue_unavailable
 from tavrida.transports.kombu.heartbeats import KombuHeartbeats
+from tavrida.transports.kombu.nodes import QueueUnavailable, queue_unavailable
 
 LOG = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ class KombuTransport(KombuPublishing):
     """A :class:`~tavrida.transports.base.Transport` on any kombu broker URL.
 
     Connections open lazily (first declare, consume, drain or publish).
-    Connection errors are retried by :func:`.connections.retry_call`: the first
+    Connection errors are retried by :func:`.retry.retry_call`: the first
     connect ``connection_attempts`` times, later reconnects
     ``reconnect_attempts`` times (-1: for ever), sleeping ``retry_delay``,
     then ``2 * retry_delay``, ... up to :attr:`max_retry_interval`.

@@ -19,7 +19,7 @@ from tavrida.config import ConnectionConfig
 from tavrida.server import Server
 from tavrida.transports.base import Binding, Topology
 from tavrida.transports.kombu import KombuTransport
-from tavrida.transports.kombu.connections import NodeRotation, QueueUnavailable, node_endpoint
+from tavrida.transports.kombu.nodes import NodeRotation, QueueUnavailable, node_endpoint
 from tavrida.transports.memory import MemoryTransport
 
 #: Three "nodes" nothing listens on; the first carries the credentials.

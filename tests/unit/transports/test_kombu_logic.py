@@ -22,7 +22,7 @@ from tavrida.config import ConnectionConfig
 from tavrida.transports.base import Binding, OutgoingEnvelope
 from tavrida.transports.kombu import KombuDelivery, KombuTransport
 from tavrida.transports.kombu.batch import Batch
-from tavrida.transports.kombu.connections import retry_call
+from tavrida.transports.kombu.retry import retry_call
 from tavrida.transports.kombu.virtual import NoRoute, strict_lookup
 
 #: Nothing listens here: nothing in these tests connects.

@@ -1,0 +1,90 @@
+"""The state the parts of the kombu transport share, declared in one place.
+
+:class:`~tavrida.transports.kombu.KombuTransport` is put together from one
+mixin per concern (connections, heartbeats, declaring, consuming, draining,
+confirms, publishing); each reads and writes these attributes, so they are
+declared once, grouped by the lock that guards them, and set by the
+facade's ``__init__`` (:mod:`.transport`).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any, Deque, Dict, List, Optional, Set, Tuple
+
+from kombu.connection import Connection
+
+from tavrida.config import ConnectionConfig
+from tavrida.transports.base import Binding, OnMessage, Transport
+from tavrida.transports.kombu.batch import Batch
+from tavrida.transports.kombu.deliveries import Consumer, KombuDelivery
+from tavrida.transports.kombu.nodes import NodeRotation
+from tavrida.transports.kombu.retry import Errors
+
+
+class KombuState(Transport):
+    """The state every part of :class:`~tavrida.transports.kombu.KombuTransport` shares.
+
+    Declared once, here, with the lock that guards each group; set by the
+    facade's ``__init__``.
+    """
+
+    max_retry_interval: float
+    topology_check_interval: float
+    poll_interval: float
+    min_poll_interval: float
+    confirm_timeout: float
+
+    connection_name: str
+    _config: ConnectionConfig
+    _is_amqp: bool
+    _confirms: bool
+    _retry_errors: Errors
+    _connection_errors: Errors
+    _channel_errors: Errors
+    # The consuming connection (guarded by _lock).
+    _lock: threading.RLock
+    _conn: Optional[Connection]
+    _control: Any
+    _generation: int
+    _ever_connected: bool
+    _broken: bool
+    _exchanges: Dict[str, None]
+    _queues: Dict[str, None]
+    #: Declare arguments of the queues that have some (quorum queues), by name.
+    _queue_arguments: Dict[str, Dict[str, Any]]
+    _bindings: Dict[Binding, None]
+    _reply_queues: Dict[str, Tuple[Binding, ...]]
+    _consumers: List[Consumer]
+    _resume: List[Consumer]
+    _next_topology_check: float
+    _ready: Deque[Tuple[KombuDelivery, OnMessage]]
+    _unsettled: Set[int]
+    _slice: float
+    _settles: Deque[Tuple[KombuDelivery, Optional[bool]]]
+    _unrestored: List[Any]
+    _stop: threading.Event
+    _closed: bool
+    _wake: threading.Event
+    _interrupted: bool
+    _local: threading.local
+    _closing: threading.Event
+    _beat_thread: Optional[threading.Thread]
+    _last_beat: float
+    # The publishing connection (guarded by _publish_lock).
+    _publish_lock: threading.Lock
+    _pub_conn: Optional[Connection]
+    _pub_channel: Any
+    _pub_ever_connected: bool
+    _pub_confirming: bool
+    _pub_seq: int
+    #: Sequence number of the last publish RabbitMQ returned (see ``_on_return``).
+    _pub_returned_seq: int
+    #: Sequence number of each unconfirmed publish -> the index of its envelope.
+    _pub_waiting: "collections.OrderedDict[int, int]"
+    _pub_batch: Optional[Batch]
+    #: Exchanges a virtual publisher channel has recorded as topic exchanges.
+    _pub_exchanges: Set[str]
+    #: The node each connection ("consume", "publish") uses, of a cluster's URLs.
+    _nodes: Dict[str, NodeRotation]
