@@ -80,7 +80,10 @@ class MemoryTransport(Transport):
         self.config = config
         self.broker = MemoryBroker.get(config.virtual_host)
         self._lock = self.broker.lock
-        self._cond = threading.Condition(self._lock)
+        #: Held (locked) except between a wake-up and the waiting drain taking it
+        #: again: a binary semaphore, lighter than a Condition (see :meth:`_wait`).
+        self._wakeup = threading.Lock()
+        self._wakeup.acquire()
         #: Deliveries pushed by the broker, waiting for drain() to run them.
         self._pending: collections.deque[MemoryDelivery] = collections.deque()
         #: Every delivery not yet acked or rejected, by tag (pending ones too).
@@ -89,6 +92,7 @@ class MemoryTransport(Transport):
         self._reply_queues: list[str] = []
         self._closed = False
         self._woken = False
+        #: A drain is blocked on _wakeup; whoever clears it releases _wakeup once.
         self._waiting = False
 
     def __repr__(self) -> str:
@@ -181,20 +185,17 @@ class MemoryTransport(Transport):
         until a publish, an ack freeing prefetch room, :meth:`stop` or
         :meth:`close`. Returns True if any callback ran.
         """
-        with self._lock:
+        lock = self._lock
+        with lock:
             if self._closed:
                 return False
             if not self._pending and not self._woken and (timeout is None or timeout > 0):
                 deadline = None if timeout is None else time.monotonic() + timeout
-                self._waiting = True
-                try:
-                    while not self._pending and not self._woken and not self._closed:
-                        remaining = None if deadline is None else deadline - time.monotonic()
-                        if remaining is not None and remaining <= 0:
-                            break
-                        self._cond.wait(remaining)
-                finally:
-                    self._waiting = False
+                while not self._pending and not self._woken and not self._closed:
+                    remaining = -1.0 if deadline is None else deadline - time.monotonic()
+                    if deadline is not None and remaining <= 0:
+                        break
+                    self._wait(remaining)
             self._woken = False
             if not self._pending:
                 return False
@@ -206,11 +207,33 @@ class MemoryTransport(Transport):
                 delivery._open()
                 delivery._consumer.callback(delivery)
             except BaseException:
-                with self._lock:
+                with lock:
                     if not self._closed:
                         self._pending.extendleft(reversed(batch))
                 raise
         return True
+
+    def _wait(self, timeout: float) -> None:
+        """Block (broker lock held, released meanwhile) until woken or ``timeout`` (-1: none)."""
+        lock = self._lock
+        self._waiting = True
+        lock.release()
+        woken = False
+        try:
+            woken = self._wakeup.acquire(True, timeout)
+        finally:
+            lock.acquire()
+            if self._waiting:  # timed out (or interrupted) before anyone woke us
+                self._waiting = False
+            elif not woken:
+                # Woken just after the timeout: lock _wakeup again for the next wait.
+                self._wakeup.acquire(False)
+
+    def _wake(self) -> None:
+        """Wake the drain blocked in :meth:`_wait`, if any (broker lock held)."""
+        if self._waiting:
+            self._waiting = False
+            self._wakeup.release()
 
     def heartbeat(self) -> None:
         """Nothing to keep alive in-process."""
@@ -244,7 +267,7 @@ class MemoryTransport(Transport):
         """Make the current (or next) :meth:`drain` return promptly."""
         with self._lock:
             self._woken = True
-            self._cond.notify_all()
+            self._wake()
 
     def close(self) -> None:
         """Cancel consumers, requeue un-acked messages, delete reply queues."""
@@ -272,7 +295,7 @@ class MemoryTransport(Transport):
             for queue in touched.values():
                 if broker._is_live(queue):
                     broker._dispatch(queue)
-            self._cond.notify_all()
+            self._wake()
 
     def delete(self, exchanges: Iterable[str] = (), queues: Iterable[str] = ()) -> None:
         """Delete exchanges and queues with their bindings; missing ones are ignored."""

@@ -436,7 +436,7 @@ class MemoryBroker:
             transport._unacked[delivery.delivery_tag] = delivery
             transport._pending.append(delivery)
             if transport._waiting:
-                transport._cond.notify()
+                transport._wake()
 
     def _cancel(self, consumer: _Consumer) -> None:
         queue = consumer.queue
