@@ -256,7 +256,7 @@ class MemoryTransport(Transport):
                 delivery._consumer.unacked -= 1
                 del self._unacked[delivery.delivery_tag]
                 queue = delivery._queue
-                if broker._is_live(queue):
+                if queue.live:
                     queue.messages.appendleft((delivery._message, delivery.redelivered))
                     touched[queue.name] = queue
             self._pending.clear()
@@ -287,13 +287,13 @@ class MemoryTransport(Transport):
                 delivery._state = _RETURNED
                 delivery._consumer.unacked -= 1
                 queue = delivery._queue
-                if broker._is_live(queue):
+                if queue.live:
                     queue.messages.appendleft((delivery._message, True))
                     touched[queue.name] = queue
             for name in list(self._reply_queues):
                 broker._delete_queue(name)
             for queue in touched.values():
-                if broker._is_live(queue):
+                if queue.live:
                     broker._dispatch(queue)
             self._wake()
 
@@ -320,7 +320,7 @@ class MemoryTransport(Transport):
             del self._unacked[delivery.delivery_tag]
             delivery._consumer.unacked -= 1
             queue = delivery._queue
-            if not self.broker._is_live(queue):
+            if not queue.live:
                 return
             if state == _REQUEUED:
                 queue.messages.appendleft((delivery._message, True))

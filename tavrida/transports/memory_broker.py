@@ -71,6 +71,8 @@ def _copy_value(value: Any) -> Any:
 def _copy_table(table: Mapping[str, Any] | None) -> dict[str, Any]:
     if not table:
         return {}
+    if _ATOMIC.issuperset(map(type, table.values())):
+        return dict(table)  # the usual table: strings and numbers only
     return {key: value if type(value) in _ATOMIC else _copy_value(value)
             for key, value in table.items()}
 
@@ -101,7 +103,7 @@ class _Message:
 class _Queue:
     """FIFO of ready ``(message, redelivered)`` pairs plus its consumers."""
 
-    __slots__ = ("bindings", "consumers", "messages", "name", "next_consumer", "owner")
+    __slots__ = ("bindings", "consumers", "live", "messages", "name", "next_consumer", "owner")
 
     def __init__(self, name: str, owner: MemoryTransport | None = None) -> None:
         self.name = name
@@ -112,6 +114,8 @@ class _Queue:
         self.bindings: dict[tuple[str, str], None] = {}
         #: The transport whose close() deletes this queue (reply queues).
         self.owner = owner
+        #: False once deleted (a queue declared again under its name is a new one).
+        self.live = True
 
 
 class _Exchange:
@@ -374,6 +378,7 @@ class MemoryBroker:
         queue = self._queues.pop(name, None)
         if queue is None:
             return
+        queue.live = False
         for exchange_name, pattern in queue.bindings:
             exchange = self._exchanges.get(exchange_name)
             if exchange is not None:
@@ -410,30 +415,33 @@ class MemoryBroker:
             if queue.consumers:
                 self._dispatch(queue)
 
-    def _is_live(self, queue: _Queue) -> bool:
-        return self._queues.get(queue.name) is queue
-
     def _dispatch(self, queue: _Queue) -> None:
         """Hand ready messages to consumers with room, round-robin, as RabbitMQ pushes."""
         consumers = queue.consumers
         messages = queue.messages
         count = len(consumers)
+        tags = self._tags
         while messages and count:
-            start = queue.next_consumer
-            for offset in range(count):
-                index = (start + offset) % count
-                consumer = consumers[index]
-                if not consumer.prefetch or consumer.unacked < consumer.prefetch:
-                    break
+            if count == 1:
+                consumer = consumers[0]
+                if consumer.prefetch and consumer.unacked >= consumer.prefetch:
+                    return
             else:
-                return
-            queue.next_consumer = (index + 1) % count
+                start = queue.next_consumer
+                for offset in range(count):
+                    index = (start + offset) % count
+                    consumer = consumers[index]
+                    if not consumer.prefetch or consumer.unacked < consumer.prefetch:
+                        break
+                else:
+                    return
+                queue.next_consumer = (index + 1) % count
             message, redelivered = messages.popleft()
             transport = consumer.transport
-            delivery = MemoryDelivery(transport, consumer, queue, message, redelivered,
-                                      next(self._tags))
+            tag = next(tags)
+            delivery = MemoryDelivery(transport, consumer, queue, message, redelivered, tag)
             consumer.unacked += 1
-            transport._unacked[delivery.delivery_tag] = delivery
+            transport._unacked[tag] = delivery
             transport._pending.append(delivery)
             if transport._waiting:
                 transport._wake()
