@@ -92,8 +92,9 @@ class MemoryTransport(Transport):
         self._reply_queues: list[str] = []
         self._closed = False
         self._woken = False
-        #: A drain is blocked on _wakeup; whoever clears it releases _wakeup once.
-        self._waiting = False
+        #: Drains blocked on _wakeup, and whether it was released for one of them.
+        self._waiting = 0
+        self._signalled = False
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -216,23 +217,27 @@ class MemoryTransport(Transport):
     def _wait(self, timeout: float) -> None:
         """Block (broker lock held, released meanwhile) until woken or ``timeout`` (-1: none)."""
         lock = self._lock
-        self._waiting = True
+        self._waiting += 1
         lock.release()
-        woken = False
+        taken = False
         try:
-            woken = self._wakeup.acquire(True, timeout)
+            taken = self._wakeup.acquire(True, timeout)
         finally:
             lock.acquire()
-            if self._waiting:  # timed out (or interrupted) before anyone woke us
-                self._waiting = False
-            elif not woken:
-                # Woken just after the timeout: lock _wakeup again for the next wait.
+            self._waiting -= 1
+            if taken:
+                self._signalled = False
+                if self._closed:
+                    self._wake()  # every waiting drain returns once closed
+            elif self._signalled and not self._waiting:
+                # Released just after our timeout, for nobody else: lock it again.
+                self._signalled = False
                 self._wakeup.acquire(False)
 
     def _wake(self) -> None:
-        """Wake the drain blocked in :meth:`_wait`, if any (broker lock held)."""
-        if self._waiting:
-            self._waiting = False
+        """Wake a drain blocked in :meth:`_wait`, if any (broker lock held)."""
+        if self._waiting and not self._signalled:
+            self._signalled = True
             self._wakeup.release()
 
     def heartbeat(self) -> None:

@@ -465,6 +465,48 @@ def test_ack_that_frees_prefetch_wakes_drain(connect: Connect) -> None:
     assert seen.bodies == [b"1", b"2"]
 
 
+def blocked_drains(transport: MemoryTransport, count: int) -> None:
+    """Return once ``count`` drains of ``transport`` are blocked waiting (5 s at most)."""
+    deadline = time.monotonic() + 5
+    while transport._waiting != count and time.monotonic() < deadline:
+        threading.Event().wait(0.001)  # no event tells when a drain blocks
+    assert transport._waiting == count
+
+
+def test_publish_wakes_a_drain_and_close_wakes_every_other(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"q": ["#"]})
+    seen = Collector(ack=True)
+    transport.consume("q", seen, 0)
+    drains = [run_drain_in_thread(transport, None) for _ in range(3)]
+    blocked_drains(transport, 3)
+
+    transport.publish(envelope("k", body=b"1"))
+    blocked_drains(transport, 2)  # one took the message, two still wait
+    transport.close()
+    for thread, _, _ in drains:
+        thread.join(10)
+
+    assert not any(thread.is_alive() for thread, _, _ in drains)
+    assert sorted(outcome["result"] for _, _, outcome in drains) == [False, False, True]
+    assert seen.bodies == [b"1"]
+
+
+def test_a_wake_after_a_drain_timed_out_is_not_kept_for_the_next(connect: Connect) -> None:
+    server = connect()
+    declare_queues(server, {"q": ["#"]})
+    seen = Collector(ack=True)
+    server.consume("q", seen, 0)
+    assert server.drain(0.01) is False
+    server.stop()  # nobody waits: the next drain returns at once, having run nothing
+    assert server.drain(30) is False
+    server.publish(envelope("k", body=b"1"))
+    assert server.drain(30) is True
+    assert server.drain(0.01) is False
+
+    assert seen.bodies == [b"1"]
+
+
 def test_concurrent_publishers_and_consumers_lose_nothing(connect: Connect) -> None:
     publishers = [connect() for _ in range(4)]
     servers = [connect() for _ in range(3)]
