@@ -247,9 +247,17 @@ class MemoryBroker:
         #: RabbitMQ returns it). True: it is dropped and counted like any other
         #: (test harnesses whose services talk to peers that are not running).
         self.drop_unroutable = False
+        #: True: a blocking call's drain runs the callbacks of a server whose own
+        #: thread waits for work, in the caller's thread (see
+        #: :meth:`MemoryTransport.drain`); the call then returns once the handler is
+        #: done, even after its timeout. False: every callback runs in its own
+        #: transport's thread (to test a call timing out on a slow handler).
+        self.inline_calls = True
         self._exchanges: dict[str, _Exchange] = {}
         self._queues: dict[str, _Queue] = {}
         self._tags = itertools.count(1)
+        #: Transports given deliveries while their drain was blocked: a caller may run them.
+        self._offers: collections.deque[MemoryTransport] = collections.deque()
 
     @classmethod
     def get(cls, name: str = "/") -> MemoryBroker:
@@ -443,8 +451,28 @@ class MemoryBroker:
             consumer.unacked += 1
             transport._unacked[tag] = delivery
             transport._pending.append(delivery)
-            if transport._waiting:
+            if transport._waiting and not transport._borrowed:
                 transport._wake()
+                if not transport._offered and not transport._reply_queues:
+                    transport._offered = True
+                    self._offers.append(transport)
+
+    def _borrow(self) -> tuple[MemoryTransport, collections.deque[MemoryDelivery]] | None:
+        """Take the pending batch of a transport whose drain is blocked, for a caller to run.
+
+        The owner's drain stays blocked until the caller gives the batch
+        back (see :meth:`MemoryTransport._help`).
+        """
+        offers = self._offers
+        while offers:
+            owner = offers.popleft()
+            owner._offered = False
+            if owner._waiting and owner._pending and not owner._borrowed and not owner._closed:
+                owner._borrowed = True
+                batch = owner._pending
+                owner._pending = collections.deque()
+                return owner, batch
+        return None
 
     def _cancel(self, consumer: _Consumer) -> None:
         queue = consumer.queue
