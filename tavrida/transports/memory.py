@@ -372,6 +372,9 @@ class MemoryTransport(Transport):
                 return
             self._closed = True
             broker = self.broker
+            if self._offered:
+                self._offered = False
+                broker._offers.remove(self)
             for consumer in self._consumers:
                 broker._cancel(consumer)
             self._consumers.clear()

@@ -4,8 +4,9 @@ Exchanges, queues, bindings and the messages they hold, for one virtual
 host, and the deliveries it hands to the transports' consumers. Kept apart
 from the transport (connections, draining, settling) as RabbitMQ is from
 its clients; :mod:`tavrida.transports.memory` re-exports :class:`MemoryBroker`.
-A little over 400 lines: the broker's routing, queues and round-robin
-dispatch share one lock and one set of small records, and read best whole.
+Under 500 lines: the broker's routing, queues, round-robin dispatch and
+the offers of the in-thread path share one lock and one set of small
+records, and read best whole.
 """
 
 from __future__ import annotations

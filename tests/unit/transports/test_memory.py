@@ -645,6 +645,19 @@ def test_with_inline_calls_off_callbacks_run_in_their_own_thread(connect: Connec
     assert outcome == {"result": True}
 
 
+def test_a_closed_transport_is_no_longer_offered_to_callers(connect: Connect) -> None:
+    caller, answers, server, _ = caller_and_server(connect)
+    caller.broker.inline_calls = False  # nobody takes the offer of the blocked server
+    thread, _ = drain_in_thread(server, 30)
+    caller.publish(envelope("job", body=b"1"))
+    assert caller.drain(30) is True
+    thread.join(10)
+    server.close()
+
+    assert answers.bodies == [b"answer to 1"]
+    assert server not in caller.broker._offers  # the broker keeps no closed connection
+
+
 def test_a_drain_without_reply_queue_runs_only_its_own_callbacks(connect: Connect) -> None:
     _, _, server, answering = caller_and_server(connect)
     publisher = connect()
