@@ -64,6 +64,7 @@ from tavrida.transports.memory_broker import (
     MemoryDelivery,
     MemoryTransportError,
     _Consumer,
+    _copy_table,
     _Message,
     _Queue,
 )
@@ -264,7 +265,10 @@ class MemoryTransport(Transport):
         while batch:
             delivery = batch.popleft()
             try:
-                delivery._open()
+                # Fresh copies for each delivery, made outside the broker lock.
+                message = delivery._message
+                delivery.headers = _copy_table(message.headers)
+                delivery.properties = dict(message.properties)
                 delivery._consumer.callback(delivery)
             except BaseException:
                 with self._lock:

@@ -211,11 +211,6 @@ class MemoryDelivery(Delivery):
         self._message = message
         self._state = _OPEN
 
-    def _open(self) -> None:
-        """Give the delivery fresh copies (done outside the broker lock)."""
-        self.headers = _copy_table(self._message.headers)
-        self.properties = dict(self._message.properties)
-
     def ack(self) -> None:
         """Remove the message from the broker for good."""
         self._transport._settle(self, _ACKED)
