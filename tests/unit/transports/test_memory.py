@@ -8,6 +8,7 @@ declare checks, per-name brokers, waking drains, the in-thread path of calls.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import uuid
@@ -599,6 +600,20 @@ def drain_in_thread(transport: MemoryTransport, timeout: float) -> tuple[threadi
     return thread, outcome
 
 
+@pytest.fixture
+def no_preemption() -> Iterator[None]:
+    """No switch of the interpreter to another thread until this one blocks.
+
+    A server thread woken by a publish could otherwise take its message
+    itself before the caller's drain does (the slow path, also correct).
+    """
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(60.0)
+    yield
+    sys.setswitchinterval(interval)
+
+
+@pytest.mark.usefixtures("no_preemption")
 def test_a_callers_drain_runs_a_waiting_servers_callbacks_in_its_own_thread(
         connect: Connect) -> None:
     caller, answers, server, answering = caller_and_server(connect)
@@ -617,6 +632,7 @@ def test_a_callers_drain_runs_a_waiting_servers_callbacks_in_its_own_thread(
     assert server.queue_size("q") == 0 and caller.queue_size("replies") == 0
 
 
+@pytest.mark.usefixtures("no_preemption")
 def test_a_callback_failing_in_a_callers_thread_is_raised_by_its_owners_drain(
         connect: Connect) -> None:
     caller, answers, server, answering = caller_and_server(connect, fail=True)
