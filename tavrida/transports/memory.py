@@ -25,8 +25,16 @@ Only bytes, header tables and properties cross the broker, always copied,
 so a consumer never shares mutable state with its publisher. There are no
 background threads: the broker hands messages to consumers when they are
 published (as RabbitMQ pushes them), and a transport runs its callbacks only
-inside :meth:`MemoryTransport.drain`, on the calling thread. A single thread
-therefore sees a deterministic order of events.
+inside :meth:`MemoryTransport.drain`. A single thread therefore sees a
+deterministic order of events.
+
+Blocking calls take an in-thread path: while a caller waits for its answer,
+its drain runs the callbacks of a server whose own thread is blocked waiting
+for work, in the caller's thread, so a call to a server thread of the same
+process costs no thread hand-off (the server's callbacks still run one at a
+time and in order, and its drain returns only after them). A handler run that
+way delays its caller even past the call's timeout;
+:attr:`MemoryBroker.inline_calls` ``= False`` turns the path off.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ from tavrida.transports.memory_broker import (
     MemoryDelivery,
     MemoryTransportError,
     _Consumer,
+    _copy_table,
     _Message,
     _Queue,
 )
@@ -80,7 +89,10 @@ class MemoryTransport(Transport):
         self.config = config
         self.broker = MemoryBroker.get(config.virtual_host)
         self._lock = self.broker.lock
-        self._cond = threading.Condition(self._lock)
+        #: Held (locked) except between a wake-up and the waiting drain taking it
+        #: again: a binary semaphore, lighter than a Condition (see :meth:`_wait`).
+        self._wakeup = threading.Lock()
+        self._wakeup.acquire()
         #: Deliveries pushed by the broker, waiting for drain() to run them.
         self._pending: collections.deque[MemoryDelivery] = collections.deque()
         #: Every delivery not yet acked or rejected, by tag (pending ones too).
@@ -89,7 +101,19 @@ class MemoryTransport(Transport):
         self._reply_queues: list[str] = []
         self._closed = False
         self._woken = False
-        self._waiting = False
+        #: Drains blocked on _wakeup, and whether it was released for one of them.
+        self._waiting = 0
+        self._signalled = False
+        #: Another thread runs a batch of our callbacks (see _help); our drain waits.
+        self._borrowed = False
+        #: In the broker's offers of transports a caller's drain may help.
+        self._offered = False
+        #: Our drain waits for a borrowed batch to end.
+        self._reclaim = False
+        #: Another thread ran callbacks of ours during the current drain.
+        self._helped = False
+        #: What a callback run by another thread raised, for our drain to raise.
+        self._failure: Exception | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -180,37 +204,136 @@ class MemoryTransport(Transport):
         If none is waiting, block up to ``timeout`` seconds (None: no limit)
         until a publish, an ack freeing prefetch room, :meth:`stop` or
         :meth:`close`. Returns True if any callback ran.
+
+        The in-thread path of blocking calls: while the drain of a caller's
+        connection (one with a reply queue) would block, it runs the
+        callbacks of other transports whose own drain is blocked (a server
+        thread waiting for work), in the caller's thread: the request is
+        handled and answered with no thread hand-off. Their callbacks still
+        run one at a time and in order, and their drain returns only after
+        them (see :meth:`_help`).
         """
-        with self._lock:
+        lock = self._lock
+        with lock:
             if self._closed:
                 return False
             if not self._pending and not self._woken and (timeout is None or timeout > 0):
-                deadline = None if timeout is None else time.monotonic() + timeout
-                self._waiting = True
-                try:
-                    while not self._pending and not self._woken and not self._closed:
-                        remaining = None if deadline is None else deadline - time.monotonic()
-                        if remaining is not None and remaining <= 0:
-                            break
-                        self._cond.wait(remaining)
-                finally:
-                    self._waiting = False
+                self._block(None if timeout is None else time.monotonic() + timeout)
             self._woken = False
+            ran, self._helped = self._helped, False
             if not self._pending:
-                return False
+                return ran
             batch = self._pending
             self._pending = collections.deque()
+        self._run(batch)
+        return True
+
+    def _block(self, deadline: float | None) -> None:
+        """Wait (lock held) for deliveries, stop, close or ``deadline``; help meanwhile."""
+        lock = self._lock
+        while True:
+            if self._borrowed:
+                # Another thread runs our callbacks: wait for them to end.
+                self._reclaim = True
+                self._wait(-1.0)
+                continue
+            if self._failure is not None:
+                failure, self._failure = self._failure, None
+                self._helped = False
+                raise failure
+            if self._pending or self._woken or self._closed:
+                return
+            remaining = -1.0 if deadline is None else deadline - time.monotonic()
+            if deadline is not None and remaining <= 0:
+                return
+            if self._reply_queues and self.broker.inline_calls:
+                borrowed = self.broker._borrow()
+                if borrowed is not None:
+                    lock.release()
+                    try:
+                        self._help(borrowed[0], borrowed[1], deadline)
+                    finally:
+                        lock.acquire()
+                    continue
+            self._wait(remaining)
+
+    def _run(self, batch: collections.deque[MemoryDelivery]) -> None:
+        """Run the callbacks of ``batch`` in order (lock not held).
+
+        If one raises, the rest go back to the head of the pending ones.
+        """
         while batch:
             delivery = batch.popleft()
             try:
-                delivery._open()
+                # Fresh copies for each delivery, made outside the broker lock.
+                message = delivery._message
+                delivery.headers = _copy_table(message.headers)
+                delivery.properties = dict(message.properties)
                 delivery._consumer.callback(delivery)
             except BaseException:
                 with self._lock:
                     if not self._closed:
                         self._pending.extendleft(reversed(batch))
                 raise
-        return True
+
+    def _help(self, owner: MemoryTransport, batch: collections.deque[MemoryDelivery],
+              deadline: float | None) -> None:
+        """Run ``owner``'s ``batch`` here while ``owner``'s drain stays blocked.
+
+        Goes on with what ``owner`` gets meanwhile, while this transport
+        has nothing and its ``deadline`` has not passed. An exception from
+        a callback is raised by ``owner``'s drain, as if its own thread had
+        run it; an interrupt (KeyboardInterrupt) stays in this thread.
+        """
+        lock = self._lock
+        try:
+            while True:
+                try:
+                    owner._run(batch)
+                except Exception as exc:  # noqa: BLE001 - owner's drain raises it
+                    with lock:
+                        owner._failure = exc
+                    return
+                with lock:
+                    if (self._pending or self._closed or not owner._pending
+                            or not owner._waiting or owner._closed
+                            or (deadline is not None and time.monotonic() >= deadline)):
+                        return
+                    batch = owner._pending
+                    owner._pending = collections.deque()
+        finally:
+            with lock:
+                owner._borrowed = False
+                owner._helped = True
+                if owner._reclaim or owner._pending or owner._failure is not None:
+                    owner._reclaim = False
+                    owner._wake()
+
+    def _wait(self, timeout: float) -> None:
+        """Block (broker lock held, released meanwhile) until woken or ``timeout`` (-1: none)."""
+        lock = self._lock
+        self._waiting += 1
+        lock.release()
+        taken = False
+        try:
+            taken = self._wakeup.acquire(True, timeout)
+        finally:
+            lock.acquire()
+            self._waiting -= 1
+            if taken:
+                self._signalled = False
+                if self._closed:
+                    self._wake()  # every waiting drain returns once closed
+            elif self._signalled and not self._waiting:
+                # Released just after our timeout, for nobody else: lock it again.
+                self._signalled = False
+                self._wakeup.acquire(False)
+
+    def _wake(self) -> None:
+        """Wake a drain blocked in :meth:`_wait`, if any (broker lock held)."""
+        if self._waiting and not self._signalled:
+            self._signalled = True
+            self._wakeup.release()
 
     def heartbeat(self) -> None:
         """Nothing to keep alive in-process."""
@@ -233,7 +356,7 @@ class MemoryTransport(Transport):
                 delivery._consumer.unacked -= 1
                 del self._unacked[delivery.delivery_tag]
                 queue = delivery._queue
-                if broker._is_live(queue):
+                if queue.live:
                     queue.messages.appendleft((delivery._message, delivery.redelivered))
                     touched[queue.name] = queue
             self._pending.clear()
@@ -244,7 +367,7 @@ class MemoryTransport(Transport):
         """Make the current (or next) :meth:`drain` return promptly."""
         with self._lock:
             self._woken = True
-            self._cond.notify_all()
+            self._wake()
 
     def close(self) -> None:
         """Cancel consumers, requeue un-acked messages, delete reply queues."""
@@ -253,6 +376,9 @@ class MemoryTransport(Transport):
                 return
             self._closed = True
             broker = self.broker
+            if self._offered:
+                self._offered = False
+                broker._offers.remove(self)
             for consumer in self._consumers:
                 broker._cancel(consumer)
             self._consumers.clear()
@@ -264,15 +390,15 @@ class MemoryTransport(Transport):
                 delivery._state = _RETURNED
                 delivery._consumer.unacked -= 1
                 queue = delivery._queue
-                if broker._is_live(queue):
+                if queue.live:
                     queue.messages.appendleft((delivery._message, True))
                     touched[queue.name] = queue
             for name in list(self._reply_queues):
                 broker._delete_queue(name)
             for queue in touched.values():
-                if broker._is_live(queue):
+                if queue.live:
                     broker._dispatch(queue)
-            self._cond.notify_all()
+            self._wake()
 
     def delete(self, exchanges: Iterable[str] = (), queues: Iterable[str] = ()) -> None:
         """Delete exchanges and queues with their bindings; missing ones are ignored."""
@@ -297,7 +423,7 @@ class MemoryTransport(Transport):
             del self._unacked[delivery.delivery_tag]
             delivery._consumer.unacked -= 1
             queue = delivery._queue
-            if not self.broker._is_live(queue):
+            if not queue.live:
                 return
             if state == _REQUEUED:
                 queue.messages.appendleft((delivery._message, True))

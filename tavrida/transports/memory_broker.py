@@ -4,8 +4,9 @@ Exchanges, queues, bindings and the messages they hold, for one virtual
 host, and the deliveries it hands to the transports' consumers. Kept apart
 from the transport (connections, draining, settling) as RabbitMQ is from
 its clients; :mod:`tavrida.transports.memory` re-exports :class:`MemoryBroker`.
-A little over 400 lines: the broker's routing, queues and round-robin
-dispatch share one lock and one set of small records, and read best whole.
+Under 500 lines: the broker's routing, queues, round-robin dispatch and
+the offers of the in-thread path share one lock and one set of small
+records, and read best whole.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ def _copy_value(value: Any) -> Any:
 def _copy_table(table: Mapping[str, Any] | None) -> dict[str, Any]:
     if not table:
         return {}
+    if _ATOMIC.issuperset(map(type, table.values())):
+        return dict(table)  # the usual table: strings and numbers only
     return {key: value if type(value) in _ATOMIC else _copy_value(value)
             for key, value in table.items()}
 
@@ -101,7 +104,7 @@ class _Message:
 class _Queue:
     """FIFO of ready ``(message, redelivered)`` pairs plus its consumers."""
 
-    __slots__ = ("bindings", "consumers", "messages", "name", "next_consumer", "owner")
+    __slots__ = ("bindings", "consumers", "live", "messages", "name", "next_consumer", "owner")
 
     def __init__(self, name: str, owner: MemoryTransport | None = None) -> None:
         self.name = name
@@ -112,6 +115,8 @@ class _Queue:
         self.bindings: dict[tuple[str, str], None] = {}
         #: The transport whose close() deletes this queue (reply queues).
         self.owner = owner
+        #: False once deleted (a queue declared again under its name is a new one).
+        self.live = True
 
 
 class _Exchange:
@@ -206,11 +211,6 @@ class MemoryDelivery(Delivery):
         self._message = message
         self._state = _OPEN
 
-    def _open(self) -> None:
-        """Give the delivery fresh copies (done outside the broker lock)."""
-        self.headers = _copy_table(self._message.headers)
-        self.properties = dict(self._message.properties)
-
     def ack(self) -> None:
         """Remove the message from the broker for good."""
         self._transport._settle(self, _ACKED)
@@ -243,9 +243,17 @@ class MemoryBroker:
         #: RabbitMQ returns it). True: it is dropped and counted like any other
         #: (test harnesses whose services talk to peers that are not running).
         self.drop_unroutable = False
+        #: True: a blocking call's drain runs the callbacks of a server whose own
+        #: thread waits for work, in the caller's thread (see
+        #: :meth:`MemoryTransport.drain`); the call then returns once the handler is
+        #: done, even after its timeout. False: every callback runs in its own
+        #: transport's thread (to test a call timing out on a slow handler).
+        self.inline_calls = True
         self._exchanges: dict[str, _Exchange] = {}
         self._queues: dict[str, _Queue] = {}
         self._tags = itertools.count(1)
+        #: Transports given deliveries while their drain was blocked: a caller may run them.
+        self._offers: collections.deque[MemoryTransport] = collections.deque()
 
     @classmethod
     def get(cls, name: str = "/") -> MemoryBroker:
@@ -374,6 +382,7 @@ class MemoryBroker:
         queue = self._queues.pop(name, None)
         if queue is None:
             return
+        queue.live = False
         for exchange_name, pattern in queue.bindings:
             exchange = self._exchanges.get(exchange_name)
             if exchange is not None:
@@ -410,33 +419,56 @@ class MemoryBroker:
             if queue.consumers:
                 self._dispatch(queue)
 
-    def _is_live(self, queue: _Queue) -> bool:
-        return self._queues.get(queue.name) is queue
-
     def _dispatch(self, queue: _Queue) -> None:
         """Hand ready messages to consumers with room, round-robin, as RabbitMQ pushes."""
         consumers = queue.consumers
         messages = queue.messages
         count = len(consumers)
+        tags = self._tags
         while messages and count:
-            start = queue.next_consumer
-            for offset in range(count):
-                index = (start + offset) % count
-                consumer = consumers[index]
-                if not consumer.prefetch or consumer.unacked < consumer.prefetch:
-                    break
+            if count == 1:
+                consumer = consumers[0]
+                if consumer.prefetch and consumer.unacked >= consumer.prefetch:
+                    return
             else:
-                return
-            queue.next_consumer = (index + 1) % count
+                start = queue.next_consumer
+                for offset in range(count):
+                    index = (start + offset) % count
+                    consumer = consumers[index]
+                    if not consumer.prefetch or consumer.unacked < consumer.prefetch:
+                        break
+                else:
+                    return
+                queue.next_consumer = (index + 1) % count
             message, redelivered = messages.popleft()
             transport = consumer.transport
-            delivery = MemoryDelivery(transport, consumer, queue, message, redelivered,
-                                      next(self._tags))
+            tag = next(tags)
+            delivery = MemoryDelivery(transport, consumer, queue, message, redelivered, tag)
             consumer.unacked += 1
-            transport._unacked[delivery.delivery_tag] = delivery
+            transport._unacked[tag] = delivery
             transport._pending.append(delivery)
-            if transport._waiting:
-                transport._cond.notify()
+            if transport._waiting and not transport._borrowed:
+                transport._wake()
+                if not transport._offered and not transport._reply_queues:
+                    transport._offered = True
+                    self._offers.append(transport)
+
+    def _borrow(self) -> tuple[MemoryTransport, collections.deque[MemoryDelivery]] | None:
+        """Take the pending batch of a transport whose drain is blocked, for a caller to run.
+
+        The owner's drain stays blocked until the caller gives the batch
+        back (see :meth:`MemoryTransport._help`).
+        """
+        offers = self._offers
+        while offers:
+            owner = offers.popleft()
+            owner._offered = False
+            if owner._waiting and owner._pending and not owner._borrowed and not owner._closed:
+                owner._borrowed = True
+                batch = owner._pending
+                owner._pending = collections.deque()
+                return owner, batch
+        return None
 
     def _cancel(self, consumer: _Consumer) -> None:
         queue = consumer.queue

@@ -206,3 +206,22 @@ def test_ids_do_not_repeat_across_processes_that_seed_random_alike():
     assert len(first) == len(runs[0]) == 160  # none repeats within a process either
     assert first.isdisjoint(second)
     assert all(UUID36.match(value) for value in runs[0][20:40])
+
+
+def test_a_forked_child_does_not_repeat_the_ids_its_parent_read_ahead():
+    """Ids are read from the OS 64 at a time; a child of fork must not reuse the parent's."""
+    import os
+
+    messages.new_id()  # the parent now holds ids read ahead
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send its next id and leave at once
+        os.close(read)
+        os.write(write, messages.new_id().encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child_id = pipe.read()
+    os.waitpid(pid, 0)
+    assert HEX32.match(child_id)
+    assert child_id != messages.new_id()

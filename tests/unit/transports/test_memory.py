@@ -3,20 +3,23 @@
 What every transport does is the contract (tests/transport_contract.py, run on
 memory:// by test_contract_memory.py); this module keeps what only the
 in-memory broker has: its inspection API, exact round-robin and ordering,
-declare checks, per-name brokers.
+declare checks, per-name brokers, waking drains, the in-thread path of calls.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
-from tavrida import exceptions
+from tavrida import client, discovery, dispatcher, exceptions, service
 from tavrida.config import ConnectionConfig
+from tavrida.server import Server
 from tavrida.transports.base import Binding, Delivery, OutgoingEnvelope, Topology
 from tavrida.transports.memory import (
     MemoryBroker,
@@ -465,6 +468,48 @@ def test_ack_that_frees_prefetch_wakes_drain(connect: Connect) -> None:
     assert seen.bodies == [b"1", b"2"]
 
 
+def blocked_drains(transport: MemoryTransport, count: int) -> None:
+    """Return once ``count`` drains of ``transport`` are blocked waiting (5 s at most)."""
+    deadline = time.monotonic() + 5
+    while transport._waiting != count and time.monotonic() < deadline:
+        threading.Event().wait(0.001)  # no event tells when a drain blocks
+    assert transport._waiting == count
+
+
+def test_publish_wakes_a_drain_and_close_wakes_every_other(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"q": ["#"]})
+    seen = Collector(ack=True)
+    transport.consume("q", seen, 0)
+    drains = [run_drain_in_thread(transport, None) for _ in range(3)]
+    blocked_drains(transport, 3)
+
+    transport.publish(envelope("k", body=b"1"))
+    blocked_drains(transport, 2)  # one took the message, two still wait
+    transport.close()
+    for thread, _, _ in drains:
+        thread.join(10)
+
+    assert not any(thread.is_alive() for thread, _, _ in drains)
+    assert sorted(outcome["result"] for _, _, outcome in drains) == [False, False, True]
+    assert seen.bodies == [b"1"]
+
+
+def test_a_wake_after_a_drain_timed_out_is_not_kept_for_the_next(connect: Connect) -> None:
+    server = connect()
+    declare_queues(server, {"q": ["#"]})
+    seen = Collector(ack=True)
+    server.consume("q", seen, 0)
+    assert server.drain(0.01) is False
+    server.stop()  # nobody waits: the next drain returns at once, having run nothing
+    assert server.drain(30) is False
+    server.publish(envelope("k", body=b"1"))
+    assert server.drain(30) is True
+    assert server.drain(0.01) is False
+
+    assert seen.bodies == [b"1"]
+
+
 def test_concurrent_publishers_and_consumers_lose_nothing(connect: Connect) -> None:
     publishers = [connect() for _ in range(4)]
     servers = [connect() for _ in range(3)]
@@ -504,6 +549,144 @@ def test_concurrent_publishers_and_consumers_lose_nothing(connect: Connect) -> N
 
     assert sorted(received) == sorted(f"{i}-{n}".encode() for i in range(len(publishers))
                                       for n in range(per_publisher))
+
+
+# --------------------------------------------------------------------------- in-thread calls
+
+
+class Answering:
+    """A server callback: records its thread, answers on the caller's reply queue, acks."""
+
+    def __init__(self, transport: MemoryTransport, fail: bool = False) -> None:
+        self.transport = transport
+        self.fail = fail
+        self.threads: list[int] = []
+
+    def __call__(self, delivery: Delivery) -> None:
+        self.threads.append(threading.get_ident())
+        if self.fail:
+            raise ValueError("handler broke")
+        self.transport.publish(envelope("reply", body=b"answer to " + delivery.body))
+        delivery.ack()
+
+
+def caller_and_server(connect: Connect, fail: bool = False,
+                      ) -> tuple[MemoryTransport, Collector, MemoryTransport, Answering]:
+    """A caller with a reply queue (bound with ``reply``) and a server consuming ``q``."""
+    server = connect()
+    declare_queues(server, {"q": ["job"]})
+    answering = Answering(server, fail)
+    server.consume("q", answering, 0)
+    caller = connect()
+    caller.declare_reply_queue("replies", [Binding("replies", "ex", "reply")])
+    answers = Collector(ack=True)
+    caller.consume("replies", answers, 0)
+    return caller, answers, server, answering
+
+
+def drain_in_thread(transport: MemoryTransport, timeout: float) -> tuple[threading.Thread, dict]:
+    """``transport.drain(timeout)`` in a thread, blocked once this returns; result or error."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = transport.drain(timeout)
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    blocked_drains(transport, 1)
+    return thread, outcome
+
+
+@pytest.fixture
+def no_preemption() -> Iterator[None]:
+    """No switch of the interpreter to another thread until this one blocks.
+
+    A server thread woken by a publish could otherwise take its message
+    itself before the caller's drain does (the slow path, also correct).
+    """
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(60.0)
+    yield
+    sys.setswitchinterval(interval)
+
+
+@pytest.mark.usefixtures("no_preemption")
+def test_a_callers_drain_runs_a_waiting_servers_callbacks_in_its_own_thread(
+        connect: Connect) -> None:
+    caller, answers, server, answering = caller_and_server(connect)
+    thread, outcome = drain_in_thread(server, 30)
+
+    caller.publish(envelope("job", body=b"1"))
+    caller.publish(envelope("job", body=b"2"))
+    while len(answers.deliveries) < 2:
+        assert caller.drain(30) is True
+    server.stop()
+    thread.join(10)
+
+    assert answers.bodies == [b"answer to 1", b"answer to 2"]
+    assert answering.threads == [threading.get_ident()] * 2  # no hand-off to the server thread
+    assert outcome == {"result": True}  # the server's drain counts them as its own
+    assert server.queue_size("q") == 0 and caller.queue_size("replies") == 0
+
+
+@pytest.mark.usefixtures("no_preemption")
+def test_a_callback_failing_in_a_callers_thread_is_raised_by_its_owners_drain(
+        connect: Connect) -> None:
+    caller, answers, server, answering = caller_and_server(connect, fail=True)
+    thread, outcome = drain_in_thread(server, 30)
+
+    caller.publish(envelope("job", body=b"1"))
+    assert caller.drain(0.05) is False  # ran the callback, which answered nothing
+    thread.join(10)
+
+    assert answering.threads == [threading.get_ident()]
+    assert isinstance(outcome.get("error"), ValueError)
+    assert answers.deliveries == []
+
+
+def test_with_inline_calls_off_callbacks_run_in_their_own_thread(connect: Connect) -> None:
+    caller, answers, server, answering = caller_and_server(connect)
+    caller.broker.inline_calls = False
+    thread, outcome = drain_in_thread(server, 30)
+
+    caller.publish(envelope("job", body=b"1"))
+    assert caller.drain(30) is True
+    thread.join(10)
+
+    assert answers.bodies == [b"answer to 1"]
+    assert answering.threads == [thread.ident]
+    assert outcome == {"result": True}
+
+
+def test_a_closed_transport_is_no_longer_offered_to_callers(connect: Connect) -> None:
+    caller, answers, server, _ = caller_and_server(connect)
+    caller.broker.inline_calls = False  # nobody takes the offer of the blocked server
+    thread, _ = drain_in_thread(server, 30)
+    caller.publish(envelope("job", body=b"1"))
+    assert caller.drain(30) is True
+    thread.join(10)
+    server.close()
+
+    assert answers.bodies == [b"answer to 1"]
+    assert server not in caller.broker._offers  # the broker keeps no closed connection
+
+
+def test_a_drain_without_reply_queue_runs_only_its_own_callbacks(connect: Connect) -> None:
+    _, _, server, answering = caller_and_server(connect)
+    publisher = connect()
+    declare_queues(publisher, {"own": ["own"]})
+    publisher.consume("own", Collector(ack=True), 0)
+    thread, outcome = drain_in_thread(server, 30)
+
+    publisher.publish(envelope("job", body=b"1"))
+    assert publisher.drain(0.05) is False  # waits for its own messages only
+    thread.join(10)
+
+    assert answering.threads == [thread.ident]  # a server's connection helps nobody
+    assert outcome == {"result": True}
 
 
 # --------------------------------------------------------------------------- brokers
@@ -548,3 +731,87 @@ def test_closed_transport_refuses_to_publish(connect: Connect) -> None:
     with pytest.raises(exceptions.PublishFailed, match="closed"):
         transport.publish(envelope("k"))
     assert transport.drain(0) is False
+
+
+# ------------------------------------------------------------------ in-thread calls, end to end
+
+
+@dispatcher.rpc_service("inline_svc")
+class InlineService(service.ServiceController):
+    """``echo`` tracks how many run at once; ``slow`` waits for its gate."""
+
+    running = 0
+    most = 0
+    threads: set[int] = set()
+    gate = threading.Event()
+
+    @dispatcher.rpc_method(service="inline_svc", method="echo")
+    def echo(self, request: Any, proxy: Any, value: int) -> dict:
+        cls = type(self)
+        cls.running += 1
+        cls.most = max(cls.most, cls.running)
+        cls.threads.add(threading.get_ident())
+        cls.running -= 1
+        return {"value": value}
+
+    @dispatcher.rpc_method(service="inline_svc", method="slow")
+    def slow(self, request: Any, proxy: Any) -> dict:
+        type(self).gate.wait(10)
+        return {"late": True}
+
+
+Served = tuple[str, discovery.LocalDiscovery, threading.Thread]
+
+
+@pytest.fixture
+def inline_server(broker_name: str) -> Iterator[Served]:
+    """InlineService served by a Server thread (no workers); yields (url, discovery, thread)."""
+    url = f"memory://{broker_name}"
+    disc = discovery.LocalDiscovery()
+    disc.register_remote_service("inline_svc", "inline_exchange")
+    InlineService.set_discovery(disc)
+    InlineService.running = InlineService.most = 0
+    InlineService.threads = set()
+    InlineService.gate = threading.Event()
+    srv = Server(url, "inline_queue", "inline_exchange", [InlineService])
+    srv.start()
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    yield url, disc, thread
+    InlineService.gate.set()
+    srv.stop()
+    thread.join(10)
+    assert not thread.is_alive()  # stopped promptly
+
+
+def test_calls_from_threads_run_one_handler_at_a_time_in_the_callers_threads(
+        inline_server: Served) -> None:
+    url, disc, server_thread = inline_server
+    results: dict[int, list[int]] = {}
+
+    def calls(index: int) -> None:
+        with client.RPCClient(url, disc, source=f"caller{index}") as cli:
+            results[index] = [cli.inline_svc.echo(value=n).call(timeout=10)["value"]
+                              for n in range(200)]
+
+    threads = [threading.Thread(target=calls, args=(index,)) for index in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert results == {index: list(range(200)) for index in range(3)}
+    assert InlineService.most == 1  # never two handlers of the server at once
+    assert InlineService.threads <= {thread.ident for thread in threads} | {server_thread.ident}
+    assert InlineService.threads & {thread.ident for thread in threads}  # run by callers
+
+
+def test_with_inline_calls_off_a_slow_handler_times_the_call_out(
+        inline_server: Served) -> None:
+    url, disc, server_thread = inline_server
+    MemoryBroker.get(url.partition("://")[2]).inline_calls = False
+    with client.RPCClient(url, disc, source="caller") as cli:
+        with pytest.raises(exceptions.CallTimeout):
+            cli.inline_svc.slow().call(timeout=0.1)
+        InlineService.gate.set()
+
