@@ -34,6 +34,7 @@ from bench.common import (
 from bench.profiling import maybe_profile
 from tavrida import client, config, discovery, dispatcher, messages, server, service
 from tavrida.transports.base import Binding, Delivery, Topology
+from tavrida.transports.memory_broker import MemoryBroker
 
 #: Seconds a single blocking call may take before the run fails.
 CALL_TIMEOUT = 10.0
@@ -257,6 +258,20 @@ def memory_run(link: Link, setup: Setup, n_calls: int, n_casts: int,
             figures["calls_per_s"] = n_calls / (now() - start)
         figures["median_us"] = median(latencies) * 1e6
         figures["p99_us"] = percentile(latencies, 99) * 1e6
+        # The same calls with the opt-in in-thread path (MemoryBroker.inline_calls).
+        broker = MemoryBroker.get(names.prefix)
+        broker.inline_calls = True
+        try:
+            with running(make_server(conf, names, "rpc", setup.prefetch)), \
+                    client.RPCClient(conf, disc, source=CLIENT) as cli:
+                for i in range(setup.warmup):
+                    cli.bench_svc.echo(value=i).call(timeout=CALL_TIMEOUT)
+                start = now()
+                for i in range(n_calls):
+                    cli.bench_svc.echo(value=i).call(timeout=CALL_TIMEOUT)
+                figures["inline_calls_per_s"] = n_calls / (now() - start)
+        finally:
+            broker.inline_calls = False
 
         done = threading.Event()
         report: Dict[str, Any] = {}

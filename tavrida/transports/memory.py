@@ -28,13 +28,14 @@ published (as RabbitMQ pushes them), and a transport runs its callbacks only
 inside :meth:`MemoryTransport.drain`. A single thread therefore sees a
 deterministic order of events.
 
-Blocking calls take an in-thread path: while a caller waits for its answer,
+With :attr:`MemoryBroker.inline_calls` set (opt-in), blocking calls take
+an in-thread path: while a caller waits for its answer,
 its drain runs the callbacks of a server whose own thread is blocked waiting
 for work, in the caller's thread, so a call to a server thread of the same
 process costs no thread hand-off (the server's callbacks still run one at a
 time and in order, and its drain returns only after them). A handler run that
-way delays its caller even past the call's timeout;
-:attr:`MemoryBroker.inline_calls` ``= False`` turns the path off.
+way delays its caller even past the call's timeout, which is why it is
+off by default (a call to a stuck handler must still time out).
 """
 
 from __future__ import annotations
@@ -205,7 +206,8 @@ class MemoryTransport(Transport):
         until a publish, an ack freeing prefetch room, :meth:`stop` or
         :meth:`close`. Returns True if any callback ran.
 
-        The in-thread path of blocking calls: while the drain of a caller's
+        The in-thread path of blocking calls (with the broker's
+        ``inline_calls``): while the drain of a caller's
         connection (one with a reply queue) would block, it runs the
         callbacks of other transports whose own drain is blocked (a server
         thread waiting for work), in the caller's thread: the request is

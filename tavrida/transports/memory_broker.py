@@ -243,12 +243,14 @@ class MemoryBroker:
         #: RabbitMQ returns it). True: it is dropped and counted like any other
         #: (test harnesses whose services talk to peers that are not running).
         self.drop_unroutable = False
-        #: True: a blocking call's drain runs the callbacks of a server whose own
+        #: False (the default): every callback runs in its own transport's thread,
+        #: so a call times out on a slow or stuck handler as on a broker. True (opt-in,
+        #: for speed): a blocking call's drain runs the callbacks of a server whose own
         #: thread waits for work, in the caller's thread (see
-        #: :meth:`MemoryTransport.drain`); the call then returns once the handler is
-        #: done, even after its timeout. False: every callback runs in its own
-        #: transport's thread (to test a call timing out on a slow handler).
-        self.inline_calls = True
+        #: :meth:`MemoryTransport.drain`); the call then returns only once the handler
+        #: is done, even after its timeout, and a handler that never returns holds
+        #: its caller for ever.
+        self.inline_calls = False
         self._exchanges: dict[str, _Exchange] = {}
         self._queues: dict[str, _Queue] = {}
         self._tags = itertools.count(1)

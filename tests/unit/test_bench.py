@@ -17,7 +17,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # bench/ is not installed: it lives beside tavrida/
     sys.path.insert(0, str(ROOT))
-MEMORY_FIGURES = ("calls_per_s", "median_us", "p99_us", "casts_per_s")
+MEMORY_FIGURES = ("calls_per_s", "inline_calls_per_s", "median_us", "p99_us", "casts_per_s")
 
 
 @pytest.fixture(scope="module")

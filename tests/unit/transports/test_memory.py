@@ -578,6 +578,7 @@ def caller_and_server(connect: Connect, fail: bool = False,
     answering = Answering(server, fail)
     server.consume("q", answering, 0)
     caller = connect()
+    caller.broker.inline_calls = True  # the in-thread path (opt-in); tests turn it off again
     caller.declare_reply_queue("replies", [Binding("replies", "ex", "reply")])
     answers = Collector(ack=True)
     caller.consume("replies", answers, 0)
@@ -773,6 +774,7 @@ def inline_server(broker_name: str) -> Iterator[Served]:
     InlineService.running = InlineService.most = 0
     InlineService.threads = set()
     InlineService.gate = threading.Event()
+    MemoryBroker.get(broker_name).inline_calls = True
     srv = Server(url, "inline_queue", "inline_exchange", [InlineService])
     srv.start()
     thread = threading.Thread(target=srv.run, daemon=True)
