@@ -766,6 +766,17 @@ Served = tuple[str, discovery.LocalDiscovery, threading.Thread]
 
 @pytest.fixture
 def inline_server(broker_name: str) -> Iterator[Served]:
+    """InlineService served by a Server thread, the in-thread path on."""
+    yield from serve_inline_service(broker_name, inline=True)
+
+
+@pytest.fixture
+def default_server(broker_name: str) -> Iterator[Served]:
+    """InlineService served by a Server thread, the broker as it comes (no in-thread path)."""
+    yield from serve_inline_service(broker_name, inline=False)
+
+
+def serve_inline_service(broker_name: str, inline: bool) -> Iterator[Served]:
     """InlineService served by a Server thread (no workers); yields (url, discovery, thread)."""
     url = f"memory://{broker_name}"
     disc = discovery.LocalDiscovery()
@@ -774,7 +785,8 @@ def inline_server(broker_name: str) -> Iterator[Served]:
     InlineService.running = InlineService.most = 0
     InlineService.threads = set()
     InlineService.gate = threading.Event()
-    MemoryBroker.get(broker_name).inline_calls = True
+    if inline:
+        MemoryBroker.get(broker_name).inline_calls = True
     srv = Server(url, "inline_queue", "inline_exchange", [InlineService])
     srv.start()
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -808,10 +820,8 @@ def test_calls_from_threads_run_one_handler_at_a_time_in_the_callers_threads(
     assert InlineService.threads & {thread.ident for thread in threads}  # run by callers
 
 
-def test_with_inline_calls_off_a_slow_handler_times_the_call_out(
-        inline_server: Served) -> None:
-    url, disc, server_thread = inline_server
-    MemoryBroker.get(url.partition("://")[2]).inline_calls = False
+def test_by_default_a_slow_handler_times_the_call_out(default_server: Served) -> None:
+    url, disc, server_thread = default_server
     with client.RPCClient(url, disc, source="caller") as cli:
         with pytest.raises(exceptions.CallTimeout):
             cli.inline_svc.slow().call(timeout=0.1)
