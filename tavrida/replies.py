@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from tavrida import exceptions, messages, wire
 from tavrida.sender import Sender
@@ -49,6 +49,9 @@ class _Waiter:
 
     def __init__(self) -> None:
         self.answer: Optional[messages.Message] = None
+
+    def has_answer(self) -> bool:
+        return self.answer is not None
 
 
 class Replies:
@@ -166,6 +169,7 @@ class Replies:
                 self._start(deadline)
                 with self._lock:
                     self._pending[request.request_id] = waiter
+                # Its answer may come before its confirm (see answered()).
                 self._sender.send(request)
                 answered = self._wait(waiter, deadline)
         except _TimedOut:
@@ -187,6 +191,15 @@ class Replies:
                 remote_message=str(payload.get("message", "")),
                 code=code if isinstance(code, int) else messages.DEFAULT_ERROR_CODE)
         return answer.payload
+
+    def answered(self, request_id: str) -> Optional[Callable[[], bool]]:
+        """For the sender: tells whether the call ``request_id`` has its answer (None: no call).
+
+        The answer may come before the request's confirm; it proves the
+        request was routed, so publishing need not wait for the confirm.
+        """
+        waiter = self._pending.get(request_id)
+        return waiter.has_answer if waiter is not None else None
 
     def close(self) -> None:
         """Forget the calls still waiting (they time out)."""

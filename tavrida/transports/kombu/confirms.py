@@ -11,9 +11,10 @@ publish with its exchange, routing key and body.
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import time
-from typing import Any, List
+from typing import Any, Callable, List
 
 import amqp
 
@@ -42,6 +43,10 @@ class KombuConfirms(KombuDraining):
         if own is not None:
             deadline = min(deadline, own)
         raw = raw_connection(self._pub_conn)
+        answered = self._pub_answered
+        if answered is not None and not self._config.ssl and hasattr(select, "poll"):
+            self._wait_for_confirm_or_answer(raw, deadline, answered)
+            return
         while self._pub_waiting:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -50,6 +55,52 @@ class KombuConfirms(KombuDraining):
                 raw.drain_events(timeout=remaining)
             except socket.timeout:
                 continue
+
+    def _wait_for_confirm_or_answer(self, raw: Any, deadline: float,
+                                    answered: Callable[[], bool]) -> None:
+        """Wait for the confirms and read the reply queue meanwhile; done once ``answered()``.
+
+        The answer proves the request was routed: the request is settled and
+        its confirm, read by a later publish, matches nothing waiting then
+        (delivery tags only grow on a channel). A return or a nack read
+        before the answer fails the request as usual. The two sockets are
+        polled together (plain TCP: py-amqp reads no further than the frame
+        it needs, so a socket with nothing to read has no frame buffered).
+        """
+        poller = select.poll()
+        pub_fd = raw.transport.sock.fileno()
+        poller.register(pub_fd, select.POLLIN)
+        reply_fd = -1
+        contended = False
+        while self._pub_waiting:
+            if answered():
+                batch = self._pub_batch
+                for index in self._pub_waiting.values():
+                    if batch is not None:
+                        batch.todo.pop(index, None)
+                self._pub_waiting.clear()
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ConfirmTimeout()
+            fd = self._reply_fd()
+            if fd != reply_fd:
+                if reply_fd >= 0:
+                    poller.unregister(reply_fd)
+                if fd >= 0:
+                    poller.register(fd, select.POLLIN)
+                reply_fd = fd
+            # Another thread drains the replies: it hands the answer over unseen by poll.
+            wait = min(remaining, self.min_poll_interval if contended else self.poll_interval)
+            contended = False
+            for fd, _ in poller.poll(wait * 1000):
+                if fd == pub_fd:
+                    try:
+                        raw.drain_events(timeout=remaining)
+                    except socket.timeout:
+                        pass
+                elif not self._read_answers():
+                    contended = True
 
     def _on_confirm(self, delivery_tag: int, multiple: bool) -> None:
         batch = self._pub_batch

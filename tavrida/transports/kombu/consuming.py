@@ -22,7 +22,7 @@ from tavrida.transports.base import Binding, OnMessage
 from tavrida.transports.kombu.connections import REDIS_SCHEMES
 from tavrida.transports.kombu.declaring import KombuDeclarations
 from tavrida.transports.kombu.deliveries import Consumer, KombuDelivery
-from tavrida.transports.kombu.pyamqp_compat import PROPERTY_NAMES, text_key
+from tavrida.transports.kombu.pyamqp_compat import PROPERTY_NAMES, PROPERTY_SET, text_key
 from tavrida.transports.kombu.redis_fetch import RedisFetch
 from tavrida.transports.kombu.virtual import (
     ORIGIN,
@@ -43,8 +43,15 @@ class KombuConsuming(KombuDeclarations):
 
         ``prefetch_count`` bounds the un-acked deliveries of this consumer
         (0: no bound). Consumes again after every reconnect.
+
+        A RabbitMQ reply queue (:meth:`declare_reply_queue`) is consumed
+        without acks: it is exclusive and dies with the connection, so an ack
+        protects nothing and costs a frame per answer; its deliveries'
+        ``ack()`` does nothing, and an answer read is handed out even if the
+        connection is lost before that.
         """
-        consumer = Consumer(queue, on_message, max(int(prefetch_count), 0))
+        no_ack = self._is_amqp and queue in self._reply_queues
+        consumer = Consumer(queue, on_message, max(int(prefetch_count), 0), no_ack)
         with self._holding(self._lock):
             self._ensure_connected()
             self._consumers.append(consumer)
@@ -80,10 +87,15 @@ class KombuConsuming(KombuDeclarations):
             except self._connection_errors + self._channel_errors as exc:
                 self._lost(exc)  # the broker gives everything back itself
                 return
+            kept = []
             while self._ready:
-                delivery, _ = self._ready.popleft()
+                delivery, on_message = self._ready.popleft()
+                if delivery._no_ack:
+                    kept.append((delivery, on_message))  # nothing to give back: hand it out
+                    continue
                 delivery._settled = True
                 self._settles.append((delivery, True))
+            self._ready.extend(kept)
             self._perform_settles()
 
     def delete(self, exchanges: Iterable[str] = (), queues: Iterable[str] = ()) -> None:
@@ -131,7 +143,7 @@ class KombuConsuming(KombuDeclarations):
             # RabbitMQ cancels a consumer whose queue was deleted: declare it again.
             options["on_cancel"] = lambda tag: self._resume.append(consumer)
         channel.basic_consume(
-            queue=consumer.queue, no_ack=False, consumer_tag=consumer.tag,
+            queue=consumer.queue, no_ack=consumer.no_ack, consumer_tag=consumer.tag,
             callback=lambda message: self._on_message(consumer, channel, generation, message),
             **options)
 
@@ -222,14 +234,17 @@ class KombuConsuming(KombuDeclarations):
         if not isinstance(body, bytes):
             body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
         headers = dict(props.get("application_headers") or {})
-        if not all(type(key) is str for key in headers):
-            # py-amqp keeps a key that is not UTF-8 as bytes; the core expects text.
-            headers = {text_key(key): value for key, value in headers.items()}
+        for key in headers:
+            if type(key) is not str:
+                # py-amqp keeps a key that is not UTF-8 as bytes; the core expects text.
+                headers = {text_key(key): value for key, value in headers.items()}
+                break
         return KombuDelivery(
             self, channel, info["delivery_tag"], generation, body, headers,
-            {name: props[name] for name in PROPERTY_NAMES if props.get(name) is not None},
+            {name: value for name, value in props.items()
+             if value is not None and name in PROPERTY_SET},
             info.get("exchange") or "", info.get("routing_key") or "", consumer.queue,
-            bool(info.get("redelivered")))
+            bool(info.get("redelivered")), consumer.no_ack)
 
     def _virtual_delivery(self, consumer: Consumer, channel: Any, generation: int,
                           message: Any) -> KombuDelivery:

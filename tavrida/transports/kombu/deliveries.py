@@ -19,7 +19,7 @@ class KombuDelivery(Delivery):
     def __init__(self, transport: _Settles, channel: Any, delivery_tag: Any,
                  generation: int, body: bytes, headers: Dict[str, Any],
                  properties: Dict[str, Any], exchange: str, routing_key: str, queue: str,
-                 redelivered: bool) -> None:
+                 redelivered: bool, no_ack: bool = False) -> None:
         self.body = body
         self.headers = headers
         self.properties = properties
@@ -31,15 +31,22 @@ class KombuDelivery(Delivery):
         self._channel = channel
         self._delivery_tag = delivery_tag
         self._generation = generation
-        self._settled = False
+        #: Taken without an ack (a RabbitMQ reply queue): the broker forgot it already.
+        self._no_ack = no_ack
+        self._settled = no_ack
 
     def ack(self) -> None:
-        """Acknowledge; dropped if the connection it came on is gone (it is redelivered)."""
-        self._transport._settle(self, None)
+        """Acknowledge; dropped if the connection it came on is gone (it is redelivered).
+
+        Nothing to do for a delivery taken without an ack (a reply queue).
+        """
+        if not self._no_ack:
+            self._transport._settle(self, None)
 
     def reject(self, requeue: bool) -> None:
-        """Reject (``requeue=True`` gives it back to the queue)."""
-        self._transport._settle(self, bool(requeue))
+        """Reject (``requeue=True`` gives it back to the queue); a no-op without acks."""
+        if not self._no_ack:
+            self._transport._settle(self, bool(requeue))
 
     def __repr__(self) -> str:
         return (f"<KombuDelivery {self.queue!r} from {self.exchange!r}/{self.routing_key!r}"
@@ -49,10 +56,13 @@ class KombuDelivery(Delivery):
 class Consumer:
     """What :meth:`KombuTransport.consume` was asked, kept to consume again after a reconnect."""
 
-    def __init__(self, queue: str, on_message: OnMessage, prefetch_count: int) -> None:
+    def __init__(self, queue: str, on_message: OnMessage, prefetch_count: int,
+                 no_ack: bool = False) -> None:
         self.queue = queue
         self.on_message = on_message
         self.prefetch_count = prefetch_count
+        #: Consumed without acks: a RabbitMQ reply queue (see :meth:`KombuConsuming.consume`).
+        self.no_ack = no_ack
         self.tag = f"tavrida-{uuid.uuid4().hex}"
         self.channel: Any = None
         #: Redis only: the reliable fetch, kept across reconnects (see :class:`RedisFetch`).

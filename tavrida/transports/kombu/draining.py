@@ -13,12 +13,18 @@ import time
 
 from tavrida import exceptions
 from tavrida.transports.kombu.consuming import KombuConsuming
+from tavrida.transports.kombu.pyamqp_compat import raw_connection
 
 LOG = logging.getLogger(__name__)
 
 
 class KombuDraining(KombuConsuming):
     """The draining part of :class:`~tavrida.transports.kombu.KombuTransport`."""
+
+    #: Seconds between heartbeat checks while messages keep coming (each read
+    #: counts as a sign of life; heartbeats are sent every half interval, which
+    #: is seconds): a check per message would cost more than the message.
+    heartbeat_check_interval = 0.02
 
     def drain(self, timeout: float) -> bool:
         """Deliver waiting messages, waiting at most ``timeout`` seconds for one.
@@ -74,13 +80,15 @@ class KombuDraining(KombuConsuming):
         except self._connection_errors + self._channel_errors as exc:
             self._lost(exc)  # reconnecting declares everything anyway
             return
-        try:
-            # After reading: frames just read count as signs of life.
-            conn.transport.heartbeat_check(self._raw_connection(), rate=2)
-        except self._connection_errors as exc:
-            self._lost(exc)
-            return
-        self._last_beat = time.monotonic()
+        now = time.monotonic()
+        if now - self._last_beat >= self.heartbeat_check_interval:
+            try:
+                # After reading: frames just read count as signs of life.
+                conn.transport.heartbeat_check(self._raw_connection(), rate=2)
+            except self._connection_errors as exc:
+                self._lost(exc)
+                return
+            self._last_beat = now
         self._perform_settles()
 
     def _next_slice(self) -> float:
@@ -98,6 +106,48 @@ class KombuDraining(KombuConsuming):
             if not delivery._settled:
                 self._unsettled.add(id(delivery))
                 self._slice = self.min_poll_interval
+            on_message(delivery)
+        return True
+
+    def _reply_fd(self) -> int:
+        """File descriptor of the consuming connection while it reads reply queues, else -1.
+
+        Read without ``_lock`` (a publishing thread polls it): at worst it is
+        a connection just dropped, whose reads :meth:`_read_answers` skips.
+        """
+        conn = self._conn
+        if not self._reply_queues or conn is None or self._broken:
+            return -1
+        sock = getattr(getattr(raw_connection(conn), "transport", None), "sock", None)
+        try:
+            return sock.fileno() if sock is not None else -1
+        except OSError:
+            return -1
+
+    def _read_answers(self) -> bool:
+        """One short read on the consuming connection, then hand out the answers read.
+
+        For a publishing thread waiting for a confirm (see
+        :meth:`_wait_for_confirm_or_answer`): only deliveries without acks
+        (answers) are handed out here; the others stay for :meth:`drain`.
+        False when another thread holds the connection (it delivers).
+        """
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self._closed or self._conn is None or self._broken:
+                return True
+            self._drain_once(self.min_poll_interval)
+            answers = [item for item in self._ready if item[0]._no_ack]
+            if answers:
+                others = [item for item in self._ready if not item[0]._no_ack]
+                self._ready.clear()
+                self._ready.extend(others)
+        except exceptions.ConnectionFailed:
+            return True  # the caller's own drain reconnects or reports it
+        finally:
+            self._lock.release()
+        for delivery, on_message in answers:
             on_message(delivery)
         return True
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import select
-from typing import Any, Dict, Iterable
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import amqp
 
@@ -34,7 +34,19 @@ class KombuPublishing(KombuConfirms):
         Raises PublishFailed on a nack, a missing exchange (RabbitMQ), a
         confirm timeout, or when reconnect attempts run out.
         """
-        self.publish_many([envelope])
+        self._publish([envelope], None)
+
+    def publish_request(self, envelope: OutgoingEnvelope,
+                        answered: Callable[[], bool]) -> None:
+        """Publish a blocking call's request; return at its confirm or once ``answered()``.
+
+        While the confirm is outstanding the reply queue is read too (AMQP
+        over plain TCP, whose sockets can be polled): an answer proves the
+        request was routed, so the call need not wait for the confirm, which
+        the next publish reads and ignores. A nack or return read before the
+        answer raises as :meth:`publish` does.
+        """
+        self._publish([envelope], answered)
 
     def publish_many(self, envelopes: Iterable[OutgoingEnvelope]) -> None:
         """Publish all, then wait for all confirms (pipelined).
@@ -48,7 +60,11 @@ class KombuPublishing(KombuConfirms):
         up on an unreachable broker (after ``publish_timeout`` or this
         thread's :meth:`deadline`) raises PublishConnectionFailed.
         """
-        batch = Batch(list(envelopes))
+        self._publish(list(envelopes), None)
+
+    def _publish(self, envelopes: List[OutgoingEnvelope],
+                 answered: Optional[Callable[[], bool]]) -> None:
+        batch = Batch(envelopes)
         if not batch.envelopes:
             return
         if self._closed:
@@ -61,10 +77,12 @@ class KombuPublishing(KombuConfirms):
                     self._check_reply_connection()
                 with self._holding(self._publish_lock):
                     self._pub_batch = batch
+                    self._pub_answered = answered
                     try:
                         self._publish_batch(batch)
                     finally:
                         self._pub_batch = None
+                        self._pub_answered = None
                         self._pub_waiting.clear()
             except exceptions.ConnectionFailed as exc:
                 batch.connection_failed = exc
@@ -220,9 +238,11 @@ class KombuPublishing(KombuConfirms):
                                            envelope.content_encoding, dict(envelope.headers),
                                            properties)
         headers = dict(envelope.headers)
-        if not all(key.isascii() for key in headers if type(key) is str):
-            # Keys received as text with surrogates (see text_key) go out as their bytes.
-            headers = {bytes_key(key): value for key, value in headers.items()}
+        for key in headers:
+            if type(key) is str and not key.isascii():
+                # Keys received as text with surrogates (see text_key) go out as their bytes.
+                headers = {bytes_key(key): value for key, value in headers.items()}
+                break
         return checked_message(channel, bytes(envelope.body), envelope.content_type,
                                envelope.content_encoding, headers, properties)
 

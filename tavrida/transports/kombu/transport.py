@@ -111,6 +111,8 @@ class KombuTransport(KombuPublishing):
         self._pub_returned_seq = 0
         self._pub_waiting = collections.OrderedDict()
         self._pub_batch = None
+        #: Set while a blocking call's request waits: true once its answer came.
+        self._pub_answered = None
         self._pub_exchanges = set()
 
     def __repr__(self) -> str:
