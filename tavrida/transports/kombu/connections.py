@@ -157,9 +157,9 @@ class KombuConnections(Transport):
     #: Sequence number of the last publish RabbitMQ returned (see ``_on_return``).
     _pub_returned_seq: int
     #: Sequence number of each unconfirmed publish -> the index of its envelope.
-    _pub_waiting: "collections.OrderedDict[int, int]"
-    _pub_batch: Optional[Batch]
-    _pub_answered: Optional[Callable[[], bool]]
+    _pub_waiting: "collections.OrderedDict[int, Tuple[Batch, int]]"
+    _pub_reader: bool
+    _pub_read: threading.Condition
     #: Exchanges a virtual publisher channel has recorded as topic exchanges.
     _pub_exchanges: Set[str]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Dict, Optional, Protocol
+from typing import Any, Dict, Optional, Protocol, Set
 
 from tavrida.transports.base import Delivery, OnMessage
 from tavrida.transports.kombu.redis_fetch import RedisFetch
@@ -15,6 +15,11 @@ class _Settles(Protocol):
 
 class KombuDelivery(Delivery):
     """A message received by :class:`KombuTransport`; ack/reject from any thread."""
+
+    #: The consumer it came to (RabbitMQ, with acks): whose acks may be coalesced.
+    _consumer: Optional["Consumer"] = None
+    #: Its ack is sent as ``multiple``: it covers every earlier one of its channel.
+    _multiple = False
 
     def __init__(self, transport: _Settles, channel: Any, delivery_tag: Any,
                  generation: int, body: bytes, headers: Dict[str, Any],
@@ -65,5 +70,8 @@ class Consumer:
         self.no_ack = no_ack
         self.tag = f"tavrida-{uuid.uuid4().hex}"
         self.channel: Any = None
+        #: Delivery tags received on :attr:`channel` and not yet acked or rejected
+        #: (RabbitMQ, with acks): an ack of several at once must cover exactly these.
+        self.received: Set[int] = set()
         #: Redis only: the reliable fetch, kept across reconnects (see :class:`RedisFetch`).
         self.fetch: Optional[RedisFetch] = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 
 from tavrida import exceptions
@@ -65,7 +66,8 @@ class KombuDraining(KombuConsuming):
         if self._closed:
             return
         self._ensure_connected()
-        self._perform_settles()
+        if not self._settles_can_wait():
+            self._perform_settles()
         conn = self._conn
         assert conn is not None  # _ensure_connected() raises otherwise
         try:
@@ -89,7 +91,8 @@ class KombuDraining(KombuConsuming):
                 self._lost(exc)
                 return
             self._last_beat = now
-        self._perform_settles()
+        if not self._settles_can_wait():
+            self._perform_settles()
 
     def _next_slice(self) -> float:
         """How long the next read may block: short while handlers may ack from elsewhere."""
@@ -101,12 +104,16 @@ class KombuDraining(KombuConsuming):
 
     def _deliver_ready(self) -> bool:
         """Run callbacks of received messages, outside the lock, on the draining thread."""
-        while self._ready:
-            delivery, on_message = self._ready.popleft()
-            if not delivery._settled:
-                self._unsettled.add(id(delivery))
-                self._slice = self.min_poll_interval
-            on_message(delivery)
+        self._delivering = threading.get_ident()
+        try:
+            while self._ready:
+                delivery, on_message = self._ready.popleft()
+                if not delivery._settled:
+                    self._unsettled.add(id(delivery))
+                    self._slice = self.min_poll_interval
+                on_message(delivery)
+        finally:
+            self._delivering = 0
         return True
 
     def _reply_fd(self) -> int:

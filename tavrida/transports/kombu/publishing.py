@@ -2,16 +2,22 @@
 
 One channel in confirm mode is shared by every thread under
 ``_publish_lock``; messages lost with a connection or a channel are
-published again (at least once). kombu's ``Producer`` is not used: it has
-no ``mandatory`` return matching, and tavrida needs the raw
-``basic_publish`` of the channel to pipeline confirms.
+published again (at least once). A batch holds the lock while it waits for
+its confirms; the request of a blocking call does not: it publishes under
+the lock and waits beside the other callers' requests, one of them reading
+the confirms for all (see :meth:`KombuPublishing.publish_request`).
+kombu's ``Producer`` is not used: it has no ``mandatory`` return matching,
+and tavrida needs the raw ``basic_publish`` of the channel to pipeline
+confirms.
 """
 
 from __future__ import annotations
 
 import logging
 import select
-from typing import Any, Callable, Dict, Iterable, List, Optional
+import socket
+import time
+from typing import Any, Callable, Dict, Iterable, List
 
 import amqp
 
@@ -19,7 +25,12 @@ from tavrida import exceptions
 from tavrida.transports.base import OutgoingEnvelope
 from tavrida.transports.kombu.batch import Batch, ConfirmTimeout
 from tavrida.transports.kombu.confirms import KombuConfirms
-from tavrida.transports.kombu.pyamqp_compat import UNENCODABLE, bytes_key, checked_message
+from tavrida.transports.kombu.pyamqp_compat import (
+    UNENCODABLE,
+    bytes_key,
+    checked_message,
+    raw_connection,
+)
 from tavrida.transports.kombu.virtual import NoRoute, strict_lookup
 
 LOG = logging.getLogger(__name__)
@@ -34,19 +45,39 @@ class KombuPublishing(KombuConfirms):
         Raises PublishFailed on a nack, a missing exchange (RabbitMQ), a
         confirm timeout, or when reconnect attempts run out.
         """
-        self._publish([envelope], None)
+        self._publish([envelope])
 
     def publish_request(self, envelope: OutgoingEnvelope,
                         answered: Callable[[], bool]) -> None:
         """Publish a blocking call's request; return at its confirm or once ``answered()``.
 
-        While the confirm is outstanding the reply queue is read too (AMQP
-        over plain TCP, whose sockets can be polled): an answer proves the
-        request was routed, so the call need not wait for the confirm, which
-        the next publish reads and ignores. A nack or return read before the
-        answer raises as :meth:`publish` does.
+        With confirms over plain TCP (sockets that can be polled), the
+        publishing lock is held only to write: the requests of many calling
+        threads are confirmed together, one waiting thread reading the
+        confirms for all and the reply queue too. An answer proves the
+        request was routed, so the call need not wait for the confirm (read
+        later, it matches nothing). A nack or return read before the answer
+        raises as :meth:`publish` does; a request lost with the connection or
+        the channel before its confirm is published again.
         """
-        self._publish([envelope], answered)
+        if not self._confirms or self._config.ssl or not hasattr(select, "poll"):
+            self._publish([envelope])
+            return
+        batch = Batch([envelope])
+        if self._closed:
+            batch.fail(0, "the transport is closed")
+            raise batch.error()
+        with self.deadline(self._config.publish_timeout):
+            try:
+                if self._reply_queues:
+                    self._check_reply_connection()
+                self._confirm_or_answer(batch, answered)
+            except exceptions.ConnectionFailed as exc:
+                batch.connection_failed = exc
+                for index in list(batch.todo):
+                    batch.fail(index, exc.kwargs.get("reason", str(exc)))
+        if batch.failed:
+            raise batch.error()
 
     def publish_many(self, envelopes: Iterable[OutgoingEnvelope]) -> None:
         """Publish all, then wait for all confirms (pipelined).
@@ -60,10 +91,9 @@ class KombuPublishing(KombuConfirms):
         up on an unreachable broker (after ``publish_timeout`` or this
         thread's :meth:`deadline`) raises PublishConnectionFailed.
         """
-        self._publish(list(envelopes), None)
+        self._publish(list(envelopes))
 
-    def _publish(self, envelopes: List[OutgoingEnvelope],
-                 answered: Optional[Callable[[], bool]]) -> None:
+    def _publish(self, envelopes: List[OutgoingEnvelope]) -> None:
         batch = Batch(envelopes)
         if not batch.envelopes:
             return
@@ -76,20 +106,101 @@ class KombuPublishing(KombuConfirms):
                 if self._reply_queues and self._is_amqp:
                     self._check_reply_connection()
                 with self._holding(self._publish_lock):
-                    self._pub_batch = batch
-                    self._pub_answered = answered
                     try:
                         self._publish_batch(batch)
                     finally:
-                        self._pub_batch = None
-                        self._pub_answered = None
-                        self._pub_waiting.clear()
+                        self._forget(batch)
+                        self._pub_read.notify_all()  # it read confirms of waiting requests
             except exceptions.ConnectionFailed as exc:
                 batch.connection_failed = exc
                 for index in list(batch.todo):
                     batch.fail(index, exc.kwargs.get("reason", str(exc)))
         if batch.failed:
             raise batch.error()
+
+    def _confirm_or_answer(self, batch: Batch, answered: Callable[[], bool]) -> None:
+        """Publish a request and wait for its confirm or its answer, sharing the connection.
+
+        The lock is held to write and to read, never to wait: one waiting
+        thread at a time (the reader) polls the publishing socket and the
+        reply queue's together and reads what comes; the others wait on
+        :attr:`_pub_read`, woken after every read. A request whose publish
+        was lost (connection or channel) before its confirm goes out again.
+        """
+        deadline = 0.0
+        sent = False
+        while True:
+            with self._holding(self._publish_lock):
+                if not batch.todo:
+                    return
+                if sent and answered():
+                    # The answer proves it was routed: its confirm, read later, matches nothing.
+                    self._forget(batch)
+                    batch.todo.clear()
+                    return
+                if not batch.inflight:
+                    self._send_request(batch)
+                    sent = True
+                    deadline = time.monotonic() + self.confirm_timeout
+                    own = getattr(self._local, "deadline", None)
+                    if own is not None:
+                        deadline = min(deadline, own)
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._drop_publisher()
+                    batch.fail(0, "no confirm from the broker in time (confirm_timeout "
+                                  f"{self.confirm_timeout}s, or the publish deadline)")
+                    return
+                if self._pub_reader:
+                    self._pub_read.wait(min(remaining, self.poll_interval))
+                    continue
+                self._pub_reader = True
+                raw = raw_connection(self._pub_conn)
+            try:
+                self._read_confirms(raw, min(remaining, self.poll_interval))
+            finally:
+                with self._publish_lock:
+                    self._pub_reader = False
+                    self._pub_read.notify_all()
+
+    def _read_confirms(self, raw: Any, timeout: float) -> None:
+        """The reader: wait up to ``timeout`` for the publishing or the consuming socket, read.
+
+        Polled without the lock (plain TCP: py-amqp reads no further than the
+        frame it needs, so a socket with nothing to read holds no whole frame
+        in a buffer); read with it, after checking that nobody read meanwhile.
+        """
+        try:
+            pub_fd = raw.transport.sock.fileno()
+        except (AttributeError, OSError):
+            return  # closed meanwhile: the requests go out again
+        poller = select.poll()
+        poller.register(pub_fd, select.POLLIN)
+        reply_fd = self._reply_fd()
+        if reply_fd >= 0:
+            poller.register(reply_fd, select.POLLIN)
+        for fd, _ in poller.poll(timeout * 1000):
+            if fd != pub_fd:
+                self._read_answers()
+                continue
+            with self._publish_lock:
+                if raw is not raw_connection(self._pub_conn):
+                    return  # dropped meanwhile: the requests go out again
+                check = select.poll()
+                check.register(pub_fd, select.POLLIN)
+                if not check.poll(0):
+                    return  # a batch holding the lock read it
+                try:
+                    raw.drain_events(timeout=self.poll_interval)
+                except socket.timeout:
+                    pass
+                except self._retry_errors as exc:
+                    LOG.warning("publishing connection to %s lost (%s: %s)",
+                                self._config.safe_url, type(exc).__name__, exc)
+                    self._drop_publisher()
+                except amqp.ChannelError as exc:
+                    self._on_channel_error(None, exc)
 
     def _check_reply_connection(self) -> None:
         """Before a request goes out: make sure the reply queue it names exists.
@@ -159,13 +270,13 @@ class KombuPublishing(KombuConfirms):
             self._pub_confirming = True
             self._pub_seq = 0
             self._pub_returned_seq = 0
-            self._pub_waiting.clear()
+            self._lose_unconfirmed()
         return self._pub_channel
 
     def _drop_publisher(self) -> None:
         conn, self._pub_conn, self._pub_channel = self._pub_conn, None, None
         self._pub_confirming = False
-        self._pub_waiting.clear()
+        self._lose_unconfirmed()
         self._pub_exchanges.clear()
         if conn is not None:
             try:
@@ -189,37 +300,63 @@ class KombuPublishing(KombuConfirms):
             for index in list(batch.todo):
                 if index not in batch.todo:
                     continue  # failed meanwhile (nack read while publishing)
-                envelope = batch.envelopes[index]
-                try:
-                    message = self._prepare(channel, envelope)
-                    if self._is_amqp:
-                        # Always mandatory: a return is how a notification nobody takes is seen.
-                        channel.basic_publish(message, exchange=envelope.exchange,
-                                              routing_key=envelope.routing_key, mandatory=True)
-                    else:
-                        channel.basic_publish(message, exchange=envelope.exchange,
-                                              routing_key=envelope.routing_key)
-                except UNENCODABLE as exc:
-                    # Raised while encoding, before anything was written: only this one fails.
-                    batch.fail(index, f"cannot encode it: {type(exc).__name__}: {exc}",
-                               unencodable=True)
-                    continue
-                except NoRoute:
-                    # Raised by the routing lookup, before anything was stored.
-                    self._unrouted(batch, index)
-                    continue
-                if self._confirms:
-                    # Registered after the write: acks read inside basic_publish are older.
-                    self._pub_seq += 1
-                    self._pub_waiting[self._pub_seq] = index
-                else:
-                    batch.todo.pop(index, None)
-            self._wait_for_confirms()
+                self._send(channel, batch, index)
+            self._wait_for_confirms(batch)
         except self._retry_errors:
             self._drop_publisher()
             raise
         except amqp.ChannelError as exc:
             self._on_channel_error(batch, exc)
+
+    def _send(self, channel: Any, batch: Batch, index: int) -> None:
+        """Write envelope ``index`` and register it for its confirm (``_publish_lock`` held)."""
+        envelope = batch.envelopes[index]
+        try:
+            message = self._prepare(channel, envelope)
+            if self._is_amqp:
+                # Always mandatory: a return is how a notification nobody takes is seen.
+                channel.basic_publish(message, exchange=envelope.exchange,
+                                      routing_key=envelope.routing_key, mandatory=True)
+            else:
+                channel.basic_publish(message, exchange=envelope.exchange,
+                                      routing_key=envelope.routing_key)
+        except UNENCODABLE as exc:
+            # Raised while encoding, before anything was written: only this one fails.
+            batch.fail(index, f"cannot encode it: {type(exc).__name__}: {exc}",
+                       unencodable=True)
+            return
+        except NoRoute:
+            # Raised by the routing lookup, before anything was stored.
+            self._unrouted(batch, index)
+            return
+        if self._confirms:
+            # Registered after the write: acks read inside basic_publish are older.
+            self._pub_seq += 1
+            self._pub_waiting[self._pub_seq] = (batch, index)
+            batch.inflight.add(self._pub_seq)
+        else:
+            batch.todo.pop(index, None)
+
+    def _send_request(self, batch: Batch) -> None:
+        """Publish a request once, reconnecting per the policy (``_publish_lock`` held)."""
+        def attempt() -> None:
+            try:
+                channel = self._publisher_channel()
+                self._send(channel, batch, 0)
+            except self._retry_errors:
+                self._drop_publisher()
+                raise
+
+        try:
+            self._retry(attempt, not self._pub_ever_connected, "publishing to")
+        except exceptions.ConnectionFailed:
+            self._drop_publisher()
+            raise
+        except amqp.ChannelError as exc:
+            self._on_channel_error(batch, exc)
+        except Exception as exc:  # whatever it is, the request gets its reason
+            self._drop_publisher()
+            batch.fail(0, f"{type(exc).__name__}: {exc}")
 
     def _prepare(self, channel: Any, envelope: OutgoingEnvelope) -> Any:
         if not self._is_amqp and envelope.exchange not in self._pub_exchanges:

@@ -109,10 +109,12 @@ class KombuTransport(KombuPublishing):
         self._pub_seq = 0
         #: Sequence number of the last publish RabbitMQ returned (see _on_return).
         self._pub_returned_seq = 0
+        #: Unconfirmed publishes: sequence number -> (batch, index).
         self._pub_waiting = collections.OrderedDict()
-        self._pub_batch = None
-        #: Set while a blocking call's request waits: true once its answer came.
-        self._pub_answered = None
+        #: A request is reading the publishing connection for everyone (see _confirm_or_answer).
+        self._pub_reader = False
+        #: Notified after each read of the publishing connection.
+        self._pub_read = threading.Condition(self._publish_lock)
         self._pub_exchanges = set()
 
     def __repr__(self) -> str:
