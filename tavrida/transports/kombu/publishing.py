@@ -17,7 +17,7 @@ import logging
 import select
 import socket
 import time
-from typing import Any, Callable, Dict, Iterable, List
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import amqp
 
@@ -60,24 +60,8 @@ class KombuPublishing(KombuConfirms):
         raises as :meth:`publish` does; a request lost with the connection or
         the channel before its confirm is published again.
         """
-        if not self._confirms or self._config.ssl or not hasattr(select, "poll"):
-            self._publish([envelope])
-            return
-        batch = Batch([envelope])
-        if self._closed:
-            batch.fail(0, "the transport is closed")
-            raise batch.error()
-        with self.deadline(self._config.publish_timeout):
-            try:
-                if self._reply_queues:
-                    self._check_reply_connection()
-                self._confirm_or_answer(batch, answered)
-            except exceptions.ConnectionFailed as exc:
-                batch.connection_failed = exc
-                for index in list(batch.todo):
-                    batch.fail(index, exc.kwargs.get("reason", str(exc)))
-        if batch.failed:
-            raise batch.error()
+        shared = self._confirms and not self._config.ssl and hasattr(select, "poll")
+        self._publish([envelope], answered if shared else None)
 
     def publish_many(self, envelopes: Iterable[OutgoingEnvelope]) -> None:
         """Publish all, then wait for all confirms (pipelined).
@@ -93,7 +77,9 @@ class KombuPublishing(KombuConfirms):
         """
         self._publish(list(envelopes))
 
-    def _publish(self, envelopes: List[OutgoingEnvelope]) -> None:
+    def _publish(self, envelopes: List[OutgoingEnvelope],
+                 answered: Optional[Callable[[], bool]] = None) -> None:
+        """Publish a batch holding the lock, or a request beside others (``answered``)."""
         batch = Batch(envelopes)
         if not batch.envelopes:
             return
@@ -105,12 +91,15 @@ class KombuPublishing(KombuConfirms):
             try:
                 if self._reply_queues and self._is_amqp:
                     self._check_reply_connection()
-                with self._holding(self._publish_lock):
-                    try:
-                        self._publish_batch(batch)
-                    finally:
-                        self._forget(batch)
-                        self._pub_read.notify_all()  # it read confirms of waiting requests
+                if answered is not None:
+                    self._confirm_or_answer(batch, answered)
+                else:
+                    with self._holding(self._publish_lock):
+                        try:
+                            self._publish_batch(batch)
+                        finally:
+                            self._forget(batch)
+                            self._pub_read.notify_all()  # it read waiting requests' confirms
             except exceptions.ConnectionFailed as exc:
                 batch.connection_failed = exc
                 for index in list(batch.todo):
