@@ -118,8 +118,10 @@ class KombuPublishing(KombuConfirms):
         """
         deadline = 0.0
         sent = False
+        lock = self._publish_lock
         while True:
-            with self._holding(self._publish_lock):
+            self._take(lock)
+            try:
                 if not batch.todo:
                     return
                 if sent and answered():
@@ -146,12 +148,23 @@ class KombuPublishing(KombuConfirms):
                     continue
                 self._pub_reader = True
                 raw = raw_connection(self._pub_conn)
+            finally:
+                lock.release()
             try:
                 self._read_confirms(raw, min(remaining, self.poll_interval))
             finally:
-                with self._publish_lock:
+                with lock:
                     self._pub_reader = False
                     self._pub_read.notify_all()
+
+    def _take(self, lock: Any) -> None:
+        """:meth:`_holding` without its context manager (taken a few times per call)."""
+        deadline = getattr(self._local, "deadline", None)
+        if deadline is None:
+            lock.acquire()
+        elif not lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            raise self._failed(None, "timed out: another thread holds the connection "
+                                     "(reconnecting)")
 
     def _read_confirms(self, raw: Any, timeout: float) -> None:
         """The reader: wait up to ``timeout`` for the publishing or the consuming socket, read.

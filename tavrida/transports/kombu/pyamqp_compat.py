@@ -465,6 +465,9 @@ CONTENT_HEADER_OVERHEAD = 8 + 12
 
 _pack_length = struct.Struct(">I").pack
 _pack_int = struct.Struct(">ci").pack
+_pack_text = struct.Struct(">cI").pack
+#: Header names as a table writes them (length byte and UTF-8), the usual few kept.
+_KEY_BYTES: Dict[str, bytes] = {}
 _pack_long = struct.Struct(">cq").pack
 _pack_flags = struct.Struct(">H").pack
 
@@ -476,23 +479,26 @@ def _fast_table(table: Dict[Any, Any]) -> Optional[bytes]:
     """
     parts: List[bytes] = []
     append = parts.append
+    keys = _KEY_BYTES
     for key, value in table.items():
-        if type(key) is not str:
-            return None
-        raw_key = key.encode("utf-8", "surrogatepass")
-        if len(raw_key) > 255:
-            return None
-        append(bytes((len(raw_key),)))
-        append(raw_key)
+        prefix = keys.get(key) if type(key) is str else None
+        if prefix is None:
+            if type(key) is not str:
+                return None
+            raw_key = key.encode("utf-8", "surrogatepass")
+            if len(raw_key) > 255:
+                return None
+            prefix = bytes((len(raw_key),)) + raw_key
+            if len(keys) < 1024:
+                keys[key] = prefix
         kind = type(value)
         if kind is str:
             raw = value.encode("utf-8", "surrogatepass")
-            append(b"S" + _pack_length(len(raw)))
-            append(raw)
+            append(prefix + _pack_text(b"S", len(raw)) + raw)
         elif kind is int and -2147483647 <= value <= 2147483647:
-            append(_pack_int(b"I", value))
+            append(prefix + _pack_int(b"I", value))
         elif kind is int and -2 ** 63 <= value < 2 ** 63:
-            append(_pack_long(b"L", value))
+            append(prefix + _pack_long(b"L", value))
         else:
             return None
     data = b"".join(parts)
