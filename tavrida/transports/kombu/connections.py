@@ -159,7 +159,7 @@ class KombuConnections(Transport):
     #: Sequence number of each unconfirmed publish -> the index of its envelope.
     _pub_waiting: "collections.OrderedDict[int, Tuple[Batch, int]]"
     _pub_reader: bool
-    _pub_read: threading.Condition
+    _pub_idle: List[Tuple[Batch, threading.Condition, Callable[[], bool]]]
     #: Exchanges a virtual publisher channel has recorded as topic exchanges.
     _pub_exchanges: Set[str]
 

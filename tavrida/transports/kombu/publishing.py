@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
@@ -99,7 +100,7 @@ class KombuPublishing(KombuConfirms):
                             self._publish_batch(batch)
                         finally:
                             self._forget(batch)
-                            self._pub_read.notify_all()  # it read waiting requests' confirms
+                            self._wake_waiting(handover=False)  # it read their confirms
             except exceptions.ConnectionFailed as exc:
                 batch.connection_failed = exc
                 for index in list(batch.todo):
@@ -112,13 +113,16 @@ class KombuPublishing(KombuConfirms):
 
         The lock is held to write and to read, never to wait: one waiting
         thread at a time (the reader) polls the publishing socket and the
-        reply queue's together and reads what comes; the others wait on
-        :attr:`_pub_read`, woken after every read. A request whose publish
-        was lost (connection or channel) before its confirm goes out again.
+        reply queue's together and reads what comes; the others wait, each on
+        its own condition, woken when their request is settled or answered,
+        or (one of them) to read next. A request whose publish was lost
+        (connection or channel) before its confirm goes out again.
         """
         deadline = 0.0
         sent = False
         lock = self._publish_lock
+        wake = threading.Condition(lock)
+        waiting = (batch, wake, answered)
         while True:
             self._take(lock)
             try:
@@ -144,7 +148,11 @@ class KombuPublishing(KombuConfirms):
                                   f"{self.confirm_timeout}s, or the publish deadline)")
                     return
                 if self._pub_reader:
-                    self._pub_read.wait(min(remaining, self.poll_interval))
+                    self._pub_idle.append(waiting)
+                    try:
+                        wake.wait(min(remaining, self.poll_interval))
+                    finally:
+                        self._pub_idle.remove(waiting)
                     continue
                 self._pub_reader = True
                 raw = raw_connection(self._pub_conn)
@@ -155,7 +163,16 @@ class KombuPublishing(KombuConfirms):
             finally:
                 with lock:
                     self._pub_reader = False
-                    self._pub_read.notify_all()
+                    self._wake_waiting(handover=not batch.todo or answered())
+
+    def _wake_waiting(self, handover: bool) -> None:
+        """Wake the waiting requests settled or answered, and one more to read if ``handover``."""
+        for batch, wake, answered in self._pub_idle:
+            if not batch.todo or answered():
+                wake.notify()
+            elif handover:
+                wake.notify()
+                handover = False
 
     def _take(self, lock: Any) -> None:
         """:meth:`_holding` without its context manager (taken a few times per call)."""
@@ -182,7 +199,15 @@ class KombuPublishing(KombuConfirms):
         reply_fd = self._reply_fd()
         if reply_fd >= 0:
             poller.register(reply_fd, select.POLLIN)
-        for fd, _ in poller.poll(timeout * 1000):
+        end = time.monotonic() + timeout
+        events = poller.poll(timeout * 1000)
+        while events and all(fd != pub_fd for fd, _ in events):
+            if self._read_answers():
+                return
+            # Another thread drains the replies: wait for the publishing socket alone.
+            poller.unregister(reply_fd)
+            events = poller.poll(max(end - time.monotonic(), 0.0) * 1000)
+        for fd, _ in events:
             if fd != pub_fd:
                 self._read_answers()
                 continue

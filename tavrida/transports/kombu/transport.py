@@ -113,8 +113,8 @@ class KombuTransport(KombuPublishing):
         self._pub_waiting = collections.OrderedDict()
         #: A request is reading the publishing connection for everyone (see _confirm_or_answer).
         self._pub_reader = False
-        #: Notified after each read of the publishing connection.
-        self._pub_read = threading.Condition(self._publish_lock)
+        #: Requests waiting while another reads: (batch, its condition, answered).
+        self._pub_idle = []
         self._pub_exchanges = set()
 
     def __repr__(self) -> str:
