@@ -49,9 +49,14 @@ class _Waiter:
 
     __slots__ = ("answer", "wake")
 
-    def __init__(self, lock: threading.Lock) -> None:
+    def __init__(self) -> None:
         self.answer: Optional[messages.Message] = None
-        self.wake = threading.Condition(lock)
+        #: Made when the caller first waits for another drainer (most never do).
+        self.wake: Optional[threading.Condition] = None
+
+    def notify(self) -> None:
+        if self.wake is not None:
+            self.wake.notify()
 
     def has_answer(self) -> bool:
         return self.answer is not None
@@ -116,9 +121,11 @@ class Replies:
                 remaining = deadline - time.monotonic()
                 if waiter.answer is not None or remaining <= 0:
                     if not self._drainer and self._idle:
-                        self._idle[0].wake.notify()  # it may have been handed draining
+                        self._idle[0].notify()  # it may have been handed draining
                     return waiter.answer is not None
                 if self._drainer:
+                    if waiter.wake is None:
+                        waiter.wake = threading.Condition(self._lock)
                     self._idle.append(waiter)
                     try:
                         waiter.wake.wait(min(remaining, 0.2))
@@ -138,7 +145,7 @@ class Replies:
                 with self._lock:
                     self._drainer = False
                     if self._idle:
-                        self._idle[0].wake.notify()  # another caller drains now
+                        self._idle[0].notify()  # another caller drains now
 
     def _on_message(self, delivery: Delivery) -> None:
         try:
@@ -153,7 +160,7 @@ class Replies:
                 waiter = self._pending.pop(answer.request_id, None)
                 if waiter is not None:
                     waiter.answer = answer
-                    waiter.wake.notify()
+                    waiter.notify()
                     taken = True
         if not taken:
             LOG.warning("dropping an answer nobody waits for (late or another client's): %r",
@@ -172,7 +179,7 @@ class Replies:
         deadline = time.monotonic() + timeout
         transport = self._sender.transport
         assert transport is not None
-        waiter = _Waiter(self._lock)
+        waiter = _Waiter()
         answered = False
         try:
             with transport.deadline(timeout):

@@ -18,7 +18,7 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import amqp
 
@@ -121,8 +121,7 @@ class KombuPublishing(KombuConfirms):
         deadline = 0.0
         sent = False
         lock = self._publish_lock
-        wake = threading.Condition(lock)
-        waiting = (batch, wake, answered)
+        waiting: Optional[Tuple[Batch, threading.Condition, Callable[[], bool]]] = None
         while True:
             self._take(lock)
             try:
@@ -148,9 +147,11 @@ class KombuPublishing(KombuConfirms):
                                   f"{self.confirm_timeout}s, or the publish deadline)")
                     return
                 if self._pub_reader:
+                    if waiting is None:  # made when needed: most calls never wait here
+                        waiting = (batch, threading.Condition(lock), answered)
                     self._pub_idle.append(waiting)
                     try:
-                        wake.wait(min(remaining, self.poll_interval))
+                        waiting[1].wait(min(remaining, self.poll_interval))
                     finally:
                         self._pub_idle.remove(waiting)
                     continue
