@@ -11,6 +11,7 @@ import logging
 import socket
 import threading
 import time
+from typing import Any
 
 from tavrida import exceptions
 from tavrida.transports.kombu.consuming import KombuConsuming
@@ -47,9 +48,12 @@ class KombuDraining(KombuConsuming):
                 self._stop.wait(max(remaining, 0.0))
                 break
             try:
-                with self._holding(self._lock):
+                self._take(self._lock)
+                try:
                     self._drain_once(min(max(remaining, self.min_poll_interval),
                                          self._next_slice()))
+                finally:
+                    self._lock.release()
             except exceptions.ConnectionFailed:
                 if self._closed or self._interrupted:
                     break  # stopping during an outage: nothing in hand can be acked anyway
@@ -65,13 +69,20 @@ class KombuDraining(KombuConsuming):
         """One bounded read on the consuming connection; call with ``_lock`` held."""
         if self._closed:
             return
-        self._ensure_connected()
+        conn = self._conn
+        raw = raw_connection(conn)
+        if not (self._is_amqp and raw is not None and not self._broken and raw.connected):
+            self._ensure_connected()  # (the cheap test above is py-amqp's own, for RabbitMQ)
+            conn = self._conn
+            raw = raw_connection(conn)
         if not self._settles_can_wait():
             self._perform_settles()
-        conn = self._conn
         assert conn is not None  # _ensure_connected() raises otherwise
         try:
-            conn.transport.drain_events(self._raw_connection(), timeout=timeout)
+            if self._is_amqp:
+                raw.drain_events(timeout=timeout)  # what kombu's transport calls
+            else:
+                conn.transport.drain_events(raw, timeout=timeout)
         except socket.timeout:
             pass
         except self._connection_errors + self._channel_errors as exc:
@@ -93,6 +104,15 @@ class KombuDraining(KombuConsuming):
             self._last_beat = now
         if not self._settles_can_wait():
             self._perform_settles()
+
+    def _take(self, lock: Any) -> None:
+        """:meth:`_holding` without its context manager (taken a few times per call)."""
+        deadline = getattr(self._local, "deadline", None)
+        if deadline is None:
+            lock.acquire()
+        elif not lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            raise self._failed(None, "timed out: another thread holds the connection "
+                                     "(reconnecting)")
 
     def _next_slice(self) -> float:
         """How long the next read may block: short while handlers may ack from elsewhere."""

@@ -175,15 +175,6 @@ class KombuPublishing(KombuConfirms):
                 wake.notify()
                 handover = False
 
-    def _take(self, lock: Any) -> None:
-        """:meth:`_holding` without its context manager (taken a few times per call)."""
-        deadline = getattr(self._local, "deadline", None)
-        if deadline is None:
-            lock.acquire()
-        elif not lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
-            raise self._failed(None, "timed out: another thread holds the connection "
-                                     "(reconnecting)")
-
     def _read_confirms(self, raw: Any, timeout: float) -> None:
         """The reader: wait up to ``timeout`` for the publishing or the consuming socket, read.
 
