@@ -12,10 +12,18 @@ of them changes or is no longer needed.
   not UTF-8, whose header timestamps no ``datetime`` holds, or whose tables nest
   deeper than py-amqp's recursion: plain py-amqp raises out of ``drain_events``
   on them, before the message can be acked, so it poisons its queue.
+* ``amqp.method_framing.frame_handler``'s state machine and
+  ``method_framing._CONTENT_METHODS`` (private), ``amqp.Message``'s
+  ``_load_properties`` (private), ``inbound_header``, ``inbound_body``,
+  ``frame_method``, ``frame_args`` and ``ready``: :func:`frame_handler` is
+  py-amqp's handler building :class:`FastMessage` objects, whose usual
+  properties :func:`fast_read_properties` reads; the canary tests feed both
+  handlers the same frames and compare what they call back.
 * the argument formats of ``basic.deliver``, ``basic.get-ok``, ``basic.return``
   (:data:`_CONTENT_METHOD_ARGS`, copied from the AMQP 0-9-1 spec py-amqp follows).
 * ``amqp.Message._serialize_properties`` (private): :class:`CheckedMessage`
-  serializes the properties once to check that they fit in one frame
+  serializes the properties once (:func:`fast_properties` for the usual
+  kinds, the same bytes) to check that they fit in one frame
   (RabbitMQ closes the connection over a larger content header), and
   :func:`_sanitize_content_header` rebuilds a header with it.
 * ``amqp.Message.PROPERTIES`` (undocumented): the property names and types.
