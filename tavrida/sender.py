@@ -83,11 +83,22 @@ class Sender:
         return envelope
 
     def send(self, message: messages.Message) -> None:
-        """Publish one message; returns when the broker has it."""
+        """Publish one message; returns when the broker has it.
+
+        The request of a blocking call (:attr:`replies` waits for its answer)
+        returns once answered even if its confirm has not come yet (see
+        :meth:`~tavrida.transports.base.Transport.publish_request`).
+        """
         envelope = self.envelope(message)
         if self.transport is None:
             raise RuntimeError(f"{self.source or 'sender'} is not connected to a transport")
-        self.transport.publish(envelope)
+        answered = None
+        if self.replies is not None and message.message_type == messages.REQUEST:
+            answered = self.replies.answered(message.request_id)
+        if answered is None:
+            self.transport.publish(envelope)
+        else:
+            self.transport.publish_request(envelope, answered)
         if LOG.isEnabledFor(logging.DEBUG):
             LOG.debug("sent %s to %s/%s", message.message_type, envelope.exchange,
                       envelope.routing_key)

@@ -90,14 +90,15 @@ def read_headers(raw: Any) -> Dict[str, str]:
     """The tavrida headers of a raw header table, checked; user headers kept as they are."""
     if raw is None:
         raw = {}
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):
         raise exceptions.IncorrectMessage(reason="headers are not a table")
     headers: Dict[str, Any] = dict(raw)
     missing = [name for name in messages.REQUIRED_HEADERS if name not in headers]
     if missing:
         raise exceptions.IncorrectMessage(reason=f"missing header(s): {', '.join(missing)}")
     for name in messages.TAVRIDA_HEADERS:
-        headers[name] = _text(name, headers.get(name, ""))
+        value = headers.get(name, "")
+        headers[name] = value if type(value) is str else _text(name, value)
     if messages.REPLY_EXCHANGE_HEADER in headers:
         name = messages.REPLY_EXCHANGE_HEADER
         headers[name] = _text(name, headers[name])
@@ -120,22 +121,28 @@ def read_body(body: Any, properties: Optional[Mapping[str, Any]] = None,
               max_size: int = DEFAULT_MAX_BODY_SIZE) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Context and payload of a raw body, checked."""
     properties = properties or {}
-    content_type = _label(properties.get("content_type")).split(";")[0].strip()
-    if content_type not in JSON_CONTENT_TYPES:
-        _check_content_type(content_type)
-    encoding = _label(properties.get("content_encoding")).strip()
-    if encoding not in ENCODINGS and not _is_utf8(encoding):
-        raise exceptions.IncorrectMessage(
-            reason=f"content encoding {encoding!r} refused: tavrida reads UTF-8 JSON")
-    if isinstance(body, str):
-        body = body.encode("utf-8", "surrogatepass")
-    if not isinstance(body, (bytes, bytearray, memoryview)):
-        raise exceptions.IncorrectMessage(reason=f"body of type {type(body).__name__}")
+    content_type = properties.get("content_type") or ""
+    if type(content_type) is not str or content_type not in JSON_CONTENT_TYPES:
+        content_type = _label(content_type).split(";")[0].strip()
+        if content_type not in JSON_CONTENT_TYPES:
+            _check_content_type(content_type)
+    encoding = properties.get("content_encoding") or ""
+    if type(encoding) is not str or encoding not in ENCODINGS:
+        encoding = _label(encoding).strip()
+        if encoding not in ENCODINGS and not _is_utf8(encoding):
+            raise exceptions.IncorrectMessage(
+                reason=f"content encoding {encoding!r} refused: tavrida reads UTF-8 JSON")
+    if type(body) is not bytes:
+        if isinstance(body, str):
+            body = body.encode("utf-8", "surrogatepass")
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise exceptions.IncorrectMessage(reason=f"body of type {type(body).__name__}")
+        body = bytes(body)
     if len(body) > max_size:
         raise exceptions.IncorrectMessage(
             reason=f"body of {len(body)} bytes exceeds the limit of {max_size} bytes")
     try:
-        text = bytes(body).decode("utf-8")
+        text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise exceptions.IncorrectMessage(
             reason=f"body is not valid UTF-8 (byte {exc.start})") from None

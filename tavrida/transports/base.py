@@ -219,6 +219,19 @@ class Transport(abc.ABC):
         if failed:
             raise publish_error(batch, failed, unroutable=unroutable)
 
+    def publish_request(self, envelope: OutgoingEnvelope,
+                        answered: Callable[[], bool]) -> None:
+        """Publish the request of a blocking call, whose answer comes to a reply queue here.
+
+        Like :meth:`publish`, but the answer may come before the confirm:
+        an answer proves the broker routed the request, so a confirming
+        transport may read its reply queue while it waits for the confirm
+        and return as soon as ``answered()`` is true. A nack or a return seen
+        before that still raises as :meth:`publish` does. The default is
+        :meth:`publish`.
+        """
+        self.publish(envelope)
+
     def deadline(self, timeout: Optional[float]) -> "contextlib.AbstractContextManager[None]":
         """Bound the blocking operations this thread runs inside the block.
 

@@ -23,6 +23,8 @@ class Batch:
         self.unencodable: Set[int] = set()
         #: Failed because no queue took them (mandatory ones).
         self.unroutable: Set[int] = set()
+        #: Sequence numbers of its publishes waiting for their confirm.
+        self.inflight: Set[int] = set()
         #: Why the rest failed, when the broker could not be reached.
         self.connection_failed: Optional[exceptions.ConnectionFailed] = None
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import Any, List
+from typing import Any, List, Optional, Tuple
 
 import amqp
 
@@ -36,13 +36,14 @@ class KombuConfirms(KombuDraining):
             LOG.debug("nobody takes %s/%s: dropped", envelope.exchange, envelope.routing_key)
             batch.todo.pop(index, None)
 
-    def _wait_for_confirms(self) -> None:
+    def _wait_for_confirms(self, batch: Batch) -> None:
+        """Read the publishing connection until ``batch`` has no unconfirmed publish."""
         deadline = time.monotonic() + self.confirm_timeout
         own = getattr(self._local, "deadline", None)
         if own is not None:
             deadline = min(deadline, own)
         raw = raw_connection(self._pub_conn)
-        while self._pub_waiting:
+        while batch.inflight:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ConfirmTimeout()
@@ -51,30 +52,43 @@ class KombuConfirms(KombuDraining):
             except socket.timeout:
                 continue
 
+    def _forget(self, batch: Batch) -> None:
+        """Stop waiting for the confirms of ``batch`` (``_publish_lock`` held)."""
+        for seq in batch.inflight:
+            self._pub_waiting.pop(seq, None)
+        batch.inflight.clear()
+
+    def _lose_unconfirmed(self) -> None:
+        """The channel is gone: its unconfirmed publishes are pending again, to be resent."""
+        for batch, _ in self._pub_waiting.values():
+            batch.inflight.clear()
+        self._pub_waiting.clear()
+
     def _on_confirm(self, delivery_tag: int, multiple: bool) -> None:
-        batch = self._pub_batch
-        for index in self._resolve(delivery_tag, multiple):
-            if batch is not None:
-                batch.todo.pop(index, None)
+        for batch, index in self._resolve(delivery_tag, multiple):
+            batch.todo.pop(index, None)
 
     def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
-        batch = self._pub_batch
-        for index in self._resolve(delivery_tag, multiple):
-            if batch is not None:
-                batch.fail(index, "the broker nacked it")
+        for batch, index in self._resolve(delivery_tag, multiple):
+            batch.fail(index, "the broker nacked it")
 
-    def _resolve(self, delivery_tag: int, multiple: bool) -> List[int]:
-        """Indexes of the envelopes a basic.ack/nack settles."""
+    def _resolve(self, delivery_tag: int, multiple: bool) -> List[Tuple[Batch, int]]:
+        """The envelopes (batch, index) a basic.ack/nack settles."""
         waiting = self._pub_waiting
         if not multiple:
-            index = waiting.pop(delivery_tag, None)
-            return [] if index is None else [index]
+            entry = waiting.pop(delivery_tag, None)
+            if entry is None:
+                return []
+            entry[0].inflight.discard(delivery_tag)
+            return [entry]
         settled = []
         while waiting:
             tag = next(iter(waiting))
             if tag > delivery_tag:
                 break
-            settled.append(waiting.pop(tag))
+            entry = waiting.pop(tag)
+            entry[0].inflight.discard(tag)
+            settled.append(entry)
         return settled
 
     def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
@@ -84,12 +98,11 @@ class KombuConfirms(KombuDraining):
         unconfirmed one after the last returned that has its exchange,
         routing key and body (identical messages are interchangeable).
         """
-        batch = self._pub_batch
-        if batch is not None and self._confirms:
+        if self._confirms:
             body = message.body
             if not isinstance(body, bytes):
                 body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
-            for seq, index in self._pub_waiting.items():
+            for seq, (batch, index) in self._pub_waiting.items():
                 if seq <= self._pub_returned_seq or index not in batch.todo:
                     continue
                 envelope = batch.envelopes[index]
@@ -102,11 +115,15 @@ class KombuConfirms(KombuDraining):
                     "(without publisher confirms it cannot be told which publish it was)",
                     exchange, routing_key, exc)
 
-    def _on_channel_error(self, batch: Batch, exc: amqp.ChannelError) -> None:
-        """The broker closed the publishing channel (py-amqp has reopened it)."""
+    def _on_channel_error(self, batch: Optional[Batch], exc: amqp.ChannelError) -> None:
+        """The broker closed the publishing channel (py-amqp has reopened it).
+
+        ``batch``: the one publishing when it happened (None: read by a
+        waiting request).
+        """
         reason = f"{exc.reply_code} {exc.reply_text}".strip() if exc.reply_text else str(exc)
         unconfirmed = list(self._pub_waiting.values())
-        self._pub_waiting.clear()
+        self._lose_unconfirmed()
         self._pub_confirming = False
         if not self._confirms:
             # The culprit was an earlier, already returned publish: nothing to blame now.
@@ -114,8 +131,9 @@ class KombuConfirms(KombuDraining):
             return
         # The broker names the missing exchange; other unconfirmed messages are innocent
         # and go out again on the fresh channel.
-        culprits = [index for index in unconfirmed
-                    if f"'{batch.envelopes[index].exchange}'" in (exc.reply_text or "")]
+        culprits = [(owner, index) for owner, index in unconfirmed
+                    if f"'{owner.envelopes[index].exchange}'" in (exc.reply_text or "")]
         # Nothing unconfirmed to blame: fail what is left rather than loop for ever.
-        for index in culprits or unconfirmed or list(batch.todo):
-            batch.fail(index, reason)
+        rest = [] if batch is None else [(batch, index) for index in batch.todo]
+        for owner, index in culprits or unconfirmed or rest:
+            owner.fail(index, reason)

@@ -298,8 +298,11 @@ class KombuConnections(KombuState):
                     if consumer.channel is not None]
         for consumer in self._consumers:
             consumer.channel = None
-        # Deliveries not yet handed out came on the dead connection: the broker redelivers them.
+        # Deliveries not yet handed out came on the dead connection: the broker redelivers
+        # them -- but not those taken without an ack (answers): those are still handed out.
+        kept = [item for item in self._ready if item[0]._no_ack]
         self._ready.clear()
+        self._ready.extend(kept)
         self._unsettled.clear()
         if conn is not None and not self._is_amqp:
             # RabbitMQ requeues what a lost connection held; Redis has no such thing.

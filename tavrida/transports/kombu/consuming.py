@@ -13,8 +13,10 @@ each consumer is a ``basic_consume`` on a channel of its own instead.
 from __future__ import annotations
 
 import logging
+import select
+import threading
 import time
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import amqp
 
@@ -22,7 +24,7 @@ from tavrida.transports.base import Binding, OnMessage
 from tavrida.transports.kombu.connections import REDIS_SCHEMES
 from tavrida.transports.kombu.declaring import KombuDeclarations
 from tavrida.transports.kombu.deliveries import Consumer, KombuDelivery
-from tavrida.transports.kombu.pyamqp_compat import PROPERTY_NAMES, text_key
+from tavrida.transports.kombu.pyamqp_compat import PROPERTY_NAMES, PROPERTY_SET, text_key
 from tavrida.transports.kombu.redis_fetch import RedisFetch
 from tavrida.transports.kombu.virtual import (
     ORIGIN,
@@ -39,13 +41,25 @@ LOG = logging.getLogger(__name__)
 class KombuConsuming(KombuDeclarations):
     """The consuming part of :class:`~tavrida.transports.kombu.KombuTransport`."""
 
+    #: Most acks kept back to be sent as one (see :meth:`_settles_can_wait`).
+    max_coalesced_acks = 25
+    #: Thread running callbacks in :meth:`drain` (its acks may be coalesced), else 0.
+    _delivering = 0
+
     def consume(self, queue: str, on_message: OnMessage, prefetch_count: int) -> None:
         """Deliver ``queue`` to ``on_message`` inside :meth:`drain` (manual acks).
 
         ``prefetch_count`` bounds the un-acked deliveries of this consumer
         (0: no bound). Consumes again after every reconnect.
+
+        A RabbitMQ reply queue (:meth:`declare_reply_queue`) is consumed
+        without acks: it is exclusive and dies with the connection, so an ack
+        protects nothing and costs a frame per answer; its deliveries'
+        ``ack()`` does nothing, and an answer read is handed out even if the
+        connection is lost before that.
         """
-        consumer = Consumer(queue, on_message, max(int(prefetch_count), 0))
+        no_ack = self._is_amqp and queue in self._reply_queues
+        consumer = Consumer(queue, on_message, max(int(prefetch_count), 0), no_ack)
         with self._holding(self._lock):
             self._ensure_connected()
             self._consumers.append(consumer)
@@ -81,10 +95,15 @@ class KombuConsuming(KombuDeclarations):
             except self._connection_errors + self._channel_errors as exc:
                 self._lost(exc)  # the broker gives everything back itself
                 return
+            kept = []
             while self._ready:
-                delivery, _ = self._ready.popleft()
+                delivery, on_message = self._ready.popleft()
+                if delivery._no_ack:
+                    kept.append((delivery, on_message))  # nothing to give back: hand it out
+                    continue
                 delivery._settled = True
                 self._settles.append((delivery, True))
+            self._ready.extend(kept)
             self._perform_settles()
 
     def delete(self, exchanges: Iterable[str] = (), queues: Iterable[str] = ()) -> None:
@@ -116,6 +135,7 @@ class KombuConsuming(KombuDeclarations):
         assert self._conn is not None
         channel = self._new_channel(self._conn)
         consumer.channel = channel
+        consumer.received = set()
         if not self._is_amqp:
             own_copies(channel, consumer.queue)
         if self._config.scheme in REDIS_SCHEMES:
@@ -133,7 +153,7 @@ class KombuConsuming(KombuDeclarations):
             # RabbitMQ cancels a consumer whose queue was deleted: declare it again.
             options["on_cancel"] = lambda tag: self._resume.append(consumer)
         channel.basic_consume(
-            queue=consumer.queue, no_ack=False, consumer_tag=consumer.tag,
+            queue=consumer.queue, no_ack=consumer.no_ack, consumer_tag=consumer.tag,
             callback=lambda message: self._on_message(consumer, channel, generation, message),
             **options)
 
@@ -224,14 +244,21 @@ class KombuConsuming(KombuDeclarations):
         if not isinstance(body, bytes):
             body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
         headers = dict(props.get("application_headers") or {})
-        if not all(type(key) is str for key in headers):
-            # py-amqp keeps a key that is not UTF-8 as bytes; the core expects text.
-            headers = {text_key(key): value for key, value in headers.items()}
-        return KombuDelivery(
+        for key in headers:
+            if type(key) is not str:
+                # py-amqp keeps a key that is not UTF-8 as bytes; the core expects text.
+                headers = {text_key(key): value for key, value in headers.items()}
+                break
+        delivery = KombuDelivery(
             self, channel, info["delivery_tag"], generation, body, headers,
-            {name: props[name] for name in PROPERTY_NAMES if props.get(name) is not None},
+            {name: value for name, value in props.items()
+             if value is not None and name in PROPERTY_SET},
             info.get("exchange") or "", info.get("routing_key") or "", consumer.queue,
-            bool(info.get("redelivered")))
+            bool(info.get("redelivered")), consumer.no_ack)
+        if not consumer.no_ack:
+            consumer.received.add(delivery._delivery_tag)
+            delivery._consumer = consumer
+        return delivery
 
     def _virtual_delivery(self, consumer: Consumer, channel: Any, generation: int,
                           message: Any) -> KombuDelivery:
@@ -261,7 +288,12 @@ class KombuConsuming(KombuDeclarations):
                              redelivered)
 
     def _settle(self, delivery: KombuDelivery, requeue: Optional[bool]) -> None:
-        """Queue an ack (``requeue is None``) or reject; do it now if the connection is free."""
+        """Queue an ack (``requeue is None``) or reject; do it now if the connection is free.
+
+        An ack made in a callback on the draining thread waits while more
+        messages are already waiting to be read (see :meth:`_settles_can_wait`):
+        sent together, acks of one channel become one ``basic.ack``.
+        """
         if delivery._settled:
             LOG.warning("%r was already acked or rejected; ignoring", delivery)
             return
@@ -269,6 +301,8 @@ class KombuConsuming(KombuDeclarations):
         self._unsettled.discard(id(delivery))
         self._slice = self.min_poll_interval
         self._settles.append((delivery, requeue))
+        if requeue is None and self._delivering == threading.get_ident():
+            return  # drain() sends it before it waits for the next message
         # Busy means drain() is in the middle of a (short) read: it settles right after.
         if self._lock.acquire(blocking=False):
             try:
@@ -276,16 +310,44 @@ class KombuConsuming(KombuDeclarations):
             finally:
                 self._lock.release()
 
+    def _settles_can_wait(self) -> bool:
+        """True while queued acks may wait: a few, and a message is ready to be read.
+
+        Call with ``_lock`` held. A redelivery after a crash may then repeat up
+        to :attr:`max_coalesced_acks` handled messages (at-least-once allows it).
+        """
+        if not self._settles or len(self._settles) >= self.max_coalesced_acks:
+            return False
+        sock = getattr(getattr(self._raw_connection(), "transport", None), "sock", None)
+        if sock is None or not self._is_amqp or self._config.ssl:
+            return False
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+
     def _perform_settles(self) -> None:
-        """Send queued acks/rejects; call with ``_lock`` held."""
-        while self._settles:
-            delivery, requeue = self._settles.popleft()
+        """Send queued acks/rejects; call with ``_lock`` held.
+
+        A channel's acks with nothing else queued for it, covering every
+        message received on it up to the highest, go as one ``basic.ack``
+        with ``multiple``; anything else goes one by one, in order.
+        """
+        if not self._settles:
+            return
+        settles = list(self._settles)
+        self._settles.clear()
+        if len(settles) > 1:
+            settles = self._coalesced(settles)
+        for delivery, requeue in settles:
             if (self._conn is None or self._broken or delivery._generation != self._generation
                     or delivery._channel is None):
                 LOG.debug("dropping ack of %r: its connection is gone", delivery)
                 continue
+            consumer = delivery._consumer
             try:
-                if requeue is None:
+                if requeue is None and delivery._multiple:
+                    delivery._channel.basic_ack(delivery._delivery_tag, multiple=True)
+                elif requeue is None:
                     delivery._channel.basic_ack(delivery._delivery_tag)
                 else:
                     delivery._channel.basic_reject(delivery._delivery_tag, requeue=requeue)
@@ -293,3 +355,32 @@ class KombuConsuming(KombuDeclarations):
                 # drain() reconnects; the broker redelivers what was not acked.
                 LOG.warning("could not settle %r (%s: %s)", delivery, type(exc).__name__, exc)
                 self._broken = True
+                continue
+            if consumer is not None and delivery._channel is consumer.channel:
+                if requeue is None and delivery._multiple:
+                    tag = delivery._delivery_tag
+                    consumer.received = {t for t in consumer.received if t > tag}
+                else:
+                    consumer.received.discard(delivery._delivery_tag)
+
+    def _coalesced(self, settles: List[Tuple[KombuDelivery, Optional[bool]]]
+                   ) -> List[Tuple[KombuDelivery, Optional[bool]]]:
+        """``settles`` with each channel's acks made one ``multiple`` ack where that is exact."""
+        by_channel: Dict[int, List[Tuple[KombuDelivery, Optional[bool]]]] = {}
+        for item in settles:
+            by_channel.setdefault(id(item[0]._channel), []).append(item)
+        result: List[Tuple[KombuDelivery, Optional[bool]]] = []
+        for items in by_channel.values():
+            consumer = items[0][0]._consumer
+            if (len(items) > 1 and consumer is not None
+                    and all(d._consumer is consumer and d._channel is consumer.channel
+                            and requeue is None for d, requeue in items)):
+                tags = {d._delivery_tag for d, _ in items}
+                last = max(items, key=lambda item: item[0]._delivery_tag)[0]
+                highest = last._delivery_tag
+                if all(t in tags for t in consumer.received if t <= highest):
+                    last._multiple = True
+                    result.append((last, None))
+                    continue
+            result.extend(items)
+        return result

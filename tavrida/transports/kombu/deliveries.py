@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Dict, Optional, Protocol
+from typing import Any, Dict, Optional, Protocol, Set
 
 from tavrida.transports.base import Delivery, OnMessage
 from tavrida.transports.kombu.redis_fetch import RedisFetch
@@ -16,10 +16,15 @@ class _Settles(Protocol):
 class KombuDelivery(Delivery):
     """A message received by :class:`KombuTransport`; ack/reject from any thread."""
 
+    #: The consumer it came to (RabbitMQ, with acks): whose acks may be coalesced.
+    _consumer: Optional["Consumer"] = None
+    #: Its ack is sent as ``multiple``: it covers every earlier one of its channel.
+    _multiple = False
+
     def __init__(self, transport: _Settles, channel: Any, delivery_tag: Any,
                  generation: int, body: bytes, headers: Dict[str, Any],
                  properties: Dict[str, Any], exchange: str, routing_key: str, queue: str,
-                 redelivered: bool) -> None:
+                 redelivered: bool, no_ack: bool = False) -> None:
         self.body = body
         self.headers = headers
         self.properties = properties
@@ -31,15 +36,22 @@ class KombuDelivery(Delivery):
         self._channel = channel
         self._delivery_tag = delivery_tag
         self._generation = generation
-        self._settled = False
+        #: Taken without an ack (a RabbitMQ reply queue): the broker forgot it already.
+        self._no_ack = no_ack
+        self._settled = no_ack
 
     def ack(self) -> None:
-        """Acknowledge; dropped if the connection it came on is gone (it is redelivered)."""
-        self._transport._settle(self, None)
+        """Acknowledge; dropped if the connection it came on is gone (it is redelivered).
+
+        Nothing to do for a delivery taken without an ack (a reply queue).
+        """
+        if not self._no_ack:
+            self._transport._settle(self, None)
 
     def reject(self, requeue: bool) -> None:
-        """Reject (``requeue=True`` gives it back to the queue)."""
-        self._transport._settle(self, bool(requeue))
+        """Reject (``requeue=True`` gives it back to the queue); a no-op without acks."""
+        if not self._no_ack:
+            self._transport._settle(self, bool(requeue))
 
     def __repr__(self) -> str:
         return (f"<KombuDelivery {self.queue!r} from {self.exchange!r}/{self.routing_key!r}"
@@ -49,11 +61,17 @@ class KombuDelivery(Delivery):
 class Consumer:
     """What :meth:`KombuTransport.consume` was asked, kept to consume again after a reconnect."""
 
-    def __init__(self, queue: str, on_message: OnMessage, prefetch_count: int) -> None:
+    def __init__(self, queue: str, on_message: OnMessage, prefetch_count: int,
+                 no_ack: bool = False) -> None:
         self.queue = queue
         self.on_message = on_message
         self.prefetch_count = prefetch_count
+        #: Consumed without acks: a RabbitMQ reply queue (see :meth:`KombuConsuming.consume`).
+        self.no_ack = no_ack
         self.tag = f"tavrida-{uuid.uuid4().hex}"
         self.channel: Any = None
+        #: Delivery tags received on :attr:`channel` and not yet acked or rejected
+        #: (RabbitMQ, with acks): an ack of several at once must cover exactly these.
+        self.received: Set[int] = set()
         #: Redis only: the reliable fetch, kept across reconnects (see :class:`RedisFetch`).
         self.fetch: Optional[RedisFetch] = None

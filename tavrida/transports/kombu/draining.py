@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
+from typing import Any
 
 from tavrida import exceptions
 from tavrida.transports.kombu.consuming import KombuConsuming
+from tavrida.transports.kombu.pyamqp_compat import raw_connection
 
 LOG = logging.getLogger(__name__)
 
 
 class KombuDraining(KombuConsuming):
     """The draining part of :class:`~tavrida.transports.kombu.KombuTransport`."""
+
+    #: Seconds between heartbeat checks while messages keep coming (each read
+    #: counts as a sign of life; heartbeats are sent every half interval, which
+    #: is seconds): a check per message would cost more than the message.
+    heartbeat_check_interval = 0.02
 
     def drain(self, timeout: float) -> bool:
         """Deliver waiting messages, waiting at most ``timeout`` seconds for one.
@@ -40,9 +48,12 @@ class KombuDraining(KombuConsuming):
                 self._stop.wait(max(remaining, 0.0))
                 break
             try:
-                with self._holding(self._lock):
+                self._take(self._lock)
+                try:
                     self._drain_once(min(max(remaining, self.min_poll_interval),
                                          self._next_slice()))
+                finally:
+                    self._lock.release()
             except exceptions.ConnectionFailed:
                 if self._closed or self._interrupted:
                     break  # stopping during an outage: nothing in hand can be acked anyway
@@ -58,12 +69,20 @@ class KombuDraining(KombuConsuming):
         """One bounded read on the consuming connection; call with ``_lock`` held."""
         if self._closed:
             return
-        self._ensure_connected()
-        self._perform_settles()
         conn = self._conn
+        raw = raw_connection(conn)
+        if not (self._is_amqp and raw is not None and not self._broken and raw.connected):
+            self._ensure_connected()  # (the cheap test above is py-amqp's own, for RabbitMQ)
+            conn = self._conn
+            raw = raw_connection(conn)
+        if not self._settles_can_wait():
+            self._perform_settles()
         assert conn is not None  # _ensure_connected() raises otherwise
         try:
-            conn.transport.drain_events(self._raw_connection(), timeout=timeout)
+            if self._is_amqp:
+                raw.drain_events(timeout=timeout)  # what kombu's transport calls
+            else:
+                conn.transport.drain_events(raw, timeout=timeout)
         except socket.timeout:
             pass
         except self._connection_errors + self._channel_errors as exc:
@@ -74,14 +93,26 @@ class KombuDraining(KombuConsuming):
         except self._connection_errors + self._channel_errors as exc:
             self._lost(exc)  # reconnecting declares everything anyway
             return
-        try:
-            # After reading: frames just read count as signs of life.
-            conn.transport.heartbeat_check(self._raw_connection(), rate=2)
-        except self._connection_errors as exc:
-            self._lost(exc)
-            return
-        self._last_beat = time.monotonic()
-        self._perform_settles()
+        now = time.monotonic()
+        if now - self._last_beat >= self.heartbeat_check_interval:
+            try:
+                # After reading: frames just read count as signs of life.
+                conn.transport.heartbeat_check(self._raw_connection(), rate=2)
+            except self._connection_errors as exc:
+                self._lost(exc)
+                return
+            self._last_beat = now
+        if not self._settles_can_wait():
+            self._perform_settles()
+
+    def _take(self, lock: Any) -> None:
+        """:meth:`_holding` without its context manager (taken a few times per call)."""
+        deadline = getattr(self._local, "deadline", None)
+        if deadline is None:
+            lock.acquire()
+        elif not lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            raise self._failed(None, "timed out: another thread holds the connection "
+                                     "(reconnecting)")
 
     def _next_slice(self) -> float:
         """How long the next read may block: short while handlers may ack from elsewhere."""
@@ -93,11 +124,57 @@ class KombuDraining(KombuConsuming):
 
     def _deliver_ready(self) -> bool:
         """Run callbacks of received messages, outside the lock, on the draining thread."""
-        while self._ready:
-            delivery, on_message = self._ready.popleft()
-            if not delivery._settled:
-                self._unsettled.add(id(delivery))
-                self._slice = self.min_poll_interval
+        self._delivering = threading.get_ident()
+        try:
+            while self._ready:
+                delivery, on_message = self._ready.popleft()
+                if not delivery._settled:
+                    self._unsettled.add(id(delivery))
+                    self._slice = self.min_poll_interval
+                on_message(delivery)
+        finally:
+            self._delivering = 0
+        return True
+
+    def _reply_fd(self) -> int:
+        """File descriptor of the consuming connection while it reads reply queues, else -1.
+
+        Read without ``_lock`` (a publishing thread polls it): at worst it is
+        a connection just dropped, whose reads :meth:`_read_answers` skips.
+        """
+        conn = self._conn
+        if not self._reply_queues or conn is None or self._broken:
+            return -1
+        sock = getattr(getattr(raw_connection(conn), "transport", None), "sock", None)
+        try:
+            return sock.fileno() if sock is not None else -1
+        except OSError:
+            return -1
+
+    def _read_answers(self) -> bool:
+        """One short read on the consuming connection, then hand out the answers read.
+
+        For a publishing thread waiting for a confirm (see
+        :meth:`_wait_for_confirm_or_answer`): only deliveries without acks
+        (answers) are handed out here; the others stay for :meth:`drain`.
+        False when another thread holds the connection (it delivers).
+        """
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self._closed or self._conn is None or self._broken:
+                return True
+            self._drain_once(self.min_poll_interval)
+            answers = [item for item in self._ready if item[0]._no_ack]
+            if answers:
+                others = [item for item in self._ready if not item[0]._no_ack]
+                self._ready.clear()
+                self._ready.extend(others)
+        except exceptions.ConnectionFailed:
+            return True  # the caller's own drain reconnects or reports it
+        finally:
+            self._lock.release()
+        for delivery, on_message in answers:
             on_message(delivery)
         return True
 

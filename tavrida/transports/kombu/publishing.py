@@ -2,16 +2,23 @@
 
 One channel in confirm mode is shared by every thread under
 ``_publish_lock``; messages lost with a connection or a channel are
-published again (at least once). kombu's ``Producer`` is not used: it has
-no ``mandatory`` return matching, and tavrida needs the raw
-``basic_publish`` of the channel to pipeline confirms.
+published again (at least once). A batch holds the lock while it waits for
+its confirms; the request of a blocking call does not: it publishes under
+the lock and waits beside the other callers' requests, one of them reading
+the confirms for all (see :meth:`KombuPublishing.publish_request`).
+kombu's ``Producer`` is not used: it has no ``mandatory`` return matching,
+and tavrida needs the raw ``basic_publish`` of the channel to pipeline
+confirms.
 """
 
 from __future__ import annotations
 
 import logging
 import select
-from typing import Any, Dict, Iterable
+import socket
+import threading
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import amqp
 
@@ -19,7 +26,12 @@ from tavrida import exceptions
 from tavrida.transports.base import OutgoingEnvelope
 from tavrida.transports.kombu.batch import Batch, ConfirmTimeout
 from tavrida.transports.kombu.confirms import KombuConfirms
-from tavrida.transports.kombu.pyamqp_compat import UNENCODABLE, bytes_key, checked_message
+from tavrida.transports.kombu.pyamqp_compat import (
+    UNENCODABLE,
+    bytes_key,
+    checked_message,
+    raw_connection,
+)
 from tavrida.transports.kombu.virtual import NoRoute, strict_lookup
 
 LOG = logging.getLogger(__name__)
@@ -34,7 +46,23 @@ class KombuPublishing(KombuConfirms):
         Raises PublishFailed on a nack, a missing exchange (RabbitMQ), a
         confirm timeout, or when reconnect attempts run out.
         """
-        self.publish_many([envelope])
+        self._publish([envelope])
+
+    def publish_request(self, envelope: OutgoingEnvelope,
+                        answered: Callable[[], bool]) -> None:
+        """Publish a blocking call's request; return at its confirm or once ``answered()``.
+
+        With confirms over plain TCP (sockets that can be polled), the
+        publishing lock is held only to write: the requests of many calling
+        threads are confirmed together, one waiting thread reading the
+        confirms for all and the reply queue too. An answer proves the
+        request was routed, so the call need not wait for the confirm (read
+        later, it matches nothing). A nack or return read before the answer
+        raises as :meth:`publish` does; a request lost with the connection or
+        the channel before its confirm is published again.
+        """
+        shared = self._confirms and not self._config.ssl and hasattr(select, "poll")
+        self._publish([envelope], answered if shared else None)
 
     def publish_many(self, envelopes: Iterable[OutgoingEnvelope]) -> None:
         """Publish all, then wait for all confirms (pipelined).
@@ -48,7 +76,12 @@ class KombuPublishing(KombuConfirms):
         up on an unreachable broker (after ``publish_timeout`` or this
         thread's :meth:`deadline`) raises PublishConnectionFailed.
         """
-        batch = Batch(list(envelopes))
+        self._publish(list(envelopes))
+
+    def _publish(self, envelopes: List[OutgoingEnvelope],
+                 answered: Optional[Callable[[], bool]] = None) -> None:
+        """Publish a batch holding the lock, or a request beside others (``answered``)."""
+        batch = Batch(envelopes)
         if not batch.envelopes:
             return
         if self._closed:
@@ -59,19 +92,134 @@ class KombuPublishing(KombuConfirms):
             try:
                 if self._reply_queues and self._is_amqp:
                     self._check_reply_connection()
-                with self._holding(self._publish_lock):
-                    self._pub_batch = batch
-                    try:
-                        self._publish_batch(batch)
-                    finally:
-                        self._pub_batch = None
-                        self._pub_waiting.clear()
+                if answered is not None:
+                    self._confirm_or_answer(batch, answered)
+                else:
+                    with self._holding(self._publish_lock):
+                        try:
+                            self._publish_batch(batch)
+                        finally:
+                            self._forget(batch)
+                            self._wake_waiting(handover=False)  # it read their confirms
             except exceptions.ConnectionFailed as exc:
                 batch.connection_failed = exc
                 for index in list(batch.todo):
                     batch.fail(index, exc.kwargs.get("reason", str(exc)))
         if batch.failed:
             raise batch.error()
+
+    def _confirm_or_answer(self, batch: Batch, answered: Callable[[], bool]) -> None:
+        """Publish a request and wait for its confirm or its answer, sharing the connection.
+
+        The lock is held to write and to read, never to wait: one waiting
+        thread at a time (the reader) polls the publishing socket and the
+        reply queue's together and reads what comes; the others wait, each on
+        its own condition, woken when their request is settled or answered,
+        or (one of them) to read next. A request whose publish was lost
+        (connection or channel) before its confirm goes out again.
+        """
+        deadline = 0.0
+        sent = False
+        lock = self._publish_lock
+        waiting: Optional[Tuple[Batch, threading.Condition, Callable[[], bool]]] = None
+        while True:
+            self._take(lock)
+            try:
+                if not batch.todo:
+                    return
+                if sent and answered():
+                    # The answer proves it was routed: its confirm, read later, matches nothing.
+                    self._forget(batch)
+                    batch.todo.clear()
+                    return
+                if not batch.inflight:
+                    self._send_request(batch)
+                    sent = True
+                    deadline = time.monotonic() + self.confirm_timeout
+                    own = getattr(self._local, "deadline", None)
+                    if own is not None:
+                        deadline = min(deadline, own)
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._drop_publisher()
+                    batch.fail(0, "no confirm from the broker in time (confirm_timeout "
+                                  f"{self.confirm_timeout}s, or the publish deadline)")
+                    return
+                if self._pub_reader:
+                    if waiting is None:  # made when needed: most calls never wait here
+                        waiting = (batch, threading.Condition(lock), answered)
+                    self._pub_idle.append(waiting)
+                    try:
+                        waiting[1].wait(min(remaining, self.poll_interval))
+                    finally:
+                        self._pub_idle.remove(waiting)
+                    continue
+                self._pub_reader = True
+                raw = raw_connection(self._pub_conn)
+            finally:
+                lock.release()
+            try:
+                self._read_confirms(raw, min(remaining, self.poll_interval))
+            finally:
+                with lock:
+                    self._pub_reader = False
+                    self._wake_waiting(handover=not batch.todo or answered())
+
+    def _wake_waiting(self, handover: bool) -> None:
+        """Wake the waiting requests settled or answered, and one more to read if ``handover``."""
+        for batch, wake, answered in self._pub_idle:
+            if not batch.todo or answered():
+                wake.notify()
+            elif handover:
+                wake.notify()
+                handover = False
+
+    def _read_confirms(self, raw: Any, timeout: float) -> None:
+        """The reader: wait up to ``timeout`` for the publishing or the consuming socket, read.
+
+        Polled without the lock (plain TCP: py-amqp reads no further than the
+        frame it needs, so a socket with nothing to read holds no whole frame
+        in a buffer); read with it, after checking that nobody read meanwhile.
+        """
+        try:
+            pub_fd = raw.transport.sock.fileno()
+        except (AttributeError, OSError):
+            return  # closed meanwhile: the requests go out again
+        poller = select.poll()
+        poller.register(pub_fd, select.POLLIN)
+        reply_fd = self._reply_fd()
+        if reply_fd >= 0:
+            poller.register(reply_fd, select.POLLIN)
+        end = time.monotonic() + timeout
+        events = poller.poll(timeout * 1000)
+        while events and all(fd != pub_fd for fd, _ in events):
+            if self._read_answers():
+                return
+            # Another thread drains the replies: wait for the publishing socket alone.
+            poller.unregister(reply_fd)
+            events = poller.poll(max(end - time.monotonic(), 0.0) * 1000)
+        for fd, _ in events:
+            if fd != pub_fd:
+                self._read_answers()
+                continue
+            with self._publish_lock:
+                if raw is not raw_connection(self._pub_conn):
+                    return  # dropped meanwhile: the requests go out again
+                check = select.poll()
+                check.register(pub_fd, select.POLLIN)
+                if not check.poll(0):
+                    return  # a batch holding the lock read it
+                try:
+                    raw.drain_events(timeout=self.poll_interval)
+                except socket.timeout:
+                    pass
+                except self._retry_errors as exc:
+                    LOG.warning("publishing connection to %s lost (%s: %s)",
+                                self._config.safe_url, type(exc).__name__, exc)
+                    self._drop_publisher()
+                except amqp.ChannelError as exc:
+                    self._on_channel_error(None, exc)
 
     def _check_reply_connection(self) -> None:
         """Before a request goes out: make sure the reply queue it names exists.
@@ -141,13 +289,13 @@ class KombuPublishing(KombuConfirms):
             self._pub_confirming = True
             self._pub_seq = 0
             self._pub_returned_seq = 0
-            self._pub_waiting.clear()
+            self._lose_unconfirmed()
         return self._pub_channel
 
     def _drop_publisher(self) -> None:
         conn, self._pub_conn, self._pub_channel = self._pub_conn, None, None
         self._pub_confirming = False
-        self._pub_waiting.clear()
+        self._lose_unconfirmed()
         self._pub_exchanges.clear()
         if conn is not None:
             try:
@@ -171,37 +319,63 @@ class KombuPublishing(KombuConfirms):
             for index in list(batch.todo):
                 if index not in batch.todo:
                     continue  # failed meanwhile (nack read while publishing)
-                envelope = batch.envelopes[index]
-                try:
-                    message = self._prepare(channel, envelope)
-                    if self._is_amqp:
-                        # Always mandatory: a return is how a notification nobody takes is seen.
-                        channel.basic_publish(message, exchange=envelope.exchange,
-                                              routing_key=envelope.routing_key, mandatory=True)
-                    else:
-                        channel.basic_publish(message, exchange=envelope.exchange,
-                                              routing_key=envelope.routing_key)
-                except UNENCODABLE as exc:
-                    # Raised while encoding, before anything was written: only this one fails.
-                    batch.fail(index, f"cannot encode it: {type(exc).__name__}: {exc}",
-                               unencodable=True)
-                    continue
-                except NoRoute:
-                    # Raised by the routing lookup, before anything was stored.
-                    self._unrouted(batch, index)
-                    continue
-                if self._confirms:
-                    # Registered after the write: acks read inside basic_publish are older.
-                    self._pub_seq += 1
-                    self._pub_waiting[self._pub_seq] = index
-                else:
-                    batch.todo.pop(index, None)
-            self._wait_for_confirms()
+                self._send(channel, batch, index)
+            self._wait_for_confirms(batch)
         except self._retry_errors:
             self._drop_publisher()
             raise
         except amqp.ChannelError as exc:
             self._on_channel_error(batch, exc)
+
+    def _send(self, channel: Any, batch: Batch, index: int) -> None:
+        """Write envelope ``index`` and register it for its confirm (``_publish_lock`` held)."""
+        envelope = batch.envelopes[index]
+        try:
+            message = self._prepare(channel, envelope)
+            if self._is_amqp:
+                # Always mandatory: a return is how a notification nobody takes is seen.
+                channel.basic_publish(message, exchange=envelope.exchange,
+                                      routing_key=envelope.routing_key, mandatory=True)
+            else:
+                channel.basic_publish(message, exchange=envelope.exchange,
+                                      routing_key=envelope.routing_key)
+        except UNENCODABLE as exc:
+            # Raised while encoding, before anything was written: only this one fails.
+            batch.fail(index, f"cannot encode it: {type(exc).__name__}: {exc}",
+                       unencodable=True)
+            return
+        except NoRoute:
+            # Raised by the routing lookup, before anything was stored.
+            self._unrouted(batch, index)
+            return
+        if self._confirms:
+            # Registered after the write: acks read inside basic_publish are older.
+            self._pub_seq += 1
+            self._pub_waiting[self._pub_seq] = (batch, index)
+            batch.inflight.add(self._pub_seq)
+        else:
+            batch.todo.pop(index, None)
+
+    def _send_request(self, batch: Batch) -> None:
+        """Publish a request once, reconnecting per the policy (``_publish_lock`` held)."""
+        def attempt() -> None:
+            try:
+                channel = self._publisher_channel()
+                self._send(channel, batch, 0)
+            except self._retry_errors:
+                self._drop_publisher()
+                raise
+
+        try:
+            self._retry(attempt, not self._pub_ever_connected, "publishing to")
+        except exceptions.ConnectionFailed:
+            self._drop_publisher()
+            raise
+        except amqp.ChannelError as exc:
+            self._on_channel_error(batch, exc)
+        except Exception as exc:  # whatever it is, the request gets its reason
+            self._drop_publisher()
+            batch.fail(0, f"{type(exc).__name__}: {exc}")
 
     def _prepare(self, channel: Any, envelope: OutgoingEnvelope) -> Any:
         if not self._is_amqp and envelope.exchange not in self._pub_exchanges:
@@ -220,9 +394,11 @@ class KombuPublishing(KombuConfirms):
                                            envelope.content_encoding, dict(envelope.headers),
                                            properties)
         headers = dict(envelope.headers)
-        if not all(key.isascii() for key in headers if type(key) is str):
-            # Keys received as text with surrogates (see text_key) go out as their bytes.
-            headers = {bytes_key(key): value for key, value in headers.items()}
+        for key in headers:
+            if type(key) is str and not key.isascii():
+                # Keys received as text with surrogates (see text_key) go out as their bytes.
+                headers = {bytes_key(key): value for key, value in headers.items()}
+                break
         return checked_message(channel, bytes(envelope.body), envelope.content_type,
                                envelope.content_encoding, headers, properties)
 

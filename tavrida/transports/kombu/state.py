@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Any, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from kombu.connection import Connection
 
@@ -82,8 +82,9 @@ class KombuState(Transport):
     #: Sequence number of the last publish RabbitMQ returned (see ``_on_return``).
     _pub_returned_seq: int
     #: Sequence number of each unconfirmed publish -> the index of its envelope.
-    _pub_waiting: "collections.OrderedDict[int, int]"
-    _pub_batch: Optional[Batch]
+    _pub_waiting: "collections.OrderedDict[int, Tuple[Batch, int]]"
+    _pub_reader: bool
+    _pub_idle: List[Tuple[Batch, threading.Condition, Callable[[], bool]]]
     #: Exchanges a virtual publisher channel has recorded as topic exchanges.
     _pub_exchanges: Set[str]
     #: The node each connection ("consume", "publish") uses, of a cluster's URLs.

@@ -109,8 +109,12 @@ class KombuTransport(KombuPublishing):
         self._pub_seq = 0
         #: Sequence number of the last publish RabbitMQ returned (see _on_return).
         self._pub_returned_seq = 0
+        #: Unconfirmed publishes: sequence number -> (batch, index).
         self._pub_waiting = collections.OrderedDict()
-        self._pub_batch = None
+        #: A request is reading the publishing connection for everyone (see _confirm_or_answer).
+        self._pub_reader = False
+        #: Requests waiting while another reads: (batch, its condition, answered).
+        self._pub_idle = []
         self._pub_exchanges = set()
         self._nodes = {}
         self._queue_arguments = {}

@@ -146,6 +146,80 @@ def test_missing_exchange_raises_publish_failed_and_transport_recovers(
     assert set(inbox.bodies) == {b"a", b"after", b"c"}
 
 
+def test_requests_from_many_threads_share_the_confirm_channel(
+        amqp_url: str, unique, make_transport) -> None:
+    """Blocking calls' requests wait for their confirms together, beside whole batches.
+
+    Nothing answers them here (``answered`` stays false): each returns at its
+    confirm; one to a missing exchange fails alone, one no queue takes raises
+    Unroutable; every other message is in the queue (at least once: those
+    unconfirmed when the broker closed the channel over the missing exchange
+    are sent again).
+    """
+    transport = make_transport(amqp_url)
+    exchange, queue, topology = service_topology(unique)
+    missing = unique("missing")
+    transport.declare(topology)
+    errors: List[BaseException] = []
+
+    def requests(thread: int) -> None:
+        for i in range(20):
+            try:
+                transport.publish_request(envelope(exchange, "svc.m", b"%d-%d" % (thread, i)),
+                                          lambda: False)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+    def batches() -> None:
+        for i in range(5):
+            transport.publish_many([envelope(exchange, "svc.m", b"batch-%d-%d" % (i, j))
+                                    for j in range(10)])
+
+    threads = [threading.Thread(target=requests, args=(t,)) for t in range(8)]
+    threads.append(threading.Thread(target=batches))
+    for thread in threads:
+        thread.start()
+    with pytest.raises(exceptions.PublishFailed) as raised:
+        transport.publish_request(envelope(missing, "svc.m", b"lost"), lambda: False)
+    assert missing in str(raised.value)
+    with pytest.raises(exceptions.Unroutable):
+        transport.publish_request(envelope(exchange, "nobody", b"returned"), lambda: False)
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    inbox = Inbox()
+    transport.consume(queue, inbox, 0)
+    expected = ({b"%d-%d" % (t, i) for t in range(8) for i in range(20)}
+                | {b"batch-%d-%d" % (i, j) for i in range(5) for j in range(10)})
+    drain_until(lambda: expected <= set(inbox.bodies), transport)
+    drain_for(0.2, transport)
+    assert set(inbox.bodies) == expected
+
+
+def test_a_request_returns_at_its_answer_and_reply_queues_need_no_acks(
+        amqp_url: str, unique, make_transport) -> None:
+    """The answer ends the wait (the confirm comes later); answers are taken without acks."""
+    transport = make_transport(amqp_url)
+    exchange, queue, topology = service_topology(unique)
+    replies = unique("replies")
+    transport.declare(topology)
+    transport.declare_reply_queue(replies, [Binding(replies, exchange, "client")])
+    answers = Inbox()
+    transport.consume(replies, answers, 1)  # a prefetch bound does not apply without acks
+    for i in range(5):
+        transport.publish(envelope(exchange, "client", b"answer-%d" % i))
+    drain_until(lambda: len(answers) == 5, transport)
+    for delivery in answers.deliveries:
+        delivery.ack()  # nothing to do; no warning, no error
+    assert transport.queue_size(replies) == 0
+    transport.publish_request(envelope(exchange, "svc.m", b"asked"), lambda: True)
+    transport.publish(envelope(exchange, "svc.m", b"next"))  # reads the late confirm
+    inbox = Inbox()
+    transport.consume(queue, inbox, 10)
+    drain_until(lambda: len(inbox) == 2, transport)
+    assert inbox.bodies == [b"asked", b"next"]
+
+
 def test_invalid_utf8_from_other_clients_is_delivered(amqp_url: str, unique,
                                                       make_transport) -> None:
     """Invalid UTF-8 in a header, in short-string properties and in the routing key.

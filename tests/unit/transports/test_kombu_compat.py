@@ -319,3 +319,105 @@ def test_kombu_redis_still_keeps_binding_rows_in_one_set_per_exchange() -> None:
     assert "srem(self.keyprefix_queue % (exchange," in delete
     assert callable(kombu_redis.Channel.queue_purge)
     assert tavrida_virtual.delete_broker_bindings(object(), ["q"]) == 0  # not Redis: kombu's
+
+
+
+
+@pytest.mark.parametrize("properties", [
+    {},
+    {"delivery_mode": 2},
+    {"content_type": "application/json", "content_encoding": "utf-8", "delivery_mode": 2,
+     "expiration": "10000",
+     "application_headers": {"correlation_id": "c", "message_type": "request", "n": 7,
+                             "low": -2147483647, "lower": -2147483648, "big": 2 ** 40,
+                             "text": "é€ \U0001f600", "": ""}},
+    {"content_type": "", "application_headers": {}, "priority": 0, "message_id": "m"},
+    {"application_headers": {"k" * 255: "v" * 70000}},
+])
+def test_fast_properties_write_the_bytes_py_amqp_writes(properties) -> None:
+    expected = amqp.Message(b"x", **properties)._serialize_properties()
+    assert pyamqp_compat.fast_properties(properties) == expected
+    assert pyamqp_compat.CheckedMessage(b"x", **properties)._serialize_properties() == expected
+
+
+@pytest.mark.parametrize("properties", [
+    {"application_headers": {"flag": True}},
+    {"application_headers": {"nested": {"a": 1}}},
+    {"application_headers": {"x": 1.5}},
+    {"application_headers": {b"raw": "v"}},
+    {"application_headers": {"huge": 2 ** 70}},
+    {"timestamp": 5},
+    {"delivery_mode": 300},
+])
+def test_fast_properties_leave_other_kinds_to_py_amqp(properties) -> None:
+    assert pyamqp_compat.fast_properties(properties) is None
+    message = pyamqp_compat.CheckedMessage(b"x", **properties)
+    try:
+        expected = amqp.Message(b"x", **properties)._serialize_properties()
+    except Exception as exc:  # py-amqp's own error, raised the same way
+        with pytest.raises(type(exc)):
+            message._serialize_properties()
+    else:
+        assert message._serialize_properties() == expected
+
+
+READ_CASES = [
+    {},
+    {"delivery_mode": 2},
+    {"content_type": "application/json", "content_encoding": "utf-8", "delivery_mode": 2,
+     "priority": 4, "correlation_id": "c", "reply_to": "r", "expiration": "10",
+     "message_id": "m",
+     "application_headers": {"s": "text é", "i": -7, "l": 2 ** 40, "": ""}},
+    {"application_headers": {"flag": True, "x": 1.5, "nested": {"a": [1, "b"]}}},
+    {"timestamp": 5, "type": "t", "user_id": "u", "app_id": "a", "cluster_id": "c"},
+]
+
+
+@pytest.mark.parametrize("properties", READ_CASES)
+def test_fast_read_properties_read_what_py_amqp_reads(properties) -> None:
+    raw = amqp.Message(b"x", **properties)._serialize_properties()
+    expected, _ = serialization.decode_properties_basic(raw, 0)
+    fast = pyamqp_compat.fast_read_properties(raw, 0)
+    assert fast is None or fast == expected
+    message = pyamqp_compat.FastMessage()
+    message._load_properties(spec.Basic.CLASS_ID, raw, 0)
+    assert message.properties == expected
+
+
+def test_fast_read_properties_take_the_usual_kinds_and_leave_the_others() -> None:
+    usual, other = READ_CASES[2], READ_CASES[3]
+    assert pyamqp_compat.fast_read_properties(
+        amqp.Message(b"", **usual)._serialize_properties(), 0) is not None
+    assert pyamqp_compat.fast_read_properties(
+        amqp.Message(b"", **other)._serialize_properties(), 0) is None
+
+
+def _frames(properties, body: bytes):
+    deliver = serialization.dumps("sLbss", ["ctag", 7, False, "ex", "rk"])
+    method = struct.pack(">HH", *spec.Basic.Deliver) + deliver
+    header = (struct.pack(">HxxQ", spec.Basic.CLASS_ID, len(body))
+              + amqp.Message(body, **properties)._serialize_properties())
+    ack = struct.pack(">HH", *spec.Basic.Ack) + serialization.dumps("Lb", [3, True])
+    return [(1, 1, method), (2, 1, header), (3, 1, body[:2]), (3, 1, body[2:]), (8, 0, b""),
+            (1, 2, ack), (1, 1, method), (2, 1, struct.pack(">HxxQ", spec.Basic.CLASS_ID, 0)
+                                          + amqp.Message(b"")._serialize_properties())]
+
+
+@pytest.mark.parametrize("properties", READ_CASES)
+def test_the_frame_handler_calls_back_as_py_amqps_does(properties) -> None:
+    class Conn:
+        bytes_recv = 0
+
+    def run(make):
+        conn, calls = Conn(), []
+        handler = make(conn, lambda *args: calls.append(args))
+        results = [handler(frame) for frame in _frames(properties, b"body!")]
+        return conn.bytes_recv, results, [
+            (channel, sig, bytes(args), None if msg is None else (msg.body, msg.properties))
+            for channel, sig, args, msg in calls]
+
+    assert run(pyamqp_compat.frame_handler) == run(method_framing.frame_handler)
+    with pytest.raises(amqp.exceptions.UnexpectedFrame):
+        pyamqp_compat.frame_handler(Conn(), lambda *args: None)((3, 1, b"x"))
+    with pytest.raises(amqp.exceptions.UnexpectedFrame):
+        method_framing.frame_handler(Conn(), lambda *args: None)((3, 1, b"x"))

@@ -22,6 +22,7 @@ from tavrida.config import ConnectionConfig
 from tavrida.transports.base import Binding, OutgoingEnvelope
 from tavrida.transports.kombu import KombuDelivery, KombuTransport
 from tavrida.transports.kombu.batch import Batch
+from tavrida.transports.kombu.deliveries import Consumer
 from tavrida.transports.kombu.retry import retry_call
 from tavrida.transports.kombu.virtual import NoRoute, strict_lookup
 
@@ -144,10 +145,10 @@ def publisher() -> KombuTransport:
 
 def published(transport: KombuTransport, envelopes: List[OutgoingEnvelope]) -> Batch:
     batch = Batch(envelopes)
-    transport._pub_batch = batch
     for index in range(len(envelopes)):
         transport._pub_seq += 1
-        transport._pub_waiting[transport._pub_seq] = index
+        transport._pub_waiting[transport._pub_seq] = (batch, index)
+        batch.inflight.add(transport._pub_seq)
     return batch
 
 
@@ -159,6 +160,23 @@ def test_acks_settle_one_or_every_tag_up_to_theirs(publisher: KombuTransport) ->
     assert list(batch.todo) == [4] and not batch.failed
     publisher._on_nack(5, False)
     assert batch.failed == {4: "the broker nacked it"} and not batch.todo
+    assert not batch.inflight and not publisher._pub_waiting
+
+
+def test_acks_settle_the_publishes_of_every_waiting_batch(publisher: KombuTransport) -> None:
+    first = published(publisher, [envelope("a0"), envelope("a1")])
+    second = published(publisher, [envelope("b0")])
+    publisher._on_confirm(3, True)
+    assert not first.todo and not second.todo and not publisher._pub_waiting
+
+
+def test_a_lost_channel_leaves_every_waiting_publish_to_send_again(
+        publisher: KombuTransport) -> None:
+    first = published(publisher, [envelope("a0")])
+    second = published(publisher, [envelope("b0")])
+    publisher._lose_unconfirmed()
+    assert list(first.todo) == [0] and list(second.todo) == [0]
+    assert not first.inflight and not second.inflight and not publisher._pub_waiting
 
 
 def test_a_return_fails_the_first_matching_unconfirmed_publish(publisher: KombuTransport) -> None:
@@ -194,6 +212,7 @@ def test_a_channel_error_blames_the_publishes_to_the_missing_exchange(
     publisher._on_channel_error(batch, error)
     assert list(batch.failed) == [1] and list(batch.todo) == [0]
     assert not publisher._pub_waiting and not publisher._pub_confirming
+    assert not batch.inflight  # the innocent one goes out again
 
 
 # -- settling --------------------------------------------------------------------------------------
@@ -204,8 +223,8 @@ class RecordingChannel:
     def __init__(self) -> None:
         self.calls: List[Tuple[str, Any, Optional[bool]]] = []
 
-    def basic_ack(self, delivery_tag: Any) -> None:
-        self.calls.append(("ack", delivery_tag, None))
+    def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
+        self.calls.append(("acks up to" if multiple else "ack", delivery_tag, None))
 
     def basic_reject(self, delivery_tag: Any, requeue: bool) -> None:
         self.calls.append(("reject", delivery_tag, requeue))
@@ -246,6 +265,53 @@ def test_settles_from_other_threads_wait_for_the_holder_in_order(
         assert channel.calls == []
         consuming._perform_settles()
     assert channel.calls == [("ack", tag, None) for tag in range(1, 6)]
+
+
+def received(transport: KombuTransport, channel: Any, tags: List[int]) -> List[KombuDelivery]:
+    """Deliveries of one consumer on ``channel``, as _amqp_delivery records them."""
+    consumer = Consumer("q", lambda d: None, 0)
+    consumer.channel = channel
+    made = []
+    for tag in tags:
+        one = delivery(transport, channel, tag)
+        one._consumer = consumer
+        consumer.received.add(tag)
+        made.append(one)
+    return made
+
+
+def test_acks_queued_on_the_draining_thread_go_as_one_when_they_cover_the_channel(
+        consuming: KombuTransport) -> None:
+    channel = RecordingChannel()
+    deliveries = received(consuming, channel, [1, 2, 3, 4])
+    consuming._delivering = threading.get_ident()  # inside drain()'s callbacks
+    for one in deliveries[:3]:
+        one.ack()
+    assert channel.calls == []  # kept back until drain() reads again
+    consuming._perform_settles()
+    assert channel.calls == [("acks up to", 3, None)]
+    assert deliveries[0]._consumer.received == {4}  # type: ignore[union-attr]
+    deliveries[3].ack()
+    consuming._perform_settles()
+    assert channel.calls[-1] == ("ack", 4, None)
+
+
+def test_acks_that_skip_an_unsettled_message_or_meet_a_reject_go_one_by_one(
+        consuming: KombuTransport) -> None:
+    channel = RecordingChannel()
+    first, second, third = received(consuming, channel, [1, 2, 3])
+    consuming._delivering = threading.get_ident()
+    first.ack()
+    third.ack()  # 2 is still being handled: acking "up to 3" would ack it
+    consuming._perform_settles()
+    assert channel.calls == [("ack", 1, None), ("ack", 3, None)]
+    channel.calls.clear()
+    more = received(consuming, channel, [4, 5])
+    more[0].ack()
+    second.reject(requeue=True)  # a reject goes out at once, the queued ack before it
+    more[1].ack()
+    consuming._perform_settles()
+    assert channel.calls == [("ack", 4, None), ("reject", 2, True), ("ack", 5, None)]
 
 
 def test_a_second_settle_is_ignored_with_a_warning(consuming: KombuTransport,
