@@ -1,29 +1,25 @@
 """py-amqp workarounds: the tolerant frame parser, raw channels, checked messages.
 
 Every private name of py-amqp (and of kombu's py-amqp transport) the adapter
-uses is here; ``tests/unit/transports/test_kombu_compat.py`` fails when one
-of them changes or is no longer needed.
+uses is here or in :mod:`.pyamqp_fastpath`;
+``tests/unit/transports/test_kombu_compat.py`` fails when one of them
+changes or is no longer needed.
 
 * ``amqp.serialization._read_item`` (private): reads one header-table value;
   :func:`_read_value` calls it for the field types it does not read itself.
 * the ``frame_handler`` argument of ``amqp.Connection`` and
   ``amqp.method_framing.frame_handler`` (undocumented): :func:`tolerant_frame_handler`
-  wraps py-amqp's handler. Protects against a message whose short strings are
-  not UTF-8, whose header timestamps no ``datetime`` holds, or whose tables nest
-  deeper than py-amqp's recursion: plain py-amqp raises out of ``drain_events``
+  wraps py-amqp's handler (:func:`.pyamqp_fastpath.frame_handler`, the same
+  state machine building messages of the fast reader). Protects against a
+  message whose short strings are not UTF-8, whose header timestamps no
+  ``datetime`` holds, or whose tables nest deeper than py-amqp's
+  recursion: plain py-amqp raises out of ``drain_events``
   on them, before the message can be acked, so it poisons its queue.
-* ``amqp.method_framing.frame_handler``'s state machine and
-  ``method_framing._CONTENT_METHODS`` (private), ``amqp.Message``'s
-  ``_load_properties`` (private), ``inbound_header``, ``inbound_body``,
-  ``frame_method``, ``frame_args`` and ``ready``: :func:`frame_handler` is
-  py-amqp's handler building :class:`FastMessage` objects, whose usual
-  properties :func:`fast_read_properties` reads; the canary tests feed both
-  handlers the same frames and compare what they call back.
 * the argument formats of ``basic.deliver``, ``basic.get-ok``, ``basic.return``
   (:data:`_CONTENT_METHOD_ARGS`, copied from the AMQP 0-9-1 spec py-amqp follows).
 * ``amqp.Message._serialize_properties`` (private): :class:`CheckedMessage`
-  serializes the properties once (:func:`fast_properties` for the usual
-  kinds, the same bytes) to check that they fit in one frame
+  serializes the properties once (:func:`.pyamqp_fastpath.fast_properties`
+  for the usual kinds, the same bytes) to check that they fit in one frame
   (RabbitMQ closes the connection over a larger content header), and
   :func:`_sanitize_content_header` rebuilds a header with it.
 * ``amqp.Message.PROPERTIES`` (undocumented): the property names and types.
@@ -45,12 +41,11 @@ import struct
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import amqp
-from amqp import method_framing, serialization, spec
+from amqp import serialization, spec
 from kombu.connection import Connection
 from kombu.transport import pyamqp
 
-#: A frame as py-amqp's frame handler takes it: type, channel id, payload.
-Frame = Tuple[int, int, bytes]
+from tavrida.transports.kombu.pyamqp_fastpath import Frame, fast_properties, frame_handler
 
 #: AMQP basic properties copied into :attr:`Delivery.properties` when present.
 PROPERTY_NAMES = tuple(name for name, _ in amqp.Message.PROPERTIES
@@ -230,155 +225,6 @@ def _sanitize_content_header(buf: bytes) -> bytes:
     return bytes(buf[:12]) + serialized
 
 
-#: Flag bit of each content-header property, in py-amqp's order (one 16-bit flag word).
-_PROPERTY_FLAGS = tuple((name, kind, 1 << (15 - index))
-                        for index, (name, kind) in enumerate(amqp.Message.PROPERTIES))
-_unpack_flags = struct.Struct(">H").unpack_from
-_unpack_length = struct.Struct(">I").unpack_from
-_unpack_int = struct.Struct(">i").unpack_from
-_unpack_long = struct.Struct(">q").unpack_from
-_BASIC_CLASS_ID = spec.Basic.CLASS_ID
-#: Properties the fast reader knows: content_type, content_encoding, application_headers,
-#: delivery_mode, priority, correlation_id, reply_to, expiration, message_id.
-_FAST_READ_FLAGS = 0xFF80
-
-
-def _fast_read_table(buf: bytes, offset: int) -> Tuple[Optional[Dict[Any, Any]], int]:
-    """A header table of long strings and integers read as py-amqp reads it; None otherwise."""
-    length, = _unpack_length(buf, offset)
-    offset += 4
-    end = offset + length
-    table: Dict[Any, Any] = {}
-    while offset < end:
-        size = buf[offset]
-        offset += 1
-        raw_key = buf[offset:offset + size]
-        offset += size
-        try:
-            key: Any = raw_key.decode("utf-8", "surrogatepass")
-        except UnicodeDecodeError:
-            key = raw_key
-        kind = buf[offset]
-        offset += 1
-        if kind == 83:  # S
-            size, = _unpack_length(buf, offset)
-            offset += 4
-            raw = buf[offset:offset + size]
-            offset += size
-            try:
-                table[key] = raw.decode("utf-8", "surrogatepass")
-            except UnicodeDecodeError:
-                table[key] = raw
-        elif kind == 73:  # I
-            table[key], = _unpack_int(buf, offset)
-            offset += 4
-        elif kind == 108 or kind == 76:  # l, L
-            table[key], = _unpack_long(buf, offset)
-            offset += 8
-        else:
-            return None, offset
-    return table, offset
-
-
-def fast_read_properties(buf: bytes, offset: int) -> Optional[Dict[str, Any]]:
-    """The properties of a basic content header, as py-amqp's decoder reads them.
-
-    For the properties and header-table types tavrida and most clients send
-    (short strings, octets, a table of long strings and integers), without
-    py-amqp's generic reader; None for anything else (py-amqp reads it).
-    Canary test: the result equals py-amqp's for every kind of property.
-    """
-    flags, = _unpack_flags(buf, offset)
-    if flags & ~_FAST_READ_FLAGS:
-        return None
-    offset += 2
-    properties: Dict[str, Any] = {}
-    for name, kind, flag in _PROPERTY_FLAGS[:9]:
-        if not flags & flag:
-            continue
-        if kind == "s":
-            size = buf[offset]
-            properties[name] = buf[offset + 1:offset + 1 + size].decode("utf-8", "surrogatepass")
-            offset += 1 + size
-        elif kind == "o":
-            properties[name] = buf[offset]
-            offset += 1
-        else:
-            table, offset = _fast_read_table(buf, offset)
-            if table is None:
-                return None
-            properties[name] = table
-    return properties
-
-
-class FastMessage(amqp.Message):  # type: ignore[misc]  # py-amqp has no types
-    """An amqp.Message whose usual properties are read by :func:`fast_read_properties`."""
-
-    def _load_properties(self, class_id: int, buf: bytes, offset: int) -> Any:
-        if class_id == _BASIC_CLASS_ID and type(buf) is bytes:
-            try:
-                properties = fast_read_properties(buf, offset)
-            except UnicodeDecodeError:
-                properties = None  # py-amqp raises its own way (and the tolerant handler copes)
-            if properties is not None:
-                self.properties = properties
-                return offset
-        return super()._load_properties(class_id, buf, offset)
-
-
-def frame_handler(connection: Any, callback: Callable[..., Any]) -> Callable[[Frame], Any]:
-    """py-amqp's ``method_framing.frame_handler``, building :class:`FastMessage` objects.
-
-    The same state machine line for line (expected frame type per channel,
-    content methods wait for their header and body, heartbeats count as
-    received bytes); only the message class differs. Canary test: both
-    handlers give the same callbacks for the same frames.
-    """
-    expected_types: Dict[int, int] = {}
-    partial_messages: Dict[int, FastMessage] = {}
-    content_methods = method_framing._CONTENT_METHODS
-    unpack_from = struct.unpack_from
-
-    def on_frame(frame: Frame) -> Any:
-        frame_type, channel, buf = frame
-        connection.bytes_recv += 1
-        expected = expected_types.get(channel, 1)
-        if frame_type != expected and frame_type != 8:
-            raise amqp.exceptions.UnexpectedFrame(
-                f"Received frame {frame_type} while expecting type: {expected}")
-        if frame_type == 1:
-            method_sig = unpack_from(">HH", buf, 0)
-            if method_sig in content_methods:
-                # Save what we've got so far and wait for the content-header.
-                partial_messages[channel] = FastMessage(frame_method=method_sig,
-                                                        frame_args=buf)
-                expected_types[channel] = 2
-                return False
-            callback(channel, method_sig, buf, None)
-        elif frame_type == 2:
-            msg = partial_messages[channel]
-            msg.inbound_header(buf)
-            if not msg.ready:
-                expected_types[channel] = 3  # wait for the content body
-                return False
-            expected_types[channel] = 1  # bodyless message: done
-            partial_messages.pop(channel, None)
-            callback(channel, msg.frame_method, msg.frame_args, msg)
-        elif frame_type == 3:
-            msg = partial_messages[channel]
-            msg.inbound_body(buf)
-            if not msg.ready:
-                return False  # wait for the rest of the content body
-            expected_types[channel] = 1
-            partial_messages.pop(channel, None)
-            callback(channel, msg.frame_method, msg.frame_args, msg)
-        elif frame_type == 8:
-            return False  # a heartbeat: bytes_recv is updated already
-        return True
-
-    return on_frame
-
-
 def tolerant_frame_handler(connection: Any,
                            callback: Callable[..., Any]) -> Callable[[Frame], Any]:
     """py-amqp's frame handler, made to survive properties it cannot decode.
@@ -469,87 +315,6 @@ UNENCODABLE = (amqp.FrameSyntaxError, TypeError, ValueError, OverflowError, Recu
 #: Bytes of a content-header frame besides the properties (frame header and end,
 #: class id, weight, body size).
 CONTENT_HEADER_OVERHEAD = 8 + 12
-
-
-_pack_length = struct.Struct(">I").pack
-_pack_int = struct.Struct(">ci").pack
-_pack_text = struct.Struct(">cI").pack
-#: Header names as a table writes them (length byte and UTF-8), the usual few kept.
-_KEY_BYTES: Dict[str, bytes] = {}
-_pack_long = struct.Struct(">cq").pack
-_pack_flags = struct.Struct(">H").pack
-
-
-def _fast_table(table: Dict[Any, Any]) -> Optional[bytes]:
-    """A header table of text keys and text or integer values, as py-amqp writes it.
-
-    None for anything else (py-amqp writes that, or raises its own error).
-    """
-    parts: List[bytes] = []
-    append = parts.append
-    keys = _KEY_BYTES
-    for key, value in table.items():
-        prefix = keys.get(key) if type(key) is str else None
-        if prefix is None:
-            if type(key) is not str:
-                return None
-            raw_key = key.encode("utf-8", "surrogatepass")
-            if len(raw_key) > 255:
-                return None
-            prefix = bytes((len(raw_key),)) + raw_key
-            if len(keys) < 1024:
-                keys[key] = prefix
-        kind = type(value)
-        if kind is str:
-            raw = value.encode("utf-8", "surrogatepass")
-            append(prefix + _pack_text(b"S", len(raw)) + raw)
-        elif kind is int and -2147483647 <= value <= 2147483647:
-            append(prefix + _pack_int(b"I", value))
-        elif kind is int and -2 ** 63 <= value < 2 ** 63:
-            append(prefix + _pack_long(b"L", value))
-        else:
-            return None
-    data = b"".join(parts)
-    return _pack_length(len(data)) + data
-
-
-def fast_properties(properties: Dict[str, Any]) -> Optional[bytes]:
-    """The content-header property bytes py-amqp's ``_serialize_properties`` writes.
-
-    For the properties tavrida sends (short strings, octets, a header table
-    of text and integers) without py-amqp's generic writer (a type test and
-    a struct call per field); None for anything else. Canary test: the
-    bytes equal py-amqp's for every kind of property.
-    """
-    flags = 0
-    parts: List[bytes] = []
-    for name, kind, flag in _PROPERTY_FLAGS:
-        value = properties.get(name)
-        if value is None:
-            continue
-        flags |= flag
-        if kind == "s":
-            if type(value) is not str:
-                return None
-            raw = value.encode("utf-8", "surrogatepass")
-            if len(raw) > 255:
-                return None
-            parts.append(bytes((len(raw),)))
-            parts.append(raw)
-        elif kind == "o":
-            if type(value) is not int or not 0 <= value <= 255:
-                return None
-            parts.append(bytes((value,)))
-        elif kind == "F":
-            if type(value) is not dict:
-                return None
-            table = _fast_table(value)
-            if table is None:
-                return None
-            parts.append(table)
-        else:
-            return None
-    return _pack_flags(flags) + b"".join(parts)
 
 
 class CheckedMessage(amqp.Message):  # type: ignore[misc]  # py-amqp has no types

@@ -27,7 +27,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual.exchange import TopicExchange
 
 from tavrida.transports.base import Binding
-from tavrida.transports.kombu import pyamqp_compat, redis_fetch
+from tavrida.transports.kombu import pyamqp_compat, pyamqp_fastpath, redis_fetch
 from tavrida.transports.kombu import virtual as tavrida_virtual
 
 
@@ -336,7 +336,7 @@ def test_kombu_redis_still_keeps_binding_rows_in_one_set_per_exchange() -> None:
 ])
 def test_fast_properties_write_the_bytes_py_amqp_writes(properties) -> None:
     expected = amqp.Message(b"x", **properties)._serialize_properties()
-    assert pyamqp_compat.fast_properties(properties) == expected
+    assert pyamqp_fastpath.fast_properties(properties) == expected
     assert pyamqp_compat.CheckedMessage(b"x", **properties)._serialize_properties() == expected
 
 
@@ -350,7 +350,7 @@ def test_fast_properties_write_the_bytes_py_amqp_writes(properties) -> None:
     {"delivery_mode": 300},
 ])
 def test_fast_properties_leave_other_kinds_to_py_amqp(properties) -> None:
-    assert pyamqp_compat.fast_properties(properties) is None
+    assert pyamqp_fastpath.fast_properties(properties) is None
     message = pyamqp_compat.CheckedMessage(b"x", **properties)
     try:
         expected = amqp.Message(b"x", **properties)._serialize_properties()
@@ -377,18 +377,18 @@ READ_CASES = [
 def test_fast_read_properties_read_what_py_amqp_reads(properties) -> None:
     raw = amqp.Message(b"x", **properties)._serialize_properties()
     expected, _ = serialization.decode_properties_basic(raw, 0)
-    fast = pyamqp_compat.fast_read_properties(raw, 0)
+    fast = pyamqp_fastpath.fast_read_properties(raw, 0)
     assert fast is None or fast == expected
-    message = pyamqp_compat.FastMessage()
+    message = pyamqp_fastpath.FastMessage()
     message._load_properties(spec.Basic.CLASS_ID, raw, 0)
     assert message.properties == expected
 
 
 def test_fast_read_properties_take_the_usual_kinds_and_leave_the_others() -> None:
     usual, other = READ_CASES[2], READ_CASES[3]
-    assert pyamqp_compat.fast_read_properties(
+    assert pyamqp_fastpath.fast_read_properties(
         amqp.Message(b"", **usual)._serialize_properties(), 0) is not None
-    assert pyamqp_compat.fast_read_properties(
+    assert pyamqp_fastpath.fast_read_properties(
         amqp.Message(b"", **other)._serialize_properties(), 0) is None
 
 
@@ -416,8 +416,8 @@ def test_the_frame_handler_calls_back_as_py_amqps_does(properties) -> None:
             (channel, sig, bytes(args), None if msg is None else (msg.body, msg.properties))
             for channel, sig, args, msg in calls]
 
-    assert run(pyamqp_compat.frame_handler) == run(method_framing.frame_handler)
+    assert run(pyamqp_fastpath.frame_handler) == run(method_framing.frame_handler)
     with pytest.raises(amqp.exceptions.UnexpectedFrame):
-        pyamqp_compat.frame_handler(Conn(), lambda *args: None)((3, 1, b"x"))
+        pyamqp_fastpath.frame_handler(Conn(), lambda *args: None)((3, 1, b"x"))
     with pytest.raises(amqp.exceptions.UnexpectedFrame):
         method_framing.frame_handler(Conn(), lambda *args: None)((3, 1, b"x"))
