@@ -36,6 +36,11 @@ process costs no thread hand-off (the server's callbacks still run one at a
 time and in order, and its drain returns only after them). A handler run that
 way delays its caller even past the call's timeout, which is why it is
 off by default (a call to a stuck handler must still time out).
+
+Why one module of over 400 lines: draining, waiting, the in-thread path and
+settling are one state machine of each transport (pending deliveries,
+waiting drains, a batch borrowed by a caller) under the broker's one lock;
+apart, each part would reach into the other's private state.
 """
 
 from __future__ import annotations
