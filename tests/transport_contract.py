@@ -93,12 +93,8 @@ CAPABILITIES: Dict[str, Capabilities] = {
 #: still runs and must fail (strict xfail), so a fix shows up as an XPASS to
 #: move out of this table.
 KNOWN_DEFECTS: Dict[Tuple[str, str], str] = {
-    ("kombu-memory", "test_delivery_does_not_share_state_with_the_publisher"):
-        "kombu's memory transport hands the publisher's header objects to the consumer",
-    ("kombu-memory", "test_reply_queue_goes_away_on_close"):
-        "after close() a reply queue's binding still takes messages (nobody reads them)",
-    ("kombu-memory", "test_delete_removes_queues_and_exchanges"):
-        "deleting an exchange that is gone raises KeyError from kombu's virtual channel",
+    ("redis", "test_deleting_an_exchange_keeps_the_bindings_to_others"):
+        "kombu's exchange_delete deletes every binding of an empty queue bound to it",
 }
 
 MakeTransport = Callable[[], Transport]
@@ -776,6 +772,28 @@ class TransportContract:
         transport.delete(exchanges=[exchange], queues=[queue])  # missing ones are fine
         with pytest.raises(exceptions.PublishFailed):
             transport.publish(envelope(exchange, "svc.m"))
+
+    def test_a_deleted_queue_loses_its_messages(self, make, names) -> None:
+        exchange, bound, unbound = names("x"), names("bound"), names("unbound")
+        topology = Topology.build([exchange], [bound, unbound],
+                                  [Binding(bound, exchange, "#")])
+        transport = make()
+        transport.declare(topology)
+        transport.publish_many([envelope(exchange, "k", b"old"), envelope("", unbound, b"old")])
+        assert (transport.queue_size(bound), transport.queue_size(unbound)) == (1, 1)
+        transport.delete(queues=[bound, unbound])
+        transport.declare(topology)
+        assert (transport.queue_size(bound), transport.queue_size(unbound)) == (0, 0)
+
+    def test_deleting_an_exchange_keeps_the_bindings_to_others(self, make, names) -> None:
+        kept, deleted, queue = names("kept"), names("deleted"), names("q")
+        transport = make()
+        transport.declare(Topology.build([kept, deleted], [queue],
+                                         [Binding(queue, kept, "#"),
+                                          Binding(queue, deleted, "#")]))
+        transport.delete(exchanges=[deleted])
+        transport.publish(envelope(kept, "k", b"still routed"))
+        assert receive(transport, queue, 1).bodies == [b"still routed"]
 
 
 def amqp_channel(url: str) -> Any:

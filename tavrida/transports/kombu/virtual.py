@@ -28,15 +28,31 @@ name of ``kombu.transport.virtual`` the adapter uses is here, and
 * ``TopicExchange.lookup`` (subclassed) and ``Channel.exchange_types`` (an
   undocumented table): :class:`RabbitTopicExchange`, put in place by
   :func:`rabbit_topic_routing`, matches as RabbitMQ does (``a.#`` matches ``a``).
+* ``Channel._put`` (private; where every routed or requeued message is stored)
+  of kombu's memory transport: replaced by :func:`private_payloads`, so each
+  queue stores a copy of its own (kombu stores the publisher's objects: a
+  header the publisher changed after publishing, or one consumer changed,
+  changed in every queue).
+* ``Channel.queue_delete``, ``Channel.exchange_delete``, ``Channel.queues`` and
+  ``Channel.state.has_binding`` of kombu's memory transport: replaced by
+  :func:`exact_deletes`, so that a deleted queue (a closed transport's reply
+  queue) no longer takes messages from its exchanges' routing tables (kombu
+  leaves its rows there and creates the queue again for each message, which
+  nobody reads), and deleting an exchange that is gone does not raise
+  ``KeyError``.
+
+:func:`rabbit_channel` applies all fixes a new virtual channel needs.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import uuid
 from typing import Any, Dict, Iterable, List, Set, Tuple
 
+from kombu.transport import memory as kombu_memory
 from kombu.transport.virtual.exchange import TopicExchange
 from kombu.utils.encoding import bytes_to_str
 
@@ -143,6 +159,72 @@ class RabbitTopicExchange(TopicExchange):
 def rabbit_topic_routing(channel: Any) -> None:
     """Make the virtual ``channel`` route topic exchanges as RabbitMQ does."""
     channel.exchange_types["topic"] = RabbitTopicExchange(channel)  # type: ignore[no-untyped-call]
+
+
+def rabbit_channel(channel: Any) -> None:
+    """Make a new virtual ``channel`` act as RabbitMQ where kombu's differs.
+
+    Every virtual channel routes topics as RabbitMQ (:func:`rabbit_topic_routing`);
+    those of kombu's memory transport also store private copies
+    (:func:`private_payloads`) and delete exactly (:func:`exact_deletes`).
+    """
+    rabbit_topic_routing(channel)
+    if isinstance(channel, kombu_memory.Channel):
+        private_payloads(channel)
+        exact_deletes(channel)
+
+
+def private_payloads(channel: Any) -> None:
+    """Make kombu's memory ``channel`` store a deep copy of each message, one per queue.
+
+    kombu's memory transport puts the publisher's payload object itself in
+    every queue a message is routed to: a header table the publisher changed
+    after publishing, or one consumer changed, changed for every consumer.
+    On a broker each queue holds bytes of its own. Only topic and default
+    exchanges (all tavrida declares) store through ``_put``.
+    """
+    put = channel._put
+
+    def store(queue: str, message: Dict[str, Any], **kwargs: Any) -> Any:
+        return put(queue, copy.deepcopy(message), **kwargs)
+
+    channel._put = store
+
+
+def exact_deletes(channel: Any) -> None:
+    """Make kombu's memory ``channel`` delete queues and exchanges as RabbitMQ does.
+
+    kombu's ``queue_delete`` forgets the queue's bindings but leaves their
+    rows in the exchanges' routing tables (and keeps the messages of a queue
+    that had no binding): a deleted queue (a closed transport's reply queue)
+    went on taking messages nobody would read. Its ``exchange_delete``
+    raises ``KeyError`` for an exchange that is gone, and deletes the
+    bindings to *other* exchanges of every empty queue bound to it. Here a
+    deleted queue loses its rows and its messages; a deleted exchange loses
+    its bindings only; deleting what is gone does nothing.
+    """
+    state = channel.state
+    delete_queue = channel.queue_delete
+
+    def queue_delete(queue: str, if_unused: bool = False, if_empty: bool = False,
+                     **kwargs: Any) -> Any:
+        result = delete_queue(queue, if_unused=if_unused, if_empty=if_empty, **kwargs)
+        for exchange, meta in list(state.exchanges.items()):
+            table = meta.get("table")
+            if table:
+                table[:] = [row for row in table
+                            if row[-1] != queue or state.has_binding(queue, exchange, row[0])]
+        if not if_empty:
+            channel.queues.pop(queue, None)
+        return result
+
+    def exchange_delete(exchange: str, if_unused: bool = False, nowait: bool = False) -> None:
+        for row in binding_rows(channel, exchange):
+            state.binding_delete(row[-1], exchange, row[0])
+        state.exchanges.pop(exchange, None)
+
+    channel.queue_delete = queue_delete
+    channel.exchange_delete = exchange_delete
 
 
 def own_copies(channel: Any, queue: str) -> None:

@@ -22,6 +22,7 @@ import amqp
 import kombu
 import pytest
 from amqp import method_framing, serialization, spec
+from kombu.transport import memory as kombu_memory
 from kombu.transport import pyamqp, virtual
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual.exchange import TopicExchange
@@ -164,7 +165,7 @@ def test_kombu_topic_hash_still_needs_a_word_where_rabbitmq_needs_none() -> None
 
 def test_virtual_channels_still_look_exchange_types_up_in_their_table(memory_channel) -> None:
     assert isinstance(memory_channel.exchange_types["topic"], TopicExchange)
-    tavrida_virtual.rabbit_topic_routing(memory_channel)
+    tavrida_virtual.rabbit_channel(memory_channel)
     assert memory_channel.typeof("") is memory_channel.exchange_types["direct"]
     memory_channel.exchange_declare(exchange="tavrida-compat-topic", type="topic")
     assert isinstance(memory_channel.typeof("tavrida-compat-topic"),
@@ -319,3 +320,61 @@ def test_kombu_redis_still_keeps_binding_rows_in_one_set_per_exchange() -> None:
     assert "srem(self.keyprefix_queue % (exchange," in delete
     assert callable(kombu_redis.Channel.queue_purge)
     assert tavrida_virtual.delete_broker_bindings(object(), ["q"]) == 0  # not Redis: kombu's
+
+
+# -- virtual: kombu's memory transport -------------------------------------------------------------
+
+def test_kombu_memory_still_stores_the_publishers_payload_in_every_queue(unique) -> None:
+    """The day kombu's memory channel stores copies, private_payloads can go."""
+    conn = kombu.Connection("memory://")
+    channel = conn.channel()
+    try:
+        one, two = unique("one"), unique("two")
+        assert isinstance(channel, kombu_memory.Channel)
+        assert parameters(kombu_memory.Channel._put)[:3] == ["self", "queue", "message"]
+        payload = channel.prepare_message(b"body", headers={"nested": [1]})
+        channel._put(one, payload)
+        channel._put(two, payload)
+        assert channel.queues[one].get_nowait() is channel.queues[two].get_nowait()
+        tavrida_virtual.private_payloads(channel)
+        channel._put(one, payload)
+        channel._put(two, payload)
+        first, second = channel.queues[one].get_nowait(), channel.queues[two].get_nowait()
+        assert first == second == payload
+        assert first["headers"] is not payload["headers"]
+        assert first["headers"]["nested"] is not second["headers"]["nested"]
+    finally:
+        channel.close()
+        conn.release()
+
+
+def test_kombu_memory_deletes_still_leave_routing_rows_and_miss_exchanges(unique) -> None:
+    """The day kombu's memory channel deletes exactly, exact_deletes can go."""
+    conn = kombu.Connection("memory://")
+    channel = conn.channel()
+    try:
+        exchange, queue = unique("x"), unique("q")
+        channel.exchange_declare(exchange=exchange, type="topic")
+        channel.queue_declare(queue=queue)
+        channel.queue_bind(queue=queue, exchange=exchange, routing_key="#")
+        assert isinstance(kombu_memory.Channel.queues, dict)
+        assert callable(channel.state.has_binding)
+        channel.queue_delete(queue)
+        assert [row[-1] for row in tavrida_virtual.binding_rows(channel, exchange)] == [queue]
+        channel.exchange_delete(exchange)
+        with pytest.raises(KeyError):
+            channel.exchange_delete(exchange)
+
+        tavrida_virtual.exact_deletes(channel)
+        channel.exchange_declare(exchange=exchange, type="topic")
+        channel.queue_declare(queue=queue)
+        channel.queue_bind(queue=queue, exchange=exchange, routing_key="#")
+        channel.queue_delete(queue)
+        assert tavrida_virtual.binding_rows(channel, exchange) == []
+        assert queue not in channel.queues
+        channel.exchange_delete(exchange)
+        channel.exchange_delete(exchange)  # gone: nothing happens
+        assert exchange not in channel.state.exchanges
+    finally:
+        channel.close()
+        conn.release()
