@@ -34,7 +34,7 @@ import threading
 import time
 import urllib.parse
 import zlib
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
@@ -87,14 +87,6 @@ CAPABILITIES: Dict[str, Capabilities] = {
     "redis": Capabilities(confirms=False, expiration=False, exclusive_reply_queues=False,
                           close_returns_unacked=True, encodes_headers=True,
                           checks_exchanges=False, remote=True),
-}
-
-#: Where a transport breaks the contract today: (kind, test) -> why. Each such test
-#: still runs and must fail (strict xfail), so a fix shows up as an XPASS to
-#: move out of this table.
-KNOWN_DEFECTS: Dict[Tuple[str, str], str] = {
-    ("redis", "test_deleting_an_exchange_keeps_the_bindings_to_others"):
-        "kombu's exchange_delete deletes every binding of an empty queue bound to it",
 }
 
 MakeTransport = Callable[[], Transport]
@@ -162,12 +154,6 @@ class TransportContract:
     @pytest.fixture
     def can(self, kind: str) -> Capabilities:
         return CAPABILITIES[kind]
-
-    @pytest.fixture(autouse=True)
-    def _known_defect(self, request: pytest.FixtureRequest, kind: str) -> None:
-        reason = KNOWN_DEFECTS.get((kind, request.function.__name__))
-        if reason is not None:
-            request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
 
     @pytest.fixture
     def make(self, url: str, names: Callable[[str], str]) -> Iterator[MakeTransport]:

@@ -33,13 +33,16 @@ name of ``kombu.transport.virtual`` the adapter uses is here, and
   queue stores a copy of its own (kombu stores the publisher's objects: a
   header the publisher changed after publishing, or one consumer changed,
   changed in every queue).
-* ``Channel.queue_delete``, ``Channel.exchange_delete``, ``Channel.queues`` and
-  ``Channel.state.has_binding`` of kombu's memory transport: replaced by
-  :func:`exact_deletes`, so that a deleted queue (a closed transport's reply
-  queue) no longer takes messages from its exchanges' routing tables (kombu
-  leaves its rows there and creates the queue again for each message, which
-  nobody reads), and deleting an exchange that is gone does not raise
-  ``KeyError``.
+* ``Channel.exchange_delete`` (and, on Redis, ``keyprefix_binding_permanent``,
+  the set kombu 5.7 keeps beside ``keyprefix_queue``), plus
+  ``Channel.queue_delete``, ``Channel.queues`` and ``Channel.state.has_binding``
+  of kombu's memory transport: replaced by :func:`exact_deletes`, so that
+  deleting an exchange deletes its bindings only (kombu's deletes all the
+  bindings of an empty queue bound to it, to every exchange) and never raises
+  ``KeyError`` for one that is gone, and a deleted memory queue (a closed
+  transport's reply queue) no longer takes messages (kombu leaves its rows in
+  the routing tables and creates the queue again for each message, which
+  nobody reads).
 
 :func:`rabbit_channel` applies all fixes a new virtual channel needs.
 """
@@ -164,14 +167,19 @@ def rabbit_topic_routing(channel: Any) -> None:
 def rabbit_channel(channel: Any) -> None:
     """Make a new virtual ``channel`` act as RabbitMQ where kombu's differs.
 
-    Every virtual channel routes topics as RabbitMQ (:func:`rabbit_topic_routing`);
-    those of kombu's memory transport also store private copies
-    (:func:`private_payloads`) and delete exactly (:func:`exact_deletes`).
+    Every virtual channel routes topics (:func:`rabbit_topic_routing`) and
+    deletes (:func:`exact_deletes`) as RabbitMQ; those of kombu's memory
+    transport also store private copies (:func:`private_payloads`).
     """
     rabbit_topic_routing(channel)
-    if isinstance(channel, kombu_memory.Channel):
+    exact_deletes(channel)
+    if _is_memory(channel):
         private_payloads(channel)
-        exact_deletes(channel)
+
+
+def _is_memory(channel: Any) -> bool:
+    """Whether ``channel`` is one of kombu's in-process memory transport."""
+    return isinstance(channel, kombu_memory.Channel)
 
 
 def private_payloads(channel: Any) -> None:
@@ -192,18 +200,36 @@ def private_payloads(channel: Any) -> None:
 
 
 def exact_deletes(channel: Any) -> None:
-    """Make kombu's memory ``channel`` delete queues and exchanges as RabbitMQ does.
+    """Make the virtual ``channel`` delete queues and exchanges as RabbitMQ does.
 
-    kombu's ``queue_delete`` forgets the queue's bindings but leaves their
-    rows in the exchanges' routing tables (and keeps the messages of a queue
-    that had no binding): a deleted queue (a closed transport's reply queue)
-    went on taking messages nobody would read. Its ``exchange_delete``
-    raises ``KeyError`` for an exchange that is gone, and deletes the
-    bindings to *other* exchanges of every empty queue bound to it. Here a
-    deleted queue loses its rows and its messages; a deleted exchange loses
-    its bindings only; deleting what is gone does nothing.
+    kombu's ``exchange_delete`` deletes every binding (to any exchange) of
+    each empty queue bound to the exchange, keeps the bindings of the others,
+    and on the memory transport raises ``KeyError`` for an exchange that is
+    gone. Here a deleted exchange loses its own bindings, whoever declared
+    them (on Redis: its binding sets), and deleting what is gone does nothing.
+
+    kombu's memory ``queue_delete`` forgets the queue's bindings but leaves
+    their rows in the exchanges' routing tables (and keeps the messages of a
+    queue that had no binding): a deleted queue (a closed transport's reply
+    queue) went on taking messages nobody would read. Here it loses its rows
+    and its messages. (Redis keeps its tables in the broker, see
+    :func:`delete_broker_bindings`.)
     """
     state = channel.state
+
+    def exchange_delete(exchange: str, if_unused: bool = False, nowait: bool = False) -> None:
+        for row in binding_rows(channel, exchange):
+            state.binding_delete(row[-1], exchange, row[0])
+        pattern = getattr(channel, "keyprefix_queue", None)
+        if pattern is not None:  # Redis: the binding sets (DEL adds the global key prefix)
+            kept = getattr(channel, "keyprefix_binding_permanent", None)
+            with channel.conn_or_acquire() as client:
+                client.delete(*[key % (exchange,) for key in (pattern, kept) if key])
+        state.exchanges.pop(exchange, None)
+
+    channel.exchange_delete = exchange_delete
+    if not _is_memory(channel):
+        return
     delete_queue = channel.queue_delete
 
     def queue_delete(queue: str, if_unused: bool = False, if_empty: bool = False,
@@ -218,13 +244,7 @@ def exact_deletes(channel: Any) -> None:
             channel.queues.pop(queue, None)
         return result
 
-    def exchange_delete(exchange: str, if_unused: bool = False, nowait: bool = False) -> None:
-        for row in binding_rows(channel, exchange):
-            state.binding_delete(row[-1], exchange, row[0])
-        state.exchanges.pop(exchange, None)
-
     channel.queue_delete = queue_delete
-    channel.exchange_delete = exchange_delete
 
 
 def own_copies(channel: Any, queue: str) -> None:

@@ -378,3 +378,16 @@ def test_kombu_memory_deletes_still_leave_routing_rows_and_miss_exchanges(unique
     finally:
         channel.close()
         conn.release()
+
+
+def test_kombu_exchange_delete_still_deletes_bound_queues_bindings() -> None:
+    """The day kombu's exchange_delete unbinds only its own rows, exact_deletes' can go."""
+    assert kombu_redis.Channel.exchange_delete is virtual.Channel.exchange_delete
+    source = inspect.getsource(virtual.Channel.exchange_delete)
+    assert "self.get_table(exchange)" in source
+    assert "self.queue_delete(queue, if_unused=True, if_empty=True)" in source
+    # Redis: the binding sets exact_deletes deletes are those kombu adds rows to.
+    bind = inspect.getsource(kombu_redis.Channel._queue_bind)
+    assert "self.keyprefix_queue % (exchange,)" in bind
+    permanent = getattr(kombu_redis.Channel, "keyprefix_binding_permanent", None)
+    assert permanent is None or "self.keyprefix_binding_permanent % (exchange,)" in bind
