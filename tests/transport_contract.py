@@ -740,8 +740,9 @@ class TransportContract:
         owner.declare_reply_queue(reply, [Binding(reply, exchange, "caller")])
         if can.exclusive_reply_queues:
             # tavrida's memory says IncorrectAMQPConfig; RabbitMQ's 405 RESOURCE_LOCKED
-            # comes through as py-amqp's ResourceLocked.
-            with pytest.raises(Exception, match=re.escape(repr(reply)[1:-1])):
+            # becomes QueueLocked (an IncorrectAMQPConfig).
+            with pytest.raises(exceptions.IncorrectAMQPConfig,
+                               match=re.escape(repr(reply)[1:-1])):
                 other.declare_reply_queue(reply, [Binding(reply, exchange, "caller")])
         else:
             # No exclusive queues: another connection may declare (and so share) it.

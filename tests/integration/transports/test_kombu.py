@@ -146,6 +146,29 @@ def test_missing_exchange_raises_publish_failed_and_transport_recovers(
     assert set(inbox.bodies) == {b"a", b"after", b"c"}
 
 
+def test_a_reply_queue_another_connection_holds_is_refused_clearly(
+        amqp_url: str, unique, make_transport) -> None:
+    exchange, reply, own = unique("x"), unique("reply"), unique("own")
+    owner, other = make_transport(amqp_url), make_transport(amqp_url)
+    owner.declare_reply_queue(reply, [Binding(reply, exchange, "caller")])
+
+    with pytest.raises(exceptions.QueueLocked) as raised:
+        other.declare_reply_queue(reply, [Binding(reply, exchange, "caller")])
+    assert isinstance(raised.value, exceptions.IncorrectAMQPConfig)
+    assert raised.value.kwargs["queue"] == reply
+    assert repr(reply) in str(raised.value)
+    assert "another connection holds it" in str(raised.value)
+    assert "RESOURCE_LOCKED" in str(raised.value)
+
+    # Only that queue was refused: the transport goes on, with a reply queue of its own.
+    other.declare_reply_queue(own, [Binding(own, exchange, "other")])
+    inbox = Inbox()
+    other.consume(own, inbox, 10)
+    owner.publish(envelope(exchange, "other", b"to the other"))
+    drain_until(lambda: len(inbox) == 1, other)
+    assert inbox.bodies == [b"to the other"]
+
+
 def test_invalid_utf8_from_other_clients_is_delivered(amqp_url: str, unique,
                                                       make_transport) -> None:
     """Invalid UTF-8 in a header, in short-string properties and in the routing key.
