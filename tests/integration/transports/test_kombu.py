@@ -368,3 +368,29 @@ def test_redis_delete_removes_what_other_connections_declared(redis_url: str, un
         client.close()
     with pytest.raises(exceptions.Unroutable):
         make_transport(redis_url).publish(envelope(exchange, "svc.m", b"nobody takes it"))
+
+
+@pytest.mark.parametrize("keyprefix", [False, True], ids=["plain", "global-keyprefix"])
+def test_redis_exchange_delete_removes_the_bindings_of_other_connections(
+        redis_url: str, unique, make_transport, keyprefix: bool) -> None:
+    """kombu's exchange_delete unbound the empty queues bound to it (from every exchange)
+    and left the other bindings on Redis; its own bindings go, whoever declared them."""
+    options = {"transport_options": {"global_keyprefix": f"{unique}."}} if keyprefix else {}
+    kept, deleted, queue, full = unique("kept"), unique("deleted"), unique("q"), unique("full")
+    declarer = make_transport(redis_url, **options)
+    declarer.declare(Topology.build([kept, deleted], [queue, full],
+                                    [Binding(queue, kept, "#"), Binding(queue, deleted, "#"),
+                                     Binding(full, deleted, "#")]))
+    declarer.publish(envelope("", full, b"waiting"))
+    declarer.close()  # as a stopped server
+
+    deleting = make_transport(redis_url, **options)
+    deleting.delete(exchanges=[deleted])
+    with pytest.raises(exceptions.Unroutable):
+        deleting.publish(envelope(deleted, "k", b"nobody takes it"))
+    deleting.publish(envelope(kept, "k", b"still routed"))
+    inbox = Inbox()
+    deleting.consume(queue, inbox, 10)
+    drain_until(lambda: len(inbox) == 1, deleting)
+    assert inbox.bodies == [b"still routed"]
+    assert deleting.queue_size(full) == 1
