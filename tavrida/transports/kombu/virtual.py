@@ -264,7 +264,7 @@ def own_copies(channel: Any, queue: str) -> None:
     make_message = channel.Message
 
     def message(payload: Dict[str, Any], channel: Any = None, **kwargs: Any) -> Any:
-        # Copies: kombu's memory transport puts one payload object in every queue.
+        # Copies: the payload kombu stored stays as it was (kombu requeues it).
         properties = dict(payload["properties"])
         info = dict(properties.get("delivery_info") or {})
         properties.setdefault(ORIGIN, [info.get("exchange") or "", info.get("routing_key") or ""])
