@@ -112,6 +112,17 @@ class QueueMismatch(IncorrectAMQPConfig):
     message_template = "Cannot declare queue %(queue)r: %(reason)s"
 
 
+class QueueLocked(IncorrectAMQPConfig):
+    """Another connection holds this queue (an exclusive reply queue of another client).
+
+    Raised by ``declare_reply_queue``; ``queue`` names it, ``reason`` says
+    what to do and carries the broker's own words (RabbitMQ: 405
+    RESOURCE_LOCKED). The queue goes away when its owner's connection closes.
+    """
+
+    message_template = "Cannot declare reply queue %(queue)r: %(reason)s"
+
+
 class IncorrectAMQPLibrary(TavridaError):
     message_template = "Unknown transport %(name)s"
 

@@ -34,7 +34,7 @@ import threading
 import time
 import urllib.parse
 import zlib
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
@@ -87,18 +87,6 @@ CAPABILITIES: Dict[str, Capabilities] = {
     "redis": Capabilities(confirms=False, expiration=False, exclusive_reply_queues=False,
                           close_returns_unacked=True, encodes_headers=True,
                           checks_exchanges=False, remote=True),
-}
-
-#: Where a transport breaks the contract today: (kind, test) -> why. Each such test
-#: still runs and must fail (strict xfail), so a fix shows up as an XPASS to
-#: move out of this table.
-KNOWN_DEFECTS: Dict[Tuple[str, str], str] = {
-    ("kombu-memory", "test_delivery_does_not_share_state_with_the_publisher"):
-        "kombu's memory transport hands the publisher's header objects to the consumer",
-    ("kombu-memory", "test_reply_queue_goes_away_on_close"):
-        "after close() a reply queue's binding still takes messages (nobody reads them)",
-    ("kombu-memory", "test_delete_removes_queues_and_exchanges"):
-        "deleting an exchange that is gone raises KeyError from kombu's virtual channel",
 }
 
 MakeTransport = Callable[[], Transport]
@@ -166,12 +154,6 @@ class TransportContract:
     @pytest.fixture
     def can(self, kind: str) -> Capabilities:
         return CAPABILITIES[kind]
-
-    @pytest.fixture(autouse=True)
-    def _known_defect(self, request: pytest.FixtureRequest, kind: str) -> None:
-        reason = KNOWN_DEFECTS.get((kind, request.function.__name__))
-        if reason is not None:
-            request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
 
     @pytest.fixture
     def make(self, url: str, names: Callable[[str], str]) -> Iterator[MakeTransport]:
@@ -758,8 +740,9 @@ class TransportContract:
         owner.declare_reply_queue(reply, [Binding(reply, exchange, "caller")])
         if can.exclusive_reply_queues:
             # tavrida's memory says IncorrectAMQPConfig; RabbitMQ's 405 RESOURCE_LOCKED
-            # comes through as py-amqp's ResourceLocked.
-            with pytest.raises(Exception, match=re.escape(repr(reply)[1:-1])):
+            # becomes QueueLocked (an IncorrectAMQPConfig).
+            with pytest.raises(exceptions.IncorrectAMQPConfig,
+                               match=re.escape(repr(reply)[1:-1])):
                 other.declare_reply_queue(reply, [Binding(reply, exchange, "caller")])
         else:
             # No exclusive queues: another connection may declare (and so share) it.
@@ -776,6 +759,28 @@ class TransportContract:
         transport.delete(exchanges=[exchange], queues=[queue])  # missing ones are fine
         with pytest.raises(exceptions.PublishFailed):
             transport.publish(envelope(exchange, "svc.m"))
+
+    def test_a_deleted_queue_loses_its_messages(self, make, names) -> None:
+        exchange, bound, unbound = names("x"), names("bound"), names("unbound")
+        topology = Topology.build([exchange], [bound, unbound],
+                                  [Binding(bound, exchange, "#")])
+        transport = make()
+        transport.declare(topology)
+        transport.publish_many([envelope(exchange, "k", b"old"), envelope("", unbound, b"old")])
+        assert (transport.queue_size(bound), transport.queue_size(unbound)) == (1, 1)
+        transport.delete(queues=[bound, unbound])
+        transport.declare(topology)
+        assert (transport.queue_size(bound), transport.queue_size(unbound)) == (0, 0)
+
+    def test_deleting_an_exchange_keeps_the_bindings_to_others(self, make, names) -> None:
+        kept, deleted, queue = names("kept"), names("deleted"), names("q")
+        transport = make()
+        transport.declare(Topology.build([kept, deleted], [queue],
+                                         [Binding(queue, kept, "#"),
+                                          Binding(queue, deleted, "#")]))
+        transport.delete(exchanges=[deleted])
+        transport.publish(envelope(kept, "k", b"still routed"))
+        assert receive(transport, queue, 1).bodies == [b"still routed"]
 
 
 def amqp_channel(url: str) -> Any:

@@ -99,6 +99,13 @@ Differences on kombu's virtual transports (Redis and ``memory://``):
   restore them there).
 * deleting a queue on Redis deletes its bindings whoever declared them (kombu
   deletes only its own connection's); see :func:`.virtual.delete_broker_bindings`.
+  Deleting an exchange deletes its own bindings only (kombu's deletes every
+  binding of an empty queue bound to it), and what is gone is fine; a
+  deleted queue on ``memory://`` takes no more messages (kombu's goes on
+  routing to it, nobody reading); see :func:`.virtual.exact_deletes`.
+* on ``memory://`` each queue stores its own copy of a message (kombu stores
+  the publisher's objects, so a header changed after publishing, or by one
+  consumer, changed everywhere); see :func:`.virtual.private_payloads`.
 * heartbeats are an AMQP feature; :meth:`KombuTransport.heartbeat` is a no-op.
 """
 

@@ -36,7 +36,7 @@ from tavrida.transports.kombu.nodes import (
 from tavrida.transports.kombu.pyamqp_compat import AMQPTransport, raw_connection
 from tavrida.transports.kombu.retry import retry_call
 from tavrida.transports.kombu.state import KombuState
-from tavrida.transports.kombu.virtual import rabbit_topic_routing, restore_unacked
+from tavrida.transports.kombu.virtual import rabbit_channel, restore_unacked
 
 LOG = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ class KombuConnections(KombuState):
     def _new_channel(self, conn: Connection) -> Any:
         channel = conn.channel()
         if not self._is_amqp:
-            rabbit_topic_routing(channel)
+            rabbit_channel(channel)
         return channel
 
     def _ensure_connected(self) -> None:

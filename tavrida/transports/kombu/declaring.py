@@ -123,14 +123,25 @@ class KombuDeclarations(KombuHeartbeats):
         it while the connection is down are lost; it is declared again on
         reconnect. The exchanges named by ``bindings`` are declared if missing;
         ``Binding.queue`` is ignored: bindings go to ``queue``.
+
+        Raises :class:`~tavrida.exceptions.QueueLocked` when another connection
+        holds ``queue`` (RabbitMQ: another client's exclusive queue).
         """
         bindings = tuple(bindings)
 
         def remember() -> None:
             self._reply_queues[queue] = bindings
 
-        self._with_connection(lambda channel: self._declare_reply_on(channel, queue, bindings),
-                              remember)
+        try:
+            self._with_connection(
+                lambda channel: self._declare_reply_on(channel, queue, bindings), remember)
+        except amqp.ResourceLocked as exc:
+            # py-amqp has already reopened the channel the broker closed.
+            raise exceptions.QueueLocked(
+                queue=queue,
+                reason=f"another connection holds it as its exclusive queue (another client "
+                       f"running with this reply queue name?); give each client a reply "
+                       f"queue of its own (RabbitMQ: {exc})") from exc
 
     def queue_size(self, queue: str) -> Optional[int]:
         """Messages ready in ``queue``; None when it does not exist (RabbitMQ)."""

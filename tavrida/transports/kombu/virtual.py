@@ -28,15 +28,34 @@ name of ``kombu.transport.virtual`` the adapter uses is here, and
 * ``TopicExchange.lookup`` (subclassed) and ``Channel.exchange_types`` (an
   undocumented table): :class:`RabbitTopicExchange`, put in place by
   :func:`rabbit_topic_routing`, matches as RabbitMQ does (``a.#`` matches ``a``).
+* ``Channel._put`` (private; where every routed or requeued message is stored)
+  of kombu's memory transport: replaced by :func:`private_payloads`, so each
+  queue stores a copy of its own (kombu stores the publisher's objects: a
+  header the publisher changed after publishing, or one consumer changed,
+  changed in every queue).
+* ``Channel.exchange_delete`` (and, on Redis, ``keyprefix_binding_permanent``,
+  the set kombu 5.7 keeps beside ``keyprefix_queue``), plus
+  ``Channel.queue_delete``, ``Channel.queues`` and ``Channel.state.has_binding``
+  of kombu's memory transport: replaced by :func:`exact_deletes`, so that
+  deleting an exchange deletes its bindings only (kombu's deletes all the
+  bindings of an empty queue bound to it, to every exchange) and never raises
+  ``KeyError`` for one that is gone, and a deleted memory queue (a closed
+  transport's reply queue) no longer takes messages (kombu leaves its rows in
+  the routing tables and creates the queue again for each message, which
+  nobody reads).
+
+:func:`rabbit_channel` applies all fixes a new virtual channel needs.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import uuid
 from typing import Any, Dict, Iterable, List, Set, Tuple
 
+from kombu.transport import memory as kombu_memory
 from kombu.transport.virtual.exchange import TopicExchange
 from kombu.utils.encoding import bytes_to_str
 
@@ -145,6 +164,89 @@ def rabbit_topic_routing(channel: Any) -> None:
     channel.exchange_types["topic"] = RabbitTopicExchange(channel)  # type: ignore[no-untyped-call]
 
 
+def rabbit_channel(channel: Any) -> None:
+    """Make a new virtual ``channel`` act as RabbitMQ where kombu's differs.
+
+    Every virtual channel routes topics (:func:`rabbit_topic_routing`) and
+    deletes (:func:`exact_deletes`) as RabbitMQ; those of kombu's memory
+    transport also store private copies (:func:`private_payloads`).
+    """
+    rabbit_topic_routing(channel)
+    exact_deletes(channel)
+    if _is_memory(channel):
+        private_payloads(channel)
+
+
+def _is_memory(channel: Any) -> bool:
+    """Whether ``channel`` is one of kombu's in-process memory transport."""
+    return isinstance(channel, kombu_memory.Channel)
+
+
+def private_payloads(channel: Any) -> None:
+    """Make kombu's memory ``channel`` store a deep copy of each message, one per queue.
+
+    kombu's memory transport puts the publisher's payload object itself in
+    every queue a message is routed to: a header table the publisher changed
+    after publishing, or one consumer changed, changed for every consumer.
+    On a broker each queue holds bytes of its own. Only topic and default
+    exchanges (all tavrida declares) store through ``_put``.
+    """
+    put = channel._put
+
+    def store(queue: str, message: Dict[str, Any], **kwargs: Any) -> Any:
+        return put(queue, copy.deepcopy(message), **kwargs)
+
+    channel._put = store
+
+
+def exact_deletes(channel: Any) -> None:
+    """Make the virtual ``channel`` delete queues and exchanges as RabbitMQ does.
+
+    kombu's ``exchange_delete`` deletes every binding (to any exchange) of
+    each empty queue bound to the exchange, keeps the bindings of the others,
+    and on the memory transport raises ``KeyError`` for an exchange that is
+    gone. Here a deleted exchange loses its own bindings, whoever declared
+    them (on Redis: its binding sets), and deleting what is gone does nothing.
+
+    kombu's memory ``queue_delete`` forgets the queue's bindings but leaves
+    their rows in the exchanges' routing tables (and keeps the messages of a
+    queue that had no binding): a deleted queue (a closed transport's reply
+    queue) went on taking messages nobody would read. Here it loses its rows
+    and its messages. (Redis keeps its tables in the broker, see
+    :func:`delete_broker_bindings`.)
+    """
+    state = channel.state
+
+    def exchange_delete(exchange: str, if_unused: bool = False, nowait: bool = False) -> None:
+        for row in binding_rows(channel, exchange):
+            state.binding_delete(row[-1], exchange, row[0])
+        pattern = getattr(channel, "keyprefix_queue", None)
+        if pattern is not None:  # Redis: the binding sets (DEL adds the global key prefix)
+            kept = getattr(channel, "keyprefix_binding_permanent", None)
+            with channel.conn_or_acquire() as client:
+                client.delete(*[key % (exchange,) for key in (pattern, kept) if key])
+        state.exchanges.pop(exchange, None)
+
+    channel.exchange_delete = exchange_delete
+    if not _is_memory(channel):
+        return
+    delete_queue = channel.queue_delete
+
+    def queue_delete(queue: str, if_unused: bool = False, if_empty: bool = False,
+                     **kwargs: Any) -> Any:
+        result = delete_queue(queue, if_unused=if_unused, if_empty=if_empty, **kwargs)
+        for exchange, meta in list(state.exchanges.items()):
+            table = meta.get("table")
+            if table:
+                table[:] = [row for row in table
+                            if row[-1] != queue or state.has_binding(queue, exchange, row[0])]
+        if not if_empty:
+            channel.queues.pop(queue, None)
+        return result
+
+    channel.queue_delete = queue_delete
+
+
 def own_copies(channel: Any, queue: str) -> None:
     """Make each message this channel receives a copy of its own.
 
@@ -162,7 +264,7 @@ def own_copies(channel: Any, queue: str) -> None:
     make_message = channel.Message
 
     def message(payload: Dict[str, Any], channel: Any = None, **kwargs: Any) -> Any:
-        # Copies: kombu's memory transport puts one payload object in every queue.
+        # Copies: the payload kombu stored stays as it was (kombu requeues it).
         properties = dict(payload["properties"])
         info = dict(properties.get("delivery_info") or {})
         properties.setdefault(ORIGIN, [info.get("exchange") or "", info.get("routing_key") or ""])

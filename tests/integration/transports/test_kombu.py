@@ -25,6 +25,7 @@ from transport_contract import (
     drain_for,
     drain_until,
     envelope,
+    receive,
 )
 
 from soak.proxy import TcpProxy
@@ -218,6 +219,26 @@ def test_a_request_returns_at_its_answer_and_reply_queues_need_no_acks(
     transport.consume(queue, inbox, 10)
     drain_until(lambda: len(inbox) == 2, transport)
     assert inbox.bodies == [b"asked", b"next"]
+
+
+def test_a_reply_queue_another_connection_holds_is_refused_clearly(
+        amqp_url: str, unique, make_transport) -> None:
+    exchange, reply, own = unique("x"), unique("reply"), unique("own")
+    owner, other = make_transport(amqp_url), make_transport(amqp_url)
+    owner.declare_reply_queue(reply, [Binding(reply, exchange, "caller")])
+
+    with pytest.raises(exceptions.QueueLocked) as raised:
+        other.declare_reply_queue(reply, [Binding(reply, exchange, "caller")])
+    assert isinstance(raised.value, exceptions.IncorrectAMQPConfig)
+    assert raised.value.kwargs["queue"] == reply
+    assert repr(reply) in str(raised.value)
+    assert "another connection holds it" in str(raised.value)
+    assert "RESOURCE_LOCKED" in str(raised.value)
+
+    # Only that queue was refused: the transport goes on, with a reply queue of its own.
+    other.declare_reply_queue(own, [Binding(own, exchange, "other")])
+    owner.publish(envelope(exchange, "other", b"to the other"))
+    assert receive(other, own, 1).bodies == [b"to the other"]
 
 
 def test_invalid_utf8_from_other_clients_is_delivered(amqp_url: str, unique,
@@ -419,3 +440,29 @@ def test_redis_delete_removes_what_other_connections_declared(redis_url: str, un
         client.close()
     with pytest.raises(exceptions.Unroutable):
         make_transport(redis_url).publish(envelope(exchange, "svc.m", b"nobody takes it"))
+
+
+@pytest.mark.parametrize("keyprefix", [False, True], ids=["plain", "global-keyprefix"])
+def test_redis_exchange_delete_removes_the_bindings_of_other_connections(
+        redis_url: str, unique, make_transport, keyprefix: bool) -> None:
+    """kombu's exchange_delete unbound the empty queues bound to it (from every exchange)
+    and left the other bindings on Redis; its own bindings go, whoever declared them."""
+    options = {"transport_options": {"global_keyprefix": f"{unique}."}} if keyprefix else {}
+    kept, deleted, queue, full = unique("kept"), unique("deleted"), unique("q"), unique("full")
+    declarer = make_transport(redis_url, **options)
+    declarer.declare(Topology.build([kept, deleted], [queue, full],
+                                    [Binding(queue, kept, "#"), Binding(queue, deleted, "#"),
+                                     Binding(full, deleted, "#")]))
+    declarer.publish(envelope("", full, b"waiting"))
+    declarer.close()  # as a stopped server
+
+    deleting = make_transport(redis_url, **options)
+    deleting.delete(exchanges=[deleted])
+    with pytest.raises(exceptions.Unroutable):
+        deleting.publish(envelope(deleted, "k", b"nobody takes it"))
+    deleting.publish(envelope(kept, "k", b"still routed"))
+    inbox = Inbox()
+    deleting.consume(queue, inbox, 10)
+    drain_until(lambda: len(inbox) == 1, deleting)
+    assert inbox.bodies == [b"still routed"]
+    assert deleting.queue_size(full) == 1

@@ -22,6 +22,7 @@ import amqp
 import kombu
 import pytest
 from amqp import method_framing, serialization, spec
+from kombu.transport import memory as kombu_memory
 from kombu.transport import pyamqp, virtual
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual.exchange import TopicExchange
@@ -164,7 +165,7 @@ def test_kombu_topic_hash_still_needs_a_word_where_rabbitmq_needs_none() -> None
 
 def test_virtual_channels_still_look_exchange_types_up_in_their_table(memory_channel) -> None:
     assert isinstance(memory_channel.exchange_types["topic"], TopicExchange)
-    tavrida_virtual.rabbit_topic_routing(memory_channel)
+    tavrida_virtual.rabbit_channel(memory_channel)
     assert memory_channel.typeof("") is memory_channel.exchange_types["direct"]
     memory_channel.exchange_declare(exchange="tavrida-compat-topic", type="topic")
     assert isinstance(memory_channel.typeof("tavrida-compat-topic"),
@@ -421,3 +422,74 @@ def test_the_frame_handler_calls_back_as_py_amqps_does(properties) -> None:
         pyamqp_fastpath.frame_handler(Conn(), lambda *args: None)((3, 1, b"x"))
     with pytest.raises(amqp.exceptions.UnexpectedFrame):
         method_framing.frame_handler(Conn(), lambda *args: None)((3, 1, b"x"))
+
+
+# -- virtual: kombu's memory transport -------------------------------------------------------------
+
+def test_kombu_memory_still_stores_the_publishers_payload_in_every_queue(unique) -> None:
+    """The day kombu's memory channel stores copies, private_payloads can go."""
+    conn = kombu.Connection("memory://")
+    channel = conn.channel()
+    try:
+        one, two = unique("one"), unique("two")
+        assert isinstance(channel, kombu_memory.Channel)
+        assert parameters(kombu_memory.Channel._put)[:3] == ["self", "queue", "message"]
+        payload = channel.prepare_message(b"body", headers={"nested": [1]})
+        channel._put(one, payload)
+        channel._put(two, payload)
+        assert channel.queues[one].get_nowait() is channel.queues[two].get_nowait()
+        tavrida_virtual.private_payloads(channel)
+        channel._put(one, payload)
+        channel._put(two, payload)
+        first, second = channel.queues[one].get_nowait(), channel.queues[two].get_nowait()
+        assert first == second == payload
+        assert first["headers"] is not payload["headers"]
+        assert first["headers"]["nested"] is not second["headers"]["nested"]
+    finally:
+        channel.close()
+        conn.release()
+
+
+def test_kombu_memory_deletes_still_leave_routing_rows_and_miss_exchanges(unique) -> None:
+    """The day kombu's memory channel deletes exactly, exact_deletes can go."""
+    conn = kombu.Connection("memory://")
+    channel = conn.channel()
+    try:
+        exchange, queue = unique("x"), unique("q")
+        channel.exchange_declare(exchange=exchange, type="topic")
+        channel.queue_declare(queue=queue)
+        channel.queue_bind(queue=queue, exchange=exchange, routing_key="#")
+        assert isinstance(kombu_memory.Channel.queues, dict)
+        assert callable(channel.state.has_binding)
+        channel.queue_delete(queue)
+        assert [row[-1] for row in tavrida_virtual.binding_rows(channel, exchange)] == [queue]
+        channel.exchange_delete(exchange)
+        with pytest.raises(KeyError):
+            channel.exchange_delete(exchange)
+
+        tavrida_virtual.exact_deletes(channel)
+        channel.exchange_declare(exchange=exchange, type="topic")
+        channel.queue_declare(queue=queue)
+        channel.queue_bind(queue=queue, exchange=exchange, routing_key="#")
+        channel.queue_delete(queue)
+        assert tavrida_virtual.binding_rows(channel, exchange) == []
+        assert queue not in channel.queues
+        channel.exchange_delete(exchange)
+        channel.exchange_delete(exchange)  # gone: nothing happens
+        assert exchange not in channel.state.exchanges
+    finally:
+        channel.close()
+        conn.release()
+
+
+def test_kombu_exchange_delete_still_deletes_bound_queues_bindings() -> None:
+    """The day kombu's exchange_delete unbinds only its own rows, exact_deletes' can go."""
+    assert kombu_redis.Channel.exchange_delete is virtual.Channel.exchange_delete
+    source = inspect.getsource(virtual.Channel.exchange_delete)
+    assert "self.get_table(exchange)" in source
+    assert "self.queue_delete(queue, if_unused=True, if_empty=True)" in source
+    # Redis: the binding sets exact_deletes deletes are those kombu adds rows to.
+    bind = inspect.getsource(kombu_redis.Channel._queue_bind)
+    assert "self.keyprefix_queue % (exchange,)" in bind
+    permanent = getattr(kombu_redis.Channel, "keyprefix_binding_permanent", None)
+    assert permanent is None or "self.keyprefix_binding_permanent % (exchange,)" in bind
