@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -26,12 +27,14 @@ _ERROR = re.compile(r"^(?P<path>[^:\n]+):\d+(?::\d+)?: error: ", re.MULTILINE)
 def errors() -> Dict[str, List[str]]:
     """mypy's error lines, by file (paths relative to the repository)."""
     cwd = os.getcwd()
+    limit = sys.getrecursionlimit()  # mypy raises it for the whole process
     os.chdir(ROOT)
     try:
         stdout, stderr, status = mypy_api.run(
             ["--config-file", "pyproject.toml", "--no-error-summary", "tavrida", USER_CODE])
     finally:
         os.chdir(cwd)
+        sys.setrecursionlimit(limit)
     assert status in (0, 1), f"mypy could not run (status {status}):\n{stderr}{stdout}"
     found: Dict[str, List[str]] = {}
     for match in _ERROR.finditer(stdout):
