@@ -342,9 +342,15 @@ class MemoryBroker:
                     reason=f"queue names must be non-empty strings, got {name!r}")
             existing = self._queues.get(name)
             if owner is not None and existing is not None and existing.owner is not owner:
-                whose = "another connection" if existing.owner else "a durable queue"
-                raise exceptions.IncorrectAMQPConfig(
-                    reason=f"cannot declare reply queue {name!r}: it exists as {whose}")
+                if existing.owner is None:
+                    raise exceptions.IncorrectAMQPConfig(
+                        reason=f"cannot declare reply queue {name!r}: it exists as a "
+                               "durable queue")
+                raise exceptions.QueueLocked(
+                    queue=name,
+                    reason="another connection holds it as its exclusive queue (another "
+                           "client running with this reply queue name?); give each client "
+                           "a reply queue of its own")
         bindings = list(bindings)
         for binding in bindings:
             if binding.exchange == DEFAULT_EXCHANGE:
