@@ -19,9 +19,11 @@ from __future__ import annotations
 import collections
 import os
 import time
-from typing import Any, Dict, Mapping, Optional, Type
+from typing import Any, Dict, Mapping, Optional, Type, TypeVar
 
 from tavrida import entry_point, exceptions
+
+_M = TypeVar("_M", bound="Message")
 
 REQUEST = "request"
 RESPONSE = "response"
@@ -32,6 +34,7 @@ MESSAGE_TYPES = (REQUEST, RESPONSE, ERROR, NOTIFICATION)
 #: The headers tavrida owns; everything else in ``headers`` is the user's.
 TAVRIDA_HEADERS = ("correlation_id", "request_id", "message_id", "message_type",
                    "reply_to", "source", "destination")
+_TAVRIDA_HEADER_SET = frozenset(TAVRIDA_HEADERS)
 #: Headers an incoming message must carry (``reply_to`` may be absent).
 REQUIRED_HEADERS = ("correlation_id", "message_id", "request_id", "message_type",
                     "source", "destination")
@@ -144,25 +147,65 @@ class Message:
                  payload: Optional[Mapping[str, Any]]) -> None:
         headers = dict(headers)
         headers["message_type"] = self.message_type
-        if not headers.get("message_id"):
-            headers["message_id"] = new_id()
-        if not headers.get("request_id"):
-            headers["request_id"] = new_id()
-        if not headers.get("correlation_id"):
-            headers["correlation_id"] = new_correlation_id()
-        for name in ("reply_to", "source", "destination"):
-            headers[name] = str(headers.get(name) or "")
-        self._correlation_id = str(headers["correlation_id"])
-        self._request_id = str(headers["request_id"])
-        self._message_id = str(headers["message_id"])
-        self._reply_to = entry_point.parse(headers["reply_to"])
-        self._source = entry_point.parse(headers["source"], source=True)
-        self._destination = entry_point.parse(headers["destination"], destination=True)
+        get = headers.get
+        message_id = get("message_id")
+        if not message_id:
+            message_id = headers["message_id"] = new_id()
+        request_id = get("request_id")
+        if not request_id:
+            request_id = headers["request_id"] = new_id()
+        correlation_id = get("correlation_id")
+        if not correlation_id:
+            correlation_id = headers["correlation_id"] = new_correlation_id()
+        reply_to = get("reply_to")
+        if type(reply_to) is not str:
+            reply_to = str(reply_to or "")
+        headers["reply_to"] = reply_to
+        source = get("source")
+        if type(source) is not str:
+            source = str(source or "")
+        headers["source"] = source
+        destination = get("destination")
+        if type(destination) is not str:
+            destination = str(destination or "")
+        headers["destination"] = destination
+        self._correlation_id = str(correlation_id)
+        self._request_id = str(request_id)
+        self._message_id = str(message_id)
+        parse = entry_point.parse_text
+        self._reply_to = parse(reply_to, False, False)
+        self._source = parse(source, True, False)
+        self._destination = parse(destination, False, True)
         #: Exchange answers to ``reply_to`` go to when discovery does not know it ("": none).
-        self.reply_exchange = str(headers.get(REPLY_EXCHANGE_HEADER) or "")
+        self.reply_exchange = str(get(REPLY_EXCHANGE_HEADER) or "")
         self.headers = headers
         self.context: Dict[str, Any] = dict(context or {})
         self.payload: Dict[str, Any] = dict(payload or {})
+
+    @classmethod
+    def from_checked(cls: Type[_M], headers: Dict[str, Any], context: Dict[str, Any],
+                     payload: Dict[str, Any]) -> _M:
+        """The message of headers :func:`tavrida.wire.read_headers` checked and a fresh body.
+
+        What ``__init__`` does, less what the checks already made sure of
+        (all seven headers are non-empty text where needed, entry points
+        parse): the dicts are taken as they are, not copied. The receiving
+        path builds every incoming message this way.
+        """
+        self = cls.__new__(cls)
+        headers["message_type"] = cls.message_type
+        self._correlation_id = headers["correlation_id"]
+        self._request_id = headers["request_id"]
+        self._message_id = headers["message_id"]
+        parse = entry_point.parse_text
+        self._reply_to = parse(headers["reply_to"], False, False)
+        self._source = parse(headers["source"], True, False)
+        self._destination = parse(headers["destination"], False, True)
+        self.reply_exchange = headers.get(REPLY_EXCHANGE_HEADER) or ""
+        self.headers = headers
+        self.context = context
+        self.payload = payload
+        return self
 
     @property
     def correlation_id(self) -> str:
@@ -214,17 +257,21 @@ class Message:
         self.context.update(context)
 
     def wire_headers(self) -> Dict[str, Any]:
-        """Headers as they go on the wire: the seven from the properties, then the user's."""
-        result = user_headers(self.headers)
-        result.update(
-            correlation_id=self._correlation_id,
-            request_id=self._request_id,
-            message_id=self._message_id,
-            message_type=self.message_type,
-            reply_to=self._reply_to.to_routing_key(),
-            source=self._source.to_routing_key(),
-            destination=self._destination.to_routing_key(),
-        )
+        """Headers as they go on the wire: the user's, then the seven from the properties."""
+        headers = self.headers
+        tavrida = {
+            "correlation_id": self._correlation_id,
+            "request_id": self._request_id,
+            "message_id": self._message_id,
+            "message_type": self.message_type,
+            "reply_to": self._reply_to.to_routing_key(),
+            "source": self._source.to_routing_key(),
+            "destination": self._destination.to_routing_key(),
+        }
+        if len(headers) == 7 and headers.keys() == _TAVRIDA_HEADER_SET:
+            return tavrida  # no user headers: the common case, nothing to filter
+        result = user_headers(headers)
+        result.update(tavrida)
         return result
 
     def __repr__(self) -> str:
@@ -384,6 +431,18 @@ class IncomingMessageFactory:
         """The incoming message for these parts."""
         cls = self.get_class(headers.get("message_type", ""), headers.get("reply_to"))
         return cls(headers, context, payload)
+
+    def create_checked(self, headers: Dict[str, Any], context: Dict[str, Any],
+                       payload: Dict[str, Any]) -> Message:
+        """:meth:`create` for headers :func:`tavrida.wire.read_headers` checked
+        (see :meth:`Message.from_checked`)."""
+        message_type = headers["message_type"]
+        if message_type == REQUEST:
+            cls: Type[Message] = (IncomingRequestCall if headers["reply_to"]
+                                  else IncomingRequestCast)
+        else:
+            cls = self.get_class(message_type, "")
+        return cls.from_checked(headers, context, payload)
 
     def create_notification(self, headers: Mapping[str, Any],
                             context: Optional[Mapping[str, Any]],

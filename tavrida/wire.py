@@ -22,9 +22,11 @@ import codecs
 import datetime
 import decimal
 import functools
+import threading
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import simplejson
+import simplejson.encoder
 
 from tavrida import entry_point, exceptions, messages
 
@@ -50,6 +52,55 @@ def dumps(obj: Any) -> str:
     return _encoder.encode(obj)
 
 
+class _Bodies(threading.local):
+    """simplejson's C encoder for ``_encoder``, made once per thread instead of per body.
+
+    ``JSONEncoder.encode`` builds a new C encoder (``c_make_encoder``) on
+    every call, which cost about as much as writing a small body. This one
+    is built with exactly the arguments ``JSONEncoder.iterencode`` passes, so
+    the text is the same; it is per thread because the encoder's circular
+    reference ``markers`` are state, and it is rebuilt after a failed encode
+    (which may leave markers behind). ``key_memo`` is emptied after each body
+    as simplejson does. Without the C speedups, ``_encoder.encode`` is used.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.memo: Dict[Any, Any] = {}
+        self.run: Any = None
+        make = getattr(simplejson.encoder, "c_make_encoder", None)
+        enc = _encoder
+        if make is None or enc.indent is not None or enc.encoding != "utf-8":
+            return
+        self.run = make(
+            {} if enc.check_circular else None, enc.default, simplejson.encoder.encode_basestring,
+            enc.indent, enc.key_separator, enc.item_separator, enc.sort_keys, enc.skipkeys,
+            enc.allow_nan, self.memo, enc.use_decimal, enc.namedtuple_as_object,
+            enc.tuple_as_array, 53 if enc.bigint_as_string else enc.int_as_string_bitcount,
+            enc.item_sort_key, enc.encoding, enc.for_json, enc.ignore_nan, decimal.Decimal,
+            enc.iterable_as_array)
+
+
+_bodies = _Bodies()
+
+
+def _body(payload: Dict[str, Any], context: Dict[str, Any]) -> str:
+    """The JSON envelope text, as ``_encoder.encode`` writes it."""
+    bodies = _bodies
+    run = bodies.run
+    if run is None:
+        return _encoder.encode({"payload": payload, "context": context})
+    try:
+        chunks = run({"payload": payload, "context": context}, 0)
+    except BaseException:
+        bodies.reset()
+        raise
+    bodies.memo.clear()
+    return "".join(chunks)
+
+
 def encode(message: messages.Message) -> Tuple[bytes, Dict[str, Any]]:
     """Body bytes and wire headers of an outgoing message.
 
@@ -57,7 +108,7 @@ def encode(message: messages.Message) -> Tuple[bytes, Dict[str, Any]]:
     payload or context cannot be written as JSON.
     """
     try:
-        body = _encoder.encode({"payload": message.payload, "context": message.context})
+        body = _body(message.payload, message.context)
     except (TypeError, ValueError) as exc:
         raise exceptions.IncorrectOutgoingMessage(
             reason=f"{message!r} is not JSON-serializable: {exc}") from None
@@ -93,28 +144,43 @@ def read_headers(raw: Any) -> Dict[str, str]:
     if type(raw) is not dict and not isinstance(raw, Mapping):
         raise exceptions.IncorrectMessage(reason="headers are not a table")
     headers: Dict[str, Any] = dict(raw)
-    missing = [name for name in messages.REQUIRED_HEADERS if name not in headers]
-    if missing:
+    if not headers.keys() >= _REQUIRED:
+        missing = [name for name in messages.REQUIRED_HEADERS if name not in headers]
         raise exceptions.IncorrectMessage(reason=f"missing header(s): {', '.join(missing)}")
-    for name in messages.TAVRIDA_HEADERS:
-        value = headers.get(name, "")
-        headers[name] = value if type(value) is str else _text(name, value)
+    # Subscripts, not get(): this runs for every message received.
+    for name in _REQUIRED_TEXT:
+        value = headers[name]
+        if type(value) is not str:
+            headers[name] = _text(name, value)
+    value = headers.get("reply_to", "")
+    headers["reply_to"] = value if type(value) is str else _text("reply_to", value)
     if messages.REPLY_EXCHANGE_HEADER in headers:
         name = messages.REPLY_EXCHANGE_HEADER
         headers[name] = _text(name, headers[name])
-    if headers["message_type"] not in messages.MESSAGE_TYPES:
+    if headers["message_type"] not in _MESSAGE_TYPES:
         raise exceptions.IncorrectMessage(
             reason=f"unknown message_type {headers['message_type']!r}")
-    for name in ("correlation_id", "message_id", "request_id"):
-        if not headers[name]:
-            raise exceptions.IncorrectMessage(reason=f"header {name!r} is empty")
-    for name in ("reply_to", "source", "destination"):
+    if not (headers["correlation_id"] and headers["message_id"] and headers["request_id"]):
+        for name in ("correlation_id", "message_id", "request_id"):
+            if not headers[name]:
+                raise exceptions.IncorrectMessage(reason=f"header {name!r} is empty")
+    parse = entry_point.parse_text
+    for name, source, destination in _ENTRY_POINTS:
         try:
-            entry_point.parse(headers[name])
+            parse(headers[name], source, destination)
         except exceptions.WrongEntryPointFormat:
             raise exceptions.IncorrectMessage(
                 reason=f"header {name!r} is not an entry point: {headers[name]!r}") from None
     return headers
+
+
+_REQUIRED = frozenset(messages.REQUIRED_HEADERS)
+#: The tavrida headers but ``reply_to`` (which may be absent), in wire order.
+_REQUIRED_TEXT = tuple(name for name in messages.TAVRIDA_HEADERS if name != "reply_to")
+_MESSAGE_TYPES = frozenset(messages.MESSAGE_TYPES)
+#: Headers holding entry points, with the ``parse_text`` flags messages use (one cache entry).
+_ENTRY_POINTS = (("reply_to", False, False), ("source", True, False),
+                 ("destination", False, True))
 
 
 def read_body(body: Any, properties: Optional[Mapping[str, Any]] = None,
@@ -208,4 +274,4 @@ def decode(body: Any, raw_headers: Any, properties: Optional[Mapping[str, Any]] 
     except exceptions.IncorrectMessage as exc:
         exc.headers = headers
         raise
-    return _FACTORY.create(headers, context, payload)
+    return _FACTORY.create_checked(headers, context, payload)
