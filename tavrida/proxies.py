@@ -27,6 +27,16 @@ def _source(value: EntryPointLike) -> entry_point.EntryPoint:
     return entry_point.parse(value, source=True)
 
 
+def _source_key(value: EntryPointLike) -> str:
+    """The header text of a source, checked (what ``str(_source(value))`` gives)."""
+    if type(value) is str:
+        entry_point.parse_text(value, True, False)  # raises WrongEntryPointFormat
+        return value
+    if isinstance(value, entry_point.EntryPoint):
+        return value.to_routing_key()
+    return str(_source(value))
+
+
 def _check_headers(headers: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     headers = dict(headers or {})
     reserved = sorted(set(headers).intersection(messages.TAVRIDA_HEADERS))
@@ -44,6 +54,7 @@ class RPCCallProxy:
                  kwargs: Mapping[str, Any]) -> None:
         self._postprocessor = postprocessor
         self._destination = entry_point.Destination(service_name, method_name)
+        self._destination_key = f"{service_name}.{method_name}"
         self._source = source
         self._context = context
         self._correlation_id = correlation_id
@@ -53,12 +64,14 @@ class RPCCallProxy:
     def _request(self, correlation_id: str, context: Any, reply_to: EntryPointLike,
                  source: EntryPointLike, payload: Mapping[str, Any],
                  request_id: str = "") -> messages.Request:
-        headers = dict(self._headers)
-        headers.update(correlation_id=correlation_id or self._correlation_id,
-                       request_id=request_id or messages.new_id(),
-                       message_id=messages.new_id(),
-                       source=str(_source(source or self._source)),
-                       destination=str(self._destination), reply_to=str(reply_to or ""))
+        # Item by item, not update(**...): this runs for every request sent.
+        headers = dict(self._headers) if self._headers else {}
+        headers["correlation_id"] = correlation_id or self._correlation_id
+        headers["request_id"] = request_id or messages.new_id()
+        headers["message_id"] = messages.new_id()
+        headers["source"] = _source_key(source or self._source)
+        headers["destination"] = self._destination_key
+        headers["reply_to"] = reply_to if type(reply_to) is str else str(reply_to or "")
         return messages.Request(headers, context or self._context, payload)
 
     @overload
