@@ -37,8 +37,24 @@ def _source_key(value: EntryPointLike) -> str:
     return str(_source(value))
 
 
+#: Attributes a proxy keeps as it hands them out (``cli.svc.method`` is then found
+#: without ``__getattr__``); bounded for code that makes up names as it goes.
+_MAX_KEPT = 256
+
+
+def keep(obj: Any, name: str, value: Any) -> None:
+    """Store ``value`` as ``obj.<name>`` so the next lookup needs no ``__getattr__``."""
+    attributes = obj.__dict__
+    if len(attributes) < _MAX_KEPT:
+        attributes[name] = value
+
+
 def _check_headers(headers: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
-    headers = dict(headers or {})
+    if not headers:
+        return {}
+    headers = dict(headers)
+    if headers.keys().isdisjoint(messages.TAVRIDA_HEADERS):
+        return headers
     reserved = sorted(set(headers).intersection(messages.TAVRIDA_HEADERS))
     if reserved:
         raise exceptions.ForbiddenHeaders(headers=", ".join(reserved))
@@ -209,7 +225,9 @@ class RPCClientProxy(RPCServiceProxy):
         if self._method_name is not None and not method_name.startswith("__"):
             raise AttributeError(f"{self._name}.{self._method_name} is a method: "
                                  f"it has no attribute {method_name!r}")
-        return super().__getattr__(method_name)
+        method = super().__getattr__(method_name)
+        keep(self, method_name, method)  # proxies hold no state a call changes
+        return method
 
     def __call__(self, **kwargs: Any) -> RPCCallProxy:
         if self._method_name is None:
@@ -229,7 +247,8 @@ class RPCProxy:
                  context: Optional[Mapping[str, Any]] = None, correlation_id: str = "",
                  headers: Optional[Mapping[str, Any]] = None) -> None:
         self._postprocessor = postprocessor
-        self._source = _source(source)
+        self._source = (entry_point.parse_text(source, True, False) if type(source) is str
+                        else _source(source))
         self._context = context
         self._correlation_id = correlation_id
         self._headers = _check_headers(headers)
