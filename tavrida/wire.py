@@ -45,6 +45,7 @@ ENCODINGS = frozenset({"", "utf-8", "utf8", "binary", "8bit", "7bit"})
 
 _encoder = simplejson.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _decoder = simplejson.JSONDecoder()
+_scan_once = _decoder.scan_once
 
 
 def dumps(obj: Any) -> str:
@@ -212,8 +213,21 @@ def read_body(body: Any, properties: Optional[Mapping[str, Any]] = None,
     except UnicodeDecodeError as exc:
         raise exceptions.IncorrectMessage(
             reason=f"body is not valid UTF-8 (byte {exc.start})") from None
+    data = None
+    if text[:1] == "{":
+        # simplejson's C scanner straight away: decode() and raw_decode() are two Python
+        # frames around it, for a BOM, leading blanks and trailing data. A body with any of
+        # those, or one that fails, goes through decode(), which reads or refuses it as ever.
+        try:
+            data, end = _scan_once(text, 0)
+        except (ValueError, RecursionError):
+            data = None
+        else:
+            if end != len(text):
+                data = None
     try:
-        data = _decoder.decode(text)
+        if data is None:
+            data = _decoder.decode(text)
     except RecursionError:
         raise exceptions.IncorrectMessage(reason="body JSON is nested too deeply") from None
     except ValueError as exc:
