@@ -34,7 +34,6 @@ MESSAGE_TYPES = (REQUEST, RESPONSE, ERROR, NOTIFICATION)
 #: The headers tavrida owns; everything else in ``headers`` is the user's.
 TAVRIDA_HEADERS = ("correlation_id", "request_id", "message_id", "message_type",
                    "reply_to", "source", "destination")
-_TAVRIDA_HEADER_SET = frozenset(TAVRIDA_HEADERS)
 #: Headers an incoming message must carry (``reply_to`` may be absent).
 REQUIRED_HEADERS = ("correlation_id", "message_id", "request_id", "message_type",
                     "source", "destination")
@@ -124,14 +123,18 @@ def late_by(headers: Mapping[str, Any], now: Optional[float] = None) -> Optional
     return late if late >= 0 else None
 
 
+#: Headers of the per-message path that are never the user's (see :func:`user_headers`).
+_OWN_HEADERS = frozenset(TAVRIDA_HEADERS + (REPLY_EXCHANGE_HEADER, EXPIRES_AT_HEADER))
+
+
 def user_headers(headers: Mapping[str, Any]) -> Dict[str, Any]:
     """The headers of ``headers`` that are not tavrida's own.
 
     ``x-tavrida-*`` headers (dead-letter reasons and the like) describe one
     message and are never carried into another.
     """
-    if len(headers) == 7 and headers.keys() == _TAVRIDA_HEADER_SET:
-        return {}  # tavrida's seven alone: the common case
+    if headers.keys() <= _OWN_HEADERS:
+        return {}  # the common case, no user header: one set comparison, no loop
     return {k: v for k, v in headers.items()
             if k not in TAVRIDA_HEADERS and not k.startswith("x-tavrida-")}
 
