@@ -123,6 +123,7 @@ def late_by(headers: Mapping[str, Any], now: Optional[float] = None) -> Optional
     return late if late >= 0 else None
 
 
+_BLANK_HEADERS = dict.fromkeys(TAVRIDA_HEADERS, "")
 #: Headers of the per-message path that are never the user's (see :func:`user_headers`).
 _OWN_HEADERS = frozenset(TAVRIDA_HEADERS + (REPLY_EXCHANGE_HEADER, EXPIRES_AT_HEADER))
 
@@ -156,30 +157,27 @@ class Message:
 
     def __init__(self, headers: Mapping[str, Any], context: Optional[Mapping[str, Any]],
                  payload: Optional[Mapping[str, Any]]) -> None:
-        headers = dict(headers)
+        # Each of the seven present ("" where absent), then the given ones: subscripts below.
+        headers = {**_BLANK_HEADERS, **headers}
         headers["message_type"] = self.message_type
-        get = headers.get
-        message_id = get("message_id")
+        message_id = headers["message_id"]
         if not message_id:
             message_id = headers["message_id"] = new_id()
-        request_id = get("request_id")
+        request_id = headers["request_id"]
         if not request_id:
             request_id = headers["request_id"] = new_id()
-        correlation_id = get("correlation_id")
+        correlation_id = headers["correlation_id"]
         if not correlation_id:
             correlation_id = headers["correlation_id"] = new_correlation_id()
-        reply_to = get("reply_to")
+        reply_to = headers["reply_to"]
         if type(reply_to) is not str:
-            reply_to = str(reply_to or "")
-        headers["reply_to"] = reply_to
-        source = get("source")
+            reply_to = headers["reply_to"] = str(reply_to or "")
+        source = headers["source"]
         if type(source) is not str:
-            source = str(source or "")
-        headers["source"] = source
-        destination = get("destination")
+            source = headers["source"] = str(source or "")
+        destination = headers["destination"]
         if type(destination) is not str:
-            destination = str(destination or "")
-        headers["destination"] = destination
+            destination = headers["destination"] = str(destination or "")
         self._correlation_id = str(correlation_id)
         self._request_id = str(request_id)
         self._message_id = str(message_id)
@@ -188,7 +186,8 @@ class Message:
         self._source = parse(source, True, False)
         self._destination = parse(destination, False, True)
         #: Exchange answers to ``reply_to`` go to when discovery does not know it ("": none).
-        self.reply_exchange = str(get(REPLY_EXCHANGE_HEADER) or "")
+        self.reply_exchange = (str(headers[REPLY_EXCHANGE_HEADER] or "")
+                               if REPLY_EXCHANGE_HEADER in headers else "")
         self.headers = headers
         self.context: Dict[str, Any] = dict(context or {})
         self.payload: Dict[str, Any] = dict(payload or {})
@@ -212,7 +211,8 @@ class Message:
         self._reply_to = parse(headers["reply_to"], False, False)
         self._source = parse(headers["source"], True, False)
         self._destination = parse(headers["destination"], False, True)
-        self.reply_exchange = headers.get(REPLY_EXCHANGE_HEADER) or ""
+        self.reply_exchange = (headers[REPLY_EXCHANGE_HEADER] or ""
+                               if REPLY_EXCHANGE_HEADER in headers else "")
         self.headers = headers
         self.context = context
         self.payload = payload

@@ -153,7 +153,7 @@ def read_headers(raw: Any) -> Dict[str, str]:
         value = headers[name]
         if type(value) is not str:
             headers[name] = _text(name, value)
-    value = headers.get("reply_to", "")
+    value = headers["reply_to"] if "reply_to" in headers else ""
     headers["reply_to"] = value if type(value) is str else _text("reply_to", value)
     if messages.REPLY_EXCHANGE_HEADER in headers:
         name = messages.REPLY_EXCHANGE_HEADER
@@ -233,15 +233,16 @@ def read_body(body: Any, properties: Optional[Mapping[str, Any]] = None,
     except ValueError as exc:
         label = f" (content type {content_type!r})" if content_type else ""
         raise exceptions.IncorrectMessage(reason=f"body is not JSON{label}: {exc}") from None
-    if not isinstance(data, dict):
+    # simplejson makes plain dicts: type() first, subscripts not get(), for every message.
+    if type(data) is not dict and not isinstance(data, dict):
         raise exceptions.IncorrectMessage(reason="body is not a JSON object")
-    payload = data.get("payload")
-    if not isinstance(payload, dict):
+    payload = data["payload"] if "payload" in data else None
+    if type(payload) is not dict and not isinstance(payload, dict):
         raise exceptions.IncorrectMessage(reason='body has no "payload" object')
-    context = data.get("context")
+    context = data["context"] if "context" in data else None
     if context is None:
         context = {}
-    if not isinstance(context, dict):
+    if type(context) is not dict and not isinstance(context, dict):
         raise exceptions.IncorrectMessage(reason='body "context" is not an object')
     return context, payload
 
