@@ -17,9 +17,10 @@ along a whole chain of calls.
 from __future__ import annotations
 
 import collections
+import operator
 import os
 import time
-from typing import Any, Dict, Mapping, Optional, Type, TypeVar
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Type, TypeVar
 
 from tavrida import entry_point, exceptions
 
@@ -218,35 +219,38 @@ class Message:
         self.payload = payload
         return self
 
-    @property
-    def correlation_id(self) -> str:
-        """Id of the whole chain of calls."""
-        return self._correlation_id
+    if TYPE_CHECKING:
+        @property
+        def correlation_id(self) -> str: ...
 
-    @property
-    def request_id(self) -> str:
-        """Id of one request and its response or error."""
-        return self._request_id
+        @property
+        def request_id(self) -> str: ...
 
-    @property
-    def message_id(self) -> str:
-        """Id of this message."""
-        return self._message_id
+        @property
+        def message_id(self) -> str: ...
 
-    @property
-    def reply_to(self) -> entry_point.EntryPoint:
-        """Entry point answers go to (empty unless a call)."""
-        return self._reply_to
+        @property
+        def reply_to(self) -> entry_point.EntryPoint: ...
 
-    @property
-    def source(self) -> entry_point.EntryPoint:
-        """Entry point the message comes from."""
-        return self._source
+        @property
+        def source(self) -> entry_point.EntryPoint: ...
 
-    @property
-    def destination(self) -> entry_point.EntryPoint:
-        """Entry point the message goes to."""
-        return self._destination
+        @property
+        def destination(self) -> entry_point.EntryPoint: ...
+    else:
+        # Read-only properties whose getter is C (operator.attrgetter), not a Python
+        # function: they are read many times per message.
+        correlation_id = property(operator.attrgetter("_correlation_id"),
+                                  doc="Id of the whole chain of calls.")
+        request_id = property(operator.attrgetter("_request_id"),
+                              doc="Id of one request and its response or error.")
+        message_id = property(operator.attrgetter("_message_id"), doc="Id of this message.")
+        reply_to = property(operator.attrgetter("_reply_to"),
+                            doc="Entry point answers go to (empty unless a call).")
+        source = property(operator.attrgetter("_source"),
+                          doc="Entry point the message comes from.")
+        destination = property(operator.attrgetter("_destination"),
+                               doc="Entry point the message goes to.")
 
     @property
     def type(self) -> str:
@@ -362,7 +366,8 @@ class Request(Message, Outgoing):
 
 
 def _answer_headers(request: Message) -> Dict[str, Any]:
-    destination = request.reply_to if request.reply_to else request.source
+    reply_to = request.reply_to
+    destination = reply_to if reply_to.service else request.source
     headers = user_headers(request.headers)
     headers.update(correlation_id=request.correlation_id, request_id=request.request_id,
                    source=str(request.destination), reply_to="",

@@ -69,9 +69,10 @@ class Sender:
     def envelope(self, message: messages.Message) -> OutgoingEnvelope:
         """The envelope for a message: exchange, routing key, bytes, headers."""
         body, headers = wire.encode(message)
-        if message.message_type == messages.REQUEST and message.reply_to:
+        reply_service = message.reply_to.service
+        if message.message_type == messages.REQUEST and reply_service:
             reply_exchange = message.reply_exchange or (
-                self.reply_exchange if message.reply_to.service == self._service else "")
+                self.reply_exchange if reply_service == self._service else "")
             if reply_exchange:
                 headers[messages.REPLY_EXCHANGE_HEADER] = reply_exchange
         if message.message_type == messages.NOTIFICATION:
