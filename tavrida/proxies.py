@@ -12,6 +12,7 @@ correlation id and user headers on to every message it sends.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Union, overload
 
@@ -49,6 +50,19 @@ def keep(obj: Any, name: str, value: Any) -> None:
         attributes[name] = value
 
 
+def _source_entry_point(value: EntryPointLike) -> entry_point.EntryPoint:
+    """What ``_source(value)`` gives, without a copy of an entry point (they are values)."""
+    if type(value) is str:
+        return entry_point.parse_text(value, True, False)
+    if isinstance(value, entry_point.EntryPoint):
+        return value
+    return _source(value)
+
+
+#: The reply_to of a call from a service: one shared instance per service name.
+_service_entry_point = functools.lru_cache(maxsize=256)(entry_point.ServiceEntryPoint)
+
+
 def _check_headers(headers: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     if not headers:
         return {}
@@ -69,7 +83,6 @@ class RPCCallProxy:
                  correlation_id: str, headers: Optional[Mapping[str, Any]],
                  kwargs: Mapping[str, Any]) -> None:
         self._postprocessor = postprocessor
-        self._destination = entry_point.Destination(service_name, method_name)
         self._destination_key = f"{service_name}.{method_name}"
         self._source = source
         self._context = context
@@ -85,7 +98,7 @@ class RPCCallProxy:
         headers["correlation_id"] = correlation_id or self._correlation_id
         headers["request_id"] = request_id or messages.new_id()
         headers["message_id"] = messages.new_id()
-        headers["source"] = _source_key(source or self._source)
+        headers["source"] = _source_key(source if source else self._source)
         headers["destination"] = self._destination_key
         headers["reply_to"] = reply_to if type(reply_to) is str else str(reply_to or "")
         return messages.Request(headers, context or self._context, payload)
@@ -114,14 +127,15 @@ class RPCCallProxy:
         the call blocks and returns the response payload instead; see
         :mod:`tavrida.client`.
         """
-        src = _source(source or self._source)
-        reply = entry_point.parse(reply_to) if reply_to else entry_point.ServiceEntryPoint(
-            src.service)
-        if not reply:
+        src = _source_entry_point(source if source else self._source)
+        reply = entry_point.parse(reply_to) if reply_to else _service_entry_point(src.service)
+        if not reply.service:
             # An empty reply_to makes the request a cast: the answer would never come.
             raise exceptions.IncorrectOutgoingMessage(
-                reason=f"call to {self._destination} has no source or reply_to to answer to")
-        request = self._request(correlation_id, context, reply, src, self._kwargs)
+                reason=f"call to {self._destination_key} has no source or reply_to to "
+                       f"answer to")
+        request = self._request(correlation_id, context, reply.to_routing_key(),
+                                src.to_routing_key(), self._kwargs)
         if timeout is not None:
             replies: Optional[Replies] = getattr(self._postprocessor, "replies", None)
             if replies is None:
