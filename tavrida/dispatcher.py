@@ -76,13 +76,14 @@ class Handler:
         """Keyword arguments for a payload: extra keys dropped, missing ones an error."""
         if self.message_type == messages.ERROR:
             return {}
-        missing = self.required.difference(payload)
-        if missing:
+        keys = payload.keys()
+        if not keys >= self.required:  # operators, not method calls: this runs per message
+            missing = self.required.difference(payload)
             raise exceptions.WrongHandlerParameters(
                 handler=self.method_name, entry_point=self.entry_point,
                 reason=f"payload lacks required parameter(s) {', '.join(sorted(missing))}")
-        if self.var_kw:
-            return dict(payload)
+        if self.var_kw or keys <= self.params:
+            return dict(payload)  # nothing to drop (the usual case)
         return {k: v for k, v in payload.items() if k in self.params}
 
 
