@@ -186,6 +186,8 @@ class Message:
         self._reply_to = parse(reply_to, False, False)
         self._source = parse(source, True, False)
         self._destination = parse(destination, False, True)
+        # Their routing keys: each header text is its entry point's (entry points are values).
+        self._keys = (reply_to, source, destination)
         #: Exchange answers to ``reply_to`` go to when discovery does not know it ("": none).
         self.reply_exchange = (str(headers[REPLY_EXCHANGE_HEADER] or "")
                                if REPLY_EXCHANGE_HEADER in headers else "")
@@ -212,6 +214,7 @@ class Message:
         self._reply_to = parse(headers["reply_to"], False, False)
         self._source = parse(headers["source"], True, False)
         self._destination = parse(headers["destination"], False, True)
+        self._keys = (headers["reply_to"], headers["source"], headers["destination"])
         self.reply_exchange = (headers[REPLY_EXCHANGE_HEADER] or ""
                                if REPLY_EXCHANGE_HEADER in headers else "")
         self.headers = headers
@@ -273,17 +276,17 @@ class Message:
 
     def wire_headers(self) -> Dict[str, Any]:
         """Headers as they go on the wire: the user's, then the seven from the properties."""
-        headers = self.headers
+        reply_to, source, destination = self._keys
         tavrida = {
             "correlation_id": self._correlation_id,
             "request_id": self._request_id,
             "message_id": self._message_id,
             "message_type": self.message_type,
-            "reply_to": self._reply_to.to_routing_key(),
-            "source": self._source.to_routing_key(),
-            "destination": self._destination.to_routing_key(),
+            "reply_to": reply_to,
+            "source": source,
+            "destination": destination,
         }
-        result = user_headers(headers)
+        result = user_headers(self.headers)
         if not result:
             return tavrida
         result.update(tavrida)
@@ -366,12 +369,10 @@ class Request(Message, Outgoing):
 
 
 def _answer_headers(request: Message) -> Dict[str, Any]:
-    reply_to = request.reply_to
-    destination = reply_to if reply_to.service else request.source
+    reply_to, source, destination = request._keys  # routing keys of its entry points
     headers = user_headers(request.headers)
     headers.update(correlation_id=request.correlation_id, request_id=request.request_id,
-                   source=str(request.destination), reply_to="",
-                   destination=destination.to_routing_key())
+                   source=destination, reply_to="", destination=reply_to or source)
     if request.reply_exchange:  # where to send the answer; never written on the wire
         headers[REPLY_EXCHANGE_HEADER] = request.reply_exchange
     return headers
