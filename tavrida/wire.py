@@ -188,12 +188,13 @@ def read_body(body: Any, properties: Optional[Mapping[str, Any]] = None,
               max_size: int = DEFAULT_MAX_BODY_SIZE) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Context and payload of a raw body, checked."""
     properties = properties or {}
-    content_type = properties.get("content_type") or ""
+    content_type = (properties["content_type"] if "content_type" in properties else "") or ""
     if type(content_type) is not str or content_type not in JSON_CONTENT_TYPES:
         content_type = _label(content_type).split(";")[0].strip()
         if content_type not in JSON_CONTENT_TYPES:
             _check_content_type(content_type)
-    encoding = properties.get("content_encoding") or ""
+    encoding = (properties["content_encoding"] if "content_encoding" in properties
+                else "") or ""
     if type(encoding) is not str or encoding not in ENCODINGS:
         encoding = _label(encoding).strip()
         if encoding not in ENCODINGS and not _is_utf8(encoding):
