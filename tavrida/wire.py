@@ -73,7 +73,7 @@ class _Bodies(threading.local):
         self.run: Any = None
         make = getattr(simplejson.encoder, "c_make_encoder", None)
         enc = _encoder
-        if make is None or enc.indent is not None or enc.encoding != "utf-8":
+        if make is None or enc.indent is not None or enc.encoding != "utf-8" or enc.ensure_ascii:
             return
         self.run = make(
             {} if enc.check_circular else None, enc.default, simplejson.encoder.encode_basestring,
