@@ -35,7 +35,7 @@ from typing import Any, Mapping, Optional, Union
 
 from tavrida import config as config_mod
 from tavrida import discovery as discovery_mod
-from tavrida import entry_point, messages
+from tavrida import entry_point, messages, proxies
 from tavrida.proxies import RPCClientProxy, RPCProxy
 from tavrida.replies import Replies
 from tavrida.sender import Sender
@@ -82,8 +82,11 @@ class RPCClient:
         if name.startswith("_"):
             raise AttributeError(name)
         if self._service:
-            return self._proxy.service(self._service, name)
-        return self._proxy.service(name)
+            proxy = self._proxy.service(self._service, name)
+        else:
+            proxy = self._proxy.service(name)
+        proxies.keep(self, name, proxy)  # the next cli.<name> is a plain attribute
+        return proxy
 
     def add_headers(self, headers: Mapping[str, Any]) -> None:
         """Add user headers to every message this client sends."""

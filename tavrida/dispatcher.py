@@ -76,13 +76,14 @@ class Handler:
         """Keyword arguments for a payload: extra keys dropped, missing ones an error."""
         if self.message_type == messages.ERROR:
             return {}
-        missing = self.required.difference(payload)
-        if missing:
+        keys = payload.keys()
+        if not keys >= self.required:  # operators, not method calls: this runs per message
+            missing = self.required.difference(payload)
             raise exceptions.WrongHandlerParameters(
                 handler=self.method_name, entry_point=self.entry_point,
                 reason=f"payload lacks required parameter(s) {', '.join(sorted(missing))}")
-        if self.var_kw:
-            return dict(payload)
+        if self.var_kw or keys <= self.params:
+            return dict(payload)  # nothing to drop (the usual case)
         return {k: v for k, v in payload.items() if k in self.params}
 
 
@@ -91,6 +92,9 @@ class Dispatcher:
 
     def __init__(self) -> None:
         self.handlers: Dict[Tuple[str, entry_point.EntryPoint], Handler] = {}
+        # The same handlers keyed by plain strings: looking one up hashes and compares
+        # no EntryPoint (Python-level __hash__/__eq__) for every message.
+        self._index: Dict[Tuple[str, str, str], Handler] = {}
 
     def register(self, ep: entry_point.EntryPoint, message_type: str,
                  handler_method_name: str, func: Optional[Callable[..., Any]] = None,
@@ -104,11 +108,12 @@ class Dispatcher:
         handler = Handler(handler_method_name, message_type, ep,
                           func or (lambda self, message, proxy: None))
         self.handlers[key] = handler
+        self._index[(message_type, ep.service, ep.method)] = handler
         return handler
 
     def find(self, ep: entry_point.EntryPoint, message_type: str) -> Optional[Handler]:
         """The handler for a message type and entry point, or None."""
-        return self.handlers.get((message_type, ep))
+        return self._index.get((message_type, ep.service, ep.method))
 
     def get_handler(self, ep: entry_point.EntryPoint, message_type: str) -> str:
         """Name of the handler method; raises HandlerNotFound."""

@@ -119,7 +119,7 @@ def parse(value: object, source: bool = False, destination: bool = False) -> Ent
     Entry points are values: the cached instances are shared, never mutate one.
     """
     if isinstance(value, str):
-        return _parse_text(value, source, destination)
+        return parse_text(value, source, destination)
     return _FACTORY.create(value, source=source, destination=destination)
 
 
@@ -127,6 +127,10 @@ _FACTORY = EntryPointFactory()
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_text(value: str, source: bool, destination: bool) -> EntryPoint:
-    # A service sees the same few addresses over and over: parse each once.
+def parse_text(value: str, source: bool = False, destination: bool = False) -> EntryPoint:
+    """:func:`parse` of a header string, cached (the per-message path calls it directly).
+
+    A service sees the same few addresses over and over: each is parsed once.
+    The instances are shared, never mutate one.
+    """
     return _FACTORY.create(value, source=source, destination=destination)

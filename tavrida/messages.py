@@ -17,11 +17,14 @@ along a whole chain of calls.
 from __future__ import annotations
 
 import collections
+import operator
 import os
 import time
-from typing import Any, Dict, Mapping, Optional, Type
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Type, TypeVar
 
 from tavrida import entry_point, exceptions
+
+_M = TypeVar("_M", bound="Message")
 
 REQUEST = "request"
 RESPONSE = "response"
@@ -72,12 +75,18 @@ def _random16() -> bytes:
 
 def new_id() -> str:
     """A fresh message or request id: 32 lowercase hex characters (128 random bits)."""
-    return _random16().hex()
+    try:  # _random16(), inlined for the common case: every message takes two or three ids
+        return _random_blocks.popleft().hex()
+    except IndexError:
+        return _random16().hex()
 
 
 def new_correlation_id() -> str:
     """A fresh correlation id, spelled as tavrida 1.0 does (36 characters, uuid4 form)."""
-    h = _random16().hex()
+    try:
+        h = _random_blocks.popleft().hex()
+    except IndexError:
+        h = _random16().hex()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
@@ -115,12 +124,19 @@ def late_by(headers: Mapping[str, Any], now: Optional[float] = None) -> Optional
     return late if late >= 0 else None
 
 
+_BLANK_HEADERS = dict.fromkeys(TAVRIDA_HEADERS, "")
+#: Headers of the per-message path that are never the user's (see :func:`user_headers`).
+_OWN_HEADERS = frozenset(TAVRIDA_HEADERS + (REPLY_EXCHANGE_HEADER, EXPIRES_AT_HEADER))
+
+
 def user_headers(headers: Mapping[str, Any]) -> Dict[str, Any]:
     """The headers of ``headers`` that are not tavrida's own.
 
     ``x-tavrida-*`` headers (dead-letter reasons and the like) describe one
     message and are never carried into another.
     """
+    if headers.keys() <= _OWN_HEADERS:
+        return {}  # the common case, no user header: one set comparison, no loop
     return {k: v for k, v in headers.items()
             if k not in TAVRIDA_HEADERS and not k.startswith("x-tavrida-")}
 
@@ -142,57 +158,102 @@ class Message:
 
     def __init__(self, headers: Mapping[str, Any], context: Optional[Mapping[str, Any]],
                  payload: Optional[Mapping[str, Any]]) -> None:
-        headers = dict(headers)
+        # Each of the seven present ("" where absent), then the given ones: subscripts below.
+        headers = {**_BLANK_HEADERS, **headers}
         headers["message_type"] = self.message_type
-        if not headers.get("message_id"):
-            headers["message_id"] = new_id()
-        if not headers.get("request_id"):
-            headers["request_id"] = new_id()
-        if not headers.get("correlation_id"):
-            headers["correlation_id"] = new_correlation_id()
-        for name in ("reply_to", "source", "destination"):
-            headers[name] = str(headers.get(name) or "")
-        self._correlation_id = str(headers["correlation_id"])
-        self._request_id = str(headers["request_id"])
-        self._message_id = str(headers["message_id"])
-        self._reply_to = entry_point.parse(headers["reply_to"])
-        self._source = entry_point.parse(headers["source"], source=True)
-        self._destination = entry_point.parse(headers["destination"], destination=True)
+        message_id = headers["message_id"]
+        if not message_id:
+            message_id = headers["message_id"] = new_id()
+        request_id = headers["request_id"]
+        if not request_id:
+            request_id = headers["request_id"] = new_id()
+        correlation_id = headers["correlation_id"]
+        if not correlation_id:
+            correlation_id = headers["correlation_id"] = new_correlation_id()
+        reply_to = headers["reply_to"]
+        if type(reply_to) is not str:
+            reply_to = headers["reply_to"] = str(reply_to or "")
+        source = headers["source"]
+        if type(source) is not str:
+            source = headers["source"] = str(source or "")
+        destination = headers["destination"]
+        if type(destination) is not str:
+            destination = headers["destination"] = str(destination or "")
+        self._correlation_id = str(correlation_id)
+        self._request_id = str(request_id)
+        self._message_id = str(message_id)
+        parse = entry_point.parse_text
+        self._reply_to = parse(reply_to, False, False)
+        self._source = parse(source, True, False)
+        self._destination = parse(destination, False, True)
+        # Their routing keys: each header text is its entry point's (entry points are values).
+        self._keys = (reply_to, source, destination)
         #: Exchange answers to ``reply_to`` go to when discovery does not know it ("": none).
-        self.reply_exchange = str(headers.get(REPLY_EXCHANGE_HEADER) or "")
+        self.reply_exchange = (str(headers[REPLY_EXCHANGE_HEADER] or "")
+                               if REPLY_EXCHANGE_HEADER in headers else "")
         self.headers = headers
         self.context: Dict[str, Any] = dict(context or {})
         self.payload: Dict[str, Any] = dict(payload or {})
 
-    @property
-    def correlation_id(self) -> str:
-        """Id of the whole chain of calls."""
-        return self._correlation_id
+    @classmethod
+    def from_checked(cls: Type[_M], headers: Dict[str, Any], context: Dict[str, Any],
+                     payload: Dict[str, Any]) -> _M:
+        """The message of headers :func:`tavrida.wire.read_headers` checked and a fresh body.
 
-    @property
-    def request_id(self) -> str:
-        """Id of one request and its response or error."""
-        return self._request_id
+        What ``__init__`` does, less what the checks already made sure of
+        (all seven headers are non-empty text where needed, entry points
+        parse): the dicts are taken as they are, not copied. The receiving
+        path builds every incoming message this way.
+        """
+        self = cls.__new__(cls)
+        headers["message_type"] = cls.message_type
+        self._correlation_id = headers["correlation_id"]
+        self._request_id = headers["request_id"]
+        self._message_id = headers["message_id"]
+        parse = entry_point.parse_text
+        self._reply_to = parse(headers["reply_to"], False, False)
+        self._source = parse(headers["source"], True, False)
+        self._destination = parse(headers["destination"], False, True)
+        self._keys = (headers["reply_to"], headers["source"], headers["destination"])
+        self.reply_exchange = (headers[REPLY_EXCHANGE_HEADER] or ""
+                               if REPLY_EXCHANGE_HEADER in headers else "")
+        self.headers = headers
+        self.context = context
+        self.payload = payload
+        return self
 
-    @property
-    def message_id(self) -> str:
-        """Id of this message."""
-        return self._message_id
+    if TYPE_CHECKING:
+        @property
+        def correlation_id(self) -> str: ...
 
-    @property
-    def reply_to(self) -> entry_point.EntryPoint:
-        """Entry point answers go to (empty unless a call)."""
-        return self._reply_to
+        @property
+        def request_id(self) -> str: ...
 
-    @property
-    def source(self) -> entry_point.EntryPoint:
-        """Entry point the message comes from."""
-        return self._source
+        @property
+        def message_id(self) -> str: ...
 
-    @property
-    def destination(self) -> entry_point.EntryPoint:
-        """Entry point the message goes to."""
-        return self._destination
+        @property
+        def reply_to(self) -> entry_point.EntryPoint: ...
+
+        @property
+        def source(self) -> entry_point.EntryPoint: ...
+
+        @property
+        def destination(self) -> entry_point.EntryPoint: ...
+    else:
+        # Read-only properties whose getter is C (operator.attrgetter), not a Python
+        # function: they are read many times per message.
+        correlation_id = property(operator.attrgetter("_correlation_id"),
+                                  doc="Id of the whole chain of calls.")
+        request_id = property(operator.attrgetter("_request_id"),
+                              doc="Id of one request and its response or error.")
+        message_id = property(operator.attrgetter("_message_id"), doc="Id of this message.")
+        reply_to = property(operator.attrgetter("_reply_to"),
+                            doc="Entry point answers go to (empty unless a call).")
+        source = property(operator.attrgetter("_source"),
+                          doc="Entry point the message comes from.")
+        destination = property(operator.attrgetter("_destination"),
+                               doc="Entry point the message goes to.")
 
     @property
     def type(self) -> str:
@@ -214,17 +275,21 @@ class Message:
         self.context.update(context)
 
     def wire_headers(self) -> Dict[str, Any]:
-        """Headers as they go on the wire: the seven from the properties, then the user's."""
+        """Headers as they go on the wire: the user's, then the seven from the properties."""
+        reply_to, source, destination = self._keys
+        tavrida = {
+            "correlation_id": self._correlation_id,
+            "request_id": self._request_id,
+            "message_id": self._message_id,
+            "message_type": self.message_type,
+            "reply_to": reply_to,
+            "source": source,
+            "destination": destination,
+        }
         result = user_headers(self.headers)
-        result.update(
-            correlation_id=self._correlation_id,
-            request_id=self._request_id,
-            message_id=self._message_id,
-            message_type=self.message_type,
-            reply_to=self._reply_to.to_routing_key(),
-            source=self._source.to_routing_key(),
-            destination=self._destination.to_routing_key(),
-        )
+        if not result:
+            return tavrida
+        result.update(tavrida)
         return result
 
     def __repr__(self) -> str:
@@ -304,11 +369,10 @@ class Request(Message, Outgoing):
 
 
 def _answer_headers(request: Message) -> Dict[str, Any]:
-    destination = request.reply_to if request.reply_to else request.source
+    reply_to, source, destination = request._keys  # routing keys of its entry points
     headers = user_headers(request.headers)
     headers.update(correlation_id=request.correlation_id, request_id=request.request_id,
-                   source=str(request.destination), reply_to="",
-                   destination=destination.to_routing_key())
+                   source=destination, reply_to="", destination=reply_to or source)
     if request.reply_exchange:  # where to send the answer; never written on the wire
         headers[REPLY_EXCHANGE_HEADER] = request.reply_exchange
     return headers
@@ -384,6 +448,18 @@ class IncomingMessageFactory:
         """The incoming message for these parts."""
         cls = self.get_class(headers.get("message_type", ""), headers.get("reply_to"))
         return cls(headers, context, payload)
+
+    def create_checked(self, headers: Dict[str, Any], context: Dict[str, Any],
+                       payload: Dict[str, Any]) -> Message:
+        """:meth:`create` for headers :func:`tavrida.wire.read_headers` checked
+        (see :meth:`Message.from_checked`)."""
+        message_type = headers["message_type"]
+        if message_type == REQUEST:
+            cls: Type[Message] = (IncomingRequestCall if headers["reply_to"]
+                                  else IncomingRequestCast)
+        else:
+            cls = self.get_class(message_type, "")
+        return cls.from_checked(headers, context, payload)
 
     def create_notification(self, headers: Mapping[str, Any],
                             context: Optional[Mapping[str, Any]],

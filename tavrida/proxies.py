@@ -12,6 +12,7 @@ correlation id and user headers on to every message it sends.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Union, overload
 
@@ -27,8 +28,47 @@ def _source(value: EntryPointLike) -> entry_point.EntryPoint:
     return entry_point.parse(value, source=True)
 
 
+def _source_key(value: EntryPointLike) -> str:
+    """The header text of a source, checked (what ``str(_source(value))`` gives)."""
+    if type(value) is str:
+        entry_point.parse_text(value, True, False)  # raises WrongEntryPointFormat
+        return value
+    if isinstance(value, entry_point.EntryPoint):
+        return value.to_routing_key()
+    return str(_source(value))
+
+
+#: Attributes a proxy keeps as it hands them out (``cli.svc.method`` is then found
+#: without ``__getattr__``); bounded for code that makes up names as it goes.
+_MAX_KEPT = 256
+
+
+def keep(obj: Any, name: str, value: Any) -> None:
+    """Store ``value`` as ``obj.<name>`` so the next lookup needs no ``__getattr__``."""
+    attributes = obj.__dict__
+    if len(attributes) < _MAX_KEPT:
+        attributes[name] = value
+
+
+def _source_entry_point(value: EntryPointLike) -> entry_point.EntryPoint:
+    """What ``_source(value)`` gives, without a copy of an entry point (they are values)."""
+    if type(value) is str:
+        return entry_point.parse_text(value, True, False)
+    if isinstance(value, entry_point.EntryPoint):
+        return value
+    return _source(value)
+
+
+#: The reply_to of a call from a service: one shared instance per service name.
+_service_entry_point = functools.lru_cache(maxsize=256)(entry_point.ServiceEntryPoint)
+
+
 def _check_headers(headers: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
-    headers = dict(headers or {})
+    if not headers:
+        return {}
+    headers = dict(headers)
+    if headers.keys().isdisjoint(messages.TAVRIDA_HEADERS):
+        return headers
     reserved = sorted(set(headers).intersection(messages.TAVRIDA_HEADERS))
     if reserved:
         raise exceptions.ForbiddenHeaders(headers=", ".join(reserved))
@@ -43,7 +83,7 @@ class RPCCallProxy:
                  correlation_id: str, headers: Optional[Mapping[str, Any]],
                  kwargs: Mapping[str, Any]) -> None:
         self._postprocessor = postprocessor
-        self._destination = entry_point.Destination(service_name, method_name)
+        self._destination_key = f"{service_name}.{method_name}"
         self._source = source
         self._context = context
         self._correlation_id = correlation_id
@@ -53,12 +93,14 @@ class RPCCallProxy:
     def _request(self, correlation_id: str, context: Any, reply_to: EntryPointLike,
                  source: EntryPointLike, payload: Mapping[str, Any],
                  request_id: str = "") -> messages.Request:
-        headers = dict(self._headers)
-        headers.update(correlation_id=correlation_id or self._correlation_id,
-                       request_id=request_id or messages.new_id(),
-                       message_id=messages.new_id(),
-                       source=str(_source(source or self._source)),
-                       destination=str(self._destination), reply_to=str(reply_to or ""))
+        # Item by item, not update(**...): this runs for every request sent.
+        headers = dict(self._headers) if self._headers else {}
+        headers["correlation_id"] = correlation_id or self._correlation_id
+        headers["request_id"] = request_id or messages.new_id()
+        headers["message_id"] = messages.new_id()
+        headers["source"] = _source_key(source if source else self._source)
+        headers["destination"] = self._destination_key
+        headers["reply_to"] = reply_to if type(reply_to) is str else str(reply_to or "")
         return messages.Request(headers, context or self._context, payload)
 
     @overload
@@ -85,14 +127,15 @@ class RPCCallProxy:
         the call blocks and returns the response payload instead; see
         :mod:`tavrida.client`.
         """
-        src = _source(source or self._source)
-        reply = entry_point.parse(reply_to) if reply_to else entry_point.ServiceEntryPoint(
-            src.service)
-        if not reply:
+        src = _source_entry_point(source if source else self._source)
+        reply = entry_point.parse(reply_to) if reply_to else _service_entry_point(src.service)
+        if not reply.service:
             # An empty reply_to makes the request a cast: the answer would never come.
             raise exceptions.IncorrectOutgoingMessage(
-                reason=f"call to {self._destination} has no source or reply_to to answer to")
-        request = self._request(correlation_id, context, reply, src, self._kwargs)
+                reason=f"call to {self._destination_key} has no source or reply_to to "
+                       f"answer to")
+        request = self._request(correlation_id, context, reply.to_routing_key(),
+                                src.to_routing_key(), self._kwargs)
         if timeout is not None:
             replies: Optional[Replies] = getattr(self._postprocessor, "replies", None)
             if replies is None:
@@ -196,7 +239,9 @@ class RPCClientProxy(RPCServiceProxy):
         if self._method_name is not None and not method_name.startswith("__"):
             raise AttributeError(f"{self._name}.{self._method_name} is a method: "
                                  f"it has no attribute {method_name!r}")
-        return super().__getattr__(method_name)
+        method = super().__getattr__(method_name)
+        keep(self, method_name, method)  # proxies hold no state a call changes
+        return method
 
     def __call__(self, **kwargs: Any) -> RPCCallProxy:
         if self._method_name is None:
@@ -216,7 +261,8 @@ class RPCProxy:
                  context: Optional[Mapping[str, Any]] = None, correlation_id: str = "",
                  headers: Optional[Mapping[str, Any]] = None) -> None:
         self._postprocessor = postprocessor
-        self._source = _source(source)
+        self._source = (entry_point.parse_text(source, True, False) if type(source) is str
+                        else _source(source))
         self._context = context
         self._correlation_id = correlation_id
         self._headers = _check_headers(headers)

@@ -160,7 +160,8 @@ class Replies:
                 waiter = self._pending.pop(answer.request_id, None)
                 if waiter is not None:
                     waiter.answer = answer
-                    waiter.notify()
+                    if waiter.wake is not None:  # waiter.notify(), inlined
+                        waiter.wake.notify()
                     taken = True
         if not taken:
             LOG.warning("dropping an answer nobody waits for (late or another client's): %r",

@@ -50,8 +50,11 @@ class Sender:
         """Exchange a message goes to; raises UnableToDiscover or PublisherEndpointNotFound."""
         if message.message_type == messages.NOTIFICATION:
             return self.discovery.get_local_publisher(message.source.service)
+        return self._remote_exchange(message, message.destination.service)
+
+    def _remote_exchange(self, message: messages.Message, service: str) -> str:
         try:
-            return self.discovery.get_remote(message.destination.service)
+            return self.discovery.get_remote(service)
         except exceptions.UnableToDiscover:
             # An answer to a caller discovery does not know: the exchange its call named.
             if message.reply_exchange and message.message_type != messages.REQUEST:
@@ -66,15 +69,22 @@ class Sender:
     def envelope(self, message: messages.Message) -> OutgoingEnvelope:
         """The envelope for a message: exchange, routing key, bytes, headers."""
         body, headers = wire.encode(message)
-        if message.message_type == messages.REQUEST and message.reply_to:
+        reply_service = message.reply_to.service
+        if message.message_type == messages.REQUEST and reply_service:
             reply_exchange = message.reply_exchange or (
-                self.reply_exchange if message.reply_to.service == self._service else "")
+                self.reply_exchange if reply_service == self._service else "")
             if reply_exchange:
                 headers[messages.REPLY_EXCHANGE_HEADER] = reply_exchange
-        # A notification nobody subscribes to is normal pub/sub, not a lost message.
-        envelope = OutgoingEnvelope(self.exchange_of(message), self.routing_key_of(message),
-                                    body, headers, persistent=self.persistent,
-                                    mandatory=message.message_type != messages.NOTIFICATION)
+        if message.message_type == messages.NOTIFICATION:
+            exchange, routing_key = self.exchange_of(message), self.routing_key_of(message)
+            mandatory = False  # a notification nobody subscribes to is normal pub/sub
+        else:  # exchange_of() and routing_key_of() in one: this runs for every message
+            destination = message.destination
+            routing_key = destination.to_routing_key()
+            exchange = self._remote_exchange(message, destination.service)
+            mandatory = True
+        envelope = OutgoingEnvelope(exchange, routing_key, body, headers,
+                                    persistent=self.persistent, mandatory=mandatory)
         if message.expires_at is not None and math.isfinite(message.expires_at):
             # A blocking call: the broker (AMQP expiration) and the server (the header,
             # for transports without per-message TTL) drop it once its caller gave up.

@@ -22,9 +22,11 @@ import codecs
 import datetime
 import decimal
 import functools
+import threading
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import simplejson
+import simplejson.encoder
 
 from tavrida import entry_point, exceptions, messages
 
@@ -43,11 +45,61 @@ ENCODINGS = frozenset({"", "utf-8", "utf8", "binary", "8bit", "7bit"})
 
 _encoder = simplejson.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _decoder = simplejson.JSONDecoder()
+_scan_once = _decoder.scan_once
 
 
 def dumps(obj: Any) -> str:
     """JSON text of ``obj`` (compact, UTF-8 characters kept)."""
     return _encoder.encode(obj)
+
+
+class _Bodies(threading.local):
+    """simplejson's C encoder for ``_encoder``, made once per thread instead of per body.
+
+    ``JSONEncoder.encode`` builds a new C encoder (``c_make_encoder``) on
+    every call, which cost about as much as writing a small body. This one
+    is built with exactly the arguments ``JSONEncoder.iterencode`` passes, so
+    the text is the same; it is per thread because the encoder's circular
+    reference ``markers`` are state, and it is rebuilt after a failed encode
+    (which may leave markers behind). ``key_memo`` is emptied after each body
+    as simplejson does. Without the C speedups, ``_encoder.encode`` is used.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.memo: Dict[Any, Any] = {}
+        self.run: Any = None
+        make = getattr(simplejson.encoder, "c_make_encoder", None)
+        enc = _encoder
+        if make is None or enc.indent is not None or enc.encoding != "utf-8" or enc.ensure_ascii:
+            return
+        self.run = make(
+            {} if enc.check_circular else None, enc.default, simplejson.encoder.encode_basestring,
+            enc.indent, enc.key_separator, enc.item_separator, enc.sort_keys, enc.skipkeys,
+            enc.allow_nan, self.memo, enc.use_decimal, enc.namedtuple_as_object,
+            enc.tuple_as_array, 53 if enc.bigint_as_string else enc.int_as_string_bitcount,
+            enc.item_sort_key, enc.encoding, enc.for_json, enc.ignore_nan, decimal.Decimal,
+            enc.iterable_as_array)
+
+
+_bodies = _Bodies()
+
+
+def _body(payload: Dict[str, Any], context: Dict[str, Any]) -> str:
+    """The JSON envelope text, as ``_encoder.encode`` writes it."""
+    bodies = _bodies
+    run = bodies.run
+    if run is None:
+        return _encoder.encode({"payload": payload, "context": context})
+    try:
+        chunks = run({"payload": payload, "context": context}, 0)
+    except BaseException:
+        bodies.reset()
+        raise
+    bodies.memo.clear()
+    return "".join(chunks)
 
 
 def encode(message: messages.Message) -> Tuple[bytes, Dict[str, Any]]:
@@ -57,7 +109,7 @@ def encode(message: messages.Message) -> Tuple[bytes, Dict[str, Any]]:
     payload or context cannot be written as JSON.
     """
     try:
-        body = _encoder.encode({"payload": message.payload, "context": message.context})
+        body = _body(message.payload, message.context)
     except (TypeError, ValueError) as exc:
         raise exceptions.IncorrectOutgoingMessage(
             reason=f"{message!r} is not JSON-serializable: {exc}") from None
@@ -93,40 +145,56 @@ def read_headers(raw: Any) -> Dict[str, str]:
     if type(raw) is not dict and not isinstance(raw, Mapping):
         raise exceptions.IncorrectMessage(reason="headers are not a table")
     headers: Dict[str, Any] = dict(raw)
-    missing = [name for name in messages.REQUIRED_HEADERS if name not in headers]
-    if missing:
+    if not headers.keys() >= _REQUIRED:
+        missing = [name for name in messages.REQUIRED_HEADERS if name not in headers]
         raise exceptions.IncorrectMessage(reason=f"missing header(s): {', '.join(missing)}")
-    for name in messages.TAVRIDA_HEADERS:
-        value = headers.get(name, "")
-        headers[name] = value if type(value) is str else _text(name, value)
+    # Subscripts, not get(): this runs for every message received.
+    for name in _REQUIRED_TEXT:
+        value = headers[name]
+        if type(value) is not str:
+            headers[name] = _text(name, value)
+    value = headers["reply_to"] if "reply_to" in headers else ""
+    headers["reply_to"] = value if type(value) is str else _text("reply_to", value)
     if messages.REPLY_EXCHANGE_HEADER in headers:
         name = messages.REPLY_EXCHANGE_HEADER
         headers[name] = _text(name, headers[name])
-    if headers["message_type"] not in messages.MESSAGE_TYPES:
+    if headers["message_type"] not in _MESSAGE_TYPES:
         raise exceptions.IncorrectMessage(
             reason=f"unknown message_type {headers['message_type']!r}")
-    for name in ("correlation_id", "message_id", "request_id"):
-        if not headers[name]:
-            raise exceptions.IncorrectMessage(reason=f"header {name!r} is empty")
-    for name in ("reply_to", "source", "destination"):
+    if not (headers["correlation_id"] and headers["message_id"] and headers["request_id"]):
+        for name in ("correlation_id", "message_id", "request_id"):
+            if not headers[name]:
+                raise exceptions.IncorrectMessage(reason=f"header {name!r} is empty")
+    parse = entry_point.parse_text
+    for name, source, destination in _ENTRY_POINTS:
         try:
-            entry_point.parse(headers[name])
+            parse(headers[name], source, destination)
         except exceptions.WrongEntryPointFormat:
             raise exceptions.IncorrectMessage(
                 reason=f"header {name!r} is not an entry point: {headers[name]!r}") from None
     return headers
 
 
+_REQUIRED = frozenset(messages.REQUIRED_HEADERS)
+#: The tavrida headers but ``reply_to`` (which may be absent), in wire order.
+_REQUIRED_TEXT = tuple(name for name in messages.TAVRIDA_HEADERS if name != "reply_to")
+_MESSAGE_TYPES = frozenset(messages.MESSAGE_TYPES)
+#: Headers holding entry points, with the ``parse_text`` flags messages use (one cache entry).
+_ENTRY_POINTS = (("reply_to", False, False), ("source", True, False),
+                 ("destination", False, True))
+
+
 def read_body(body: Any, properties: Optional[Mapping[str, Any]] = None,
               max_size: int = DEFAULT_MAX_BODY_SIZE) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Context and payload of a raw body, checked."""
     properties = properties or {}
-    content_type = properties.get("content_type") or ""
+    content_type = (properties["content_type"] if "content_type" in properties else "") or ""
     if type(content_type) is not str or content_type not in JSON_CONTENT_TYPES:
         content_type = _label(content_type).split(";")[0].strip()
         if content_type not in JSON_CONTENT_TYPES:
             _check_content_type(content_type)
-    encoding = properties.get("content_encoding") or ""
+    encoding = (properties["content_encoding"] if "content_encoding" in properties
+                else "") or ""
     if type(encoding) is not str or encoding not in ENCODINGS:
         encoding = _label(encoding).strip()
         if encoding not in ENCODINGS and not _is_utf8(encoding):
@@ -146,22 +214,36 @@ def read_body(body: Any, properties: Optional[Mapping[str, Any]] = None,
     except UnicodeDecodeError as exc:
         raise exceptions.IncorrectMessage(
             reason=f"body is not valid UTF-8 (byte {exc.start})") from None
+    data = None
+    if text[:1] == "{":
+        # simplejson's C scanner straight away: decode() and raw_decode() are two Python
+        # frames around it, for a BOM, leading blanks and trailing data. A body with any of
+        # those, or one that fails, goes through decode(), which reads or refuses it as ever.
+        try:
+            data, end = _scan_once(text, 0)
+        except (ValueError, RecursionError):
+            data = None
+        else:
+            if end != len(text):
+                data = None
     try:
-        data = _decoder.decode(text)
+        if data is None:
+            data = _decoder.decode(text)
     except RecursionError:
         raise exceptions.IncorrectMessage(reason="body JSON is nested too deeply") from None
     except ValueError as exc:
         label = f" (content type {content_type!r})" if content_type else ""
         raise exceptions.IncorrectMessage(reason=f"body is not JSON{label}: {exc}") from None
-    if not isinstance(data, dict):
+    # simplejson makes plain dicts: type() first, subscripts not get(), for every message.
+    if type(data) is not dict and not isinstance(data, dict):
         raise exceptions.IncorrectMessage(reason="body is not a JSON object")
-    payload = data.get("payload")
-    if not isinstance(payload, dict):
+    payload = data["payload"] if "payload" in data else None
+    if type(payload) is not dict and not isinstance(payload, dict):
         raise exceptions.IncorrectMessage(reason='body has no "payload" object')
-    context = data.get("context")
+    context = data["context"] if "context" in data else None
     if context is None:
         context = {}
-    if not isinstance(context, dict):
+    if type(context) is not dict and not isinstance(context, dict):
         raise exceptions.IncorrectMessage(reason='body "context" is not an object')
     return context, payload
 
@@ -208,4 +290,4 @@ def decode(body: Any, raw_headers: Any, properties: Optional[Mapping[str, Any]] 
     except exceptions.IncorrectMessage as exc:
         exc.headers = headers
         raise
-    return _FACTORY.create(headers, context, payload)
+    return _FACTORY.create_checked(headers, context, payload)

@@ -201,3 +201,20 @@ def test_a_service_is_not_callable_and_a_method_has_no_attributes(cluster, disc)
     with pytest.raises(AttributeError, match="test_hello.hello is a method"):
         one.hello.other  # noqa: B018
 
+
+
+def test_a_kept_proxy_sends_headers_added_after_it_was_first_used(cluster, hello, disc):
+    # cli.<service>.<method> is kept on first use (no __getattr__ the next time): it
+    # must still see what changes on the client afterwards, and send each call afresh.
+    with client.RPCClient(config=cluster.config, discovery=disc, source="client_app") as cli:
+        assert cli.test_hello is cli.test_hello
+        assert cli.test_hello.hello is cli.test_hello.hello
+        first = cli.test_hello.hello(param=1).cast()
+        cli.add_headers({"x-tenant": "t1"})
+        second = cli.test_hello.hello(param=2).cast()
+        cluster.deliver()
+    (p1, r1), (p2, r2) = hello
+    assert (p1, p2) == (1, 2)
+    assert first.request_id != second.request_id
+    assert "x-tenant" not in r1.headers
+    assert r2.headers["x-tenant"] == "t1"

@@ -446,3 +446,68 @@ def test_sample_client_call_is_answered_to_the_client(tutorial, broker, samples)
     assert answer.headers["source"] == "test_hello.hello"
     # hello returned None: a call still gets its (empty) response
     assert json.loads(answer.body)["payload"] == {}
+
+
+# --------------------------------------------------------------------------- the kept encoder
+
+
+ENCODER_CASES = [
+    ({"a": 1, "b": [1, 2.5, None, True], "c": "ü\u2028\"x\n"}, {"k": {"z": 1, "a": 2}}),
+    ({"d": __import__("decimal").Decimal("1.10"), "t": (1, 2), "big": 2 ** 70}, {}),
+    ({1: "int key", 2.5: "float key", None: "null key"}, {"b": b"bytes \xc3\xbc"}),
+    ({}, {}),
+]
+
+
+@pytest.mark.parametrize("payload, context", ENCODER_CASES)
+def test_the_kept_encoder_writes_what_simplejson_writes(payload, context):
+    # wire keeps simplejson's C encoder per thread instead of building one per body:
+    # the bytes must be exactly what JSONEncoder.encode writes.
+    body, _ = wire.encode(messages.Request({"source": "a.b", "destination": "c.d"},
+                                           context, payload))
+    expected = wire._encoder.encode({"payload": payload, "context": context})
+    assert body == expected.encode("utf-8")
+
+
+def test_the_kept_encoder_recovers_after_a_failed_body():
+    looped: dict = {}
+    looped["self"] = looped
+    for bad in ({"x": object()}, looped, {"nan": float("nan")}):
+        with pytest.raises(exceptions.IncorrectOutgoingMessage):
+            wire.encode(messages.Request({"source": "a.b", "destination": "c.d"}, {}, bad))
+    shared = {"same": [1, 2]}
+    body, _ = wire.encode(messages.Request({"source": "a.b", "destination": "c.d"},
+                                           shared, {"one": shared, "two": shared}))
+    assert json.loads(body) == {"payload": {"one": shared, "two": shared}, "context": shared}
+
+
+def test_the_kept_encoder_is_one_per_thread():
+    # Its circular-reference table is state: two threads writing the same dict through
+    # one encoder could see each other's entries ("Circular reference detected").
+    import threading
+
+    wire.encode(messages.Request({"source": "a.b", "destination": "c.d"}, {}, {}))
+    here = wire._bodies.run
+    seen: list = []
+
+    def other() -> None:
+        wire.encode(messages.Request({"source": "a.b", "destination": "c.d"}, {}, {}))
+        seen.append(wire._bodies.run)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert here is not None and seen[0] is not None
+    assert seen[0] is not here
+
+
+@pytest.mark.parametrize("body", [b' {"payload": {"a": 1}}', b'{"payload": {"a": 1}}  \n',
+                                  b'\xef\xbb\xbf{"payload": {"a": 1}}'])
+def test_bodies_around_the_fast_scanner_still_read(body):
+    assert wire.read_body(body) == ({}, {"a": 1})
+
+
+@pytest.mark.parametrize("body", [b'{"payload": {}} x', b'{"payload": {}', b'{"payload": {}}{}'])
+def test_bodies_the_fast_scanner_refuses_are_refused_as_before(body):
+    with pytest.raises(exceptions.IncorrectMessage, match="body is not JSON"):
+        wire.read_body(body)
