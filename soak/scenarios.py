@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from soak.proxy import TcpProxy
 from soak.service import CLIENT, SERVICE, unpack
@@ -121,6 +121,27 @@ def queue_sizes(url: str, names: Names) -> Dict[str, Optional[int]]:
                 "dead": transport.queue_size(names.dead)}
     finally:
         transport.close()
+
+
+def dead_letter_requests(url: str, names: Names, count: int,
+                         timeout: float = 10.0) -> Set[Any]:
+    """The distinct request ids of the first ``count`` dead letters (left in the queue).
+
+    A dead letter is published at least once, like any message: a cut
+    between its publish and its confirm leaves two copies of one request.
+    """
+    transport = open_transport(url)
+    seen: List[Any] = []
+    try:
+        transport.consume(names.dead, lambda delivery: seen.append(
+            delivery.headers.get("request_id")), max(count, 1))
+        deadline = time.monotonic() + timeout
+        while len(seen) < count and time.monotonic() < deadline:
+            transport.drain(0.2)
+    finally:
+        transport.close()  # un-acked: they go back to the queue, which cleanup deletes
+    # One that could not be read counts as a request of its own.
+    return set(seen) | {f"unread {index}" for index in range(count - len(seen))}
 
 
 def cleanup(url: str, names: Names) -> None:
@@ -609,8 +630,13 @@ def faults(url: str, casts: int = 20_000, calls: int = 2_000, cuts: int = 5,
         call_errors = stream.call_errors
         # An answer whose reply queue went with a cut is Unroutable: the service dead-letters
         # its request, and that call ended in a clear error.
-        result.check(sizes["dead"] <= call_errors,
-                     f"{sizes['dead']} dead letters, more than the {call_errors} failed calls")
+        dead = sizes["dead"] or 0
+        requests = dead_letter_requests(url, names, dead) if dead > call_errors else set()
+        if requests:
+            result.figures["dead_letter_requests"] = len(requests)
+        result.check(dead <= call_errors or len(requests) <= call_errors,
+                     f"{dead} dead letters of {len(requests)} requests, more than the "
+                     f"{call_errors} failed calls")
         if idempotent:
             result.check(dupes == 0, f"the handler saw {dupes} duplicates")
     except ScenarioError as exc:
