@@ -20,7 +20,7 @@ import select
 import socket
 import threading
 import time
-from typing import Iterator, List, Optional
+from typing import Any, List, Optional
 
 import amqp
 
@@ -39,19 +39,14 @@ MAX_CONFIRM_READS = 64
 class KombuDeferring(KombuPublishing):
     """The deferred confirms of :class:`~tavrida.transports.kombu.KombuTransport`."""
 
-    @contextlib.contextmanager
-    def deferring(self, on_confirmed: OnConfirmed) -> Iterator[Deferral]:
+    def deferring(self, on_confirmed: OnConfirmed
+                  ) -> "contextlib.AbstractContextManager[Deferral]":
         """Let this thread's next publish return before its confirm (see the base class)."""
         deferral = Deferral(on_confirmed)
         if not (self._confirms and self._is_amqp and not self._config.ssl
                 and hasattr(select, "poll")):
-            yield deferral
-            return
-        self._local.deferral = deferral
-        try:
-            yield deferral
-        finally:
-            self._local.deferral = None
+            return contextlib.nullcontext(deferral)
+        return _Deferring(self._local, deferral)
 
     def drain(self, timeout: float) -> bool:
         """:meth:`KombuDraining.drain`, reading deferred publishes' confirms meanwhile."""
@@ -143,7 +138,8 @@ class KombuDeferring(KombuPublishing):
                                   f"{self.confirm_timeout}s)")
                     self._forget(batch)
                     self._drop_publisher()  # the others go out again on a fresh connection
-            self._wake_waiting(handover=False)  # confirms of waiting requests were read too
+            if self._pub_idle:
+                self._wake_waiting(handover=False)  # their confirms may have been read too
         finally:
             self._publish_lock.release()
 
@@ -182,3 +178,20 @@ class KombuDeferring(KombuPublishing):
         except exceptions.ConnectionFailed as exc:
             return exc
         return None
+
+
+class _Deferring:
+    """The block of :meth:`KombuDeferring.deferring` (a class: it runs once per answer)."""
+
+    __slots__ = ("_local", "_deferral")
+
+    def __init__(self, local: Any, deferral: Deferral) -> None:
+        self._local = local
+        self._deferral = deferral
+
+    def __enter__(self) -> Deferral:
+        self._local.deferral = self._deferral
+        return self._deferral
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._local.deferral = None
