@@ -17,12 +17,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import select
-import socket
 import threading
 import time
 from typing import Any, List, Optional
-
-import amqp
 
 from tavrida import exceptions
 from tavrida.transports.base import Deferral, OnConfirmed
@@ -155,19 +152,7 @@ class KombuDeferring(KombuPublishing):
         except OSError:
             return
         for _ in range(MAX_CONFIRM_READS):
-            if not poller.poll(0):
-                return
-            try:
-                raw.drain_events(timeout=self.poll_interval)
-            except socket.timeout:
-                return
-            except self._retry_errors as exc:
-                LOG.warning("publishing connection to %s lost (%s: %s)",
-                            self._config.safe_url, type(exc).__name__, exc)
-                self._drop_publisher()
-                return
-            except amqp.ChannelError as exc:
-                self._on_channel_error(None, exc)
+            if not poller.poll(0) or not self._read_publisher_frame(raw):
                 return
 
     def _resend(self, batch: Batch) -> Optional[exceptions.ConnectionFailed]:

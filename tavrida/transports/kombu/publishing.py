@@ -230,16 +230,27 @@ class KombuPublishing(KombuConfirms):
                 check.register(pub_fd, select.POLLIN)
                 if not check.poll(0):
                     return  # a batch holding the lock read it
-                try:
-                    raw.drain_events(timeout=self.poll_interval)
-                except socket.timeout:
-                    pass
-                except self._retry_errors as exc:
-                    LOG.warning("publishing connection to %s lost (%s: %s)",
-                                self._config.safe_url, type(exc).__name__, exc)
-                    self._drop_publisher()
-                except amqp.ChannelError as exc:
-                    self._on_channel_error(None, exc)
+                self._read_publisher_frame(raw)
+
+    def _read_publisher_frame(self, raw: Any) -> bool:
+        """Read what the publishing connection holds (``_publish_lock`` held); False: stop.
+
+        A lost connection is dropped (its unconfirmed publishes go out
+        again); a channel error settles what it names.
+        """
+        try:
+            raw.drain_events(timeout=self.poll_interval)
+        except socket.timeout:
+            return False
+        except self._retry_errors as exc:
+            LOG.warning("publishing connection to %s lost (%s: %s)",
+                        self._config.safe_url, type(exc).__name__, exc)
+            self._drop_publisher()
+            return False
+        except amqp.ChannelError as exc:
+            self._on_channel_error(None, exc)
+            return False
+        return True
 
     def _check_reply_connection(self) -> None:
         """Before a request goes out: make sure the reply queue it names exists.
