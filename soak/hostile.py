@@ -137,6 +137,8 @@ class _Watched:
 class ObservedServer(server.Server):
     """A Server (``workers=0``) that records the outcome of every delivery."""
 
+    pipelined_answers = False  # an outcome is recorded once handle() acked it
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.current = Outcome(False)

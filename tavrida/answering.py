@@ -25,6 +25,7 @@ from tavrida.transports.base import (
     DEAD_LETTER_REASON_HEADER,
     DEAD_LETTER_ROUTING_KEY_HEADER,
     Delivery,
+    OnConfirmed,
     OutgoingEnvelope,
     Transport,
 )
@@ -64,24 +65,40 @@ class Answering:
             return messages.Error.create_by_request(message, middleware_exc)
 
     def _send_answer(self, controller: ServiceController, answer: messages.Message,
-                     delivery: Delivery) -> None:
+                     delivery: Delivery,
+                     on_confirmed: Optional[OnConfirmed] = None) -> bool:
         """Publish an answer; one that cannot be routed dead-letters its request.
 
         An answer no queue takes (:class:`~tavrida.exceptions.Unroutable`:
         the caller's reply queue is gone) dead-letters its request too. Broker
-        trouble propagates, so :meth:`handle` requeues the request.
+        trouble propagates, so :meth:`handle` requeues the request. With
+        ``on_confirmed``, the transport may return before the confirm
+        (:meth:`~tavrida.transports.base.Transport.deferring`): True then,
+        the outcome going to ``on_confirmed`` later.
         """
         try:
-            controller.postprocessor.send(answer)
+            if on_confirmed is None:
+                controller.postprocessor.send(answer)
+                return False
+            assert self.transport is not None
+            with self.transport.deferring(on_confirmed) as deferral:
+                controller.postprocessor.send(answer)
+            return deferral.taken
         except (exceptions.UnableToDiscover, exceptions.IncorrectOutgoingMessage,
                 exceptions.PublishFailed) as exc:
-            if (isinstance(exc, exceptions.PublishFailed) and not exc.unencodable
-                    and not isinstance(exc, exceptions.Unroutable)
-                    and not self._routed_by_call(controller, answer)):
-                raise  # the broker's trouble, not the answer's: requeue the request
-            LOG.error("cannot send %r: %s", answer, exc)
-            self._notify(answer, exc)
-            self._dead_letter(delivery, f"answer not sent: {exc}")
+            self._answer_failed(controller, answer, delivery, exc)
+            return False
+
+    def _answer_failed(self, controller: ServiceController, answer: messages.Message,
+                       delivery: Delivery, exc: exceptions.TavridaError) -> None:
+        """Dead-letter the request of an answer that cannot go; re-raise broker trouble."""
+        if (isinstance(exc, exceptions.PublishFailed) and not exc.unencodable
+                and not isinstance(exc, exceptions.Unroutable)
+                and not self._routed_by_call(controller, answer)):
+            raise exc  # the broker's trouble, not the answer's: requeue the request
+        LOG.error("cannot send %r: %s", answer, exc)
+        self._notify(answer, exc)
+        self._dead_letter(delivery, f"answer not sent: {exc}")
 
     @staticmethod
     def _routed_by_call(controller: ServiceController, answer: messages.Message) -> bool:

@@ -3,7 +3,10 @@
 What happens to each message (the delivery guarantees):
 
 * it is acked only after its handler returned and any answer was
-  published (at-least-once: a crash before that means a redelivery);
+  published (and, with publisher confirms, confirmed; at-least-once: a
+  crash before that means a redelivery); inside :meth:`Server.run` a call's ack may come after the
+  next messages were taken, once its answer's confirm arrived (pipelined
+  answers, see :meth:`~tavrida.transports.base.Transport.deferring`);
 * a call always gets exactly one answer: the handler's Response, an empty
   Response when the handler returned None, or an Error when it raised;
 * a message that cannot be handled (bad headers or body, no such service
@@ -21,6 +24,7 @@ What happens to each message (the delivery guarantees):
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import signal
 import threading
@@ -67,6 +71,12 @@ class Server(Retrying):
     the broker's delivery limit too.
     """
 
+    #: In :meth:`run` without workers or hooks, publish a call's answer and take
+    #: the next message while the broker confirms it (the request is acked at
+    #: the confirm). False: :meth:`handle` returns only once its message is
+    #: acked (a subclass that counts acks in ``handle`` wants that).
+    pipelined_answers = True
+
     def __init__(self, config: Union[config_mod.ConnectionConfig, str], queue_name: str,
                  exchange_name: str, service_list: Iterable[type], *, workers: int = 0,
                  prefetch_count: Optional[int] = None,
@@ -108,6 +118,10 @@ class Server(Retrying):
         self._inflight_lock = threading.Lock()
         #: Messages taken so far (handled, answered or dead-lettered).
         self.handled = 0
+        #: run() without workers or hooks: answers are pipelined (see _answer_confirmed).
+        self._pipelined = False
+        #: Requests whose answer went out unconfirmed: acked once it is confirmed.
+        self._awaiting = 0
 
     @classmethod
     def from_config(cls, path: str, url: Optional[str] = None) -> "Server":
@@ -200,11 +214,14 @@ class Server(Retrying):
         try:
             self.start()
             assert self.transport is not None
+            self._awaiting = 0
+            self._pipelined = self.pipelined_answers and not self.workers and not self.hooks
             while not self._stopping.is_set():
                 self.transport.drain(1.0)
                 self.hooks.tick(self)
             self._finish()
         finally:
+            self._pipelined = False
             for signum, handler in restore:
                 signal.signal(signum, handler)
             self.close()
@@ -245,10 +262,11 @@ class Server(Retrying):
         # queued by workers are performed before the connection closes.
         assert self.transport is not None
         LOG.info("server on queue %s stopping: no new messages, %d in flight", self.queue_name,
-                 self._inflight)
-        self.hooks.stopping(self, self._inflight)
+                 self._inflight + self._awaiting)
+        self.hooks.stopping(self, self._inflight + self._awaiting)
         self.transport.cancel()
-        while self._inflight:
+        # Answers not yet confirmed are settled within the transport's confirm timeout.
+        while self._inflight or self._awaiting:
             self.transport.drain(0.05)
         LOG.info("server on queue %s stopped", self.queue_name)
 
@@ -280,6 +298,9 @@ class Server(Retrying):
 
     def handle(self, delivery: Delivery) -> None:
         """Handle one delivery to the end: answer, dead-letter or requeue, then ack.
+
+        (Inside :meth:`run` without workers or hooks, a call's ack waits for
+        its answer's confirm, read later by the transport's drain.)
 
         Never raises: when the broker fails us half-way (a dead letter or an
         answer cannot be published) the message is requeued, not lost.
@@ -365,9 +386,40 @@ class Server(Retrying):
                                                 f"{messages.get_fqcn(exc)}: {exc}")
                     continue
             if answer is not None and isinstance(message, messages.IncomingRequestCall):
-                self._send_answer(controller, answer, delivery)
+                if self._pipelined and len(targets) == 1:
+                    deferred = self._send_answer(controller, answer, delivery, functools.partial(
+                        self._answer_confirmed, controller, answer, delivery))
+                    if deferred:
+                        self._awaiting += 1
+                        controller.message_done(message, answer)
+                        return  # acked once its answer is confirmed
+                else:
+                    self._send_answer(controller, answer, delivery)
             controller.message_done(message, answer)
         delivery.ack()
+
+    def _answer_confirmed(self, controller: ServiceController, answer: messages.Message,
+                          delivery: Delivery, exc: Optional[exceptions.PublishFailed]) -> None:
+        """The outcome of a pipelined answer: ack its request, or settle it as handle() would.
+
+        Runs inside drain() on the server's thread. A failed answer is
+        handled as a failed synchronous publish: dead-lettered when it
+        cannot be routed, else the request goes back to the queue.
+        """
+        self._awaiting -= 1
+        if exc is not None and delivery.redelivery_due:
+            # Lost with the connection (perhaps after the caller got it): the request
+            # comes again and is answered again, so it is not dead-lettered now.
+            LOG.warning("answer %r not confirmed (%s); its request will be delivered again",
+                        answer, exc)
+            return
+        try:
+            if exc is not None:
+                self._answer_failed(controller, answer, delivery, exc)
+            delivery.ack()
+        except Exception as err:  # noqa: BLE001
+            LOG.error("could not finish a message from %s: %s", delivery.queue, err)
+            self._recover(delivery, err)
 
     @staticmethod
     def _proxy_source(message: messages.Message, controller: ServiceController,

@@ -174,8 +174,31 @@ class Delivery(abc.ABC):
     def reject(self, requeue: bool) -> None:
         """Give the message back (``requeue=True``) or drop it."""
 
+    @property
+    def redelivery_due(self) -> bool:
+        """True when the broker delivers this message again whatever is done with it now.
+
+        (Its connection was lost before it was acked: an ack or reject is
+        void.) A server then leaves it alone instead of dead-lettering it.
+        The default is False.
+        """
+        return False
+
 
 OnMessage = Callable[[Delivery], None]
+
+
+#: Called with None once a deferred publish was confirmed, or with why it failed.
+OnConfirmed = Callable[[Optional[exceptions.PublishFailed]], None]
+
+
+class Deferral:
+    """A publish allowed to return before its confirm (see :meth:`Transport.deferring`)."""
+
+    def __init__(self, on_confirmed: OnConfirmed) -> None:
+        self.on_confirmed = on_confirmed
+        #: True once a publish was written and its outcome left to ``on_confirmed``.
+        self.taken = False
 
 
 class Transport(abc.ABC):
@@ -231,6 +254,23 @@ class Transport(abc.ABC):
         :meth:`publish`.
         """
         self.publish(envelope)
+
+    def deferring(self, on_confirmed: "OnConfirmed"
+                  ) -> "contextlib.AbstractContextManager[Deferral]":
+        """Let this thread's next publish inside the block return before its confirm.
+
+        ``with transport.deferring(done) as deferral: ...``: when the
+        transport takes the deferral (``deferral.taken`` after the block),
+        that publish only wrote the message, and ``done`` is called once,
+        later, on the thread running :meth:`drain` (outside the transport's
+        locks): with None once the broker confirmed it, or with the
+        :class:`~tavrida.exceptions.PublishFailed` saying why not (nack,
+        return, no confirm within the confirm timeout, or the broker lost
+        for good). Otherwise that publish behaved as :meth:`publish` does and
+        ``done`` is never called. Lets a server publish its next answer
+        while the broker confirms the last one. The default never defers.
+        """
+        return contextlib.nullcontext(Deferral(on_confirmed))
 
     def deadline(self, timeout: Optional[float]) -> "contextlib.AbstractContextManager[None]":
         """Bound the blocking operations this thread runs inside the block.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Set
 
 from tavrida import exceptions
-from tavrida.transports.base import OutgoingEnvelope, publish_error
+from tavrida.transports.base import OnConfirmed, OutgoingEnvelope, publish_error
 
 
 class ConfirmTimeout(Exception):
@@ -27,6 +27,10 @@ class Batch:
         self.inflight: Set[int] = set()
         #: Why the rest failed, when the broker could not be reached.
         self.connection_failed: Optional[exceptions.ConnectionFailed] = None
+        #: A deferred publish (see :mod:`.deferring`): told its outcome by drain().
+        self.on_confirmed: Optional[OnConfirmed] = None
+        #: A deferred publish: when its confirm is late (monotonic seconds).
+        self.deadline = 0.0
 
     def fail(self, index: int, reason: str, unencodable: bool = False,
              unroutable: bool = False) -> None:

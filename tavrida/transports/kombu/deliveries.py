@@ -10,6 +10,10 @@ from tavrida.transports.kombu.redis_fetch import RedisFetch
 
 
 class _Settles(Protocol):
+    _conn: Any
+    _broken: bool
+    _generation: int
+
     def _settle(self, delivery: "KombuDelivery", requeue: Optional[bool]) -> None: ...
 
 
@@ -52,6 +56,13 @@ class KombuDelivery(Delivery):
         """Reject (``requeue=True`` gives it back to the queue); a no-op without acks."""
         if not self._no_ack:
             self._transport._settle(self, bool(requeue))
+
+    @property
+    def redelivery_due(self) -> bool:
+        """True once the connection it came on is gone (the broker has it back)."""
+        transport = self._transport
+        return not self._no_ack and (transport._generation != self._generation
+                                     or transport._broken or transport._conn is None)
 
     def __repr__(self) -> str:
         return (f"<KombuDelivery {self.queue!r} from {self.exchange!r}/{self.routing_key!r}"

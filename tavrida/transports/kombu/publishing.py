@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import amqp
 
 from tavrida import exceptions
-from tavrida.transports.base import OutgoingEnvelope
+from tavrida.transports.base import Deferral, OutgoingEnvelope
 from tavrida.transports.kombu.batch import Batch, ConfirmTimeout
 from tavrida.transports.kombu.confirms import KombuConfirms
 from tavrida.transports.kombu.pyamqp_compat import (
@@ -88,11 +88,17 @@ class KombuPublishing(KombuConfirms):
             for index in list(batch.todo):
                 batch.fail(index, "the transport is closed")
             raise batch.error()
+        deferral = None
+        if answered is None and len(batch.envelopes) == 1:
+            deferral = getattr(self._local, "deferral", None)
         with self.deadline(self._config.publish_timeout):
             try:
                 if self._reply_queues and self._is_amqp:
                     self._check_reply_connection()
-                if answered is not None:
+                if deferral is not None:
+                    self._local.deferral = None  # the next publish only
+                    self._publish_deferred(batch, deferral)
+                elif answered is not None:
                     self._confirm_or_answer(batch, answered)
                 else:
                     with self._holding(self._publish_lock):
@@ -107,6 +113,20 @@ class KombuPublishing(KombuConfirms):
                     batch.fail(index, exc.kwargs.get("reason", str(exc)))
         if batch.failed:
             raise batch.error()
+
+    def _publish_deferred(self, batch: Batch, deferral: Deferral) -> None:
+        """Write one message and leave its confirm to drain() (see :mod:`.deferring`).
+
+        Not deferred when it failed or was confirmed while it was written:
+        :meth:`_publish` then raises or returns as for any publish.
+        """
+        with self._holding(self._publish_lock):
+            self._send_request(batch)
+            if batch.todo:
+                batch.on_confirmed = deferral.on_confirmed
+                batch.deadline = time.monotonic() + self.confirm_timeout
+                self._deferred.append(batch)
+                deferral.taken = True
 
     def _confirm_or_answer(self, batch: Batch, answered: Callable[[], bool]) -> None:
         """Publish a request and wait for its confirm or its answer, sharing the connection.
@@ -210,16 +230,27 @@ class KombuPublishing(KombuConfirms):
                 check.register(pub_fd, select.POLLIN)
                 if not check.poll(0):
                     return  # a batch holding the lock read it
-                try:
-                    raw.drain_events(timeout=self.poll_interval)
-                except socket.timeout:
-                    pass
-                except self._retry_errors as exc:
-                    LOG.warning("publishing connection to %s lost (%s: %s)",
-                                self._config.safe_url, type(exc).__name__, exc)
-                    self._drop_publisher()
-                except amqp.ChannelError as exc:
-                    self._on_channel_error(None, exc)
+                self._read_publisher_frame(raw)
+
+    def _read_publisher_frame(self, raw: Any) -> bool:
+        """Read what the publishing connection holds (``_publish_lock`` held); False: stop.
+
+        A lost connection is dropped (its unconfirmed publishes go out
+        again); a channel error settles what it names.
+        """
+        try:
+            raw.drain_events(timeout=self.poll_interval)
+        except socket.timeout:
+            return False
+        except self._retry_errors as exc:
+            LOG.warning("publishing connection to %s lost (%s: %s)",
+                        self._config.safe_url, type(exc).__name__, exc)
+            self._drop_publisher()
+            return False
+        except amqp.ChannelError as exc:
+            self._on_channel_error(None, exc)
+            return False
+        return True
 
     def _check_reply_connection(self) -> None:
         """Before a request goes out: make sure the reply queue it names exists.

@@ -85,6 +85,8 @@ class KombuState(Transport):
     _pub_waiting: "collections.OrderedDict[int, Tuple[Batch, int]]"
     _pub_reader: bool
     _pub_idle: List[Tuple[Batch, threading.Condition, Callable[[], bool]]]
+    #: Deferred publishes waiting for their confirm, oldest first (see ``deferring``).
+    _deferred: Deque[Batch]
     #: Exchanges a virtual publisher channel has recorded as topic exchanges.
     _pub_exchanges: Set[str]
     #: The node each connection ("consume", "publish") uses, of a cluster's URLs.

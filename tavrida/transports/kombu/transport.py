@@ -18,14 +18,14 @@ from kombu.connection import Connection
 from tavrida import exceptions
 from tavrida.config import ConnectionConfig
 from tavrida.transports.kombu.connections import AMQP_SCHEMES
-from tavrida.transports.kombu.publishing import KombuPublishing
+from tavrida.transports.kombu.deferring import KombuDeferring
 
 __all__ = ["KombuTransport"]
 
 LOG = logging.getLogger(__name__)
 
 
-class KombuTransport(KombuPublishing):
+class KombuTransport(KombuDeferring):
     """A :class:`~tavrida.transports.base.Transport` on any kombu broker URL.
 
     Connections open lazily (first declare, consume, drain or publish).
@@ -115,6 +115,7 @@ class KombuTransport(KombuPublishing):
         self._pub_reader = False
         #: Requests waiting while another reads: (batch, its condition, answered).
         self._pub_idle = []
+        self._deferred = collections.deque()
         self._pub_exchanges = set()
         self._nodes = {}
         self._queue_arguments = {}
@@ -200,6 +201,8 @@ class KombuTransport(KombuPublishing):
                 except self._connection_errors + self._channel_errors:
                     LOG.debug("ignoring error while closing the publisher", exc_info=True)
             self._drop_publisher()
+            # Their messages were never acked: the broker delivers them again.
+            self._deferred.clear()
         beat = self._beat_thread
         if beat is not None and beat is not threading.current_thread():
             beat.join(2)

@@ -466,3 +466,28 @@ def test_redis_exchange_delete_removes_the_bindings_of_other_connections(
     drain_until(lambda: len(inbox) == 1, deleting)
     assert inbox.bodies == [b"still routed"]
     assert deleting.queue_size(full) == 1
+
+
+def test_a_deferred_publish_is_told_its_confirm_or_its_return_by_drain(
+        amqp_url: str, unique, make_transport) -> None:
+    """Inside ``deferring`` a publish returns once written; drain() reports the outcome."""
+    transport = make_transport(amqp_url)
+    exchange, queue, topology = service_topology(unique)
+    transport.declare(topology)
+    outcomes: List[object] = []
+    inbox = Inbox()
+    transport.consume(queue, inbox, 10)
+
+    with transport.deferring(outcomes.append) as routed:
+        transport.publish(envelope(exchange, "svc.a"))
+    lost = envelope(exchange, "nobody.listens")
+    lost.mandatory = True
+    with transport.deferring(outcomes.append) as returned:
+        transport.publish(lost)
+    transport.publish(envelope(exchange, "svc.b"))  # outside the block: confirmed at once
+
+    assert routed.taken and returned.taken
+    drain_until(lambda: len(outcomes) == 2 and len(inbox) == 2, transport)
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], exceptions.Unroutable)
+    assert sorted(d.routing_key for d in inbox.deliveries) == ["svc.a", "svc.b"]

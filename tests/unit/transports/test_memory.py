@@ -159,6 +159,19 @@ def test_unroutable_messages_raise_and_are_counted(connect: Connect) -> None:
     assert transport.broker.unroutable == 2
 
 
+def test_a_publish_inside_deferring_is_not_deferred_in_memory(connect: Connect) -> None:
+    """The in-memory transport keeps the base seam's default: publishes return settled."""
+    transport = connect()
+    declare_queues(transport, {"q": ["a.b"]})
+    outcomes: list = []
+
+    with transport.deferring(outcomes.append) as deferral:
+        transport.publish(envelope("a.b"))
+
+    assert not deferral.taken and outcomes == []
+    assert transport.queue_size("q") == 1
+
+
 def test_a_harness_broker_can_drop_unroutable_messages(connect: Connect) -> None:
     transport = connect()
     transport.broker.drop_unroutable = True

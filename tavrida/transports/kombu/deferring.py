@@ -1,0 +1,182 @@
+"""Deferred confirms: a publish that returns once written, its confirm read by drain().
+
+A server answering calls one by one would otherwise wait for each answer's
+confirm before it reads the next request. Inside
+:meth:`KombuDeferring.deferring` the thread's next publish is only written
+(and registered for its confirm, as any publish); :meth:`KombuDeferring.drain`
+then polls the publishing socket beside the consuming one, reads the
+confirms, publishes again what a lost connection or channel took before
+its confirm, fails what is not confirmed within :attr:`confirm_timeout`,
+and tells each deferred publish its outcome, oldest first, outside the
+locks. Only over plain TCP with publisher confirms on RabbitMQ (sockets
+that can be polled); elsewhere nothing is deferred.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import threading
+import time
+from typing import Any, List, Optional
+
+from tavrida import exceptions
+from tavrida.transports.base import Deferral, OnConfirmed
+from tavrida.transports.kombu.batch import Batch
+from tavrida.transports.kombu.publishing import KombuPublishing
+from tavrida.transports.kombu.pyamqp_compat import raw_connection
+
+LOG = logging.getLogger(__name__)
+
+#: Most frames read from the publishing connection in one go (bounds a pass).
+MAX_CONFIRM_READS = 64
+
+
+class KombuDeferring(KombuPublishing):
+    """The deferred confirms of :class:`~tavrida.transports.kombu.KombuTransport`."""
+
+    def deferring(self, on_confirmed: OnConfirmed
+                  ) -> "contextlib.AbstractContextManager[Deferral]":
+        """Let this thread's next publish return before its confirm (see the base class)."""
+        deferral = Deferral(on_confirmed)
+        if not (self._confirms and self._is_amqp and not self._config.ssl
+                and hasattr(select, "poll")):
+            return contextlib.nullcontext(deferral)
+        return _Deferring(self._local, deferral)
+
+    def drain(self, timeout: float) -> bool:
+        """:meth:`KombuDraining.drain`, reading deferred publishes' confirms meanwhile."""
+        if not self._deferred:
+            return super().drain(timeout)
+        end = time.monotonic() + max(timeout, 0.0)
+        while True:
+            if self._finish_deferred():
+                super().drain(0.0)  # sends the acks just queued, delivers what is ready
+                return True
+            if not self._deferred:
+                return super().drain(max(end - time.monotonic(), 0.0))
+            if self._ready or self._stop.is_set() or self._closed:
+                return super().drain(0.0)
+            now = time.monotonic()
+            wait = min(max(end - now, 0.0), self.poll_interval,
+                       max(self._deferred[0].deadline - now, 0.0))
+            consuming = self._wait_for_sockets(wait)
+            if consuming and super().drain(0.0):
+                return True
+            if time.monotonic() >= end:
+                return False
+
+    def _wait_for_sockets(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for either connection; True unless only publishing is ready."""
+        poller = select.poll()
+        fds = []
+        for conn in (self._pub_conn, self._conn):
+            sock = getattr(getattr(raw_connection(conn), "transport", None), "sock", None)
+            try:
+                fds.append(sock.fileno() if sock is not None else -1)
+            except OSError:
+                fds.append(-1)
+        pub_fd, consume_fd = fds
+        if consume_fd < 0 or self._broken:
+            return True  # drain() reconnects
+        poller.register(consume_fd, select.POLLIN)
+        if pub_fd >= 0:
+            poller.register(pub_fd, select.POLLIN)
+        events = poller.poll(timeout * 1000)
+        return not events or any(fd == consume_fd for fd, _ in events)
+
+    def _finish_deferred(self) -> int:
+        """Read waiting confirms, resend or time out, run the outcomes of settled ones."""
+        self._pump_deferred()
+        done: List[Batch] = []
+        while self._deferred and not self._deferred[0].todo:
+            done.append(self._deferred.popleft())
+        if not done:
+            return 0
+        self._delivering = threading.get_ident()  # their acks go together (see _settle)
+        try:
+            for batch in done:
+                on_confirmed, batch.on_confirmed = batch.on_confirmed, None
+                assert on_confirmed is not None
+                try:
+                    on_confirmed(batch.error() if batch.failed else None)
+                except Exception:  # noqa: BLE001 - one failing callback must not stop the rest
+                    LOG.exception("a deferred publish's callback failed")
+        finally:
+            self._delivering = 0
+        return len(done)
+
+    def _pump_deferred(self) -> None:
+        """With the publishing lock free: read confirms, resend lost publishes, time out.
+
+        A thread holding the lock is publishing a batch: it reads every
+        confirm itself.
+        """
+        if not self._publish_lock.acquire(blocking=False):
+            return
+        try:
+            self._read_waiting_confirms()
+            now = time.monotonic()
+            lost: Optional[exceptions.ConnectionFailed] = None
+            for batch in list(self._deferred):
+                if not batch.todo:
+                    continue
+                if not batch.inflight:
+                    # Lost with its connection or channel before its confirm: out again
+                    # (once the broker is out of reach, the others are not tried).
+                    lost = lost or self._resend(batch)
+                    if lost is not None:
+                        batch.connection_failed = lost
+                        batch.fail(0, lost.kwargs.get("reason", str(lost)))
+                    batch.deadline = time.monotonic() + self.confirm_timeout
+                elif batch.deadline <= now:
+                    batch.fail(0, "no confirm from the broker in time (confirm_timeout "
+                                  f"{self.confirm_timeout}s)")
+                    self._forget(batch)
+                    self._drop_publisher()  # the others go out again on a fresh connection
+            if self._pub_idle:
+                self._wake_waiting(handover=False)  # their confirms may have been read too
+        finally:
+            self._publish_lock.release()
+
+    def _read_waiting_confirms(self) -> None:
+        """Read what the publishing socket holds, never waiting (``_publish_lock`` held)."""
+        raw = raw_connection(self._pub_conn)
+        sock = getattr(getattr(raw, "transport", None), "sock", None)
+        if sock is None:
+            return
+        poller = select.poll()
+        try:
+            poller.register(sock.fileno(), select.POLLIN)
+        except OSError:
+            return
+        for _ in range(MAX_CONFIRM_READS):
+            if not poller.poll(0) or not self._read_publisher_frame(raw):
+                return
+
+    def _resend(self, batch: Batch) -> Optional[exceptions.ConnectionFailed]:
+        """Publish a deferred message again (``_publish_lock`` held); the failure, if any."""
+        try:
+            with self.deadline(self._config.publish_timeout):
+                self._send_request(batch)
+        except exceptions.ConnectionFailed as exc:
+            return exc
+        return None
+
+
+class _Deferring:
+    """The block of :meth:`KombuDeferring.deferring` (a class: it runs once per answer)."""
+
+    __slots__ = ("_local", "_deferral")
+
+    def __init__(self, local: Any, deferral: Deferral) -> None:
+        self._local = local
+        self._deferral = deferral
+
+    def __enter__(self) -> Deferral:
+        self._local.deferral = self._deferral
+        return self._deferral
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._local.deferral = None
