@@ -49,6 +49,7 @@ from soak.scenarios import (
     ServiceProcess,
     Stream,
     _workdir,
+    check_dead_letters,
     cleanup,
     open_transport,
     queue_sizes,
@@ -182,9 +183,7 @@ def failover(cluster: RabbitCluster, variant: str = "classic", casts: int = 20_0
         # was back may have gone back to it. They must be there, and all of them answer.
         result.check(sorted(sum(after.values(), [])) == sorted(pids * 2),
                      f"after the kill, not both sides' two connections open: {after}")
-        result.check(sizes["dead"] is None or sizes["dead"] <= stream.call_errors,
-                     f"{sizes['dead']} dead letters, more than the {stream.call_errors} "
-                     f"failed calls")
+        check_dead_letters(result, survivor, names, sizes["dead"], stream.call_errors)
     except ScenarioError as exc:
         result.problems.append(str(exc))
     finally:

@@ -144,6 +144,23 @@ def dead_letter_requests(url: str, names: Names, count: int,
     return set(seen) | {f"unread {index}" for index in range(count - len(seen))}
 
 
+def check_dead_letters(result: Any, url: str, names: Names, dead: Optional[int],
+                       call_errors: int) -> None:
+    """No more dead-lettered requests than failed calls.
+
+    An answer whose reply queue went with a fault is Unroutable: the service
+    dead-letters its request, and that call ended in a clear error. Counted
+    by request, since one request may be dead-lettered twice.
+    """
+    dead = dead or 0
+    requests = dead_letter_requests(url, names, dead) if dead > call_errors else set()
+    if requests:
+        result.figures["dead_letter_requests"] = len(requests)
+    result.check(dead <= call_errors or len(requests) <= call_errors,
+                 f"{dead} dead letters of {len(requests)} requests, more than the "
+                 f"{call_errors} failed calls")
+
+
 def cleanup(url: str, names: Names) -> None:
     """Delete every object of the run (missing ones are fine)."""
     transport = open_transport(url)
@@ -627,16 +644,7 @@ def faults(url: str, casts: int = 20_000, calls: int = 2_000, cuts: int = 5,
             "send_s": round(send_seconds, 1), "seed": seed,
         })
         result.check(len(cut_log) == cuts, f"only {len(cut_log)} of {cuts} cuts happened")
-        call_errors = stream.call_errors
-        # An answer whose reply queue went with a cut is Unroutable: the service dead-letters
-        # its request, and that call ended in a clear error.
-        dead = sizes["dead"] or 0
-        requests = dead_letter_requests(url, names, dead) if dead > call_errors else set()
-        if requests:
-            result.figures["dead_letter_requests"] = len(requests)
-        result.check(dead <= call_errors or len(requests) <= call_errors,
-                     f"{dead} dead letters of {len(requests)} requests, more than the "
-                     f"{call_errors} failed calls")
+        check_dead_letters(result, url, names, sizes["dead"], stream.call_errors)
         if idempotent:
             result.check(dupes == 0, f"the handler saw {dupes} duplicates")
     except ScenarioError as exc:
