@@ -47,6 +47,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=20, help="untimed calls/casts (20)")
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="longest wait for one step, seconds (120)")
+    parser.add_argument("--kombu-wire", action="store_true",
+                        help="the kombu side of scenarios 1, 2 and 7 sends tavrida's wire "
+                             "message (same headers, envelope and answer routing): what is "
+                             "left between the sides is the library, not the format")
     parser.add_argument("--peers", nargs="?", const="nameko,faststream", default="",
                         metavar="NAMES",
                         help="also run scenario 1's calls with these peers (default with the "
@@ -115,7 +119,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.repeat < 1:
         raise SystemExit("--repeat must be >= 1")
     setup = Setup(url=args.url, confirms=args.confirms == "on", prefetch=args.prefetch,
-                  warmup=args.warmup, timeout=args.timeout)
+                  warmup=args.warmup, timeout=args.timeout, kombu_wire=args.kombu_wire)
     scenarios = choose_scenarios(args.scenarios, args.url)
     peers, peers_python, skipped = choose_peers(args.peers, args.peers_python, setup)
     if peers and "call" not in scenarios:
@@ -124,7 +128,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     began = time.monotonic()
     samples = runner.run(setup, sizes, scenarios, args.repeat, peers=peers,
                          peers_python=peers_python)
-    rows = report.build_rows(samples, setup.effective_confirms, setup.is_amqp)
+    rows = report.build_rows(samples, setup.effective_confirms, setup.is_amqp,
+                             setup.kombu_wire)
     meta = runner.describe(setup, sizes, scenarios, args.repeat, argv,
                            time.monotonic() - began)
     meta["machine"]["load_average_at_start"] = load_before

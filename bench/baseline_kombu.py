@@ -7,6 +7,11 @@ calls are the classic kombu RPC pattern: the client publishes with
 ``reply_to`` / ``correlation_id`` and drains its own exclusive reply queue;
 the service answers through the default exchange. Nothing here imports
 tavrida, so the RSS of :func:`serve` is that of a plain kombu consumer.
+
+With ``Setup.kombu_wire`` (``--kombu-wire``), scenarios 1, 2 and 7 send
+tavrida's wire message instead (:mod:`bench.kombu_wire`): same headers,
+properties, envelope and answer routing as tavrida, through the same kombu
+calls.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 import kombu
 
+from bench import kombu_wire
 from bench.common import (
+    CLIENT,
     ECHO_KEY,
     EVENT_KEY,
     SERVICE_BINDING,
@@ -92,17 +99,23 @@ def service_loop(conn: kombu.Connection, queue: kombu.Queue, setup: Setup,
             progress.tick()
 
     def on_message(body: Any, message: Any) -> None:
-        if message.properties.get("reply_to"):
+        if (message.headers if setup.kombu_wire else message.properties).get("reply_to"):
             requests.append((body, message))
         else:
             done(message)
 
     def answer(body: Any, message: Any) -> None:
-        properties = message.properties
-        producer.publish({"value": body["value"]}, exchange="",
-                         routing_key=properties["reply_to"],
-                         correlation_id=properties.get("correlation_id"),
-                         delivery_mode=2, serializer="json")
+        if setup.kombu_wire:
+            reply, headers, exchange, key = kombu_wire.answer(
+                body, message.headers, {"value": body["payload"]["value"]})
+            producer.publish(reply, exchange=exchange, routing_key=key, headers=headers,
+                             serializer="json", mandatory=True, **kombu_wire.PROPERTIES)
+        else:
+            properties = message.properties
+            producer.publish({"value": body["value"]}, exchange="",
+                             routing_key=properties["reply_to"],
+                             correlation_id=properties.get("correlation_id"),
+                             delivery_mode=2, serializer="json")
         done(message)
 
     consumer = kombu.Consumer(channel, [queue], callbacks=[on_message],
@@ -120,14 +133,28 @@ def service_loop(conn: kombu.Connection, queue: kombu.Queue, setup: Setup,
 
 
 class RPCClient:
-    """The classic kombu RPC client: publish with ``reply_to``, drain the reply queue."""
+    """The classic kombu RPC client: publish with ``reply_to``, drain the reply queue.
 
-    def __init__(self, conn: kombu.Connection, names: Names, exclusive: bool) -> None:
+    ``wire``: tavrida's messages (:mod:`bench.kombu_wire`), answered through
+    the client's topic exchange by its service name ``source``, as a tavrida
+    client is (clients that run at once need names of their own: answers
+    are routed by name).
+    """
+
+    def __init__(self, conn: kombu.Connection, names: Names, exclusive: bool,
+                 wire: bool = False, source: str = CLIENT) -> None:
         self.conn = conn
         self.names = names
+        self.wire = wire
+        self.source = source
         channel = conn.channel()
-        self.reply_queue = kombu.Queue(f"{names.prefix}.reply.{uuid.uuid4().hex[:8]}",
-                                       exclusive=exclusive, auto_delete=True, durable=False)
+        name = f"{names.prefix}.reply.{uuid.uuid4().hex[:8]}"
+        if wire:
+            self.reply_queue = kombu.Queue(name, topic(names.reply_exchange), routing_key=source,
+                                           exclusive=exclusive, auto_delete=True, durable=False)
+        else:
+            self.reply_queue = kombu.Queue(name, exclusive=exclusive, auto_delete=True,
+                                           durable=False)
         self.answers: Dict[str, Any] = {}
         self.consumer = kombu.Consumer(channel, [self.reply_queue], on_message=self._on_reply,
                                        no_ack=True, accept=["json"])
@@ -136,13 +163,25 @@ class RPCClient:
         self.producer = kombu.Producer(channel, exchange=topic(names.exchange))
 
     def _on_reply(self, message: Any) -> None:
-        self.answers[message.properties["correlation_id"]] = message.decode()
+        if self.wire:
+            self.answers[message.headers["correlation_id"]] = message.decode()["payload"]
+        else:
+            self.answers[message.properties["correlation_id"]] = message.decode()
 
     def call(self, value: Any) -> Any:
-        correlation_id = uuid.uuid4().hex
-        self.producer.publish({"value": value}, exchange=self.names.exchange,
-                              routing_key=ECHO_KEY, reply_to=self.reply_queue.name,
-                              correlation_id=correlation_id, delivery_mode=2, serializer="json")
+        if self.wire:
+            body, headers, extra = kombu_wire.call(value, self.names.reply_exchange,
+                                                   CALL_TIMEOUT, self.source)
+            correlation_id = headers["correlation_id"]
+            self.producer.publish(body, exchange=self.names.exchange, routing_key=ECHO_KEY,
+                                  headers=headers, serializer="json", mandatory=True,
+                                  **kombu_wire.PROPERTIES, **extra)
+        else:
+            correlation_id = uuid.uuid4().hex
+            self.producer.publish({"value": value}, exchange=self.names.exchange,
+                                  routing_key=ECHO_KEY, reply_to=self.reply_queue.name,
+                                  correlation_id=correlation_id, delivery_mode=2,
+                                  serializer="json")
         deadline = time.monotonic() + CALL_TIMEOUT
         while correlation_id not in self.answers:
             remaining = deadline - time.monotonic()
@@ -176,7 +215,7 @@ def serve(link: Link, setup: Setup, names: Names, role: str, expected: int,
 def call_client(link: Link, setup: Setup, names: Names, n: int, profile_to: str = "") -> None:
     """``n`` sequential blocking calls; reports each one's latency."""
     with connect(setup) as conn:
-        rpc = RPCClient(conn, names, exclusive=setup.is_amqp)
+        rpc = RPCClient(conn, names, exclusive=setup.is_amqp, wire=setup.kombu_wire)
         for i in range(setup.warmup):
             rpc.call(i)
         latencies: List[float] = []
@@ -207,7 +246,8 @@ def threaded_run(setup: Setup, names: Names, threads: int, n: int) -> Dict[str, 
 
     def make_caller(index: int) -> Callable[[int], Any]:
         conn = connect(setup, options=options)
-        rpc = RPCClient(conn, names, exclusive=setup.is_amqp)
+        rpc = RPCClient(conn, names, exclusive=setup.is_amqp, wire=setup.kombu_wire,
+                        source=f"{CLIENT}{index:02d}")
         with lock:
             opened.append((conn, rpc))
         for i in range(max(setup.warmup // threads, 1)):
@@ -228,16 +268,25 @@ def threaded_client(link: Link, setup: Setup, names: Names, threads: int, n: int
 
 
 def _publish_loop(conn: kombu.Connection, setup: Setup, n: int, exchange: str,
-                  routing_key: str) -> Dict[str, float]:
+                  routing_key: str, wire: bool = False) -> Dict[str, float]:
+    """``setup.warmup`` then ``n`` timed publishes; ``wire``: tavrida's casts."""
     producer = kombu.Producer(conn.channel(), exchange=topic(exchange))  # declares it
+
+    def publish(i: int) -> None:
+        if wire:
+            body, headers, _ = kombu_wire.request(i, routing_key)
+            producer.publish(body, exchange=exchange, routing_key=routing_key, headers=headers,
+                             serializer="json", mandatory=True, **kombu_wire.PROPERTIES)
+        else:
+            producer.publish({"value": i}, exchange=exchange, routing_key=routing_key,
+                             delivery_mode=2, serializer="json")
+
     for i in range(setup.warmup):
-        producer.publish({"value": i}, exchange=exchange, routing_key=routing_key,
-                         delivery_mode=2, serializer="json")
+        publish(i)
     cpu = time.process_time()
     t_first = now()
     for i in range(n):
-        producer.publish({"value": i}, exchange=exchange, routing_key=routing_key,
-                         delivery_mode=2, serializer="json")
+        publish(i)
     elapsed = now() - t_first
     return {"t_first": t_first, "elapsed": elapsed, "cpu": time.process_time() - cpu}
 
@@ -245,7 +294,7 @@ def _publish_loop(conn: kombu.Connection, setup: Setup, n: int, exchange: str,
 def cast_client(link: Link, setup: Setup, names: Names, n: int, profile_to: str = "") -> None:
     """``setup.warmup`` then ``n`` timed publishes; reports the first's time and the CPU used."""
     with connect(setup) as conn, maybe_profile(profile_to):
-        result = _publish_loop(conn, setup, n, names.exchange, SINK_KEY)
+        result = _publish_loop(conn, setup, n, names.exchange, SINK_KEY, setup.kombu_wire)
     link.send("result", result)
 
 

@@ -57,6 +57,8 @@ class Setup:
     warmup: int = 20
     #: Longest wait for any one step (seconds).
     timeout: float = 120.0
+    #: The kombu side of scenarios 1, 2 and 7 sends tavrida's wire message (bench.kombu_wire).
+    kombu_wire: bool = False
 
     @property
     def is_amqp(self) -> bool:

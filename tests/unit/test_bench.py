@@ -172,3 +172,100 @@ def test_peers_need_rabbitmq_and_known_names():
     with pytest.raises(SystemExit):
         choose_peers("nope", "", Setup(url="amqp://localhost//"))
     assert choose_peers("", "", Setup(url="memory://"))[0] == []
+
+
+
+def _wire_copy(conn, names, key):
+    """A queue bound beside the client's: a copy of every answer routed to ``key``."""
+    import kombu
+
+    from bench import baseline_kombu
+
+    queue = kombu.Queue(f"{names.prefix}.copy", baseline_kombu.topic(names.reply_exchange),
+                        routing_key=key, auto_delete=True)(conn.channel())
+    queue.declare()
+    return queue
+
+
+def test_kombu_wire_calls_are_answered_by_a_tavrida_service():
+    """``--kombu-wire``: raw kombu's calls are tavrida requests, and a tavrida service's
+    answers are what kombu_wire writes (header names, body, routing).
+
+    tavrida's ``kombu+memory://`` and kombu's ``memory://`` share kombu's
+    in-process broker, so the two speak to each other here as on RabbitMQ.
+    """
+    from bench import baseline_kombu, kombu_wire, tavrida_side
+    from bench.common import CLIENT, Names, Setup
+
+    names = Names.fresh("wire")
+    setup = Setup(url="kombu+memory://", warmup=2, timeout=60, kombu_wire=True)
+    conf = tavrida_side.make_config(setup)
+    with tavrida_side.running(tavrida_side.make_server(conf, names, "rpc", 10)), \
+            baseline_kombu.connect(setup, url="memory://",
+                                   options=baseline_kombu.MEMORY_OPTIONS) as conn:
+        rpc = baseline_kombu.RPCClient(conn, names, exclusive=False, wire=True)
+        copy = _wire_copy(conn, names, CLIENT)
+        assert [rpc.call(i) for i in range(5)] == [{"value": i} for i in range(5)]
+        answer = copy.get(no_ack=True)
+        request_body, request_headers, _ = kombu_wire.call(0, names.reply_exchange, 10, CLIENT)
+        body, headers, exchange, key = kombu_wire.answer(request_body, request_headers,
+                                                         {"value": 0})
+        assert set(answer.headers) == set(headers)
+        assert answer.decode() == body
+        assert (answer.delivery_info["exchange"], answer.delivery_info["routing_key"]) == \
+            (exchange, key)
+        assert answer.properties["delivery_mode"] == 2
+        copy.delete()
+        rpc.close()
+
+
+def test_kombu_wire_service_answers_a_tavrida_client():
+    """The kombu service of ``--kombu-wire`` answers a tavrida client's calls, and a
+    tavrida client's request carries what kombu_wire writes."""
+    import threading
+
+    from bench import baseline_kombu, kombu_wire, tavrida_side
+    from bench.common import CLIENT, ECHO_KEY, Names, Setup
+    from tavrida import client, exceptions
+
+    names = Names.fresh("wire")
+    setup = Setup(url="memory://", warmup=2, timeout=60, kombu_wire=True)
+    conf = tavrida_side.make_config(Setup(url="kombu+memory://"))
+    disc = tavrida_side.make_discovery(names)
+    with baseline_kombu._MemoryService(setup, names, None), \
+            client.RPCClient(conf, disc, source=CLIENT) as cli:
+        assert [cli.bench_svc.echo(value=i).call(timeout=10) for i in range(3)] == \
+            [{"value": i} for i in range(3)]
+
+    # With no service: the request a tavrida client sends, read off its queue.
+    outcome = []
+    with baseline_kombu.connect(setup, url="memory://",
+                                options=baseline_kombu.MEMORY_OPTIONS) as conn, \
+            client.RPCClient(conf, disc, source=CLIENT) as cli:
+        queue = baseline_kombu.service_queue(names)(conn.channel())
+        queue.declare()
+
+        def call():
+            try:
+                cli.bench_svc.echo(value=7).call(timeout=2)
+            except exceptions.CallTimeout as exc:
+                outcome.append(exc)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        message = None
+        while message is None and caller.is_alive():
+            message = queue.get(no_ack=True)
+        caller.join()
+        assert message is not None and outcome
+        body, headers, extra = kombu_wire.call(7, names.reply_exchange, 2, CLIENT)
+        assert set(message.headers) == set(headers)
+        assert {key: message.headers[key] for key in ("message_type", "reply_to", "source",
+                                                      "destination", kombu_wire.REPLY_EXCHANGE)} \
+            == {key: headers[key] for key in ("message_type", "reply_to", "source",
+                                               "destination", kombu_wire.REPLY_EXCHANGE)}
+        assert message.decode() == body
+        assert message.delivery_info["routing_key"] == ECHO_KEY
+        assert message.properties["delivery_mode"] == 2
+        assert "expiration" in message.properties and "expiration" in extra
+        queue.delete()
