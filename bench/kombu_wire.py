@@ -1,7 +1,7 @@
 """tavrida's wire message, written by hand for the raw kombu baseline (``--kombu-wire``).
 
 With ``python -m bench --kombu-wire`` the kombu side of scenarios 1, 2 and 7
-sends and answers what tavrida puts on the wire (``docs/wire-protocol``, as
+sends and answers what tavrida puts on the wire (``docs/compatibility.rst``, as
 captured from a tavrida client and service on RabbitMQ): the seven tavrida
 headers plus the reply exchange and the deadline of a call, the JSON envelope
 ``{"payload": ..., "context": ...}``, ``content_type`` / ``content_encoding``,

@@ -64,6 +64,18 @@ def top(path: str, limit: int = 20) -> List[dict]:
     return rows
 
 
+def per_message(path: str, n: int) -> Tuple[float, float]:
+    """Function calls and busy microseconds per message of a profile of ``n`` messages.
+
+    The call count does not depend on the machine's load, so it compares
+    two profiles taken on a busy machine.
+    """
+    stats: Any = pstats.Stats(path).stats
+    calls = sum(entry[1] for entry in stats.values())
+    busy = sum(entry[2] for func, entry in stats.items() if not _is_wait(func))
+    return calls / n, busy / n * 1e6
+
+
 def _short(filename: str) -> str:
     for marker in ("site-packages/", "/work/main/", "lib/python3"):
         if marker in filename:
@@ -101,7 +113,8 @@ def _memory_pipeline(path: str, n: int) -> None:
     srv.close()
 
 
-def _profile_pair(setup: Any, side: str, scenario: str, n: int, out: str) -> List[Tuple[str, str]]:
+def _profile_pair(setup: Any, side: str, scenario: str, n: int,
+                  out: str) -> List[Tuple[str, str, int]]:
     """Run ``scenario`` ("call" or "cast") for ``side`` with both processes profiled."""
     from bench.scenarios import Cluster, side_module
 
@@ -118,8 +131,8 @@ def _profile_pair(setup: Any, side: str, scenario: str, n: int, out: str) -> Lis
             "result", setup.timeout)
         if expected:
             service.expect("done", setup.timeout)
-    return [(f"{scenario}, {side}: client ({n} {scenario}s)", client_file),
-            (f"{scenario}, {side}: service ({n} {scenario}s)", service_file)]
+    return [(f"{scenario}, {side}: client ({n} {scenario}s)", client_file, n),
+            (f"{scenario}, {side}: service ({n} {scenario}s)", service_file, n)]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -134,13 +147,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--confirms", choices=("on", "off"), default="on")
     parser.add_argument("--sides", default="tavrida,kombu",
                         help="whose processes to profile (default: tavrida,kombu)")
+    parser.add_argument("--kombu-wire", action="store_true",
+                        help="the kombu side sends tavrida's wire message (bench.kombu_wire)")
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--out", default=os.path.join("bench", "results", "profile"))
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     out = os.path.abspath(args.out)
-    setup = Setup(url=args.url, confirms=args.confirms == "on")
-    files: List[Tuple[str, str]] = []
+    setup = Setup(url=args.url, confirms=args.confirms == "on", kombu_wire=args.kombu_wire)
+    files: List[Tuple[str, str, int]] = []
     for side in [name.strip() for name in args.sides.split(",") if name.strip()]:
         files += _profile_pair(setup, side, "call", args.calls, out)
         files += _profile_pair(setup, side, "cast", args.casts, out)
@@ -151,9 +166,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         child.stop()
     files.append((f"memory:// cast pipeline, tavrida, one thread ({args.memory_casts} casts)",
-                  memory_file))
-    for title, path in files:
+                  memory_file, args.memory_casts))
+    for title, path, _ in files:
         print_top(title, path, args.top)
+    print("\n== per message (function calls: independent of the machine's load)")
+    for title, path, n in files:
+        calls, busy = per_message(path, n)
+        print(f"{calls:8.0f} calls {busy:8.1f} us busy  {title}")
     return 0
 
 

@@ -269,3 +269,11 @@ def test_kombu_wire_service_answers_a_tavrida_client():
         assert message.properties["delivery_mode"] == 2
         assert "expiration" in message.properties and "expiration" in extra
         queue.delete()
+
+
+def test_handoff_measures_round_trips_between_two_threads():
+    """``python -m bench.handoff``: the bare hand-off figure scenario 4 is compared with."""
+    from bench.handoff import main, round_trips
+
+    assert math.isfinite(round_trips(50, 1.0))
+    assert main(["--round-trips", "20", "--work", "0", "--repeat", "1"]) == 0
