@@ -13,7 +13,6 @@ each consumer is a ``basic_consume`` on a channel of its own instead.
 from __future__ import annotations
 
 import logging
-import select
 import threading
 import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -310,20 +309,19 @@ class KombuConsuming(KombuDeclarations):
             finally:
                 self._lock.release()
 
-    def _settles_can_wait(self) -> bool:
+    def _settles_can_wait(self, raw: Any) -> bool:
         """True while queued acks may wait: a few, and a message is ready to be read.
 
-        Call with ``_lock`` held. A redelivery after a crash may then repeat up
-        to :attr:`max_coalesced_acks` handled messages (at-least-once allows it).
+        Call with ``_lock`` held and acks queued; ``raw`` is the consuming
+        connection (:meth:`_raw_connection`). A redelivery after a crash may then
+        repeat up to :attr:`max_coalesced_acks` handled messages (at-least-once allows it).
         """
-        if not self._settles or len(self._settles) >= self.max_coalesced_acks:
+        if (len(self._settles) >= self.max_coalesced_acks or not self._is_amqp
+                or self._config.ssl or raw is None):
             return False
-        sock = getattr(getattr(self._raw_connection(), "transport", None), "sock", None)
-        if sock is None or not self._is_amqp or self._config.ssl:
-            return False
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        return bool(poller.poll(0))
+        transport = raw.transport
+        sock = transport.sock if transport is not None else None
+        return sock is not None and self._ack_poll(sock)
 
     def _perform_settles(self) -> None:
         """Send queued acks/rejects; call with ``_lock`` held.

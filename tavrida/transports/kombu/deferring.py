@@ -69,22 +69,17 @@ class KombuDeferring(KombuPublishing):
 
     def _wait_for_sockets(self, timeout: float) -> bool:
         """Wait up to ``timeout`` for either connection; True unless only publishing is ready."""
-        poller = select.poll()
-        fds = []
-        for conn in (self._pub_conn, self._conn):
-            sock = getattr(getattr(raw_connection(conn), "transport", None), "sock", None)
-            try:
-                fds.append(sock.fileno() if sock is not None else -1)
-            except OSError:
-                fds.append(-1)
-        pub_fd, consume_fd = fds
+        pub_fd, consume_fd = _fileno(self._pub_conn), _fileno(self._conn)
         if consume_fd < 0 or self._broken:
             return True  # drain() reconnects
-        poller.register(consume_fd, select.POLLIN)
         if pub_fd >= 0:
-            poller.register(pub_fd, select.POLLIN)
-        events = poller.poll(timeout * 1000)
-        return not events or any(fd == consume_fd for fd, _ in events)
+            events = self._sockets_poll.poll(consume_fd, pub_fd, timeout=timeout)
+        else:
+            events = self._sockets_poll.poll(consume_fd, timeout=timeout)
+        for fd, _ in events:
+            if fd == consume_fd:
+                return True
+        return not events
 
     def _finish_deferred(self) -> int:
         """Read waiting confirms, resend or time out, run the outcomes of settled ones."""
@@ -143,16 +138,11 @@ class KombuDeferring(KombuPublishing):
     def _read_waiting_confirms(self) -> None:
         """Read what the publishing socket holds, never waiting (``_publish_lock`` held)."""
         raw = raw_connection(self._pub_conn)
-        sock = getattr(getattr(raw, "transport", None), "sock", None)
-        if sock is None:
-            return
-        poller = select.poll()
-        try:
-            poller.register(sock.fileno(), select.POLLIN)
-        except OSError:
+        fd = _fileno(self._pub_conn)
+        if fd < 0:
             return
         for _ in range(MAX_CONFIRM_READS):
-            if not poller.poll(0) or not self._read_publisher_frame(raw):
+            if not self._pub_poll.poll(fd) or not self._read_publisher_frame(raw):
                 return
 
     def _resend(self, batch: Batch) -> Optional[exceptions.ConnectionFailed]:
@@ -163,6 +153,17 @@ class KombuDeferring(KombuPublishing):
         except exceptions.ConnectionFailed as exc:
             return exc
         return None
+
+
+def _fileno(conn: Any) -> int:
+    """The file descriptor of a connection's socket; -1 without one."""
+    raw = raw_connection(conn)
+    transport = raw.transport if raw is not None else None
+    sock = transport.sock if transport is not None else None
+    try:
+        return sock.fileno() if sock is not None else -1
+    except OSError:
+        return -1
 
 
 class _Deferring:

@@ -11,7 +11,6 @@ import logging
 import socket
 import threading
 import time
-from typing import Any
 
 from tavrida import exceptions
 from tavrida.transports.kombu.consuming import KombuConsuming
@@ -75,7 +74,7 @@ class KombuDraining(KombuConsuming):
             self._ensure_connected()  # (the cheap test above is py-amqp's own, for RabbitMQ)
             conn = self._conn
             raw = raw_connection(conn)
-        if not self._settles_can_wait():
+        if self._settles and not self._settles_can_wait(raw):
             self._perform_settles()
         assert conn is not None  # _ensure_connected() raises otherwise
         try:
@@ -102,17 +101,8 @@ class KombuDraining(KombuConsuming):
                 self._lost(exc)
                 return
             self._last_beat = now
-        if not self._settles_can_wait():
+        if self._settles and not self._settles_can_wait(raw):
             self._perform_settles()
-
-    def _take(self, lock: Any) -> None:
-        """:meth:`_holding` without its context manager (taken a few times per call)."""
-        deadline = getattr(self._local, "deadline", None)
-        if deadline is None:
-            lock.acquire()
-        elif not lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
-            raise self._failed(None, "timed out: another thread holds the connection "
-                                     "(reconnecting)")
 
     def _next_slice(self) -> float:
         """How long the next read may block: short while handlers may ack from elsewhere."""
@@ -145,7 +135,9 @@ class KombuDraining(KombuConsuming):
         conn = self._conn
         if not self._reply_queues or conn is None or self._broken:
             return -1
-        sock = getattr(getattr(raw_connection(conn), "transport", None), "sock", None)
+        raw = raw_connection(conn)
+        transport = raw.transport if raw is not None else None
+        sock = transport.sock if transport is not None else None
         try:
             return sock.fileno() if sock is not None else -1
         except OSError:

@@ -90,7 +90,7 @@ class KombuPublishing(KombuConfirms):
             raise batch.error()
         deferral = None
         if answered is None and len(batch.envelopes) == 1:
-            deferral = getattr(self._local, "deferral", None)
+            deferral = self._local.deferral
         with self.deadline(self._config.publish_timeout):
             try:
                 if self._reply_queues and self._is_amqp:
@@ -101,12 +101,15 @@ class KombuPublishing(KombuConfirms):
                 elif answered is not None:
                     self._confirm_or_answer(batch, answered)
                 else:
-                    with self._holding(self._publish_lock):
-                        try:
-                            self._publish_batch(batch)
-                        finally:
-                            self._forget(batch)
+                    lock = self._publish_lock
+                    self._take(lock)  # (not _holding(): this runs for every publish)
+                    try:
+                        self._publish_batch(batch)
+                    finally:
+                        self._forget(batch)
+                        if self._pub_idle:
                             self._wake_waiting(handover=False)  # it read their confirms
+                        lock.release()
             except exceptions.ConnectionFailed as exc:
                 batch.connection_failed = exc
                 for index in list(batch.todo):
@@ -143,7 +146,8 @@ class KombuPublishing(KombuConfirms):
         lock = self._publish_lock
         waiting: Optional[Tuple[Batch, threading.Condition, Callable[[], bool]]] = None
         while True:
-            self._take(lock)
+            if not lock.acquire(False):
+                self._take(lock)
             try:
                 if not batch.todo:
                     return
@@ -156,7 +160,7 @@ class KombuPublishing(KombuConfirms):
                     self._send_request(batch)
                     sent = True
                     deadline = time.monotonic() + self.confirm_timeout
-                    own = getattr(self._local, "deadline", None)
+                    own = self._local.deadline
                     if own is not None:
                         deadline = min(deadline, own)
                     continue
@@ -184,7 +188,8 @@ class KombuPublishing(KombuConfirms):
             finally:
                 with lock:
                     self._pub_reader = False
-                    self._wake_waiting(handover=not batch.todo or answered())
+                    if self._pub_idle:
+                        self._wake_waiting(handover=not batch.todo or answered())
 
     def _wake_waiting(self, handover: bool) -> None:
         """Wake the waiting requests settled or answered, and one more to read if ``handover``."""
@@ -206,19 +211,23 @@ class KombuPublishing(KombuConfirms):
             pub_fd = raw.transport.sock.fileno()
         except (AttributeError, OSError):
             return  # closed meanwhile: the requests go out again
-        poller = select.poll()
-        poller.register(pub_fd, select.POLLIN)
         reply_fd = self._reply_fd()
-        if reply_fd >= 0:
-            poller.register(reply_fd, select.POLLIN)
         end = time.monotonic() + timeout
-        events = poller.poll(timeout * 1000)
-        while events and all(fd != pub_fd for fd, _ in events):
-            if self._read_answers():
-                return
-            # Another thread drains the replies: wait for the publishing socket alone.
-            poller.unregister(reply_fd)
-            events = poller.poll(max(end - time.monotonic(), 0.0) * 1000)
+        if reply_fd >= 0:
+            events = self._confirm_poll.poll(pub_fd, reply_fd, timeout=timeout)
+        else:
+            events = self._confirm_poll.poll(pub_fd, timeout=timeout)
+        while events:
+            for fd, _ in events:
+                if fd == pub_fd:
+                    break
+            else:  # only the reply queue's socket
+                if self._read_answers():
+                    return
+                # Another thread drains the replies: wait for the publishing socket alone.
+                events = self._pub_poll.poll(pub_fd, timeout=max(end - time.monotonic(), 0.0))
+                continue
+            break
         for fd, _ in events:
             if fd != pub_fd:
                 self._read_answers()
@@ -226,9 +235,7 @@ class KombuPublishing(KombuConfirms):
             with self._publish_lock:
                 if raw is not raw_connection(self._pub_conn):
                     return  # dropped meanwhile: the requests go out again
-                check = select.poll()
-                check.register(pub_fd, select.POLLIN)
-                if not check.poll(0):
+                if not self._pub_poll.poll(pub_fd):
                     return  # a batch holding the lock read it
                 self._read_publisher_frame(raw)
 
