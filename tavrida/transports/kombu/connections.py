@@ -15,6 +15,7 @@ A cluster's nodes are failed over by :mod:`.nodes`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
 import ssl as ssl_module
@@ -141,10 +142,16 @@ class KombuConnections(KombuState):
         attempts = config.connection_attempts if initial else config.reconnect_attempts
         return retry_call(
             fun, attempts=attempts, delay=config.retry_delay,
-            max_interval=self.max_retry_interval, deadline=self._deadline(), wake=self._wake,
-            retry_errors=self._retry_errors, fatal_errors=self._connection_errors,
-            failed=self._failed, check=self._check_not_stopped,
-            give_up=f"gave up after {attempts} attempt(s)", what=what, url=_SafeUrl(config))
+            max_interval=self.max_retry_interval, deadline=self._local.deadline,
+            wake=self._wake, retry_errors=self._retry_errors,
+            fatal_errors=self._connection_errors, failed=self._failed,
+            check=self._check_not_stopped, give_up=f"gave up after {attempts} attempt(s)",
+            what=what, url=self._safe_url)
+
+    @functools.cached_property
+    def _safe_url(self) -> _SafeUrl:
+        """The masked URL for log lines, made once (see :class:`_SafeUrl`)."""
+        return _SafeUrl(self._config)
 
     def _check_not_stopped(self) -> None:
         if self._closed:

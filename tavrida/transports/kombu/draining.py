@@ -34,7 +34,8 @@ class KombuDraining(KombuConsuming):
         queued acks and reconnects (re-declaring and consuming again) when the
         connection is lost; raises only when reconnect attempts run out.
         """
-        deadline = time.monotonic() + max(timeout, 0.0)
+        deadline = time.monotonic() + (0.0 if 0.0 > timeout else timeout)  # max(timeout, 0)
+        lock = self._lock
         while not self._closed:
             if self._ready:
                 return self._deliver_ready()
@@ -47,12 +48,16 @@ class KombuDraining(KombuConsuming):
                 self._stop.wait(max(remaining, 0.0))
                 break
             try:
-                self._take(self._lock)
+                if not lock.acquire(False):
+                    self._take(lock)
                 try:
-                    self._drain_once(min(max(remaining, self.min_poll_interval),
-                                         self._next_slice()))
+                    # min(max(remaining, min_poll_interval), next slice), for every read
+                    floor = self.min_poll_interval
+                    wait = floor if floor > remaining else remaining
+                    read = self._next_slice() if self._unsettled else self.poll_interval
+                    self._drain_once(read if read < wait else wait)
                 finally:
-                    self._lock.release()
+                    lock.release()
             except exceptions.ConnectionFailed:
                 if self._closed or self._interrupted:
                     break  # stopping during an outage: nothing in hand can be acked anyway
@@ -87,11 +92,12 @@ class KombuDraining(KombuConsuming):
         except self._connection_errors + self._channel_errors as exc:
             self._lost(exc)
             return
-        try:
-            self._check_topology()
-        except self._connection_errors + self._channel_errors as exc:
-            self._lost(exc)  # reconnecting declares everything anyway
-            return
+        if self._resume or not self._is_amqp:
+            try:
+                self._check_topology()
+            except self._connection_errors + self._channel_errors as exc:
+                self._lost(exc)  # reconnecting declares everything anyway
+                return
         now = time.monotonic()
         if now - self._last_beat >= self.heartbeat_check_interval:
             try:

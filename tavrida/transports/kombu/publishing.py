@@ -159,12 +159,16 @@ class KombuPublishing(KombuConfirms):
                 if not batch.inflight:
                     self._send_request(batch)
                     sent = True
-                    deadline = time.monotonic() + self.confirm_timeout
+                    now = time.monotonic()
+                    deadline = now + self.confirm_timeout
                     own = self._local.deadline
-                    if own is not None:
-                        deadline = min(deadline, own)
-                    continue
-                remaining = deadline - time.monotonic()
+                    if own is not None and own < deadline:
+                        deadline = own
+                    if not batch.todo or not batch.inflight:
+                        continue  # confirmed, failed or lost while it was written
+                else:
+                    now = time.monotonic()
+                remaining = deadline - now
                 if remaining <= 0:
                     self._drop_publisher()
                     batch.fail(0, "no confirm from the broker in time (confirm_timeout "
@@ -184,7 +188,8 @@ class KombuPublishing(KombuConfirms):
             finally:
                 lock.release()
             try:
-                self._read_confirms(raw, min(remaining, self.poll_interval))
+                poll = self.poll_interval
+                self._read_confirms(raw, poll if poll < remaining else remaining)
             finally:
                 with lock:
                     self._pub_reader = False
@@ -432,11 +437,16 @@ class KombuPublishing(KombuConfirms):
                                            envelope.content_encoding, dict(envelope.headers),
                                            properties)
         headers = dict(envelope.headers)
-        for key in headers:
-            if type(key) is str and not key.isascii():
-                # Keys received as text with surrogates (see text_key) go out as their bytes.
-                headers = {bytes_key(key): value for key, value in headers.items()}
-                break
+        try:
+            ascii_keys = "".join(headers).isascii()  # one test for all keys, per publish
+        except TypeError:  # a key that is not text
+            ascii_keys = False
+        if not ascii_keys:
+            for key in headers:
+                if type(key) is str and not key.isascii():
+                    # Keys received as text with surrogates (see text_key) go out as bytes.
+                    headers = {bytes_key(key): value for key, value in headers.items()}
+                    break
         return checked_message(channel, bytes(envelope.body), envelope.content_type,
                                envelope.content_encoding, headers, properties)
 
