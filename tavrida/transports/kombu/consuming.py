@@ -305,7 +305,7 @@ class KombuConsuming(KombuDeclarations):
             LOG.warning("%r was already acked or rejected; ignoring", delivery)
             return
         delivery._settled = True
-        self._unsettled.discard(id(delivery))
+        self._unsettled.discard(delivery)
         self._slice = self.min_poll_interval
         self._settles.append((delivery, requeue))
         if requeue is None and self._delivering == threading.get_ident():
@@ -338,11 +338,15 @@ class KombuConsuming(KombuDeclarations):
         message received on it up to the highest, go as one ``basic.ack``
         with ``multiple``; anything else goes one by one, in order.
         """
-        if not self._settles:
+        queued = self._settles
+        if not queued:
             return
-        settles = list(self._settles)
-        self._settles.clear()
-        if len(settles) > 1:
+        # Taken one by one: other threads append without the lock (list() then clear()
+        # could drop an ack appended in between).
+        settles = [queued.popleft()]
+        while queued:
+            settles.append(queued.popleft())
+        if settles[1:]:
             settles = self._coalesced(settles)
         for delivery, requeue in settles:
             if (self._conn is None or self._broken or delivery._generation != self._generation

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import select
 import threading
 import time
 from typing import Any, List, Optional
@@ -24,6 +23,7 @@ from typing import Any, List, Optional
 from tavrida import exceptions
 from tavrida.transports.base import Deferral, OnConfirmed
 from tavrida.transports.kombu.batch import Batch
+from tavrida.transports.kombu.polling import CAN_POLL
 from tavrida.transports.kombu.publishing import KombuPublishing
 from tavrida.transports.kombu.pyamqp_compat import raw_connection
 
@@ -41,7 +41,7 @@ class KombuDeferring(KombuPublishing):
         """Let this thread's next publish return before its confirm (see the base class)."""
         deferral = Deferral(on_confirmed)
         if not (self._confirms and self._is_amqp and not self._config.ssl
-                and hasattr(select, "poll")):
+                and CAN_POLL):
             return contextlib.nullcontext(deferral)
         return _Deferring(self._local, deferral)
 
@@ -49,18 +49,22 @@ class KombuDeferring(KombuPublishing):
         """:meth:`KombuDraining.drain`, reading deferred publishes' confirms meanwhile."""
         if not self._deferred:
             return super().drain(timeout)
-        end = time.monotonic() + max(timeout, 0.0)
+        end = time.monotonic() + (0.0 if 0.0 > timeout else timeout)  # max(timeout, 0.0)
         while True:
             if self._finish_deferred():
                 super().drain(0.0)  # sends the acks just queued, delivers what is ready
                 return True
             if not self._deferred:
-                return super().drain(max(end - time.monotonic(), 0.0))
+                left = end - time.monotonic()
+                return super().drain(0.0 if 0.0 > left else left)
             if self._ready or self._stop.is_set() or self._closed:
                 return super().drain(0.0)
+            # min(max(end - now, 0), poll_interval, max(first deadline - now, 0))
             now = time.monotonic()
-            wait = min(max(end - now, 0.0), self.poll_interval,
-                       max(self._deferred[0].deadline - now, 0.0))
+            wait = end - now
+            first = self._deferred[0].deadline - now
+            wait = min(0.0 if 0.0 > wait else wait, self.poll_interval,
+                       0.0 if 0.0 > first else first)
             consuming = self._wait_for_sockets(wait)
             if consuming and super().drain(0.0):
                 return True
@@ -138,7 +142,7 @@ class KombuDeferring(KombuPublishing):
     def _read_waiting_confirms(self) -> None:
         """Read what the publishing socket holds, never waiting (``_publish_lock`` held)."""
         raw = raw_connection(self._pub_conn)
-        fd = _fileno(self._pub_conn)
+        fd = _raw_fileno(raw)
         if fd < 0:
             return
         for _ in range(MAX_CONFIRM_READS):
@@ -157,7 +161,11 @@ class KombuDeferring(KombuPublishing):
 
 def _fileno(conn: Any) -> int:
     """The file descriptor of a connection's socket; -1 without one."""
-    raw = raw_connection(conn)
+    return _raw_fileno(raw_connection(conn))
+
+
+def _raw_fileno(raw: Any) -> int:
+    """The file descriptor of a transport connection's socket; -1 without one."""
     transport = raw.transport if raw is not None else None
     sock = transport.sock if transport is not None else None
     try:

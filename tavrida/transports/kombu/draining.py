@@ -34,14 +34,15 @@ class KombuDraining(KombuConsuming):
         queued acks and reconnects (re-declaring and consuming again) when the
         connection is lost; raises only when reconnect attempts run out.
         """
-        deadline = time.monotonic() + (0.0 if 0.0 > timeout else timeout)  # max(timeout, 0)
+        now = time.monotonic()
+        deadline = now + (0.0 if 0.0 > timeout else timeout)  # max(timeout, 0.0)
         lock = self._lock
         while not self._closed:
             if self._ready:
                 return self._deliver_ready()
             if self._stop.is_set():
                 break
-            remaining = deadline - time.monotonic()
+            remaining = deadline - now
             if not self._consumers and (self._conn is None or self._broken):
                 # Nothing to read or keep alive (after cancel(), acks of a lost
                 # connection are void: no reconnect for them): wait to be stopped.
@@ -64,7 +65,8 @@ class KombuDraining(KombuConsuming):
                 raise
             if self._ready:
                 return self._deliver_ready()
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 break
         self._stop.clear()
         return False
@@ -125,7 +127,7 @@ class KombuDraining(KombuConsuming):
             while self._ready:
                 delivery, on_message = self._ready.popleft()
                 if not delivery._settled:
-                    self._unsettled.add(id(delivery))
+                    self._unsettled.add(delivery)
                     self._slice = self.min_poll_interval
                 on_message(delivery)
         finally:

@@ -14,6 +14,10 @@ from __future__ import annotations
 import select
 from typing import Any, Tuple
 
+#: ``select.poll`` exists here (not on Windows): what the shared and deferred confirms,
+#: and the checks of the consuming socket, need (tested once, not per publish).
+CAN_POLL = hasattr(select, "poll")
+
 
 def _poller(fds: Tuple[Any, ...]) -> Any:
     poller = select.poll()

@@ -14,7 +14,6 @@ confirms.
 from __future__ import annotations
 
 import logging
-import select
 import socket
 import threading
 import time
@@ -26,6 +25,7 @@ from tavrida import exceptions
 from tavrida.transports.base import Deferral, OutgoingEnvelope
 from tavrida.transports.kombu.batch import Batch, ConfirmTimeout
 from tavrida.transports.kombu.confirms import KombuConfirms
+from tavrida.transports.kombu.polling import CAN_POLL
 from tavrida.transports.kombu.pyamqp_compat import (
     UNENCODABLE,
     bytes_key,
@@ -61,7 +61,7 @@ class KombuPublishing(KombuConfirms):
         raises as :meth:`publish` does; a request lost with the connection or
         the channel before its confirm is published again.
         """
-        shared = self._confirms and not self._config.ssl and hasattr(select, "poll")
+        shared = self._confirms and not self._config.ssl and CAN_POLL
         self._publish([envelope], answered if shared else None)
 
     def publish_many(self, envelopes: Iterable[OutgoingEnvelope]) -> None:
@@ -277,7 +277,7 @@ class KombuPublishing(KombuConfirms):
         comes before the request. (Not for amqps, whose sockets cannot peek,
         nor where ``select.poll`` is missing.)
         """
-        if self._config.ssl or not hasattr(select, "poll"):
+        if self._config.ssl or not CAN_POLL:
             return
         if self._conn is not None and not self._broken and self._socket_alive():
             return

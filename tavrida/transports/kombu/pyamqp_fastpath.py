@@ -274,10 +274,10 @@ def fast_properties(properties: Dict[str, Any]) -> Optional[bytes]:
             if type(value) is not str:
                 return None
             raw = value.encode("utf-8", "surrogatepass")
-            if len(raw) > 255:
+            size = len(raw)
+            if size > 255:
                 return None
-            parts.append(bytes((len(raw),)))
-            parts.append(raw)
+            parts.append(bytes((size,)) + raw)
         elif kind == "o":
             if type(value) is not int or not 0 <= value <= 255:
                 return None

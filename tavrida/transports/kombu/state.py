@@ -62,7 +62,7 @@ class KombuState(Transport):
     _resume: List[Consumer]
     _next_topology_check: float
     _ready: Deque[Tuple[KombuDelivery, OnMessage]]
-    _unsettled: Set[int]
+    _unsettled: Set[KombuDelivery]
     _slice: float
     _settles: Deque[Tuple[KombuDelivery, Optional[bool]]]
     _unrestored: List[Any]

@@ -84,7 +84,7 @@ class KombuTransport(KombuDeferring):
         self._resume = []
         self._next_topology_check = 0.0
         self._ready = collections.deque()
-        #: Deliveries handed out and not yet acked or rejected (ids; set ops are atomic).
+        #: Deliveries handed out and not yet acked or rejected (set ops are atomic).
         self._unsettled = set()
         self._slice = self.poll_interval
         self._settles = collections.deque()
