@@ -23,7 +23,7 @@ from typing import Any, List, Optional
 from tavrida import exceptions
 from tavrida.transports.base import Deferral, OnConfirmed
 from tavrida.transports.kombu.batch import Batch
-from tavrida.transports.kombu.polling import CAN_POLL
+from tavrida.transports.kombu.polling import CAN_POLL, fileno
 from tavrida.transports.kombu.publishing import KombuPublishing
 from tavrida.transports.kombu.pyamqp_compat import raw_connection
 
@@ -73,7 +73,8 @@ class KombuDeferring(KombuPublishing):
 
     def _wait_for_sockets(self, timeout: float) -> bool:
         """Wait up to ``timeout`` for either connection; True unless only publishing is ready."""
-        pub_fd, consume_fd = _fileno(self._pub_conn), _fileno(self._conn)
+        pub_fd = fileno(raw_connection(self._pub_conn))
+        consume_fd = fileno(raw_connection(self._conn))
         if consume_fd < 0 or self._broken:
             return True  # drain() reconnects
         if pub_fd >= 0:
@@ -142,7 +143,7 @@ class KombuDeferring(KombuPublishing):
     def _read_waiting_confirms(self) -> None:
         """Read what the publishing socket holds, never waiting (``_publish_lock`` held)."""
         raw = raw_connection(self._pub_conn)
-        fd = _raw_fileno(raw)
+        fd = fileno(raw)
         if fd < 0:
             return
         for _ in range(MAX_CONFIRM_READS):
@@ -157,21 +158,6 @@ class KombuDeferring(KombuPublishing):
         except exceptions.ConnectionFailed as exc:
             return exc
         return None
-
-
-def _fileno(conn: Any) -> int:
-    """The file descriptor of a connection's socket; -1 without one."""
-    return _raw_fileno(raw_connection(conn))
-
-
-def _raw_fileno(raw: Any) -> int:
-    """The file descriptor of a transport connection's socket; -1 without one."""
-    transport = raw.transport if raw is not None else None
-    sock = transport.sock if transport is not None else None
-    try:
-        return sock.fileno() if sock is not None else -1
-    except OSError:
-        return -1
 
 
 class _Deferring:

@@ -14,6 +14,7 @@ import time
 
 from tavrida import exceptions
 from tavrida.transports.kombu.consuming import KombuConsuming
+from tavrida.transports.kombu.polling import fileno
 from tavrida.transports.kombu.pyamqp_compat import raw_connection
 
 LOG = logging.getLogger(__name__)
@@ -143,13 +144,7 @@ class KombuDraining(KombuConsuming):
         conn = self._conn
         if not self._reply_queues or conn is None or self._broken:
             return -1
-        raw = raw_connection(conn)
-        transport = raw.transport if raw is not None else None
-        sock = transport.sock if transport is not None else None
-        try:
-            return sock.fileno() if sock is not None else -1
-        except OSError:
-            return -1
+        return fileno(raw_connection(conn))
 
     def _read_answers(self) -> bool:
         """One short read on the consuming connection, then hand out the answers read.

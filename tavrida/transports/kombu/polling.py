@@ -19,6 +19,16 @@ from typing import Any, Tuple
 CAN_POLL = hasattr(select, "poll")
 
 
+def fileno(raw: Any) -> int:
+    """The file descriptor of a py-amqp connection's socket; -1 without one (or closed)."""
+    transport = raw.transport if raw is not None else None
+    sock = transport.sock if transport is not None else None
+    try:
+        return sock.fileno() if sock is not None else -1
+    except OSError:
+        return -1
+
+
 def _poller(fds: Tuple[Any, ...]) -> Any:
     poller = select.poll()
     for fd in fds:
