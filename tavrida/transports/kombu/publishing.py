@@ -218,21 +218,14 @@ class KombuPublishing(KombuConfirms):
             return  # closed meanwhile: the requests go out again
         reply_fd = self._reply_fd()
         end = time.monotonic() + timeout
-        if reply_fd >= 0:
-            events = self._confirm_poll.poll(pub_fd, reply_fd, timeout=timeout)
-        else:
-            events = self._confirm_poll.poll(pub_fd, timeout=timeout)
-        while events:
-            for fd, _ in events:
-                if fd == pub_fd:
-                    break
-            else:  # only the reply queue's socket
-                if self._read_answers():
-                    return
-                # Another thread drains the replies: wait for the publishing socket alone.
-                events = self._pub_poll.poll(pub_fd, timeout=max(end - time.monotonic(), 0.0))
-                continue
-            break
+        fds = (pub_fd, reply_fd) if reply_fd >= 0 else (pub_fd,)
+        events = self._confirm_poll.poll(*fds, timeout=timeout)
+        # At most two sockets ready: the first and the last are all of them.
+        while events and events[0][0] != pub_fd and events[-1][0] != pub_fd:
+            if self._read_answers():
+                return
+            # Another thread drains the replies: wait for the publishing socket alone.
+            events = self._pub_poll.poll(pub_fd, timeout=max(end - time.monotonic(), 0.0))
         for fd, _ in events:
             if fd != pub_fd:
                 self._read_answers()
