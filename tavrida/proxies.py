@@ -265,7 +265,7 @@ class RPCProxy:
                         else _source(source))
         self._context = context
         self._correlation_id = correlation_id
-        self._headers = _check_headers(headers)
+        self._headers = _check_headers(headers) if headers else {}
 
     def add_headers(self, headers: Mapping[str, Any]) -> None:
         """Add user headers to every message this proxy sends (not tavrida's seven)."""

@@ -184,7 +184,8 @@ class Replies:
         answered = False
         try:
             with transport.deadline(timeout):
-                self._start(deadline)
+                if not self._started:
+                    self._start(deadline)
                 with self._lock:
                     self._pending[request.request_id] = waiter
                 # Its answer may come before its confirm (see answered()).

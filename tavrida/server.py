@@ -218,7 +218,8 @@ class Server(Retrying):
             self._pipelined = self.pipelined_answers and not self.workers and not self.hooks
             while not self._stopping.is_set():
                 self.transport.drain(1.0)
-                self.hooks.tick(self)
+                if self.hooks:
+                    self.hooks.tick(self)
             self._finish()
         finally:
             self._pipelined = False
@@ -307,8 +308,12 @@ class Server(Retrying):
         """
         if self.hooks:
             self.hooks.observe(self, delivery, self._handle_safely)
-        else:
-            self._handle_safely(delivery)
+            return
+        try:  # _handle_safely(), inline: this runs for every message
+            self._handle(delivery)
+        except Exception as exc:  # noqa: BLE001
+            LOG.exception("could not finish a message from %s", delivery.queue)
+            self._recover(delivery, exc)
 
     def _handle_safely(self, delivery: Delivery) -> None:
         try:
@@ -425,7 +430,7 @@ class Server(Retrying):
     def _proxy_source(message: messages.Message, controller: ServiceController,
                       method_name: str) -> str:
         if message.message_type == messages.REQUEST:
-            return str(message.destination)
+            return message.destination.to_routing_key()  # its str(), one call less
         return f"{controller.service_name()}.{method_name}"
 
     def __enter__(self) -> "Server":

@@ -2,9 +2,9 @@
 
 :class:`KombuTransport` is put together from one part per concern, each a
 module of this package: :mod:`.state` (what the parts share),
-:mod:`.connections` (parameters, deadlines, reconnects), :mod:`.retry`
+:mod:`.connections` (parameters, reconnects), :mod:`.deadlines`, :mod:`.retry`
 (the one retry loop), :mod:`.nodes` (a cluster's nodes), :mod:`.heartbeats`, :mod:`.declaring`,
-:mod:`.consuming` (consumers, deliveries, settling), :mod:`.draining`,
+:mod:`.consuming` (consumers, deliveries, settling), :mod:`.draining`, :mod:`.polling`,
 :mod:`.confirms` (acks, nacks, returns), :mod:`.publishing`; the
 workarounds of kombu's and py-amqp's behaviour, the only modules using
 private names of theirs, are :mod:`.pyamqp_compat`, :mod:`.virtual` and

@@ -39,7 +39,7 @@ class KombuConfirms(KombuDraining):
     def _wait_for_confirms(self, batch: Batch) -> None:
         """Read the publishing connection until ``batch`` has no unconfirmed publish."""
         deadline = time.monotonic() + self.confirm_timeout
-        own = getattr(self._local, "deadline", None)
+        own = self._local.deadline
         if own is not None:
             deadline = min(deadline, own)
         raw = raw_connection(self._pub_conn)

@@ -15,18 +15,19 @@ A cluster's nodes are failed over by :mod:`.nodes`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-import select
 import socket
 import ssl as ssl_module
 import time
-from typing import Any, Callable, Dict, Iterator, Optional, TypeVar
+from typing import Any, Callable, Dict, Optional, TypeVar
 
 import amqp
 from kombu.connection import Connection
 
 from tavrida import exceptions
 from tavrida.config import ConnectionConfig
+from tavrida.transports.kombu.deadlines import Deadline, Holding, take
 from tavrida.transports.kombu.nodes import (
     NodeRotation,
     QueueUnavailable,
@@ -67,8 +68,7 @@ class KombuConnections(KombuState):
 
     def _deadline(self) -> Optional[float]:
         """This thread's deadline (``time.monotonic()``), if any; see :meth:`deadline`."""
-        deadline: Optional[float] = getattr(self._local, "deadline", None)
-        return deadline
+        return self._local.deadline
 
 
     def _connection_params(self, role: str, heartbeat: float = 0,
@@ -142,10 +142,16 @@ class KombuConnections(KombuState):
         attempts = config.connection_attempts if initial else config.reconnect_attempts
         return retry_call(
             fun, attempts=attempts, delay=config.retry_delay,
-            max_interval=self.max_retry_interval, deadline=self._deadline(), wake=self._wake,
-            retry_errors=self._retry_errors, fatal_errors=self._connection_errors,
-            failed=self._failed, check=self._check_not_stopped,
-            give_up=f"gave up after {attempts} attempt(s)", what=what, url=_SafeUrl(config))
+            max_interval=self.max_retry_interval, deadline=self._local.deadline,
+            wake=self._wake, retry_errors=self._retry_errors,
+            fatal_errors=self._connection_errors, failed=self._failed,
+            check=self._check_not_stopped, give_up=f"gave up after {attempts} attempt(s)",
+            what=what, url=self._safe_url)
+
+    @functools.cached_property
+    def _safe_url(self) -> _SafeUrl:
+        """The masked URL for log lines, made once (see :class:`_SafeUrl`)."""
+        return _SafeUrl(self._config)
 
     def _check_not_stopped(self) -> None:
         if self._closed:
@@ -167,33 +173,18 @@ class KombuConnections(KombuState):
         return exceptions.ConnectionFailed(safe_url=self._config.safe_url, cause=cause,
                                            reason=text)
 
-    @contextlib.contextmanager
-    def deadline(self, timeout: Optional[float]) -> Iterator[None]:
+    def deadline(self, timeout: Optional[float]) -> "contextlib.AbstractContextManager[None]":
         """Bound this thread's blocking operations inside the block (see the base class)."""
-        previous = getattr(self._local, "deadline", None)
-        if timeout is None:
-            yield
-            return
-        mine = time.monotonic() + max(timeout, 0.0)
-        self._local.deadline = mine if previous is None else min(previous, mine)
-        try:
-            yield
-        finally:
-            self._local.deadline = previous
+        return Deadline(self._local, timeout)
 
-    @contextlib.contextmanager
-    def _holding(self, lock: Any) -> Iterator[None]:
+    def _holding(self, lock: Any) -> "contextlib.AbstractContextManager[None]":
         """Acquire ``lock`` before this thread's deadline, or raise ConnectionFailed."""
-        deadline = self._deadline()
-        if deadline is None:
-            lock.acquire()
-        elif not lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
-            raise self._failed(None, "timed out: another thread holds the connection "
-                                     "(reconnecting)")
-        try:
-            yield
-        finally:
-            lock.release()
+        return Holding(self._local, lock, self._failed)
+
+    def _take(self, lock: Any) -> None:
+        """:meth:`_holding` without its block: acquire ``lock`` (the caller releases it)."""
+        if not lock.acquire(False):
+            take(self._local, lock, self._failed)
 
     def _rotation(self, role: str) -> NodeRotation:
         """The node rotation of the ``role`` connection (made on first use)."""
@@ -351,9 +342,7 @@ class KombuConnections(KombuState):
             return False
         try:
             # Poll first: recv on a socket in timeout mode would wait for data.
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
-            if not poller.poll(0):
+            if not self._alive_poll(sock):
                 return True  # nothing to read: alive as far as can be told
             peeked: bytes = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             return peeked != b""

@@ -12,8 +12,8 @@ each consumer is a ``basic_consume`` on a channel of its own instead.
 
 from __future__ import annotations
 
+import functools
 import logging
-import select
 import threading
 import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -152,10 +152,14 @@ class KombuConsuming(KombuDeclarations):
         if self._is_amqp:
             # RabbitMQ cancels a consumer whose queue was deleted: declare it again.
             options["on_cancel"] = lambda tag: self._resume.append(consumer)
+            callback: Any = functools.partial(self._on_amqp_message, consumer, channel,
+                                              generation)
+        else:
+            callback = functools.partial(self._on_virtual_message, consumer, channel,
+                                         generation)
         channel.basic_consume(
             queue=consumer.queue, no_ack=consumer.no_ack, consumer_tag=consumer.tag,
-            callback=lambda message: self._on_message(consumer, channel, generation, message),
-            **options)
+            callback=callback, **options)
 
     def _check_topology(self) -> None:
         """Declare again what the broker lost while connected; call with ``_lock`` held.
@@ -226,39 +230,42 @@ class KombuConsuming(KombuDeclarations):
         except Exception:  # closing is best effort
             LOG.debug("ignoring error while closing a channel", exc_info=True)
 
-    def _on_message(self, consumer: Consumer, channel: Any, generation: int,
-                    message: Any) -> None:
-        """Wrap a broker message (raw py-amqp or kombu virtual) into a Delivery."""
-        if self._is_amqp:
-            delivery = self._amqp_delivery(consumer, channel, generation, message)
-        else:
-            delivery = self._virtual_delivery(consumer, channel, generation, message)
-        # Handed out by drain() once the connection lock is released.
-        self._ready.append((delivery, consumer.on_message))
-
-    def _amqp_delivery(self, consumer: Consumer, channel: Any, generation: int,
-                       message: amqp.Message) -> KombuDelivery:
+    def _on_amqp_message(self, consumer: Consumer, channel: Any, generation: int,
+                         message: amqp.Message) -> None:
+        """Wrap a py-amqp message into a Delivery, handed out by drain() (RabbitMQ)."""
         props = message.properties
         info = message.delivery_info
         body = message.body
-        if not isinstance(body, bytes):
+        if type(body) is not bytes and not isinstance(body, bytes):
             body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
-        headers = dict(props.get("application_headers") or {})
+        headers = props["application_headers"] if "application_headers" in props else None
+        headers = dict(headers) if headers else {}
         for key in headers:
             if type(key) is not str:
                 # py-amqp keeps a key that is not UTF-8 as bytes; the core expects text.
                 headers = {text_key(key): value for key, value in headers.items()}
                 break
+        properties = {}
+        for name, value in props.items():  # (a loop, not a comprehension: one call less)
+            if value is not None and name in PROPERTY_SET:
+                properties[name] = value
+        exchange = info["exchange"] if "exchange" in info else None
+        routing_key = info["routing_key"] if "routing_key" in info else None
         delivery = KombuDelivery(
-            self, channel, info["delivery_tag"], generation, body, headers,
-            {name: value for name, value in props.items()
-             if value is not None and name in PROPERTY_SET},
-            info.get("exchange") or "", info.get("routing_key") or "", consumer.queue,
-            bool(info.get("redelivered")), consumer.no_ack)
+            self, channel, info["delivery_tag"], generation, body, headers, properties,
+            exchange or "", routing_key or "", consumer.queue,
+            bool(info["redelivered"] if "redelivered" in info else None), consumer.no_ack)
         if not consumer.no_ack:
             consumer.received.add(delivery._delivery_tag)
             delivery._consumer = consumer
-        return delivery
+        # Handed out by drain() once the connection lock is released.
+        self._ready.append((delivery, consumer.on_message))
+
+    def _on_virtual_message(self, consumer: Consumer, channel: Any, generation: int,
+                            message: Any) -> None:
+        """Wrap a kombu virtual message into a Delivery, handed out by drain()."""
+        delivery = self._virtual_delivery(consumer, channel, generation, message)
+        self._ready.append((delivery, consumer.on_message))
 
     def _virtual_delivery(self, consumer: Consumer, channel: Any, generation: int,
                           message: Any) -> KombuDelivery:
@@ -298,7 +305,7 @@ class KombuConsuming(KombuDeclarations):
             LOG.warning("%r was already acked or rejected; ignoring", delivery)
             return
         delivery._settled = True
-        self._unsettled.discard(id(delivery))
+        self._unsettled.discard(delivery)
         self._slice = self.min_poll_interval
         self._settles.append((delivery, requeue))
         if requeue is None and self._delivering == threading.get_ident():
@@ -310,20 +317,19 @@ class KombuConsuming(KombuDeclarations):
             finally:
                 self._lock.release()
 
-    def _settles_can_wait(self) -> bool:
+    def _settles_can_wait(self, raw: Any) -> bool:
         """True while queued acks may wait: a few, and a message is ready to be read.
 
-        Call with ``_lock`` held. A redelivery after a crash may then repeat up
-        to :attr:`max_coalesced_acks` handled messages (at-least-once allows it).
+        Call with ``_lock`` held and acks queued; ``raw`` is the consuming
+        connection (:meth:`_raw_connection`). A redelivery after a crash may then
+        repeat up to :attr:`max_coalesced_acks` handled messages (at-least-once allows it).
         """
-        if not self._settles or len(self._settles) >= self.max_coalesced_acks:
+        if (len(self._settles) >= self.max_coalesced_acks or not self._is_amqp
+                or self._config.ssl or raw is None):
             return False
-        sock = getattr(getattr(self._raw_connection(), "transport", None), "sock", None)
-        if sock is None or not self._is_amqp or self._config.ssl:
-            return False
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        return bool(poller.poll(0))
+        transport = raw.transport
+        sock = transport.sock if transport is not None else None
+        return sock is not None and self._ack_poll(sock)
 
     def _perform_settles(self) -> None:
         """Send queued acks/rejects; call with ``_lock`` held.
@@ -332,11 +338,15 @@ class KombuConsuming(KombuDeclarations):
         message received on it up to the highest, go as one ``basic.ack``
         with ``multiple``; anything else goes one by one, in order.
         """
-        if not self._settles:
+        queued = self._settles
+        if not queued:
             return
-        settles = list(self._settles)
-        self._settles.clear()
-        if len(settles) > 1:
+        # Taken one by one: other threads append without the lock (list() then clear()
+        # could drop an ack appended in between).
+        settles = [queued.popleft()]
+        while queued:
+            settles.append(queued.popleft())
+        if settles[1:]:
             settles = self._coalesced(settles)
         for delivery, requeue in settles:
             if (self._conn is None or self._broken or delivery._generation != self._generation

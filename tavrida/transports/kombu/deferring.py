@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import select
 import threading
 import time
 from typing import Any, List, Optional
@@ -24,6 +23,7 @@ from typing import Any, List, Optional
 from tavrida import exceptions
 from tavrida.transports.base import Deferral, OnConfirmed
 from tavrida.transports.kombu.batch import Batch
+from tavrida.transports.kombu.polling import CAN_POLL, fileno
 from tavrida.transports.kombu.publishing import KombuPublishing
 from tavrida.transports.kombu.pyamqp_compat import raw_connection
 
@@ -41,7 +41,7 @@ class KombuDeferring(KombuPublishing):
         """Let this thread's next publish return before its confirm (see the base class)."""
         deferral = Deferral(on_confirmed)
         if not (self._confirms and self._is_amqp and not self._config.ssl
-                and hasattr(select, "poll")):
+                and CAN_POLL):
             return contextlib.nullcontext(deferral)
         return _Deferring(self._local, deferral)
 
@@ -49,18 +49,22 @@ class KombuDeferring(KombuPublishing):
         """:meth:`KombuDraining.drain`, reading deferred publishes' confirms meanwhile."""
         if not self._deferred:
             return super().drain(timeout)
-        end = time.monotonic() + max(timeout, 0.0)
+        end = time.monotonic() + (0.0 if 0.0 > timeout else timeout)  # max(timeout, 0.0)
         while True:
             if self._finish_deferred():
                 super().drain(0.0)  # sends the acks just queued, delivers what is ready
                 return True
             if not self._deferred:
-                return super().drain(max(end - time.monotonic(), 0.0))
+                left = end - time.monotonic()
+                return super().drain(0.0 if 0.0 > left else left)
             if self._ready or self._stop.is_set() or self._closed:
                 return super().drain(0.0)
+            # min(max(end - now, 0), poll_interval, max(first deadline - now, 0))
             now = time.monotonic()
-            wait = min(max(end - now, 0.0), self.poll_interval,
-                       max(self._deferred[0].deadline - now, 0.0))
+            wait = end - now
+            first = self._deferred[0].deadline - now
+            wait = min(0.0 if 0.0 > wait else wait, self.poll_interval,
+                       0.0 if 0.0 > first else first)
             consuming = self._wait_for_sockets(wait)
             if consuming and super().drain(0.0):
                 return True
@@ -69,22 +73,18 @@ class KombuDeferring(KombuPublishing):
 
     def _wait_for_sockets(self, timeout: float) -> bool:
         """Wait up to ``timeout`` for either connection; True unless only publishing is ready."""
-        poller = select.poll()
-        fds = []
-        for conn in (self._pub_conn, self._conn):
-            sock = getattr(getattr(raw_connection(conn), "transport", None), "sock", None)
-            try:
-                fds.append(sock.fileno() if sock is not None else -1)
-            except OSError:
-                fds.append(-1)
-        pub_fd, consume_fd = fds
+        pub_fd = fileno(raw_connection(self._pub_conn))
+        consume_fd = fileno(raw_connection(self._conn))
         if consume_fd < 0 or self._broken:
             return True  # drain() reconnects
-        poller.register(consume_fd, select.POLLIN)
         if pub_fd >= 0:
-            poller.register(pub_fd, select.POLLIN)
-        events = poller.poll(timeout * 1000)
-        return not events or any(fd == consume_fd for fd, _ in events)
+            events = self._sockets_poll.poll(consume_fd, pub_fd, timeout=timeout)
+        else:
+            events = self._sockets_poll.poll(consume_fd, timeout=timeout)
+        for fd, _ in events:
+            if fd == consume_fd:
+                return True
+        return not events
 
     def _finish_deferred(self) -> int:
         """Read waiting confirms, resend or time out, run the outcomes of settled ones."""
@@ -143,16 +143,11 @@ class KombuDeferring(KombuPublishing):
     def _read_waiting_confirms(self) -> None:
         """Read what the publishing socket holds, never waiting (``_publish_lock`` held)."""
         raw = raw_connection(self._pub_conn)
-        sock = getattr(getattr(raw, "transport", None), "sock", None)
-        if sock is None:
-            return
-        poller = select.poll()
-        try:
-            poller.register(sock.fileno(), select.POLLIN)
-        except OSError:
+        fd = fileno(raw)
+        if fd < 0:
             return
         for _ in range(MAX_CONFIRM_READS):
-            if not poller.poll(0) or not self._read_publisher_frame(raw):
+            if not self._pub_poll.poll(fd) or not self._read_publisher_frame(raw):
                 return
 
     def _resend(self, batch: Batch) -> Optional[exceptions.ConnectionFailed]:

@@ -11,10 +11,10 @@ import logging
 import socket
 import threading
 import time
-from typing import Any
 
 from tavrida import exceptions
 from tavrida.transports.kombu.consuming import KombuConsuming
+from tavrida.transports.kombu.polling import fileno
 from tavrida.transports.kombu.pyamqp_compat import raw_connection
 
 LOG = logging.getLogger(__name__)
@@ -35,32 +35,39 @@ class KombuDraining(KombuConsuming):
         queued acks and reconnects (re-declaring and consuming again) when the
         connection is lost; raises only when reconnect attempts run out.
         """
-        deadline = time.monotonic() + max(timeout, 0.0)
+        now = time.monotonic()
+        deadline = now + (0.0 if 0.0 > timeout else timeout)  # max(timeout, 0.0)
+        lock = self._lock
         while not self._closed:
             if self._ready:
                 return self._deliver_ready()
             if self._stop.is_set():
                 break
-            remaining = deadline - time.monotonic()
+            remaining = deadline - now
             if not self._consumers and (self._conn is None or self._broken):
                 # Nothing to read or keep alive (after cancel(), acks of a lost
                 # connection are void: no reconnect for them): wait to be stopped.
                 self._stop.wait(max(remaining, 0.0))
                 break
             try:
-                self._take(self._lock)
+                if not lock.acquire(False):
+                    self._take(lock)
                 try:
-                    self._drain_once(min(max(remaining, self.min_poll_interval),
-                                         self._next_slice()))
+                    # min(max(remaining, min_poll_interval), next slice), for every read
+                    floor = self.min_poll_interval
+                    wait = floor if floor > remaining else remaining
+                    read = self._next_slice() if self._unsettled else self.poll_interval
+                    self._drain_once(read if read < wait else wait)
                 finally:
-                    self._lock.release()
+                    lock.release()
             except exceptions.ConnectionFailed:
                 if self._closed or self._interrupted:
                     break  # stopping during an outage: nothing in hand can be acked anyway
                 raise
             if self._ready:
                 return self._deliver_ready()
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 break
         self._stop.clear()
         return False
@@ -75,7 +82,7 @@ class KombuDraining(KombuConsuming):
             self._ensure_connected()  # (the cheap test above is py-amqp's own, for RabbitMQ)
             conn = self._conn
             raw = raw_connection(conn)
-        if not self._settles_can_wait():
+        if self._settles and not self._settles_can_wait(raw):
             self._perform_settles()
         assert conn is not None  # _ensure_connected() raises otherwise
         try:
@@ -88,11 +95,12 @@ class KombuDraining(KombuConsuming):
         except self._connection_errors + self._channel_errors as exc:
             self._lost(exc)
             return
-        try:
-            self._check_topology()
-        except self._connection_errors + self._channel_errors as exc:
-            self._lost(exc)  # reconnecting declares everything anyway
-            return
+        if self._resume or not self._is_amqp:
+            try:
+                self._check_topology()
+            except self._connection_errors + self._channel_errors as exc:
+                self._lost(exc)  # reconnecting declares everything anyway
+                return
         now = time.monotonic()
         if now - self._last_beat >= self.heartbeat_check_interval:
             try:
@@ -102,17 +110,8 @@ class KombuDraining(KombuConsuming):
                 self._lost(exc)
                 return
             self._last_beat = now
-        if not self._settles_can_wait():
+        if self._settles and not self._settles_can_wait(raw):
             self._perform_settles()
-
-    def _take(self, lock: Any) -> None:
-        """:meth:`_holding` without its context manager (taken a few times per call)."""
-        deadline = getattr(self._local, "deadline", None)
-        if deadline is None:
-            lock.acquire()
-        elif not lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
-            raise self._failed(None, "timed out: another thread holds the connection "
-                                     "(reconnecting)")
 
     def _next_slice(self) -> float:
         """How long the next read may block: short while handlers may ack from elsewhere."""
@@ -129,7 +128,7 @@ class KombuDraining(KombuConsuming):
             while self._ready:
                 delivery, on_message = self._ready.popleft()
                 if not delivery._settled:
-                    self._unsettled.add(id(delivery))
+                    self._unsettled.add(delivery)
                     self._slice = self.min_poll_interval
                 on_message(delivery)
         finally:
@@ -145,11 +144,7 @@ class KombuDraining(KombuConsuming):
         conn = self._conn
         if not self._reply_queues or conn is None or self._broken:
             return -1
-        sock = getattr(getattr(raw_connection(conn), "transport", None), "sock", None)
-        try:
-            return sock.fileno() if sock is not None else -1
-        except OSError:
-            return -1
+        return fileno(raw_connection(conn))
 
     def _read_answers(self) -> bool:
         """One short read on the consuming connection, then hand out the answers read.

@@ -14,7 +14,6 @@ confirms.
 from __future__ import annotations
 
 import logging
-import select
 import socket
 import threading
 import time
@@ -26,6 +25,7 @@ from tavrida import exceptions
 from tavrida.transports.base import Deferral, OutgoingEnvelope
 from tavrida.transports.kombu.batch import Batch, ConfirmTimeout
 from tavrida.transports.kombu.confirms import KombuConfirms
+from tavrida.transports.kombu.polling import CAN_POLL
 from tavrida.transports.kombu.pyamqp_compat import (
     UNENCODABLE,
     bytes_key,
@@ -61,7 +61,7 @@ class KombuPublishing(KombuConfirms):
         raises as :meth:`publish` does; a request lost with the connection or
         the channel before its confirm is published again.
         """
-        shared = self._confirms and not self._config.ssl and hasattr(select, "poll")
+        shared = self._confirms and not self._config.ssl and CAN_POLL
         self._publish([envelope], answered if shared else None)
 
     def publish_many(self, envelopes: Iterable[OutgoingEnvelope]) -> None:
@@ -90,7 +90,7 @@ class KombuPublishing(KombuConfirms):
             raise batch.error()
         deferral = None
         if answered is None and len(batch.envelopes) == 1:
-            deferral = getattr(self._local, "deferral", None)
+            deferral = self._local.deferral
         with self.deadline(self._config.publish_timeout):
             try:
                 if self._reply_queues and self._is_amqp:
@@ -101,12 +101,15 @@ class KombuPublishing(KombuConfirms):
                 elif answered is not None:
                     self._confirm_or_answer(batch, answered)
                 else:
-                    with self._holding(self._publish_lock):
-                        try:
-                            self._publish_batch(batch)
-                        finally:
-                            self._forget(batch)
+                    lock = self._publish_lock
+                    self._take(lock)  # (not _holding(): this runs for every publish)
+                    try:
+                        self._publish_batch(batch)
+                    finally:
+                        self._forget(batch)
+                        if self._pub_idle:
                             self._wake_waiting(handover=False)  # it read their confirms
+                        lock.release()
             except exceptions.ConnectionFailed as exc:
                 batch.connection_failed = exc
                 for index in list(batch.todo):
@@ -143,7 +146,8 @@ class KombuPublishing(KombuConfirms):
         lock = self._publish_lock
         waiting: Optional[Tuple[Batch, threading.Condition, Callable[[], bool]]] = None
         while True:
-            self._take(lock)
+            if not lock.acquire(False):
+                self._take(lock)
             try:
                 if not batch.todo:
                     return
@@ -155,12 +159,16 @@ class KombuPublishing(KombuConfirms):
                 if not batch.inflight:
                     self._send_request(batch)
                     sent = True
-                    deadline = time.monotonic() + self.confirm_timeout
-                    own = getattr(self._local, "deadline", None)
-                    if own is not None:
-                        deadline = min(deadline, own)
-                    continue
-                remaining = deadline - time.monotonic()
+                    now = time.monotonic()
+                    deadline = now + self.confirm_timeout
+                    own = self._local.deadline
+                    if own is not None and own < deadline:
+                        deadline = own
+                    if not batch.todo or not batch.inflight:
+                        continue  # confirmed, failed or lost while it was written
+                else:
+                    now = time.monotonic()
+                remaining = deadline - now
                 if remaining <= 0:
                     self._drop_publisher()
                     batch.fail(0, "no confirm from the broker in time (confirm_timeout "
@@ -180,11 +188,13 @@ class KombuPublishing(KombuConfirms):
             finally:
                 lock.release()
             try:
-                self._read_confirms(raw, min(remaining, self.poll_interval))
+                poll = self.poll_interval
+                self._read_confirms(raw, poll if poll < remaining else remaining)
             finally:
                 with lock:
                     self._pub_reader = False
-                    self._wake_waiting(handover=not batch.todo or answered())
+                    if self._pub_idle:
+                        self._wake_waiting(handover=not batch.todo or answered())
 
     def _wake_waiting(self, handover: bool) -> None:
         """Wake the waiting requests settled or answered, and one more to read if ``handover``."""
@@ -206,19 +216,16 @@ class KombuPublishing(KombuConfirms):
             pub_fd = raw.transport.sock.fileno()
         except (AttributeError, OSError):
             return  # closed meanwhile: the requests go out again
-        poller = select.poll()
-        poller.register(pub_fd, select.POLLIN)
         reply_fd = self._reply_fd()
-        if reply_fd >= 0:
-            poller.register(reply_fd, select.POLLIN)
         end = time.monotonic() + timeout
-        events = poller.poll(timeout * 1000)
-        while events and all(fd != pub_fd for fd, _ in events):
+        fds = (pub_fd, reply_fd) if reply_fd >= 0 else (pub_fd,)
+        events = self._confirm_poll.poll(*fds, timeout=timeout)
+        # At most two sockets ready: the first and the last are all of them.
+        while events and events[0][0] != pub_fd and events[-1][0] != pub_fd:
             if self._read_answers():
                 return
             # Another thread drains the replies: wait for the publishing socket alone.
-            poller.unregister(reply_fd)
-            events = poller.poll(max(end - time.monotonic(), 0.0) * 1000)
+            events = self._pub_poll.poll(pub_fd, timeout=max(end - time.monotonic(), 0.0))
         for fd, _ in events:
             if fd != pub_fd:
                 self._read_answers()
@@ -226,9 +233,7 @@ class KombuPublishing(KombuConfirms):
             with self._publish_lock:
                 if raw is not raw_connection(self._pub_conn):
                     return  # dropped meanwhile: the requests go out again
-                check = select.poll()
-                check.register(pub_fd, select.POLLIN)
-                if not check.poll(0):
+                if not self._pub_poll.poll(pub_fd):
                     return  # a batch holding the lock read it
                 self._read_publisher_frame(raw)
 
@@ -265,7 +270,7 @@ class KombuPublishing(KombuConfirms):
         comes before the request. (Not for amqps, whose sockets cannot peek,
         nor where ``select.poll`` is missing.)
         """
-        if self._config.ssl or not hasattr(select, "poll"):
+        if self._config.ssl or not CAN_POLL:
             return
         if self._conn is not None and not self._broken and self._socket_alive():
             return
@@ -425,11 +430,16 @@ class KombuPublishing(KombuConfirms):
                                            envelope.content_encoding, dict(envelope.headers),
                                            properties)
         headers = dict(envelope.headers)
-        for key in headers:
-            if type(key) is str and not key.isascii():
-                # Keys received as text with surrogates (see text_key) go out as their bytes.
-                headers = {bytes_key(key): value for key, value in headers.items()}
-                break
+        try:
+            ascii_keys = "".join(headers).isascii()  # one test for all keys, per publish
+        except TypeError:  # a key that is not text
+            ascii_keys = False
+        if not ascii_keys:
+            for key in headers:
+                if type(key) is str and not key.isascii():
+                    # Keys received as text with surrogates (see text_key) go out as bytes.
+                    headers = {bytes_key(key): value for key, value in headers.items()}
+                    break
         return checked_message(channel, bytes(envelope.body), envelope.content_type,
                                envelope.content_encoding, headers, properties)
 

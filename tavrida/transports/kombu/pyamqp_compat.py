@@ -236,31 +236,18 @@ def tolerant_frame_handler(connection: Any,
     ``drain_events``: the server dies, and the broker redelivers the message
     to the next consumer, which dies too. In a ``basic.deliver`` a bad short
     string raises the same way and the message is never seen nor acked. Such
-    frames are rewritten here into frames py-amqp decodes (see
-    :func:`_lenient_text` and :func:`_lenient_table`); everything else is
-    py-amqp's own handler, untouched.
+    frames are rewritten into frames py-amqp decodes (see
+    :func:`_lenient_text` and :func:`_lenient_table`), by hooks of the fast
+    handler (no wrapper call per frame); everything else is py-amqp's own
+    state machine, untouched.
     """
+    return frame_handler(connection, callback, fix_args=_fix_content_args,
+                         fix_header=_sanitize_content_header, header_errors=_DECODE_ERRORS)
 
-    def on_method(channel_id: int, method_sig: Tuple[int, int], payload: bytes,
-                  content: Any) -> Any:
-        fmt = _CONTENT_METHOD_ARGS.get(method_sig)
-        if fmt is not None:
-            payload = _sanitize_method(fmt, payload)
-        return callback(channel_id, method_sig, payload, content)
 
-    on_frame = frame_handler(connection, on_method)
-
-    def on_tolerant_frame(frame: Frame) -> Any:
-        try:
-            return on_frame(frame)
-        except _DECODE_ERRORS:
-            frame_type, channel_id, buf = frame
-            if frame_type != 2:
-                raise
-            # The handler failed before recording the header: feed it a readable one.
-            return on_frame((frame_type, channel_id, _sanitize_content_header(buf)))
-
-    return on_tolerant_frame
+def _fix_content_args(method_sig: Tuple[int, int], payload: bytes) -> bytes:
+    """A content method's arguments (not ASCII) made decodable: :func:`_sanitize_method`."""
+    return _sanitize_method(_CONTENT_METHOD_ARGS[method_sig], payload)
 
 
 class AMQPChannel(pyamqp.Channel):

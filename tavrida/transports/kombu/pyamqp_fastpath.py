@@ -23,8 +23,9 @@ writers and frame handlers on the same input.
 
 from __future__ import annotations
 
+import collections
 import struct
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 import amqp
 from amqp import method_framing, spec
@@ -43,6 +44,8 @@ _BASIC_CLASS_ID = spec.Basic.CLASS_ID
 #: Properties the fast reader knows: content_type, content_encoding, application_headers,
 #: delivery_mode, priority, correlation_id, reply_to, expiration, message_id.
 _FAST_READ_FLAGS = 0xFF80
+#: Header names as read (UTF-8 bytes to text), the usual few kept: decoded once, not per message.
+_KEY_TEXTS: Dict[bytes, str] = {}
 
 
 def _fast_read_table(buf: bytes, offset: int) -> Tuple[Optional[Dict[Any, Any]], int]:
@@ -51,15 +54,22 @@ def _fast_read_table(buf: bytes, offset: int) -> Tuple[Optional[Dict[Any, Any]],
     offset += 4
     end = offset + length
     table: Dict[Any, Any] = {}
+    key_texts = _KEY_TEXTS
     while offset < end:
         size = buf[offset]
         offset += 1
         raw_key = buf[offset:offset + size]
         offset += size
-        try:
-            key: Any = raw_key.decode("utf-8", "surrogatepass")
-        except UnicodeDecodeError:
-            key = raw_key
+        if raw_key in key_texts:
+            key: Any = key_texts[raw_key]
+        else:
+            try:
+                key = raw_key.decode("utf-8", "surrogatepass")
+            except UnicodeDecodeError:
+                key = raw_key
+            else:
+                if len(key_texts) < 1024:
+                    key_texts[raw_key] = key
         kind = buf[offset]
         offset += 1
         if kind == 83:  # S
@@ -128,15 +138,24 @@ class FastMessage(amqp.Message):  # type: ignore[misc]  # py-amqp has no types
         return super()._load_properties(class_id, buf, offset)
 
 
-def frame_handler(connection: Any, callback: Callable[..., Any]) -> Callable[[Frame], Any]:
+def frame_handler(connection: Any, callback: Callable[..., Any],
+                  fix_args: Optional[Callable[[Tuple[int, int], bytes], bytes]] = None,
+                  fix_header: Optional[Callable[[bytes], bytes]] = None,
+                  header_errors: Tuple[Type[BaseException], ...] = ()
+                  ) -> Callable[[Frame], Any]:
     """py-amqp's ``method_framing.frame_handler``, building :class:`FastMessage` objects.
 
     The same state machine line for line (expected frame type per channel,
     content methods wait for their header and body, heartbeats count as
     received bytes); only the message class differs. Canary test: both
     handlers give the same callbacks for the same frames.
+
+    The hooks of the tolerant handler (:func:`.pyamqp_compat.tolerant_frame_handler`),
+    run here rather than in a wrapper around every frame: ``fix_args`` rewrites the
+    arguments of a content method that are not ASCII (before the callback),
+    ``fix_header`` a content header whose reading raised one of ``header_errors``.
     """
-    expected_types: Dict[int, int] = {}
+    expected_types: Dict[int, int] = collections.defaultdict(lambda: 1)
     partial_messages: Dict[int, FastMessage] = {}
     content_methods = method_framing._CONTENT_METHODS
     unpack_from = struct.unpack_from
@@ -144,7 +163,7 @@ def frame_handler(connection: Any, callback: Callable[..., Any]) -> Callable[[Fr
     def on_frame(frame: Frame) -> Any:
         frame_type, channel, buf = frame
         connection.bytes_recv += 1
-        expected = expected_types.get(channel, 1)
+        expected = expected_types[channel]
         if frame_type != expected and frame_type != 8:
             raise amqp.exceptions.UnexpectedFrame(
                 f"Received frame {frame_type} while expecting type: {expected}")
@@ -159,21 +178,31 @@ def frame_handler(connection: Any, callback: Callable[..., Any]) -> Callable[[Fr
             callback(channel, method_sig, buf, None)
         elif frame_type == 2:
             msg = partial_messages[channel]
-            msg.inbound_header(buf)
+            try:
+                msg.inbound_header(buf)
+            except header_errors:
+                assert fix_header is not None
+                msg.inbound_header(fix_header(buf))  # failed before recording the header
             if not msg.ready:
                 expected_types[channel] = 3  # wait for the content body
                 return False
             expected_types[channel] = 1  # bodyless message: done
-            partial_messages.pop(channel, None)
-            callback(channel, msg.frame_method, msg.frame_args, msg)
+            del partial_messages[channel]
+            args = msg.frame_args
+            if fix_args is not None and not args.isascii():
+                args = fix_args(msg.frame_method, args)
+            callback(channel, msg.frame_method, args, msg)
         elif frame_type == 3:
             msg = partial_messages[channel]
             msg.inbound_body(buf)
             if not msg.ready:
                 return False  # wait for the rest of the content body
             expected_types[channel] = 1
-            partial_messages.pop(channel, None)
-            callback(channel, msg.frame_method, msg.frame_args, msg)
+            del partial_messages[channel]
+            args = msg.frame_args
+            if fix_args is not None and not args.isascii():
+                args = fix_args(msg.frame_method, args)
+            callback(channel, msg.frame_method, args, msg)
         elif frame_type == 8:
             return False  # a heartbeat: bytes_recv is updated already
         return True
@@ -199,8 +228,9 @@ def _fast_table(table: Dict[Any, Any]) -> Optional[bytes]:
     append = parts.append
     keys = _KEY_BYTES
     for key, value in table.items():
-        prefix = keys.get(key) if type(key) is str else None
-        if prefix is None:
+        if type(key) is str and key in keys:
+            prefix = keys[key]
+        else:
             if type(key) is not str:
                 return None
             raw_key = key.encode("utf-8", "surrogatepass")
@@ -234,7 +264,9 @@ def fast_properties(properties: Dict[str, Any]) -> Optional[bytes]:
     flags = 0
     parts: List[bytes] = []
     for name, kind, flag in _PROPERTY_FLAGS:
-        value = properties.get(name)
+        if name not in properties:
+            continue
+        value = properties[name]
         if value is None:
             continue
         flags |= flag
@@ -242,10 +274,10 @@ def fast_properties(properties: Dict[str, Any]) -> Optional[bytes]:
             if type(value) is not str:
                 return None
             raw = value.encode("utf-8", "surrogatepass")
-            if len(raw) > 255:
+            size = len(raw)
+            if size > 255:
                 return None
-            parts.append(bytes((len(raw),)))
-            parts.append(raw)
+            parts.append(bytes((size,)) + raw)
         elif kind == "o":
             if type(value) is not int or not 0 <= value <= 255:
                 return None

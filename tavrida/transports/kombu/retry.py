@@ -42,8 +42,8 @@ def retry_call(fun: Callable[[], T], *, attempts: int, delay: float, max_interva
     setting it ends the sleep. ``what`` and ``url`` name the operation in the
     warning logged before a pause (``url`` is turned into text only then).
     """
-    tries_left = None if attempts < 0 else max(attempts, 1)
-    interval = delay = max(delay, 0.0)
+    tries_left = None if attempts < 0 else (1 if 1 > attempts else attempts)  # max(attempts, 1)
+    interval = delay = 0.0 if 0.0 > delay else delay  # max(delay, 0.0)
     while True:
         if check is not None:
             check()

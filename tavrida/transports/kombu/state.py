@@ -18,8 +18,10 @@ from kombu.connection import Connection
 from tavrida.config import ConnectionConfig
 from tavrida.transports.base import Binding, OnMessage, Transport
 from tavrida.transports.kombu.batch import Batch
+from tavrida.transports.kombu.deadlines import ThreadState
 from tavrida.transports.kombu.deliveries import Consumer, KombuDelivery
 from tavrida.transports.kombu.nodes import NodeRotation
+from tavrida.transports.kombu.polling import Readable
 from tavrida.transports.kombu.retry import Errors
 
 
@@ -60,7 +62,7 @@ class KombuState(Transport):
     _resume: List[Consumer]
     _next_topology_check: float
     _ready: Deque[Tuple[KombuDelivery, OnMessage]]
-    _unsettled: Set[int]
+    _unsettled: Set[KombuDelivery]
     _slice: float
     _settles: Deque[Tuple[KombuDelivery, Optional[bool]]]
     _unrestored: List[Any]
@@ -68,10 +70,18 @@ class KombuState(Transport):
     _closed: bool
     _wake: threading.Event
     _interrupted: bool
-    _local: threading.local
+    _local: ThreadState
     _closing: threading.Event
     _beat_thread: Optional[threading.Thread]
     _last_beat: float
+    #: Polls of the consuming socket: may acks wait (``_lock`` held), is it alive (any thread).
+    _ack_poll: Readable
+    _alive_poll: Readable
+    #: Polls of the publishing socket, with or without the reply queue's (the reader's).
+    _confirm_poll: Readable
+    _pub_poll: Readable
+    #: Poll of the consuming and the publishing sockets, for deferred confirms.
+    _sockets_poll: Readable
     # The publishing connection (guarded by _publish_lock).
     _publish_lock: threading.Lock
     _pub_conn: Optional[Connection]

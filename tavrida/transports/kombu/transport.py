@@ -18,7 +18,9 @@ from kombu.connection import Connection
 from tavrida import exceptions
 from tavrida.config import ConnectionConfig
 from tavrida.transports.kombu.connections import AMQP_SCHEMES
+from tavrida.transports.kombu.deadlines import ThreadState
 from tavrida.transports.kombu.deferring import KombuDeferring
+from tavrida.transports.kombu.polling import Readable
 
 __all__ = ["KombuTransport"]
 
@@ -82,7 +84,7 @@ class KombuTransport(KombuDeferring):
         self._resume = []
         self._next_topology_check = 0.0
         self._ready = collections.deque()
-        #: Deliveries handed out and not yet acked or rejected (ids; set ops are atomic).
+        #: Deliveries handed out and not yet acked or rejected (set ops are atomic).
         self._unsettled = set()
         self._slice = self.poll_interval
         self._settles = collections.deque()
@@ -94,11 +96,16 @@ class KombuTransport(KombuDeferring):
         self._wake = threading.Event()
         self._interrupted = False
         #: Per-thread deadline of blocking operations (see deadline()).
-        self._local = threading.local()
+        self._local = ThreadState()
         self._closing = threading.Event()
         #: Keeps heartbeats going while a callback runs on the draining thread (AMQP).
         self._beat_thread = None
         self._last_beat = 0.0
+        self._ack_poll = Readable()
+        self._alive_poll = Readable()
+        self._confirm_poll = Readable()
+        self._pub_poll = Readable()
+        self._sockets_poll = Readable()
 
         # Publishing connection: state guarded by _publish_lock.
         self._publish_lock = threading.Lock()

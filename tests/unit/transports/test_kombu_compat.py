@@ -418,10 +418,34 @@ def test_the_frame_handler_calls_back_as_py_amqps_does(properties) -> None:
             for channel, sig, args, msg in calls]
 
     assert run(pyamqp_fastpath.frame_handler) == run(method_framing.frame_handler)
+    assert run(pyamqp_compat.tolerant_frame_handler) == run(method_framing.frame_handler)
     with pytest.raises(amqp.exceptions.UnexpectedFrame):
         pyamqp_fastpath.frame_handler(Conn(), lambda *args: None)((3, 1, b"x"))
     with pytest.raises(amqp.exceptions.UnexpectedFrame):
         method_framing.frame_handler(Conn(), lambda *args: None)((3, 1, b"x"))
+
+
+def test_the_tolerant_handler_reads_a_delivery_plain_py_amqp_cannot() -> None:
+    """A consumer tag and a header table py-amqp cannot decode (see the tests above)."""
+    class Conn:
+        bytes_recv = 0
+
+    calls: list = []
+    conn = Conn()
+    handler = pyamqp_compat.tolerant_frame_handler(conn, lambda *args: calls.append(args))
+    body = b"body!"
+    header = (struct.pack(">HxxQ", spec.Basic.CLASS_ID, len(body))
+              + struct.pack(">H", 0x2000) + HUGE_TIMESTAMP_TABLE)  # application_headers only
+    results = [handler(frame) for frame in [(1, 1, BAD_DELIVER), (2, 1, header), (3, 1, body)]]
+    assert results == [False, False, True] and conn.bytes_recv == 3
+    [(channel, sig, args, message)] = calls
+    assert (channel, sig) == (1, spec.Basic.Deliver)
+    tag, delivery_tag, redelivered, exchange, routing_key = serialization.loads(
+        "sLbss", args, 4)[0]
+    assert tag.encode("utf-8", "surrogateescape") == b"\xff"
+    assert (delivery_tag, redelivered, exchange, routing_key) == (1, False, "x", "y")
+    assert message.body == body
+    assert message.properties == {"application_headers": {"t": str(2 ** 64 - 1)}}
 
 
 # -- virtual: kombu's memory transport -------------------------------------------------------------

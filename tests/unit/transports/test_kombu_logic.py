@@ -9,6 +9,7 @@ behaviour on real brokers is tested in tests/integration.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -265,6 +266,41 @@ def test_settles_from_other_threads_wait_for_the_holder_in_order(
         assert channel.calls == []
         consuming._perform_settles()
     assert channel.calls == [("ack", tag, None) for tag in range(1, 6)]
+
+
+def test_an_ack_from_another_thread_while_the_queue_is_emptied_is_not_lost(
+        consuming: KombuTransport) -> None:
+    channel = RecordingChannel()
+    first, second = delivery(consuming, channel, 1), delivery(consuming, channel, 2)
+
+    class Settles(collections.deque):  # type: ignore[type-arg]
+        """The queue of settles, another thread's ack landing while it is emptied."""
+
+        arrived = False
+
+        def _arrive(self) -> None:
+            if not self.arrived:
+                self.arrived = True
+                worker = threading.Thread(target=second.ack)  # the lock is busy: it queues
+                worker.start()
+                worker.join()
+
+        def popleft(self) -> Any:
+            self._arrive()
+            return super().popleft()
+
+        def clear(self) -> None:
+            self._arrive()
+            super().clear()
+
+    consuming._settles = Settles()
+    with consuming._lock:  # drain() is reading
+        worker = threading.Thread(target=first.ack)  # queued: the lock is busy
+        worker.start()
+        worker.join()
+        consuming._perform_settles()
+    consuming._perform_settles()
+    assert channel.calls == [("ack", 1, None), ("ack", 2, None)]
 
 
 def received(transport: KombuTransport, channel: Any, tags: List[int]) -> List[KombuDelivery]:
