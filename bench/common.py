@@ -22,6 +22,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 #: Every process of a run is spawned (never forked): a child's RSS is its own.
 CTX = multiprocessing.get_context("spawn")
 
+if os.environ.get("TAVRIDA_BENCH_TIMELINE"):  # python -m bench.timeline's children
+    from bench.timeline import install
+
+    install()
+
 #: Clock shared by all processes of the machine (CLOCK_MONOTONIC on Linux).
 now = time.perf_counter
 

@@ -28,9 +28,19 @@ WAITS = ("poll", "select", "epoll", "acquire", "wait", "sleep", "recv")
 
 @contextlib.contextmanager
 def maybe_profile(path: str) -> Iterator[None]:
-    """Profile the block (this thread only) into ``path``; nothing if ``path`` is empty."""
+    """Profile the block (this thread only) into ``path``; nothing if ``path`` is empty.
+
+    A ``path`` ending in ``.timeline.json`` records the process's socket I/O
+    instead (:func:`bench.timeline.recording`).
+    """
     if not path:
         yield
+        return
+    if path.endswith(".timeline.json"):
+        from bench.timeline import recording
+
+        with recording(path):
+            yield
         return
     import cProfile
 

@@ -277,3 +277,21 @@ def test_handoff_measures_round_trips_between_two_threads():
 
     assert math.isfinite(round_trips(50, 1.0))
     assert main(["--round-trips", "20", "--work", "0", "--repeat", "1"]) == 0
+
+
+def test_timeline_splits_each_call_into_its_four_legs():
+    """``python -m bench.timeline``: legs from the two processes' socket events (ns)."""
+    from bench.timeline import LEGS, legs
+
+    client, service = [], []
+    for call in range(3):
+        t = call * 1_000_000
+        client.append((t, "send", 500))  # the request
+        service += [(t + 100_000, "recv", 7), (t + 110_000, "recv", 400),
+                    (t + 150_000, "send", 21),  # an ack: not the answer
+                    (t + 300_000, "send", 415)]  # the answer
+        client += [(t + 500_000, "recv", 7), (t + 520_000, "recv", 300)]
+    client.append((3_000_000, "send", 500))
+    found = legs(client, service)
+    assert [found[leg] for leg in LEGS] == [[100.0] * 3, [200.0] * 3, [220.0] * 3,
+                                            [480.0] * 3]
