@@ -5,7 +5,8 @@ module of this package: :mod:`.state` (what the parts share),
 :mod:`.connections` (parameters, reconnects), :mod:`.deadlines`, :mod:`.retry`
 (the one retry loop), :mod:`.nodes` (a cluster's nodes), :mod:`.heartbeats`, :mod:`.declaring`,
 :mod:`.consuming` (consumers, deliveries, settling), :mod:`.draining`, :mod:`.polling`,
-:mod:`.confirms` (acks, nacks, returns), :mod:`.publishing`; the
+:mod:`.confirms` (acks, nacks, returns), :mod:`.publishing`,
+:mod:`.shared_confirms` (blocking calls' requests), :mod:`.deferring`; the
 workarounds of kombu's and py-amqp's behaviour, the only modules using
 private names of theirs, are :mod:`.pyamqp_compat`, :mod:`.virtual` and
 :mod:`.redis_fetch`. :mod:`.transport` sets the shared state up, connects

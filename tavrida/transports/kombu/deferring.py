@@ -24,8 +24,8 @@ from tavrida import exceptions
 from tavrida.transports.base import Deferral, OnConfirmed
 from tavrida.transports.kombu.batch import Batch
 from tavrida.transports.kombu.polling import CAN_POLL, fileno
-from tavrida.transports.kombu.publishing import KombuPublishing
 from tavrida.transports.kombu.pyamqp_compat import raw_connection
+from tavrida.transports.kombu.shared_confirms import KombuSharedConfirms
 
 LOG = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ LOG = logging.getLogger(__name__)
 MAX_CONFIRM_READS = 64
 
 
-class KombuDeferring(KombuPublishing):
+class KombuDeferring(KombuSharedConfirms):
     """The deferred confirms of :class:`~tavrida.transports.kombu.KombuTransport`."""
 
     def deferring(self, on_confirmed: OnConfirmed

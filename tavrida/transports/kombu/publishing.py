@@ -5,7 +5,7 @@ One channel in confirm mode is shared by every thread under
 published again (at least once). A batch holds the lock while it waits for
 its confirms; the request of a blocking call does not: it publishes under
 the lock and waits beside the other callers' requests, one of them reading
-the confirms for all (see :meth:`KombuPublishing.publish_request`).
+the confirms for all (:mod:`.shared_confirms`).
 kombu's ``Producer`` is not used: it has no ``mandatory`` return matching,
 and tavrida needs the raw ``basic_publish`` of the channel to pipeline
 confirms.
@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import amqp
 
@@ -30,7 +29,6 @@ from tavrida.transports.kombu.pyamqp_compat import (
     UNENCODABLE,
     bytes_key,
     checked_message,
-    raw_connection,
 )
 from tavrida.transports.kombu.virtual import NoRoute, strict_lookup
 
@@ -48,22 +46,6 @@ class KombuPublishing(KombuConfirms):
         """
         self._publish([envelope])
 
-    def publish_request(self, envelope: OutgoingEnvelope,
-                        answered: Callable[[], bool]) -> None:
-        """Publish a blocking call's request; return at its confirm or once ``answered()``.
-
-        With confirms over plain TCP (sockets that can be polled), the
-        publishing lock is held only to write: the requests of many calling
-        threads are confirmed together, one waiting thread reading the
-        confirms for all and the reply queue too. An answer proves the
-        request was routed, so the call need not wait for the confirm (read
-        later, it matches nothing). A nack or return read before the answer
-        raises as :meth:`publish` does; a request lost with the connection or
-        the channel before its confirm is published again.
-        """
-        shared = self._confirms and not self._config.ssl and CAN_POLL
-        self._publish([envelope], answered if shared else None)
-
     def publish_many(self, envelopes: Iterable[OutgoingEnvelope]) -> None:
         """Publish all, then wait for all confirms (pipelined).
 
@@ -79,8 +61,12 @@ class KombuPublishing(KombuConfirms):
         self._publish(list(envelopes))
 
     def _publish(self, envelopes: List[OutgoingEnvelope],
-                 answered: Optional[Callable[[], bool]] = None) -> None:
-        """Publish a batch holding the lock, or a request beside others (``answered``)."""
+                 request: Optional[Callable[[Batch], None]] = None) -> None:
+        """Publish a batch holding the lock, or one request by ``request(batch)``.
+
+        ``request`` is how a blocking call's request waits beside the others
+        (:mod:`.shared_confirms`).
+        """
         batch = Batch(envelopes)
         if not batch.envelopes:
             return
@@ -89,7 +75,7 @@ class KombuPublishing(KombuConfirms):
                 batch.fail(index, "the transport is closed")
             raise batch.error()
         deferral = None
-        if answered is None and len(batch.envelopes) == 1:
+        if request is None and len(batch.envelopes) == 1:
             deferral = self._local.deferral
         with self.deadline(self._config.publish_timeout):
             try:
@@ -98,8 +84,8 @@ class KombuPublishing(KombuConfirms):
                 if deferral is not None:
                     self._local.deferral = None  # the next publish only
                     self._publish_deferred(batch, deferral)
-                elif answered is not None:
-                    self._confirm_or_answer(batch, answered)
+                elif request is not None:
+                    request(batch)
                 else:
                     lock = self._publish_lock
                     self._take(lock)  # (not _holding(): this runs for every publish)
@@ -131,71 +117,6 @@ class KombuPublishing(KombuConfirms):
                 self._deferred.append(batch)
                 deferral.taken = True
 
-    def _confirm_or_answer(self, batch: Batch, answered: Callable[[], bool]) -> None:
-        """Publish a request and wait for its confirm or its answer, sharing the connection.
-
-        The lock is held to write and to read, never to wait: one waiting
-        thread at a time (the reader) polls the publishing socket and the
-        reply queue's together and reads what comes; the others wait, each on
-        its own condition, woken when their request is settled or answered,
-        or (one of them) to read next. A request whose publish was lost
-        (connection or channel) before its confirm goes out again.
-        """
-        deadline = 0.0
-        sent = False
-        lock = self._publish_lock
-        waiting: Optional[Tuple[Batch, threading.Condition, Callable[[], bool]]] = None
-        while True:
-            if not lock.acquire(False):
-                self._take(lock)
-            try:
-                if not batch.todo:
-                    return
-                if sent and answered():
-                    # The answer proves it was routed: its confirm, read later, matches nothing.
-                    self._forget(batch)
-                    batch.todo.clear()
-                    return
-                if not batch.inflight:
-                    self._send_request(batch)
-                    sent = True
-                    now = time.monotonic()
-                    deadline = now + self.confirm_timeout
-                    own = self._local.deadline
-                    if own is not None and own < deadline:
-                        deadline = own
-                    if not batch.todo or not batch.inflight:
-                        continue  # confirmed, failed or lost while it was written
-                else:
-                    now = time.monotonic()
-                remaining = deadline - now
-                if remaining <= 0:
-                    self._drop_publisher()
-                    batch.fail(0, "no confirm from the broker in time (confirm_timeout "
-                                  f"{self.confirm_timeout}s, or the publish deadline)")
-                    return
-                if self._pub_reader:
-                    if waiting is None:  # made when needed: most calls never wait here
-                        waiting = (batch, threading.Condition(lock), answered)
-                    self._pub_idle.append(waiting)
-                    try:
-                        waiting[1].wait(min(remaining, self.poll_interval))
-                    finally:
-                        self._pub_idle.remove(waiting)
-                    continue
-                self._pub_reader = True
-                raw = raw_connection(self._pub_conn)
-            finally:
-                lock.release()
-            try:
-                poll = self.poll_interval
-                self._read_confirms(raw, poll if poll < remaining else remaining)
-            finally:
-                with lock:
-                    self._pub_reader = False
-                    if self._pub_idle:
-                        self._wake_waiting(handover=not batch.todo or answered())
-
     def _wake_waiting(self, handover: bool) -> None:
         """Wake the waiting requests settled or answered, and one more to read if ``handover``."""
         for batch, wake, answered in self._pub_idle:
@@ -204,38 +125,6 @@ class KombuPublishing(KombuConfirms):
             elif handover:
                 wake.notify()
                 handover = False
-
-    def _read_confirms(self, raw: Any, timeout: float) -> None:
-        """The reader: wait up to ``timeout`` for the publishing or the consuming socket, read.
-
-        Polled without the lock (plain TCP: py-amqp reads no further than the
-        frame it needs, so a socket with nothing to read holds no whole frame
-        in a buffer); read with it, after checking that nobody read meanwhile.
-        """
-        try:
-            pub_fd = raw.transport.sock.fileno()
-        except (AttributeError, OSError):
-            return  # closed meanwhile: the requests go out again
-        reply_fd = self._reply_fd()
-        end = time.monotonic() + timeout
-        fds = (pub_fd, reply_fd) if reply_fd >= 0 else (pub_fd,)
-        events = self._confirm_poll.poll(*fds, timeout=timeout)
-        # At most two sockets ready: the first and the last are all of them.
-        while events and events[0][0] != pub_fd and events[-1][0] != pub_fd:
-            if self._read_answers():
-                return
-            # Another thread drains the replies: wait for the publishing socket alone.
-            events = self._pub_poll.poll(pub_fd, timeout=max(end - time.monotonic(), 0.0))
-        for fd, _ in events:
-            if fd != pub_fd:
-                self._read_answers()
-                continue
-            with self._publish_lock:
-                if raw is not raw_connection(self._pub_conn):
-                    return  # dropped meanwhile: the requests go out again
-                if not self._pub_poll.poll(pub_fd):
-                    return  # a batch holding the lock read it
-                self._read_publisher_frame(raw)
 
     def _read_publisher_frame(self, raw: Any) -> bool:
         """Read what the publishing connection holds (``_publish_lock`` held); False: stop.
