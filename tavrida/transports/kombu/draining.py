@@ -14,6 +14,7 @@ import time
 
 from tavrida import exceptions
 from tavrida.transports.kombu.consuming import KombuConsuming
+from tavrida.transports.kombu.deadlines import take
 from tavrida.transports.kombu.polling import fileno
 from tavrida.transports.kombu.pyamqp_compat import raw_connection
 
@@ -50,8 +51,8 @@ class KombuDraining(KombuConsuming):
                 self._stop.wait(max(remaining, 0.0))
                 break
             try:
-                if not lock.acquire(False):
-                    self._take(lock)
+                if not lock.acquire(False):  # (the uncontended case without a call)
+                    take(self._local, lock, self._failed)
                 try:
                     # min(max(remaining, min_poll_interval), next slice), for every read
                     floor = self.min_poll_interval

@@ -21,7 +21,8 @@ from typing import Any, Callable, Optional, Tuple
 
 from tavrida.transports.base import OutgoingEnvelope
 from tavrida.transports.kombu.batch import Batch
-from tavrida.transports.kombu.polling import CAN_POLL
+from tavrida.transports.kombu.deadlines import take
+from tavrida.transports.kombu.polling import CAN_POLL, fileno
 from tavrida.transports.kombu.publishing import KombuPublishing
 from tavrida.transports.kombu.pyamqp_compat import raw_connection
 
@@ -62,8 +63,8 @@ class KombuSharedConfirms(KombuPublishing):
         lock = self._publish_lock
         waiting: Optional[Tuple[Batch, threading.Condition, Callable[[], bool]]] = None
         while True:
-            if not lock.acquire(False):
-                self._take(lock)
+            if not lock.acquire(False):  # (the uncontended case without a call)
+                take(self._local, lock, self._failed)
             try:
                 if not batch.todo:
                     return
@@ -120,9 +121,8 @@ class KombuSharedConfirms(KombuPublishing):
         frame it needs, so a socket with nothing to read holds no whole frame
         in a buffer); read with it, after checking that nobody read meanwhile.
         """
-        try:
-            pub_fd = raw.transport.sock.fileno()
-        except (AttributeError, OSError):
+        pub_fd = fileno(raw)
+        if pub_fd < 0:
             return  # closed meanwhile: the requests go out again
         reply_fd = self._reply_fd()
         end = time.monotonic() + timeout
