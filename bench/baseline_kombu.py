@@ -108,8 +108,7 @@ def service_loop(conn: kombu.Connection, queue: kombu.Queue, setup: Setup,
         if setup.kombu_wire:
             reply, headers, exchange, key = kombu_wire.answer(
                 body, message.headers, {"value": body["payload"]["value"]})
-            producer.publish(reply, exchange=exchange, routing_key=key, headers=headers,
-                             serializer="json", mandatory=True, **kombu_wire.PROPERTIES)
+            kombu_wire.publish(producer, reply, headers, exchange, key)
         else:
             properties = message.properties
             producer.publish({"value": body["value"]}, exchange="",
@@ -173,9 +172,8 @@ class RPCClient:
             body, headers, extra = kombu_wire.call(value, self.names.reply_exchange,
                                                    CALL_TIMEOUT, self.source)
             correlation_id = headers["correlation_id"]
-            self.producer.publish(body, exchange=self.names.exchange, routing_key=ECHO_KEY,
-                                  headers=headers, serializer="json", mandatory=True,
-                                  **kombu_wire.PROPERTIES, **extra)
+            kombu_wire.publish(self.producer, body, headers, self.names.exchange, ECHO_KEY,
+                               **extra)
         else:
             correlation_id = uuid.uuid4().hex
             self.producer.publish({"value": value}, exchange=self.names.exchange,
@@ -275,8 +273,7 @@ def _publish_loop(conn: kombu.Connection, setup: Setup, n: int, exchange: str,
     def publish(i: int) -> None:
         if wire:
             body, headers, _ = kombu_wire.request(i, routing_key)
-            producer.publish(body, exchange=exchange, routing_key=routing_key, headers=headers,
-                             serializer="json", mandatory=True, **kombu_wire.PROPERTIES)
+            kombu_wire.publish(producer, body, headers, exchange, routing_key)
         else:
             producer.publish({"value": i}, exchange=exchange, routing_key=routing_key,
                              delivery_mode=2, serializer="json")

@@ -19,13 +19,13 @@ import traceback
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from bench import timeline  # (stdlib only at import: no cycle with this module)
+
 #: Every process of a run is spawned (never forked): a child's RSS is its own.
 CTX = multiprocessing.get_context("spawn")
 
-if os.environ.get("TAVRIDA_BENCH_TIMELINE"):  # python -m bench.timeline's children
-    from bench.timeline import install
-
-    install()
+if os.environ.get(timeline.ENVIRONMENT):  # python -m bench.timeline's children
+    timeline.install()
 
 #: Clock shared by all processes of the machine (CLOCK_MONOTONIC on Linux).
 now = time.perf_counter

@@ -28,10 +28,18 @@ from bench.common import CLIENT, ECHO_KEY
 REPLY_EXCHANGE = "x-tavrida-reply-exchange"
 #: A blocking call's deadline, epoch milliseconds.
 EXPIRES_AT = "x-tavrida-expires-at"
-#: The AMQP properties tavrida sets on every message, but for ``content_type`` and
-#: ``content_encoding`` (``application/json``, ``utf-8``), which kombu's ``json``
-#: serializer sets.
-PROPERTIES: Dict[str, Any] = {"delivery_mode": 2}
+
+
+def publish(producer: Any, body: Dict[str, Any], headers: Dict[str, Any], exchange: str,
+            routing_key: str, **extra: Any) -> None:
+    """Send one of these messages through kombu's ``Producer`` as tavrida sends it.
+
+    Persistent and mandatory; ``content_type`` and ``content_encoding``
+    (``application/json``, ``utf-8``) are those kombu's ``json`` serializer sets.
+    ``extra``: more publish arguments (a call's ``expiration``).
+    """
+    producer.publish(body, exchange=exchange, routing_key=routing_key, headers=headers,
+                     serializer="json", mandatory=True, delivery_mode=2, **extra)
 
 
 def request(value: Any, destination: str, reply_exchange: str = "", timeout: float = 0.0,

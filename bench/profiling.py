@@ -123,14 +123,19 @@ def _memory_pipeline(path: str, n: int) -> None:
     srv.close()
 
 
-def _profile_pair(setup: Any, side: str, scenario: str, n: int,
-                  out: str) -> List[Tuple[str, str, int]]:
-    """Run ``scenario`` ("call" or "cast") for ``side`` with both processes profiled."""
+def profile_pair(setup: Any, side: str, scenario: str, n: int, out: str,
+                 ext: str = ".pstats") -> List[Tuple[str, str, int]]:
+    """Run ``scenario`` ("call" or "cast") for ``side`` with both processes profiled.
+
+    Returns (title, file, messages) for the client, then the service; the
+    files are ``<out>/<scenario>-<side>-{client,service}<ext>`` (``ext``
+    ``.timeline.json``: socket I/O, see :func:`maybe_profile`).
+    """
     from bench.scenarios import Cluster, side_module
 
     module = side_module(side)
-    service_file = f"{out}/{scenario}-{side}-service.pstats"
-    client_file = f"{out}/{scenario}-{side}-client.pstats"
+    service_file = f"{out}/{scenario}-{side}-service{ext}"
+    client_file = f"{out}/{scenario}-{side}-client{ext}"
     expected = setup.warmup + n if scenario == "cast" else 0
     client_target = module.call_client if scenario == "call" else module.cast_client
     with Cluster(setup) as cluster:
@@ -167,8 +172,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup = Setup(url=args.url, confirms=args.confirms == "on", kombu_wire=args.kombu_wire)
     files: List[Tuple[str, str, int]] = []
     for side in [name.strip() for name in args.sides.split(",") if name.strip()]:
-        files += _profile_pair(setup, side, "call", args.calls, out)
-        files += _profile_pair(setup, side, "cast", args.casts, out)
+        files += profile_pair(setup, side, "call", args.calls, out)
+        files += profile_pair(setup, side, "cast", args.casts, out)
     memory_file = f"{out}/memory-pipeline-tavrida.pstats"
     child = Child(_memory_child, memory_file, args.memory_casts, lifetime=setup.timeout)
     try:

@@ -121,22 +121,15 @@ def legs(client: Sequence[Event], service: Sequence[Event]) -> Dict[str, List[fl
 
 def run_side(setup: Any, side: str, n: int, directory: str) -> Dict[str, List[float]]:
     """Scenario 1 for ``side`` with both processes' socket I/O recorded."""
-    from bench.scenarios import Cluster, side_module
+    from bench.profiling import profile_pair
 
-    module = side_module(side)
-    service_file = os.path.join(directory, f"{side}-service.timeline.json")
-    client_file = os.path.join(directory, f"{side}-client.timeline.json")
-    with Cluster(setup) as cluster:
-        names = cluster.names("timeline")
-        service = cluster.spawn(module.serve, setup, names, "rpc", 0, service_file)
-        service.expect("ready", setup.timeout)
-        cluster.spawn(module.call_client, setup, names, n, client_file).expect(
-            "result", setup.timeout)
+    (_, client_file, _), (_, service_file, _) = profile_pair(
+        setup, side, "call", n, directory, ext=".timeline.json")
     with open(client_file, encoding="utf-8") as handle:
         client = json.load(handle)
     with open(service_file, encoding="utf-8") as handle:
-        service_events = json.load(handle)
-    return legs(client, service_events)
+        service = json.load(handle)
+    return legs(client, service)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
