@@ -174,7 +174,6 @@ def test_peers_need_rabbitmq_and_known_names():
     assert choose_peers("", "", Setup(url="memory://"))[0] == []
 
 
-
 def _wire_copy(conn, names, key):
     """A queue bound beside the client's: a copy of every answer routed to ``key``."""
     import kombu
