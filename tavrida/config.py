@@ -31,6 +31,8 @@ MEMORY_SCHEMES = ("memory",)
 KOMBU_SCHEMES = ("amqp", "amqps", "pyamqp", "redis", "rediss", "kombu+memory")
 #: Default of :attr:`ConnectionConfig.publish_timeout`, in seconds.
 DEFAULT_PUBLISH_TIMEOUT = 30.0
+#: Default grace period of a server's stop (``Server(stop_timeout=...)``), in seconds.
+DEFAULT_STOP_TIMEOUT = 30.0
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671, "pyamqp": 5672, "redis": 6379, "rediss": 6379}
 
 

@@ -17,6 +17,7 @@
     retry_backoff = 0.5                          ; for a retry (none: no limit), first
     retry_backoff_max = 30                       ; delay in seconds, doubling up to this
     queue_type = classic                         ; or quorum (RabbitMQ 3.8+): new names only
+    stop_timeout = 30                            ; seconds a stop waits for the messages in hand
 
     [discovery]
     file = services.ds                           ; relative to this file
@@ -128,6 +129,7 @@ SCHEMA: Dict[str, Dict[str, type]] = {
         "retry_backoff": float,
         "retry_backoff_max": float,
         "queue_type": str,  # classic or quorum (see tavrida.transports.base.QUEUE_TYPES)
+        "stop_timeout": float,
     },
     "discovery": {
         "file": str,
@@ -246,6 +248,9 @@ class ServiceConfig:
         self.retry_policy = self._retry_policy()
         #: ``classic`` (tavrida 1.0's, the default) or ``quorum`` (see ``Server``).
         self.queue_type = self._choice("server", "queue_type", QUEUE_TYPES, "classic")
+        #: Grace period of a stop, in seconds (see ``Server``).
+        self.stop_timeout = self._non_negative("server", "stop_timeout",
+                                               config_mod.DEFAULT_STOP_TIMEOUT)
         self.service_classes = self._services()
         self.log_level = self._log_level()
         self.log_format = self._choice("logging", "format", ("text", "json"), "text")
@@ -335,6 +340,12 @@ class ServiceConfig:
         value: float = self.get(section, key, default)
         if not value > 0:
             raise self._error(section, key, f"{value!r} is not a positive number of seconds")
+        return value
+
+    def _non_negative(self, section: str, key: str, default: float) -> float:
+        value: float = self.get(section, key, default)
+        if not value >= 0:
+            raise self._error(section, key, f"{value!r} is not >= 0 seconds")
         return value
 
     def _retry_policy(self) -> RetryPolicy:

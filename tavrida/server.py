@@ -18,12 +18,15 @@ What happens to each message (the delivery guarantees):
   (see :mod:`tavrida.retries`), then dead-lettered (a call gets an Error);
 * a request whose caller gave up (a blocking call's
   :data:`~tavrida.messages.EXPIRES_AT_HEADER` is past) is logged and acked,
-  never run.
+  never run;
+* a stop (:meth:`Server.stop`, SIGTERM, SIGINT) takes no new message and
+  finishes, answers and acks those in hand within ``stop_timeout``; what is
+  still in hand then, or at a second signal, goes back to the queue unacked,
+  each named in the log (see :mod:`tavrida.shutdown`).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import logging
 import signal
@@ -41,6 +44,7 @@ from tavrida.retrying import Retrying
 from tavrida.router import Router, check_service_classes
 from tavrida.sender import Sender
 from tavrida.service import ServiceController
+from tavrida.shutdown import Shutdown, StopNow
 from tavrida.transports import create_transport
 from tavrida.transports.base import (
     Binding,
@@ -50,6 +54,7 @@ from tavrida.transports.base import (
     check_queue_type,
     dead_letter_queue_name,
 )
+from tavrida.workers import Workers
 
 LOG = logging.getLogger(__name__)
 
@@ -65,7 +70,8 @@ class Server(Retrying):
     ``retry_backoff`` seconds, doubling up to ``retry_backoff_max``, at most
     ``max_attempts`` times in all (None: no limit); see :mod:`tavrida.retries`.
     :meth:`run` blocks until :meth:`stop` is called from another thread or
-    SIGTERM/SIGINT arrives. ``queue_type="quorum"`` declares the queue and
+    SIGTERM/SIGINT arrives; the messages in hand are then finished within
+    ``stop_timeout`` seconds (see :meth:`stop`). ``queue_type="quorum"`` declares the queue and
     its dead-letter queue as RabbitMQ quorum queues (new names only; see
     :class:`~tavrida.transports.base.Topology`), ``max_attempts`` being
     the broker's delivery limit too.
@@ -86,12 +92,15 @@ class Server(Retrying):
                  max_attempts: Optional[int] = RetryPolicy.max_attempts,
                  retry_backoff: float = RetryPolicy.backoff,
                  retry_backoff_max: float = RetryPolicy.backoff_max,
-                 queue_type: str = "classic") -> None:
+                 queue_type: str = "classic",
+                 stop_timeout: float = config_mod.DEFAULT_STOP_TIMEOUT) -> None:
         if not queue_name or not exchange_name:
             raise exceptions.IncorrectAMQPConfig(
                 reason="Server needs a queue_name and an exchange_name")
         if workers < 0:
             raise exceptions.IncorrectAMQPConfig(reason="workers must be >= 0")
+        if not stop_timeout >= 0:
+            raise exceptions.IncorrectAMQPConfig(reason="stop_timeout must be >= 0 seconds")
         self.config = config_mod.as_config(config)
         self.queue_name = queue_name
         self.exchange_name = exchange_name
@@ -111,9 +120,12 @@ class Server(Retrying):
         self.hooks = HookList(hooks)
         #: Called on every handler or message failure (the test helpers use it).
         self.error_hooks: List[ErrorHook] = [self.hooks.failed]
-        self._stopping = threading.Event()
+        #: Grace period of a stop: seconds the messages in hand have to finish.
+        self.stop_timeout = stop_timeout
+        self._shutdown = Shutdown(queue_name, stop_timeout)
+        self._stopping = self._shutdown.requested
         self._started = False
-        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._workers: Optional[Workers[Delivery]] = None
         self._inflight = 0
         self._inflight_lock = threading.Lock()
         #: Messages taken so far (handled, answered or dead-lettered).
@@ -140,7 +152,7 @@ class Server(Retrying):
                    max_attempts=conf.retry_policy.max_attempts,
                    retry_backoff=conf.retry_policy.backoff,
                    retry_backoff_max=conf.retry_policy.backoff_max,
-                   queue_type=conf.queue_type)
+                   queue_type=conf.queue_type, stop_timeout=conf.stop_timeout)
 
     # -- topology ---------------------------------------------------------
 
@@ -179,8 +191,8 @@ class Server(Retrying):
         self.router = Router(self.controllers)
         self.transport.declare(topology)
         if self.workers:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                self.workers, thread_name_prefix=f"tavrida-{self.queue_name}")
+            self._workers = Workers(self.workers, f"tavrida-{self.queue_name}",
+                                    self._handle_in_worker)
             on_message = self._submit
         else:
             on_message = self.handle
@@ -211,16 +223,28 @@ class Server(Retrying):
         cannot be acked, and the broker delivers them again.
         """
         restore = self._install_signal_handlers()
+        shutdown = self._shutdown
         try:
             self.start()
             assert self.transport is not None
             self._awaiting = 0
             self._pipelined = self.pipelined_answers and not self.workers and not self.hooks
-            while not self._stopping.is_set():
-                self.transport.drain(1.0)
-                if self.hooks:
-                    self.hooks.tick(self)
-            self._finish()
+            if restore:
+                shutdown.abortable(True)  # a second signal ends it at once (StopNow)
+                if not self.workers:
+                    shutdown.watch()  # a handler on this thread past the grace period
+            try:
+                while not self._stopping.is_set():
+                    self.transport.drain(1.0)
+                    if self.hooks:
+                        self.hooks.tick(self)
+                self._finish()
+            except StopNow:
+                shutdown.abortable(False)
+                self._abandon("stopped at once (second signal)" if not self._grace_over()
+                              else f"the stop_timeout of {self.stop_timeout:g} s is over")
+            finally:
+                shutdown.finished()
         finally:
             self._pipelined = False
             for signum, handler in restore:
@@ -230,12 +254,30 @@ class Server(Retrying):
     def stop(self) -> None:
         """Ask :meth:`run` to stop: take no new message, finish and ack those in hand.
 
-        Also stops reconnecting: while the broker is unreachable, :meth:`run`
-        returns within a fraction of a second (safe from a signal handler).
+        The handlers running finish, their answers are published (and
+        confirmed) and their requests acked, and so are the messages already
+        taken for the workers, within ``stop_timeout`` seconds; what is still
+        in hand then goes back to the queue unacked (the broker delivers it
+        again) and the log names it. A second call (a second SIGTERM or
+        SIGINT) gives back what is in hand at once. Also stops reconnecting:
+        while the broker is unreachable, :meth:`run` returns within a
+        fraction of a second (safe from a signal handler).
         """
-        self._stopping.set()
+        self._shutdown.request()
         if self.transport is not None:
             self.transport.interrupt()
+            self.transport.stop()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if not self._shutdown.requested.is_set():
+            LOG.info("server on queue %s: signal %d, stopping (at most %g s; another signal "
+                     "stops at once)", self.queue_name, signum, self.stop_timeout)
+        self.stop()
+        if self._shutdown.immediate.is_set():
+            self._shutdown.raise_if_abortable()
+
+    def _grace_over(self) -> bool:
+        return self._shutdown.requested.is_set() and self._shutdown.remaining() <= 0
 
     @property
     def pending_retries(self) -> int:
@@ -247,11 +289,16 @@ class Server(Retrying):
 
         Retries still waiting for their delay are not waited for: their
         originals were never acked, so the broker delivers them again.
+        Bounded (see :attr:`KombuTransport.stop_step_timeout
+        <tavrida.transports.kombu.KombuTransport.stop_step_timeout>`) even on
+        a stalled connection.
         """
         self._retry_timer.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        workers, self._workers = self._workers, None
+        if workers is not None:
+            # After an abandoned stop the handlers still running are not waited for.
+            workers.close(0 if self._shutdown.immediate.is_set() or self._grace_over()
+                          else None)
         if self.transport is not None:
             self.transport.close()
         if self._started:
@@ -262,14 +309,31 @@ class Server(Retrying):
         # Stop deliveries first, then keep the loop turning so that acks
         # queued by workers are performed before the connection closes.
         assert self.transport is not None
-        LOG.info("server on queue %s stopping: no new messages, %d in flight", self.queue_name,
-                 self._inflight + self._awaiting)
+        shutdown = self._shutdown
+        LOG.info("server on queue %s stopping: no new messages, %d in flight (at most "
+                 "%.3g s)", self.queue_name, self._inflight + self._awaiting,
+                 shutdown.remaining())
         self.hooks.stopping(self, self._inflight + self._awaiting)
-        self.transport.cancel()
-        # Answers not yet confirmed are settled within the transport's confirm timeout.
+        with self.transport.deadline(shutdown.remaining()):
+            self.transport.cancel()
+        # Answers not yet confirmed are settled within the grace period.
         while self._inflight or self._awaiting:
-            self.transport.drain(0.05)
+            left = shutdown.remaining()
+            if left <= 0 or shutdown.immediate.is_set():
+                self._abandon("stopped at once (second stop request)" if left > 0 else
+                              f"the stop_timeout of {self.stop_timeout:g} s is over")
+                return
+            self.transport.drain(min(0.05, left))
         LOG.info("server on queue %s stopped", self.queue_name)
+
+    def _abandon(self, why: str) -> None:
+        """End the stop now: name what is in hand; closing gives it back to the broker."""
+        self._shutdown.immediate.set()
+        waiting = self._workers.take_waiting() if self._workers is not None else []
+        with self._inflight_lock:
+            self._inflight -= len(waiting)
+        self._shutdown.report(why, [delivery.headers for delivery in waiting],
+                              self._awaiting)
 
     def _install_signal_handlers(self) -> List[Tuple[int, Any]]:
         if threading.current_thread() is not threading.main_thread():
@@ -277,7 +341,7 @@ class Server(Retrying):
         restore: List[Tuple[int, Any]] = []
         for signum in (signal.SIGTERM, signal.SIGINT):
             restore.append((signum, signal.getsignal(signum)))
-            signal.signal(signum, lambda *_: self.stop())
+            signal.signal(signum, self._on_signal)
         return restore
 
     # -- handling ---------------------------------------------------------
@@ -285,8 +349,8 @@ class Server(Retrying):
     def _submit(self, delivery: Delivery) -> None:
         with self._inflight_lock:
             self._inflight += 1
-        assert self._executor is not None
-        self._executor.submit(self._handle_in_worker, delivery)
+        assert self._workers is not None
+        self._workers.submit(delivery)
 
     def _handle_in_worker(self, delivery: Delivery) -> None:
         try:
@@ -306,14 +370,18 @@ class Server(Retrying):
         Never raises: when the broker fails us half-way (a dead letter or an
         answer cannot be published) the message is requeued, not lost.
         """
+        shutdown = self._shutdown
+        key = id(delivery)
+        shutdown.running(key, delivery.headers)  # named in the log if a stop gives it back
         if self.hooks:
             self.hooks.observe(self, delivery, self._handle_safely)
-            return
-        try:  # _handle_safely(), inline: this runs for every message
-            self._handle(delivery)
-        except Exception as exc:  # noqa: BLE001
-            LOG.exception("could not finish a message from %s", delivery.queue)
-            self._recover(delivery, exc)
+        else:
+            try:  # _handle_safely(), inline: this runs for every message
+                self._handle(delivery)
+            except Exception as exc:  # noqa: BLE001
+                LOG.exception("could not finish a message from %s", delivery.queue)
+                self._recover(delivery, exc)
+        shutdown.done(key)  # (not when StopNow ends it: then it is named, given back)
 
     def _handle_safely(self, delivery: Delivery) -> None:
         try:

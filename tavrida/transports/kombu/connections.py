@@ -36,6 +36,7 @@ from tavrida.transports.kombu.nodes import (
 )
 from tavrida.transports.kombu.pyamqp_compat import AMQPTransport, raw_connection
 from tavrida.transports.kombu.retry import retry_call
+from tavrida.transports.kombu.severing import sever
 from tavrida.transports.kombu.state import KombuState
 from tavrida.transports.kombu.virtual import rabbit_channel, restore_unacked
 
@@ -69,6 +70,26 @@ class KombuConnections(KombuState):
     def _deadline(self) -> Optional[float]:
         """This thread's deadline (``time.monotonic()``), if any; see :meth:`deadline`."""
         return self._local.deadline
+
+    def _step_deadline(self) -> float:
+        """When a step of a stop (cancel, close) gives up on the broker.
+
+        This thread's deadline, but no later than :attr:`stop_step_timeout`
+        from now: a stalled connection cannot hold a stop.
+        """
+        bound = time.monotonic() + self.stop_step_timeout
+        own = self._local.deadline
+        return bound if own is None or own > bound else own
+
+    def _sever_consuming(self) -> None:
+        """Shut the consuming connection's sockets down (any thread): its reads end now."""
+        self._broken = True
+        sever(self._conn)
+
+    def _sever_all(self) -> None:
+        """Shut both connections' sockets down (any thread)."""
+        self._sever_consuming()
+        sever(self._pub_conn)
 
 
     def _connection_params(self, role: str, heartbeat: float = 0,
@@ -129,7 +150,8 @@ class KombuConnections(KombuState):
             "transport_options": options,
         }
 
-    def _retry(self, fun: Callable[[], T], initial: bool, what: str) -> T:
+    def _retry(self, fun: Callable[[], T], initial: bool, what: str,
+               once_if_interrupted: bool = False) -> T:
         """Run ``fun`` until it stops raising connection errors, per the retry policy.
 
         Gives up with :class:`~tavrida.exceptions.ConnectionFailed` when the
@@ -137,15 +159,33 @@ class KombuConnections(KombuState):
         ones: ``reconnect_attempts``), this thread's :meth:`deadline` passes,
         or the transport is closed or interrupted; an error retrying cannot
         mend (a refused login) raises it at once. See :func:`retry_call`.
+
+        ``once_if_interrupted`` (publishes): after :meth:`interrupt`, still make
+        the first attempt -- a stopping server's answer on a healthy connection
+        goes out -- but retry nothing.
         """
         config = self._config
         attempts = config.connection_attempts if initial else config.reconnect_attempts
+        check: Callable[[], None] = self._check_not_stopped
+        if once_if_interrupted:
+            first = [True]
+
+            def check_retries() -> None:
+                if first[0]:
+                    first[0] = False
+                    if self._closed:
+                        raise self._failed(None, "the transport is closed")
+                    return
+                self._check_not_stopped()
+
+            check = check_retries
+
         return retry_call(
             fun, attempts=attempts, delay=config.retry_delay,
             max_interval=self.max_retry_interval, deadline=self._local.deadline,
             wake=self._wake, retry_errors=self._retry_errors,
             fatal_errors=self._connection_errors, failed=self._failed,
-            check=self._check_not_stopped, give_up=f"gave up after {attempts} attempt(s)",
+            check=check, give_up=f"gave up after {attempts} attempt(s)",
             what=what, url=self._safe_url)
 
     @functools.cached_property

@@ -26,6 +26,7 @@ from tavrida.transports.kombu.declaring import KombuDeclarations
 from tavrida.transports.kombu.deliveries import Consumer, KombuDelivery
 from tavrida.transports.kombu.pyamqp_compat import PROPERTY_NAMES, PROPERTY_SET, text_key
 from tavrida.transports.kombu.redis_fetch import RedisFetch
+from tavrida.transports.kombu.severing import SeverAt
 from tavrida.transports.kombu.virtual import (
     ORIGIN,
     binding_rows,
@@ -79,32 +80,47 @@ class KombuConsuming(KombuDeclarations):
 
         Consumer channels stay open until :meth:`close`, so deliveries already
         handed out can still be acked or rejected. Not consumed again after a
-        reconnect.
+        reconnect. Bounded by this thread's :meth:`deadline` and
+        :attr:`stop_step_timeout`: a broker that does not answer in time has the
+        connection dropped (it gives back what it held).
         """
-        with self._lock:
-            consumers, self._consumers = self._consumers, []
-            if self._conn is None or self._broken:
-                return  # nothing is consuming on the broker
-            try:
-                for consumer in consumers:
-                    if consumer.channel is not None:
-                        # py-amqp waits for cancel-ok: deliveries still in flight land in _ready.
-                        consumer.channel.basic_cancel(consumer.tag)
-                        if consumer.fetch is not None:
-                            consumer.fetch.recover(consumer.channel)
-            except self._connection_errors + self._channel_errors as exc:
-                self._lost(exc)  # the broker gives everything back itself
+        deadline = self._step_deadline()
+        with SeverAt(deadline, self._sever_consuming, "cancelling the consumers"):
+            if not self._lock.acquire(timeout=max(deadline - time.monotonic(), 0.0) + 1.0):
+                # Its holder is stuck on a severed connection: the next drain() drops it.
+                LOG.warning("could not cancel the consumers in time; the connection is dropped")
+                self._consumers = []
                 return
-            kept = []
-            while self._ready:
-                delivery, on_message = self._ready.popleft()
-                if delivery._no_ack:
-                    kept.append((delivery, on_message))  # nothing to give back: hand it out
-                    continue
-                delivery._settled = True
-                self._settles.append((delivery, True))
-            self._ready.extend(kept)
-            self._perform_settles()
+            try:
+                self._cancel_consumers()
+            finally:
+                self._lock.release()
+
+    def _cancel_consumers(self) -> None:
+        """:meth:`cancel` with ``_lock`` held."""
+        consumers, self._consumers = self._consumers, []
+        if self._conn is None or self._broken:
+            return  # nothing is consuming on the broker
+        try:
+            for consumer in consumers:
+                if consumer.channel is not None:
+                    # py-amqp waits for cancel-ok: deliveries still in flight land in _ready.
+                    consumer.channel.basic_cancel(consumer.tag)
+                    if consumer.fetch is not None:
+                        consumer.fetch.recover(consumer.channel)
+        except self._connection_errors + self._channel_errors + (OSError,) as exc:
+            self._lost(exc)  # the broker gives everything back itself
+            return
+        kept = []
+        while self._ready:
+            delivery, on_message = self._ready.popleft()
+            if delivery._no_ack:
+                kept.append((delivery, on_message))  # nothing to give back: hand it out
+                continue
+            delivery._settled = True
+            self._settles.append((delivery, True))
+        self._ready.extend(kept)
+        self._perform_settles()
 
     def delete(self, exchanges: Iterable[str] = (), queues: Iterable[str] = ()) -> None:
         """Delete queues, then exchanges, and forget them (missing ones are fine)."""

@@ -177,7 +177,8 @@ class KombuPublishing(KombuConfirms):
                 self._publish_round(batch)
 
         try:
-            self._retry(attempt, not self._pub_ever_connected, "publishing to")
+            self._retry(attempt, not self._pub_ever_connected, "publishing to",
+                        once_if_interrupted=True)
         except ConfirmTimeout:
             self._drop_publisher()
             for index in list(batch.todo):
@@ -292,7 +293,8 @@ class KombuPublishing(KombuConfirms):
                 raise
 
         try:
-            self._retry(attempt, not self._pub_ever_connected, "publishing to")
+            self._retry(attempt, not self._pub_ever_connected, "publishing to",
+                        once_if_interrupted=True)
         except exceptions.ConnectionFailed:
             self._drop_publisher()
             raise

@@ -37,6 +37,7 @@ class KombuState(Transport):
     poll_interval: float
     min_poll_interval: float
     confirm_timeout: float
+    stop_step_timeout: float
 
     connection_name: str
     _config: ConnectionConfig

@@ -21,6 +21,7 @@ from tavrida.transports.kombu.connections import AMQP_SCHEMES
 from tavrida.transports.kombu.deadlines import ThreadState
 from tavrida.transports.kombu.deferring import KombuDeferring
 from tavrida.transports.kombu.polling import Readable
+from tavrida.transports.kombu.severing import SeverAt
 
 __all__ = ["KombuTransport"]
 
@@ -44,6 +45,9 @@ class KombuTransport(KombuDeferring):
     min_poll_interval = 0.001
     #: Seconds to wait for publisher confirms before raising PublishFailed.
     confirm_timeout = 30.0
+    #: Longest :meth:`cancel` or :meth:`close` waits for the broker (the calling
+    #: thread's :meth:`deadline` may cut it shorter): then the connection is dropped.
+    stop_step_timeout = 3.0
     #: Upper bound of the sleep between reconnect attempts.
     max_retry_interval = 10.0
     #: Seconds between checks that a virtual broker (Redis) still has the bindings.
@@ -174,42 +178,65 @@ class KombuTransport(KombuDeferring):
         """Send queued acks, cancel consumers, close both connections.
 
         Un-acked messages go back to the broker (RabbitMQ, Redis). Reply queues
-        go away (RabbitMQ: with the connection; others: deleted here).
+        go away (RabbitMQ: with the connection; others: deleted here). Bounded
+        by this thread's :meth:`deadline` and :attr:`stop_step_timeout`: a broker
+        that does not answer in time has its connections dropped.
         """
         self._closed = True
         self._closing.set()
         self._wake.set()
         self._stop.set()
-        with self._lock:
-            try:
-                if self._conn is not None and not self._broken and self._conn.connected:
-                    self._perform_settles()
-                    for consumer in list(self._consumers):
-                        channel = consumer.channel
-                        self._cancel_consumer(consumer)
-                        if consumer.fetch is not None and channel is not None:
-                            # Anything a dead connection popped since: back to the queue.
-                            consumer.fetch.recover(self._control)
-                    if not self._is_amqp and self._reply_queues:
-                        for queue in self._reply_queues:
-                            self._control.queue_delete(queue=queue)
-                    self._close_channel(self._control)
-                    self._conn.release()
-            except self._connection_errors + self._channel_errors:
-                LOG.debug("ignoring error while closing %s", self._config.safe_url,
-                          exc_info=True)
-            finally:
-                self._consumers.clear()
-                self._drop_connection()
-        with self._publish_lock:
-            if self._pub_conn is not None:
+        deadline = self._step_deadline()
+        with SeverAt(deadline, self._sever_all, "closing the connection"):
+            # A lock holder blocked on the broker lets go once the connection is severed.
+            if self._lock.acquire(timeout=max(deadline - time.monotonic(), 0.0) + 1.0):
                 try:
-                    self._pub_conn.release()
-                except self._connection_errors + self._channel_errors:
-                    LOG.debug("ignoring error while closing the publisher", exc_info=True)
-            self._drop_publisher()
-            # Their messages were never acked: the broker delivers them again.
-            self._deferred.clear()
+                    self._close_consuming()
+                finally:
+                    self._lock.release()
+            else:
+                LOG.warning("could not close the consuming connection in time; dropped")
+            if self._publish_lock.acquire(timeout=max(deadline - time.monotonic(), 0.0) + 1.0):
+                try:
+                    self._close_publishing()
+                finally:
+                    self._publish_lock.release()
+            else:
+                LOG.warning("could not close the publishing connection in time; dropped")
         beat = self._beat_thread
         if beat is not None and beat is not threading.current_thread():
             beat.join(2)
+
+    def _close_consuming(self) -> None:
+        """Settle, cancel and close the consuming connection (``_lock`` held)."""
+        try:
+            if self._conn is not None and not self._broken and self._conn.connected:
+                self._perform_settles()
+                for consumer in list(self._consumers):
+                    channel = consumer.channel
+                    self._cancel_consumer(consumer)
+                    if consumer.fetch is not None and channel is not None:
+                        # Anything a dead connection popped since: back to the queue.
+                        consumer.fetch.recover(self._control)
+                if not self._is_amqp and self._reply_queues:
+                    for queue in self._reply_queues:
+                        self._control.queue_delete(queue=queue)
+                self._close_channel(self._control)
+                self._conn.release()
+        except self._connection_errors + self._channel_errors + (OSError,):
+            LOG.debug("ignoring error while closing %s", self._config.safe_url,
+                      exc_info=True)
+        finally:
+            self._consumers.clear()
+            self._drop_connection()
+
+    def _close_publishing(self) -> None:
+        """Close the publishing connection (``_publish_lock`` held)."""
+        if self._pub_conn is not None:
+            try:
+                self._pub_conn.release()
+            except self._connection_errors + self._channel_errors + (OSError,):
+                LOG.debug("ignoring error while closing the publisher", exc_info=True)
+        self._drop_publisher()
+        # Their messages were never acked: the broker delivers them again.
+        self._deferred.clear()
