@@ -3,8 +3,10 @@
 Clients connect to the proxy instead of the broker; :meth:`TcpProxy.cut`
 drops every connection that goes through it at that moment (both ends get a
 reset), as a network failure or a broker-side close would; :meth:`TcpProxy.silence`
-leaves them open but drops what the broker sends (a half-open connection). New connections
-are forwarded again right away, so clients reconnect through the proxy.
+leaves them open but drops what the broker sends (a half-open connection); :meth:`TcpProxy.stall`
+forwards nothing either way on live and new connections and never resets them (a network
+partition as a client sees it). New connections are forwarded again right away after a cut,
+so clients reconnect through the proxy.
 Works for any TCP broker (RabbitMQ, Redis); it touches nothing but its own
 sockets, so brokers shared with other test suites are never disturbed.
 """
@@ -52,6 +54,8 @@ class _Pair:
         self.bytes = 0
         #: Set: what the broker sends is read and dropped (the client hears nothing).
         self.silent = False
+        #: Set: what either side sends is read and dropped (a partition).
+        self.stalled = False
         #: What the client sent last (one read's worth).
         self.last_sent = b""
 
@@ -66,6 +70,8 @@ class _Pair:
                 data = src.recv(65536)
                 if not data:
                     break
+                if self.stalled:
+                    continue
                 if src is self.upstream:
                     if self.silent:
                         continue
@@ -102,6 +108,9 @@ class TcpProxy:
         #: Connections accepted and connections cut so far.
         self.accepted = 0
         self.cut_count = 0
+        #: Set by :meth:`stall`: new connections are accepted and never forwarded.
+        self.stalled = False
+        self._held: List[socket.socket] = []
 
     @classmethod
     def for_url(cls, url: str) -> "TcpProxy":
@@ -141,6 +150,9 @@ class TcpProxy:
             except OSError:
                 break
             downstream.settimeout(None)
+            if self.stalled:
+                self._hold(downstream)
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -187,9 +199,41 @@ class TcpProxy:
             pair.silent = True
         return len(pairs)
 
+    def stall(self) -> int:
+        """Forward nothing, either way, on live and new connections; never reset them.
+
+        Returns how many live connections stalled. What a client writes is read
+        and dropped (its writes never block); it hears nothing back, as behind
+        a network partition. Only :meth:`cut` or :meth:`close` ends them.
+        """
+        self.stalled = True
+        with self._lock:
+            pairs = [p for p in self._pairs if not p.closed.is_set()]
+        for pair in pairs:
+            pair.stalled = True
+        return len(pairs)
+
+    def _hold(self, sock: socket.socket) -> None:
+        """Keep an accepted connection open, reading and dropping what it sends."""
+        with self._lock:
+            self._held.append(sock)
+
+        def swallow() -> None:
+            try:
+                while sock.recv(65536):
+                    pass
+            except OSError:
+                pass
+
+        threading.Thread(target=swallow, daemon=True, name="tcp-proxy-held").start()
+
     def close(self) -> None:
         """Stop accepting and drop every connection."""
         self._closed.set()
+        with self._lock:
+            held, self._held = self._held, []
+        for sock in held:
+            _abort(sock)
         if self._listener is not None:
             try:
                 self._listener.close()

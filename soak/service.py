@@ -248,6 +248,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--heartbeat", type=float, default=0.0)
     parser.add_argument("--idempotent", action="store_true")
     parser.add_argument("--queue-type", default="classic", help="classic or quorum")
+    parser.add_argument("--stop-timeout", type=float, default=None,
+                        help="the server's grace period of a stop (default: the server's)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(filename=args.log or None, level=args.log_level,
@@ -262,8 +264,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     Soak.set_discovery(disc)
     conf = config.ConnectionConfig.from_url(
         args.url, heartbeat_interval=args.heartbeat or None, prefetch_count=args.prefetch)
+    extra: Dict[str, Any] = {}
+    if args.stop_timeout is not None:
+        extra["stop_timeout"] = args.stop_timeout
     srv = CountingServer(conf, args.queue, args.exchange, [Soak], workers=args.workers,
-                         queue_type=args.queue_type)
+                         queue_type=args.queue_type, **extra)
     status = StatusWriter(args.status)
     status.write()
     status.start()
