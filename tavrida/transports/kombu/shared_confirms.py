@@ -108,10 +108,29 @@ class KombuSharedConfirms(KombuPublishing):
                 poll = self.poll_interval
                 self._read_confirms(raw, poll if poll < remaining else remaining)
             finally:
-                with lock:
-                    self._pub_reader = False
-                    if self._pub_idle:
-                        self._wake_waiting(handover=not batch.todo or answered())
+                self._reader_done(batch, answered)
+
+    def _reader_done(self, batch: Batch, answered: Callable[[], bool]) -> None:
+        """The reader stops reading; wake who should read or return next.
+
+        The lock is taken with this thread's deadline only: a batch may hold
+        it for its confirms (up to the confirm timeout), and a call must not
+        wait for that past its own deadline. Without the lock the flag is
+        cleared all the same (one assignment); the waiting requests look at it
+        again within :attr:`poll_interval`.
+        """
+        lock = self._publish_lock
+        deadline = self._local.deadline
+        if lock.acquire(False) or lock.acquire(
+                timeout=-1 if deadline is None else max(deadline - time.monotonic(), 0.0)):
+            try:
+                self._pub_reader = False
+                if self._pub_idle:
+                    self._wake_waiting(handover=not batch.todo or answered())
+            finally:
+                lock.release()
+        else:
+            self._pub_reader = False
 
 
     def _read_confirms(self, raw: Any, timeout: float) -> None:
@@ -138,9 +157,13 @@ class KombuSharedConfirms(KombuPublishing):
             if fd != pub_fd:
                 self._read_answers()
                 continue
-            with self._publish_lock:
+            if not self._publish_lock.acquire(False):
+                return  # a batch holds it and reads its confirms, ours among them
+            try:
                 if raw is not raw_connection(self._pub_conn):
                     return  # dropped meanwhile: the requests go out again
                 if not self._pub_poll.poll(pub_fd):
                     return  # a batch holding the lock read it
                 self._read_publisher_frame(raw)
+            finally:
+                self._publish_lock.release()

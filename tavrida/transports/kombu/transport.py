@@ -12,11 +12,14 @@ import os
 import threading
 import time
 import uuid
+from typing import Tuple
 
+import amqp
 from kombu.connection import Connection
 
 from tavrida import exceptions
 from tavrida.config import ConnectionConfig
+from tavrida.transports.base import Binding
 from tavrida.transports.kombu.connections import AMQP_SCHEMES
 from tavrida.transports.kombu.deadlines import ThreadState
 from tavrida.transports.kombu.deferring import KombuDeferring
@@ -24,6 +27,10 @@ from tavrida.transports.kombu.polling import Readable
 from tavrida.transports.kombu.severing import SeverAt
 
 __all__ = ["KombuTransport"]
+
+
+class ReplyQueueHeld(amqp.RecoverableConnectionError):  # type: ignore[misc]
+    """A reply queue is still held by this client's previous connection: retried."""
 
 LOG = logging.getLogger(__name__)
 
@@ -151,7 +158,7 @@ class KombuTransport(KombuDeferring):
             self._declare_on(self._control, list(self._exchanges), list(self._queues),
                              list(self._bindings))
             for queue, bindings in self._reply_queues.items():
-                self._declare_reply_on(self._control, queue, bindings)
+                self._declare_reply_again(queue, bindings)
             for consumer in self._consumers:
                 self._start_consumer(consumer)
         except BaseException:
@@ -159,6 +166,21 @@ class KombuTransport(KombuDeferring):
             raise
         if self._unrestored:
             self._restore_unacked()
+
+    def _declare_reply_again(self, queue: str, bindings: Tuple[Binding, ...]) -> None:
+        """Declare a reply queue again after a reconnect (:meth:`_connect`).
+
+        RabbitMQ deletes an exclusive queue a moment after its connection is
+        gone; until then it refuses it to the new connection (405
+        RESOURCE_LOCKED). That holder is this client's own previous connection:
+        the reconnect is retried after a pause, as for a lost connection,
+        instead of raising py-amqp's error to a caller.
+        """
+        try:
+            self._declare_reply_on(self._control, queue, bindings)
+        except amqp.ResourceLocked as exc:
+            raise ReplyQueueHeld(f"reply queue {queue} is still held by the previous "
+                                 f"connection ({exc})") from exc
 
     def interrupt(self) -> None:
         """Stop reconnecting for good: retries give up at once (see the base class).
