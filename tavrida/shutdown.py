@@ -60,13 +60,6 @@ class Shutdown:
 
     # -- requests ---------------------------------------------------------
 
-    def reset(self) -> None:
-        """Before a new :meth:`~tavrida.server.Server.run`: nothing requested."""
-        self.requested.clear()
-        self.immediate.clear()
-        self._over.clear()
-        self._began = None
-
     def request(self) -> bool:
         """Ask for a stop; True the first time, after which a request means at once."""
         with self._lock:
