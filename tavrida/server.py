@@ -29,9 +29,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import signal
 import threading
-from typing import Any, Iterable, List, Optional, Tuple, Type, Union
+from typing import Any, Iterable, List, Optional, Type, Union
 
 from tavrida import config as config_mod
 from tavrida import exceptions, messages, wire
@@ -222,8 +221,8 @@ class Server(Retrying):
         Stopping during an outage returns at once: the messages in hand
         cannot be acked, and the broker delivers them again.
         """
-        restore = self._install_signal_handlers()
         shutdown = self._shutdown
+        restore = shutdown.install_signal_handlers(self.stop)
         try:
             self.start()
             assert self.transport is not None
@@ -241,14 +240,12 @@ class Server(Retrying):
                 self._finish()
             except StopNow:
                 shutdown.abortable(False)
-                self._abandon("stopped at once (second signal)" if not self._grace_over()
-                              else f"the stop_timeout of {self.stop_timeout:g} s is over")
+                self._abandon(shutdown.why())
             finally:
                 shutdown.finished()
         finally:
             self._pipelined = False
-            for signum, handler in restore:
-                signal.signal(signum, handler)
+            shutdown.restore_signal_handlers(restore)
             self.close()
 
     def stop(self) -> None:
@@ -268,17 +265,6 @@ class Server(Retrying):
             self.transport.interrupt()
             self.transport.stop()
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if not self._shutdown.requested.is_set():
-            LOG.info("server on queue %s: signal %d, stopping (at most %g s; another signal "
-                     "stops at once)", self.queue_name, signum, self.stop_timeout)
-        self.stop()
-        if self._shutdown.immediate.is_set():
-            self._shutdown.raise_if_abortable()
-
-    def _grace_over(self) -> bool:
-        return self._shutdown.requested.is_set() and self._shutdown.remaining() <= 0
-
     @property
     def pending_retries(self) -> int:
         """Messages held un-acked, waiting for the delay before their next attempt."""
@@ -297,8 +283,7 @@ class Server(Retrying):
         workers, self._workers = self._workers, None
         if workers is not None:
             # After an abandoned stop the handlers still running are not waited for.
-            workers.close(0 if self._shutdown.immediate.is_set() or self._grace_over()
-                          else None)
+            workers.close(0 if self._shutdown.immediate.is_set() else None)
         if self.transport is not None:
             self.transport.close()
         if self._started:
@@ -314,14 +299,14 @@ class Server(Retrying):
                  "%.3g s)", self.queue_name, self._inflight + self._awaiting,
                  shutdown.remaining())
         self.hooks.stopping(self, self._inflight + self._awaiting)
-        with self.transport.deadline(shutdown.remaining()):
-            self.transport.cancel()
+        with self.transport.deadline(max(shutdown.remaining(), 1.0)):
+            self.transport.cancel()  # (a healthy broker answers within milliseconds)
         # Answers not yet confirmed are settled within the grace period.
         while self._inflight or self._awaiting:
             left = shutdown.remaining()
             if left <= 0 or shutdown.immediate.is_set():
-                self._abandon("stopped at once (second stop request)" if left > 0 else
-                              f"the stop_timeout of {self.stop_timeout:g} s is over")
+                shutdown.abortable(False)  # ended here: no StopNow on top of it
+                self._abandon(shutdown.why())
                 return
             self.transport.drain(min(0.05, left))
         LOG.info("server on queue %s stopped", self.queue_name)
@@ -334,15 +319,6 @@ class Server(Retrying):
             self._inflight -= len(waiting)
         self._shutdown.report(why, [delivery.headers for delivery in waiting],
                               self._awaiting)
-
-    def _install_signal_handlers(self) -> List[Tuple[int, Any]]:
-        if threading.current_thread() is not threading.main_thread():
-            return []
-        restore: List[Tuple[int, Any]] = []
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            restore.append((signum, signal.getsignal(signum)))
-            signal.signal(signum, self._on_signal)
-        return restore
 
     # -- handling ---------------------------------------------------------
 

@@ -16,7 +16,7 @@ import logging
 import signal
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 # Logged as the server: its records stay where operators look for them.
 LOG = logging.getLogger("tavrida.server")
@@ -70,6 +70,12 @@ class Shutdown:
         self.immediate.set()
         return False
 
+    def why(self) -> str:
+        """Why the messages in hand are given back (for the log)."""
+        if self.remaining() <= 0:
+            return f"the stop_timeout of {self.stop_timeout:g} s is over"
+        return "stopped at once (second stop request)"
+
     def remaining(self) -> float:
         """Seconds left of the grace period (the full period before a request)."""
         began = self._began
@@ -101,7 +107,35 @@ class Shutdown:
             LOG.warning("server on queue %s: %s; %d answer(s) not confirmed: their requests "
                         "are delivered again", self.queue_name, why, unconfirmed)
 
-    # -- interrupting the serving thread ----------------------------------
+    # -- signals and interrupting the serving thread ----------------------
+
+    def install_signal_handlers(self, stop: Callable[[], None]) -> List[Tuple[int, Any]]:
+        """In the main thread: SIGTERM and SIGINT call ``stop()``, a second one ends it at once.
+
+        Returns what to give :meth:`restore_signal_handlers` (nothing off the
+        main thread, where Python cannot install them).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return []
+
+        def on_signal(signum: int, frame: Any) -> None:
+            if not self.requested.is_set():
+                LOG.info("server on queue %s: signal %d, stopping (at most %g s; another "
+                         "signal stops at once)", self.queue_name, signum, self.stop_timeout)
+            stop()
+            if self.immediate.is_set():
+                self.raise_if_abortable()
+
+        restore: List[Tuple[int, Any]] = []
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            restore.append((signum, signal.getsignal(signum)))
+            signal.signal(signum, on_signal)
+        return restore
+
+    @staticmethod
+    def restore_signal_handlers(restore: List[Tuple[int, Any]]) -> None:
+        for signum, handler in restore:
+            signal.signal(signum, handler)
 
     def abortable(self, on: bool) -> None:
         """The calling thread (the main one, with our signal handlers) may get StopNow now."""
