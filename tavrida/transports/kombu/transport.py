@@ -55,6 +55,10 @@ class KombuTransport(KombuDeferring):
     #: Longest :meth:`cancel` or :meth:`close` waits for the broker (the calling
     #: thread's :meth:`deadline` may cut it shorter): then the connection is dropped.
     stop_step_timeout = 3.0
+    #: How long a reconnect tries to take back a reply queue its previous connection
+    #: still holds, and how often (see ``_declare_reply_again``).
+    reply_retake_timeout = 2.0
+    reply_retake_interval = 0.02
     #: Upper bound of the sleep between reconnect attempts.
     max_retry_interval = 10.0
     #: Seconds between checks that a virtual broker (Redis) still has the bindings.
@@ -173,14 +177,24 @@ class KombuTransport(KombuDeferring):
         RabbitMQ deletes an exclusive queue a moment after its connection is
         gone; until then it refuses it to the new connection (405
         RESOURCE_LOCKED). That holder is this client's own previous connection:
-        the reconnect is retried after a pause, as for a lost connection,
-        instead of raising py-amqp's error to a caller.
+        the declare is tried again every :attr:`reply_retake_interval` (py-amqp
+        reopens the channel the broker closed) for up to
+        :attr:`reply_retake_timeout` seconds -- answers sent meanwhile find no
+        queue -- and then the reconnect is retried as for a lost connection,
+        never raising py-amqp's error to a caller.
         """
-        try:
-            self._declare_reply_on(self._control, queue, bindings)
-        except amqp.ResourceLocked as exc:
-            raise ReplyQueueHeld(f"reply queue {queue} is still held by the previous "
-                                 f"connection ({exc})") from exc
+        own = self._local.deadline
+        end = time.monotonic() + self.reply_retake_timeout
+        end = end if own is None or own > end else own
+        while True:
+            try:
+                self._declare_reply_on(self._control, queue, bindings)
+                return
+            except amqp.ResourceLocked as exc:
+                if time.monotonic() >= end or self._closed or self._interrupted:
+                    raise ReplyQueueHeld(f"reply queue {queue} is still held by the previous "
+                                         f"connection ({exc})") from exc
+            time.sleep(self.reply_retake_interval)
 
     def interrupt(self) -> None:
         """Stop reconnecting for good: retries give up at once (see the base class).
