@@ -28,10 +28,6 @@ from tavrida.transports.kombu.severing import SeverAt
 
 __all__ = ["KombuTransport"]
 
-
-class ReplyQueueHeld(amqp.RecoverableConnectionError):  # type: ignore[misc]
-    """A reply queue is still held by this client's previous connection: retried."""
-
 LOG = logging.getLogger(__name__)
 
 
@@ -55,10 +51,6 @@ class KombuTransport(KombuDeferring):
     #: Longest :meth:`cancel` or :meth:`close` waits for the broker (the calling
     #: thread's :meth:`deadline` may cut it shorter): then the connection is dropped.
     stop_step_timeout = 3.0
-    #: How long a reconnect tries to take back a reply queue its previous connection
-    #: still holds, and how often (see ``_declare_reply_again``).
-    reply_retake_timeout = 2.0
-    reply_retake_interval = 0.02
     #: Upper bound of the sleep between reconnect attempts.
     max_retry_interval = 10.0
     #: Seconds between checks that a virtual broker (Redis) still has the bindings.
@@ -161,7 +153,7 @@ class KombuTransport(KombuDeferring):
             self._control = self._new_channel(self._conn)
             self._declare_on(self._control, list(self._exchanges), list(self._queues),
                              list(self._bindings))
-            for queue, bindings in self._reply_queues.items():
+            for queue, bindings in list(self._reply_queues.items()):
                 self._declare_reply_again(queue, bindings)
             for consumer in self._consumers:
                 self._start_consumer(consumer)
@@ -176,25 +168,25 @@ class KombuTransport(KombuDeferring):
 
         RabbitMQ deletes an exclusive queue a moment after its connection is
         gone; until then it refuses it to the new connection (405
-        RESOURCE_LOCKED). That holder is this client's own previous connection:
-        the declare is tried again every :attr:`reply_retake_interval` (py-amqp
-        reopens the channel the broker closed) for up to
-        :attr:`reply_retake_timeout` seconds -- answers sent meanwhile find no
-        queue -- and then the reconnect is retried as for a lost connection,
-        never raising py-amqp's error to a caller.
+        RESOURCE_LOCKED), the holder being this client's own previous
+        connection. The reply queue then takes a fresh name at once (py-amqp
+        reopens the channel the broker closed): answers find it by its binding
+        (the client's service name), not by its name, so none waits for the
+        old one to go and no caller sees py-amqp's error.
         """
-        own = self._local.deadline
-        end = time.monotonic() + self.reply_retake_timeout
-        end = end if own is None or own > end else own
-        while True:
-            try:
-                self._declare_reply_on(self._control, queue, bindings)
-                return
-            except amqp.ResourceLocked as exc:
-                if time.monotonic() >= end or self._closed or self._interrupted:
-                    raise ReplyQueueHeld(f"reply queue {queue} is still held by the previous "
-                                         f"connection ({exc})") from exc
-            time.sleep(self.reply_retake_interval)
+        try:
+            self._declare_reply_on(self._control, queue, bindings)
+            return
+        except amqp.ResourceLocked:
+            fresh = f"{queue.partition('~')[0]}~{uuid.uuid4().hex[:8]}"
+        LOG.info("reply queue %s is still held by the previous connection; using %s",
+                 queue, fresh)
+        self._declare_reply_on(self._control, fresh, bindings)
+        self._reply_queues = {fresh if name == queue else name: held
+                              for name, held in self._reply_queues.items()}
+        for consumer in self._consumers:
+            if consumer.queue == queue:
+                consumer.queue = fresh
 
     def interrupt(self) -> None:
         """Stop reconnecting for good: retries give up at once (see the base class).

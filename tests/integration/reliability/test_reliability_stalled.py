@@ -188,8 +188,9 @@ def test_a_reply_queue_still_held_after_a_cut_is_taken_back(amqp_url: str, names
                                                             ) -> None:
     """Deterministic form of the ResourceLocked race: the client reconnects while its
     exclusive reply queue is still held (here by a plain connection standing in for the
-    broker's slow clean-up of the client's previous one). The call waits and is answered;
-    before, py-amqp's raw ``ResourceLocked`` reached the caller."""
+    broker's slow clean-up of the client's previous one). The client takes a fresh reply
+    queue and the call is answered; before, py-amqp's raw ``ResourceLocked`` reached the
+    caller."""
     from tests.integration.svc_support import amqp_connection
 
     with ServiceProcess(amqp_url, names, workdir, calls=10) as svc:
@@ -221,8 +222,8 @@ def test_a_reply_queue_still_held_after_a_cut_is_taken_back(amqp_url: str, names
 
                 caller = threading.Thread(target=call, daemon=True)
                 caller.start()
-                scenarios.wait_until(lambda: "ReplyQueueHeld" in caplog.text
-                                     or not caller.is_alive(), 20,
+                scenarios.wait_until(lambda: "still held by the previous connection"
+                                     in caplog.text or not caller.is_alive(), 20,
                                      "the client to find its reply queue held")
             finally:
                 holder.close()
