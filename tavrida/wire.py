@@ -28,7 +28,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import simplejson
 import simplejson.encoder
 
-from tavrida import entry_point, exceptions, messages
+from tavrida import entry_point, exceptions, messages, schema
 
 #: Bodies larger than this are refused (bytes); the server may set its own.
 DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
@@ -43,7 +43,10 @@ FOREIGN_SERIALIZERS = {"pickle": "pickle", "python-serialize": "pickle", "yaml":
 #: Content encodings of UTF-8 text (kombu labels raw bytes ``binary``).
 ENCODINGS = frozenset({"", "utf-8", "utf8", "binary", "8bit", "7bit"})
 
-_encoder = simplejson.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# ``default``: datetimes, UUIDs, enums, dataclasses... as JSON (see tavrida.schema.jsonable);
+# called only for values JSON has no form for, so plain payloads cost nothing more.
+_encoder = simplejson.JSONEncoder(separators=(",", ":"), ensure_ascii=False,
+                                  default=schema.jsonable)
 _decoder = simplejson.JSONDecoder()
 _scan_once = _decoder.scan_once
 
