@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 from tavrida import contracts, dispatcher, exceptions, messages, schema
 from tavrida.server import Server
 from tavrida.service import ServiceController
+from tavrida.transports.base import DEAD_LETTER_REASON_HEADER
 
 VERSION = "3.0.0"
 _AMQP = "0.3.0"
@@ -277,7 +279,7 @@ class _Builder:
                   f"bound to {', '.join(bindings) or 'nothing'}.", server)
         doc.queue(f"queue.{srv.dead_letter_queue}", srv.dead_letter_queue, vhost,
                   f"Dead letters of {srv.queue_name}: messages that could not be handled "
-                  f"nor answered, with the reason in x-tavrida-dead-letter-reason.", server)
+                  f"nor answered, with the reason in {DEAD_LETTER_REASON_HEADER}.", server)
         for cls in srv.service_classes:
             self._service(srv, cls, server, vhost, persistent, queue_key)
 
@@ -309,15 +311,15 @@ class _Builder:
                 channel = f"event.{key}"
                 doc.channel(channel, key, _exchange(disc.get_remote_publisher, ep.service),
                             vhost, f"Events {key} of {ep.service}.", server)
-                event = doc.message(f"event.{key}", messages.NOTIFICATION, key,
-                                    self._payload(handler, key), summary)
-                queue_messages[f"event.{key}"] = event
+                queue_messages[f"event.{key}"] = doc.message(
+                    f"event.{key}", messages.NOTIFICATION, key, self._payload(handler, key),
+                    summary)
                 doc.operation(f"{name}.on.{key}", "receive", channel, [f"event.{key}"], name,
                               summary or f"{name} subscribes to {key}", "")
             elif f"{name}.calls.{key}" not in doc.doc["operations"]:  # response, error
                 self._call(srv, cls, key, server, vhost, persistent)
-            for event, tp in handler.publishes.items():
-                self._event(cls, event, tp, server, vhost, persistent)
+            for published, tp in handler.publishes.items():
+                self._event(cls, published, tp, server, vhost, persistent)
 
     def _call(self, srv: Server, cls: Type[ServiceController], ep: str, server: str,
               vhost: str, persistent: bool) -> None:
@@ -378,3 +380,26 @@ def document(*sources: Source, title: str = "", version: str = "1.0.0") -> Dict[
 def dumps(doc: Dict[str, Any]) -> str:
     """The document as indented JSON text."""
     return json.dumps(doc, indent=2, ensure_ascii=False, default=schema.jsonable)
+
+
+def add_command(commands: Any) -> None:
+    """Add ``tavrida asyncapi`` to the command line's subcommands (see :mod:`tavrida.cli`)."""
+    sub = commands.add_parser(
+        "asyncapi", help="write the AsyncAPI 3.0 document of the services of config files",
+        description="Write the AsyncAPI 3.0 document (JSON) of the services the config "
+                    "files run: channels, operations, message schemas. Does not connect.")
+    sub.add_argument("configs", nargs="+", metavar="CONFIG", help="INI config file(s)")
+    sub.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    sub.add_argument("--title", default="", help="the document's title")
+    sub.add_argument("--api-version", default="1.0.0", help="the document's info.version")
+
+
+def run_command(args: Any) -> int:
+    """Run ``tavrida asyncapi``: the document to ``--output`` or standard output."""
+    text = dumps(document(*args.configs, title=args.title, version=args.api_version)) + "\n"
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0

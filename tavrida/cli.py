@@ -5,11 +5,15 @@
     tavrida run services.ini [--url URL]
     tavrida call test_hello.hello param=123 --exchange test_exchange [--timeout 5]
     tavrida cast test_hello.hello param=123 --exchange test_exchange
-    tavrida publish test_hello.hello param=1 --exchange test_notification_exchange
+    tavrida publish orders order_placed order_id=1 --exchange orders_events
+    tavrida asyncapi services.ini [more.ini ...] [-o asyncapi.json]
     tavrida topology show services.ini [--counts] [--json]
     tavrida topology delete services.ini [--yes] [--force] [--exchanges]
     tavrida --version
 
+``publish SERVICE EVENT`` (or ``SERVICE.EVENT``) publishes a named event
+(:mod:`tavrida.events`); ``asyncapi`` writes the AsyncAPI document of the
+services of config files (:mod:`tavrida.asyncapi`).
 ``key=value`` arguments are read as JSON when they parse (``n=1`` is a
 number, ``s='"1"'`` a string) and as text otherwise. The broker URL comes
 from ``--url``, then ``TAVRIDA_URL``, then the config file; ``call``,
@@ -45,7 +49,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import simplejson
 
 import tavrida
-from tavrida import client, config_file, discovery, entry_point, exceptions, wire
+from tavrida import asyncapi, client, config_file, discovery, entry_point, events, exceptions, wire
 from tavrida import config as config_mod
 from tavrida.server import Server
 from tavrida.transports import Topology, create_transport
@@ -104,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--url", help="broker URL (overrides the config file)")
     for name, text in (("call", "call a method and print the answer"),
                        ("cast", "send a request without waiting"),
-                       ("publish", "publish a notification as SERVICE.EVENT")):
+                       ("publish", "publish event EVENT of SERVICE (SERVICE EVENT k=v ...)")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("target", metavar="SERVICE.METHOD",
                          help="where it goes (SERVICE.EVENT for publish)")
@@ -128,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
                                   "tavrida.replies); a 2.0 service needs no entry for the "
                                   "caller in its discovery")
     _topology_parser(commands)
+    asyncapi.add_command(commands)
     return parser
 
 
@@ -177,6 +182,9 @@ def _discovery(args: argparse.Namespace, service: str) -> discovery.LocalDiscove
 
 
 def _send(args: argparse.Namespace) -> int:
+    if args.command == "publish":  # SERVICE EVENT k=v, or SERVICE.EVENT k=v
+        service, event, args.params = events.cli_target(args.target, args.params)
+        args.target = f"{service}.{event}"
     target = entry_point.parse(args.target)
     if not target.method:
         raise ValueError(f"{args.target!r} is not SERVICE.METHOD")
@@ -186,10 +194,10 @@ def _send(args: argparse.Namespace) -> int:
     url = _url_config(args.url)
     headers = _headers(args.header)
     disc = _discovery(args, target.service)
-    source = args.target if args.command == "publish" else args.source
+    source = target.service if args.command == "publish" else args.source
     with client.RPCClient(url, disc, source=source, headers=headers) as cli:
         if args.command == "publish":
-            cli.publish(**payload)
+            cli.publish_event(target.method, **payload)
             return 0
         call = getattr(getattr(cli, target.service), target.method)(**payload)
         if args.command == "cast":
@@ -357,6 +365,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _run(args)
         if args.command == "topology":
             return _topology_show(args) if args.action == "show" else _topology_delete(args)
+        if args.command == "asyncapi":
+            return asyncapi.run_command(args)
         return _send(args)
     except (config_file.ConfigError, ValueError) as exc:
         print(f"tavrida: {exc}", file=sys.stderr)

@@ -310,9 +310,10 @@ def _record(cls: type, make: Callable[[Dict[str, Any]], Any],
     # Registered before its fields compile, so that a type naming itself resolves.
     compiled: List[Tuple[str, Optional[Convert], bool, str]] = []
     expected = f"{cls.__name__} (an object)"
+    dataclass = dataclasses.is_dataclass(cls)
 
     def convert(value: Any) -> Any:
-        if isinstance(value, cls) and dataclasses.is_dataclass(cls):
+        if dataclass and isinstance(value, cls):
             return value
         if not isinstance(value, dict):
             raise Invalid.one(expected, value)
