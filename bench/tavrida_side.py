@@ -8,10 +8,11 @@ has the same functions doing the same work with raw kombu.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import time
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 
 from bench.common import (
     CLIENT,
@@ -40,12 +41,34 @@ from tavrida.transports.memory_broker import MemoryBroker
 CALL_TIMEOUT = 10.0
 
 
+@dataclasses.dataclass
+class EchoItem:
+    """The payload of the typed ``echo_item`` (``--typed``)."""
+
+    id: int
+    name: str
+    tags: List[str]
+    note: Optional[str] = None
+
+
 @dispatcher.rpc_service(SERVICE)
 class BenchService(service.ServiceController):
-    """``echo`` answers the value back; ``sink`` takes a cast and does nothing."""
+    """``echo`` answers the value back; ``sink`` takes a cast and does nothing.
+
+    ``echo_int`` and ``echo_item`` are ``echo`` with typed parameters
+    (checked and converted before they run; see ``--typed``).
+    """
 
     @dispatcher.rpc_method(service=SERVICE, method="echo")
     def echo(self, request: Any, proxy: Any, value: Any) -> Dict[str, Any]:
+        return {"value": value}
+
+    @dispatcher.rpc_method(service=SERVICE, method="echo_int")
+    def echo_int(self, request: Any, proxy: Any, value: int) -> Dict[str, Any]:
+        return {"value": value}
+
+    @dispatcher.rpc_method(service=SERVICE, method="echo_item")
+    def echo_item(self, request: Any, proxy: Any, value: EchoItem) -> Dict[str, Any]:
         return {"value": value}
 
     @dispatcher.rpc_method(service=SERVICE, method="sink")
@@ -288,4 +311,58 @@ def memory_run(link: Link, setup: Setup, n_calls: int, n_casts: int,
                 raise BenchError(f"memory casts: {srv.progress.count} of "
                                  f"{setup.warmup + n_casts} handled in {setup.timeout}s")
         figures["casts_per_s"] = n_casts / (report["t_last"] - t_first)
+        if setup.typed:
+            with running(make_server(conf, names, "rpc", setup.prefetch)), \
+                    client.RPCClient(conf, disc, source=CLIENT) as cli:
+                figures.update(typed_figures(cli, setup.warmup, n_calls))
+            figures.update(arguments_figures(n_calls * 10))
     link.send("result", figures)
+
+
+#: The payload of each echo ``--typed`` compares: the same JSON value for echo and echo_item.
+ITEM = {"id": 7, "name": "seven", "tags": ["a", "b"], "note": None}
+TYPED_ECHOES = (("untyped", "echo", ITEM), ("typed", "echo_int", 7), ("record", "echo_item", ITEM))
+
+
+def typed_figures(cli: Any, warmup: int, n_calls: int) -> Dict[str, float]:
+    """Calls/s of the untyped and typed echoes, and the cost per call of each typed one.
+
+    One server; the three echoes take turns in blocks (the first of each
+    round changes), so that the machine's drift falls on all three alike.
+    """
+    echoes = [(name, getattr(cli.bench_svc, method), value)
+              for name, method, value in TYPED_ECHOES]
+    for _, echo, value in echoes:
+        for _ in range(warmup):
+            echo(value=value).call(timeout=CALL_TIMEOUT)
+    rounds = 10
+    per_block = max(1, n_calls // rounds)
+    spent = {name: 0.0 for name, _, _ in echoes}
+    for index in range(rounds):
+        for name, echo, value in echoes[index % 3:] + echoes[:index % 3]:
+            start = now()
+            for _ in range(per_block):
+                echo(value=value).call(timeout=CALL_TIMEOUT)
+            spent[name] += now() - start
+    n = rounds * per_block
+    return {"untyped_calls_per_s": n / spent["untyped"],
+            "typed_calls_per_s": n / spent["typed"],
+            "record_calls_per_s": n / spent["record"],
+            "typed_cost_us": (spent["typed"] - spent["untyped"]) / n * 1e6,
+            "record_cost_us": (spent["record"] - spent["untyped"]) / n * 1e6}
+
+
+def arguments_figures(n: int) -> Dict[str, float]:
+    """Microseconds of ``Handler.arguments`` (what a server runs per message) of each echo."""
+    handlers = {h.method_name: h for h in BenchService.get_dispatcher().handlers.values()}
+    figures = {}
+    for name, method, value in TYPED_ECHOES:
+        arguments, payload = handlers[method].arguments, {"value": value}
+        best = float("inf")
+        for _ in range(5):  # the best of five: the least disturbed by other processes
+            start = now()
+            for _ in range(n):
+                arguments(payload)
+            best = min(best, now() - start)
+        figures[f"arguments_{name}_us"] = best / n * 1e6
+    return figures
