@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
                        ("publish", "publish event EVENT of SERVICE (SERVICE EVENT k=v ...)")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("target", metavar="SERVICE.METHOD",
-                         help="where it goes (SERVICE.EVENT for publish)")
+                         help="where it goes (publish: SERVICE EVENT, or SERVICE.EVENT)")
         sub.add_argument("params", nargs="*", metavar="key=value",
                          help="the payload; values are JSON when they parse, else text")
         sub.add_argument("--url", help=f"broker URL (default: $TAVRIDA_URL or {DEFAULT_URL})")

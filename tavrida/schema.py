@@ -16,7 +16,12 @@ the payloads of an AsyncAPI document (:mod:`tavrida.asyncapi`):
 ``Any``, ``object`` and other annotations are not checked. :func:`converter`
 compiles a type once into a function: the function returns the converted
 value or raises :class:`Invalid` naming each offending field. :func:`jsonable`
-is the reverse, the JSON encoder's fallback for these types.
+is the reverse, the JSON encoder's fallback for these types, and
+:class:`SchemaBuilder` writes the JSON Schema of a type.
+
+Why one module of over 400 lines: what a type takes, how it is written back
+and what its JSON Schema says are three readings of one table of types;
+apart, a type added to one would be missing from the others.
 """
 
 from __future__ import annotations
@@ -291,18 +296,16 @@ def fields_of(cls: type, localns: Optional[Dict[str, Any]] = None
     ``localns``: names of the scope the class was declared in (a function's).
     Raises NameError when an annotation names nothing (yet).
     """
-    hints = typing.get_type_hints(cls, localns={**_namespace(cls), **(localns or {})})
+    try:
+        hints = typing.get_type_hints(cls, localns=localns)
+    except KeyError:  # Python 3.9: its module is not in sys.modules (loaded from a file)
+        hints = typing.get_type_hints(cls, globalns={}, localns=localns)
     if dataclasses.is_dataclass(cls):
         return [(f.name, hints.get(f.name, Any),
                  f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
                 for f in dataclasses.fields(cls) if f.init]
     required = getattr(cls, "__required_keys__", frozenset(hints))
     return [(name, tp, name in required) for name, tp in hints.items()]
-
-
-def _namespace(cls: type) -> Dict[str, Any]:
-    module = sys.modules.get(cls.__module__)
-    return dict(vars(module)) if module is not None else {}
 
 
 def _record(cls: type, make: Callable[[Dict[str, Any]], Any],
@@ -403,9 +406,18 @@ def converter(tp: Any, localns: Optional[Dict[str, Any]] = None) -> Optional[Con
         return _build(tp, localns)
 
 
+def _leaf(table: Dict[Any, Any], tp: Any) -> Any:
+    """``table``'s entry for ``tp`` (None is NoneType), or None (also for an unhashable tp)."""
+    try:
+        return table.get(type(None) if tp is None else tp)
+    except TypeError:
+        return None
+
+
 def _build(tp: Any, localns: Optional[Dict[str, Any]]) -> Optional[Convert]:
-    if tp is None or tp in _LEAVES:
-        return _LEAVES[type(None) if tp is None else tp]
+    leaf = _leaf(_LEAVES, tp)
+    if leaf is not None:
+        return leaf  # type: ignore[no-any-return]
     supertype = getattr(tp, "__supertype__", None)  # typing.NewType
     if supertype is not None:
         return converter(supertype, localns)
@@ -518,8 +530,9 @@ class SchemaBuilder:
 
     def schema(self, tp: Any) -> Dict[str, Any]:
         """The JSON Schema of values of ``tp`` (``{}``: anything)."""
-        if tp is None or tp in _LEAF_SCHEMAS:
-            return dict(_LEAF_SCHEMAS[type(None) if tp is None else tp])
+        leaf = _leaf(_LEAF_SCHEMAS, tp)
+        if leaf is not None:
+            return dict(leaf)
         supertype = getattr(tp, "__supertype__", None)
         if supertype is not None:
             return self.schema(supertype)
