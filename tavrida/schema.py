@@ -465,13 +465,21 @@ def optional(convert: Convert) -> Convert:
 
 # -- values to JSON -----------------------------------------------------------
 
+#: Dataclass -> the names of its fields (what :func:`record_payload` writes), found once.
+_FIELD_NAMES: Dict[type, Tuple[str, ...]] = {}
+
+
 def record_payload(value: Any) -> Optional[Dict[str, Any]]:
     """A dataclass or pydantic model as the payload dict it is sent as; None for others."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    dump = getattr(value, "model_dump", None)
-    if dump is not None and is_pydantic(type(value)):
-        result: Dict[str, Any] = dump(mode="json")
+    cls = type(value)
+    names = _FIELD_NAMES.get(cls)
+    if names is None and dataclasses.is_dataclass(cls):
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    if names is not None:
+        return {name: getattr(value, name) for name in names}
+    if is_pydantic(cls):
+        dump = getattr(value, "model_dump", None)  # pydantic 1 has dict()
+        result: Dict[str, Any] = dump(mode="json") if dump is not None else value.dict()
         return result
     return None
 
@@ -483,6 +491,9 @@ def jsonable(value: Any) -> Any:
     its value, a dataclass or pydantic model as an object, a set as a list
     (``Decimal`` is written as a number by the encoder itself).
     """
+    record = record_payload(value)
+    if record is not None:
+        return record
     if isinstance(value, (datetime.date, datetime.time)):
         return value.isoformat()
     if isinstance(value, uuid.UUID):
@@ -491,9 +502,6 @@ def jsonable(value: Any) -> Any:
         return value.value
     if isinstance(value, (set, frozenset)):
         return list(value)
-    record = record_payload(value)
-    if record is not None:
-        return record
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
