@@ -358,7 +358,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "topology":
             return _topology_show(args) if args.action == "show" else _topology_delete(args)
         return _send(args)
-    except (config_file.ConfigError, ValueError) as exc:
+    except config_file.ConfigError as exc:  # each mistake of a config file on a line
+        for error in exc.errors:
+            print(f"tavrida: {error}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"tavrida: {exc}", file=sys.stderr)
         return 2
     except exceptions.TavridaError as exc:  # ConnectionFailed among them
