@@ -45,7 +45,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import simplejson
 
 import tavrida
-from tavrida import client, config_file, discovery, entry_point, exceptions, wire
+from tavrida import class_path, client, config_file, discovery, entry_point, exceptions, shell, wire
 from tavrida import config as config_mod
 from tavrida.server import Server
 from tavrida.transports import Topology, create_transport
@@ -54,12 +54,12 @@ DEFAULT_URL = "amqp://guest:guest@localhost:5672//"
 DEFAULT_SOURCE = "tavrida_cli"
 
 
-def _payload(pairs: List[str]) -> Dict[str, Any]:
+def _payload(pairs: List[str], what: str = "argument") -> Dict[str, Any]:
     payload: Dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"argument {pair!r} is not key=value")
+            raise ValueError(f"{what} {pair!r} is not key=value")
         try:
             payload[key] = simplejson.loads(raw)
         except ValueError:
@@ -112,9 +112,17 @@ def _parser() -> argparse.ArgumentParser:
                          help="the payload; values are JSON when they parse, else text")
         sub.add_argument("--url", help=f"broker URL (default: $TAVRIDA_URL or {DEFAULT_URL})")
         sub.add_argument("--exchange", help="exchange of the service (or its notifications)")
-        sub.add_argument("--discovery", metavar="DS_FILE", help=".ds file to find exchanges in")
+        where = sub.add_mutually_exclusive_group()
+        where.add_argument("--config", metavar="CONFIG",
+                           help="a service's config file: its broker URL, its own [server] "
+                                "exchange and its [discovery] entries")
+        where.add_argument("--discovery", metavar="DS_FILE",
+                           help=".ds file to find exchanges in")
         sub.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
                          help="add a user header (text value); repeatable")
+        sub.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
+                         help="set a key of the message context (JSON when it parses, else "
+                              "text); repeatable")
         if name != "publish":
             sub.add_argument("--source", default=DEFAULT_SOURCE,
                              help=f"caller service name (default {DEFAULT_SOURCE})")
@@ -127,6 +135,17 @@ def _parser() -> argparse.ArgumentParser:
                                   "caller's in --discovery, else --exchange, else "
                                   "tavrida.replies); a 2.0 service needs no entry for the "
                                   "caller in its discovery")
+    shell_parser = commands.add_parser(
+        "shell", help="a Python prompt with a client n bound to a config file",
+        description="A Python prompt with a client n bound to CONFIG: n.SERVICE.METHOD(k=v)\n"
+                    "calls and shows the answer; add .cast() to cast.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    shell_parser.add_argument("config", metavar="CONFIG", help="INI config file of a service")
+    shell_parser.add_argument("--url", help="broker URL (overrides the config file)")
+    shell_parser.add_argument("--timeout", type=float, default=shell.DEFAULT_TIMEOUT,
+                              help="seconds a call waits (default %(default)g)")
+    shell_parser.add_argument("--source", default=DEFAULT_SOURCE,
+                              help=f"caller service name (default {DEFAULT_SOURCE})")
     _topology_parser(commands)
     return parser
 
@@ -155,10 +174,14 @@ def _topology_parser(commands: Any) -> None:
                         help="also delete the service's own exchanges")
 
 
-def _discovery(args: argparse.Namespace, service: str) -> discovery.LocalDiscovery:
-    if args.discovery:
+def _discovery(args: argparse.Namespace, service: str,
+               conf: Optional[config_file.ServiceConfig]) -> discovery.LocalDiscovery:
+    disc: discovery.LocalDiscovery
+    if conf is not None:
+        disc = conf.client_discovery()
+    elif args.discovery:
         try:
-            disc: discovery.LocalDiscovery = discovery.FileBasedDiscoveryService(
+            disc = discovery.FileBasedDiscoveryService(
                 args.discovery, "")
         except exceptions.TavridaError as exc:
             raise ValueError(f"--discovery: {exc.message}") from None
@@ -170,10 +193,25 @@ def _discovery(args: argparse.Namespace, service: str) -> discovery.LocalDiscove
         else:
             disc.register_remote_service(service, args.exchange)
     if args.command == "call":
-        reply = args.reply_exchange or (None if args.discovery else args.exchange)
+        reply = args.reply_exchange or (None if args.discovery or conf else args.exchange)
         if reply:
             disc.register_remote_service(entry_point.parse(args.source).service, reply)
+    if args.command != "publish":
+        _check_known(disc, service, conf)
     return disc
+
+
+def _check_known(disc: discovery.LocalDiscovery, service: str,
+                 conf: Optional[config_file.ServiceConfig]) -> None:
+    """A clear error, saying how to name it, for a service whose exchange is unknown."""
+    known = disc.get_all_exchanges()["remote"]
+    if service in known:
+        return
+    where = f" in {conf.path}" if conf else ""
+    hint = class_path.did_you_mean(service, known)
+    raise ValueError(f"Unable to discover the exchange of service {service}{where}{hint}: "
+                     f"name it with --exchange EXCHANGE, or --config CONFIG (a config file "
+                     f"that runs {service} or names it in remote.{service})")
 
 
 def _send(args: argparse.Namespace) -> int:
@@ -183,11 +221,15 @@ def _send(args: argparse.Namespace) -> int:
     payload = _payload(args.params)
     # One line on failure: the retries' warnings would repeat what it says.
     logging.basicConfig(level=logging.ERROR, format="tavrida: %(message)s")
-    url = _url_config(args.url)
+    conf = (config_file.ServiceConfig(args.config, args.url, url_flag="--url")
+            if args.config else None)
+    url = conf.connection if conf else _url_config(args.url)
     headers = _headers(args.header)
-    disc = _discovery(args, target.service)
+    context = _payload(args.context, "--context")
+    disc = _discovery(args, target.service, conf)
     source = args.target if args.command == "publish" else args.source
-    with client.RPCClient(url, disc, source=source, headers=headers) as cli:
+    with client.RPCClient(url, disc, source=source, headers=headers,
+                          context=context or None) as cli:
         if args.command == "publish":
             cli.publish(**payload)
             return 0
@@ -355,6 +397,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "shell":
+            return shell.run(args.config, args.url, args.timeout, args.source)
         if args.command == "topology":
             return _topology_show(args) if args.action == "show" else _topology_delete(args)
         return _send(args)

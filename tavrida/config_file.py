@@ -571,6 +571,26 @@ class ServiceConfig:
                 section, key, f"no handler here calls {service}{hint}; without a typo, the "
                               f"entry only routes answers to {service}'s calls")))
 
+    def client_discovery(self) -> discovery_mod.LocalDiscovery:
+        """The discovery of a client of this file's services (``tavrida call --config``).
+
+        Each service the file runs is found on ``[server] exchange``; every
+        other service on the file's ``remote.<service>`` entries (and its
+        ``.ds`` file); a service's notification exchange (``local_publisher``
+        or ``remote_publisher``) is where a client publishes as that service.
+        """
+        disc = discovery_mod.LocalDiscovery()
+        for own in self._discoveries.values():
+            exchanges = own.get_all_exchanges()
+            for service, exchange in exchanges["remote"].items():
+                disc.register_remote_service(service, exchange)
+            for kind in ("remote_publisher", "local_publisher"):
+                for service, exchange in exchanges[kind].items():
+                    disc.register_local_publisher(service, exchange)
+        for cls in self.service_classes:
+            disc.register_remote_service(cls.service_name(), self.exchange)
+        return disc
+
     def bind_discovery(self) -> None:
         """Give every configured service class its discovery; log the config's warnings."""
         for warning in self.warnings:
