@@ -45,13 +45,25 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import simplejson
 
 import tavrida
-from tavrida import class_path, client, config_file, discovery, entry_point, exceptions, shell, wire
+from tavrida import (
+    class_path,
+    client,
+    config_file,
+    diagram,
+    discovery,
+    entry_point,
+    exceptions,
+    shell,
+    wire,
+)
 from tavrida import config as config_mod
 from tavrida.server import Server
 from tavrida.transports import Topology, create_transport
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672//"
 DEFAULT_SOURCE = "tavrida_cli"
+#: What ``topology show --format`` prints.
+FORMATS = ("text", "json", "mermaid", "dot")
 
 
 def _payload(pairs: List[str], what: str = "argument") -> Dict[str, Any]:
@@ -161,12 +173,18 @@ def _topology_parser(commands: Any) -> None:
     delete = actions.add_parser("delete", help="delete the service's queues on the broker",
                                 epilog=TOPOLOGY_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    show.add_argument("config", metavar="CONFIG", nargs="+",
+                      help="INI config file (several: the services of each, together)")
+    delete.add_argument("config", metavar="CONFIG", help="INI config file")
     for sub in (show, delete):
-        sub.add_argument("config", metavar="CONFIG", help="INI config file")
         sub.add_argument("--url", help="broker URL (overrides the config file)")
     show.add_argument("--counts", action="store_true",
                       help="also ask the broker how many messages each queue holds")
-    show.add_argument("--json", action="store_true", help="print JSON")
+    show.add_argument("--format", choices=FORMATS, default="text",
+                      help="text (default), json, or a diagram of the services: who calls "
+                           "and who hears whom (mermaid, dot)")
+    show.add_argument("--json", action="store_const", const="json", dest="format",
+                      help="print JSON (--format json)")
     delete.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     delete.add_argument("--force", action="store_true",
                         help="delete queues that hold messages, with their messages")
@@ -273,10 +291,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _declared(args: argparse.Namespace) -> Tuple[config_file.ServiceConfig, Topology,
-                                                 Dict[str, str], List[str]]:
+def _declared(path: str, url: Optional[str]) -> Tuple[config_file.ServiceConfig, Topology,
+                                                      Dict[str, str], List[str]]:
     """The config, the topology its server declares, a role per name, the own exchanges."""
-    conf = config_file.ServiceConfig(args.config, args.url, url_flag="--url")
+    conf = config_file.ServiceConfig(path, url, url_flag="--url")
     conf.bind_discovery()
     server = Server(conf.connection, conf.queue, conf.exchange, conf.service_classes,
                     workers=conf.workers, queue_type=conf.queue_type,
@@ -311,7 +329,23 @@ def _messages(size: Optional[int]) -> str:
 
 
 def _topology_show(args: argparse.Namespace) -> int:
-    conf, topology, roles, own = _declared(args)
+    if args.format in ("mermaid", "dot"):
+        configs = [config_file.ServiceConfig(path, args.url, url_flag="--url")
+                   for path in args.config]
+        picture = diagram.Diagram.of(configs)
+        print(picture.mermaid() if args.format == "mermaid" else picture.dot(), end="")
+        return 0
+    shown = [_shown(path, args) for path in args.config]
+    if args.format == "json":
+        print(wire.dumps(shown[0] if len(shown) == 1 else shown))
+    else:
+        print("\n\n".join(str(text) for text in shown))
+    return 0
+
+
+def _shown(path: str, args: argparse.Namespace) -> Any:
+    """What ``topology show`` prints of one config file: text, or a dict for JSON."""
+    conf, topology, roles, own = _declared(path, args.url)
     sizes: Dict[str, Optional[int]] = {}
     if args.counts:
         transport = create_transport(conf.connection)
@@ -319,8 +353,8 @@ def _topology_show(args: argparse.Namespace) -> int:
             sizes = {queue: transport.queue_size(queue) for queue in topology.queues}
         finally:
             transport.close()
-    if args.json:
-        print(wire.dumps({
+    if args.format == "json":
+        return {
             "url": conf.connection.safe_url,
             "queues": [dict({"name": q, "role": roles[q]},
                             **({"messages": sizes[q]} if args.counts else {}))
@@ -328,19 +362,18 @@ def _topology_show(args: argparse.Namespace) -> int:
             "exchanges": [{"name": e, "role": roles.get(e, ""), "own": e in own}
                           for e in topology.exchanges],
             "bindings": [{"exchange": b.exchange, "queue": b.queue, "routing_key": b.routing_key}
-                         for b in topology.bindings]}))
-        return 0
-    print(f"{conf.path}: the server on {conf.connection.safe_url} declares")
-    print("queues (durable):")
-    print("\n".join(_table([(q, roles[q], _messages(sizes[q]) if args.counts else "")
-                            for q in topology.queues])))
-    print("exchanges (durable, topic):")
-    print("\n".join(_table([(e, roles.get(e, "")) for e in topology.exchanges])))
+                         for b in topology.bindings]}
+    lines = [f"{conf.path}: the server on {conf.connection.safe_url} declares",
+             "queues (durable):"]
+    lines += _table([(q, roles[q], _messages(sizes[q]) if args.counts else "")
+                     for q in topology.queues])
+    lines.append("exchanges (durable, topic):")
+    lines += _table([(e, roles.get(e, "")) for e in topology.exchanges])
     if topology.bindings:
-        print("bindings:")
-        print("\n".join(_table([(f"{b.exchange} -> {b.queue}", f"routing key {b.routing_key}")
-                                for b in topology.bindings])))
-    return 0
+        lines.append("bindings:")
+        lines += _table([(f"{b.exchange} -> {b.queue}", f"routing key {b.routing_key}")
+                         for b in topology.bindings])
+    return "\n".join(lines)
 
 
 def _confirmed(question: str) -> bool:
@@ -353,7 +386,7 @@ def _confirmed(question: str) -> bool:
 
 
 def _topology_delete(args: argparse.Namespace) -> int:
-    conf, topology, roles, own = _declared(args)
+    conf, topology, roles, own = _declared(args.config, args.url)
     transport = create_transport(conf.connection)
     try:
         sizes = {queue: transport.queue_size(queue) for queue in topology.queues}
