@@ -6,19 +6,26 @@
     tavrida call test_hello.hello param=123 --exchange test_exchange [--timeout 5]
     tavrida cast test_hello.hello param=123 --exchange test_exchange
     tavrida publish test_hello.hello param=1 --exchange test_notification_exchange
-    tavrida topology show services.ini [--counts] [--json]
+    tavrida call test_hello.hello param=123 --config hello.ini [--context k=v]
+    tavrida shell services.ini [--timeout 10]
+    tavrida topology show services.ini... [--counts] [--format text|json|mermaid|dot]
     tavrida topology delete services.ini [--yes] [--force] [--exchanges]
     tavrida --version
 
 ``key=value`` arguments are read as JSON when they parse (``n=1`` is a
 number, ``s='"1"'`` a string) and as text otherwise. The broker URL comes
 from ``--url``, then ``TAVRIDA_URL``, then the config file; ``call``,
-``cast`` and ``publish`` default to RabbitMQ on localhost. ``--header k=v``
-(repeatable) adds a user header (its value is text) to what they send.
+``cast`` and ``publish`` default to RabbitMQ on localhost. ``--config``
+takes the URL and the exchanges from a service's config file instead (see
+:meth:`tavrida.config_file.ServiceConfig.client_discovery`). ``--header k=v``
+(repeatable) adds a user header (its value is text) to what they send,
+``--context k=v`` a key of the message context. ``shell`` is a Python
+prompt with a client bound to a config file (:mod:`tavrida.shell`).
 
 ``topology show`` prints the queues, exchanges and bindings the server of a
 config file declares, without connecting (``--counts`` also asks the broker
-how many messages each queue holds). ``topology delete`` deletes the
+how many messages each queue holds); ``--format mermaid|dot`` draws the
+services of all the files given (:mod:`tavrida.diagram`). ``topology delete`` deletes the
 service's queues (its queue and dead-letter queue) after asking (``--yes``
 does not ask); it refuses while a queue holds messages unless ``--force``.
 ``--exchanges`` also deletes the service's own exchanges (its server

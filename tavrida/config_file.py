@@ -47,10 +47,14 @@ For a RabbitMQ cluster, ``url`` takes kombu's failover form
 starts a comment), or ``urls`` lists one URL per indented line.
 
 The sections and keys a file may hold are declared in :data:`SCHEMA`; any
-other section or key is an error with a "did you mean" hint. Every mistake
-raises :class:`ConfigError` naming the file, section and key (or the
-command-line flag or environment variable the bad value came from). The
-config file's folder is put on ``sys.path`` so its modules import.
+other section or key is an error with a "did you mean" hint. The file is
+checked whole: :class:`ConfigError` reports every mistake (in ``errors``),
+each naming the file, section and key (or the command-line flag or
+environment variable the bad value came from). The discovery is checked
+against what the handlers call (:mod:`tavrida.service_graph`): a called
+service with no exchange is a mistake, an entry no handler uses a warning
+(:attr:`ServiceConfig.warnings`, logged by :meth:`ServiceConfig.bind_discovery`).
+The config file's folder is put on ``sys.path`` so its modules import.
 
 Why one module of over 400 lines: the :data:`SCHEMA` table and the reading
 of what it declares (each section's conversions and checks, the errors
@@ -536,40 +540,20 @@ class ServiceConfig:
 
     def _check_remotes(self, shapes: List[service_graph.ServiceShape],
                        discoveries: Dict[str, discovery_mod.LocalDiscovery]) -> None:
-        """Services called but not in discovery, and inline entries nobody calls."""
+        """Services called but not in discovery (mistakes), inline entries nobody calls."""
         section = "discovery"
+        remotes = {name: disc.get_all_exchanges()["remote"]
+                   for name, disc in discoveries.items()}
+        inline = [key.partition(".")[2] for key in self.values.get(section, {})
+                  if key.startswith("remote.")]
         # A discovery that is not all in this file may know what the file lacks.
         elsewhere = bool(self.values.get(section, {}).get("central"))
-        needed: Dict[str, str] = {}
-        for found in shapes:
-            known = discoveries[found.name].get_all_exchanges()["remote"]
-            called = {svc for svc, _ in found.calls}
-            for service in found.called_services():
-                needed.setdefault(service, found.name)
-                if service in known:
-                    continue
-                how = ("calls" if service in called
-                       else "handles the responses or errors of")
-                reason = (f"missing: {found.name} {how} {service}, and no exchange of "
-                          f"{service} is known" + (" here" if elsewhere else ""))
-                if service in called and not elsewhere:
-                    self._errors.append(self._error(section, f"remote.{service}", reason))
-                else:
-                    self.warnings.append(str(self._error(section, f"remote.{service}",
-                                                         reason)))
-        if not all(found.complete for found in shapes):
-            return  # some handler was not read: its calls are unknown
-        missing = [name for name in needed
-                   if all(name not in d.get_all_exchanges()["remote"]
-                          for d in discoveries.values())]
-        for key in self.values.get(section, {}):
-            kind, _, service = key.partition(".")
-            if kind != "remote" or service in needed:
-                continue
-            hint = class_path.did_you_mean(service, missing)
-            self.warnings.append(str(self._error(
-                section, key, f"no handler here calls {service}{hint}; without a typo, the "
-                              f"entry only routes answers to {service}'s calls")))
+        for problem in service_graph.remote_problems(shapes, remotes, inline, elsewhere):
+            error = self._error(section, f"remote.{problem.service}", problem.reason)
+            if problem.mistake:
+                self._errors.append(error)
+            else:
+                self.warnings.append(str(error))
 
     def client_discovery(self) -> discovery_mod.LocalDiscovery:
         """The discovery of a client of this file's services (``tavrida call --config``).

@@ -19,9 +19,10 @@ import ast
 import inspect
 import textwrap
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from tavrida import entry_point, messages
+from tavrida.class_path import did_you_mean
 from tavrida.proxies import RPCProxy
 from tavrida.service import ServiceController
 
@@ -98,3 +99,49 @@ def shape(cls: type) -> ServiceShape:
             # A notification's source is the entry point of the message handled.
             found.publishes.add(f"{found.name}.{handler.method_name}")
     return found
+
+
+@dataclass
+class RemoteProblem:
+    """A ``remote.<service>`` entry missing (``mistake``: surely) or unused."""
+
+    service: str
+    reason: str
+    mistake: bool
+
+
+def remote_problems(shapes: Sequence[ServiceShape], remotes: Mapping[str, Mapping[str, str]],
+                    inline: Sequence[str], elsewhere: bool = False) -> List[RemoteProblem]:
+    """What is wrong with the remote services of a config's discovery.
+
+    ``remotes`` maps each service of ``shapes`` to the remote services its
+    discovery knows, ``inline`` lists the config's own ``remote.<service>``
+    entries, ``elsewhere`` says part of the discovery comes from outside
+    the file. A service a handler calls and no discovery knows is a
+    mistake (a warning when ``elsewhere``); one whose answers a handler takes
+    but none calls (another service may name this one in ``reply_to``) is a
+    warning, and so is an inline entry no handler calls (it may route the
+    answers to that service's calls), unless a handler could not be read.
+    """
+    problems: List[RemoteProblem] = []
+    needed: Dict[str, str] = {}
+    for found in shapes:
+        called = {svc for svc, _ in found.calls}
+        for service in found.called_services():
+            needed.setdefault(service, found.name)
+            if service in remotes[found.name]:
+                continue
+            how = "calls" if service in called else "handles the responses or errors of"
+            reason = (f"missing: {found.name} {how} {service}, and no exchange of {service} "
+                      f"is known" + (" here" if elsewhere else ""))
+            problems.append(RemoteProblem(service, reason, service in called and not elsewhere))
+    if not all(found.complete for found in shapes):
+        return problems  # some handler was not read: its calls are unknown
+    missing = [name for name in needed if all(name not in known for known in remotes.values())]
+    for service in inline:
+        if service not in needed:
+            problems.append(RemoteProblem(
+                service, f"no handler here calls {service}{did_you_mean(service, missing)}; "
+                         f"without a typo, the entry only routes answers to {service}'s calls",
+                False))
+    return problems
