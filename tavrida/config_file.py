@@ -289,8 +289,15 @@ class ServiceConfig:
             lambda: self._positive("health", "interval", 5.0), 5.0)
         self.health_port = self._collect(lambda: self._port("health", "port"), None)
         self._discoveries = self._checked_discoveries()
-        if self._errors:
-            raise ConfigError.several(self._errors)
+        errors = [error for error in self._errors if not self._follows_misspelt(error)]
+        if errors:
+            raise ConfigError.several(errors)
+
+    def _follows_misspelt(self, error: ConfigError) -> bool:
+        """True for a key found missing from a section whose name is misspelt in the file."""
+        reason = str(error.kwargs.get("reason", ""))
+        return (error.kwargs.get("section") in self._misspelt
+                and reason.startswith(("is required", "missing:")))
 
     def _collect(self, read: Callable[[], T], fallback: T) -> T:
         """What ``read`` returns; if it finds a mistake, note it and go on with ``fallback``."""
@@ -364,7 +371,7 @@ class ServiceConfig:
 
     def _required(self, section: str, key: str) -> str:
         value = self.get(section, key, "")
-        if not value and section not in self._misspelt:
+        if not value:
             raise self._error(section, key, "is required")
         return str(value)
 

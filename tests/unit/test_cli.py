@@ -525,3 +525,16 @@ def test_shell_of_a_bad_config_exits_2(tmp_path, capsys):
     missing = tmp_path / "nope.ini"
     assert cli.main(["shell", str(missing)]) == 2
     assert capsys.readouterr().err == f"tavrida: {missing}: the file does not exist\n"
+
+
+def test_topology_show_of_several_files_prints_each(config_path, tmp_path, capsys):
+    path, url = config_path
+    other = tmp_path / "other.ini"
+    other.write_text(path.read_text().replace("cli_queue", "other_queue"))
+    assert cli.main(["topology", "show", str(path), str(other)]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": the server on memory://") == 2
+    assert f"\n\n{other}: the server on" in out
+    assert cli.main(["topology", "show", str(path), str(other), "--format", "json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [s["queues"][0]["name"] for s in shown] == ["cli_queue", "other_queue"]

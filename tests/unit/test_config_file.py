@@ -350,3 +350,12 @@ def test_a_central_discovery_turns_a_missing_service_into_a_warning(caller, monk
     assert conf.warnings == [
         f"{path}: [discovery] remote.cf_users: missing: cf_caller calls cf_users, and no "
         "exchange of cf_users is known here"]
+
+
+@pytest.mark.parametrize("section", ["connection", "discovery"])
+def test_a_misspelt_section_is_the_one_mistake_not_the_keys_it_seems_to_lack(caller, section):
+    path = caller(CALLER_CONFIG.replace(f"[{section}]", f"[{section[:-2]}]"))
+    with pytest.raises(config_file.ConfigError) as info:
+        config_file.ServiceConfig(path)
+    assert [str(error) for error in info.value.errors] == [
+        f"{path}: [{section[:-2]}]: unknown section (did you mean [{section}]?)"]
