@@ -438,6 +438,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "shell":
+            # Errors on one line; the retries' warnings would interleave with the prompt.
+            logging.basicConfig(level=logging.ERROR, format="tavrida: %(message)s")
             return shell.run(args.config, args.url, args.timeout, args.source)
         if args.command == "topology":
             return _topology_show(args) if args.action == "show" else _topology_delete(args)

@@ -60,13 +60,14 @@ class Shell:
         return "\n".join(lines)
 
     def client_services(self) -> List[str]:
+        """The services ``n`` knows the exchange of."""
         return sorted(self.client.sender.discovery.get_all_exchanges()["remote"])
 
     def display(self, value: object) -> None:
         """``sys.displayhook`` at the prompt: an unsent request is sent as a blocking call."""
         if isinstance(value, RPCCallProxy):
             try:
-                value = self.client_call(value)
+                value = value.call(timeout=self.timeout)
             except exceptions.RemoteError as exc:
                 print(f"RemoteError: {exc.remote_name}: {exc.remote_message}"
                       + (f" (code {exc.code})" if exc.code else ""), file=sys.stderr)
@@ -75,9 +76,6 @@ class Shell:
                 print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
                 return
         self._previous_hook(value)
-
-    def client_call(self, request: RPCCallProxy) -> Any:
-        return request.call(timeout=self.timeout)
 
     def interact(self) -> None:
         """Read and run lines until end of input (Ctrl-D)."""
