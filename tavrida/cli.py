@@ -68,7 +68,7 @@ from tavrida.server import Server
 from tavrida.transports import Topology, create_transport
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672//"
-DEFAULT_SOURCE = "tavrida_cli"
+DEFAULT_SOURCE = config_file.CLI_CALLER
 #: What ``topology show --format`` prints.
 FORMATS = ("text", "json", "mermaid", "dot")
 

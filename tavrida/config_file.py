@@ -83,6 +83,8 @@ if TYPE_CHECKING:
 
 #: Environment variable that overrides the broker URL of every config.
 URL_ENV = "TAVRIDA_URL"
+#: The caller name of the ``tavrida`` command: ``remote.tavrida_cli`` routes its answers.
+CLI_CALLER = "tavrida_cli"
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -552,7 +554,7 @@ class ServiceConfig:
         remotes = {name: disc.get_all_exchanges()["remote"]
                    for name, disc in discoveries.items()}
         inline = [key.partition(".")[2] for key in self.values.get(section, {})
-                  if key.startswith("remote.")]
+                  if key.startswith("remote.") and key != f"remote.{CLI_CALLER}"]
         # A discovery that is not all in this file may know what the file lacks.
         elsewhere = bool(self.values.get(section, {}).get("central"))
         for problem in service_graph.remote_problems(shapes, remotes, inline, elsewhere):

@@ -94,7 +94,7 @@ class Shell:
 
 
 def run(path: str, url: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT,
-        source: str = "tavrida_cli") -> int:
+        source: str = config_file.CLI_CALLER) -> int:
     """Run the shell of config file ``path``; returns the exit code (0)."""
     conf = config_file.ServiceConfig(path, url, url_flag="--url")
     with client.RPCClient(conf.connection, conf.client_discovery(), source=source) as cli:

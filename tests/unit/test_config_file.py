@@ -359,3 +359,10 @@ def test_a_misspelt_section_is_the_one_mistake_not_the_keys_it_seems_to_lack(cal
         config_file.ServiceConfig(path)
     assert [str(error) for error in info.value.errors] == [
         f"{path}: [{section[:-2]}]: unknown section (did you mean [{section}]?)"]
+
+
+def test_the_entry_for_the_tavrida_commands_answers_is_no_warning(caller):
+    path = caller(CALLER_CONFIG + "remote.tavrida_cli = cli_replies\nremote.billing = b\n")
+    assert [w.split(": ", 1)[1] for w in config_file.ServiceConfig(path).warnings] == [
+        "[discovery] remote.billing: no handler here calls billing; without a typo, the entry "
+        "only routes answers to billing's calls"]
