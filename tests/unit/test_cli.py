@@ -538,3 +538,20 @@ def test_topology_show_of_several_files_prints_each(config_path, tmp_path, capsy
     assert cli.main(["topology", "show", str(path), str(other), "--format", "json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert [s["queues"][0]["name"] for s in shown] == ["cli_queue", "other_queue"]
+
+
+def test_publish_takes_the_notification_exchange_from_the_config(config_path, capsys):
+    path, url = config_path
+    transport = create_transport(config.ConnectionConfig.from_url(url))
+    try:
+        transport.declare(Topology.build(["echo_events"], ["spy"],
+                                         [Binding("spy", "echo_events", "#")]))
+        assert cli.main(["publish", "echo.said", "text=x", "--config", str(path),
+                         "--context", "tenant=acme"]) == 0
+        seen = []
+        transport.consume("spy", lambda d: (seen.append(d), d.ack()), 0)
+        transport.drain(1.0)
+        assert [d.routing_key for d in seen] == ["echo.said"]
+        assert json.loads(seen[0].body)["context"]["tenant"] == "acme"
+    finally:
+        transport.close()
