@@ -139,6 +139,16 @@ class IncorrectOutgoingMessage(TavridaError):
     message_template = "Incorrect outgoing message: %(reason)s"
 
 
+class UnsendableAnswer(IncorrectOutgoingMessage):
+    """A service's answer to a call could not be sent; its caller gets this Error instead.
+
+    The answer was not JSON (``reason`` names the field and its type), its
+    headers could not be written, or the broker refused it for its size.
+    """
+
+    message_template = "The answer of %(entry_point)s could not be sent: %(reason)s"
+
+
 class NeedToBeController(TavridaError):
     message_template = "%(name)s must be a subclass of tavrida.service.ServiceController"
 

@@ -415,12 +415,28 @@ class Notification(Message, Outgoing):
 
 
 def error_payload(exception: BaseException) -> Dict[str, Any]:
-    """The Error payload for ``exception``: ``class``, ``name``, ``message``, ``code``."""
-    code = getattr(exception, "code", DEFAULT_ERROR_CODE)
+    """The Error payload for ``exception``: ``class``, ``name``, ``message``, ``code``.
+
+    Never fails, so that a caller always gets its Error: an exception whose
+    ``str()`` or ``code`` raises is described by its ``repr()`` or type.
+    """
+    try:
+        code = getattr(exception, "code", DEFAULT_ERROR_CODE)
+    except Exception:  # noqa: BLE001 - a property that raises
+        code = DEFAULT_ERROR_CODE
     if not isinstance(code, int) or isinstance(code, bool):
         code = DEFAULT_ERROR_CODE
+    try:
+        text = str(exception)
+    except Exception:  # noqa: BLE001 - a __str__ that raises
+        try:
+            text = repr(exception)
+        except Exception:  # noqa: BLE001
+            text = f"<{type(exception).__name__} that cannot be shown>"
+    if not isinstance(text, str):  # a str subclass is fine; anything else is not JSON
+        text = type(exception).__name__
     return {"class": get_fqcn(exception), "name": type(exception).__name__,
-            "message": str(exception), "code": code}
+            "message": str.__str__(text), "code": int(code)}
 
 
 _INCOMING: Dict[str, Type[Message]] = {

@@ -35,12 +35,14 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 
-#: Outcomes of a message (:attr:`MessageRecord.outcome`).
+#: Outcomes of a message (:attr:`MessageRecord.outcome`): what happened to it.
 OK = "ok"                       # handled; a call was answered with a Response
-ERROR = "error"                 # a caller was answered with an Error
+ERROR = "error"                 # its caller was sent an Error (middleware refusals too)
+EXPIRED = "expired"             # dropped unrun: its caller had given up waiting
+RETRIED = "retried"             # its handler asked for a retry: it runs again later
 DEAD_LETTERED = "dead-lettered"  # copied to the dead-letter queue
 REQUEUED = "requeued"           # given back to the broker to try again
-OUTCOMES = (OK, ERROR, DEAD_LETTERED, REQUEUED)
+OUTCOMES = (OK, ERROR, EXPIRED, RETRIED, DEAD_LETTERED, REQUEUED)
 
 #: The entry-point label of messages no handler of the server is declared for.
 OTHER = "other"
@@ -203,9 +205,20 @@ class HookList(List[ServerHook]):
 
     def retrying(self) -> None:
         """The message being handled will run again after a delay (see tavrida.retries)."""
+        self._outcome(RETRIED)
+
+    def answered_error(self) -> None:
+        """The caller of the message being handled was sent an Error."""
+        self._outcome(ERROR)
+
+    def expired(self) -> None:
+        """The message being handled was dropped unrun: its caller had given up."""
+        self._outcome(EXPIRED)
+
+    def _outcome(self, outcome: str) -> None:
         record = self._current()
         if record is not None:
-            record.outcome = REQUEUED
+            record.outcome = outcome
 
     def dead_lettered(self, reason: str) -> None:
         """The message being handled went to the dead-letter queue."""
@@ -215,5 +228,5 @@ class HookList(List[ServerHook]):
             record.dead_letter_reason = reason
 
 
-__all__ = ["DEAD_LETTERED", "ERROR", "OK", "OTHER", "OUTCOMES", "REQUEUED", "HookList",
-           "MessageRecord", "ServerHook"]
+__all__ = ["DEAD_LETTERED", "ERROR", "EXPIRED", "OK", "OTHER", "OUTCOMES", "REQUEUED",
+           "RETRIED", "HookList", "MessageRecord", "ServerHook"]

@@ -7,6 +7,7 @@ messages in ``<queue>.dead``, log lines.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import pickle
@@ -671,13 +672,46 @@ def test_body_within_the_limit_is_accepted(cluster, broker, target):
     assert handled == ["x" * 250]
 
 
-def test_handler_result_that_is_not_json_is_dead_lettered(cluster, echo):
+def test_handler_result_that_is_not_json_is_an_error_reply_naming_the_field(cluster, echo):
     state, cli, spy, _ = echo
-    state["result"] = {"answer": object()}
+    state["result"] = {"ok": 1, "when": datetime.datetime(2026, 1, 2), "items": [1, {2, 3}]}
     cli.svc.do(value=1).call()
     cluster.deliver()
-    ((headers, _),) = cluster.dead_letters("svc_queue")
-    assert "not JSON-serializable" in headers[DEAD_REASON]
+    ((kind, payload),) = answers(spy)
+    assert kind == "error"
+    assert payload == {
+        "class": "tavrida.exceptions.UnsendableAnswer", "name": "UnsendableAnswer",
+        "message": "The answer of svc.do could not be sent: answer field 'when': datetime is "
+                   "not JSON-serialisable", "code": 1000}
+    assert cluster.dead_letters("svc_queue") == []  # the caller knows: nothing to keep
+    assert cluster.broker.queue_size("svc_queue") == 0  # acked
+
+
+def test_error_answer_that_is_not_json_is_replaced_by_one_that_is(cluster, echo):
+    state, cli, spy, _ = echo
+    state["result"] = lambda request: messages.Error.create_by_request(
+        request, {"class": "x.Refused", "message": "no", "code": 7, "detail": [object()]})
+    cli.svc.do(value=1).call()
+    cluster.deliver()
+    ((kind, payload),) = answers(spy)
+    assert kind == "error" and payload["name"] == "UnsendableAnswer"
+    assert "answer field 'detail[0]': object is not JSON-serialisable" in payload["message"]
+
+
+def test_handler_raising_an_exception_that_cannot_be_shown_is_still_answered(cluster, echo):
+    class Unprintable(Exception):
+        code = property(lambda self: 1 / 0)
+
+        def __str__(self):
+            raise RuntimeError("no str")
+
+    state, cli, spy, _ = echo
+    state["result"] = Unprintable(object())
+    cli.svc.do(value=1).call()
+    cluster.deliver()
+    ((kind, payload),) = answers(spy)
+    assert kind == "error" and payload["name"] == "Unprintable" and payload["code"] == 1000
+    assert payload["message"].startswith("Unprintable(<object object")
 
 
 def test_response_without_a_response_handler_is_dead_lettered_not_answered(cluster, broker):
