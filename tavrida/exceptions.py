@@ -130,8 +130,9 @@ class IncorrectAMQPLibrary(TavridaError):
 class IncorrectMessage(BaseAckableException):
     message_template = "Incorrect message: %(reason)s"
 
-    #: The message's tavrida headers when they were valid (its body was not),
-    #: so that a call can still be answered with an Error; set by :func:`tavrida.wire.decode`.
+    #: The message's tavrida headers when they were valid (its body was not), or
+    #: those of a call its Error answer needs (its ``source`` was not), so that
+    #: a call can still be answered with an Error; set by :func:`tavrida.wire.decode`.
     headers: Optional[Dict[str, str]] = None
 
 

@@ -144,6 +144,12 @@ def _first_bad(value: Any, path: str, seen: set[int]) -> Optional[Tuple[str, str
     """(path, problem) of the first value under ``value`` JSON cannot carry, or None."""
     if isinstance(value, _JSON_SCALARS):
         return None
+    if isinstance(value, bytes):  # simplejson writes UTF-8 bytes as text
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            return path, "bytes that are not UTF-8 are not JSON-serialisable"
+        return None
     if isinstance(value, (dict, list, tuple)):
         if id(value) in seen:
             return path, "refers to itself (a circular reference)"
@@ -336,6 +342,34 @@ def _is_utf8(encoding: str) -> bool:
 
 
 _FACTORY = messages.IncomingMessageFactory()
+#: The headers an Error answer to a call needs (``source`` and ``message_id`` it does not).
+_ANSWER_HEADERS = ("correlation_id", "request_id", "message_type", "reply_to", "destination")
+
+
+def _answerable(raw: Any) -> Optional[Dict[str, str]]:
+    """The headers of a refused call that are enough to answer it, or None.
+
+    A call whose ``source`` or ``message_id`` is missing or unreadable (not
+    UTF-8, say) can still be told why it was refused: its caller (``reply_to``),
+    ``request_id`` and ``correlation_id`` are what the answer needs.
+    """
+    if not isinstance(raw, Mapping):
+        return None
+    headers: Dict[str, str] = {}
+    try:
+        for name in _ANSWER_HEADERS:
+            headers[name] = _text(name, raw.get(name))
+        if messages.REPLY_EXCHANGE_HEADER in raw:
+            name = messages.REPLY_EXCHANGE_HEADER
+            headers[name] = _text(name, raw[name])
+        entry_point.parse_text(headers["reply_to"], False, False)
+        entry_point.parse_text(headers["destination"], False, True)
+    except (exceptions.IncorrectMessage, exceptions.WrongEntryPointFormat):
+        return None
+    if headers["message_type"] != messages.REQUEST or not all(
+            headers[name] for name in ("correlation_id", "request_id", "reply_to")):
+        return None
+    return headers
 
 
 def decode(body: Any, raw_headers: Any, properties: Optional[Mapping[str, Any]] = None,
@@ -343,10 +377,15 @@ def decode(body: Any, raw_headers: Any, properties: Optional[Mapping[str, Any]] 
     """The incoming message for a delivery.
 
     Raises :class:`~tavrida.exceptions.IncorrectMessage` naming what is
-    wrong; ``exc.headers`` holds the tavrida headers when they were valid,
-    so a call can still be answered with an Error.
+    wrong; ``exc.headers`` holds the tavrida headers when they were valid
+    (or, for a call, those its answer needs), so a call can still be
+    answered with an Error.
     """
-    headers = read_headers(raw_headers)
+    try:
+        headers = read_headers(raw_headers)
+    except exceptions.IncorrectMessage as exc:
+        exc.headers = _answerable(raw_headers)
+        raise
     try:
         context, payload = read_body(body, properties, max_size)
     except exceptions.IncorrectMessage as exc:

@@ -548,15 +548,16 @@ def unpickle_trap(path):
 
 GOOD = b'{"payload": {"value": 1}, "context": {}}'
 
-# (case id, header changes, body, content_type, reason in log and dead letter, readable)
+# (case id, header changes, body, content_type, reason in log and dead letter, answerable:
+# a call's caller can be sent an Error)
 BAD_INPUT = [
-    ("missing header", {"source": None}, GOOD, None, "missing header(s): source", False),
+    ("missing header", {"source": None}, GOOD, None, "missing header(s): source", True),
     ("structured header", {"request_id": {"id": 12}}, GOOD, None,
      "header 'request_id' must be text, got dict", False),
     ("list header", {"correlation_id": [1, 2]}, GOOD, None,
      "header 'correlation_id' must be text, got list", False),
     ("bytes header not utf-8", {"source": b"\xff"}, GOOD, None,
-     "header 'source' is not valid UTF-8", False),
+     "header 'source' is not valid UTF-8", True),
     ("unknown message_type", {"message_type": "command"}, GOOD, None,
      "unknown message_type 'command'", False),
     ("bad entry point", {"destination": "svc.do.now"}, GOOD, None,
