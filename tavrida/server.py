@@ -8,7 +8,9 @@ What happens to each message (the delivery guarantees):
   next messages were taken, once its answer's confirm arrived (pipelined
   answers, see :meth:`~tavrida.transports.base.Transport.deferring`);
 * a call always gets exactly one answer: the handler's Response, an empty
-  Response when the handler returned None, or an Error when it raised;
+  Response when the handler returned None, or an Error when it raised, a
+  middleware refused it, or its answer cannot be sent (not JSON, too large:
+  see :mod:`tavrida.answering`);
 * a message that cannot be handled (bad headers or body, no such service
   or handler, a failing cast or notification handler) is logged and,
   unless an Error answer went back to a caller, copied to the dead-letter
