@@ -332,6 +332,45 @@ def test_answer_publish_failure_requeues_then_dead_letters(cluster, echo, broker
     assert broker.messages("svc_queue") == []
 
 
+class FlakyAnswers(MemoryTransport):
+    """The broker refuses the next ``failures`` answers to the client (broker trouble)."""
+
+    failures = 0
+
+    def publish(self, envelope):
+        if envelope.exchange == "client_exchange" and self.failures:
+            self.failures -= 1
+            raise exceptions.PublishFailed(exchange=envelope.exchange,
+                                           routing_key=envelope.routing_key,
+                                           reason="the broker is unwell")
+        super().publish(envelope)
+
+
+def test_a_call_that_failed_twice_gets_an_error_not_a_dead_letter(cluster, broker):
+    calls = []
+
+    @dispatcher.rpc_service("svc")
+    class Svc(service.ServiceController):
+        @dispatcher.rpc_method(service="svc", method="do")
+        def do(self, request, proxy):
+            calls.append(request.message_id)
+            return {"done": True}
+
+    spy = broker.spy("client_exchange")
+    transport = FlakyAnswers(cluster.config)
+    transport.failures = 2  # the answer of both runs
+    serve(cluster, Svc, transport=transport)
+    request = client_of(cluster, svc="svc_exchange").svc.do().call()
+    cluster.deliver()
+    assert len(calls) == 2  # requeued once, as before
+    ((kind, payload),) = answers(spy)
+    assert kind == "error" and payload["class"] == "tavrida.exceptions.PublishFailed"
+    assert "the broker is unwell" in payload["message"]
+    assert spy.collect()[0].headers["request_id"] == request.request_id
+    assert cluster.dead_letters("svc_queue") == []
+    assert broker.messages("svc_queue") == []
+
+
 def test_nackable_exception_runs_the_message_again_after_its_backoff(cluster, echo):
     state, cli, spy, _ = echo
     tries = []
