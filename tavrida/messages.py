@@ -17,8 +17,10 @@ along a whole chain of calls.
 from __future__ import annotations
 
 import collections
+import itertools
 import operator
 import os
+import reprlib
 import time
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Type, TypeVar
 
@@ -294,11 +296,36 @@ class Message:
 
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self._source}->{self._destination} "
-                f"correlation_id={self._correlation_id} payload={self.payload!r}>")
+                f"correlation_id={self._correlation_id} "
+                f"payload={_PAYLOAD_REPR.repr(self.payload)}>")
 
 
 class Incoming:
     """Marker: a message received from the broker."""
+
+
+class _PayloadRepr(reprlib.Repr):
+    """``repr()`` of payloads, cut where they are large; dicts keep their order."""
+
+    def repr_dict(self, x: Dict[Any, Any], level: int) -> str:
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        items = itertools.islice(x.items(), self.maxdict)
+        pieces = [f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}" for k, v in items]
+        if len(x) > self.maxdict:
+            pieces.append("...")
+        return "{" + ", ".join(pieces) + "}"
+
+
+#: Payloads in logs and reprs: small ones whole, large ones cut (a 100 MB answer that
+#: cannot be sent is logged in a line, not in 100 MB).
+_PAYLOAD_REPR = _PayloadRepr()
+_PAYLOAD_REPR.maxlevel = 6
+_PAYLOAD_REPR.maxdict = _PAYLOAD_REPR.maxlist = _PAYLOAD_REPR.maxtuple = 50
+_PAYLOAD_REPR.maxset = _PAYLOAD_REPR.maxfrozenset = 50
+_PAYLOAD_REPR.maxstring = _PAYLOAD_REPR.maxother = _PAYLOAD_REPR.maxlong = 500
 
 
 class Outgoing:
