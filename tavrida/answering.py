@@ -99,7 +99,7 @@ class Answering:
     def _answered(self, answer: messages.Message) -> None:
         """Tell the hooks what went back to the caller (an Error: outcome ``error``)."""
         if self.hooks and answer.message_type == messages.ERROR:
-            self.hooks.answered_error()
+            self.hooks.answered_error(answer.payload.get("name") or "")
 
     def _answer_failed(self, controller: ServiceController, answer: messages.Message,
                        delivery: Delivery, exc: exceptions.TavridaError) -> None:

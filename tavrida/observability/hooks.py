@@ -56,8 +56,8 @@ class MessageRecord:
     """
 
     __slots__ = ("correlation_id", "dead_letter_reason", "duration", "entry_point",
-                 "exception", "headers", "known", "message_type", "outcome", "queue",
-                 "started", "state")
+                 "error_name", "exception", "headers", "known", "message_type", "outcome",
+                 "queue", "started", "state")
 
     def __init__(self, queue: str, headers: Dict[str, Any],
                  known: FrozenSet[Tuple[str, str]]) -> None:
@@ -74,6 +74,8 @@ class MessageRecord:
         self.duration: Optional[float] = None
         self.outcome: Optional[str] = None
         self.exception: Optional[BaseException] = None
+        #: The ``name`` of the Error its caller was sent (outcome ``error``), else "".
+        self.error_name = ""
         self.dead_letter_reason: Optional[str] = None
         #: Per-hook scratch space (a tracing span, ...), keyed by the hook.
         self.state: Dict[Any, Any] = {}
@@ -207,9 +209,12 @@ class HookList(List[ServerHook]):
         """The message being handled will run again after a delay (see tavrida.retries)."""
         self._outcome(RETRIED)
 
-    def answered_error(self) -> None:
-        """The caller of the message being handled was sent an Error."""
-        self._outcome(ERROR)
+    def answered_error(self, name: str = "") -> None:
+        """The caller of the message being handled was sent an Error named ``name``."""
+        record = self._current()
+        if record is not None:
+            record.outcome = ERROR
+            record.error_name = _text(name)
 
     def expired(self) -> None:
         """The message being handled was dropped unrun: its caller had given up."""

@@ -131,7 +131,7 @@ class Tracing(ServerHook):
                 span.record_exception(record.exception)
             if record.outcome in FAILED_OUTCOMES:
                 why = (type(record.exception).__name__ if record.exception is not None
-                       else record.outcome)
+                       else record.error_name or record.outcome)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, why))
             span.end()
         finally:

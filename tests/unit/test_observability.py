@@ -498,6 +498,7 @@ def test_access_log_says_what_happened_to_each_message(cluster, broker, caplog):
     assert [r.correlation_id for r in records] == [
         "c-ok", "c-guarded", "c-again", "c-when", "c-boom", "c-expired", "c-again",
         "c-requeued", "c-requeued"]
+    assert records[1].error == "PermissionError"  # refused: no exception, an Error sent
     assert records[3].error == "IncorrectOutgoingMessage"  # the datetime answer
     assert records[5].getMessage().startswith("desk.ok request expired correlation_id=")
 
@@ -529,6 +530,7 @@ def test_spans_carry_each_outcome_and_failed_ones_are_errors(cluster, broker, sp
     statuses = {outcome: s.status.status_code.name for s, (_, outcome) in zip(finished, got)}
     assert statuses == {"ok": "UNSET", "retried": "UNSET", "expired": "UNSET",
                         "error": "ERROR", "dead-lettered": "ERROR", "requeued": "ERROR"}
+    assert finished[1].status.description == "PermissionError"  # the middleware's refusal
 
 
 def test_answer_spans_are_named_response_and_error_not_like_the_request(cluster, spans):
