@@ -549,11 +549,20 @@ def test_answer_spans_are_named_response_and_error_not_like_the_request(cluster,
         def failed(self, error, proxy):
             errors.append(error.payload["name"])
 
+    @dispatcher.rpc_service("watch")
+    class Watch(service.ServiceController):
+        @dispatcher.subscription_method(service="shop", method="taken")
+        def seen(self, notification, proxy, left):
+            pass
+
     disc = discovery.LocalDiscovery()
     disc.register_remote_service("shop", "shop_exchange")
     disc.register_remote_service("front", "front_exchange")
+    disc.register_remote_publisher("shop", "shop_notifications")
     Front.set_discovery(disc)
+    Watch.set_discovery(disc)
     cluster.add_server([Front], hooks=[Tracing(provider)])
+    cluster.add_server([Watch], hooks=[Tracing(provider)])
     cli.shop.buy(item="book").call()
     cluster.client(disc, source="tester").front.go().cast()
     cluster.deliver(expect_errors=(LookupError,))
@@ -562,6 +571,7 @@ def test_answer_spans_are_named_response_and_error_not_like_the_request(cluster,
     assert ("stock.take process", "request") in names
     assert ("stock.take response", "response") in names  # shop's handler of stock's answer
     assert ("shop.buy error", "error") in names  # front's handler of shop's Error
+    assert ("shop.taken notification", "notification") in names  # shop published it
     assert not [name for name, kind in names if kind != "request" and name.endswith("process")]
     assert errors == ["LookupError"]
 
