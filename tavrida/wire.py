@@ -176,7 +176,11 @@ def _first_bad(value: Any, path: str, seen: set[int]) -> Optional[Tuple[str, str
         finally:
             seen.discard(id(value))
         return None
-    return path, f"{type(value).__name__} is not JSON-serialisable"
+    try:  # a datetime, a dataclass...: written as what schema.jsonable makes of it
+        written = schema.jsonable(value)
+    except TypeError:
+        return path, f"{type(value).__name__} is not JSON-serialisable"
+    return _first_bad(written, path, seen)
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -82,6 +82,15 @@ def test_the_document_of_a_config_file_validates(validator, capsys, tmp_path):
     assert_valid(validator, written)
 
 
+def test_the_document_of_the_example_config_files_validates(validator, capsys):
+    assert cli.main(["asyncapi", str(EXAMPLES / "hello.ini"), str(EXAMPLES / "world.ini")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert_valid(validator, doc)
+    assert doc["info"]["title"] == "tavrida services test_hello, test_world"
+    assert {"test_hello.hello.call", "test_world.world.call", "test_hello.calls.test_world.world",
+            "test_world.on.test_hello.hello"} <= set(doc["operations"])
+
+
 def test_the_documents_of_the_examples_validate(validator):
     conf = config.ConnectionConfig.from_url("amqp://guest:secret@rabbit.example:5672/prod")
     hello_world, pubsub = load("hello_world"), load("pubsub")
