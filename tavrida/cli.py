@@ -131,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
                        ("cast", "send a request without waiting"),
                        ("publish", "publish event EVENT of SERVICE (SERVICE EVENT k=v ...)")):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("target", metavar="SERVICE.METHOD",
+        sub.add_argument("target", metavar="SERVICE.METHOD" if name != "publish" else "SERVICE",
                          help="where it goes (publish: SERVICE EVENT, or SERVICE.EVENT)")
         sub.add_argument("params", nargs="*", metavar="key=value",
                          help="the payload; values are JSON when they parse, else text")
