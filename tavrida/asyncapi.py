@@ -22,7 +22,8 @@ The document says what travels, without connecting to the broker:
 * **messages**: the body ``{"context": {...}, "payload": {...}}`` whose
   payload schema comes from the handler's annotations (see
   :mod:`tavrida.contracts`; an unannotated parameter may be anything), a
-  Response's from the handler's return annotation; the tavrida headers as
+  Response's from the handler's return annotation (or, for a service not
+  documented, from the caller's response handler); the tavrida headers as
   message headers; ``request_id`` as the correlation id of a reply.
 
 Dataclasses, TypedDicts, enums and pydantic models become named schemas
@@ -234,8 +235,13 @@ class _Builder:
         fields = contracts.payload_fields(handler.func, handler.payload_params, handler.localns)
         return self.doc.schemas.record(title, fields)
 
-    def _response(self, handler: Optional[dispatcher.Handler]) -> Dict[str, Any]:
+    def _response(self, handler: Optional[dispatcher.Handler],
+                  answered: Optional[dispatcher.Handler] = None) -> Dict[str, Any]:
+        """The Response payload schema: the callee's return annotation, else what the
+        caller's response handler (``answered``) takes."""
         if handler is None:
+            if answered is not None:
+                return self._payload(answered, f"answer of {answered.entry_point}")
             return {"type": "object"}
         self.doc.schemas.localns = handler.localns
         returns = contracts.return_type(handler.func, handler.localns)
@@ -250,14 +256,15 @@ class _Builder:
                          _summary(handler.func) if handler else "")
         return f"request.{ep}"
 
-    def _reply(self, ep: str, server: str) -> Dict[str, Any]:
+    def _reply(self, ep: str, server: str,
+               answered: Optional[dispatcher.Handler] = None) -> Dict[str, Any]:
         handler = self.handlers.get(ep, (None, ""))[0]
         key = f"reply.{ep}"
         self.doc.channel(key, None, None, "/", "The caller's exchange (its x-tavrida-reply-"
                          "exchange header, else its discovery entry), routing key the caller's "
                          "service (reply_to).", server)
-        self.doc.message(f"response.{ep}", messages.RESPONSE, ep, self._response(handler),
-                         correlated=True)
+        self.doc.message(f"response.{ep}", messages.RESPONSE, ep,
+                         self._response(handler, answered), correlated=True)
         refs = []
         for message_key in (f"response.{ep}", "error"):
             self.doc.doc["channels"][key]["messages"][message_key] = _ref(
@@ -317,19 +324,20 @@ class _Builder:
                 doc.operation(f"{name}.on.{key}", "receive", channel, [f"event.{key}"], name,
                               summary or f"{name} subscribes to {key}", "")
             elif f"{name}.calls.{key}" not in doc.doc["operations"]:  # response, error
-                self._call(srv, cls, key, server, vhost, persistent)
+                self._call(srv, cls, key, server, vhost, persistent,
+                           cls.get_dispatcher().find(ep, messages.RESPONSE))
             for published, tp in handler.publishes.items():
                 self._event(cls, published, tp, server, vhost, persistent)
 
     def _call(self, srv: Server, cls: Type[ServiceController], ep: str, server: str,
-              vhost: str, persistent: bool) -> None:
+              vhost: str, persistent: bool, answered: Optional[dispatcher.Handler]) -> None:
         name = cls.service_name()
         remote = ep.partition(".")[0]
         channel = f"request.{ep}"
         self.doc.channel(channel, ep, _exchange(cls.get_discovery().get_remote, remote), vhost,
                          f"Requests to {ep}.", server)
         message = self._request_message(ep)
-        reply = self._reply(ep, server)
+        reply = self._reply(ep, server, answered)
         self.doc.operation(f"{name}.calls.{ep}", "send", channel, [message], name,
                            f"{name} calls {ep}",
                            f"The answer comes back to {name} on {srv.exchange_name}.",

@@ -234,6 +234,11 @@ def test_calls_a_service_makes_are_send_operations_with_their_reply():
     assert resolve(doc, call["channel"]["$ref"])["bindings"]["amqp"]["exchange"]["name"] == \
         "supplier_exchange"
     assert call["reply"]["channel"] == {"$ref": "#/channels/reply.supplier.order"}
+    # supplier is not in the document: its answer is what the response handler takes.
+    response = doc["components"]["messages"]["response.supplier.order"]["payload"]
+    assert response["properties"]["payload"]["properties"] == {"ok": {"type": "boolean"}}
+    assert doc["components"]["messages"]["request.supplier.order"]["payload"]["properties"][
+        "payload"]["description"].startswith("Not described")
 
 
 def test_pydantic_models_are_described_by_pydantic(validator):
