@@ -276,9 +276,11 @@ class Transport(abc.ABC):
         """Bound the blocking operations this thread runs inside the block.
 
         ``with transport.deadline(2): ...``: connecting, reconnecting,
-        declaring, publishing and draining give up ``timeout`` seconds after
-        the block began (raising :class:`~tavrida.exceptions.ConnectionFailed`
-        when the broker could not be reached). Blocks nest (the earliest
+        declaring, publishing, draining, cancelling and closing give up
+        ``timeout`` seconds after the block began (raising
+        :class:`~tavrida.exceptions.ConnectionFailed` when the broker could not
+        be reached; a cancel or close that cannot finish in time drops the
+        connection). Blocks nest (the earliest
         deadline wins); ``None`` adds no bound. Transports that never block
         keep this no-op.
         """

@@ -6,7 +6,8 @@ module of this package: :mod:`.state` (what the parts share),
 (the one retry loop), :mod:`.nodes` (a cluster's nodes), :mod:`.heartbeats`, :mod:`.declaring`,
 :mod:`.consuming` (consumers, deliveries, settling), :mod:`.draining`, :mod:`.polling`,
 :mod:`.confirms` (acks, nacks, returns), :mod:`.publishing`,
-:mod:`.shared_confirms` (blocking calls' requests), :mod:`.deferring`; the
+:mod:`.shared_confirms` (blocking calls' requests), :mod:`.deferring`,
+:mod:`.severing` (deadlines of cancel and close); the
 workarounds of kombu's and py-amqp's behaviour, the only modules using
 private names of theirs, are :mod:`.pyamqp_compat`, :mod:`.virtual` and
 :mod:`.redis_fetch`. :mod:`.transport` sets the shared state up, connects
@@ -55,7 +56,13 @@ Deadlines: every blocking operation (connecting, reconnecting, declaring,
 publishing, draining) honours the calling thread's :meth:`KombuTransport.deadline`
 and publishes also ``publish_timeout``; reconnect sleeps end at once on
 :meth:`KombuTransport.close` or :meth:`KombuTransport.interrupt`. Giving up
-raises :class:`~tavrida.exceptions.ConnectionFailed`.
+raises :class:`~tavrida.exceptions.ConnectionFailed`. An interrupt ends
+reconnect attempts only: a publish on a healthy connection (a stopping
+server's answer) still goes out. :meth:`KombuTransport.cancel` and
+:meth:`KombuTransport.close` wait for the broker at most
+:attr:`KombuTransport.stop_step_timeout` (or the thread's deadline), then shut
+the connection's sockets down (:mod:`.severing`): a stalled connection cannot
+hold a stop.
 
 Bytes are never interpreted: bodies are not decoded, decompressed or
 unpickled, whatever the content type or headers say. py-amqp decodes AMQP
