@@ -38,7 +38,7 @@ def dead_letter_queue_name(queue: str) -> str:
 
 
 def delay_queue_name(queue: str, delay_ms: int) -> str:
-    """Name of the queue that holds messages ``delay_ms`` milliseconds before ``queue`` gets them."""
+    """Name of the queue holding messages ``delay_ms`` milliseconds before ``queue`` gets them."""
     return f"{queue}.retry.{delay_ms}"
 
 
