@@ -19,7 +19,7 @@ from ``--url``, then ``TAVRIDA_URL``, then the config file; ``call``,
 ``topology show`` prints the queues, exchanges and bindings the server of a
 config file declares, without connecting (``--counts`` also asks the broker
 how many messages each queue holds). ``topology delete`` deletes the
-service's queues (its queue and dead-letter queue) after asking (``--yes``
+service's queues (its queue, dead-letter queue and retry delay queues) after asking (``--yes``
 does not ask); it refuses while a queue holds messages unless ``--force``.
 ``--exchanges`` also deletes the service's own exchanges (its server
 exchange and notification exchanges): other services' queues bound to them
@@ -37,6 +37,7 @@ reconnect attempts).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -238,11 +239,18 @@ def _declared(args: argparse.Namespace) -> Tuple[config_file.ServiceConfig, Topo
     conf.bind_discovery()
     server = Server(conf.connection, conf.queue, conf.exchange, conf.service_classes,
                     workers=conf.workers, queue_type=conf.queue_type,
-                    max_attempts=conf.retry_policy.max_attempts)
+                    max_attempts=conf.retry_policy.max_attempts,
+                    retry_backoff=conf.retry_policy.backoff,
+                    retry_backoff_max=conf.retry_policy.backoff_max)
     topology = server.topology()
+    # Delay queues are listed, counted and deleted with the others.
+    topology = dataclasses.replace(
+        topology, queues=topology.queues + tuple(d.name for d in topology.delays))
     services = ", ".join(cls.service_name() for cls in conf.service_classes)
     roles = {conf.queue: f"queue of {services}",
              server.dead_letter_queue: f"dead letters of {conf.queue}"}
+    for delay in topology.delays:
+        roles[delay.name] = f"retries of {conf.queue} waiting {delay.delay_ms / 1000:g} s"
     own = [conf.exchange]
     for cls in conf.service_classes:
         exchanges = cls.get_discovery().get_all_exchanges()
