@@ -247,6 +247,26 @@ def test_backoff_doubles_up_to_its_cap():
     assert retries.RetryPolicy(backoff=0).delay(4) == 0
 
 
+def test_delay_queues_are_a_bounded_set_one_per_backoff_step():
+    assert retries.RetryPolicy().delays_ms() == (500, 1000, 2000, 4000)
+    assert retries.RetryPolicy(max_attempts=None).delays_ms() == (
+        500, 1000, 2000, 4000, 8000, 16000, 30000)
+    assert retries.RetryPolicy(max_attempts=1).delays_ms() == ()  # never retried
+    assert retries.RetryPolicy(backoff=0).delays_ms() == ()  # retried at once
+    assert retries.RetryPolicy(max_attempts=100, backoff=10, backoff_max=10).delays_ms() == (
+        10000,)
+    tiny = retries.RetryPolicy(max_attempts=None, backoff=1e-9, backoff_max=30).delays_ms()
+    assert len(tiny) < 70 and tiny[0] == 1 and tiny[-1] == 30000  # at least 1 ms, capped
+
+
+def test_redis_delay_queue_names_are_parsed_back():
+    from tavrida.transports.kombu import redis_delays
+
+    assert redis_delays.parse("svc.queue.retry.500") == ("svc.queue", 500)
+    assert redis_delays.parse("svc.queue") is None
+    assert redis_delays.parse("svc.retry.x") is None
+
+
 @pytest.mark.parametrize("kwargs", [{"max_attempts": 0}, {"max_attempts": -1},
                                     {"max_attempts": 1.5}, {"retry_backoff": -1},
                                     {"retry_backoff_max": float("nan")}])
