@@ -265,7 +265,8 @@ class MemoryCluster:
             if not busy:
                 if not self._retries_pending():
                     return sum(server.handled for server in self.servers) - before
-                due = self.broker.delays.next_due()
+                with self.broker.lock:
+                    due = self.broker.delays.next_due()
                 if due is not None:
                     self.broker.advance(due)  # the next retry's backoff, skipped
                     continue
