@@ -64,6 +64,8 @@ class Setup:
     timeout: float = 120.0
     #: The kombu side of scenarios 1, 2 and 7 sends tavrida's wire message (bench.kombu_wire).
     kombu_wire: bool = False
+    #: Scenario 4's tavrida side also measures typed echo handlers against the untyped one.
+    typed: bool = False
 
     @property
     def is_amqp(self) -> bool:
