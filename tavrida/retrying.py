@@ -39,7 +39,7 @@ from tavrida.transports.base import (
 LOG = logging.getLogger("tavrida.server")
 
 #: Headers RabbitMQ adds when a delay queue dead-letters a message back; not copied
-#: into the next retry (the broker keeps its own count, and would refuse them in 4.x).
+#: into the next retry (they are the broker's record of that hop, not the message's).
 _BROKER_DEATH_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue",
                          "x-first-death-reason", "x-last-death-exchange",
                          "x-last-death-queue", "x-last-death-reason")
