@@ -18,9 +18,11 @@ script; on Redis such names are reserved for delay queues, and one whose
 delay was not declared raises :class:`~.virtual.NoRoute` (the publish is
 ``Unroutable``) rather than land in a list nobody reads. Each consumer of
 ``<queue>`` moves what is due to the end of the queue's list before it pops
-(:func:`release_due`, called by :class:`~.redis_fetch.RedisFetch`, at most
-every :data:`RELEASE_INTERVAL` seconds), also atomically in a Lua script: a
-message is in the set or in the list, never in both or neither. Held messages
+(:meth:`Releaser.release_due`, called by :class:`~.redis_fetch.RedisFetch`,
+at most every :data:`RELEASE_INTERVAL` seconds; every :data:`IDLE_INTERVAL`
+for a queue with no delays, such as a client's reply queue), also
+atomically in a Lua script: a message is in the set or in the list, never in
+both or neither. Held messages
 live in Redis, so they outlive the service; they move once any consumer of
 the queue runs again. The wait is thus the delay plus up to the consumer's
 pop timeout (``brpop_timeout``, 1 s by default).
@@ -41,6 +43,8 @@ LOG = logging.getLogger(__name__)
 
 #: Shortest time between two moves of due messages by one consumer.
 RELEASE_INTERVAL = 0.25
+#: Time between two looks at a queue with no delays declared (a client's reply queue).
+IDLE_INTERVAL = 5.0
 #: Most messages moved at once (the rest on the next pop).
 RELEASE_BATCH = 100
 
@@ -59,8 +63,11 @@ redis.call('ZADD', KEYS[2], now + tonumber(ARGV[1]), ARGV[2])
 return 1
 """
 
-#: KEYS: the held set, the queue's list. ARGV: most to move. How many moved.
-_RELEASE = _NOW_MS + """
+#: KEYS: the held set, the queue's list, the delays set. ARGV: most to move.
+#: How many moved; -1 when the queue has no delays (nothing can be held for it).
+_RELEASE = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
+""" + _NOW_MS + """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, item in ipairs(due) do
   redis.call('LPUSH', KEYS[2], item)
@@ -146,12 +153,15 @@ class Releaser:
         try:
             with channel.conn_or_acquire() as client:
                 moved = int(client.execute_command(
-                    "EVAL", _RELEASE, 2, prefix + held_key(self.queue), prefix + self.queue,
-                    RELEASE_BATCH))
+                    "EVAL", _RELEASE, 3, prefix + held_key(self.queue), prefix + self.queue,
+                    prefix + delays_key(self.queue), RELEASE_BATCH))
         except channel.connection_errors:
             raise
         except Exception as exc:  # noqa: BLE001 - a script error must not stop consuming
             LOG.error("could not move due retries back to %s: %s", self.queue, exc)
+            return 0
+        if moved < 0:
+            self._next = now + IDLE_INTERVAL  # no delays (yet): look again later
             return 0
         if moved:
             LOG.debug("moved %d due message(s) back to %s", moved, self.queue)
