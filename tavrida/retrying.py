@@ -62,6 +62,13 @@ class Retrying(Answering):
         return tuple(DelayQueue(self.queue_name, delay_ms)
                      for delay_ms in self.retry_policy.delays_ms())
 
+    def _say_where_retries_wait(self, topology: Topology) -> None:
+        """Log (at start) when the transport cannot hold delays and retries wait here."""
+        assert self.transport is not None
+        if topology.delays and not self.transport.holds_delays:
+            LOG.info("%r cannot hold retry delays: retries of queue %s wait in this server, "
+                     "each holding a prefetch slot", self.transport, self.queue_name)
+
     def _retry(self, delivery: Delivery, controller: ServiceController, method_name: str,
                message: messages.Message, exc: Exception) -> None:
         """Run the message again after its backoff, or give up after the last attempt."""

@@ -182,6 +182,7 @@ class Server(Retrying):
         self.controllers = [cls(self._sender(cls)) for cls in self.service_classes]
         self.router = Router(self.controllers)
         self.transport.declare(topology)
+        self._say_where_retries_wait(topology)
         if self.workers:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 self.workers, thread_name_prefix=f"tavrida-{self.queue_name}")

@@ -192,9 +192,12 @@ class _NoDelays(MemoryTransport):
     holds_delays = False
 
 
-def test_without_broker_delays_the_server_holds_the_retry(cluster, poison):
+def test_without_broker_delays_the_server_holds_the_retry(cluster, poison, caplog):
     state, start = poison
+    caplog.set_level(logging.INFO, logger="tavrida.server")
     srv, cli = start(max_attempts=5, retry_backoff=60, transport=_NoDelays(cluster.config))
+    assert any("cannot hold retry delays: retries of queue svc_queue wait in this server"
+               in r.getMessage() for r in caplog.records)
     assert not [q for q in cluster.broker.queue_names() if ".retry." in q]  # none declared
     cli.svc.do(value=1).cast()
     srv.drain(0)
