@@ -1,0 +1,375 @@
+"""The records of one store as this process sees them, and this process's own record.
+
+A :class:`Directory` is shared by every :class:`~tavrida.discovery.CentralDiscovery`
+of a process that names the same store (:func:`acquire`): one watch on the
+store, one cache, one record announced for all the process's services.
+
+* **Cache.** The store pushes every record (all of them at (re)connect, then
+  each change); :meth:`Directory.lookup` answers from memory, never asking
+  the store. Per service, among the owners whose records are live, the
+  first registration (earliest ``since``) wins; when none is live, the last
+  heard of (latest ``at``) is the "last known" answer. Two live owners
+  claiming one name with different exchanges is a conflict, logged (on both
+  owners, as an error on the one that waits).
+* **Registrar.** :meth:`Directory.register` adds a service to this process's
+  record; a background thread writes the record at once and again every
+  ``refresh`` seconds (the heartbeat); while the store is unreachable it
+  retries, logging the outage once. When the last service goes the record
+  is written once more with ``alive`` false: it stays as last known.
+* **Carry-forward.** A store that forgets old records (a stream's
+  retention) gets the records nobody heartbeats (hand-made entries, owners
+  that stopped) written again by a watcher, at a random moment past half the
+  retention, so that a replay always finds them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from typing import Callable, Dict, FrozenSet, List, Optional, Set, Tuple
+
+from tavrida import exceptions
+from tavrida.config import ConnectionConfig
+from tavrida.registry import record as record_mod
+from tavrida.registry.record import Entry, MalformedRecord, Record
+from tavrida.registry.store import DEFAULT_NAME, Store, StoreUnavailable, open_store
+
+LOG = logging.getLogger("tavrida.discovery")
+
+#: Seconds between heartbeats, and how long a record stays live without one.
+DEFAULT_REFRESH = 15.0
+DEFAULT_TTL = 60.0
+#: Seconds a first lookup waits for the store's records.
+DEFAULT_SYNC_TIMEOUT = 5.0
+#: Seconds a write may take before it is retried.
+WRITE_TIMEOUT = 5.0
+
+Resolved = Tuple[Entry, Record]
+
+
+def new_owner() -> str:
+    """An owner id for this process: host, pid and a random part (pids are reused)."""
+    return f"{socket.gethostname()[:100]}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+
+
+class Directory:
+    """The cache of one store, kept current by push, and this process's registrar."""
+
+    def __init__(self, store: Store, refresh: float = DEFAULT_REFRESH,
+                 ttl: float = DEFAULT_TTL,
+                 sync_timeout: float = DEFAULT_SYNC_TIMEOUT) -> None:
+        if not 0 < refresh < ttl:
+            raise exceptions.IncorrectAMQPConfig(
+                reason=f"central discovery needs 0 < refresh ({refresh}) < ttl ({ttl})")
+        self.store = store
+        self.refresh = refresh
+        self.ttl = ttl
+        self.sync_timeout = sync_timeout
+        self.owner = new_owner()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        #: Latest record per owner, and when it arrived (monotonic).
+        self._records: Dict[str, Record] = {}
+        self._arrived: Dict[str, float] = {}
+        self._carry_at: Dict[str, float] = {}
+        self._owners_of: Dict[str, Set[str]] = {}
+        #: service -> (entry, record) answered by lookups (replaced, never mutated).
+        self._resolved: Dict[str, Resolved] = {}
+        self._known: FrozenSet[str] = frozenset()
+        self._conflicts: Set[Tuple[str, FrozenSet[str]]] = set()
+        self.version = 0
+        self._synced = threading.Event()
+        self.connected = False
+        # The registrar.
+        self._own: Dict[str, Tuple[Entry, int]] = {}
+        self._since = 0.0
+        self._stopped_owner_written = True
+        self._wanted = 0  # own record versions asked for
+        self._written = 0  # own record versions written
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._failing = False
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"tavrida-discovery-{store.name}")
+        self.references = 0
+
+    def start(self) -> None:
+        self.store.watch(self._on_record, self._on_state)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop heartbeats and watching; the records stay in the store (they expire)."""
+        self._closed.set()
+        self._wake.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(WRITE_TIMEOUT + 1)
+        self.store.close()
+
+    # -- the cache --------------------------------------------------------
+
+    def _on_state(self, synced: bool) -> None:
+        self.connected = synced
+        if synced:
+            if not self._synced.is_set():
+                LOG.info("central discovery at %s: %d records", self.store.name,
+                         len(self._records))
+            self._synced.set()
+            with self._lock:
+                self._changed.notify_all()
+
+    def _on_record(self, raw: bytes) -> None:
+        try:
+            record = record_mod.decode(raw)
+        except MalformedRecord as exc:
+            LOG.warning("central discovery at %s: ignored a malformed record (%s): %r",
+                        self.store.name, exc, raw[:200])
+            return
+        with self._lock:
+            old = self._records.get(record.owner)
+            self._records[record.owner] = record
+            self._arrived[record.owner] = time.monotonic()
+            self._carry_at.pop(record.owner, None)
+            names = set(record.services) | set(old.services if old else ())
+            for name in names:
+                owners = self._owners_of.setdefault(name, set())
+                if name in record.services:
+                    owners.add(record.owner)
+                else:
+                    owners.discard(record.owner)
+            self._resolve(names)
+
+    def _resolve(self, names: Set[str]) -> None:
+        """Work out the answer for ``names`` (lock held)."""
+        now = time.time()
+        resolved = dict(self._resolved)
+        for name in names:
+            records = [self._records[owner] for owner in self._owners_of.get(name, ())]
+            if not records:
+                resolved.pop(name, None)
+                self._owners_of.pop(name, None)
+                continue
+            live = sorted((r for r in records if r.live(now)), key=lambda r: (r.since, r.owner))
+            if live:
+                chosen = live[0]
+                self._check_conflict(name, chosen, live[1:])
+            else:
+                chosen = max(records, key=lambda r: (r.at, r.owner))
+            resolved[name] = (chosen.services[name], chosen)
+        if resolved != self._resolved:
+            self._resolved = resolved
+            self._known = frozenset(entry.exchange for entry, _ in resolved.values()) | \
+                frozenset(entry.notifications for entry, _ in resolved.values()
+                          if entry.notifications)
+            self.version += 1
+            self._changed.notify_all()
+
+    def _check_conflict(self, name: str, chosen: Record, others: List[Record]) -> None:
+        exchange = chosen.services[name].exchange
+        rivals = [r for r in others if r.services[name].exchange != exchange]
+        if not rivals:
+            return
+        key = (name, frozenset([chosen.owner, *(r.owner for r in rivals)]))
+        if key in self._conflicts:
+            return
+        self._conflicts.add(key)
+        claims = ", ".join(f"{r.owner} ({r.services[name].exchange})" for r in rivals)
+        if chosen.owner == self.owner:
+            LOG.warning("central discovery: service %s is claimed by %s too; our registration "
+                        "(%s) came first and holds", name, claims, exchange)
+        elif any(r.owner == self.owner for r in rivals):
+            LOG.error("central discovery: service %s was claimed first by %s with exchange %s; "
+                      "our registration (%s) is not used until that one expires", name,
+                      chosen.owner, exchange, self._own.get(name, (Entry("?"), 0))[0].exchange)
+        else:
+            LOG.warning("central discovery: service %s is claimed by %s (%s, first, used) "
+                        "and by %s", name, chosen.owner, exchange, claims)
+
+    def _wait_synced(self) -> None:
+        if not self._synced.is_set() and not self._synced.wait(self.sync_timeout):
+            raise exceptions.UnableToDiscover(
+                service=f"(central discovery at {self.store.name} could not be read within "
+                        f"{self.sync_timeout:g} s)")
+
+    def lookup(self, service: str) -> Optional[Resolved]:
+        """Where ``service`` lives: the live first registration, else the last known."""
+        if not self._synced.is_set():
+            self._wait_synced()
+        return self._resolved.get(service)
+
+    def knows_exchange(self, exchange: str) -> bool:
+        """True when some record names ``exchange`` (a service's, a client's replies)."""
+        if not self._synced.is_set():
+            self._wait_synced()
+        return exchange in self._known
+
+    def snapshot(self) -> Dict[str, Resolved]:
+        """Every service and its answer now."""
+        self._wait_synced()
+        return dict(self._resolved)
+
+    def records(self) -> List[Record]:
+        """Every record kept, one per owner."""
+        self._wait_synced()
+        with self._lock:
+            return list(self._records.values())
+
+    def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` (checked at each change) is true; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            return True
+
+    # -- the registrar ----------------------------------------------------
+
+    def register(self, service: str, entry: Entry) -> None:
+        """Announce ``service`` as this process's (again: counted) and keep it alive."""
+        with self._lock:
+            count = self._own.get(service, (entry, 0))[1]
+            self._own[service] = (entry, count + 1)
+            if self._since == 0.0:
+                self._since = time.time()
+            self._wanted += 1
+        self._wake.set()
+
+    def unregister(self, service: str, timeout: float = 1.0) -> None:
+        """Withdraw one registration of ``service``; the last one is written at once.
+
+        Waits up to ``timeout`` seconds for the store to take the change (a
+        record never written expires on its own).
+        """
+        with self._lock:
+            entry, count = self._own.get(service, (None, 0))
+            if entry is None:
+                return
+            if count > 1:
+                self._own[service] = (entry, count - 1)
+                return
+            del self._own[service]
+            self._wanted += 1
+            wanted = self._wanted
+        self._wake.set()
+        self.wait(lambda: self._written >= wanted or self._closed.is_set(), timeout)
+
+    def _own_record(self) -> Optional[Record]:
+        with self._lock:
+            if not self._own and self._stopped_owner_written:
+                return None
+            services = {name: entry for name, (entry, _) in self._own.items()}
+            return Record(self.owner, services, self._since or time.time(), time.time(),
+                          self.ttl, alive=bool(services))
+
+    def _run(self) -> None:
+        next_beat = 0.0
+        delay = 0.5
+        while not self._closed.is_set():
+            now = time.monotonic()
+            due = now >= next_beat or self._wanted > self._written
+            if due:
+                with self._lock:
+                    wanted = self._wanted
+                record = self._own_record()
+                if record is None:
+                    next_beat = now + self.refresh
+                    self._set_written(wanted)
+                elif self._write(record):
+                    delay = 0.5
+                    next_beat = now + self.refresh
+                    with self._lock:
+                        self._stopped_owner_written = record.alive is False
+                        if record.alive:
+                            self._stopped_owner_written = False
+                    self._set_written(wanted)
+                else:
+                    next_beat = now + delay
+                    delay = min(delay * 2, self.refresh)
+            self._tick()
+            self._wake.wait(max(0.05, min(1.0, next_beat - time.monotonic())))
+            self._wake.clear()
+
+    def _set_written(self, wanted: int) -> None:
+        with self._lock:
+            self._written = max(self._written, wanted)
+            self._changed.notify_all()
+
+    def _write(self, record: Record) -> bool:
+        try:
+            self.store.write(record.owner, record.encode(), WRITE_TIMEOUT)
+        except (StoreUnavailable, exceptions.TavridaError, OSError) as exc:
+            if not self._failing:
+                LOG.warning("central discovery at %s: cannot register %s (%s); retrying in "
+                            "the background, lookups answer from the cache", self.store.name,
+                            ", ".join(sorted(record.services)) or "the stop", exc)
+            self._failing = True
+            return False
+        if self._failing:
+            LOG.info("central discovery at %s: registered %s again", self.store.name,
+                     ", ".join(sorted(record.services)))
+        self._failing = False
+        return True
+
+    def _tick(self) -> None:
+        """Expiries (a first registration that lapsed gives way) and carry-forward."""
+        with self._lock:
+            contested = {name for name, owners in self._owners_of.items() if len(owners) > 1}
+            if contested:
+                self._resolve(contested)
+            retention = self.store.retention
+            if retention is None or not self.connected:
+                return
+            now = time.monotonic()
+            due = []
+            for owner, rec in self._records.items():
+                if owner == self.owner or not rec.services or (rec.live() and rec.ttl > 0):
+                    continue
+                at = self._carry_at.setdefault(
+                    owner, self._arrived[owner] + retention * random.uniform(0.5, 0.75))
+                if now >= at:
+                    due.append(rec)
+        for rec in due:
+            try:
+                self.store.write(rec.owner, rec.encode(), WRITE_TIMEOUT)
+            except (StoreUnavailable, exceptions.TavridaError, OSError) as exc:
+                LOG.warning("central discovery at %s: cannot write %s's record again: %s",
+                            self.store.name, rec.owner, exc)
+                return
+
+
+# -- one directory per store and process ------------------------------------
+
+_directories: Dict[Tuple[str, str], Directory] = {}
+_directories_lock = threading.Lock()
+
+
+def acquire(config: ConnectionConfig, name: str = DEFAULT_NAME, **settings: float) -> Directory:
+    """The process's directory of the store ``config`` names, started on first use."""
+    key = (config.url, name)
+    with _directories_lock:
+        directory = _directories.get(key)
+        if directory is None:
+            directory = Directory(open_store(config, name), **settings)
+            directory.start()
+            _directories[key] = directory
+        directory.references += 1
+        return directory
+
+
+def release(directory: Directory) -> None:
+    """Give back a directory from :func:`acquire`; the last one closes it."""
+    with _directories_lock:
+        directory.references -= 1
+        if directory.references > 0:
+            return
+        for key, value in list(_directories.items()):
+            if value is directory:
+                del _directories[key]
+    directory.close()
