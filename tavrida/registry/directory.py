@@ -131,6 +131,8 @@ class Directory:
             return
         with self._lock:
             old = self._records.get(record.owner)
+            if old is not None and record.at < old.at:
+                return  # an older write, pushed after a newer one was read (Redis resync)
             self._records[record.owner] = record
             self._arrived[record.owner] = time.monotonic()
             self._carry_at.pop(record.owner, None)
@@ -285,9 +287,7 @@ class Directory:
                     delay = 0.5
                     next_beat = now + self.refresh
                     with self._lock:
-                        self._stopped_owner_written = record.alive is False
-                        if record.alive:
-                            self._stopped_owner_written = False
+                        self._stopped_owner_written = not record.alive
                     self._set_written(wanted)
                 else:
                     next_beat = now + delay
