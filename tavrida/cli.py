@@ -47,6 +47,7 @@ import simplejson
 import tavrida
 from tavrida import client, config_file, discovery, entry_point, exceptions, wire
 from tavrida import config as config_mod
+from tavrida.registry import command as registry_command
 from tavrida.server import Server
 from tavrida.transports import Topology, create_transport
 
@@ -128,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
                                   "tavrida.replies); a 2.0 service needs no entry for the "
                                   "caller in its discovery")
     _topology_parser(commands)
+    registry_command.add_parser(commands)
     return parser
 
 
@@ -226,7 +228,8 @@ def _run(args: argparse.Namespace) -> int:
                     workers=conf.workers, hooks=conf.hooks(), queue_type=conf.queue_type,
                     max_attempts=conf.retry_policy.max_attempts,
                     retry_backoff=conf.retry_policy.backoff,
-                    retry_backoff_max=conf.retry_policy.backoff_max)
+                    retry_backoff_max=conf.retry_policy.backoff_max,
+                    reply_exchanges=conf.reply_exchanges)
     server.run()
     return 0
 
@@ -355,6 +358,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "discovery":
+            return registry_command.run(args)
         if args.command == "topology":
             return _topology_show(args) if args.action == "show" else _topology_delete(args)
         return _send(args)
