@@ -223,11 +223,14 @@ class CentralDiscovery(LocalDiscovery):
     Every CentralDiscovery of a process naming the same store shares one
     connection, cache and record (the first one's ``refresh``, ``ttl`` and
     ``sync_timeout`` apply); :meth:`close` gives its share back.
+    ``shared=False`` gives this one a connection, cache and owner id of its
+    own, as in another process (tests use it).
     """
 
     def __init__(self, url_or_config: Union[config_mod.ConnectionConfig, str], *,
                  refresh: Optional[float] = None, ttl: Optional[float] = None,
-                 sync_timeout: Optional[float] = None, name: Optional[str] = None) -> None:
+                 sync_timeout: Optional[float] = None, name: Optional[str] = None,
+                 shared: bool = True) -> None:
         super().__init__()
         from tavrida.registry import directory, store
 
@@ -238,6 +241,7 @@ class CentralDiscovery(LocalDiscovery):
                           "sync_timeout": (directory.DEFAULT_SYNC_TIMEOUT
                                            if sync_timeout is None else sync_timeout)}
         self._directory: Optional[Directory] = None
+        self._shared = shared
         self._announced: Dict[str, int] = {}
 
     def __repr__(self) -> str:
@@ -250,7 +254,8 @@ class CentralDiscovery(LocalDiscovery):
         if found is None:
             from tavrida.registry import directory
 
-            found = self._directory = directory.acquire(self.config, self.name, **self._settings)
+            found = self._directory = directory.acquire(self.config, self.name, self._shared,
+                                                        **self._settings)
         return found
 
     def _central(self, service_name: str) -> "Resolved":
@@ -286,7 +291,9 @@ class CentralDiscovery(LocalDiscovery):
 
         self._check(service_name, exchange_name)
         notifications = self._local_publisher.get(service_name) if role == "service" else None
-        self.directory.register(service_name, Entry(exchange_name, notifications, queue, role))
+        # A client's first call may follow at once: give the store a moment to take it.
+        self.directory.register(service_name, Entry(exchange_name, notifications, queue, role),
+                                timeout=2.0 if role == "client" else 0.0)
         self._announced[service_name] = self._announced.get(service_name, 0) + 1
 
     def withdraw(self, service_name: str) -> None:

@@ -233,15 +233,22 @@ class Directory:
 
     # -- the registrar ----------------------------------------------------
 
-    def register(self, service: str, entry: Entry) -> None:
-        """Announce ``service`` as this process's (again: counted) and keep it alive."""
+    def register(self, service: str, entry: Entry, timeout: float = 0.0) -> bool:
+        """Announce ``service`` as this process's (again: counted) and keep it alive.
+
+        Waits up to ``timeout`` seconds for the store to take it; False if it did not yet
+        (the registrar goes on trying in the background).
+        """
         with self._lock:
             count = self._own.get(service, (entry, 0))[1]
             self._own[service] = (entry, count + 1)
             if self._since == 0.0:
                 self._since = time.time()
             self._wanted += 1
+            wanted = self._wanted
         self._wake.set()
+        return timeout <= 0 or self.wait(
+            lambda: self._written >= wanted or self._closed.is_set(), timeout)
 
     def unregister(self, service: str, timeout: float = 1.0) -> None:
         """Withdraw one registration of ``service``; the last one is written at once.
@@ -309,7 +316,9 @@ class Directory:
                 LOG.warning("central discovery at %s: cannot register %s (%s); retrying in "
                             "the background, lookups answer from the cache", self.store.name,
                             ", ".join(sorted(record.services)) or "the stop", exc)
-            self._failing = True
+                with self._lock:
+                    self._failing = True
+                    self._changed.notify_all()
             return False
         if self._failing:
             LOG.info("central discovery at %s: registered %s again", self.store.name,
@@ -350,9 +359,13 @@ _directories: Dict[Tuple[str, str], Directory] = {}
 _directories_lock = threading.Lock()
 
 
-def acquire(config: ConnectionConfig, name: str = DEFAULT_NAME, **settings: float) -> Directory:
-    """The process's directory of the store ``config`` names, started on first use."""
-    key = (config.url, name)
+def acquire(config: ConnectionConfig, name: str = DEFAULT_NAME, shared: bool = True,
+            **settings: float) -> Directory:
+    """The process's directory of the store ``config`` names, started on first use.
+
+    ``shared=False``: a directory of its own, as another process would have.
+    """
+    key = (config.url, name if shared else f"{name}\0{uuid.uuid4().hex}")
     with _directories_lock:
         directory = _directories.get(key)
         if directory is None:
