@@ -68,7 +68,9 @@ def main(url):
             thread.join(10)
         caller.close()
         disc.close()
+    print("done")
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "memory://")
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "memory://"))

@@ -304,7 +304,7 @@ class CentralDiscovery(LocalDiscovery):
             self._announced[service_name] = count - 1
         else:
             del self._announced[service_name]
-        self._directory.unregister(service_name)
+        self._directory.unregister(service_name)  # counted there too, per announce
 
     def wait_for(self, service_name: str, exchange_name: Optional[str] = None,
                  timeout: float = 5.0) -> bool:

@@ -15,7 +15,8 @@ store, one cache, one record announced for all the process's services.
   record; a background thread writes the record at once and again every
   ``refresh`` seconds (the heartbeat); while the store is unreachable it
   retries, logging the outage once. When the last service goes the record
-  is written once more with ``alive`` false: it stays as last known.
+  is written once more with ``alive`` false (a service withdrawn while
+  others run is marked ``stopped``): it stays as last known.
 * **Carry-forward.** A store that forgets old records (a stream's
   retention) gets the records nobody heartbeats (hand-made entries, owners
   that stopped) written again by a watcher, at a random moment past half the
@@ -24,6 +25,7 @@ store, one cache, one record announced for all the process's services.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -155,7 +157,8 @@ class Directory:
                 resolved.pop(name, None)
                 self._owners_of.pop(name, None)
                 continue
-            live = sorted((r for r in records if r.live(now)), key=lambda r: (r.since, r.owner))
+            live = sorted((r for r in records if r.live(now) and not r.services[name].stopped),
+                          key=lambda r: (r.since, r.owner))
             if live:
                 chosen = live[0]
                 self._check_conflict(name, chosen, live[1:])
@@ -258,12 +261,11 @@ class Directory:
         """
         with self._lock:
             entry, count = self._own.get(service, (None, 0))
-            if entry is None:
+            if entry is None or count == 0:
                 return
+            self._own[service] = (entry, count - 1)  # at 0: written as stopped, last known
             if count > 1:
-                self._own[service] = (entry, count - 1)
                 return
-            del self._own[service]
             self._wanted += 1
             wanted = self._wanted
         self._wake.set()
@@ -271,11 +273,13 @@ class Directory:
 
     def _own_record(self) -> Optional[Record]:
         with self._lock:
-            if not self._own and self._stopped_owner_written:
+            alive = any(count for _, count in self._own.values())
+            if not alive and self._stopped_owner_written:
                 return None
-            services = {name: entry for name, (entry, _) in self._own.items()}
+            services = {name: entry if count else dataclasses.replace(entry, stopped=True)
+                        for name, (entry, count) in self._own.items()}
             return Record(self.owner, services, self._since or time.time(), time.time(),
-                          self.ttl, alive=bool(services))
+                          self.ttl, alive=alive)
 
     def _run(self) -> None:
         next_beat = 0.0

@@ -13,8 +13,9 @@ name wins a conflict), ``at`` its last heartbeat, ``ttl`` how long after
 ``at`` the record counts as live (0: for ever, hand-made entries);
 ``alive`` false once its owner stopped. ``role`` is ``service`` (a server
 consumes from ``exchange``) or ``client`` (``exchange`` is where a client's
-answers come back). Records are validated on read: anything else is
-:class:`MalformedRecord`.
+answers come back); ``"stopped": true`` marks a service whose server
+stopped while its owner goes on (kept as last known). Records are validated
+on read: anything else is :class:`MalformedRecord`.
 """
 
 from __future__ import annotations
@@ -43,10 +44,15 @@ class Entry:
     notifications: Optional[str] = None
     queue: Optional[str] = None
     role: str = "service"
+    #: Its server (or client) stopped while the owner goes on: kept as last known.
+    stopped: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"exchange": self.exchange, "notifications": self.notifications,
-                "queue": self.queue, "role": self.role}
+        data: Dict[str, Any] = {"exchange": self.exchange, "notifications": self.notifications,
+                                "queue": self.queue, "role": self.role}
+        if self.stopped:
+            data["stopped"] = True
+        return data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,11 +131,14 @@ def decode(raw: bytes) -> Record:
                                   f"{', '.join(ROLES)}")
         exchange = _text(value.get("exchange"), f"service {name!r:.80}: exchange")
         assert exchange is not None
+        stopped = value.get("stopped", False)
+        if not isinstance(stopped, bool):
+            raise MalformedRecord(f"service {name!r:.80}: stopped must be true or false")
         entries[name] = Entry(exchange,
                               _text(value.get("notifications"),
                                     f"service {name!r:.80}: notifications", optional=True),
                               _text(value.get("queue"), f"service {name!r:.80}: queue",
-                                    optional=True), role)
+                                    optional=True), role, stopped)
     alive = data.get("alive", True)
     if not isinstance(alive, bool):
         raise MalformedRecord(f"alive must be true or false, not {alive!r:.20}")
