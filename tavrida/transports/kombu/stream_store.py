@@ -98,24 +98,31 @@ class StreamStore(Store):
         with self._lock:
             if self._closed.is_set():
                 raise StoreUnavailable(store=self._name, reason="closed")
-            try:
-                if self._writer_channel is None:
-                    self._writer = self._connect(timeout)
-                    channel = self._writer.channel()
-                    self._declare(channel)
-                    channel.confirm_select()
-                    self._writer_channel = channel
-                self._writer_channel.basic_publish_confirm(
-                    amqp.Message(record, content_type="application/json", delivery_mode=2,
-                                 application_headers={"x-tavrida-owner": key}),
-                    exchange="", routing_key=self._queue, mandatory=True,
-                    confirm_timeout=timeout)
-            except StoreUnavailable:
-                raise
-            except Exception as exc:  # noqa: BLE001 - socket, AMQP or timeout: all the same
-                self._drop_writer()
-                raise StoreUnavailable(store=self._name, reason=f"{type(exc).__name__}: {exc}") \
-                    from None
+            # A connection kept from an earlier write may have died since: one more try
+            # on a fresh one (the next node) before giving up.
+            for fresh in (self._writer_channel is None, True):
+                try:
+                    self._publish(key, record, timeout)
+                    return
+                except StoreUnavailable:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - socket, AMQP or timeout: all one
+                    self._drop_writer()
+                    if fresh:
+                        raise StoreUnavailable(store=self._name,
+                                               reason=f"{type(exc).__name__}: {exc}") from None
+
+    def _publish(self, key: str, record: bytes, timeout: float) -> None:
+        if self._writer_channel is None:
+            self._writer = self._connect(timeout)
+            channel = self._writer.channel()
+            self._declare(channel)
+            channel.confirm_select()
+            self._writer_channel = channel
+        self._writer_channel.basic_publish_confirm(
+            amqp.Message(record, content_type="application/json", delivery_mode=2,
+                         application_headers={"x-tavrida-owner": key}),
+            exchange="", routing_key=self._queue, mandatory=True, confirm_timeout=timeout)
 
     def _drop_writer(self) -> None:
         writer, self._writer, self._writer_channel = self._writer, None, None
