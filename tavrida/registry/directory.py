@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Callable, Dict, FrozenSet, List, Optional, Set, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 from tavrida import exceptions
 from tavrida.config import ConnectionConfig
@@ -80,9 +80,13 @@ class Directory:
         self._arrived: Dict[str, float] = {}
         self._carry_at: Dict[str, float] = {}
         self._owners_of: Dict[str, Set[str]] = {}
-        #: service -> (entry, record) answered by lookups (replaced, never mutated).
+        #: service -> (entry, record) answered by lookups (changed under the lock;
+        #: a lookup is one dict read).
         self._resolved: Dict[str, Resolved] = {}
-        self._known: FrozenSet[str] = frozenset()
+        #: Exchanges named by the answers, counted.
+        self._known: Dict[str, int] = {}
+        #: Services more than one owner claims (looked at again as records expire).
+        self._contested: Set[str] = set()
         self._conflicts: Set[Tuple[str, FrozenSet[str]]] = set()
         self.version = 0
         self._synced = threading.Event()
@@ -147,31 +151,53 @@ class Directory:
                     owners.discard(record.owner)
             self._resolve(names)
 
-    def _resolve(self, names: Set[str]) -> None:
-        """Work out the answer for ``names`` (lock held)."""
+    def _resolve(self, names: Iterable[str]) -> None:
+        """Work out the answer for ``names`` (lock held); O(owners of each name)."""
         now = time.time()
-        resolved = dict(self._resolved)
+        changed = False
         for name in names:
-            records = [self._records[owner] for owner in self._owners_of.get(name, ())]
-            if not records:
-                resolved.pop(name, None)
-                self._owners_of.pop(name, None)
-                continue
-            live = sorted((r for r in records if r.live(now) and not r.services[name].stopped),
-                          key=lambda r: (r.since, r.owner))
-            if live:
-                chosen = live[0]
-                self._check_conflict(name, chosen, live[1:])
+            owners = self._owners_of.get(name)
+            if owners is not None and len(owners) > 1:
+                self._contested.add(name)
             else:
-                chosen = max(records, key=lambda r: (r.at, r.owner))
-            resolved[name] = (chosen.services[name], chosen)
-        if resolved != self._resolved:
-            self._resolved = resolved
-            self._known = frozenset(entry.exchange for entry, _ in resolved.values()) | \
-                frozenset(entry.notifications for entry, _ in resolved.values()
-                          if entry.notifications)
+                self._contested.discard(name)
+            records = [self._records[owner] for owner in owners or ()]
+            found: Optional[Resolved] = None
+            if records:
+                live = sorted((r for r in records
+                               if r.live(now) and not r.services[name].stopped),
+                              key=lambda r: (r.since, r.owner))
+                if live:
+                    chosen = live[0]
+                    self._check_conflict(name, chosen, live[1:])
+                else:
+                    chosen = max(records, key=lambda r: (r.at, r.owner))
+                found = (chosen.services[name], chosen)
+            else:
+                self._owners_of.pop(name, None)
+            old = self._resolved.get(name)
+            if found == old:
+                continue
+            changed = True
+            if old is not None:
+                self._count_known(old[0], -1)
+            if found is None:
+                del self._resolved[name]
+            else:
+                self._resolved[name] = found
+                self._count_known(found[0], 1)
+        if changed:
             self.version += 1
             self._changed.notify_all()
+
+    def _count_known(self, entry: Entry, step: int) -> None:
+        for exchange in (entry.exchange, entry.notifications):
+            if exchange:
+                count = self._known.get(exchange, 0) + step
+                if count > 0:
+                    self._known[exchange] = count
+                else:
+                    self._known.pop(exchange, None)
 
     def _check_conflict(self, name: str, chosen: Record, others: List[Record]) -> None:
         exchange = chosen.services[name].exchange
@@ -215,7 +241,8 @@ class Directory:
     def snapshot(self) -> Dict[str, Resolved]:
         """Every service and its answer now."""
         self._wait_synced()
-        return dict(self._resolved)
+        with self._lock:
+            return dict(self._resolved)
 
     def records(self) -> List[Record]:
         """Every record kept, one per owner."""
@@ -333,9 +360,8 @@ class Directory:
     def _tick(self) -> None:
         """Expiries (a first registration that lapsed gives way) and carry-forward."""
         with self._lock:
-            contested = {name for name, owners in self._owners_of.items() if len(owners) > 1}
-            if contested:
-                self._resolve(contested)
+            if self._contested:
+                self._resolve(list(self._contested))
             retention = self.store.retention
             if retention is None or not self.connected:
                 return
