@@ -105,7 +105,7 @@ class Directory:
         self.references = 0
 
     def start(self) -> None:
-        self.store.watch(self._on_record, self._on_state)
+        self.store.watch(self._on_record, self._on_state, self._on_beat)
         self._thread.start()
 
     def close(self) -> None:
@@ -150,6 +150,14 @@ class Directory:
                 else:
                     owners.discard(record.owner)
             self._resolve(names)
+
+    def _on_beat(self, owner: str, at: float) -> None:
+        with self._lock:
+            record = self._records.get(owner)
+            if record is None or at <= record.at:
+                return
+            self._records[owner] = record.replace(at=at)
+            self._resolve(list(record.services))
 
     def _resolve(self, names: Iterable[str]) -> None:
         """Work out the answer for ``names`` (lock held); O(owners of each name)."""
@@ -311,19 +319,24 @@ class Directory:
     def _run(self) -> None:
         next_beat = 0.0
         delay = 0.5
+        written_at = -float("inf")  # when the whole record was last written (monotonic)
         while not self._closed.is_set():
             now = time.monotonic()
-            due = now >= next_beat or self._wanted > self._written
-            if due:
+            changed = self._wanted > self._written
+            if now >= next_beat or changed:
                 with self._lock:
                     wanted = self._wanted
                 record = self._own_record()
+                retention = self.store.retention
                 if record is None:
                     next_beat = now + self.refresh
                     self._set_written(wanted)
+                elif (not changed and retention is not None and now - written_at < retention / 2
+                      and self._beat(record)):
+                    next_beat = now + self.refresh  # the record in the store still holds
                 elif self._write(record):
                     delay = 0.5
-                    next_beat = now + self.refresh
+                    next_beat, written_at = now + self.refresh, now
                     with self._lock:
                         self._stopped_owner_written = not record.alive
                     self._set_written(wanted)
@@ -333,6 +346,13 @@ class Directory:
             self._tick()
             self._wake.wait(max(0.05, min(1.0, next_beat - time.monotonic())))
             self._wake.clear()
+
+    def _beat(self, record: Record) -> bool:
+        """A heartbeat without the record (stores that can); False: write the record."""
+        try:
+            return self.store.beat(record.owner, record.at, WRITE_TIMEOUT)
+        except (StoreUnavailable, exceptions.TavridaError, OSError):
+            return False  # the write that follows says why, once
 
     def _set_written(self, wanted: int) -> None:
         with self._lock:

@@ -30,6 +30,8 @@ OnRecord = Callable[[bytes], None]
 #: Called with True once the records kept were all handed over (after each
 #: (re)connect), with False when the store was lost.
 OnState = Callable[[bool], None]
+#: Called with an owner and the time of its heartbeat (stores with :meth:`Store.beat`).
+OnBeat = Callable[[str, float], None]
 
 #: The name records are kept under: the stream queue, the Redis hash and channel.
 DEFAULT_NAME = "tavrida.discovery"
@@ -60,12 +62,22 @@ class Store(abc.ABC):
         Raises :class:`StoreUnavailable` when that did not happen within ``timeout``.
         """
 
+    def beat(self, key: str, at: float, timeout: float) -> bool:
+        """Tell the watchers that ``key``'s record still holds at ``at``, without keeping it.
+
+        False (the default): this store has no lighter way; the directory
+        writes the whole record instead.
+        """
+        return False
+
     @abc.abstractmethod
-    def watch(self, on_record: OnRecord, on_state: OnState) -> None:
+    def watch(self, on_record: OnRecord, on_state: OnState,
+              on_beat: Optional[OnBeat] = None) -> None:
         """Hand every record kept to ``on_record``, then every change, until :meth:`close`.
 
         Returns at once; a store with a connection reconnects on its own
-        (logging it) and hands the records over again each time.
+        (logging it) and hands the records over again each time. Heartbeats
+        sent by :meth:`beat` go to ``on_beat``.
         """
 
     @abc.abstractmethod

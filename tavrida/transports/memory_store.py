@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from tavrida.config import ConnectionConfig
-from tavrida.registry.store import OnRecord, OnState, Store, StoreUnavailable
+from tavrida.registry.store import OnBeat, OnRecord, OnState, Store, StoreUnavailable
 from tavrida.transports.memory_broker import MemoryBroker
 
 
@@ -65,7 +65,8 @@ class MemoryStore(Store):
                 if not watcher.unreachable:
                     watcher._on_record(record)
 
-    def watch(self, on_record: OnRecord, on_state: OnState) -> None:
+    def watch(self, on_record: OnRecord, on_state: OnState,
+              on_beat: Optional[OnBeat] = None) -> None:
         table = self._table
         with table.lock:
             self._on_record = on_record

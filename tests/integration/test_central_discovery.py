@@ -50,6 +50,7 @@ class Env:
         self.url = url
         self.unique = unique
         self.store = unique("discovery")
+        unique.track(f"{self.store}.beats")  # the heartbeats' exchange on RabbitMQ
         self.closers: List[Callable[[], None]] = []
         self.stoppers: Dict[server.Server, Callable[[], None]] = {}
 
@@ -228,3 +229,30 @@ def test_reply_exchanges_known_answers_registered_callers_only(env: Env):
     (dead,) = dead_letters(env.url, srv.dead_letter_queue, 1)
     reason = str(dead.headers["x-tavrida-dead-reason"])
     assert "stranger-replies" in reason and "unknown to discovery" in reason
+
+
+def test_on_rabbitmq_heartbeats_reach_watchers_but_not_the_stream(amqp_url: str, unique: Any):
+    """A replay reads the records, not every heartbeat: those go to the watchers' own queues."""
+    env = Env(amqp_url, unique)
+    try:
+        owner, caller = env.discovery(), env.discovery()
+        owner.announce("central_beating", "beating_exchange")
+        assert caller.wait_for("central_beating", "beating_exchange", WAIT)
+        directory = caller.directory
+        first = directory._resolved["central_beating"][1].at
+        for _ in range(3):  # three heartbeats, each seen by the running watcher
+            seen = directory._resolved["central_beating"][1].at
+            assert directory.wait(
+                lambda s=seen: directory._resolved["central_beating"][1].at > s, WAIT)
+        assert directory._resolved["central_beating"][1].at > first
+        replayed: List[bytes] = []
+        synced = threading.Event()
+        store = open_store(ConnectionConfig.from_url(amqp_url), env.store)
+        try:
+            store.watch(replayed.append, lambda ok: ok and synced.set())
+            assert synced.wait(WAIT)
+        finally:
+            store.close()
+        assert len(replayed) == 1, replayed  # the one record; the heartbeats are not in it
+    finally:
+        env.close()

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import redis
 
 from tavrida.config import ConnectionConfig
-from tavrida.registry.store import OnRecord, OnState, Store, StoreUnavailable
+from tavrida.registry.store import OnBeat, OnRecord, OnState, Store, StoreUnavailable
 
 LOG = logging.getLogger("tavrida.discovery")
 
@@ -71,7 +71,8 @@ class RedisStore(Store):
             except (redis.RedisError, OSError):
                 pass
 
-    def watch(self, on_record: OnRecord, on_state: OnState) -> None:
+    def watch(self, on_record: OnRecord, on_state: OnState,
+              on_beat: Optional[OnBeat] = None) -> None:
         self._thread = threading.Thread(target=self._watch, args=(on_record, on_state),
                                         daemon=True, name=f"tavrida-discovery-watch-{self._hash}")
         self._thread.start()

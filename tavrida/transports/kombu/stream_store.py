@@ -8,15 +8,19 @@ require), so a replay rebuilds the latest record of every owner, then goes
 on with each new one. To know when it caught up, it appends a marker of its
 own and waits to read it back.
 
-A stream never compacts: retention (``x-max-age``, default
+Heartbeats do not go to the stream (a replay would read every one): an
+owner publishes them, ``{"owner": ..., "at": ...}``, on the fanout exchange
+``<name>.beats``, which each watcher reads through an exclusive queue of its
+own. A stream never compacts: retention (``x-max-age``, default
 :data:`MAX_AGE`, in segments of :data:`SEGMENT_BYTES`) drops old
-announcements, live owners write theirs every heartbeat, and the directory
-writes again the records nobody heartbeats before they age out
-(:attr:`retention`).
+announcements; an owner writes its whole record again every half retention,
+and the directory writes again the records nobody heartbeats (hand-made,
+stopped) before they age out (:attr:`retention`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import urllib.parse
@@ -26,7 +30,7 @@ from typing import Any, Dict, List, Optional
 import amqp
 
 from tavrida.config import ConnectionConfig
-from tavrida.registry.store import OnRecord, OnState, Store, StoreUnavailable
+from tavrida.registry.store import OnBeat, OnRecord, OnState, Store, StoreUnavailable
 
 LOG = logging.getLogger("tavrida.discovery")
 
@@ -40,6 +44,9 @@ SYNC_HEADER = "x-tavrida-discovery-sync"
 #: Unacked announcements a watcher may hold (streams need a prefetch).
 PREFETCH = 1000
 HEARTBEAT = 10
+#: A watcher's heartbeat queue: what it cannot read within a minute is dropped.
+BEAT_TTL_MS = 60_000
+BEAT_MAX_LENGTH = 100_000
 
 
 class StreamStore(Store):
@@ -51,6 +58,8 @@ class StreamStore(Store):
         self._urls = config.urls
         self._name = f"{config.safe_url} ({name})"
         self._queue = name
+        self._beats = f"{name}.beats"
+        self._on_beat: Optional[OnBeat] = None
         self._next = 0
         self._writer: Optional[Any] = None
         self._writer_channel: Optional[Any] = None
@@ -93,6 +102,7 @@ class StreamStore(Store):
     def _declare(self, channel: Any) -> None:
         channel.queue_declare(self._queue, durable=True, auto_delete=False,
                               arguments=self.arguments)
+        channel.exchange_declare(self._beats, "fanout", durable=True, auto_delete=False)
 
     def write(self, key: str, record: bytes, timeout: float) -> None:
         with self._lock:
@@ -113,6 +123,10 @@ class StreamStore(Store):
                                                reason=f"{type(exc).__name__}: {exc}") from None
 
     def _publish(self, key: str, record: bytes, timeout: float) -> None:
+        self._publish_to("", self._queue, record, timeout, {"x-tavrida-owner": key})
+
+    def _publish_to(self, exchange: str, routing_key: str, body: bytes, timeout: float,
+                    headers: Dict[str, Any], mandatory: bool = True) -> None:
         if self._writer_channel is None:
             self._writer = self._connect(timeout)
             channel = self._writer.channel()
@@ -120,16 +134,33 @@ class StreamStore(Store):
             channel.confirm_select()
             self._writer_channel = channel
         self._writer_channel.basic_publish_confirm(
-            amqp.Message(record, content_type="application/json", delivery_mode=2,
-                         application_headers={"x-tavrida-owner": key}),
-            exchange="", routing_key=self._queue, mandatory=True, confirm_timeout=timeout)
+            amqp.Message(body, content_type="application/json", delivery_mode=2,
+                         application_headers=headers),
+            exchange=exchange, routing_key=routing_key, mandatory=mandatory,
+            confirm_timeout=timeout)
 
     def _drop_writer(self) -> None:
         writer, self._writer, self._writer_channel = self._writer, None, None
         if writer is not None:
             _close(writer)
 
-    def watch(self, on_record: OnRecord, on_state: OnState) -> None:
+    def beat(self, key: str, at: float, timeout: float) -> bool:
+        """Publish a heartbeat on ``<name>.beats``: each watcher's own queue, not the stream."""
+        body = json.dumps({"owner": key, "at": at}).encode("utf-8")
+        with self._lock:
+            if self._closed.is_set():
+                raise StoreUnavailable(store=self._name, reason="closed")
+            try:
+                self._publish_to(self._beats, "", body, timeout, {}, mandatory=False)
+            except Exception as exc:  # noqa: BLE001 - socket, AMQP or timeout: all one
+                self._drop_writer()
+                raise StoreUnavailable(store=self._name,
+                                       reason=f"{type(exc).__name__}: {exc}") from None
+        return True
+
+    def watch(self, on_record: OnRecord, on_state: OnState,
+              on_beat: Optional[OnBeat] = None) -> None:
+        self._on_beat = on_beat
         self._thread = threading.Thread(target=self._watch, args=(on_record, on_state),
                                         daemon=True, name=f"tavrida-discovery-watch-{self._queue}")
         self._thread.start()
@@ -145,21 +176,26 @@ class StreamStore(Store):
                 self._declare(channel)
                 channel.basic_qos(0, PREFETCH, False)
                 token = uuid.uuid4().hex
-                state = {"synced": False}
+                state = {"synced": 0, "unacked": 0, "last": 0}
 
                 def deliver(message: Any, channel: Any = channel, token: str = token,
-                            state: Dict[str, bool] = state) -> None:
+                            state: Dict[str, int] = state) -> None:
                     headers = message.application_headers or {}
                     marker = headers.get(SYNC_HEADER)
                     if marker is None:
                         on_record(bytes(message.body))
                     elif marker == token and not state["synced"]:
-                        state["synced"] = True
+                        state["synced"] = 1
                         on_state(True)
-                    channel.basic_ack(message.delivery_tag)
+                    state["last"] = message.delivery_tag
+                    state["unacked"] += 1
+                    if state["unacked"] >= PREFETCH // 2:  # the stream's credit: ack in batches
+                        channel.basic_ack(state["last"], multiple=True)
+                        state["unacked"] = 0
 
                 channel.basic_consume(self._queue, callback=deliver,
                                       arguments={"x-stream-offset": "first"})
+                self._consume_beats(channel)
                 channel.basic_publish(amqp.Message(b"", application_headers={SYNC_HEADER: token}),
                                       exchange="", routing_key=self._queue)
                 if lost:
@@ -167,9 +203,11 @@ class StreamStore(Store):
                 lost, delay = False, 0.2
                 while not self._closed.is_set():
                     try:
-                        conn.drain_events(timeout=1.0)
+                        conn.drain_events(timeout=0.2 if state["unacked"] else 1.0)
                     except TimeoutError:
-                        pass
+                        if state["unacked"]:  # quiet: settle what was read
+                            channel.basic_ack(state["last"], multiple=True)
+                            state["unacked"] = 0
                     conn.heartbeat_tick()
             except Exception as exc:  # noqa: BLE001 - socket, AMQP, timeout: reconnect
                 if self._closed.is_set():
@@ -184,6 +222,29 @@ class StreamStore(Store):
             finally:
                 if conn is not None:
                     _close(conn)
+
+    def _consume_beats(self, channel: Any) -> None:
+        """A queue of this watcher's own for the heartbeats (gone with the connection)."""
+        on_beat = self._on_beat
+        if on_beat is None:
+            return
+        queue = channel.queue_declare("", exclusive=True, auto_delete=True,
+                                      arguments={"x-message-ttl": BEAT_TTL_MS,
+                                                 "x-max-length": BEAT_MAX_LENGTH}).queue
+        channel.queue_bind(queue, self._beats)
+
+        def deliver(message: Any) -> None:
+            try:
+                beat = json.loads(bytes(message.body))
+                owner, at = beat["owner"], float(beat["at"])
+            except (ValueError, KeyError, TypeError) as exc:
+                LOG.warning("central discovery at %s: ignored a malformed heartbeat (%s)",
+                            self._name, exc)
+                return
+            if isinstance(owner, str):
+                on_beat(owner, at)
+
+        channel.basic_consume(queue, callback=deliver, no_ack=True)
 
     def close(self) -> None:
         self._closed.set()
