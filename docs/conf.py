@@ -25,6 +25,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.viewcode",
     "myst_parser",  # performance.md and reliability.md are Markdown
+    "sphinxcontrib.mermaid",  # topology.rst: the diagram of the examples
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 

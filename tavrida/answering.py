@@ -2,11 +2,14 @@
 
 A call gets exactly one answer: its handler's, or an Error when the handler
 raised, the call could not be dispatched or its body could not be read (when
-its headers say where to answer). A message nobody can answer is copied, bytes
-and headers unchanged, to the dead-letter queue ``<queue>.dead`` with the
-reason. :class:`Answering` holds these steps for :class:`tavrida.server.Server`,
-which mixes it in; it works on the server's transport, router, controllers and
-hooks (see the guarantees in :mod:`tavrida.server`).
+its headers say where to answer), or when the handler's answer cannot be sent
+(not JSON, headers that cannot be written, a body the broker refuses for its
+size: :class:`~tavrida.exceptions.UnsendableAnswer` in its place). A message
+nobody can answer is copied, bytes and headers unchanged, to the dead-letter
+queue ``<queue>.dead`` with the reason. :class:`Answering` holds these steps
+for :class:`tavrida.server.Server`, which mixes it in; it works on the
+server's transport, router, controllers and hooks (see the guarantees in
+:mod:`tavrida.server`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from tavrida import exceptions, messages
+from tavrida import exceptions, messages, wire
 from tavrida.observability.hooks import HookList
 from tavrida.retries import ATTEMPTS_HEADER
 from tavrida.router import Router
@@ -59,6 +62,7 @@ class Answering:
     router: Optional[Router]
     controllers: List[ServiceController]
     dead_letter_queue: str
+    max_body_size: int
     hooks: HookList
     error_hooks: List[ErrorHook]
     reply_exchanges: str
@@ -80,18 +84,21 @@ class Answering:
     def _send_answer(self, controller: ServiceController, answer: messages.Message,
                      delivery: Delivery,
                      on_confirmed: Optional[OnConfirmed] = None) -> bool:
-        """Publish an answer; one that cannot be routed dead-letters its request.
+        """Publish an answer; one that cannot go is replaced by an Error or dead-letters.
 
-        An answer no queue takes (:class:`~tavrida.exceptions.Unroutable`:
-        the caller's reply queue is gone) dead-letters its request too. Broker
-        trouble propagates, so :meth:`handle` requeues the request. With
-        ``on_confirmed``, the transport may return before the confirm
+        An answer that cannot be sent as it is (see :meth:`_answer_failed`)
+        goes as an Error in its place; one no queue takes
+        (:class:`~tavrida.exceptions.Unroutable`: the caller's reply queue is
+        gone) dead-letters its request. Broker trouble propagates, so
+        :meth:`handle` requeues the request. With ``on_confirmed``, the
+        transport may return before the confirm
         (:meth:`~tavrida.transports.base.Transport.deferring`): True then,
         the outcome going to ``on_confirmed`` later.
         """
         try:
             if on_confirmed is None:
                 controller.postprocessor.send(answer)
+                self._answered(answer)
                 return False
             assert self.transport is not None
             with self.transport.deferring(on_confirmed) as deferral:
@@ -102,16 +109,61 @@ class Answering:
             self._answer_failed(controller, answer, delivery, exc)
             return False
 
+    def _answered(self, answer: messages.Message) -> None:
+        """Tell the hooks what went back to the caller (an Error: outcome ``error``)."""
+        if self.hooks and answer.message_type == messages.ERROR:
+            self.hooks.answered_error(answer.payload.get("name") or "")
+
     def _answer_failed(self, controller: ServiceController, answer: messages.Message,
                        delivery: Delivery, exc: exceptions.TavridaError) -> None:
-        """Dead-letter the request of an answer that cannot go; re-raise broker trouble."""
+        """An answer that cannot go: an Error in its place, else dead-letter its request.
+
+        Broker trouble (not the answer's fault) is re-raised: the request is requeued.
+        """
         if (isinstance(exc, exceptions.PublishFailed) and not exc.unencodable
                 and not isinstance(exc, exceptions.Unroutable)
                 and not self._routed_by_call(controller, answer)):
             raise exc  # the broker's trouble, not the answer's: requeue the request
         LOG.error("cannot send %r: %s", answer, exc)
         self._notify(answer, exc)
+        if self._unsendable(exc) and self._send_instead(controller, answer, exc):
+            return
         self._dead_letter(delivery, f"answer not sent: {exc}")
+
+    @staticmethod
+    def _unsendable(exc: exceptions.TavridaError) -> bool:
+        """True when the answer itself cannot go (an Error in its place may)."""
+        if isinstance(exc, exceptions.IncorrectOutgoingMessage):
+            return True
+        return isinstance(exc, exceptions.PublishFailed) and bool(exc.unencodable)
+
+    def _send_instead(self, controller: ServiceController, answer: messages.Message,
+                      exc: exceptions.TavridaError) -> bool:
+        """Send the caller an :class:`~tavrida.exceptions.UnsendableAnswer` for ``answer``.
+
+        First with the answer's user headers and context, then bare (they may be
+        what cannot go). Not through the outgoing middlewares: they made or saw
+        the answer that failed. False when neither could go.
+        """
+        reason = exc.kwargs.get("reason") if isinstance(exc.kwargs.get("reason"), str) else None
+        error = exceptions.UnsendableAnswer(
+            entry_point=answer.source.to_routing_key(), reason=reason or str(exc))
+        for bare in (False, True):
+            headers = {name: value for name, value in answer.headers.items()
+                       if name != "message_id" and not (bare and _users(name))}
+            instead = messages.Error(headers, {} if bare else answer.context, error)
+            try:
+                controller.postprocessor.send(instead)
+            except (exceptions.IncorrectOutgoingMessage, exceptions.PublishFailed) as again:
+                if not self._unsendable(again):
+                    raise  # broker trouble: the request is requeued
+                LOG.error("cannot send %r either: %s", instead, again)
+                continue
+            LOG.warning("answered %s (correlation id %s) with %s", answer.destination,
+                        answer.correlation_id, error)
+            self._answered(instead)
+            return True
+        return False
 
     @staticmethod
     def _routed_by_call(controller: ServiceController, answer: messages.Message) -> bool:
@@ -148,11 +200,37 @@ class Answering:
         controller = self._controller_for(request)
         if controller is None:
             return False
+        error = messages.Error.create_by_request(request, exc)
         try:
-            controller.postprocessor.send(messages.Error.create_by_request(request, exc))
+            controller.postprocessor.send(error)
         except Exception as send_exc:  # noqa: BLE001
             LOG.error("cannot answer bad message: %s", send_exc)
             return False
+        self._answered(error)
+        return True
+
+    def _answer_failure(self, delivery: Delivery, exc: Exception) -> bool:
+        """Send the caller of a call that cannot be finished an Error of ``exc``.
+
+        For a message that failed twice (see :meth:`tavrida.server.Server.handle`):
+        True when an Error went, so the request need not be dead-lettered.
+        """
+        try:
+            message = wire.decode(delivery.body, delivery.headers, delivery.properties,
+                                  self.max_body_size)
+            if not isinstance(message, messages.IncomingRequestCall):
+                return False
+            controller = self._controller_for(message)
+            if controller is None:
+                return False
+            error = messages.Error.create_by_request(message, exc)
+            controller.postprocessor.send(error)
+        except Exception as send_exc:  # noqa: BLE001 - then it is dead-lettered
+            LOG.error("cannot answer a message that failed twice: %s", send_exc)
+            return False
+        LOG.warning("answered %s (correlation id %s) with an Error: it failed twice",
+                    message.destination, message.correlation_id)
+        self._answered(error)
         return True
 
     def _reply_refused(self, delivery: Delivery, message: messages.Message) -> bool:
@@ -245,3 +323,8 @@ class Answering:
                 by_handler: bool = False) -> None:
         for hook in self.error_hooks:
             hook(message, exc, by_handler)
+
+
+def _users(name: str) -> bool:
+    """True for a header of the user's (not one of tavrida's own)."""
+    return name not in messages.TAVRIDA_HEADERS and name != messages.REPLY_EXCHANGE_HEADER

@@ -6,19 +6,26 @@
     tavrida call test_hello.hello param=123 --exchange test_exchange [--timeout 5]
     tavrida cast test_hello.hello param=123 --exchange test_exchange
     tavrida publish test_hello.hello param=1 --exchange test_notification_exchange
-    tavrida topology show services.ini [--counts] [--json]
+    tavrida call test_hello.hello param=123 --config hello.ini [--context k=v]
+    tavrida shell services.ini [--timeout 10]
+    tavrida topology show services.ini... [--counts] [--format text|json|mermaid|dot]
     tavrida topology delete services.ini [--yes] [--force] [--exchanges]
     tavrida --version
 
 ``key=value`` arguments are read as JSON when they parse (``n=1`` is a
 number, ``s='"1"'`` a string) and as text otherwise. The broker URL comes
 from ``--url``, then ``TAVRIDA_URL``, then the config file; ``call``,
-``cast`` and ``publish`` default to RabbitMQ on localhost. ``--header k=v``
-(repeatable) adds a user header (its value is text) to what they send.
+``cast`` and ``publish`` default to RabbitMQ on localhost. ``--config``
+takes the URL and the exchanges from a service's config file instead (see
+:meth:`tavrida.config_file.ServiceConfig.client_discovery`). ``--header k=v``
+(repeatable) adds a user header (its value is text) to what they send,
+``--context k=v`` a key of the message context. ``shell`` is a Python
+prompt with a client bound to a config file (:mod:`tavrida.shell`).
 
 ``topology show`` prints the queues, exchanges and bindings the server of a
 config file declares, without connecting (``--counts`` also asks the broker
-how many messages each queue holds). ``topology delete`` deletes the
+how many messages each queue holds); ``--format mermaid|dot`` draws the
+services of all the files given (:mod:`tavrida.diagram`). ``topology delete`` deletes the
 service's queues (its queue and dead-letter queue) after asking (``--yes``
 does not ask); it refuses while a queue holds messages unless ``--force``.
 ``--exchanges`` also deletes the service's own exchanges (its server
@@ -45,22 +52,34 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import simplejson
 
 import tavrida
-from tavrida import client, config_file, discovery, entry_point, exceptions, wire
+from tavrida import (
+    class_path,
+    client,
+    config_file,
+    diagram,
+    discovery,
+    entry_point,
+    exceptions,
+    shell,
+    wire,
+)
 from tavrida import config as config_mod
 from tavrida.registry import command as registry_command
 from tavrida.server import Server
 from tavrida.transports import Topology, create_transport
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672//"
-DEFAULT_SOURCE = "tavrida_cli"
+DEFAULT_SOURCE = config_file.CLI_CALLER
+#: What ``topology show --format`` prints.
+FORMATS = ("text", "json", "mermaid", "dot")
 
 
-def _payload(pairs: List[str]) -> Dict[str, Any]:
+def _payload(pairs: List[str], what: str = "argument") -> Dict[str, Any]:
     payload: Dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"argument {pair!r} is not key=value")
+            raise ValueError(f"{what} {pair!r} is not key=value")
         try:
             payload[key] = simplejson.loads(raw)
         except ValueError:
@@ -113,9 +132,17 @@ def _parser() -> argparse.ArgumentParser:
                          help="the payload; values are JSON when they parse, else text")
         sub.add_argument("--url", help=f"broker URL (default: $TAVRIDA_URL or {DEFAULT_URL})")
         sub.add_argument("--exchange", help="exchange of the service (or its notifications)")
-        sub.add_argument("--discovery", metavar="DS_FILE", help=".ds file to find exchanges in")
+        where = sub.add_mutually_exclusive_group()
+        where.add_argument("--config", metavar="CONFIG",
+                           help="a service's config file: its broker URL, its own [server] "
+                                "exchange and its [discovery] entries")
+        where.add_argument("--discovery", metavar="DS_FILE",
+                           help=".ds file to find exchanges in")
         sub.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
                          help="add a user header (text value); repeatable")
+        sub.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
+                         help="set a key of the message context (JSON when it parses, else "
+                              "text); repeatable")
         if name != "publish":
             sub.add_argument("--source", default=DEFAULT_SOURCE,
                              help=f"caller service name (default {DEFAULT_SOURCE})")
@@ -128,6 +155,17 @@ def _parser() -> argparse.ArgumentParser:
                                   "caller's in --discovery, else --exchange, else "
                                   "tavrida.replies); a 2.0 service needs no entry for the "
                                   "caller in its discovery")
+    shell_parser = commands.add_parser(
+        "shell", help="a Python prompt with a client n bound to a config file",
+        description="A Python prompt with a client n bound to CONFIG: n.SERVICE.METHOD(k=v)\n"
+                    "calls and shows the answer; add .cast() to cast.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    shell_parser.add_argument("config", metavar="CONFIG", help="INI config file of a service")
+    shell_parser.add_argument("--url", help="broker URL (overrides the config file)")
+    shell_parser.add_argument("--timeout", type=float, default=shell.DEFAULT_TIMEOUT,
+                              help="seconds a call waits (default %(default)g)")
+    shell_parser.add_argument("--source", default=DEFAULT_SOURCE,
+                              help=f"caller service name (default {DEFAULT_SOURCE})")
     _topology_parser(commands)
     registry_command.add_parser(commands)
     return parser
@@ -144,12 +182,18 @@ def _topology_parser(commands: Any) -> None:
     delete = actions.add_parser("delete", help="delete the service's queues on the broker",
                                 epilog=TOPOLOGY_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    show.add_argument("config", metavar="CONFIG", nargs="+",
+                      help="INI config file (several: the services of each, together)")
+    delete.add_argument("config", metavar="CONFIG", help="INI config file")
     for sub in (show, delete):
-        sub.add_argument("config", metavar="CONFIG", help="INI config file")
         sub.add_argument("--url", help="broker URL (overrides the config file)")
     show.add_argument("--counts", action="store_true",
                       help="also ask the broker how many messages each queue holds")
-    show.add_argument("--json", action="store_true", help="print JSON")
+    show.add_argument("--format", choices=FORMATS, default="text",
+                      help="text (default), json, or a diagram of the services: who calls "
+                           "and who hears whom (mermaid, dot)")
+    show.add_argument("--json", action="store_const", const="json", dest="format",
+                      help="print JSON (--format json)")
     delete.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     delete.add_argument("--force", action="store_true",
                         help="delete queues that hold messages, with their messages")
@@ -157,10 +201,14 @@ def _topology_parser(commands: Any) -> None:
                         help="also delete the service's own exchanges")
 
 
-def _discovery(args: argparse.Namespace, service: str) -> discovery.LocalDiscovery:
-    if args.discovery:
+def _discovery(args: argparse.Namespace, service: str,
+               conf: Optional[config_file.ServiceConfig]) -> discovery.LocalDiscovery:
+    disc: discovery.LocalDiscovery
+    if conf is not None:
+        disc = conf.client_discovery()
+    elif args.discovery:
         try:
-            disc: discovery.LocalDiscovery = discovery.FileBasedDiscoveryService(
+            disc = discovery.FileBasedDiscoveryService(
                 args.discovery, "")
         except exceptions.TavridaError as exc:
             raise ValueError(f"--discovery: {exc.message}") from None
@@ -172,10 +220,25 @@ def _discovery(args: argparse.Namespace, service: str) -> discovery.LocalDiscove
         else:
             disc.register_remote_service(service, args.exchange)
     if args.command == "call":
-        reply = args.reply_exchange or (None if args.discovery else args.exchange)
+        reply = args.reply_exchange or (None if args.discovery or conf else args.exchange)
         if reply:
             disc.register_remote_service(entry_point.parse(args.source).service, reply)
+    if args.command != "publish":
+        _check_known(disc, service, conf)
     return disc
+
+
+def _check_known(disc: discovery.LocalDiscovery, service: str,
+                 conf: Optional[config_file.ServiceConfig]) -> None:
+    """A clear error, saying how to name it, for a service whose exchange is unknown."""
+    known = disc.get_all_exchanges()["remote"]
+    if service in known:
+        return
+    where = f" in {conf.path}" if conf else ""
+    hint = class_path.did_you_mean(service, known)
+    raise ValueError(f"Unable to discover the exchange of service {service}{where}{hint}: "
+                     f"name it with --exchange EXCHANGE, or --config CONFIG (a config file "
+                     f"that runs {service} or names it in remote.{service})")
 
 
 def _send(args: argparse.Namespace) -> int:
@@ -185,11 +248,15 @@ def _send(args: argparse.Namespace) -> int:
     payload = _payload(args.params)
     # One line on failure: the retries' warnings would repeat what it says.
     logging.basicConfig(level=logging.ERROR, format="tavrida: %(message)s")
-    url = _url_config(args.url)
+    conf = (config_file.ServiceConfig(args.config, args.url, url_flag="--url")
+            if args.config else None)
+    url = conf.connection if conf else _url_config(args.url)
     headers = _headers(args.header)
-    disc = _discovery(args, target.service)
+    context = _payload(args.context, "--context")
+    disc = _discovery(args, target.service, conf)
     source = args.target if args.command == "publish" else args.source
-    with client.RPCClient(url, disc, source=source, headers=headers) as cli:
+    with client.RPCClient(url, disc, source=source, headers=headers,
+                          context=context or None) as cli:
         if args.command == "publish":
             cli.publish(**payload)
             return 0
@@ -234,10 +301,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _declared(args: argparse.Namespace) -> Tuple[config_file.ServiceConfig, Topology,
-                                                 Dict[str, str], List[str]]:
+def _declared(path: str, url: Optional[str]) -> Tuple[config_file.ServiceConfig, Topology,
+                                                      Dict[str, str], List[str]]:
     """The config, the topology its server declares, a role per name, the own exchanges."""
-    conf = config_file.ServiceConfig(args.config, args.url, url_flag="--url")
+    conf = config_file.ServiceConfig(path, url, url_flag="--url")
     conf.bind_discovery()
     server = Server(conf.connection, conf.queue, conf.exchange, conf.service_classes,
                     workers=conf.workers, queue_type=conf.queue_type,
@@ -272,7 +339,23 @@ def _messages(size: Optional[int]) -> str:
 
 
 def _topology_show(args: argparse.Namespace) -> int:
-    conf, topology, roles, own = _declared(args)
+    if args.format in ("mermaid", "dot"):
+        configs = [config_file.ServiceConfig(path, args.url, url_flag="--url")
+                   for path in args.config]
+        picture = diagram.Diagram.of(configs)
+        print(picture.mermaid() if args.format == "mermaid" else picture.dot(), end="")
+        return 0
+    shown = [_shown(path, args) for path in args.config]
+    if args.format == "json":
+        print(wire.dumps(shown[0] if len(shown) == 1 else shown))
+    else:
+        print("\n\n".join(str(text) for text in shown))
+    return 0
+
+
+def _shown(path: str, args: argparse.Namespace) -> Any:
+    """What ``topology show`` prints of one config file: text, or a dict for JSON."""
+    conf, topology, roles, own = _declared(path, args.url)
     sizes: Dict[str, Optional[int]] = {}
     if args.counts:
         transport = create_transport(conf.connection)
@@ -280,8 +363,8 @@ def _topology_show(args: argparse.Namespace) -> int:
             sizes = {queue: transport.queue_size(queue) for queue in topology.queues}
         finally:
             transport.close()
-    if args.json:
-        print(wire.dumps({
+    if args.format == "json":
+        return {
             "url": conf.connection.safe_url,
             "queues": [dict({"name": q, "role": roles[q]},
                             **({"messages": sizes[q]} if args.counts else {}))
@@ -289,19 +372,18 @@ def _topology_show(args: argparse.Namespace) -> int:
             "exchanges": [{"name": e, "role": roles.get(e, ""), "own": e in own}
                           for e in topology.exchanges],
             "bindings": [{"exchange": b.exchange, "queue": b.queue, "routing_key": b.routing_key}
-                         for b in topology.bindings]}))
-        return 0
-    print(f"{conf.path}: the server on {conf.connection.safe_url} declares")
-    print("queues (durable):")
-    print("\n".join(_table([(q, roles[q], _messages(sizes[q]) if args.counts else "")
-                            for q in topology.queues])))
-    print("exchanges (durable, topic):")
-    print("\n".join(_table([(e, roles.get(e, "")) for e in topology.exchanges])))
+                         for b in topology.bindings]}
+    lines = [f"{conf.path}: the server on {conf.connection.safe_url} declares",
+             "queues (durable):"]
+    lines += _table([(q, roles[q], _messages(sizes[q]) if args.counts else "")
+                     for q in topology.queues])
+    lines.append("exchanges (durable, topic):")
+    lines += _table([(e, roles.get(e, "")) for e in topology.exchanges])
     if topology.bindings:
-        print("bindings:")
-        print("\n".join(_table([(f"{b.exchange} -> {b.queue}", f"routing key {b.routing_key}")
-                                for b in topology.bindings])))
-    return 0
+        lines.append("bindings:")
+        lines += _table([(f"{b.exchange} -> {b.queue}", f"routing key {b.routing_key}")
+                         for b in topology.bindings])
+    return "\n".join(lines)
 
 
 def _confirmed(question: str) -> bool:
@@ -314,7 +396,7 @@ def _confirmed(question: str) -> bool:
 
 
 def _topology_delete(args: argparse.Namespace) -> int:
-    conf, topology, roles, own = _declared(args)
+    conf, topology, roles, own = _declared(args.config, args.url)
     transport = create_transport(conf.connection)
     try:
         sizes = {queue: transport.queue_size(queue) for queue in topology.queues}
@@ -360,10 +442,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _run(args)
         if args.command == "discovery":
             return registry_command.run(args)
+        if args.command == "shell":
+            # Errors on one line; the retries' warnings would interleave with the prompt.
+            logging.basicConfig(level=logging.ERROR, format="tavrida: %(message)s")
+            return shell.run(args.config, args.url, args.timeout, args.source)
         if args.command == "topology":
             return _topology_show(args) if args.action == "show" else _topology_delete(args)
         return _send(args)
-    except (config_file.ConfigError, ValueError) as exc:
+    except config_file.ConfigError as exc:  # each mistake of a config file on a line
+        for error in exc.errors:
+            print(f"tavrida: {error}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"tavrida: {exc}", file=sys.stderr)
         return 2
     except exceptions.TavridaError as exc:  # ConnectionFailed among them

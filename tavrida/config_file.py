@@ -50,10 +50,14 @@ For a RabbitMQ cluster, ``url`` takes kombu's failover form
 starts a comment), or ``urls`` lists one URL per indented line.
 
 The sections and keys a file may hold are declared in :data:`SCHEMA`; any
-other section or key is an error with a "did you mean" hint. Every mistake
-raises :class:`ConfigError` naming the file, section and key (or the
-command-line flag or environment variable the bad value came from). The
-config file's folder is put on ``sys.path`` so its modules import.
+other section or key is an error with a "did you mean" hint. The file is
+checked whole: :class:`ConfigError` reports every mistake (in ``errors``),
+each naming the file, section and key (or the command-line flag or
+environment variable the bad value came from). The discovery is checked
+against what the handlers call (:mod:`tavrida.service_graph`): a called
+service with no exchange is a mistake, an entry no handler uses a warning
+(:attr:`ServiceConfig.warnings`, logged by :meth:`ServiceConfig.bind_discovery`).
+The config file's folder is put on ``sys.path`` so its modules import.
 
 Why one module of over 400 lines: the :data:`SCHEMA` table and the reading
 of what it declares (each section's conversions and checks, the errors
@@ -65,15 +69,14 @@ from __future__ import annotations
 
 import configparser
 import difflib
-import importlib
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Type, TypeVar
 
+from tavrida import class_path, exceptions, service_graph
 from tavrida import config as config_mod
 from tavrida import discovery as discovery_mod
-from tavrida import exceptions
 from tavrida.answering import REPLY_EXCHANGES
 from tavrida.retries import RetryPolicy
 from tavrida.service import ServiceController
@@ -84,6 +87,10 @@ if TYPE_CHECKING:
 
 #: Environment variable that overrides the broker URL of every config.
 URL_ENV = "TAVRIDA_URL"
+#: The caller name of the ``tavrida`` command: ``remote.tavrida_cli`` routes its answers.
+CLI_CALLER = "tavrida_cli"
+LOG = logging.getLogger(__name__)
+T = TypeVar("T")
 
 class SecondsOrNone:
     """:data:`SCHEMA` type of a positive number of seconds, or ``none`` (no limit)."""
@@ -179,6 +186,20 @@ class ConfigError(exceptions.TavridaError):
 
     message_template = "%(path)s: [%(section)s] %(key)s: %(reason)s"
 
+    def __init__(self, message: str = "", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        #: Every mistake found, each a ConfigError of its own (this one alone, or several).
+        self.errors: List[ConfigError] = [self]
+
+    @classmethod
+    def several(cls, errors: List["ConfigError"]) -> "ConfigError":
+        """One error reporting all of ``errors``, one per line of its message."""
+        if len(errors) == 1:
+            return errors[0]
+        joined = cls("\n".join(error.message for error in errors))
+        joined.errors = list(errors)
+        return joined
+
 
 def _spelled(key: str) -> str:
     """A schema key as users write it: ``remote.*`` is ``remote.<service>``."""
@@ -244,30 +265,59 @@ class ServiceConfig:
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
         self._parser = parser
+        #: Every mistake found so far: all are reported at once, at the end.
+        self._errors: List[ConfigError] = []
+        #: Sections a misspelt section name stands for: their missing keys are not mistakes.
+        self._misspelt: List[str] = []
+        #: What is odd but may be right (an unused ``remote.<service>``), logged at start.
+        self.warnings: List[str] = []
         #: section -> key -> value, converted to its :data:`SCHEMA` type.
         self.values: Dict[str, Dict[str, Any]] = self._checked()
-        self.connection = self._connection(url, url_flag)
-        self.queue = self._required("server", "queue")
-        self.exchange = self._required("server", "exchange")
+        fallback = config_mod.ConnectionConfig()
+        self.connection = self._collect(lambda: self._connection(url, url_flag), fallback)
+        self.queue = self._collect(lambda: self._required("server", "queue"), "")
+        self.exchange = self._collect(lambda: self._required("server", "exchange"), "")
         self.workers = self.get("server", "workers", 0)
-        self.retry_policy = self._retry_policy()
+        self.retry_policy = self._collect(self._retry_policy, RetryPolicy())
         #: ``classic`` (tavrida 1.0's, the default) or ``quorum`` (see ``Server``).
-        self.queue_type = self._choice("server", "queue_type", QUEUE_TYPES, "classic")
+        self.queue_type = self._collect(
+            lambda: self._choice("server", "queue_type", QUEUE_TYPES, "classic"), "classic")
         #: ``any`` (the default) or ``known`` (see ``Server``'s ``reply_exchanges``).
-        self.reply_exchanges = self._choice("server", "reply_exchanges", REPLY_EXCHANGES, "any")
+        self.reply_exchanges = self._collect(
+            lambda: self._choice("server", "reply_exchanges", REPLY_EXCHANGES, "any"), "any")
         self.service_classes = self._services()
-        self.log_level = self._log_level()
-        self.log_format = self._choice("logging", "format", ("text", "json"), "text")
+        self.log_level = self._collect(self._log_level, logging.INFO)
+        self.log_format = self._collect(
+            lambda: self._choice("logging", "format", ("text", "json"), "text"), "text")
         self.log_access: bool = self.get("logging", "access", False)
         self.amqp_debug: bool = self.get("logging", "amqp_debug", False)
-        self.metrics_port = self._port("metrics", "port")
+        self.metrics_port = self._collect(lambda: self._port("metrics", "port"), None)
         self.metrics_host: str = self.get("metrics", "host", "") or "0.0.0.0"
         self.tracing: bool = self.get("tracing", "enabled", False)
         health_file: str = self.get("health", "file", "")
         self.health_file = (os.path.join(os.path.dirname(os.path.abspath(self.path)),
                                          health_file) if health_file else None)
-        self.health_interval = self._positive("health", "interval", 5.0)
-        self.health_port = self._port("health", "port")
+        self.health_interval = self._collect(
+            lambda: self._positive("health", "interval", 5.0), 5.0)
+        self.health_port = self._collect(lambda: self._port("health", "port"), None)
+        self._discoveries = self._checked_discoveries()
+        errors = [error for error in self._errors if not self._follows_misspelt(error)]
+        if errors:
+            raise ConfigError.several(errors)
+
+    def _follows_misspelt(self, error: ConfigError) -> bool:
+        """True for a key found missing from a section whose name is misspelt in the file."""
+        reason = str(error.kwargs.get("reason", ""))
+        return (error.kwargs.get("section") in self._misspelt
+                and reason.startswith(("is required", "missing:")))
+
+    def _collect(self, read: Callable[[], T], fallback: T) -> T:
+        """What ``read`` returns; if it finds a mistake, note it and go on with ``fallback``."""
+        try:
+            return read()
+        except ConfigError as exc:
+            self._errors.extend(exc.errors)
+            return fallback
 
     def _error(self, section: str, key: str, reason: str) -> ConfigError:
         return ConfigError(path=self.path, section=section, key=key, reason=reason)
@@ -280,14 +330,23 @@ class ServiceConfig:
                 close = difflib.get_close_matches(section, list(SCHEMA), n=1, cutoff=0.6)
                 hint = (f" (did you mean [{close[0]}]?)" if close
                         else f"; sections are {', '.join(f'[{s}]' for s in SCHEMA)}")
-                raise ConfigError(f"{self.path}: [{section}]: unknown section{hint}")
+                self._errors.append(
+                    ConfigError(f"{self.path}: [{section}]: unknown section{hint}"))
+                if close and not self._parser.has_section(close[0]):
+                    self._misspelt.append(close[0])
+                continue
             values[section] = {}
             for key, raw in self._parser.items(section):
                 entry = _schema_key(section, key)
                 if entry is None:
-                    raise self._error(section, key, _unknown_key_reason(section, key))
-                values[section][key] = self._convert(section, key, SCHEMA[section][entry],
-                                                     raw.strip())
+                    self._errors.append(
+                        self._error(section, key, _unknown_key_reason(section, key)))
+                    continue
+                try:
+                    values[section][key] = self._convert(section, key, SCHEMA[section][entry],
+                                                         raw.strip())
+                except ConfigError as exc:  # noted; the key counts as absent
+                    self._errors.append(exc)
         return values
 
     def _convert(self, section: str, key: str, kind: type, raw: str) -> Any:
@@ -431,24 +490,17 @@ class ServiceConfig:
         return ";".join(urls.split()) if urls else str(url)
 
     def _services(self) -> List[Type[ServiceController]]:
-        names = self._required("server", "services").replace(",", " ").split()
+        """The classes ``[server] services`` names; each bad name is a mistake of its own."""
+        names = self._collect(lambda: self._required("server", "services"), "")
         folder = os.path.dirname(os.path.abspath(self.path))
         if folder not in sys.path:
             sys.path.insert(0, folder)
         classes: List[Type[ServiceController]] = []
-        for name in names:
-            module_name, _, class_name = name.partition(":")
-            if not class_name:
-                raise self._error("server", "services", f"{name!r} is not module:Class")
+        for name in names.replace(",", " ").split():
             try:
-                cls = getattr(importlib.import_module(module_name), class_name)
-            except (ImportError, AttributeError) as exc:
-                raise self._error("server", "services", f"cannot import {name}: {exc}") from None
-            if not (isinstance(cls, type) and issubclass(cls, ServiceController)
-                    and cls.service_name()):
-                raise self._error("server", "services",
-                                  f"{name} is not a ServiceController declared with rpc_service")
-            classes.append(cls)
+                classes.append(class_path.load(name, folder))
+            except class_path.ClassPathError as exc:
+                self._errors.append(self._error("server", "services", str(exc)))
         return classes
 
     def _log_level(self) -> int:
@@ -459,7 +511,7 @@ class ServiceConfig:
         return level
 
     def discovery_for(self, service_name: str,
-                      subscriptions: List[str]) -> discovery_mod.AbstractDiscovery:
+                      subscriptions: List[str]) -> discovery_mod.LocalDiscovery:
         """The discovery of one service: the ``.ds`` file, then the inline entries."""
         section = "discovery"
         ds_file = self.get(section, "file", "")
@@ -475,9 +527,9 @@ class ServiceConfig:
         if self.get(section, "central", False):
             disc = self._central(disc)
         for key, value in self.values.get(section, {}).items():
-            if key in ("file", "central", "central_url"):
-                continue
-            kind, _, service = key.partition(".")
+            kind, dot, service = key.partition(".")
+            if not dot:
+                continue  # file, central, central_url
             if not value:
                 raise self._error(section, key, "needs an exchange name")
             register = "register_remote_service" if kind == "remote" else f"register_{kind}"
@@ -498,17 +550,70 @@ class ServiceConfig:
                 getattr(disc, register)(service, exchange)
         return disc
 
-    def bind_discovery(self) -> None:
-        """Give every configured service class its discovery."""
-        for cls in self.service_classes:
-            subscriptions = sorted({ep.service for ep in cls.get_dispatcher().get_publishers()})
-            disc = self.discovery_for(cls.service_name(), subscriptions)
-            for publisher in subscriptions if not isinstance(
-                    disc, discovery_mod.CentralDiscovery) else ():  # looked up at start
+    def _checked_discoveries(self) -> Dict[str, discovery_mod.LocalDiscovery]:
+        """Each service's discovery, checked against what its handlers need."""
+        discoveries: Dict[str, discovery_mod.LocalDiscovery] = {}
+        shapes = [service_graph.shape(cls) for cls in self.service_classes]
+        for cls, found in zip(self.service_classes, shapes):
+            subscriptions = sorted({ep.service for ep in found.subscriptions})
+            try:
+                disc = self.discovery_for(found.name, subscriptions)
+            except ConfigError as exc:  # the same for every service: noted once
+                self._errors.append(exc)
+                return discoveries
+            central = isinstance(disc, discovery_mod.CentralDiscovery)
+            for publisher in subscriptions if not central else ():  # looked up at start
                 try:
                     disc.get_remote_publisher(publisher)
                 except exceptions.TavridaError:
-                    raise self._error("discovery", f"remote_publisher.{publisher}",
-                                      f"is required: {cls.service_name()} subscribes to "
-                                      f"{publisher}'s notifications") from None
-            cls.set_discovery(disc)
+                    self._errors.append(self._error(
+                        "discovery", f"remote_publisher.{publisher}",
+                        f"is required: {found.name} subscribes to {publisher}'s notifications"))
+            discoveries[cls.service_name()] = disc
+        if shapes and len(discoveries) == len(shapes):
+            self._check_remotes(shapes, discoveries)
+        return discoveries
+
+    def _check_remotes(self, shapes: List[service_graph.ServiceShape],
+                       discoveries: Dict[str, discovery_mod.LocalDiscovery]) -> None:
+        """Services called but not in discovery (mistakes), inline entries nobody calls."""
+        section = "discovery"
+        remotes = {name: disc.get_all_exchanges()["remote"]
+                   for name, disc in discoveries.items()}
+        inline = [key.partition(".")[2] for key in self.values.get(section, {})
+                  if key.startswith("remote.") and key != f"remote.{CLI_CALLER}"]
+        # A discovery that is not all in this file may know what the file lacks.
+        elsewhere = bool(self.values.get(section, {}).get("central"))
+        for problem in service_graph.remote_problems(shapes, remotes, inline, elsewhere):
+            error = self._error(section, f"remote.{problem.service}", problem.reason)
+            if problem.mistake:
+                self._errors.append(error)
+            else:
+                self.warnings.append(str(error))
+
+    def client_discovery(self) -> discovery_mod.LocalDiscovery:
+        """The discovery of a client of this file's services (``tavrida call --config``).
+
+        Each service the file runs is found on ``[server] exchange``; every
+        other service on the file's ``remote.<service>`` entries (and its
+        ``.ds`` file); a service's notification exchange (``local_publisher``
+        or ``remote_publisher``) is where a client publishes as that service.
+        """
+        disc = discovery_mod.LocalDiscovery()
+        for own in self._discoveries.values():
+            exchanges = own.get_all_exchanges()
+            for service, exchange in exchanges["remote"].items():
+                disc.register_remote_service(service, exchange)
+            for kind in ("remote_publisher", "local_publisher"):
+                for service, exchange in exchanges[kind].items():
+                    disc.register_local_publisher(service, exchange)
+        for cls in self.service_classes:
+            disc.register_remote_service(cls.service_name(), self.exchange)
+        return disc
+
+    def bind_discovery(self) -> None:
+        """Give every configured service class its discovery; log the config's warnings."""
+        for warning in self.warnings:
+            LOG.warning("%s", warning)
+        for cls in self.service_classes:
+            cls.set_discovery(self._discoveries[cls.service_name()])

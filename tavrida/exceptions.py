@@ -130,13 +130,24 @@ class IncorrectAMQPLibrary(TavridaError):
 class IncorrectMessage(BaseAckableException):
     message_template = "Incorrect message: %(reason)s"
 
-    #: The message's tavrida headers when they were valid (its body was not),
-    #: so that a call can still be answered with an Error; set by :func:`tavrida.wire.decode`.
+    #: The message's tavrida headers when they were valid (its body was not), or
+    #: those of a call its Error answer needs (its ``source`` was not), so that
+    #: a call can still be answered with an Error; set by :func:`tavrida.wire.decode`.
     headers: Optional[Dict[str, str]] = None
 
 
 class IncorrectOutgoingMessage(TavridaError):
     message_template = "Incorrect outgoing message: %(reason)s"
+
+
+class UnsendableAnswer(IncorrectOutgoingMessage):
+    """A service's answer to a call could not be sent; its caller gets this Error instead.
+
+    The answer was not JSON (``reason`` names the field and its type), its
+    headers could not be written, or the broker refused it for its size.
+    """
+
+    message_template = "The answer of %(entry_point)s could not be sent: %(reason)s"
 
 
 class NeedToBeController(TavridaError):

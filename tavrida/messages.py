@@ -17,8 +17,10 @@ along a whole chain of calls.
 from __future__ import annotations
 
 import collections
+import itertools
 import operator
 import os
+import reprlib
 import time
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Type, TypeVar
 
@@ -294,11 +296,36 @@ class Message:
 
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self._source}->{self._destination} "
-                f"correlation_id={self._correlation_id} payload={self.payload!r}>")
+                f"correlation_id={self._correlation_id} "
+                f"payload={_PAYLOAD_REPR.repr(self.payload)}>")
 
 
 class Incoming:
     """Marker: a message received from the broker."""
+
+
+class _PayloadRepr(reprlib.Repr):
+    """``repr()`` of payloads, cut where they are large; dicts keep their order."""
+
+    def repr_dict(self, x: Dict[Any, Any], level: int) -> str:
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        items = itertools.islice(x.items(), self.maxdict)
+        pieces = [f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}" for k, v in items]
+        if len(x) > self.maxdict:
+            pieces.append("...")
+        return "{" + ", ".join(pieces) + "}"
+
+
+#: Payloads in logs and reprs: small ones whole, large ones cut (a 100 MB answer that
+#: cannot be sent is logged in a line, not in 100 MB).
+_PAYLOAD_REPR = _PayloadRepr()
+_PAYLOAD_REPR.maxlevel = 6
+_PAYLOAD_REPR.maxdict = _PAYLOAD_REPR.maxlist = _PAYLOAD_REPR.maxtuple = 50
+_PAYLOAD_REPR.maxset = _PAYLOAD_REPR.maxfrozenset = 50
+_PAYLOAD_REPR.maxstring = _PAYLOAD_REPR.maxother = _PAYLOAD_REPR.maxlong = 500
 
 
 class Outgoing:
@@ -415,12 +442,28 @@ class Notification(Message, Outgoing):
 
 
 def error_payload(exception: BaseException) -> Dict[str, Any]:
-    """The Error payload for ``exception``: ``class``, ``name``, ``message``, ``code``."""
-    code = getattr(exception, "code", DEFAULT_ERROR_CODE)
+    """The Error payload for ``exception``: ``class``, ``name``, ``message``, ``code``.
+
+    Never fails, so that a caller always gets its Error: an exception whose
+    ``str()`` or ``code`` raises is described by its ``repr()`` or type.
+    """
+    try:
+        code = getattr(exception, "code", DEFAULT_ERROR_CODE)
+    except Exception:  # noqa: BLE001 - a property that raises
+        code = DEFAULT_ERROR_CODE
     if not isinstance(code, int) or isinstance(code, bool):
         code = DEFAULT_ERROR_CODE
+    try:
+        text = str(exception)
+    except Exception:  # noqa: BLE001 - a __str__ that raises
+        try:
+            text = repr(exception)
+        except Exception:  # noqa: BLE001
+            text = f"<{type(exception).__name__} that cannot be shown>"
+    if not isinstance(text, str):  # a str subclass is fine; anything else is not JSON
+        text = type(exception).__name__
     return {"class": get_fqcn(exception), "name": type(exception).__name__,
-            "message": str(exception), "code": code}
+            "message": str.__str__(text), "code": int(code)}
 
 
 _INCOMING: Dict[str, Type[Message]] = {

@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from tavrida import exceptions, messages, wire
 from tavrida.sender import Sender
@@ -50,7 +50,8 @@ class _Waiter:
     __slots__ = ("answer", "wake")
 
     def __init__(self) -> None:
-        self.answer: Optional[messages.Message] = None
+        #: The answer, or why the answer that came could not be read.
+        self.answer: Optional[Union[messages.Message, exceptions.IncorrectMessage]] = None
         #: Made when the caller first waits for another drainer (most never do).
         self.wake: Optional[threading.Condition] = None
 
@@ -152,6 +153,7 @@ class Replies:
             answer = wire.decode(delivery.body, delivery.headers, delivery.properties)
         except exceptions.IncorrectMessage as exc:
             LOG.error("dropping a bad message on reply queue %s: %s", self.queue, exc)
+            self._unreadable(exc)
             delivery.ack()
             return
         taken = False
@@ -168,14 +170,31 @@ class Replies:
                         answer)
         delivery.ack()
 
+    def _unreadable(self, exc: exceptions.IncorrectMessage) -> None:
+        """An answer whose headers name its call but whose body cannot be read: tell the caller.
+
+        (Over :data:`tavrida.wire.DEFAULT_MAX_BODY_SIZE`, not JSON...: its caller
+        learns it at once instead of waiting for its timeout.)
+        """
+        headers = exc.headers or {}
+        if headers.get("message_type") not in (messages.RESPONSE, messages.ERROR):
+            return
+        with self._lock:
+            waiter = self._pending.pop(str(headers.get("request_id", "")), None)
+            if waiter is not None:
+                waiter.answer = exc
+                waiter.notify()
+
     def call(self, request: messages.Request, timeout: float) -> Dict[str, Any]:
         """Send ``request`` and wait for its answer: the payload, or raise.
 
         Raises :class:`~tavrida.exceptions.RemoteError` for an Error answer,
         :class:`~tavrida.exceptions.CallTimeout` when none comes in time,
         :class:`~tavrida.exceptions.ConnectionFailed` when the request could
-        not be sent within ``timeout`` (broker unreachable) and
-        :class:`~tavrida.exceptions.Unroutable` when no queue takes it.
+        not be sent within ``timeout`` (broker unreachable),
+        :class:`~tavrida.exceptions.Unroutable` when no queue takes it and
+        :class:`~tavrida.exceptions.IncorrectMessage` when its answer came
+        but cannot be read (a body over the size limit, not JSON).
         """
         deadline = time.monotonic() + timeout
         transport = self._sender.transport
@@ -200,6 +219,10 @@ class Replies:
             raise exceptions.CallTimeout(destination=request.destination, timeout=timeout,
                                          correlation_id=request.correlation_id)
         answer = waiter.answer
+        if isinstance(answer, exceptions.IncorrectMessage):
+            raise exceptions.IncorrectMessage(
+                reason=f"the answer of {request.destination} came but cannot be read: "
+                       f"{answer.kwargs.get('reason', answer)}")
         if answer.message_type == messages.ERROR:
             payload = answer.payload
             remote_class = str(payload.get("class", ""))

@@ -8,7 +8,9 @@ What happens to each message (the delivery guarantees):
   next messages were taken, once its answer's confirm arrived (pipelined
   answers, see :meth:`~tavrida.transports.base.Transport.deferring`);
 * a call always gets exactly one answer: the handler's Response, an empty
-  Response when the handler returned None, or an Error when it raised;
+  Response when the handler returned None, or an Error when it raised, a
+  middleware refused it, or its answer cannot be sent (not JSON, too large:
+  see :mod:`tavrida.answering`);
 * a message that cannot be handled (bad headers or body, no such service
   or handler, a failing cast or notification handler) is logged and,
   unless an Error answer went back to a caller, copied to the dead-letter
@@ -338,7 +340,10 @@ class Server(Retrying):
         # dead-letter queue, so it cannot spin for ever.
         try:
             if delivery.redelivered:
-                self._dead_letter(delivery, f"failed twice: {messages.get_fqcn(exc)}: {exc}")
+                if not self._answer_failure(delivery, exc):
+                    said = messages.error_payload(exc)["message"]
+                    self._dead_letter(delivery,
+                                      f"failed twice: {messages.get_fqcn(exc)}: {said}")
                 delivery.ack()
             else:
                 delivery.reject(requeue=True)
@@ -367,6 +372,8 @@ class Server(Retrying):
                 LOG.warning("dropping a request to %s (correlation id %s) unrun: its caller "
                             "gave up %.3f s ago", message.destination, message.correlation_id,
                             late)
+                if self.hooks:
+                    self.hooks.expired()
                 delivery.ack()
                 return
         if self.reply_exchanges != "any" and self._reply_refused(delivery, message):
@@ -392,15 +399,17 @@ class Server(Retrying):
                     self._retry(delivery, controller, handler.method_name, message, exc)
                     return
                 self._notify(message, exc, by_handler=True)
+                said = messages.error_payload(exc)["message"]  # even when str(exc) raises
                 if isinstance(message, messages.IncomingRequestCall):
                     LOG.warning("handler %s raised %s: %s on %r; answering with an Error",
-                                handler.method_name, messages.get_fqcn(exc), exc, message,
+                                handler.method_name, messages.get_fqcn(exc), said, message,
                                 exc_info=LOG.isEnabledFor(logging.DEBUG))
                     answer = self._error_answer(controller, message, exc)
                 else:
-                    LOG.exception("handler %s failed on %r", handler.method_name, message)
+                    LOG.error("handler %s failed on %r: %s: %s", handler.method_name, message,
+                              messages.get_fqcn(exc), said, exc_info=True)
                     self._dead_letter(delivery, f"handler {handler.method_name} raised "
-                                                f"{messages.get_fqcn(exc)}: {exc}")
+                                                f"{messages.get_fqcn(exc)}: {said}")
                     continue
             if answer is not None and isinstance(message, messages.IncomingRequestCall):
                 if self._pipelined and len(targets) == 1:

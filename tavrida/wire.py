@@ -106,14 +106,82 @@ def encode(message: messages.Message) -> Tuple[bytes, Dict[str, Any]]:
     """Body bytes and wire headers of an outgoing message.
 
     Raises :class:`~tavrida.exceptions.IncorrectOutgoingMessage` when the
-    payload or context cannot be written as JSON.
+    payload or context cannot be written as JSON, naming the field and its
+    type (``answer field 'when': datetime is not JSON-serialisable``).
     """
     try:
         body = _body(message.payload, message.context)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise exceptions.IncorrectOutgoingMessage(
-            reason=f"{message!r} is not JSON-serializable: {exc}") from None
+            reason=unserialisable(message, exc)) from None
     return body.encode("utf-8"), message.wire_headers()
+
+
+#: What the payload of each message type is called in errors (an answer is a response
+#: or an error: the handler's caller reads it).
+_PAYLOAD_NAMES = {messages.REQUEST: "payload", messages.RESPONSE: "answer",
+                  messages.ERROR: "answer", messages.NOTIFICATION: "notification"}
+#: JSON's scalars as simplejson writes them (Decimal: ``use_decimal``).
+_JSON_SCALARS = (str, int, float, bool, type(None), decimal.Decimal)
+
+
+def unserialisable(message: messages.Message, exc: BaseException) -> str:
+    """Why ``message`` cannot be written as JSON: the first bad field's path and type.
+
+    ``exc`` is what the encoder raised, reported when no field explains it.
+    """
+    part = _PAYLOAD_NAMES.get(message.message_type, "payload")
+    for name, value in ((part, message.payload), ("context", message.context)):
+        found = _first_bad(value, "", set())
+        if found is not None:
+            path, problem = found
+            where = f"{name} field {path!r}" if path else name
+            return f"{where}: {problem}"
+    return f"{part} is not JSON-serialisable: {type(exc).__name__}: {exc}"
+
+
+def _first_bad(value: Any, path: str, seen: set[int]) -> Optional[Tuple[str, str]]:
+    """(path, problem) of the first value under ``value`` JSON cannot carry, or None."""
+    if isinstance(value, _JSON_SCALARS):
+        return None
+    if isinstance(value, bytes):  # simplejson writes UTF-8 bytes as text
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            return path, "bytes that are not UTF-8 are not JSON-serialisable"
+        return None
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in seen:
+            return path, "refers to itself (a circular reference)"
+        if len(seen) >= 100:
+            return path, "is nested too deeply"
+        seen.add(id(value))
+        try:
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    if not isinstance(key, _JSON_SCALARS):
+                        return path, (f"key {_short(key)} of type {type(key).__name__} "
+                                      f"is not JSON-serialisable")
+                    found = _first_bad(item, f"{path}.{key}" if path else str(key), seen)
+                    if found is not None:
+                        return found
+            else:
+                for index, item in enumerate(value):
+                    found = _first_bad(item, f"{path}[{index}]", seen)
+                    if found is not None:
+                        return found
+        finally:
+            seen.discard(id(value))
+        return None
+    return path, f"{type(value).__name__} is not JSON-serialisable"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the real error
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 #: AMQP field types other than strings that a tavrida header may come as, read as text
@@ -274,6 +342,34 @@ def _is_utf8(encoding: str) -> bool:
 
 
 _FACTORY = messages.IncomingMessageFactory()
+#: The headers an Error answer to a call needs (``source`` and ``message_id`` it does not).
+_ANSWER_HEADERS = ("correlation_id", "request_id", "message_type", "reply_to", "destination")
+
+
+def _answerable(raw: Any) -> Optional[Dict[str, str]]:
+    """The headers of a refused call that are enough to answer it, or None.
+
+    A call whose ``source`` or ``message_id`` is missing or unreadable (not
+    UTF-8, say) can still be told why it was refused: its caller (``reply_to``),
+    ``request_id`` and ``correlation_id`` are what the answer needs.
+    """
+    if not isinstance(raw, Mapping):
+        return None
+    headers: Dict[str, str] = {}
+    try:
+        for name in _ANSWER_HEADERS:
+            headers[name] = _text(name, raw.get(name))
+        if messages.REPLY_EXCHANGE_HEADER in raw:
+            name = messages.REPLY_EXCHANGE_HEADER
+            headers[name] = _text(name, raw[name])
+        entry_point.parse_text(headers["reply_to"], False, False)
+        entry_point.parse_text(headers["destination"], False, True)
+    except (exceptions.IncorrectMessage, exceptions.WrongEntryPointFormat):
+        return None
+    if headers["message_type"] != messages.REQUEST or not all(
+            headers[name] for name in ("correlation_id", "request_id", "reply_to")):
+        return None
+    return headers
 
 
 def decode(body: Any, raw_headers: Any, properties: Optional[Mapping[str, Any]] = None,
@@ -281,10 +377,15 @@ def decode(body: Any, raw_headers: Any, properties: Optional[Mapping[str, Any]] 
     """The incoming message for a delivery.
 
     Raises :class:`~tavrida.exceptions.IncorrectMessage` naming what is
-    wrong; ``exc.headers`` holds the tavrida headers when they were valid,
-    so a call can still be answered with an Error.
+    wrong; ``exc.headers`` holds the tavrida headers when they were valid
+    (or, for a call, those its answer needs), so a call can still be
+    answered with an Error.
     """
-    headers = read_headers(raw_headers)
+    try:
+        headers = read_headers(raw_headers)
+    except exceptions.IncorrectMessage as exc:
+        exc.headers = _answerable(raw_headers)
+        raise
     try:
         context, payload = read_body(body, properties, max_size)
     except exceptions.IncorrectMessage as exc:

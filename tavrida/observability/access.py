@@ -4,11 +4,14 @@
 
     calc.divide request ok correlation_id=3f0c... 1.2 ms
 
-Entry point, message type, outcome (see :mod:`tavrida.observability.hooks`),
-correlation id and duration; never headers or payloads. The same values are
-on the log record as ``entry_point``, ``message_type``, ``outcome``,
-``correlation_id``, ``duration_ms`` and ``queue`` (the JSON log format
-writes them as fields).
+Entry point, message type, outcome (``ok``, ``error``, ``expired``,
+``retried``, ``dead-lettered`` or ``requeued``: see
+:mod:`tavrida.observability.hooks`), correlation id and duration; never
+headers or payloads. The same values are on the log record as
+``entry_point``, ``message_type``, ``outcome``, ``correlation_id``,
+``duration_ms`` and ``queue``, with ``error`` (the exception's class, or the
+name of the Error sent) for failures (the JSON log format writes them as
+fields).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ class AccessLog(ServerHook):
                  "duration_ms": duration_ms, "queue": record.queue}
         if record.exception is not None:
             extra["error"] = type(record.exception).__name__
+        elif record.error_name:
+            extra["error"] = record.error_name  # an Error sent with no exception raised
         self.logger.log(self.level, "%s %s %s correlation_id=%s %.1f ms",
                         record.entry_point or "-", record.message_type or "-", record.outcome,
                         record.correlation_id or "-", duration_ms, extra=extra)

@@ -35,12 +35,14 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 
-#: Outcomes of a message (:attr:`MessageRecord.outcome`).
+#: Outcomes of a message (:attr:`MessageRecord.outcome`): what happened to it.
 OK = "ok"                       # handled; a call was answered with a Response
-ERROR = "error"                 # a caller was answered with an Error
+ERROR = "error"                 # its caller was sent an Error (middleware refusals too)
+EXPIRED = "expired"             # dropped unrun: its caller had given up waiting
+RETRIED = "retried"             # its handler asked for a retry: it runs again later
 DEAD_LETTERED = "dead-lettered"  # copied to the dead-letter queue
 REQUEUED = "requeued"           # given back to the broker to try again
-OUTCOMES = (OK, ERROR, DEAD_LETTERED, REQUEUED)
+OUTCOMES = (OK, ERROR, EXPIRED, RETRIED, DEAD_LETTERED, REQUEUED)
 
 #: The entry-point label of messages no handler of the server is declared for.
 OTHER = "other"
@@ -54,8 +56,8 @@ class MessageRecord:
     """
 
     __slots__ = ("correlation_id", "dead_letter_reason", "duration", "entry_point",
-                 "exception", "headers", "known", "message_type", "outcome", "queue",
-                 "started", "state")
+                 "error_name", "exception", "headers", "known", "message_type", "outcome",
+                 "queue", "started", "state")
 
     def __init__(self, queue: str, headers: Dict[str, Any],
                  known: FrozenSet[Tuple[str, str]]) -> None:
@@ -72,6 +74,8 @@ class MessageRecord:
         self.duration: Optional[float] = None
         self.outcome: Optional[str] = None
         self.exception: Optional[BaseException] = None
+        #: The ``name`` of the Error its caller was sent (outcome ``error``), else "".
+        self.error_name = ""
         self.dead_letter_reason: Optional[str] = None
         #: Per-hook scratch space (a tracing span, ...), keyed by the hook.
         self.state: Dict[Any, Any] = {}
@@ -203,9 +207,23 @@ class HookList(List[ServerHook]):
 
     def retrying(self) -> None:
         """The message being handled will run again after a delay (see tavrida.retries)."""
+        self._outcome(RETRIED)
+
+    def answered_error(self, name: str = "") -> None:
+        """The caller of the message being handled was sent an Error named ``name``."""
         record = self._current()
         if record is not None:
-            record.outcome = REQUEUED
+            record.outcome = ERROR
+            record.error_name = _text(name)
+
+    def expired(self) -> None:
+        """The message being handled was dropped unrun: its caller had given up."""
+        self._outcome(EXPIRED)
+
+    def _outcome(self, outcome: str) -> None:
+        record = self._current()
+        if record is not None:
+            record.outcome = outcome
 
     def dead_lettered(self, reason: str) -> None:
         """The message being handled went to the dead-letter queue."""
@@ -215,5 +233,5 @@ class HookList(List[ServerHook]):
             record.dead_letter_reason = reason
 
 
-__all__ = ["DEAD_LETTERED", "ERROR", "OK", "OTHER", "OUTCOMES", "REQUEUED", "HookList",
-           "MessageRecord", "ServerHook"]
+__all__ = ["DEAD_LETTERED", "ERROR", "EXPIRED", "OK", "OTHER", "OUTCOMES", "REQUEUED",
+           "RETRIED", "HookList", "MessageRecord", "ServerHook"]

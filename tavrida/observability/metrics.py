@@ -11,8 +11,11 @@ metric                                  type       labels
 ``tavrida_reconnects_total``            counter    queue
 ======================================  =========  ======================================
 
-``entry_point`` is ``other`` for messages no handler is declared for, so
-hostile input cannot grow the label set. :class:`Metrics` records into a
+``outcome`` is what happened to the message: ``ok``, ``error``,
+``expired``, ``retried``, ``dead-lettered`` or ``requeued`` (see
+:mod:`tavrida.observability.hooks`). ``entry_point`` is ``other`` for
+messages no handler is declared for, so hostile input cannot grow the label
+set. :class:`Metrics` records into a
 registry (prometheus_client's default one unless told); serve it with
 :class:`~tavrida.observability.http.StatusServer` (``[metrics] port``) or
 your own exporter.

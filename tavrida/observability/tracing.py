@@ -1,14 +1,20 @@
 """OpenTelemetry spans per hop, in W3C ``traceparent`` headers (``pip install 'tavrida[otel]'``).
 
-:class:`Tracing` (a server hook) gives every message a CONSUMER span named
-``<entry point> process``, the child of the span named by the message's
-``traceparent`` header, with the correlation id as the attributes
-``tavrida.correlation_id`` and ``messaging.message.conversation_id``. The span
-is current while the handler runs, and the message's ``traceparent`` (and
-``tracestate``) are rewritten to name it before the handler sees the
-message. As tavrida carries user headers from a message to the messages its
-handler sends and to its answer, every message sent by this hop names this
-hop's span as its parent: each hop is a child of the one before.
+:class:`Tracing` (a server hook) gives every message a CONSUMER span, the
+child of the span named by the message's ``traceparent`` header, named for
+what came in: ``<entry point> process`` for a request, ``<entry point>
+response`` and ``<entry point> error`` for the answers that come back from
+a remote entry point, ``<entry point> notification`` for a notification it
+published. Its ``tavrida.outcome`` attribute says what became of the
+message (see :mod:`tavrida.observability.hooks`); an ``error``,
+``dead-lettered`` or ``requeued`` one sets the span's status to ERROR. The
+correlation id is in the attributes ``tavrida.correlation_id`` and
+``messaging.message.conversation_id``. The span is current while the
+handler runs, and the message's ``traceparent`` (and ``tracestate``) are
+rewritten to name it before the handler sees the message. As tavrida
+carries user headers from a message to the messages its handler sends and
+to its answer, every message sent by this hop names this hop's span as its
+parent: each hop is a child of the one before.
 
 A hop without tracing (a 1.0 service, a 2.0 one not configured) passes
 ``traceparent`` on unchanged, so the next traced hop is a child of the last
@@ -24,7 +30,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional
 
 from tavrida import messages
-from tavrida.observability.hooks import MessageRecord, ServerHook
+from tavrida.observability.hooks import (
+    DEAD_LETTERED,
+    ERROR,
+    REQUEUED,
+    MessageRecord,
+    ServerHook,
+)
 
 if TYPE_CHECKING:
     from tavrida.client import RPCClient
@@ -38,6 +50,12 @@ try:
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError:  # pragma: no cover - exercised where the extra is missing
     trace = None
+
+#: The last word of a CONSUMER span's name, by message type: a request from the answers.
+SPAN_VERBS = {messages.REQUEST: "process", messages.RESPONSE: "response",
+              messages.ERROR: "error", messages.NOTIFICATION: "notification"}
+#: Outcomes that mark a span's status as an error.
+FAILED_OUTCOMES = frozenset({ERROR, DEAD_LETTERED, REQUEUED})
 
 #: The headers this module reads and writes.
 TRACE_HEADERS = ("traceparent", "tracestate")
@@ -88,7 +106,8 @@ class Tracing(ServerHook):
         headers = record.headers
         parent = self.propagator.extract(headers, getter=self._getter)
         span = self.tracer.start_span(
-            f"{record.label} process", context=parent, kind=trace.SpanKind.CONSUMER,
+            f"{record.label} {SPAN_VERBS.get(record.message_type, 'process')}",
+            context=parent, kind=trace.SpanKind.CONSUMER,
             attributes=_attributes(record.message_type, record.entry_point,
                                    record.correlation_id,
                                    **{"messaging.operation": "process",
@@ -110,8 +129,10 @@ class Tracing(ServerHook):
             span.set_attribute("tavrida.outcome", record.outcome or "")
             if record.exception is not None:
                 span.record_exception(record.exception)
-                span.set_status(trace.Status(trace.StatusCode.ERROR,
-                                             f"{type(record.exception).__name__}"))
+            if record.outcome in FAILED_OUTCOMES:
+                why = (type(record.exception).__name__ if record.exception is not None
+                       else record.error_name or record.outcome)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, why))
             span.end()
         finally:
             otel_context.detach(token)
@@ -164,4 +185,4 @@ def instrument_client(client: RPCClient, tracer_provider: Any = None) -> RPCClie
     return client
 
 
-__all__ = ["TRACE_HEADERS", "Tracing", "instrument_client"]
+__all__ = ["SPAN_VERBS", "TRACE_HEADERS", "Tracing", "instrument_client"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import urllib.parse
 from pathlib import Path
 from typing import Dict, Iterator, List
@@ -220,3 +222,69 @@ def test_broker_trouble_exits_2_with_one_line(command, amqp_url, tmp_path):
     assert "Traceback" not in proc.stderr, proc.describe()
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("tavrida: ") and expected in last, proc.describe()
+
+
+def test_call_and_cast_take_the_services_own_config_file(service, amqp_url, unique):
+    """``--config services.ini``: the URL, the service's exchange and the reply exchange."""
+    def tavrida(*args: str) -> Proc:
+        proc = run_python(["-m", "tavrida.cli", *args, "--config", str(service.config)],
+                          service.folder, f"{args[0]}-config-{len(service.commands)}", 30,
+                          cli_env())
+        service.commands.append(proc)
+        return proc
+
+    ok = tavrida("call", "calc.add", "a=1", "b=2", "--timeout", "5")
+    assert returncode(ok) == 0, ok.describe()
+    assert json.loads(ok.stdout) == {"sum": 3}
+    failed = tavrida("call", "calc.fail", "reason=no", "--timeout", "5")
+    assert returncode(failed) == 1, failed.describe()
+    assert json.loads(failed.stdout)["error"]["name"] == "CalcFailure"
+
+    with PlainAMQP(amqp_url) as plain:
+        spy = plain.spy(unique("spy"), [(service.names["events"], "calc.note")])
+        cast = tavrida("cast", "calc.note", "text=hi", "--context", "tenant=acme")
+        assert returncode(cast) == 0, cast.describe()
+        [noted] = plain.wait_for(spy, 1)
+        assert json.loads(noted.body)["payload"] == {"noted": "hi"}
+        # The notification the handler published carries the request's context on.
+        assert json.loads(noted.body)["context"]["tenant"] == "acme"
+
+    unknown = tavrida("call", "calx.add", "a=1", "--timeout", "1")
+    assert returncode(unknown) == 2, unknown.describe()
+    assert unknown.stderr.startswith(
+        f"tavrida: Unable to discover the exchange of service calx in {service.config} "
+        "(did you mean calc?): name it with --exchange EXCHANGE, or --config CONFIG"), \
+        unknown.describe()
+
+
+def test_shell_answers_a_scripted_call_on_rabbitmq(service):
+    script = "n.calc.add(a=2, b=3)\nn.calc.fail(reason='nope')\nn.calc.note(text='x').cast()\n"
+    done = subprocess.run([sys.executable, "-m", "tavrida.cli", "shell", str(service.config),
+                           "--timeout", "5"], input=script, capture_output=True, text=True,
+                          timeout=60, cwd=service.folder, env=cli_env())
+    assert done.returncode == 0, done.stderr
+    assert f"tavrida shell: {service.config} on amqp://" in done.stderr
+    assert "  calc: add, fail, note" in done.stderr
+    assert "RemoteError: CalcFailure: nope (code 7)" in done.stderr
+    answers = [part.strip() for part in done.stdout.split(">>> ") if part.strip()]
+    assert len(answers) == 2 and answers[0] == "{'sum': 5}", done.stdout
+    assert answers[1].startswith("<Request tavrida_cli->calc.note "), done.stdout
+
+
+def test_three_mistakes_in_a_config_file_are_reported_in_one_run(tmp_path):
+    shutil.copy(HERE / "svc_cli.py", tmp_path / "svc_cli.py")
+    config = tmp_path / "bad.ini"
+    config.write_text(CONFIG.replace("workers = 2", "workerz = 2")
+                      .replace("prefetch_count = 10", "prefetch_count = lots")
+                      .replace("svc_cli:Calc", "svc_cli:Calk")
+                      .format(url="amqp://guest:guest@127.0.0.1:1//", queue="q", exchange="e",
+                              reply="r", events="v", ticker="t"))
+    proc = run_python(["-m", "tavrida.cli", "run", str(config)], tmp_path, "run-bad",
+                      timeout=30, env=cli_env())
+    assert returncode(proc) == 2, proc.describe()
+    assert proc.stderr.splitlines() == [
+        f"tavrida: {config}: [connection] prefetch_count: 'lots' is not a whole number",
+        f"tavrida: {config}: [server] workerz: unknown key (did you mean workers?)",
+        f"tavrida: {config}: [server] services: cannot import svc_cli:Calk: module 'svc_cli' "
+        "has no attribute 'Calk' (did you mean Calc?)",
+    ], proc.describe()

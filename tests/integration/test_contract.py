@@ -7,7 +7,9 @@ process; every test uses its own exchange and queue names.
 
 from __future__ import annotations
 
+import datetime
 import threading
+import time
 from typing import Any, Dict, List
 
 import pytest
@@ -286,3 +288,37 @@ def test_middlewares_gate_and_stamp(running, unique):
         running.client(disc, "client").guarded.get().call(timeout=10)
     keyed = running.client(disc, "client", headers={"x-key": "open"})
     assert keyed.guarded.get().call(timeout=10) == {"secret": 1, "stamped": True}
+
+
+@dispatcher.rpc_service("clock")
+class Clock(service.ServiceController):
+
+    @dispatcher.rpc_method(service="clock", method="now")
+    def now(self, request, proxy):
+        return {"when": datetime.datetime.now()}  # not JSON
+
+    @dispatcher.rpc_method(service="clock", method="ping")
+    def ping(self, request, proxy):
+        return {"pong": True}
+
+
+def test_an_answer_that_is_not_json_reaches_its_caller_as_an_error(running, unique):
+    exchange, queue = unique("clock-ex"), unique("clock-q")
+    disc = discovery.LocalDiscovery()
+    disc.register_remote_service("clock", exchange)
+    Clock.set_discovery(disc)
+    running.serve(queue, exchange, [Clock])
+    cli = running.client(disc, "client")
+    assert cli.clock.ping().call(timeout=10) == {"pong": True}  # reply queue in place
+    started = time.monotonic()
+    with pytest.raises(exceptions.RemoteError) as info:
+        cli.clock.now().call(timeout=30)
+    took = time.monotonic() - started
+    assert info.value.remote_name == "UnsendableAnswer"
+    assert info.value.remote_message == ("The answer of clock.now could not be sent: answer "
+                                         "field 'when': datetime is not JSON-serialisable")
+    assert took < 1.0, f"the Error took {took:.1f} s"  # the issue: "within a second"
+    assert cli.clock.ping().call(timeout=10) == {"pong": True}  # the request was acked
+    transport = running.servers[0].transport
+    assert transport is not None
+    assert transport.queue_size(queue + ".dead") in (0, None)  # an Error went: no dead letter

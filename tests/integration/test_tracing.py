@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 from typing import Iterator, List
 
@@ -10,7 +11,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tavrida import client, discovery, dispatcher, server, service
+from tavrida import client, discovery, dispatcher, messages, middleware, server, service
 from tavrida.observability import ServerHook
 from tavrida.observability.tracing import Tracing, instrument_client
 
@@ -96,3 +97,82 @@ def test_traceparent_makes_each_hop_a_child_span(amqp_url, unique, spans):
     # on the wire, the request to back named front's span, not the client's
     [traceparent] = arrived.seen
     assert traceparent.split("-")[2] == f"{front.context.span_id:016x}"
+
+
+ANSWERS: "queue.Queue[str]" = queue.Queue()
+
+
+@dispatcher.rpc_service("span_front")
+class AnswerFront(service.ServiceController):
+    @dispatcher.rpc_method(service="span_front", method="go")
+    def go(self, request, proxy, q):
+        proxy.span_back.work(q=q).call()  # answered to the handlers below
+
+    @dispatcher.rpc_response_method(service="span_back", method="work")
+    def worked(self, response, proxy, a):
+        ANSWERS.put("response")
+
+    @dispatcher.rpc_error_method(service="span_back", method="work")
+    def failed(self, error, proxy):
+        ANSWERS.put(f"error {error.payload['name']}")
+
+
+class Refuse(middleware.Middleware):
+    """Refuses q == 0: the caller gets an Error, the handler never runs."""
+
+    def process(self, message):
+        if message.payload.get("q") == 0:
+            return messages.Error.create_by_request(message, ValueError("q must not be 0"))
+        return message
+
+
+@dispatcher.rpc_service("span_back")
+class AnswerBack(service.ServiceController):
+    def __init__(self, postprocessor):
+        super().__init__(postprocessor)
+        self.add_incoming_middleware(Refuse())
+
+    @dispatcher.rpc_method(service="span_back", method="work")
+    def work(self, request, proxy, q):
+        return {"a": q}
+
+
+def test_answer_spans_are_named_response_and_error_and_refusals_are_errors(amqp_url, unique,
+                                                                           spans):
+    provider, exporter = spans
+    front_ex, back_ex = unique("front-ex"), unique("back-ex")
+    disc = discovery.LocalDiscovery()
+    disc.register_remote_service("span_front", front_ex)
+    disc.register_remote_service("span_back", back_ex)
+    AnswerFront.set_discovery(disc)
+    AnswerBack.set_discovery(disc)
+    servers = [server.Server(amqp_url, unique("front-q"), front_ex, [AnswerFront],
+                             hooks=[Tracing(provider)]),
+               server.Server(amqp_url, unique("back-q"), back_ex, [AnswerBack],
+                             hooks=[Tracing(provider)])]
+    threads = []
+    for srv in servers:
+        srv.start()
+        threads.append(threading.Thread(target=srv.run, daemon=True))
+        threads[-1].start()
+    try:
+        with client.RPCClient(amqp_url, disc, source="span_client") as cli:
+            cli.span_front.go(q=1).cast()
+            assert ANSWERS.get(timeout=WAIT) == "response"
+            cli.span_front.go(q=0).cast()
+            assert ANSWERS.get(timeout=WAIT) == "error ValueError"
+    finally:
+        for srv in servers:
+            srv.stop()
+        for thread in threads:
+            thread.join(WAIT)
+        for srv in servers:
+            srv.close()
+    got = sorted((span.name, span.attributes["tavrida.outcome"], span.status.status_code.name)
+                 for span in exporter.get_finished_spans())
+    assert got == [("span_back.work error", "ok", "UNSET"),  # front's error handler ran fine
+                   ("span_back.work process", "error", "ERROR"),  # refused by the middleware
+                   ("span_back.work process", "ok", "UNSET"),
+                   ("span_back.work response", "ok", "UNSET"),
+                   ("span_front.go process", "ok", "UNSET"),
+                   ("span_front.go process", "ok", "UNSET")]

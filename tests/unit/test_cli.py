@@ -48,6 +48,10 @@ class EchoController(service.ServiceController):
     @dispatcher.rpc_method(service="echo", method="headers")
     def headers(self, request, proxy):
         return {"headers": messages.user_headers(request.headers)}
+
+    @dispatcher.rpc_method(service="echo", method="context")
+    def context(self, request, proxy):
+        return {"context": request.context}
 '''
 
 
@@ -266,7 +270,7 @@ def test_version_comes_from_the_package(capsys):
     assert capsys.readouterr().out == f"tavrida {tavrida.__version__}\n"
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["call"], ["cast"], ["publish"],
+@pytest.mark.parametrize("command", [[], ["run"], ["call"], ["cast"], ["publish"], ["shell"],
                                      ["topology"], ["topology", "show"],
                                      ["topology", "delete"]])
 def test_help_is_plain_text(command, capsys, monkeypatch):
@@ -445,3 +449,109 @@ def test_a_call_nobody_answers_exits_1_naming_the_destination(capsys):
         MemoryBroker.reset(url.split("://")[1])
     assert code == 1
     assert capsys.readouterr().err.startswith("tavrida: No answer from echo.say")
+
+
+# -- call --config, --context, shell ------------------------------------------------------------
+
+def test_call_takes_the_exchange_and_url_from_the_services_own_config(running, config_path,
+                                                                      capsys):
+    path, url = config_path
+    assert cli.main(["call", "echo.say", "text=hi", "--config", str(path),
+                     "--timeout", "5"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"said": "hi"}
+    assert cli.main(["cast", "echo.say", "text=hi", "--config", str(path)]) == 0
+
+
+def test_call_config_with_url_flag_overrides_the_files_url(config_path, capsys):
+    path, url = config_path
+    # Nothing listens on port 1: the flag's URL is the one tried.
+    assert cli.main(["cast", "echo.say", "text=hi", "--config", str(path), "--url",
+                     "amqp://guest:guest@127.0.0.1:1//"]) == 2
+    assert "127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_context_is_the_message_context(running, config_path, capsys):
+    path, url = config_path
+    assert cli.main(["call", "echo.context", "--config", str(path), "--context", "tenant=acme",
+                     "--context", "n=2", "--timeout", "5"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"context": {"tenant": "acme", "n": 2}}
+    assert cli.main(["call", "echo.context", "--config", str(path), "--context", "oops"]) == 2
+    assert capsys.readouterr().err == "tavrida: --context 'oops' is not key=value\n"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--url", "memory://"], "tavrida: Unable to discover the exchange of service ecko: name "
+     "it with --exchange EXCHANGE, or --config CONFIG (a config file that runs ecko or names "
+     "it in remote.ecko)\n"),
+    (["--config", "{path}"], "tavrida: Unable to discover the exchange of service ecko in "
+     "{path} (did you mean echo?): name it with --exchange EXCHANGE, or --config CONFIG (a "
+     "config file that runs ecko or names it in remote.ecko)\n"),
+])
+def test_an_unknown_service_says_how_to_name_its_exchange(config_path, capsys, args, expected):
+    path, url = config_path
+    assert cli.main(["call", "ecko.say", "text=hi", *[a.format(path=path) for a in args]]) == 2
+    assert capsys.readouterr().err == expected.format(path=path)
+
+
+def test_config_and_discovery_are_one_too_many(config_path, capsys):
+    path, url = config_path
+    with pytest.raises(SystemExit) as info:
+        cli.main(["call", "echo.say", "--config", str(path), "--discovery", "x.ds"])
+    assert info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_shell_answers_a_scripted_call_and_casts(running, config_path, capsys, monkeypatch):
+    path, url = config_path
+    script = "\n".join([
+        "n.echo.say(text='hi', times=2)",
+        "n.echo.say(text='fail')",
+        "sent = n.echo.say(text='cast').cast()",
+        "print(sent.message_type, sent.destination)",
+        "n.echo.context().call(context={'k': 'v'}, timeout=5)",
+    ]) + "\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(script))
+    assert cli.main(["shell", str(path), "--timeout", "5"]) == 0
+    out, err = capsys.readouterr()
+    assert f"tavrida shell: {path} on memory://" in err  # the banner
+    assert "  echo: context, headers, say" in err
+    assert "also known" not in err  # remote.tavrida_cli is where answers come
+    assert out.split(">>> ") == ["", "{'said': 'hihi'}\n", "", "", "request echo.say\n",
+                                 "{'context': {'k': 'v'}}\n", ""]
+    assert "RemoteError: ValueError: refused (code 1000)\n" in err
+
+
+def test_shell_of_a_bad_config_exits_2(tmp_path, capsys):
+    missing = tmp_path / "nope.ini"
+    assert cli.main(["shell", str(missing)]) == 2
+    assert capsys.readouterr().err == f"tavrida: {missing}: the file does not exist\n"
+
+
+def test_topology_show_of_several_files_prints_each(config_path, tmp_path, capsys):
+    path, url = config_path
+    other = tmp_path / "other.ini"
+    other.write_text(path.read_text().replace("cli_queue", "other_queue"))
+    assert cli.main(["topology", "show", str(path), str(other)]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": the server on memory://") == 2
+    assert f"\n\n{other}: the server on" in out
+    assert cli.main(["topology", "show", str(path), str(other), "--format", "json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [s["queues"][0]["name"] for s in shown] == ["cli_queue", "other_queue"]
+
+
+def test_publish_takes_the_notification_exchange_from_the_config(config_path, capsys):
+    path, url = config_path
+    transport = create_transport(config.ConnectionConfig.from_url(url))
+    try:
+        transport.declare(Topology.build(["echo_events"], ["spy"],
+                                         [Binding("spy", "echo_events", "#")]))
+        assert cli.main(["publish", "echo.said", "text=x", "--config", str(path),
+                         "--context", "tenant=acme"]) == 0
+        seen = []
+        transport.consume("spy", lambda d: (seen.append(d), d.ack()), 0)
+        transport.drain(1.0)
+        assert [d.routing_key for d in seen] == ["echo.said"]
+        assert json.loads(seen[0].body)["context"]["tenant"] == "acme"
+    finally:
+        transport.close()

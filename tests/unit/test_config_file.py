@@ -220,3 +220,149 @@ def test_an_unknown_queue_type_is_named_with_the_choices(write):
     path = write(GOOD.replace("workers = 2", "workers = 2\nqueue_type = mirrored", 1))
     assert error_of(path) == (f"{path}: [server] queue_type: 'mirrored' is not one of "
                               "classic, quorum")
+
+
+# -- the file checked whole ---------------------------------------------------------------------
+
+CALLER = '''
+from tavrida import dispatcher, service
+
+
+@dispatcher.rpc_service("cf_caller")
+class CallerController(service.ServiceController):
+
+    @dispatcher.rpc_method(service="cf_caller", method="ask")
+    def ask(self, request, proxy, text):
+        proxy.cf_users.get(name=text).call()
+        proxy.publish(asked=text)
+
+    @dispatcher.rpc_response_method(service="cf_users", method="get")
+    def got(self, response, proxy, user):
+        pass
+
+    @dispatcher.rpc_error_method(service="cf_orders", method="place")
+    def not_placed(self, error, proxy):
+        pass
+'''
+
+CALLER_CONFIG = """\
+[connection]
+url = {url}
+
+[server]
+queue = cf_caller_queue
+exchange = cf_caller_exchange
+services = cf_caller:CallerController
+
+[discovery]
+remote.cf_users = users_exchange
+remote.cf_orders = orders_exchange
+"""
+
+
+def test_three_mistakes_are_reported_in_one_run(write, capsys):
+    from tavrida import cli
+
+    path = write(GOOD.replace("workers = 2", "workerz = 2")
+                 .replace("prefetch_count = 10", "prefetch_count = lots")
+                 .replace("cf_services:EchoController", "cf_services:EchoControler"))
+    with pytest.raises(config_file.ConfigError) as info:
+        config_file.ServiceConfig(path)
+    assert [str(error) for error in info.value.errors] == [
+        f"{path}: [connection] prefetch_count: 'lots' is not a whole number",
+        f"{path}: [server] workerz: unknown key (did you mean workers?)",
+        f"{path}: [server] services: cannot import cf_services:EchoControler: module "
+        "'cf_services' has no attribute 'EchoControler' (did you mean EchoController?)",
+    ]
+    assert str(info.value) == "\n".join(str(error) for error in info.value.errors)
+    assert cli.main(["run", path]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"tavrida: {error}" for error in info.value.errors]
+
+
+def test_a_misspelt_module_gets_a_suggestion_from_beside_the_file(write):
+    path = write(GOOD.replace("cf_services:EchoController", "cf_servcies:EchoController"))
+    assert error_of(path) == (
+        f"{path}: [server] services: cannot import cf_servcies:EchoController: No module "
+        "named 'cf_servcies' (did you mean cf_services?)")
+
+
+def test_a_class_that_is_no_service_names_those_the_module_has(write):
+    path = write(GOOD.replace("cf_services:EchoController", "cf_services:service"))
+    assert error_of(path) == (
+        f"{path}: [server] services: cf_services:service is not a ServiceController declared "
+        "with rpc_service (cf_services has EchoController)")
+
+
+def test_mistakes_in_several_sections_and_values_all_come(write):
+    path = write(GOOD.replace("[logging]", "[tracing]\nenabled = maybe\n\n[logging]\nformat = xml")
+                 .replace("queue = cf_queue\n", "").replace("level = warning", "level = LOUD"))
+    with pytest.raises(config_file.ConfigError) as info:
+        config_file.ServiceConfig(path)
+    assert [str(error)[len(path) + 2:] for error in info.value.errors] == [
+        "[tracing] enabled: 'maybe' is not true or false",
+        "[server] queue: is required",
+        "[logging] level: unknown level 'LOUD'",
+        "[logging] format: 'xml' is not one of text, json",
+    ]
+
+
+@pytest.fixture
+def caller(tmp_path, write):
+    (tmp_path / "cf_caller.py").write_text(CALLER)
+    return lambda text=CALLER_CONFIG: write(text)
+
+
+def test_a_config_that_gives_every_called_service_has_no_warning(caller):
+    conf = config_file.ServiceConfig(caller())
+    assert conf.warnings == []
+
+
+def test_a_service_the_handlers_call_missing_from_discovery_is_an_error(caller):
+    path = caller(CALLER_CONFIG.replace("remote.cf_users", "remote.cf_usres"))
+    with pytest.raises(config_file.ConfigError) as info:
+        config_file.ServiceConfig(path)
+    assert [str(error) for error in info.value.errors] == [
+        f"{path}: [discovery] remote.cf_users: missing: cf_caller calls cf_users, and no "
+        "exchange of cf_users is known"]
+
+
+def test_an_entry_no_handler_uses_is_a_warning_with_a_did_you_mean(caller, caplog):
+    path = caller(CALLER_CONFIG.replace("remote.cf_orders", "remote.cf_ordres"))
+    conf = config_file.ServiceConfig(path)
+    assert conf.warnings == [
+        f"{path}: [discovery] remote.cf_orders: missing: cf_caller handles the responses or "
+        "errors of cf_orders, and no exchange of cf_orders is known",
+        f"{path}: [discovery] remote.cf_ordres: no handler here calls cf_ordres (did you mean "
+        "cf_orders?); without a typo, the entry only routes answers to cf_ordres's calls",
+    ]
+    with caplog.at_level("WARNING", logger="tavrida.config_file"):
+        conf.bind_discovery()
+    assert [r.getMessage() for r in caplog.records] == conf.warnings
+
+
+def test_a_central_discovery_turns_a_missing_service_into_a_warning(caller, monkeypatch):
+    monkeypatch.setitem(config_file.SCHEMA, "discovery",
+                        {**config_file.SCHEMA["discovery"], "central": str})
+    path = caller(CALLER_CONFIG.replace("remote.cf_users = users_exchange",
+                                        "central = somewhere"))
+    conf = config_file.ServiceConfig(path)
+    assert conf.warnings == [
+        f"{path}: [discovery] remote.cf_users: missing: cf_caller calls cf_users, and no "
+        "exchange of cf_users is known here"]
+
+
+@pytest.mark.parametrize("section", ["connection", "discovery"])
+def test_a_misspelt_section_is_the_one_mistake_not_the_keys_it_seems_to_lack(caller, section):
+    path = caller(CALLER_CONFIG.replace(f"[{section}]", f"[{section[:-2]}]"))
+    with pytest.raises(config_file.ConfigError) as info:
+        config_file.ServiceConfig(path)
+    assert [str(error) for error in info.value.errors] == [
+        f"{path}: [{section[:-2]}]: unknown section (did you mean [{section}]?)"]
+
+
+def test_the_entry_for_the_tavrida_commands_answers_is_no_warning(caller):
+    path = caller(CALLER_CONFIG + "remote.tavrida_cli = cli_replies\nremote.billing = b\n")
+    assert [w.split(": ", 1)[1] for w in config_file.ServiceConfig(path).warnings] == [
+        "[discovery] remote.billing: no handler here calls billing; without a typo, the entry "
+        "only routes answers to billing's calls"]

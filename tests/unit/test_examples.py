@@ -59,3 +59,20 @@ def test_other_examples_run_to_done(capsys, fresh_default_broker, name):
     example = load(name)
     assert example.main("memory://") == 0
     assert capsys.readouterr().out.splitlines()[-1] == "done"
+
+
+@pytest.mark.parametrize("name, make_server", [("hello", "hello_server"),
+                                               ("world", "world_server")])
+def test_the_example_configs_run_the_servers_of_hello_world(monkeypatch, name, make_server):
+    """examples/hello.ini and world.ini declare what hello_world.py's servers declare."""
+    import importlib
+
+    from tavrida import config_file
+    from tavrida.server import Server
+
+    monkeypatch.setenv(config_file.URL_ENV, "memory://")
+    conf = config_file.ServiceConfig(str(EXAMPLES / f"{name}.ini"))
+    assert conf.connection.is_memory
+    from_config = Server.from_config(str(EXAMPLES / f"{name}.ini")).topology()
+    hello_world = importlib.import_module("hello_world")  # the module the config imported
+    assert from_config == getattr(hello_world, make_server)("memory://").topology()

@@ -6,6 +6,7 @@ the OpenTelemetry SDK's in-memory exporter, log lines with caplog.
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import logging
@@ -25,7 +26,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from tavrida import discovery, dispatcher, exceptions, messages, service
+from tavrida import discovery, dispatcher, exceptions, messages, middleware, service
 from tavrida.config_file import ConfigError, ServiceConfig
 from tavrida.observability import (
     AccessLog,
@@ -119,7 +120,7 @@ def test_access_log_has_a_line_per_message_with_its_outcome(cluster, broker, cap
     got = [(r.entry_point, r.message_type, r.outcome, r.correlation_id) for r in records]
     assert got[:3] == [("shop.buy", "request", "ok", "corr-1"),
                        ("shop.buy", "request", "error", "corr-2"),
-                       ("shop.buy", "request", "requeued", "corr-3")]
+                       ("shop.buy", "request", "retried", "corr-3")]
     assert ("shop.buy", "request", "dead-lettered") in [g[:3] for g in got]
     assert ("shop.buy", "request", "ok", "corr-3") in got  # the retry
     assert ("stock.take", "response", "ok", "corr-1") in got
@@ -351,7 +352,7 @@ def test_each_hop_is_a_child_span_named_in_its_own_traceparent(cluster, spans):
     send = by_name["shop.buy send", "request"]
     buy = by_name["shop.buy process", "request"]
     take = by_name["stock.take process", "request"]
-    taken = by_name["stock.take process", "response"]
+    taken = by_name["stock.take response", "response"]
     trace_id = root.get_span_context().trace_id
     assert {s.context.trace_id for s in exporter.get_finished_spans()} == {trace_id}
     assert send.kind == SpanKind.PRODUCER and send.parent.span_id == root.get_span_context(
@@ -395,6 +396,184 @@ def test_without_tracing_traceparent_passes_through_unchanged(cluster):
     cli.shop.buy(item="book").call()
     cluster.deliver()
     assert seen == [parent]
+
+
+# -- outcomes: what happened to each message, in the access log, the metrics and the spans --
+
+
+class Gate(middleware.Middleware):
+    """Refuses calls to ``desk.guarded``: the caller gets an Error, no handler runs."""
+
+    def process(self, message):
+        if message.destination.method == "guarded":
+            return messages.Error.create_by_request(message, PermissionError("no entry"))
+        return message
+
+
+@dispatcher.rpc_service("desk")
+class Desk(service.ServiceController):
+    retried = 0
+
+    def __init__(self, postprocessor):
+        super().__init__(postprocessor)
+        self.add_incoming_middleware(Gate())
+
+    @dispatcher.rpc_method(service="desk", method="ok")
+    def ok(self, request, proxy):
+        return {"fine": True}
+
+    @dispatcher.rpc_method(service="desk", method="guarded")
+    def guarded(self, request, proxy):
+        raise AssertionError("the middleware refuses it first")
+
+    @dispatcher.rpc_method(service="desk", method="again")
+    def again(self, request, proxy):
+        type(self).retried += 1
+        if type(self).retried == 1:
+            raise Retry("once more")
+
+    @dispatcher.rpc_method(service="desk", method="when")
+    def when(self, request, proxy):
+        return {"when": datetime.datetime(2026, 1, 1)}
+
+    @dispatcher.rpc_method(service="desk", method="boom")
+    def boom(self, request, proxy):
+        raise LookupError("cast failed")
+
+
+class FlakyAnswers(MemoryTransport):
+    """The broker refuses the next ``failures`` answers to the client (broker trouble)."""
+
+    failures = 0
+
+    def publish(self, envelope):
+        if envelope.exchange == "client_exchange" and self.failures:
+            self.failures -= 1
+            raise exceptions.PublishFailed(exchange=envelope.exchange,
+                                           routing_key=envelope.routing_key,
+                                           reason="the broker is unwell")
+        super().publish(envelope)
+
+
+#: What each message to the desk became, in the order sent (see desk_outcomes()).
+DESK_OUTCOMES = [("desk.ok", "ok"), ("desk.guarded", "error"), ("desk.again", "retried"),
+                 ("desk.when", "error"), ("desk.boom", "dead-lettered"),
+                 ("desk.ok", "expired"), ("desk.again", "ok"), ("desk.ok", "requeued"),
+                 ("desk.ok", "ok")]
+
+
+def desk_outcomes(cluster, broker, hooks):
+    """Send the desk one message of every outcome; returns the server."""
+    Desk.retried = 0
+    disc = discovery.LocalDiscovery()
+    disc.register_remote_service("client", "client_exchange")
+    Desk.set_discovery(disc)
+    transport = FlakyAnswers(cluster.config)
+    desk = cluster.add_server([Desk], hooks=hooks, transport=transport, retry_backoff=0)
+    cli_disc = discovery.LocalDiscovery()
+    cli_disc.register_remote_service("desk", "desk_exchange")
+    cli = cluster.client(cli_disc, source="client")
+    broker.spy("client_exchange")  # answers to "client" are taken
+    cli.desk.ok().call(correlation_id="c-ok")
+    cli.desk.guarded().call(correlation_id="c-guarded")
+    cli.desk.again().call(correlation_id="c-again")
+    cli.desk.when().call(correlation_id="c-when")
+    cli.desk.boom().cast(correlation_id="c-boom")
+    gone = int((time.time() - 60) * 1000)  # its caller gave up a minute ago
+    broker.publish("desk_exchange", "desk.ok", broker.body({}),
+                   broker.headers("desk.ok", reply_to="client", correlation_id="c-expired",
+                                  **{messages.EXPIRES_AT_HEADER: gone}))
+    cluster.deliver(expect_errors=(LookupError, Retry))
+    transport.failures = 1
+    cli.desk.ok().call(correlation_id="c-requeued")
+    cluster.deliver()
+    return desk
+
+
+def test_access_log_says_what_happened_to_each_message(cluster, broker, caplog):
+    caplog.set_level(logging.INFO, logger="tavrida.access")
+    desk_outcomes(cluster, broker, [AccessLog()])
+    records = [r for r in caplog.records if r.name == "tavrida.access"]
+    assert [(r.entry_point, r.outcome) for r in records] == DESK_OUTCOMES
+    assert [r.correlation_id for r in records] == [
+        "c-ok", "c-guarded", "c-again", "c-when", "c-boom", "c-expired", "c-again",
+        "c-requeued", "c-requeued"]
+    assert records[1].error == "PermissionError"  # refused: no exception, an Error sent
+    assert records[3].error == "IncorrectOutgoingMessage"  # the datetime answer
+    assert records[5].getMessage().startswith("desk.ok request expired correlation_id=")
+
+
+def test_metrics_count_each_outcome(cluster, broker):
+    registry = CollectorRegistry()
+    desk_outcomes(cluster, broker, [Metrics(registry)])
+
+    def count(entry_point, outcome):
+        return registry.get_sample_value("tavrida_messages_total", {
+            "queue": "desk_queue", "entry_point": entry_point, "message_type": "request",
+            "outcome": outcome}) or 0
+
+    expected: dict = {}
+    for entry_point, outcome in DESK_OUTCOMES:
+        expected[entry_point, outcome] = expected.get((entry_point, outcome), 0) + 1
+    assert {key: count(*key) for key in expected} == expected
+    assert count("desk.guarded", "ok") == 0 and count("desk.ok", "error") == 0
+    assert registry.get_sample_value("tavrida_dead_letters_total",
+                                     {"queue": "desk_queue"}) == 1
+
+
+def test_spans_carry_each_outcome_and_failed_ones_are_errors(cluster, broker, spans):
+    provider, exporter = spans
+    desk_outcomes(cluster, broker, [Tracing(provider)])
+    finished = exporter.get_finished_spans()
+    got = [(s.name, s.attributes["tavrida.outcome"]) for s in finished]
+    assert got == [(f"{entry_point} process", outcome) for entry_point, outcome in DESK_OUTCOMES]
+    statuses = {outcome: s.status.status_code.name for s, (_, outcome) in zip(finished, got)}
+    assert statuses == {"ok": "UNSET", "retried": "UNSET", "expired": "UNSET",
+                        "error": "ERROR", "dead-lettered": "ERROR", "requeued": "ERROR"}
+    assert finished[1].status.description == "PermissionError"  # the middleware's refusal
+
+
+def test_answer_spans_are_named_response_and_error_not_like_the_request(cluster, spans):
+    provider, exporter = spans
+    shop, stock, cli = shop_cluster(cluster, shop_hooks=[Tracing(provider)],
+                                    stock_hooks=[Tracing(provider)])
+    errors = []
+
+    @dispatcher.rpc_service("front")
+    class Front(service.ServiceController):
+        @dispatcher.rpc_method(service="front", method="go")
+        def go(self, request, proxy):
+            proxy.shop.buy(item="nothing").call()
+
+        @dispatcher.rpc_error_method(service="shop", method="buy")
+        def failed(self, error, proxy):
+            errors.append(error.payload["name"])
+
+    @dispatcher.rpc_service("watch")
+    class Watch(service.ServiceController):
+        @dispatcher.subscription_method(service="shop", method="taken")
+        def seen(self, notification, proxy, left):
+            pass
+
+    disc = discovery.LocalDiscovery()
+    disc.register_remote_service("shop", "shop_exchange")
+    disc.register_remote_service("front", "front_exchange")
+    disc.register_remote_publisher("shop", "shop_notifications")
+    Front.set_discovery(disc)
+    Watch.set_discovery(disc)
+    cluster.add_server([Front], hooks=[Tracing(provider)])
+    cluster.add_server([Watch], hooks=[Tracing(provider)])
+    cli.shop.buy(item="book").call()
+    cluster.client(disc, source="tester").front.go().cast()
+    cluster.deliver(expect_errors=(LookupError,))
+    names = sorted((s.name, s.attributes["tavrida.message_type"])
+                   for s in exporter.get_finished_spans())
+    assert ("stock.take process", "request") in names
+    assert ("stock.take response", "response") in names  # shop's handler of stock's answer
+    assert ("shop.buy error", "error") in names  # front's handler of shop's Error
+    assert ("shop.taken notification", "notification") in names  # shop published it
+    assert not [name for name, kind in names if kind != "request" and name.endswith("process")]
+    assert errors == ["LookupError"]
 
 
 # -- health --------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import uuid
 import pytest
 
 from tavrida import client, discovery, dispatcher, entry_point, exceptions, server, service
+from tavrida.transports.base import OutgoingEnvelope
 from tavrida.transports.memory import MemoryBroker
 
 
@@ -165,3 +166,37 @@ def test_blocking_call_from_a_handler_proxy_is_refused():
     proxy = RPCProxy(Sender(), proxy_source)
     with pytest.raises(exceptions.TavridaError, match="RPCClient"):
         proxy.other.method(x=1).call(timeout=1)
+
+
+@dispatcher.rpc_service("garble")
+class Garbler(service.ServiceController):
+    """Answers with a body the caller cannot read (as a peer with a bug would)."""
+
+    @dispatcher.rpc_method(service="garble", method="it")
+    def it(self, request, proxy):
+        headers = {"correlation_id": request.correlation_id, "request_id": request.request_id,
+                   "message_id": uuid.uuid4().hex, "message_type": "response", "reply_to": "",
+                   "source": "garble.it", "destination": "caller"}
+        self.postprocessor.transport.publish(OutgoingEnvelope(
+            request.reply_exchange, "caller", b'{"payload": ["not", "an", "object"]}', headers))
+        return None  # the server's own (readable) answer comes later: nobody waits for it
+
+
+def test_an_answer_that_cannot_be_read_ends_the_call_at_once(running, caplog):
+    url, disc = running
+    disc.register_remote_service("garble", "garble_exchange")
+    Garbler.set_discovery(disc)
+    srv = server.Server(url, "garble_queue", "garble_exchange", [Garbler])
+    srv.start()
+    thread = threading.Thread(target=srv.run)
+    thread.start()
+    try:
+        with client.RPCClient(url, disc, source="caller") as cli:
+            with pytest.raises(exceptions.IncorrectMessage) as info:
+                cli.garble.it().call(timeout=30)  # not CallTimeout after 30 s
+    finally:
+        srv.stop()
+        thread.join(10)
+    assert str(info.value) == ('Incorrect message: the answer of garble.it came but cannot be '
+                               'read: body has no "payload" object')
+    assert "dropping a bad message on reply queue" in caplog.text

@@ -233,8 +233,8 @@ def test_a_blocking_call_in_a_cluster_waits_for_the_retry(cluster, poison):
     assert cli.svc.do(value=1).call(timeout=5) == {"runs": 2}
 
 
-def test_hooks_see_a_retried_run_as_requeued(cluster, poison):
-    from tavrida.observability.hooks import REQUEUED, ServerHook
+def test_hooks_see_a_retried_run_as_retried(cluster, poison):
+    from tavrida.observability.hooks import RETRIED, ServerHook
 
     outcomes = []
 
@@ -247,7 +247,7 @@ def test_hooks_see_a_retried_run_as_requeued(cluster, poison):
     state["ok_from"] = 2
     client_of(cluster, svc="svc_exchange").svc.do(value=1).cast()
     cluster.deliver()
-    assert outcomes == [REQUEUED, "ok"]
+    assert outcomes == [RETRIED, "ok"]
 
 
 def _client_disc():

@@ -7,6 +7,7 @@ messages in ``<queue>.dead``, log lines.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import pickle
@@ -331,6 +332,45 @@ def test_answer_publish_failure_requeues_then_dead_letters(cluster, echo, broker
     assert broker.messages("svc_queue") == []
 
 
+class FlakyAnswers(MemoryTransport):
+    """The broker refuses the next ``failures`` answers to the client (broker trouble)."""
+
+    failures = 0
+
+    def publish(self, envelope):
+        if envelope.exchange == "client_exchange" and self.failures:
+            self.failures -= 1
+            raise exceptions.PublishFailed(exchange=envelope.exchange,
+                                           routing_key=envelope.routing_key,
+                                           reason="the broker is unwell")
+        super().publish(envelope)
+
+
+def test_a_call_that_failed_twice_gets_an_error_not_a_dead_letter(cluster, broker):
+    calls = []
+
+    @dispatcher.rpc_service("svc")
+    class Svc(service.ServiceController):
+        @dispatcher.rpc_method(service="svc", method="do")
+        def do(self, request, proxy):
+            calls.append(request.message_id)
+            return {"done": True}
+
+    spy = broker.spy("client_exchange")
+    transport = FlakyAnswers(cluster.config)
+    transport.failures = 2  # the answer of both runs
+    serve(cluster, Svc, transport=transport)
+    request = client_of(cluster, svc="svc_exchange").svc.do().call()
+    cluster.deliver()
+    assert len(calls) == 2  # requeued once, as before
+    ((kind, payload),) = answers(spy)
+    assert kind == "error" and payload["class"] == "tavrida.exceptions.PublishFailed"
+    assert "the broker is unwell" in payload["message"]
+    assert spy.collect()[0].headers["request_id"] == request.request_id
+    assert cluster.dead_letters("svc_queue") == []
+    assert broker.messages("svc_queue") == []
+
+
 def test_nackable_exception_runs_the_message_again_after_its_backoff(cluster, echo):
     state, cli, spy, _ = echo
     tries = []
@@ -547,15 +587,16 @@ def unpickle_trap(path):
 
 GOOD = b'{"payload": {"value": 1}, "context": {}}'
 
-# (case id, header changes, body, content_type, reason in log and dead letter, readable)
+# (case id, header changes, body, content_type, reason in log and dead letter, answerable:
+# a call's caller can be sent an Error)
 BAD_INPUT = [
-    ("missing header", {"source": None}, GOOD, None, "missing header(s): source", False),
+    ("missing header", {"source": None}, GOOD, None, "missing header(s): source", True),
     ("structured header", {"request_id": {"id": 12}}, GOOD, None,
      "header 'request_id' must be text, got dict", False),
     ("list header", {"correlation_id": [1, 2]}, GOOD, None,
      "header 'correlation_id' must be text, got list", False),
     ("bytes header not utf-8", {"source": b"\xff"}, GOOD, None,
-     "header 'source' is not valid UTF-8", False),
+     "header 'source' is not valid UTF-8", True),
     ("unknown message_type", {"message_type": "command"}, GOOD, None,
      "unknown message_type 'command'", False),
     ("bad entry point", {"destination": "svc.do.now"}, GOOD, None,
@@ -671,13 +712,46 @@ def test_body_within_the_limit_is_accepted(cluster, broker, target):
     assert handled == ["x" * 250]
 
 
-def test_handler_result_that_is_not_json_is_dead_lettered(cluster, echo):
+def test_handler_result_that_is_not_json_is_an_error_reply_naming_the_field(cluster, echo):
     state, cli, spy, _ = echo
-    state["result"] = {"answer": object()}
+    state["result"] = {"ok": 1, "when": datetime.datetime(2026, 1, 2), "items": [1, {2, 3}]}
     cli.svc.do(value=1).call()
     cluster.deliver()
-    ((headers, _),) = cluster.dead_letters("svc_queue")
-    assert "not JSON-serializable" in headers[DEAD_REASON]
+    ((kind, payload),) = answers(spy)
+    assert kind == "error"
+    assert payload == {
+        "class": "tavrida.exceptions.UnsendableAnswer", "name": "UnsendableAnswer",
+        "message": "The answer of svc.do could not be sent: answer field 'when': datetime is "
+                   "not JSON-serialisable", "code": 1000}
+    assert cluster.dead_letters("svc_queue") == []  # the caller knows: nothing to keep
+    assert cluster.broker.queue_size("svc_queue") == 0  # acked
+
+
+def test_error_answer_that_is_not_json_is_replaced_by_one_that_is(cluster, echo):
+    state, cli, spy, _ = echo
+    state["result"] = lambda request: messages.Error.create_by_request(
+        request, {"class": "x.Refused", "message": "no", "code": 7, "detail": [object()]})
+    cli.svc.do(value=1).call()
+    cluster.deliver()
+    ((kind, payload),) = answers(spy)
+    assert kind == "error" and payload["name"] == "UnsendableAnswer"
+    assert "answer field 'detail[0]': object is not JSON-serialisable" in payload["message"]
+
+
+def test_handler_raising_an_exception_that_cannot_be_shown_is_still_answered(cluster, echo):
+    class Unprintable(Exception):
+        code = property(lambda self: 1 / 0)
+
+        def __str__(self):
+            raise RuntimeError("no str")
+
+    state, cli, spy, _ = echo
+    state["result"] = Unprintable(object())
+    cli.svc.do(value=1).call()
+    cluster.deliver()
+    ((kind, payload),) = answers(spy)
+    assert kind == "error" and payload["name"] == "Unprintable" and payload["code"] == 1000
+    assert payload["message"].startswith("Unprintable(<object object")
 
 
 def test_response_without_a_response_handler_is_dead_lettered_not_answered(cluster, broker):

@@ -6,6 +6,7 @@ messages of wire-samples-1.0.jsonl.
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 
@@ -40,7 +41,39 @@ def test_encode_refuses_what_json_cannot_carry():
     request = messages.Request({"source": "a.b", "destination": "c.d"}, {}, {"x": object()})
     with pytest.raises(exceptions.IncorrectOutgoingMessage) as info:
         wire.encode(request)
-    assert "not JSON-serializable" in str(info.value)
+    assert info.value.kwargs["reason"] == "payload field 'x': object is not JSON-serialisable"
+
+
+def circular():
+    loop = {"n": 1}
+    loop["self"] = loop
+    return loop
+
+
+@pytest.mark.parametrize("kind, payload, context, reason", [
+    ("response", {"when": datetime.datetime(2026, 1, 1)}, {},
+     "answer field 'when': datetime is not JSON-serialisable"),
+    ("response", {"ok": [1, {"deep": [2, {3}]}]}, {},
+     "answer field 'ok[1].deep[1]': set is not JSON-serialisable"),
+    ("error", {"class": "x", "detail": b"\xff"}, {},
+     "answer field 'detail': bytes that are not UTF-8 are not JSON-serialisable"),
+    ("response", {"key": {(1, 2): "tuple key"}}, {},
+     "answer field 'key': key (1, 2) of type tuple is not JSON-serialisable"),
+    ("response", {"loop": circular()}, {},
+     "answer field 'loop.self': refers to itself (a circular reference)"),
+    ("response", {"fine": 1}, {"user": object()},
+     "context field 'user': object is not JSON-serialisable"),
+    ("notification", {"at": datetime.date(2026, 1, 1)}, {},
+     "notification field 'at': date is not JSON-serialisable"),
+], ids=["datetime", "nested", "bytes in an error", "tuple key", "circular", "context",
+        "notification"])
+def test_encode_names_the_field_and_type_json_cannot_carry(kind, payload, context, reason):
+    headers = {"source": "a.b", "destination": "c.d"}
+    message = {"response": messages.Response, "error": messages.Error,
+               "notification": messages.Notification}[kind](headers, context, payload)
+    with pytest.raises(exceptions.IncorrectOutgoingMessage) as info:
+        wire.encode(message)
+    assert info.value.kwargs["reason"] == reason
 
 
 def test_encode_decode_round_trip():
@@ -69,27 +102,36 @@ def good_headers(**changes):
 GOOD_BODY = b'{"payload": {}, "context": {}}'
 
 
-@pytest.mark.parametrize("headers, reason", [
-    (good_headers(source=None), "missing header(s): source"),
-    (good_headers(message_id=None, request_id=None), "missing header(s): message_id, request_id"),
-    (None, "missing header(s)"),
-    ("not a table", "headers are not a table"),
-    (good_headers(correlation_id={"a": 1}), "header 'correlation_id' must be text, got dict"),
-    (good_headers(source=["caller.x"]), "header 'source' must be text, got list"),
+@pytest.mark.parametrize("headers, reason, answerable", [
+    (good_headers(source=None), "missing header(s): source", True),
+    (good_headers(message_id=None, request_id=None), "missing header(s): message_id, request_id",
+     False),
+    (None, "missing header(s)", False),
+    ("not a table", "headers are not a table", False),
+    (good_headers(correlation_id={"a": 1}), "header 'correlation_id' must be text, got dict",
+     False),
+    (good_headers(source=["caller.x"]), "header 'source' must be text, got list", True),
     (good_headers(**{"x-tavrida-reply-exchange": {"x": 1}}),
-     "header 'x-tavrida-reply-exchange' must be text, got dict"),
-    (good_headers(source=b"\xff\xfe"), "header 'source' is not valid UTF-8"),
-    (good_headers(message_type="bogus"), "unknown message_type 'bogus'"),
-    (good_headers(correlation_id=""), "header 'correlation_id' is empty"),
-    (good_headers(destination="a.b.c"), "header 'destination' is not an entry point"),
-    (good_headers(reply_to=".x"), "header 'reply_to' is not an entry point"),
+     "header 'x-tavrida-reply-exchange' must be text, got dict", False),
+    (good_headers(source=b"\xff\xfe"), "header 'source' is not valid UTF-8", True),
+    (good_headers(message_id=b"\xff"), "header 'message_id' is not valid UTF-8", True),
+    (good_headers(message_type="bogus"), "unknown message_type 'bogus'", False),
+    (good_headers(correlation_id=""), "header 'correlation_id' is empty", False),
+    (good_headers(destination="a.b.c"), "header 'destination' is not an entry point", False),
+    (good_headers(reply_to=".x"), "header 'reply_to' is not an entry point", False),
+    (good_headers(reply_to=None, source=b"\xff"), "header 'source' is not valid UTF-8", False),
 ])
-def test_decode_refuses_bad_headers(headers, reason):
+def test_decode_refuses_bad_headers(headers, reason, answerable):
     with pytest.raises(exceptions.IncorrectMessage) as info:
         wire.decode(GOOD_BODY, headers)
     assert reason in str(info.value)
-    # headers that cannot be read are not offered for an answer
-    assert getattr(info.value, "headers", None) is None
+    # only a call whose caller, ids and destination can be read is offered for an answer
+    offered = getattr(info.value, "headers", None)
+    if answerable:
+        assert offered == {"correlation_id": "c", "request_id": "r", "message_type": "request",
+                           "reply_to": "caller", "destination": "svc.m"}
+    else:
+        assert offered is None
 
 
 def test_decode_accepts_bytes_headers_and_keeps_user_headers():

@@ -11,6 +11,7 @@ publish with its exchange, routing key and body.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 from typing import Any, List, Optional, Tuple
@@ -22,6 +23,9 @@ from tavrida.transports.kombu.draining import KombuDraining
 from tavrida.transports.kombu.pyamqp_compat import raw_connection
 
 LOG = logging.getLogger(__name__)
+
+#: RabbitMQ's words (406 PRECONDITION_FAILED) for a body over its ``max_message_size``.
+TOO_LARGE = re.compile(r"message size (\d+) is larger than (?:configured )?max size (\d+)")
 
 
 class KombuConfirms(KombuDraining):
@@ -129,11 +133,22 @@ class KombuConfirms(KombuDraining):
             # The culprit was an earlier, already returned publish: nothing to blame now.
             LOG.warning("the broker closed the publishing channel: %s", reason)
             return
+        rest = [] if batch is None else [(batch, index) for index in batch.todo]
+        too_large = TOO_LARGE.search(exc.reply_text or "")
+        if too_large:
+            # Bodies over the broker's limit can never go as they are (unencodable: the
+            # server answers their caller with an Error); the others go out again.
+            limit = int(too_large.group(2))
+            culprits = [(owner, index) for owner, index in unconfirmed + rest
+                        if len(owner.envelopes[index].body) > limit]
+            for owner, index in culprits:
+                owner.fail(index, reason, unencodable=True)
+            if culprits:
+                return
         # The broker names the missing exchange; other unconfirmed messages are innocent
         # and go out again on the fresh channel.
         culprits = [(owner, index) for owner, index in unconfirmed
                     if f"'{owner.envelopes[index].exchange}'" in (exc.reply_text or "")]
         # Nothing unconfirmed to blame: fail what is left rather than loop for ever.
-        rest = [] if batch is None else [(batch, index) for index in batch.todo]
         for owner, index in culprits or unconfirmed or rest:
             owner.fail(index, reason)

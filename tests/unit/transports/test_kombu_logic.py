@@ -216,6 +216,19 @@ def test_a_channel_error_blames_the_publishes_to_the_missing_exchange(
     assert not batch.inflight  # the innocent one goes out again
 
 
+def test_a_body_over_the_brokers_size_limit_fails_alone_as_unencodable(
+        publisher: KombuTransport) -> None:
+    # RabbitMQ's 406 for a body over max_message_size names sizes, not the message.
+    batch = published(publisher, [envelope("k0"), envelope("big", body=b"x" * 200)])
+    error = amqp.PreconditionFailed(
+        reply_text="PRECONDITION_FAILED - message size 200 is larger than configured max "
+                   "size 100")
+    publisher._on_channel_error(batch, error)
+    assert list(batch.failed) == [1] and list(batch.todo) == [0]
+    assert batch.unencodable == {1}  # it can never go as it is: its caller gets an Error
+    assert "larger than configured max size" in batch.error().failed[1]
+
+
 # -- settling --------------------------------------------------------------------------------------
 
 class RecordingChannel:
