@@ -37,8 +37,9 @@ import uuid
 from typing import Any, Dict, List, Optional, Sequence
 
 from tavrida.config import ConnectionConfig
-from tavrida.registry.directory import DEFAULT_REFRESH, Directory
+from tavrida.registry.directory import Directory
 from tavrida.registry.record import Entry, Record
+from tavrida.registry.registrar import DEFAULT_REFRESH
 from tavrida.registry.store import open_store
 
 

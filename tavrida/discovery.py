@@ -232,12 +232,12 @@ class CentralDiscovery(LocalDiscovery):
                  sync_timeout: Optional[float] = None, name: Optional[str] = None,
                  shared: bool = True) -> None:
         super().__init__()
-        from tavrida.registry import directory, store
+        from tavrida.registry import directory, registrar, store
 
         self.config = config_mod.as_config(url_or_config)
         self.name = name or store.DEFAULT_NAME
-        self._settings = {"refresh": refresh or directory.DEFAULT_REFRESH,
-                          "ttl": ttl or directory.DEFAULT_TTL,
+        self._settings = {"refresh": refresh or registrar.DEFAULT_REFRESH,
+                          "ttl": ttl or registrar.DEFAULT_TTL,
                           "sync_timeout": (directory.DEFAULT_SYNC_TIMEOUT
                                            if sync_timeout is None else sync_timeout)}
         self._directory: Optional[Directory] = None

@@ -11,12 +11,8 @@ store, one cache, one record announced for all the process's services.
   heard of (latest ``at``) is the "last known" answer. Two live owners
   claiming one name with different exchanges is a conflict, logged (on both
   owners, as an error on the one that waits).
-* **Registrar.** :meth:`Directory.register` adds a service to this process's
-  record; a background thread writes the record at once and again every
-  ``refresh`` seconds (the heartbeat); while the store is unreachable it
-  retries, logging the outage once. When the last service goes the record
-  is written once more with ``alive`` false (a service withdrawn while
-  others run is marked ``stopped``): it stays as last known.
+* **Registrar** (:mod:`tavrida.registry.registrar`): this process's own
+  record, written and heartbeated by a thread of its own.
 * **Carry-forward.** A store that forgets old records (a stream's
   retention) gets the records nobody heartbeats (hand-made entries, owners
   that stopped) written again by a watcher, at a random moment past half the
@@ -25,11 +21,8 @@ store, one cache, one record announced for all the process's services.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
 import random
-import socket
 import threading
 import time
 import uuid
@@ -39,24 +32,21 @@ from tavrida import exceptions
 from tavrida.config import ConnectionConfig
 from tavrida.registry import record as record_mod
 from tavrida.registry.record import Entry, MalformedRecord, Record
+from tavrida.registry.registrar import (
+    DEFAULT_REFRESH,
+    DEFAULT_TTL,
+    WRITE_TIMEOUT,
+    Registrar,
+    new_owner,
+)
 from tavrida.registry.store import DEFAULT_NAME, Store, StoreUnavailable, open_store
 
 LOG = logging.getLogger("tavrida.discovery")
 
-#: Seconds between heartbeats, and how long a record stays live without one.
-DEFAULT_REFRESH = 15.0
-DEFAULT_TTL = 60.0
 #: Seconds a first lookup waits for the store's records.
 DEFAULT_SYNC_TIMEOUT = 5.0
-#: Seconds a write may take before it is retried.
-WRITE_TIMEOUT = 5.0
 
 Resolved = Tuple[Entry, Record]
-
-
-def new_owner() -> str:
-    """An owner id for this process: host, pid and a random part (pids are reused)."""
-    return f"{socket.gethostname()[:100]}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
 
 class Directory:
@@ -91,29 +81,17 @@ class Directory:
         self.version = 0
         self._synced = threading.Event()
         self.connected = False
-        # The registrar.
-        self._own: Dict[str, Tuple[Entry, int]] = {}
-        self._since = 0.0
-        self._stopped_owner_written = True
-        self._wanted = 0  # own record versions asked for
-        self._written = 0  # own record versions written
-        self._wake = threading.Event()
-        self._closed = threading.Event()
-        self._failing = False
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name=f"tavrida-discovery-{store.name}")
+        #: This process's record; its thread also runs :meth:`_tick`.
+        self.registrar = Registrar(store, self.owner, refresh, ttl, on_tick=self._tick)
         self.references = 0
 
     def start(self) -> None:
         self.store.watch(self._on_record, self._on_state, self._on_beat)
-        self._thread.start()
+        self.registrar.start()
 
     def close(self) -> None:
         """Stop heartbeats and watching; the records stay in the store (they expire)."""
-        self._closed.set()
-        self._wake.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(WRITE_TIMEOUT + 1)
+        self.registrar.close()
         self.store.close()
 
     # -- the cache --------------------------------------------------------
@@ -223,7 +201,7 @@ class Directory:
         elif any(r.owner == self.owner for r in rivals):
             LOG.error("central discovery: service %s was claimed first by %s with exchange %s; "
                       "our registration (%s) is not used until that one expires", name,
-                      chosen.owner, exchange, self._own.get(name, (Entry("?"), 0))[0].exchange)
+                      chosen.owner, exchange, self.registrar.exchange_of(name))
         else:
             LOG.warning("central discovery: service %s is claimed by %s (%s, first, used) "
                         "and by %s", name, chosen.owner, exchange, claims)
@@ -272,110 +250,12 @@ class Directory:
     # -- the registrar ----------------------------------------------------
 
     def register(self, service: str, entry: Entry, timeout: float = 0.0) -> bool:
-        """Announce ``service`` as this process's (again: counted) and keep it alive.
-
-        Waits up to ``timeout`` seconds for the store to take it; False if it did not yet
-        (the registrar goes on trying in the background).
-        """
-        with self._lock:
-            count = self._own.get(service, (entry, 0))[1]
-            self._own[service] = (entry, count + 1)
-            if self._since == 0.0:
-                self._since = time.time()
-            self._wanted += 1
-            wanted = self._wanted
-        self._wake.set()
-        return timeout <= 0 or self.wait(
-            lambda: self._written >= wanted or self._closed.is_set(), timeout)
+        """Announce ``service`` as this process's (see :meth:`Registrar.register`)."""
+        return self.registrar.register(service, entry, timeout)
 
     def unregister(self, service: str, timeout: float = 1.0) -> None:
-        """Withdraw one registration of ``service``; the last one is written at once.
-
-        Waits up to ``timeout`` seconds for the store to take the change (a
-        record never written expires on its own).
-        """
-        with self._lock:
-            entry, count = self._own.get(service, (None, 0))
-            if entry is None or count == 0:
-                return
-            self._own[service] = (entry, count - 1)  # at 0: written as stopped, last known
-            if count > 1:
-                return
-            self._wanted += 1
-            wanted = self._wanted
-        self._wake.set()
-        self.wait(lambda: self._written >= wanted or self._closed.is_set(), timeout)
-
-    def _own_record(self) -> Optional[Record]:
-        with self._lock:
-            alive = any(count for _, count in self._own.values())
-            if not alive and self._stopped_owner_written:
-                return None
-            services = {name: entry if count else dataclasses.replace(entry, stopped=True)
-                        for name, (entry, count) in self._own.items()}
-            return Record(self.owner, services, self._since or time.time(), time.time(),
-                          self.ttl, alive=alive)
-
-    def _run(self) -> None:
-        next_beat = 0.0
-        delay = 0.5
-        written_at = -float("inf")  # when the whole record was last written (monotonic)
-        while not self._closed.is_set():
-            now = time.monotonic()
-            changed = self._wanted > self._written
-            if now >= next_beat or changed:
-                with self._lock:
-                    wanted = self._wanted
-                record = self._own_record()
-                retention = self.store.retention
-                if record is None:
-                    next_beat = now + self.refresh
-                    self._set_written(wanted)
-                elif (not changed and retention is not None and now - written_at < retention / 2
-                      and self._beat(record)):
-                    next_beat = now + self.refresh  # the record in the store still holds
-                elif self._write(record):
-                    delay = 0.5
-                    next_beat, written_at = now + self.refresh, now
-                    with self._lock:
-                        self._stopped_owner_written = not record.alive
-                    self._set_written(wanted)
-                else:
-                    next_beat = now + delay
-                    delay = min(delay * 2, self.refresh)
-            self._tick()
-            self._wake.wait(max(0.05, min(1.0, next_beat - time.monotonic())))
-            self._wake.clear()
-
-    def _beat(self, record: Record) -> bool:
-        """A heartbeat without the record (stores that can); False: write the record."""
-        try:
-            return self.store.beat(record.owner, record.at, WRITE_TIMEOUT)
-        except (StoreUnavailable, exceptions.TavridaError, OSError):
-            return False  # the write that follows says why, once
-
-    def _set_written(self, wanted: int) -> None:
-        with self._lock:
-            self._written = max(self._written, wanted)
-            self._changed.notify_all()
-
-    def _write(self, record: Record) -> bool:
-        try:
-            self.store.write(record.owner, record.encode(), WRITE_TIMEOUT)
-        except (StoreUnavailable, exceptions.TavridaError, OSError) as exc:
-            if not self._failing:
-                LOG.warning("central discovery at %s: cannot register %s (%s); retrying in "
-                            "the background, lookups answer from the cache", self.store.name,
-                            ", ".join(sorted(record.services)) or "the stop", exc)
-                with self._lock:
-                    self._failing = True
-                    self._changed.notify_all()
-            return False
-        if self._failing:
-            LOG.info("central discovery at %s: registered %s again", self.store.name,
-                     ", ".join(sorted(record.services)))
-        self._failing = False
-        return True
+        """Withdraw one registration of ``service`` (see :meth:`Registrar.unregister`)."""
+        self.registrar.unregister(service, timeout)
 
     def _tick(self) -> None:
         """Expiries (a first registration that lapsed gives way) and carry-forward."""

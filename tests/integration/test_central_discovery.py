@@ -162,7 +162,8 @@ def test_an_unreachable_store_leaves_calls_working_from_the_cache(
     with pytest.raises(exceptions.UnableToDiscover, match="not in central discovery at"):
         caller.get_remote("central_nobody")
     # The server's heartbeat fails and says so; it goes on serving.
-    assert server_disc.directory.wait(lambda: server_disc.directory._failing, WAIT)
+    registrar = server_disc.directory.registrar
+    assert registrar.wait(lambda: registrar.failing, WAIT)
     assert any("cannot register" in r.getMessage() for r in caplog.records)
 
 
