@@ -325,3 +325,38 @@ def test_the_example_runs_with_no_hand_written_discovery(capsys: pytest.CaptureF
     assert "client <- response {'answer': 42}" in out
     assert "world  <- notification from central_hello.hello: param=21" in out
     assert out.splitlines()[-1] == "done"
+
+
+def test_records_nobody_heartbeats_are_written_again_before_retention_drops_them(url):
+    """A store that forgets (a stream's retention) gets hand-made records again from a watcher."""
+    from tavrida.registry.directory import Directory
+    from tavrida.transports.memory_store import MemoryStore
+
+    class Forgetful(MemoryStore):
+        retention = 0.4  # seconds: rewritten between 0.2 and 0.3 s after the last write
+
+    manual = Record("manual/legacy", {"legacy": Entry("legacy_ex")}, 1.0, 1.0, 0, kind="manual")
+    write(url, manual)
+    seen: List[bytes] = []
+    spy = open_store(config.ConnectionConfig.from_url(url))
+    watcher = Directory(Forgetful(config.ConnectionConfig.from_url(url), "tavrida.discovery"),
+                        refresh=0.1, ttl=1.0)
+    try:
+        spy.watch(seen.append, lambda ok: None)
+        watcher.start()
+        assert watcher.lookup("legacy") is not None
+        assert watcher.wait(lambda: len(seen) >= 3, 5), seen  # the first, then two rewrites
+        assert all(record_mod.decode(raw) == manual for raw in seen)  # written again as is
+    finally:
+        watcher.close()
+        spy.close()
+
+
+def test_a_bad_central_url_names_its_key(tmp_path: pathlib.Path, url: str):
+    (tmp_path / "cf_central_services.py").write_text(SERVICES)
+    path = tmp_path / "services.ini"
+    path.write_text(f"[connection]\nurl = {url}\n[server]\nqueue = q\nexchange = e\n"
+                    "services = cf_central_services:CentralController\n"
+                    "[discovery]\ncentral = true\ncentral_url = amqp://h:notaport/\n")
+    with pytest.raises(config_file.ConfigError, match=r"\[discovery\] central_url: "):
+        config_file.ServiceConfig(str(path))
