@@ -47,6 +47,7 @@ def main(url):
     hello = server.Server(url, queue_name="central_hello", exchange_name="central_hello_exchange",
                           service_list=[HelloController])
     hello.start()  # registers central_hello
+    disc.wait_for("central_hello")  # world subscribes to it: wait until the store says where
     world = server.Server(url, queue_name="central_world", exchange_name="central_world_exchange",
                           service_list=[WorldController])  # finds central_hello's notifications
     threads = [threading.Thread(target=srv.run, daemon=True) for srv in (hello, world)]

@@ -519,7 +519,8 @@ class ServiceConfig:
             if ds_file:
                 path = os.path.join(os.path.dirname(os.path.abspath(self.path)), ds_file)
                 disc: discovery_mod.LocalDiscovery = discovery_mod.FileBasedDiscoveryService(
-                    path, service_name, subscriptions)
+                    path, service_name, subscriptions,
+                    complete=not self.get(section, "central", False))
             else:
                 disc = discovery_mod.LocalDiscovery()
         except exceptions.TavridaError as exc:

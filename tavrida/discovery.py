@@ -139,11 +139,14 @@ class FileBasedDiscoveryService(LocalDiscovery):
     ``notifications`` its notification exchange (optional). Every service
     becomes a remote service; ``service_name``'s notifications become its
     local publisher; each name in ``subscriptions`` becomes a remote
-    publisher (it must have ``notifications``).
+    publisher (it must have ``notifications``). ``complete=False`` (beside
+    central discovery, which knows the rest) lets the file lack
+    ``service_name``'s section and subscriptions' ``notifications``.
     """
 
     def __init__(self, ds_filename: str, service_name: str,
-                 subscriptions: Optional[Iterable[str]] = None) -> None:
+                 subscriptions: Optional[Iterable[str]] = None, *,
+                 complete: bool = True) -> None:
         super().__init__()
         if not ds_filename:
             raise exceptions.ConfigFileIsNotDefined()
@@ -165,7 +168,7 @@ class FileBasedDiscoveryService(LocalDiscovery):
                 raise exceptions.IncorrectAMQPConfig(
                     reason=f"{ds_filename}: section [{section}] has no 'exchange'")
             self.register_remote_service(section, exchange)
-        if service_name:
+        if service_name and (complete or parser.has_section(service_name)):
             if not parser.has_section(service_name):
                 raise exceptions.UnknownService(service=f"{service_name} (not in {ds_filename})")
             notifications = parser.get(service_name, "notifications", fallback="")
@@ -175,10 +178,11 @@ class FileBasedDiscoveryService(LocalDiscovery):
             notifications = ""
             if parser.has_section(publisher):
                 notifications = parser.get(publisher, "notifications", fallback="")
-            if not notifications:
+            if notifications:
+                self.register_remote_publisher(publisher, notifications)
+            elif complete:
                 raise exceptions.CantRegisterRemotePublisher(
                     service=service_name, publisher=publisher, ds_file=ds_filename)
-            self.register_remote_publisher(publisher, notifications)
 
     @property
     def service_exchange(self) -> str:
@@ -204,6 +208,11 @@ class DiscoveryFactory:
 
     def get_local_ds(self) -> LocalDiscovery:
         return LocalDiscovery()
+
+
+#: Seconds :meth:`CentralDiscovery.announce` waits for the store to take a registration
+#: (it goes on in the background after that).
+ANNOUNCE_TIMEOUT = 2.0
 
 
 class CentralDiscovery(LocalDiscovery):
@@ -291,9 +300,9 @@ class CentralDiscovery(LocalDiscovery):
 
         self._check(service_name, exchange_name)
         notifications = self._local_publisher.get(service_name) if role == "service" else None
-        # A client's first call may follow at once: give the store a moment to take it.
+        # Calls (and subscribers) may follow at once: give the store a moment to take it.
         self.directory.register(service_name, Entry(exchange_name, notifications, queue, role),
-                                timeout=2.0 if role == "client" else 0.0)
+                                timeout=ANNOUNCE_TIMEOUT)
         self._announced[service_name] = self._announced.get(service_name, 0) + 1
 
     def withdraw(self, service_name: str) -> None:

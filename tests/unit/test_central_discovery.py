@@ -360,3 +360,20 @@ def test_a_bad_central_url_names_its_key(tmp_path: pathlib.Path, url: str):
                     "[discovery]\ncentral = true\ncentral_url = amqp://h:notaport/\n")
     with pytest.raises(config_file.ConfigError, match=r"\[discovery\] central_url: "):
         config_file.ServiceConfig(str(path))
+
+
+def test_beside_central_discovery_a_ds_file_may_be_partial(tmp_path: pathlib.Path, url: str):
+    (tmp_path / "cf_central_services.py").write_text(SERVICES)
+    (tmp_path / "services.ds").write_text("[legacy]\nexchange = legacy_exchange\n")
+    path = tmp_path / "services.ini"
+    path.write_text(f"[connection]\nurl = {url}\n[server]\nqueue = q\nexchange = e\n"
+                    "services = cf_central_services:CentralController\n"
+                    "[discovery]\ncentral = true\nfile = services.ds\n")
+    conf = config_file.ServiceConfig(str(path))  # no [cf_central] section: not an error
+    conf.bind_discovery()
+    disc = conf.service_classes[0].get_discovery()
+    try:
+        assert disc.get_remote("legacy") == "legacy_exchange"
+    finally:
+        assert isinstance(disc, discovery.CentralDiscovery)
+        disc.close()
