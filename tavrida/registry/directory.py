@@ -116,7 +116,10 @@ class Directory:
         with self._lock:
             old = self._records.get(record.owner)
             if old is not None and record.at < old.at:
-                return  # an older write, pushed after a newer one was read (Redis resync)
+                if not self.store.ordered:
+                    return  # an older write, pushed after a newer one was read (Redis)
+                # A rewrite (carry-forward, the command): its content, the heartbeat known.
+                record = record.replace(at=old.at)
             self._records[record.owner] = record
             self._arrived[record.owner] = time.monotonic()
             self._carry_at.pop(record.owner, None)

@@ -49,6 +49,10 @@ class Store(abc.ABC):
     #: Seconds the store keeps a record that is not written again (None: for
     #: ever); the directory writes again the records older than half of it.
     retention: Optional[float] = None
+    #: True when watchers get the writes in the order they were made (a stream, a
+    #: lock); False when a replay and a push may cross (Redis): an older write
+    #: arriving late is then ignored.
+    ordered = True
 
     @property
     @abc.abstractmethod

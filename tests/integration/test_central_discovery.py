@@ -257,3 +257,19 @@ def test_on_rabbitmq_heartbeats_reach_watchers_but_not_the_stream(amqp_url: str,
         assert len(replayed) == 1, replayed  # the one record; the heartbeats are not in it
     finally:
         env.close()
+
+
+def test_the_command_enters_a_service_running_callers_then_find(
+        env: Env, capsys: pytest.CaptureFixture[str]):
+    from tavrida import cli
+
+    caller = env.discovery()
+    assert cli.main(["discovery", "set", "central_legacy", "legacy_exchange", "--url", env.url,
+                     "--name", env.store]) == 0
+    assert caller.wait_for("central_legacy", "legacy_exchange", WAIT)
+    assert cli.main(["discovery", "list", "--url", env.url, "--name", env.store]) == 0
+    assert "manual/central_legacy" in capsys.readouterr().out
+    assert cli.main(["discovery", "remove", "central_legacy", "--url", env.url,
+                     "--name", env.store]) == 0
+    directory = caller.directory
+    assert directory.wait(lambda: "central_legacy" not in directory._resolved, WAIT)

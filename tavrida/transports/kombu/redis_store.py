@@ -29,6 +29,8 @@ HEALTH_CHECK_INTERVAL = 5
 class RedisStore(Store):
     """Records in the Redis ``config`` points at."""
 
+    ordered = False  # a change pushed before HGETALL may arrive after it
+
     def __init__(self, config: ConnectionConfig, name: str) -> None:
         self._url = config.urls[0]
         self._name = f"{config.safe_urls[0]} ({name})"
