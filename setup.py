@@ -44,6 +44,8 @@ setup(
         # Optional observability (docs/observability.rst): off unless configured.
         "metrics": ["prometheus-client>=0.16"],
         "otel": ["opentelemetry-api>=1.20"],
+        # Handler parameters annotated with pydantic models (docs/handlers.rst).
+        "pydantic": ["pydantic>=2"],
         # The peers `python -m bench --peers` measures (docs/performance.md); not for CI.
         "bench": ["nameko>=2.14,<3", "faststream[rabbit]>=0.7,<0.8"],
     },

@@ -4,6 +4,7 @@ Examples::
 
     python -m bench --url amqp://guest:guest@127.0.0.1//      # every scenario, ~1.5 min
     python -m bench --url memory:// --quick                    # in-memory only, seconds
+    python -m bench --url memory:// --typed                    # and typed handlers' cost
     python -m bench --url amqp://guest:guest@127.0.0.1// --peers  # and nameko, FastStream
     python -m bench --url amqp://... --scenarios rss --backlog 100000
 
@@ -51,6 +52,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="the kombu side of scenarios 1, 2 and 7 sends tavrida's wire "
                              "message (same headers, envelope and answer routing): what is "
                              "left between the sides is the library, not the format")
+    parser.add_argument("--typed", action="store_true",
+                        help="scenario 4 (memory) also times echo handlers with typed "
+                             "parameters (value: int; item: a dataclass) against the "
+                             "untyped echo, in alternating blocks on one server")
     parser.add_argument("--peers", nargs="?", const="nameko,faststream", default="",
                         metavar="NAMES",
                         help="also run scenario 1's calls with these peers (default with the "
@@ -119,7 +124,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.repeat < 1:
         raise SystemExit("--repeat must be >= 1")
     setup = Setup(url=args.url, confirms=args.confirms == "on", prefetch=args.prefetch,
-                  warmup=args.warmup, timeout=args.timeout, kombu_wire=args.kombu_wire)
+                  warmup=args.warmup, timeout=args.timeout, kombu_wire=args.kombu_wire,
+                  typed=args.typed)
     scenarios = choose_scenarios(args.scenarios, args.url)
     peers, peers_python, skipped = choose_peers(args.peers, args.peers_python, setup)
     if peers and "call" not in scenarios:

@@ -70,6 +70,21 @@ FIGURES = (
     Figure("memory", "p99_us", "4 memory call latency p99", "us", "n/a"),
     Figure("memory", "casts_per_s", "4 memory cast full pipeline", "msgs/s", "n/a",
            Target("tavrida", ">=", 40000.0)),
+    # --typed (tavrida only): one server, untyped and typed echo in alternating blocks.
+    Figure("memory", "untyped_calls_per_s", "4t memory inline call, untyped echo", "calls/s",
+           "n/a"),
+    Figure("memory", "typed_calls_per_s", "4t memory inline call, echo(value: int)", "calls/s",
+           "n/a"),
+    Figure("memory", "record_calls_per_s", "4t memory inline call, echo(item: dataclass)",
+           "calls/s", "n/a"),
+    Figure("memory", "typed_cost_us", "4t typed echo(value: int) CPU cost", "us/call", "n/a"),
+    Figure("memory", "record_cost_us", "4t typed echo(item: dataclass) CPU cost", "us/call",
+           "n/a"),
+    Figure("memory", "arguments_untyped_us", "4t Handler.arguments CPU, untyped", "us/msg", "n/a"),
+    Figure("memory", "arguments_typed_us", "4t Handler.arguments CPU, value: int", "us/msg",
+           "n/a"),
+    Figure("memory", "arguments_record_us", "4t Handler.arguments CPU, dataclass", "us/msg",
+           "n/a"),
     Figure("rss", "peak_mib", "5 service peak RSS, backlog", "MiB", "run",
            Target("ratio", "<=", 1.5)),
     Figure("rss", "growth_mib", "5 RSS growth 10%->100% drained", "MiB", "run",
@@ -103,6 +118,8 @@ def build_rows(samples: Samples, confirms: bool, is_amqp: bool,
             continue
         values = {side: [run[figure.key] for run in by_side.get(side, []) if figure.key in run]
                   for side in ("tavrida", "kombu")}
+        if not values["tavrida"] and not values["kombu"]:
+            continue  # a figure of a flag this run did not give (--typed)
         tavrida, kombu = median(values["tavrida"]), median(values["kombu"])
         comparable = not math.isnan(kombu) and abs(kombu) > figure.min_base and kombu != 0
         ratio = tavrida / kombu if comparable else math.nan

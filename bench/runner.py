@@ -132,7 +132,7 @@ def describe(setup: Setup, sizes: Sizes, scenarios: Sequence[str], repeat: int,
         "settings": {"repeat": repeat, "scenarios": list(scenarios),
                      "confirms": setup.effective_confirms, "persistent": True,
                      "prefetch": setup.prefetch, "warmup": setup.warmup,
-                     "kombu_wire": setup.kombu_wire,
+                     "kombu_wire": setup.kombu_wire, "typed": setup.typed,
                      "kombu_memory_transport_options": {"polling_interval": 0}},
         "sizes": {key: getattr(sizes, key) for key in sizes.__dataclass_fields__},
     }

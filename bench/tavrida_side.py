@@ -8,10 +8,11 @@ has the same functions doing the same work with raw kombu.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import time
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 
 from bench.common import (
     CLIENT,
@@ -40,12 +41,34 @@ from tavrida.transports.memory_broker import MemoryBroker
 CALL_TIMEOUT = 10.0
 
 
+@dataclasses.dataclass
+class EchoItem:
+    """The payload of the typed ``echo_item`` (``--typed``)."""
+
+    id: int
+    name: str
+    tags: List[str]
+    note: Optional[str] = None
+
+
 @dispatcher.rpc_service(SERVICE)
 class BenchService(service.ServiceController):
-    """``echo`` answers the value back; ``sink`` takes a cast and does nothing."""
+    """``echo`` answers the value back; ``sink`` takes a cast and does nothing.
+
+    ``echo_int`` and ``echo_item`` are ``echo`` with typed parameters
+    (checked and converted before they run; see ``--typed``).
+    """
 
     @dispatcher.rpc_method(service=SERVICE, method="echo")
     def echo(self, request: Any, proxy: Any, value: Any) -> Dict[str, Any]:
+        return {"value": value}
+
+    @dispatcher.rpc_method(service=SERVICE, method="echo_int")
+    def echo_int(self, request: Any, proxy: Any, value: int) -> Dict[str, Any]:
+        return {"value": value}
+
+    @dispatcher.rpc_method(service=SERVICE, method="echo_item")
+    def echo_item(self, request: Any, proxy: Any, value: EchoItem) -> Dict[str, Any]:
         return {"value": value}
 
     @dispatcher.rpc_method(service=SERVICE, method="sink")
@@ -288,4 +311,73 @@ def memory_run(link: Link, setup: Setup, n_calls: int, n_casts: int,
                 raise BenchError(f"memory casts: {srv.progress.count} of "
                                  f"{setup.warmup + n_casts} handled in {setup.timeout}s")
         figures["casts_per_s"] = n_casts / (report["t_last"] - t_first)
+        if setup.typed:
+            # In the calling thread (inline_calls): no thread hand-off to blur the difference.
+            broker.inline_calls = True
+            try:
+                with running(make_server(conf, names, "rpc", setup.prefetch)), \
+                        client.RPCClient(conf, disc, source=CLIENT) as cli:
+                    figures.update(typed_figures(cli, setup.warmup, n_calls))
+            finally:
+                broker.inline_calls = False
+            figures.update(arguments_figures(n_calls * 10))
     link.send("result", figures)
+
+
+#: The echoes ``--typed`` compares: (figure name, handler, value); each typed one is
+#: compared with the untyped ``echo`` of the same value.
+ITEM = {"id": 7, "name": "seven", "tags": ["a", "b"], "note": None}
+TYPED_ECHOES = (("untyped", "echo", 7), ("typed", "echo_int", 7),
+                ("untyped_item", "echo", ITEM), ("record", "echo_item", ITEM))
+
+
+def typed_figures(cli: Any, warmup: int, n_calls: int) -> Dict[str, float]:
+    """Calls/s of the untyped and typed echoes, and the CPU cost per call of each typed one.
+
+    One server, calls in the calling thread (``inline_calls``): the echoes
+    take turns in blocks (the first of each round changes); calls/s is the
+    median over the rounds, and a cost the difference of the median CPU time
+    of this thread per call (other processes on the machine do not count).
+    """
+    echoes = [(name, getattr(cli.bench_svc, method), value)
+              for name, method, value in TYPED_ECHOES]
+    for _, echo, value in echoes:
+        for _ in range(warmup):
+            echo(value=value).call(timeout=CALL_TIMEOUT)
+    rounds = 20
+    per_block = max(1, n_calls // rounds)
+    blocks: Dict[str, List[float]] = {name: [] for name, _, _ in echoes}
+    cpu: Dict[str, List[float]] = {name: [] for name, _, _ in echoes}
+    for index in range(rounds):
+        shift = index % len(echoes)
+        for name, echo, value in echoes[shift:] + echoes[:shift]:
+            taken = cpu[name]
+            start = now()
+            for _ in range(per_block):
+                began = time.thread_time()
+                echo(value=value).call(timeout=CALL_TIMEOUT)
+                taken.append(time.thread_time() - began)
+            blocks[name].append(now() - start)
+    return {"untyped_calls_per_s": per_block / median(blocks["untyped"]),
+            "typed_calls_per_s": per_block / median(blocks["typed"]),
+            "record_calls_per_s": per_block / median(blocks["record"]),
+            "typed_cost_us": (median(cpu["typed"]) - median(cpu["untyped"])) * 1e6,
+            "record_cost_us": (median(cpu["record"]) - median(cpu["untyped_item"])) * 1e6}
+
+
+def arguments_figures(n: int) -> Dict[str, float]:
+    """CPU microseconds of ``Handler.arguments`` (what a server runs per message) per echo."""
+    handlers = {h.method_name: h for h in BenchService.get_dispatcher().handlers.values()}
+    figures = {}
+    for name, method, value in TYPED_ECHOES:
+        if name == "untyped_item":
+            continue
+        arguments, payload = handlers[method].arguments, {"value": value}
+        best = float("inf")
+        for _ in range(7):  # the best of seven: the least disturbed
+            start = time.thread_time()
+            for _ in range(n):
+                arguments(payload)
+            best = min(best, time.thread_time() - start)
+        figures[f"arguments_{name}_us"] = best / n * 1e6
+    return figures

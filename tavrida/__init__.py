@@ -9,6 +9,10 @@ The public API, module by module (``from tavrida import dispatcher, ...``):
 * :mod:`~tavrida.retries` -- ``RetryPolicy``: how often a retried message runs;
 * :mod:`~tavrida.client` -- ``RPCClient``, calls services from any program;
 * :mod:`~tavrida.proxies` -- what handlers call remote services with;
+* :mod:`~tavrida.events` -- named events (``proxy.publish_event``);
+* :mod:`~tavrida.contracts` -- typed handler parameters, checked before a
+  handler runs (the types: :mod:`~tavrida.schema`);
+* :mod:`~tavrida.asyncapi` -- AsyncAPI 3.0 documents of services;
 * :mod:`~tavrida.discovery` -- service name to exchange maps, ``.ds`` files;
 * :mod:`~tavrida.messages` -- requests, responses, errors, notifications;
 * :mod:`~tavrida.entry_point` -- ``service.method`` addresses;

@@ -5,13 +5,17 @@
     tavrida run services.ini [--url URL]
     tavrida call test_hello.hello param=123 --exchange test_exchange [--timeout 5]
     tavrida cast test_hello.hello param=123 --exchange test_exchange
-    tavrida publish test_hello.hello param=1 --exchange test_notification_exchange
+    tavrida publish orders order_placed order_id=1 --exchange orders_events
     tavrida call test_hello.hello param=123 --config hello.ini [--context k=v]
     tavrida shell services.ini [--timeout 10]
+    tavrida asyncapi services.ini [more.ini ...] [-o asyncapi.json]
     tavrida topology show services.ini... [--counts] [--format text|json|mermaid|dot]
     tavrida topology delete services.ini [--yes] [--force] [--exchanges]
     tavrida --version
 
+``publish SERVICE EVENT`` (or ``SERVICE.EVENT``) publishes a named event
+(:mod:`tavrida.events`); ``asyncapi`` writes the AsyncAPI document of the
+services of config files (:mod:`tavrida.asyncapi`).
 ``key=value`` arguments are read as JSON when they parse (``n=1`` is a
 number, ``s='"1"'`` a string) and as text otherwise. The broker URL comes
 from ``--url``, then ``TAVRIDA_URL``, then the config file; ``call``,
@@ -26,7 +30,7 @@ prompt with a client bound to a config file (:mod:`tavrida.shell`).
 config file declares, without connecting (``--counts`` also asks the broker
 how many messages each queue holds); ``--format mermaid|dot`` draws the
 services of all the files given (:mod:`tavrida.diagram`). ``topology delete`` deletes the
-service's queues (its queue and dead-letter queue) after asking (``--yes``
+service's queues (its queue, dead-letter queue and retry delay queues) after asking (``--yes``
 does not ask); it refuses while a queue holds messages unless ``--force``.
 ``--exchanges`` also deletes the service's own exchanges (its server
 exchange and notification exchanges): other services' queues bound to them
@@ -44,6 +48,7 @@ reconnect attempts).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -53,12 +58,14 @@ import simplejson
 
 import tavrida
 from tavrida import (
+    asyncapi,
     class_path,
     client,
     config_file,
     diagram,
     discovery,
     entry_point,
+    events,
     exceptions,
     shell,
     wire,
@@ -124,10 +131,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--url", help="broker URL (overrides the config file)")
     for name, text in (("call", "call a method and print the answer"),
                        ("cast", "send a request without waiting"),
-                       ("publish", "publish a notification as SERVICE.EVENT")):
+                       ("publish", "publish event EVENT of SERVICE (SERVICE EVENT k=v ...)")):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("target", metavar="SERVICE.METHOD",
-                         help="where it goes (SERVICE.EVENT for publish)")
+        sub.add_argument("target", metavar="SERVICE.METHOD" if name != "publish" else "SERVICE",
+                         help="where it goes (publish: SERVICE EVENT, or SERVICE.EVENT)")
         sub.add_argument("params", nargs="*", metavar="key=value",
                          help="the payload; values are JSON when they parse, else text")
         sub.add_argument("--url", help=f"broker URL (default: $TAVRIDA_URL or {DEFAULT_URL})")
@@ -168,6 +175,7 @@ def _parser() -> argparse.ArgumentParser:
                               help=f"caller service name (default {DEFAULT_SOURCE})")
     _topology_parser(commands)
     registry_command.add_parser(commands)
+    asyncapi.add_command(commands)
     return parser
 
 
@@ -242,6 +250,9 @@ def _check_known(disc: discovery.LocalDiscovery, service: str,
 
 
 def _send(args: argparse.Namespace) -> int:
+    if args.command == "publish":  # SERVICE EVENT k=v, or SERVICE.EVENT k=v
+        service, event, args.params = events.cli_target(args.target, args.params)
+        args.target = f"{service}.{event}"
     target = entry_point.parse(args.target)
     if not target.method:
         raise ValueError(f"{args.target!r} is not SERVICE.METHOD")
@@ -254,11 +265,11 @@ def _send(args: argparse.Namespace) -> int:
     headers = _headers(args.header)
     context = _payload(args.context, "--context")
     disc = _discovery(args, target.service, conf)
-    source = args.target if args.command == "publish" else args.source
+    source = target.service if args.command == "publish" else args.source
     with client.RPCClient(url, disc, source=source, headers=headers,
                           context=context or None) as cli:
         if args.command == "publish":
-            cli.publish(**payload)
+            cli.publish_event(target.method, **payload)
             return 0
         call = getattr(getattr(cli, target.service), target.method)(**payload)
         if args.command == "cast":
@@ -308,11 +319,18 @@ def _declared(path: str, url: Optional[str]) -> Tuple[config_file.ServiceConfig,
     conf.bind_discovery()
     server = Server(conf.connection, conf.queue, conf.exchange, conf.service_classes,
                     workers=conf.workers, queue_type=conf.queue_type,
-                    max_attempts=conf.retry_policy.max_attempts)
+                    max_attempts=conf.retry_policy.max_attempts,
+                    retry_backoff=conf.retry_policy.backoff,
+                    retry_backoff_max=conf.retry_policy.backoff_max)
     topology = server.topology()
+    # Delay queues are listed, counted and deleted with the others.
+    topology = dataclasses.replace(
+        topology, queues=topology.queues + tuple(d.name for d in topology.delays))
     services = ", ".join(cls.service_name() for cls in conf.service_classes)
     roles = {conf.queue: f"queue of {services}",
              server.dead_letter_queue: f"dead letters of {conf.queue}"}
+    for delay in topology.delays:
+        roles[delay.name] = f"retries of {conf.queue} waiting {delay.delay_ms / 1000:g} s"
     own = [conf.exchange]
     for cls in conf.service_classes:
         exchanges = cls.get_discovery().get_all_exchanges()
@@ -448,6 +466,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return shell.run(args.config, args.url, args.timeout, args.source)
         if args.command == "topology":
             return _topology_show(args) if args.action == "show" else _topology_delete(args)
+        if args.command == "asyncapi":
+            return asyncapi.run_command(args)
         return _send(args)
     except config_file.ConfigError as exc:  # each mistake of a config file on a line
         for error in exc.errors:

@@ -20,13 +20,13 @@ with an Error and :class:`~tavrida.exceptions.CallTimeout` when nothing
 comes back in time; all within ``timeout``, broker up or down:
 :class:`~tavrida.exceptions.ConnectionFailed` when the request could not be
 sent in time, :class:`~tavrida.exceptions.Unroutable` when no queue takes
-it. ``.cast()`` and :meth:`RPCClient.publish` give up after the config's
-``publish_timeout``. :meth:`RPCClient.close` also ends reconnect attempts
-other threads are waiting in. Any number of threads may call at once. Answers come
-back on the exchange the client's ``source`` service has in its discovery,
-else on ``tavrida.replies``; every call names that exchange in a header,
-so a 2.0 service needs no discovery entry for the client (a 1.0 service
-does); see :mod:`tavrida.replies`.
+it. ``.cast()``, :meth:`RPCClient.publish` and :meth:`RPCClient.publish_event`
+give up after the config's ``publish_timeout``. :meth:`RPCClient.close` also
+ends reconnect attempts other threads are waiting in. Any number of threads may
+call at once. Answers come back on the exchange the client's ``source``
+service has in its discovery, else on ``tavrida.replies``; every call names
+that exchange in a header, so a 2.0 service needs no discovery entry for the
+client (a 1.0 service does); see :mod:`tavrida.replies`.
 """
 
 from __future__ import annotations
@@ -98,6 +98,14 @@ class RPCClient:
     def publish(self, correlation_id: str = "", **kwargs: Any) -> messages.Notification:
         """Publish a notification as ``source`` (its exchange must be a local publisher)."""
         return self._proxy.publish(correlation_id, **kwargs)
+
+    def publish_event(self, event: str, /, **payload: Any) -> messages.Notification:
+        """Publish event ``event`` of the ``source`` service (routing key ``<source>.<event>``).
+
+        The service's notification exchange must be a local publisher in the
+        client's discovery. See :mod:`tavrida.events`.
+        """
+        return self._proxy.publish_event(event, **payload)
 
     def close(self) -> None:
         """Stop waiting for answers and close the client's connection."""

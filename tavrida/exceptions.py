@@ -196,6 +196,19 @@ class WrongHandlerParameters(BaseAckableException):
     message_template = "Handler %(handler)s of %(entry_point)s: %(reason)s"
 
 
+class InvalidPayload(WrongHandlerParameters):
+    """Payload values do not match the handler's annotations (see :mod:`tavrida.contracts`).
+
+    ``problems`` lists each offending field: ``item_id: expected int, got str 'abc'``.
+    """
+
+    message_template = "Invalid payload for %(entry_point)s: %(reason)s"
+
+    def __init__(self, message: str = "", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.problems: List[str] = list(kwargs.get("problems", ()))
+
+
 class PublishFailed(TavridaError):
     """The broker did not take a message (nack, unroutable, connection lost).
 

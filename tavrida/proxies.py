@@ -4,7 +4,9 @@
 its :meth:`~RPCCallProxy.call` sends a request that expects an answer (a
 response or error handler gets it), :meth:`~RPCCallProxy.cast` one that
 expects none, and :meth:`~RPCCallProxy.transfer` forwards a request.
-``proxy.publish(**payload)`` sends a notification.
+``proxy.publish(**payload)`` sends a notification, and
+``proxy.publish_event("order_placed", **payload)`` a named event (see
+:mod:`tavrida.events`).
 
 A proxy handed to a handler carries the handled message's context,
 correlation id and user headers on to every message it sends.
@@ -16,7 +18,7 @@ import functools
 import time
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Union, overload
 
-from tavrida import entry_point, exceptions, messages
+from tavrida import entry_point, events, exceptions, messages
 
 if TYPE_CHECKING:  # only a client has one; importing it would pull the transports in
     from tavrida.replies import Replies
@@ -287,11 +289,36 @@ class RPCProxy:
                               self._context, self._correlation_id, self._headers)
 
     def publish(self, correlation_id: str = "", **kwargs: Any) -> messages.Notification:
-        """Publish a notification with ``kwargs`` as payload on this service's exchange."""
+        """Publish a notification with ``kwargs`` as payload on this service's exchange.
+
+        Its source and routing key are this proxy's source: a handler's own
+        entry point (``orders.place``). To publish an event under a name of
+        its own, use :meth:`publish_event`.
+        """
+        return self._notify(str(self._source), correlation_id, kwargs)
+
+    def publish_event(self, event: str, /, **payload: Any) -> messages.Notification:
+        """Publish event ``event`` of this service: routing key ``<service>.<event>``.
+
+        Goes to the service's notification exchange (its local publisher),
+        where ``subscription_method(service=<service>, method=event)`` takes
+        it. ``event`` is positional only: every keyword is payload. Raises
+        :class:`~tavrida.exceptions.WrongEntryPointFormat` for an empty name
+        or one with a dot. See :mod:`tavrida.events`.
+        """
+        service = self._source.service
+        if not service:
+            raise exceptions.IncorrectOutgoingMessage(
+                reason=f"event {event!r} has no service to publish as: give the client "
+                       f"a source")
+        return self._notify(f"{service}.{events.check_name(event)}", "", payload)
+
+    def _notify(self, source: str, correlation_id: str,
+                payload: Dict[str, Any]) -> messages.Notification:
         headers = dict(self._headers)
         headers.update(correlation_id=correlation_id or self._correlation_id,
                        request_id=messages.new_id(), message_id=messages.new_id(),
-                       source=str(self._source), destination="", reply_to="")
-        notification = messages.Notification(headers, self._context, kwargs)
+                       source=source, destination="", reply_to="")
+        notification = messages.Notification(headers, self._context, payload)
         self._postprocessor.send(notification)
         return notification

@@ -16,7 +16,8 @@ What happens to each message (the delivery guarantees):
   unless an Error answer went back to a caller, copied to the dead-letter
   queue ``<queue>.dead`` with the reason, then acked;
 * a handler raising a :class:`~tavrida.exceptions.NackableException` has
-  its message run again after a backoff delay, up to ``max_attempts`` runs
+  its message run again after a backoff delay the broker holds (delay
+  queues ``<queue>.retry.<ms>``), up to ``max_attempts`` runs
   (see :mod:`tavrida.retries`), then dead-lettered (a call gets an Error);
 * a request whose caller gave up (a blocking call's
   :data:`~tavrida.messages.EXPIRES_AT_HEADER` is past) is logged and acked,
@@ -170,7 +171,8 @@ class Server(Retrying):
                 bindings.append(Binding(self.queue_name, exchange,
                                         f"{ep.service}.{ep.method}.#"))
         return Topology.build(exchanges, [self.queue_name, self.dead_letter_queue], bindings,
-                              self.queue_type, self.retry_policy.max_attempts)
+                              self.queue_type, self.retry_policy.max_attempts,
+                              self.retry_delays())
 
     # -- life cycle -------------------------------------------------------
 
@@ -185,6 +187,7 @@ class Server(Retrying):
         self.controllers = [cls(self._sender(cls)) for cls in self.service_classes]
         self.router = Router(self.controllers)
         self.transport.declare(topology)
+        self._say_where_retries_wait(topology)
         if self.workers:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 self.workers, thread_name_prefix=f"tavrida-{self.queue_name}")
@@ -249,14 +252,20 @@ class Server(Retrying):
 
     @property
     def pending_retries(self) -> int:
-        """Messages held un-acked, waiting for the delay before their next attempt."""
+        """Messages this server holds un-acked, waiting for their retry's delay.
+
+        Always 0 on a transport that holds delays (:attr:`~tavrida.transports.base.
+        Transport.holds_delays`): the waiting copies are in the broker's delay queues.
+        """
         return len(self._retry_timer)
 
     def close(self) -> None:
         """Close the connection; un-acked messages go back to the queue.
 
-        Retries still waiting for their delay are not waited for: their
-        originals were never acked, so the broker delivers them again.
+        Retries waiting in the broker's delay queues come back to the queue
+        when due, whether a server runs or not. (A transport that cannot
+        hold delays: their originals were never acked, so the broker
+        delivers them again.)
         """
         self._retry_timer.close()
         if self._executor is not None:

@@ -12,7 +12,7 @@ import logging
 from typing import Any, ClassVar, List, Optional, TypeVar, Union
 
 from tavrida import discovery as discovery_mod
-from tavrida import exceptions, messages
+from tavrida import exceptions, messages, schema
 from tavrida.dispatcher import Dispatcher, Handler
 from tavrida.middleware import Middleware
 from tavrida.proxies import RPCProxy
@@ -123,9 +123,12 @@ class ServiceController:
         elif isinstance(result, (messages.Response, messages.Error)):
             answer = result
         else:
-            raise exceptions.WrongResponse(
-                reason=f"handler returned {type(result).__name__}; expected None, a dict, "
-                       f"a Response or an Error")
+            payload = schema.record_payload(result)  # a dataclass, a pydantic model
+            if payload is None:
+                raise exceptions.WrongResponse(
+                    reason=f"handler returned {type(result).__name__}; expected None, a dict, "
+                           f"a dataclass, a pydantic model, a Response or an Error")
+            answer = messages.Response.create_by_request(message, payload)
         return self.run_outgoing(answer)
 
     def message_done(self, message: messages.Message, answer: Optional[Answer]) -> None:

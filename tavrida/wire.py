@@ -28,7 +28,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import simplejson
 import simplejson.encoder
 
-from tavrida import entry_point, exceptions, messages
+from tavrida import entry_point, exceptions, messages, schema
 
 #: Bodies larger than this are refused (bytes); the server may set its own.
 DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
@@ -43,7 +43,10 @@ FOREIGN_SERIALIZERS = {"pickle": "pickle", "python-serialize": "pickle", "yaml":
 #: Content encodings of UTF-8 text (kombu labels raw bytes ``binary``).
 ENCODINGS = frozenset({"", "utf-8", "utf8", "binary", "8bit", "7bit"})
 
-_encoder = simplejson.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# ``default``: datetimes, UUIDs, enums, dataclasses... as JSON (see tavrida.schema.jsonable);
+# called only for values JSON has no form for, so plain payloads cost nothing more.
+_encoder = simplejson.JSONEncoder(separators=(",", ":"), ensure_ascii=False,
+                                  default=schema.jsonable)
 _decoder = simplejson.JSONDecoder()
 _scan_once = _decoder.scan_once
 
@@ -173,7 +176,11 @@ def _first_bad(value: Any, path: str, seen: set[int]) -> Optional[Tuple[str, str
         finally:
             seen.discard(id(value))
         return None
-    return path, f"{type(value).__name__} is not JSON-serialisable"
+    try:  # a datetime, a dataclass...: written as what schema.jsonable makes of it
+        written = schema.jsonable(value)
+    except TypeError:
+        return path, f"{type(value).__name__} is not JSON-serialisable"
+    return _first_bad(written, path, seen)
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -294,3 +294,22 @@ def test_timeline_splits_each_call_into_its_four_legs():
     found = legs(client, service)
     assert [found[leg] for leg in LEGS] == [[100.0] * 3, [200.0] * 3, [220.0] * 3,
                                             [480.0] * 3]
+
+
+TYPED_FIGURES = ("untyped_calls_per_s", "typed_calls_per_s", "record_calls_per_s",
+                 "typed_cost_us", "record_cost_us", "arguments_untyped_us",
+                 "arguments_typed_us", "arguments_record_us")
+
+
+def test_typed_adds_the_typed_echo_figures_on_the_tavrida_side(tmp_path):
+    path = tmp_path / "typed.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--url", "memory://", "--quick", "--repeat", "1",
+         "--typed", "--json", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = {row["figure"]: row for row in json.loads(path.read_text(encoding="utf-8"))["rows"]}
+    assert set(rows) == set(MEMORY_FIGURES) | set(TYPED_FIGURES)
+    for name in TYPED_FIGURES:
+        assert rows[name]["kombu"] is None and rows[name]["label"] in done.stdout
+        if not name.endswith("cost_us"):  # a difference of two timings may be either sign
+            assert rows[name]["tavrida"] > 0, name

@@ -54,11 +54,27 @@ def test_hello_world_runs_and_prints_every_kind_of_message(capsys, fresh_default
     assert len(lines) == len(expected) + len(notifications) + 1
 
 
-@pytest.mark.parametrize("name", ["pubsub", "middleware", "ds_discovery"])
+@pytest.mark.parametrize("name", ["pubsub", "middleware", "ds_discovery", "orders"])
 def test_other_examples_run_to_done(capsys, fresh_default_broker, name):
     example = load(name)
     assert example.main("memory://") == 0
     assert capsys.readouterr().out.splitlines()[-1] == "done"
+
+
+def test_orders_converts_typed_parameters_and_refuses_a_wrong_type(capsys, fresh_default_broker):
+    orders = load("orders")
+    assert orders.main("memory://") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "orders   <- place    ada: 2 line(s), express, by 2030-01-31"
+    # The event and the answer travel on their own: either may be printed first.
+    assert sorted(lines[1:3]) == ["client   <- answer   {'order_id': 1, 'lines': 2}",
+                                  "shipping <- event    orders.order_placed: order 1, express"]
+    assert lines[3:] == [
+        "client   <- error    InvalidPayload: Invalid payload for orders.place: "
+        "order.lines[0].sku: missing (expected str); order.lines[0].quantity: expected int, "
+        "got str 'two'",
+        "done",
+    ]
 
 
 @pytest.mark.parametrize("name, make_server", [("hello", "hello_server"),

@@ -7,7 +7,6 @@ messages in ``<queue>.dead``, log lines.
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import pickle
@@ -85,7 +84,10 @@ def test_topology_binds_requests_and_subscriptions(cluster):
     broker = cluster.broker
     assert set(broker.exchange_names()) == {"svc_exchange", "client_exchange", "other_exchange",
                                             "pub_notifications", "svc_notifications"}
-    assert set(broker.queue_names()) == {"svc_queue", "svc_queue.dead"}
+    # the queue, its dead letters, and a delay queue per retry backoff step (0.5 to 4 s)
+    assert set(broker.queue_names()) == {"svc_queue", "svc_queue.dead", "svc_queue.retry.500",
+                                         "svc_queue.retry.1000", "svc_queue.retry.2000",
+                                         "svc_queue.retry.4000"}
     assert set(broker.bindings()) == {Binding("svc_queue", "svc_exchange", "svc.#"),
                                       Binding("svc_queue", "pub_notifications", "pub.event.#")}
 
@@ -714,14 +716,14 @@ def test_body_within_the_limit_is_accepted(cluster, broker, target):
 
 def test_handler_result_that_is_not_json_is_an_error_reply_naming_the_field(cluster, echo):
     state, cli, spy, _ = echo
-    state["result"] = {"ok": 1, "when": datetime.datetime(2026, 1, 2), "items": [1, {2, 3}]}
+    state["result"] = {"ok": 1, "when": complex(2026, 1), "items": [1, {2, 3}]}
     cli.svc.do(value=1).call()
     cluster.deliver()
     ((kind, payload),) = answers(spy)
     assert kind == "error"
     assert payload == {
         "class": "tavrida.exceptions.UnsendableAnswer", "name": "UnsendableAnswer",
-        "message": "The answer of svc.do could not be sent: answer field 'when': datetime is "
+        "message": "The answer of svc.do could not be sent: answer field 'when': complex is "
                    "not JSON-serialisable", "code": 1000}
     assert cluster.dead_letters("svc_queue") == []  # the caller knows: nothing to keep
     assert cluster.broker.queue_size("svc_queue") == 0  # acked

@@ -6,6 +6,7 @@ messages of wire-samples-1.0.jsonl.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import re
@@ -44,6 +45,12 @@ def test_encode_refuses_what_json_cannot_carry():
     assert info.value.kwargs["reason"] == "payload field 'x': object is not JSON-serialisable"
 
 
+@dataclasses.dataclass
+class Record:
+    when: datetime.date
+    what: object
+
+
 def circular():
     loop = {"n": 1}
     loop["self"] = loop
@@ -51,10 +58,12 @@ def circular():
 
 
 @pytest.mark.parametrize("kind, payload, context, reason", [
-    ("response", {"when": datetime.datetime(2026, 1, 1)}, {},
-     "answer field 'when': datetime is not JSON-serialisable"),
-    ("response", {"ok": [1, {"deep": [2, {3}]}]}, {},
-     "answer field 'ok[1].deep[1]': set is not JSON-serialisable"),
+    ("response", {"when": complex(1, 2)}, {},
+     "answer field 'when': complex is not JSON-serialisable"),
+    ("response", {"ok": [1, {"deep": [2, {3}, object()]}]}, {},
+     "answer field 'ok[1].deep[2]': object is not JSON-serialisable"),
+    ("response", {"record": Record(when=datetime.date(2026, 1, 1), what=object())}, {},
+     "answer field 'record.what': object is not JSON-serialisable"),
     ("error", {"class": "x", "detail": b"\xff"}, {},
      "answer field 'detail': bytes that are not UTF-8 are not JSON-serialisable"),
     ("response", {"key": {(1, 2): "tuple key"}}, {},
@@ -63,10 +72,10 @@ def circular():
      "answer field 'loop.self': refers to itself (a circular reference)"),
     ("response", {"fine": 1}, {"user": object()},
      "context field 'user': object is not JSON-serialisable"),
-    ("notification", {"at": datetime.date(2026, 1, 1)}, {},
-     "notification field 'at': date is not JSON-serialisable"),
-], ids=["datetime", "nested", "bytes in an error", "tuple key", "circular", "context",
-        "notification"])
+    ("notification", {"at": complex(1, 2)}, {},
+     "notification field 'at': complex is not JSON-serialisable"),
+], ids=["complex", "nested", "in a dataclass", "bytes in an error", "tuple key", "circular",
+        "context", "notification"])
 def test_encode_names_the_field_and_type_json_cannot_carry(kind, payload, context, reason):
     headers = {"source": "a.b", "destination": "c.d"}
     message = {"response": messages.Response, "error": messages.Error,
