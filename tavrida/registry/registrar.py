@@ -107,13 +107,14 @@ class Registrar:
             wanted = self._wanted
         self._wake.set()
         return timeout <= 0 or self.wait(
-            lambda: self._written >= wanted or self._closed.is_set(), timeout)
+            lambda: self._written >= wanted or self._closed.is_set() or self.failing, timeout)
 
     def unregister(self, service: str, timeout: float = 1.0) -> None:
         """Withdraw one registration of ``service``; the last one is written at once.
 
         Waits up to ``timeout`` seconds for the store to take the change (a
-        record never written expires on its own).
+        record never written expires on its own); not at all while writes fail,
+        so that a server stops promptly during an outage.
         """
         with self._lock:
             entry, count = self._own.get(service, (None, 0))
@@ -125,7 +126,8 @@ class Registrar:
             self._wanted += 1
             wanted = self._wanted
         self._wake.set()
-        self.wait(lambda: self._written >= wanted or self._closed.is_set(), timeout)
+        self.wait(lambda: self._written >= wanted or self._closed.is_set() or self.failing,
+                  timeout)
 
     def _own_record(self) -> Optional[Record]:
         with self._lock:
