@@ -71,6 +71,7 @@ from tavrida import (
     wire,
 )
 from tavrida import config as config_mod
+from tavrida.registry import command as registry_command
 from tavrida.server import Server
 from tavrida.transports import Topology, create_transport
 
@@ -173,6 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     shell_parser.add_argument("--source", default=DEFAULT_SOURCE,
                               help=f"caller service name (default {DEFAULT_SOURCE})")
     _topology_parser(commands)
+    registry_command.add_parser(commands)
     asyncapi.add_command(commands)
     return parser
 
@@ -304,7 +306,8 @@ def _run(args: argparse.Namespace) -> int:
                     workers=conf.workers, hooks=conf.hooks(), queue_type=conf.queue_type,
                     max_attempts=conf.retry_policy.max_attempts,
                     retry_backoff=conf.retry_policy.backoff,
-                    retry_backoff_max=conf.retry_policy.backoff_max)
+                    retry_backoff_max=conf.retry_policy.backoff_max,
+                    reply_exchanges=conf.reply_exchanges)
     server.run()
     return 0
 
@@ -455,6 +458,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "discovery":
+            return registry_command.run(args)
         if args.command == "shell":
             # Errors on one line; the retries' warnings would interleave with the prompt.
             logging.basicConfig(level=logging.ERROR, format="tavrida: %(message)s")

@@ -37,6 +37,7 @@ from tavrida import config as config_mod
 from tavrida import exceptions, messages, wire
 from tavrida.answering import DEAD_LETTER_DROPPED_HEADER as DEAD_LETTER_DROPPED_HEADER
 from tavrida.answering import ErrorHook as ErrorHook
+from tavrida.answering import check_reply_exchanges
 from tavrida.observability.hooks import HookList, ServerHook
 from tavrida.proxies import RPCProxy
 from tavrida.retries import RetryPolicy, RetryTimer
@@ -71,7 +72,10 @@ class Server(Retrying):
     SIGTERM/SIGINT arrives. ``queue_type="quorum"`` declares the queue and
     its dead-letter queue as RabbitMQ quorum queues (new names only; see
     :class:`~tavrida.transports.base.Topology`), ``max_attempts`` being
-    the broker's delivery limit too.
+    the broker's delivery limit too. ``reply_exchanges="known"`` answers a
+    call only on a reply exchange its services' discovery knows (see
+    :meth:`~tavrida.answering.Answering._reply_refused`); ``"any"`` (the
+    default) answers where the call says.
     """
 
     #: In :meth:`run` without workers or hooks, publish a call's answer and take
@@ -89,7 +93,7 @@ class Server(Retrying):
                  max_attempts: Optional[int] = RetryPolicy.max_attempts,
                  retry_backoff: float = RetryPolicy.backoff,
                  retry_backoff_max: float = RetryPolicy.backoff_max,
-                 queue_type: str = "classic") -> None:
+                 queue_type: str = "classic", reply_exchanges: str = "any") -> None:
         if not queue_name or not exchange_name:
             raise exceptions.IncorrectAMQPConfig(
                 reason="Server needs a queue_name and an exchange_name")
@@ -107,6 +111,7 @@ class Server(Retrying):
         self._retry_timer = RetryTimer(f"tavrida-retry-{queue_name}")
         self.dead_letter_queue = dead_letter_queue_name(queue_name)
         self.queue_type = check_queue_type(queue_type)
+        self.reply_exchanges = check_reply_exchanges(reply_exchanges)
         self.transport = transport
         self.controllers: List[ServiceController] = []
         self.router: Optional[Router] = None
@@ -143,7 +148,7 @@ class Server(Retrying):
                    max_attempts=conf.retry_policy.max_attempts,
                    retry_backoff=conf.retry_policy.backoff,
                    retry_backoff_max=conf.retry_policy.backoff_max,
-                   queue_type=conf.queue_type)
+                   queue_type=conf.queue_type, reply_exchanges=conf.reply_exchanges)
 
     # -- topology ---------------------------------------------------------
 
@@ -191,6 +196,9 @@ class Server(Retrying):
             on_message = self.handle
         self.transport.consume(self.queue_name, on_message, self.prefetch_count)
         self._started = True
+        for cls in self.service_classes:  # central discovery registers them (others: no-op)
+            cls.get_discovery().announce(cls.service_name(), self.exchange_name,
+                                         queue=self.queue_name)
         LOG.info("server on queue %s started with services %s (%s)", self.queue_name,
                  ", ".join(c.service_name() for c in self.controllers), self.config.safe_url)
         self.hooks.started(self)
@@ -266,6 +274,8 @@ class Server(Retrying):
         if self.transport is not None:
             self.transport.close()
         if self._started:
+            for cls in self.service_classes:
+                cls.get_discovery().withdraw(cls.service_name())
             self.hooks.closed(self)
         self._started = False
 
@@ -375,6 +385,8 @@ class Server(Retrying):
                     self.hooks.expired()
                 delivery.ack()
                 return
+        if self.reply_exchanges != "any" and self._reply_refused(delivery, message):
+            return
         message.update_context(message.payload)
         assert self.router is not None
         try:
