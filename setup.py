@@ -36,8 +36,13 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["tavrida", "tavrida.*"]),
+    # The root as the one package directory: setuptools then makes `pip install -e`
+    # a plain .pth file naming this folder, which type checkers follow (mypy --strict on
+    # a user's own code finds tavrida and its py.typed), instead of an import hook they
+    # cannot see (tests/unit/test_typing.py checks it from a folder outside the repo).
+    package_dir={"": "."},
     package_data={"tavrida": ["py.typed"]},
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     install_requires=requirements("requirements.txt"),
     extras_require={
         "dev": requirements("requirements-dev.txt"),
@@ -52,7 +57,11 @@ setup(
     entry_points={"console_scripts": ["tavrida = tavrida.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
-        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
         "Topic :: System :: Distributed Computing",
     ],
 )

@@ -120,9 +120,14 @@ class Names:
                 self.subscriber_exchange(0), self.subscriber_exchange(1)]
 
     def queues(self) -> List[str]:
-        """Every durable queue a repetition may declare (dead-letter queues too)."""
+        """Every durable queue a repetition may declare (dead-letter and retry delay queues too)."""
+        # Imported here: the kombu baseline's processes import this module, not tavrida.
+        from tavrida.retries import RetryPolicy
+        from tavrida.transports.base import DelayQueue
+
         names = [self.queue, self.subscriber_queue(0), self.subscriber_queue(1)]
-        return names + [f"{name}.dead" for name in names]
+        delays = [DelayQueue(name, ms).name for name in names for ms in RetryPolicy().delays_ms()]
+        return names + [f"{name}.dead" for name in names] + delays
 
 
 # --- /proc ---------------------------------------------------------------------------------------

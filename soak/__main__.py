@@ -10,8 +10,8 @@ handlers need RabbitMQ), prints one figure line per scenario as it ends,
 then a table and the verdict line. Exits 1 when any scenario lost a
 message or failed a check, 2 on bad arguments. ``cluster`` (run only when
 named in ``--only``, needing no ``--url``) starts the three-node test
-cluster of tests/integration/cluster on ports 29601-29603
-(``TAVRIDA_CLUSTER_BASE_PORT`` moves them) and kills a node under the
+cluster of tests/integration/cluster on ports leased for the run
+(``TAVRIDA_CLUSTER_BASE_PORT`` fixes them) and kills a node under the
 stream: classic queues on another node, quorum queues led by the node
 killed, classic queues on the node killed (:mod:`soak.cluster`). ``--json PATH`` keeps the
 figures. The CI versions of the same scenarios are in
@@ -193,8 +193,10 @@ def _cluster(casts: int, calls: int, call_timeout: float, command: str) -> List[
 
     from soak import cluster
 
-    base_port = int(os.environ.get("TAVRIDA_CLUSTER_BASE_PORT") or 29600)
-    with cluster.RabbitCluster(base_port) as nodes:
+    base_port = os.environ.get("TAVRIDA_CLUSTER_BASE_PORT")
+    nodes = (cluster.RabbitCluster(int(base_port)) if base_port
+             else cluster.RabbitCluster.on_free_ports())
+    with nodes:
         print(f"# test cluster started in {nodes.start_seconds:.1f} s", flush=True)
         return [cluster.failover(nodes, variant, casts, calls, call_timeout=call_timeout,
                                  command=command) for variant in cluster.VARIANTS]

@@ -72,6 +72,7 @@ def poison(url: str, poisoned: int = 200, flaky: int = 200, good: int = 2000,
     srv = server.Server(url, names.queue, names.exchange, [Poison], workers=workers,
                         max_attempts=max_attempts, retry_backoff=backoff,
                         retry_backoff_max=backoff_max)
+    names.delays.extend(delay.name for delay in srv.topology().delays)
     admin = open_transport(url)
     thread = threading.Thread(target=srv.run, daemon=True)
     cpu = time.process_time()

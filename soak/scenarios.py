@@ -28,7 +28,8 @@ from typing import Any, Callable, Dict, List, Optional, Set
 from soak.proxy import TcpProxy
 from soak.service import CLIENT, SERVICE, unpack
 from tavrida import client, config, discovery, exceptions, messages
-from tavrida.transports.base import Binding, Topology
+from tavrida.retries import RetryPolicy
+from tavrida.transports.base import Binding, DelayQueue, Topology
 from tavrida.transports.kombu import KombuTransport
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,6 +97,8 @@ class Names:
         self.client_exchange = f"{self.prefix}.client"
         self.queue = f"{self.prefix}.queue"
         self.dead = f"{self.queue}.dead"
+        #: Delay queues of the run's servers (default retry settings; a scenario adds its own).
+        self.delays = [DelayQueue(self.queue, ms).name for ms in RetryPolicy().delays_ms()]
 
     def topology(self) -> Topology:
         """What the service declares (the client declares it too, before loading a backlog)."""
@@ -166,7 +169,7 @@ def cleanup(url: str, names: Names) -> None:
     transport = open_transport(url)
     try:
         transport.delete(exchanges=[names.exchange, names.client_exchange],
-                         queues=[names.queue, names.dead])
+                         queues=[names.queue, names.dead, *names.delays])
     finally:
         transport.close()
     if broker_kind(url) == "redis":

@@ -39,6 +39,18 @@ LOG = logging.getLogger("tavrida.server")
 #: Header of a dead letter whose original headers could not be copied: why.
 DEAD_LETTER_DROPPED_HEADER = "x-tavrida-dropped-headers"
 
+#: ``reply_exchanges`` of a server: answer where a call says, or only on exchanges discovery knows.
+REPLY_EXCHANGES = ("any", "known")
+
+
+def check_reply_exchanges(value: str) -> str:
+    """``value`` if it is one of :data:`REPLY_EXCHANGES`; else a clear error."""
+    if value not in REPLY_EXCHANGES:
+        raise exceptions.IncorrectAMQPConfig(
+            reason=f"reply_exchanges must be one of {', '.join(REPLY_EXCHANGES)}, not {value!r}")
+    return value
+
+
 #: Called with (message or None, exception, raised_by_handler) on every failure.
 ErrorHook = Callable[[Optional[messages.Message], BaseException, bool], None]
 
@@ -53,6 +65,7 @@ class Answering:
     max_body_size: int
     hooks: HookList
     error_hooks: List[ErrorHook]
+    reply_exchanges: str
 
     @staticmethod
     def _error_answer(controller: ServiceController, message: messages.Message,
@@ -220,6 +233,37 @@ class Answering:
         self._answered(error)
         return True
 
+    def _reply_refused(self, delivery: Delivery, message: messages.Message) -> bool:
+        """With ``reply_exchanges="known"``: dead-letter a call whose answer would go astray.
+
+        A call whose caller discovery does not know, naming a reply exchange
+        that discovery does not know either, is not run: logged, dead-lettered
+        with the reason and acked; its caller gets nothing (its exchange is
+        not trusted).
+        """
+        if not message.reply_exchange or message.message_type != messages.REQUEST:
+            return False
+        assert self.router is not None
+        controller = self.router.services.get(message.destination.service)
+        if controller is None or self._reply_allowed(controller, message):
+            return False
+        reason = (f"reply exchange {message.reply_exchange!r} of caller "
+                  f"{message.reply_to.service!r} is unknown to discovery "
+                  f"(reply_exchanges = known)")
+        LOG.warning("refused %r: %s", message, reason)
+        self._dead_letter(delivery, reason)
+        delivery.ack()
+        return True
+
+    def _reply_allowed(self, controller: ServiceController, message: messages.Message) -> bool:
+        """True when the answer to ``message`` goes to an exchange discovery knows."""
+        disc = controller.postprocessor.discovery
+        try:
+            disc.get_remote(message.reply_to.service)
+            return True  # answered on the discovered exchange, not the header's
+        except exceptions.TavridaError:
+            return bool(message.reply_exchange) and disc.knows_exchange(message.reply_exchange)
+
     def _controller_for(self, message: messages.Message) -> Optional[ServiceController]:
         """A controller whose discovery can reach the caller of ``message``."""
         assert self.router is not None
@@ -233,7 +277,8 @@ class Answering:
             except exceptions.TavridaError:
                 continue
             return controller
-        if message.reply_exchange and candidates:
+        if message.reply_exchange and candidates and (
+                self.reply_exchanges == "any" or self._reply_allowed(candidates[0], message)):
             return candidates[0]  # no discovery knows the caller: its call named the exchange
         return None
 

@@ -30,7 +30,7 @@ prompt with a client bound to a config file (:mod:`tavrida.shell`).
 config file declares, without connecting (``--counts`` also asks the broker
 how many messages each queue holds); ``--format mermaid|dot`` draws the
 services of all the files given (:mod:`tavrida.diagram`). ``topology delete`` deletes the
-service's queues (its queue and dead-letter queue) after asking (``--yes``
+service's queues (its queue, dead-letter queue and retry delay queues) after asking (``--yes``
 does not ask); it refuses while a queue holds messages unless ``--force``.
 ``--exchanges`` also deletes the service's own exchanges (its server
 exchange and notification exchanges): other services' queues bound to them
@@ -48,6 +48,7 @@ reconnect attempts).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -70,6 +71,7 @@ from tavrida import (
     wire,
 )
 from tavrida import config as config_mod
+from tavrida.registry import command as registry_command
 from tavrida.server import Server
 from tavrida.transports import Topology, create_transport
 
@@ -172,6 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     shell_parser.add_argument("--source", default=DEFAULT_SOURCE,
                               help=f"caller service name (default {DEFAULT_SOURCE})")
     _topology_parser(commands)
+    registry_command.add_parser(commands)
     asyncapi.add_command(commands)
     return parser
 
@@ -303,7 +306,8 @@ def _run(args: argparse.Namespace) -> int:
                     workers=conf.workers, hooks=conf.hooks(), queue_type=conf.queue_type,
                     max_attempts=conf.retry_policy.max_attempts,
                     retry_backoff=conf.retry_policy.backoff,
-                    retry_backoff_max=conf.retry_policy.backoff_max)
+                    retry_backoff_max=conf.retry_policy.backoff_max,
+                    reply_exchanges=conf.reply_exchanges)
     server.run()
     return 0
 
@@ -315,11 +319,18 @@ def _declared(path: str, url: Optional[str]) -> Tuple[config_file.ServiceConfig,
     conf.bind_discovery()
     server = Server(conf.connection, conf.queue, conf.exchange, conf.service_classes,
                     workers=conf.workers, queue_type=conf.queue_type,
-                    max_attempts=conf.retry_policy.max_attempts)
+                    max_attempts=conf.retry_policy.max_attempts,
+                    retry_backoff=conf.retry_policy.backoff,
+                    retry_backoff_max=conf.retry_policy.backoff_max)
     topology = server.topology()
+    # Delay queues are listed, counted and deleted with the others.
+    topology = dataclasses.replace(
+        topology, queues=topology.queues + tuple(d.name for d in topology.delays))
     services = ", ".join(cls.service_name() for cls in conf.service_classes)
     roles = {conf.queue: f"queue of {services}",
              server.dead_letter_queue: f"dead letters of {conf.queue}"}
+    for delay in topology.delays:
+        roles[delay.name] = f"retries of {conf.queue} waiting {delay.delay_ms / 1000:g} s"
     own = [conf.exchange]
     for cls in conf.service_classes:
         exchanges = cls.get_discovery().get_all_exchanges()
@@ -447,6 +458,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "discovery":
+            return registry_command.run(args)
         if args.command == "shell":
             # Errors on one line; the retries' warnings would interleave with the prompt.
             logging.basicConfig(level=logging.ERROR, format="tavrida: %(message)s")

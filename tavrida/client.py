@@ -66,6 +66,9 @@ class RPCClient:
         self._replies = Replies(self._sender, entry_point.parse(source).service)
         self._sender.replies = self._replies
         self._sender.reply_exchange = self._replies.exchange
+        self._announced = entry_point.parse(source).service if source else ""
+        if self._announced:  # central discovery: a service may then answer only known exchanges
+            discovery.announce(self._announced, self._replies.exchange, role="client")
         self._proxy = RPCProxy(self._sender, source, context, "", headers)
 
     @property
@@ -107,6 +110,9 @@ class RPCClient:
     def close(self) -> None:
         """Stop waiting for answers and close the client's connection."""
         self._replies.close()
+        if self._announced:
+            self._sender.discovery.withdraw(self._announced)
+            self._announced = ""
         self._transport.close()
 
     def __enter__(self) -> "RPCClient":

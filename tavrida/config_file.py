@@ -18,12 +18,15 @@
     retry_backoff_max = 30                       ; delay in seconds, doubling up to this
     queue_type = classic                         ; or quorum (RabbitMQ 3.8+): new names only
     stop_timeout = 30                            ; seconds a stop waits for the messages in hand
+    reply_exchanges = any                        ; or known: answer only exchanges discovery knows
 
     [discovery]
     file = services.ds                           ; relative to this file
     remote.test_world = test_world_exchange      ; and/or entries inline
     remote_publisher.test_hello = test_notification_exchange
     local_publisher.test_hello = test_notification_exchange
+    central = false                              ; true: services register in, and look up
+    central_url = redis://127.0.0.1:6379/0       ; the broker's store (or this one's)
 
     [logging]
     level = INFO
@@ -75,6 +78,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Ty
 from tavrida import class_path, exceptions, service_graph
 from tavrida import config as config_mod
 from tavrida import discovery as discovery_mod
+from tavrida.answering import REPLY_EXCHANGES
 from tavrida.retries import RetryPolicy
 from tavrida.service import ServiceController
 from tavrida.transports.base import QUEUE_TYPES
@@ -137,12 +141,15 @@ SCHEMA: Dict[str, Dict[str, type]] = {
         "retry_backoff_max": float,
         "queue_type": str,  # classic or quorum (see tavrida.transports.base.QUEUE_TYPES)
         "stop_timeout": float,
+        "reply_exchanges": str,  # any or known (see tavrida.answering.REPLY_EXCHANGES)
     },
     "discovery": {
         "file": str,
         "remote.*": str,
         "remote_publisher.*": str,
         "local_publisher.*": str,
+        "central": bool,  # tavrida.discovery.CentralDiscovery, the entries above overriding it
+        "central_url": str,  # its store, when not the connection's broker
     },
     "logging": {
         "level": str,
@@ -282,6 +289,9 @@ class ServiceConfig:
             lambda: self._non_negative("server", "stop_timeout",
                                        config_mod.DEFAULT_STOP_TIMEOUT),
             config_mod.DEFAULT_STOP_TIMEOUT)
+        #: ``any`` (the default) or ``known`` (see ``Server``'s ``reply_exchanges``).
+        self.reply_exchanges = self._collect(
+            lambda: self._choice("server", "reply_exchanges", REPLY_EXCHANGES, "any"), "any")
         self.service_classes = self._services()
         self.log_level = self._collect(self._log_level, logging.INFO)
         self.log_format = self._collect(
@@ -522,19 +532,36 @@ class ServiceConfig:
             if ds_file:
                 path = os.path.join(os.path.dirname(os.path.abspath(self.path)), ds_file)
                 disc: discovery_mod.LocalDiscovery = discovery_mod.FileBasedDiscoveryService(
-                    path, service_name, subscriptions)
+                    path, service_name, subscriptions,
+                    complete=not self.get(section, "central", False))
             else:
                 disc = discovery_mod.LocalDiscovery()
         except exceptions.TavridaError as exc:
             raise self._error(section, "file", exc.message) from None
+        if self.get(section, "central", False):
+            disc = self._central(disc)
         for key, value in self.values.get(section, {}).items():
             kind, dot, service = key.partition(".")
             if not dot:
-                continue  # file, and the keys of other features
+                continue  # file, central, central_url
             if not value:
                 raise self._error(section, key, "needs an exchange name")
             register = "register_remote_service" if kind == "remote" else f"register_{kind}"
             getattr(disc, register)(service, value)
+        return disc
+
+    def _central(self, local: discovery_mod.LocalDiscovery) -> discovery_mod.CentralDiscovery:
+        """Central discovery on ``central_url`` or the connection's broker; ``local`` overrides."""
+        url = self.get("discovery", "central_url", "")
+        try:
+            store = config_mod.ConnectionConfig.from_url(url) if url else self.connection
+        except exceptions.IncorrectAMQPConfig as exc:
+            raise self._error("discovery", "central_url", exc.message) from None
+        disc = discovery_mod.CentralDiscovery(store)
+        for kind, entries in local.get_all_exchanges().items():
+            register = "register_remote_service" if kind == "remote" else f"register_{kind}"
+            for service, exchange in entries.items():
+                getattr(disc, register)(service, exchange)
         return disc
 
     def _checked_discoveries(self) -> Dict[str, discovery_mod.LocalDiscovery]:
@@ -548,7 +575,8 @@ class ServiceConfig:
             except ConfigError as exc:  # the same for every service: noted once
                 self._errors.append(exc)
                 return discoveries
-            for publisher in subscriptions:
+            central = isinstance(disc, discovery_mod.CentralDiscovery)
+            for publisher in subscriptions if not central else ():  # looked up at start
                 try:
                     disc.get_remote_publisher(publisher)
                 except exceptions.TavridaError:

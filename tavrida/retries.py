@@ -1,17 +1,21 @@
 """Retries: how often, and how late, a message whose handler asked for one runs again.
 
 A handler asks for a retry by raising a
-:class:`~tavrida.exceptions.NackableException`. The server then holds the
-delivery (un-acked) for the backoff delay of that attempt, publishes a copy
-of it to its own queue with :data:`ATTEMPTS_HEADER` counting the attempts
-made, waits for the broker's confirm and only then acks the original: a crash
-in between duplicates the message, never loses it. After
-:attr:`RetryPolicy.max_attempts` runs it gives up: the message is
-dead-lettered (a call is answered with an Error instead).
+:class:`~tavrida.exceptions.NackableException`. The server then publishes a
+copy of the message, with :data:`ATTEMPTS_HEADER` counting the attempts made,
+to the delay queue of that attempt's backoff
+(:class:`~tavrida.transports.base.DelayQueue`, one per value of
+:meth:`RetryPolicy.delays_ms`), waits for the broker's confirm and only then
+acks the original: a crash in between duplicates the message, never loses
+it. The broker holds the copy for the delay and gives it back to the queue;
+nothing waits in the server. After :attr:`RetryPolicy.max_attempts` runs it
+gives up: the message is dead-lettered (a call is answered with an Error
+instead).
 
-The delay is a timer in the server process, not a broker feature, so it works
-the same on RabbitMQ, Redis and the in-memory transport; see
-:doc:`/delivery` for the trade-offs (a waiting retry holds a prefetch slot).
+A transport that cannot hold delays (kombu's ``kombu+memory://``) falls back
+to :class:`RetryTimer`: the server holds the delivery un-acked for the delay
+(a prefetch slot), then publishes the copy to the queue itself; see
+:doc:`/delivery`.
 """
 
 from __future__ import annotations
@@ -70,6 +74,34 @@ class RetryPolicy:
             return 0.0
         # Capped before it can overflow: 2 ** 64 half-seconds is never reached.
         return min(self.backoff * 2.0 ** min(attempt - 1, 64), self.backoff_max)
+
+    def delay_ms(self, attempt: int) -> int:
+        """:meth:`delay` in whole milliseconds (0: at once), as delay queues hold it."""
+        return _milliseconds(self.delay(attempt))
+
+    def delays_ms(self) -> Tuple[int, ...]:
+        """Every distinct :meth:`delay_ms` a message can wait, shortest first.
+
+        A bounded set (the doubling stops at ``backoff_max``, or at the last
+        attempt): one delay queue each. Empty when retries run at once.
+        """
+        found: List[int] = []
+        attempt = 1
+        while not self.exhausted(attempt) and attempt <= 66:
+            delay = self.delay_ms(attempt)
+            if delay and delay not in found:
+                found.append(delay)
+            if self.delay(attempt) >= self.backoff_max:
+                break  # capped: every later attempt waits as long
+            attempt += 1
+        return tuple(sorted(found))
+
+
+def _milliseconds(seconds: float) -> int:
+    """``seconds`` rounded to milliseconds; at least 1 ms when not zero."""
+    if seconds <= 0:
+        return 0
+    return max(1, min(int(round(seconds * 1000)), _MAX_COUNT))
 
 
 def attempts_of(headers: Mapping[str, Any]) -> int:

@@ -16,7 +16,8 @@ What happens to each message (the delivery guarantees):
   unless an Error answer went back to a caller, copied to the dead-letter
   queue ``<queue>.dead`` with the reason, then acked;
 * a handler raising a :class:`~tavrida.exceptions.NackableException` has
-  its message run again after a backoff delay, up to ``max_attempts`` runs
+  its message run again after a backoff delay the broker holds (delay
+  queues ``<queue>.retry.<ms>``), up to ``max_attempts`` runs
   (see :mod:`tavrida.retries`), then dead-lettered (a call gets an Error);
 * a request whose caller gave up (a blocking call's
   :data:`~tavrida.messages.EXPIRES_AT_HEADER` is past) is logged and acked,
@@ -38,6 +39,7 @@ from tavrida import config as config_mod
 from tavrida import exceptions, messages, wire
 from tavrida.answering import DEAD_LETTER_DROPPED_HEADER as DEAD_LETTER_DROPPED_HEADER
 from tavrida.answering import ErrorHook as ErrorHook
+from tavrida.answering import check_reply_exchanges
 from tavrida.observability.hooks import HookList, ServerHook
 from tavrida.proxies import RPCProxy
 from tavrida.retries import RetryPolicy, RetryTimer
@@ -75,7 +77,10 @@ class Server(Retrying):
     ``stop_timeout`` seconds (see :meth:`stop`). ``queue_type="quorum"`` declares the queue and
     its dead-letter queue as RabbitMQ quorum queues (new names only; see
     :class:`~tavrida.transports.base.Topology`), ``max_attempts`` being
-    the broker's delivery limit too.
+    the broker's delivery limit too. ``reply_exchanges="known"`` answers a
+    call only on a reply exchange its services' discovery knows (see
+    :meth:`~tavrida.answering.Answering._reply_refused`); ``"any"`` (the
+    default) answers where the call says.
     """
 
     #: In :meth:`run` without workers or hooks, publish a call's answer and take
@@ -93,7 +98,7 @@ class Server(Retrying):
                  max_attempts: Optional[int] = RetryPolicy.max_attempts,
                  retry_backoff: float = RetryPolicy.backoff,
                  retry_backoff_max: float = RetryPolicy.backoff_max,
-                 queue_type: str = "classic",
+                 queue_type: str = "classic", reply_exchanges: str = "any",
                  stop_timeout: float = config_mod.DEFAULT_STOP_TIMEOUT) -> None:
         if not queue_name or not exchange_name:
             raise exceptions.IncorrectAMQPConfig(
@@ -114,6 +119,7 @@ class Server(Retrying):
         self._retry_timer = RetryTimer(f"tavrida-retry-{queue_name}")
         self.dead_letter_queue = dead_letter_queue_name(queue_name)
         self.queue_type = check_queue_type(queue_type)
+        self.reply_exchanges = check_reply_exchanges(reply_exchanges)
         self.transport = transport
         self.controllers: List[ServiceController] = []
         self.router: Optional[Router] = None
@@ -153,7 +159,8 @@ class Server(Retrying):
                    max_attempts=conf.retry_policy.max_attempts,
                    retry_backoff=conf.retry_policy.backoff,
                    retry_backoff_max=conf.retry_policy.backoff_max,
-                   queue_type=conf.queue_type, stop_timeout=conf.stop_timeout)
+                   queue_type=conf.queue_type, reply_exchanges=conf.reply_exchanges,
+                   stop_timeout=conf.stop_timeout)
 
     # -- topology ---------------------------------------------------------
 
@@ -176,7 +183,8 @@ class Server(Retrying):
                 bindings.append(Binding(self.queue_name, exchange,
                                         f"{ep.service}.{ep.method}.#"))
         return Topology.build(exchanges, [self.queue_name, self.dead_letter_queue], bindings,
-                              self.queue_type, self.retry_policy.max_attempts)
+                              self.queue_type, self.retry_policy.max_attempts,
+                              self.retry_delays())
 
     # -- life cycle -------------------------------------------------------
 
@@ -191,6 +199,7 @@ class Server(Retrying):
         self.controllers = [cls(self._sender(cls)) for cls in self.service_classes]
         self.router = Router(self.controllers)
         self.transport.declare(topology)
+        self._say_where_retries_wait(topology)
         if self.workers:
             self._workers = Workers(self.workers, f"tavrida-{self.queue_name}",
                                     self._handle_in_worker)
@@ -199,6 +208,9 @@ class Server(Retrying):
             on_message = self.handle
         self.transport.consume(self.queue_name, on_message, self.prefetch_count)
         self._started = True
+        for cls in self.service_classes:  # central discovery registers them (others: no-op)
+            cls.get_discovery().announce(cls.service_name(), self.exchange_name,
+                                         queue=self.queue_name)
         LOG.info("server on queue %s started with services %s (%s)", self.queue_name,
                  ", ".join(c.service_name() for c in self.controllers), self.config.safe_url)
         self.hooks.started(self)
@@ -269,15 +281,20 @@ class Server(Retrying):
 
     @property
     def pending_retries(self) -> int:
-        """Messages held un-acked, waiting for the delay before their next attempt."""
+        """Messages this server holds un-acked, waiting for their retry's delay.
+
+        Always 0 on a transport that holds delays (:attr:`~tavrida.transports.base.
+        Transport.holds_delays`): the waiting copies are in the broker's delay queues.
+        """
         return len(self._retry_timer)
 
     def close(self) -> None:
         """Close the connection; un-acked messages go back to the queue.
 
-        Retries still waiting for their delay are not waited for: their
-        originals were never acked, so the broker delivers them again.
-        Bounded (see :attr:`KombuTransport.stop_step_timeout
+        Retries waiting in the broker's delay queues come back to the queue
+        when due, whether a server runs or not. (A transport that cannot
+        hold delays: their originals were never acked, so the broker
+        delivers them again.) Bounded (see :attr:`KombuTransport.stop_step_timeout
         <tavrida.transports.kombu.KombuTransport.stop_step_timeout>`) even on
         a stalled connection.
         """
@@ -289,6 +306,8 @@ class Server(Retrying):
         if self.transport is not None:
             self.transport.close()
         if self._started:
+            for cls in self.service_classes:
+                cls.get_discovery().withdraw(cls.service_name())
             self.hooks.closed(self)
         self._started = False
 
@@ -410,6 +429,8 @@ class Server(Retrying):
                     self.hooks.expired()
                 delivery.ack()
                 return
+        if self.reply_exchanges != "any" and self._reply_refused(delivery, message):
+            return
         message.update_context(message.payload)
         assert self.router is not None
         try:

@@ -226,7 +226,8 @@ class MemoryCluster:
 
     def _retries_pending(self) -> bool:
         """True while a message whose handler asked for a retry waits for its delay."""
-        return any(server.pending_retries for server in self.servers)
+        return bool(self.broker.delays) or any(server.pending_retries
+                                               for server in self.servers)
 
     def _raise_unanswered(self, expect_errors: ExpectedErrors) -> None:
         failures, self._unreported = self._unreported, []
@@ -242,7 +243,9 @@ class MemoryCluster:
         """Hand waiting messages to the servers until every queue is idle.
 
         A message whose handler asked for a retry counts as work until it
-        ran again or was given up (see :mod:`tavrida.retries`).
+        ran again or was given up (see :mod:`tavrida.retries`): the broker's
+        clock is moved ahead to its delay (:meth:`MemoryBroker.advance`), so
+        a test never waits for a backoff.
         Returns how many messages were taken. A called handler that raises
         answers its caller with an Error (the caller's error handler runs):
         that is not a test failure. A handler failure no Error answer covers
@@ -262,6 +265,11 @@ class MemoryCluster:
             if not busy:
                 if not self._retries_pending():
                     return sum(server.handled for server in self.servers) - before
+                with self.broker.lock:
+                    due = self.broker.delays.next_due()
+                if due is not None:
+                    self.broker.advance(due)  # the next retry's backoff, skipped
+                    continue
                 with self._lock:
                     for server in self.servers:
                         if server.pending_retries:

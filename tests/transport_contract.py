@@ -41,7 +41,14 @@ import pytest
 from tavrida import exceptions
 from tavrida.config import ConnectionConfig
 from tavrida.transports import create_transport
-from tavrida.transports.base import Binding, Delivery, OutgoingEnvelope, Topology, Transport
+from tavrida.transports.base import (
+    Binding,
+    DelayQueue,
+    Delivery,
+    OutgoingEnvelope,
+    Topology,
+    Transport,
+)
 
 ALL_BYTES = bytes(range(256))
 WAIT = 15.0
@@ -67,6 +74,9 @@ class Capabilities:
     checks_exchanges: bool
     #: The broker is another process, reached over the network (so it can be unreachable).
     remote: bool
+    #: Delay queues (``Topology.delays``) hold a message on the broker, then give it back
+    #: (``Transport.holds_delays``); else a server holds its retries in process.
+    delays: bool = True
 
 
 #: The capability table: one row per transport the contract runs on.
@@ -76,10 +86,11 @@ CAPABILITIES: Dict[str, Capabilities] = {
     "memory": Capabilities(confirms=False, expiration=False, exclusive_reply_queues=True,
                            close_returns_unacked=True, encodes_headers=False,
                            checks_exchanges=True, remote=False),
-    # kombu's memory transport (virtual): drops un-acked messages on close.
+    # kombu's memory transport (virtual): drops un-acked messages on close, and has no
+    # delay queues (a server's retries wait in the server, holding a prefetch slot).
     "kombu-memory": Capabilities(confirms=False, expiration=False, exclusive_reply_queues=False,
                                  close_returns_unacked=False, encodes_headers=False,
-                                 checks_exchanges=False, remote=False),
+                                 checks_exchanges=False, remote=False, delays=False),
     "amqp": Capabilities(confirms=True, expiration=True, exclusive_reply_queues=True,
                          close_returns_unacked=True, encodes_headers=True,
                          checks_exchanges=True, remote=True),
@@ -171,6 +182,14 @@ class TransportContract:
         yield open_transport
         for transport in made:
             transport.close()
+
+    @pytest.fixture
+    def deleted(self, make: MakeTransport) -> Iterator[List[Callable[[], None]]]:
+        """Clean-ups to run after the test (names ``names`` does not know of: delay queues)."""
+        actions: List[Callable[[], None]] = []
+        yield actions
+        for action in actions:
+            action()
 
     @pytest.fixture
     def service(self, names: Callable[[str], str]) -> tuple:
@@ -474,6 +493,50 @@ class TransportContract:
             # No per-message TTL: the message comes; the server drops it by the
             # x-tavrida-expires-at header the client also sets.
             assert inbox.bodies == [b"late", b"fresh"]
+
+    # --- delay queues ---------------------------------------------------------------------
+
+    def test_a_delay_queue_gives_a_message_back_after_its_delay(self, make, service, can,
+                                                                deleted) -> None:
+        exchange, queue, topology = service
+        delay = DelayQueue(queue, 1500)
+        transport = make()
+        assert transport.holds_delays is can.delays
+        transport.declare(Topology.build(topology.exchanges, topology.queues, topology.bindings,
+                                         delays=[delay]))
+        transport.declare(Topology.build(delays=[delay]))  # idempotent
+        if not can.delays:
+            not_supported("no delay queues: a server holds its retries in process")
+        deleted.append(lambda: make().delete(queues=[delay.name]))
+        inbox = Inbox()
+        transport.consume(queue, inbox, 1)
+        headers = {"x-tavrida-attempts": 1, "n": 42, "raw": b"\x00\xff"}
+        transport.publish(OutgoingEnvelope("", delay.name, ALL_BYTES, headers))
+        transport.publish(OutgoingEnvelope("", delay.name, b"second", {}))
+        assert inbox.bodies == [] and transport.queue_size(queue) == 0  # held, not delivered
+        drain_until(lambda: len(inbox) == 2, transport)
+        assert inbox.bodies == [ALL_BYTES, b"second"]  # in order, bytes and headers kept
+        got = dict(inbox.deliveries[0].headers)
+        # RabbitMQ adds its dead-lettering headers (x-death, x-first-death-*, ...).
+        assert {key: got.get(key) for key in headers} == headers
+        assert inbox.deliveries[0].properties["content_type"] == "application/json"
+        assert inbox.deliveries[0].queue == queue
+
+    def test_a_held_message_outlives_its_publisher(self, make, service, can, deleted) -> None:
+        exchange, queue, topology = service
+        delay = DelayQueue(queue, 500)
+        topology = Topology.build(topology.exchanges, topology.queues, topology.bindings,
+                                  delays=[delay])
+        publisher = make()
+        publisher.declare(topology)
+        if not can.delays:
+            not_supported("no delay queues: a server holds its retries in process")
+        deleted.append(lambda: make().delete(queues=[delay.name]))
+        publisher.publish(envelope("", delay.name, b"held"))
+        publisher.close()  # the broker holds it, not the publisher
+        consumer = make()
+        consumer.declare(topology)
+        assert receive(consumer, queue, 1).bodies == [b"held"]
 
     # --- consumers, prefetch, settling ------------------------------------------------------
 

@@ -7,9 +7,17 @@
 from __future__ import annotations
 
 from tavrida.config import ConnectionConfig
-from tavrida.transports.base import Binding, Delivery, OutgoingEnvelope, Topology, Transport
+from tavrida.transports.base import (
+    Binding,
+    DelayQueue,
+    Delivery,
+    OutgoingEnvelope,
+    Topology,
+    Transport,
+)
 
-__all__ = ["Binding", "Delivery", "OutgoingEnvelope", "Topology", "Transport", "create_transport"]
+__all__ = ["Binding", "DelayQueue", "Delivery", "OutgoingEnvelope", "Topology", "Transport",
+           "create_transport"]
 
 
 def create_transport(config: ConnectionConfig) -> Transport:

@@ -37,6 +37,33 @@ def dead_letter_queue_name(queue: str) -> str:
     return queue + ".dead"
 
 
+def delay_queue_name(queue: str, delay_ms: int) -> str:
+    """Name of the queue holding messages ``delay_ms`` milliseconds before ``queue`` gets them."""
+    return f"{queue}.retry.{delay_ms}"
+
+
+@dataclasses.dataclass(frozen=True)
+class DelayQueue:
+    """A queue holding each message ``delay_ms`` milliseconds, then moving it to ``target``.
+
+    A message published to :attr:`name` through the default exchange waits
+    on the broker (not in any process) and then goes to the end of
+    ``target``, as if published there through the default exchange: headers,
+    body and properties unchanged. On RabbitMQ it is a durable queue with
+    ``x-message-ttl`` that dead-letters to ``target``; the memory transport
+    and Redis hold it their own way (see :attr:`Transport.holds_delays`).
+    Servers declare one per backoff step of their retries.
+    """
+
+    target: str
+    delay_ms: int
+
+    @property
+    def name(self) -> str:
+        """The queue to publish to: ``<target>.retry.<delay_ms>``."""
+        return delay_queue_name(self.target, self.delay_ms)
+
+
 @dataclasses.dataclass(frozen=True)
 class Binding:
     """Bind ``queue`` to topic ``exchange`` with ``routing_key`` (a pattern)."""
@@ -71,6 +98,9 @@ class Topology:
     :func:`queue_arguments`); ``delivery_limit`` bounds how often the broker
     delivers one message of a queue whose dead-letter queue is in the
     topology too, before it dead-letters it there.
+
+    ``delays`` are declared after the queues, by transports that can hold
+    them (:attr:`Transport.holds_delays`); others leave them out.
     """
 
     exchanges: Tuple[str, ...] = ()
@@ -78,6 +108,7 @@ class Topology:
     bindings: Tuple[Binding, ...] = ()
     queue_type: str = "classic"
     delivery_limit: Optional[int] = None
+    delays: Tuple[DelayQueue, ...] = ()
 
     @classmethod
     def build(
@@ -87,6 +118,7 @@ class Topology:
         bindings: Iterable[Binding] = (),
         queue_type: str = "classic",
         delivery_limit: Optional[int] = None,
+        delays: Iterable[DelayQueue] = (),
     ) -> "Topology":
         """Make a topology, dropping duplicates but keeping the first order."""
         return cls(
@@ -95,7 +127,15 @@ class Topology:
             tuple(dict.fromkeys(bindings)),
             check_queue_type(queue_type),
             delivery_limit,
+            tuple(dict.fromkeys(delays)),
         )
+
+    def delay(self, queue: str) -> Optional[DelayQueue]:
+        """The delay queue of this topology named ``queue``, if any."""
+        for delay in self.delays:
+            if delay.name == queue:
+                return delay
+        return None
 
     def queue_arguments(self, queue: str) -> Dict[str, Any]:
         """The declare arguments of ``queue``: none for classic ones (the 1.0 declaration).
@@ -106,10 +146,22 @@ class Topology:
         ``x-dead-letter-routing-key``) what it delivered ``delivery_limit``
         times without an ack (``x-delivery-limit``: a message that kills
         its consumer every time, say).
+
+        A delay queue (:attr:`delays`) gets ``x-message-ttl`` and dead-letters
+        to its target (``x-dead-letter-exchange`` ``""``,
+        ``x-dead-letter-routing-key``); quorum as the others.
         """
+        delay = self.delay(queue)
+        if delay is not None:
+            arguments: Dict[str, Any] = {"x-message-ttl": delay.delay_ms,
+                                         "x-dead-letter-exchange": "",
+                                         "x-dead-letter-routing-key": delay.target}
+            if self.queue_type == "quorum":
+                arguments["x-queue-type"] = "quorum"
+            return arguments
         if self.queue_type != "quorum":
             return {}
-        arguments: Dict[str, Any] = {"x-queue-type": "quorum"}
+        arguments = {"x-queue-type": "quorum"}
         dead = dead_letter_queue_name(queue)
         if dead in self.queues:
             arguments["x-dead-letter-exchange"] = ""
@@ -203,6 +255,12 @@ class Deferral:
 
 class Transport(abc.ABC):
     """A connection to a broker, as the core sees it."""
+
+    #: True when :meth:`declare` declares a topology's :attr:`Topology.delays` and
+    #: a message published to a delay queue's name through the default exchange
+    #: reaches its target after the delay, held by the broker (it survives the
+    #: publisher). False: delays are not declared, and a server waits in process.
+    holds_delays = False
 
     @abc.abstractmethod
     def declare(self, topology: Topology) -> None:

@@ -19,7 +19,11 @@ The broker behaves like RabbitMQ where tavrida can tell the difference:
   :class:`~tavrida.exceptions.PublishFailed`;
 * queues are FIFO; competing consumers get messages round-robin, each up to
   its prefetch count; rejected-with-requeue and un-acked messages of a closed
-  transport go back to the head of their queue marked ``redelivered``.
+  transport go back to the head of their queue marked ``redelivered``;
+* delay queues (:attr:`Topology.delays <tavrida.transports.base.Topology.delays>`)
+  hold each message for their delay on the broker's own clock, then move it
+  to their target queue (see :mod:`.memory_delays`; a test moves the clock
+  with :meth:`MemoryBroker.advance`).
 
 Only bytes, header tables and properties cross the broker, always copied,
 so a consumer never shares mutable state with its publisher. There are no
@@ -91,6 +95,8 @@ __all__ = [
 class MemoryTransport(Transport):
     """A connection to the in-process broker named by ``config.virtual_host``."""
 
+    holds_delays = True
+
     def __init__(self, config: ConnectionConfig) -> None:
         self.config = config
         self.broker = MemoryBroker.get(config.virtual_host)
@@ -138,7 +144,8 @@ class MemoryTransport(Transport):
         """Declare exchanges, queues, then bindings; idempotent, all or nothing."""
         with self._lock:
             self._check_open()
-            self.broker._declare(topology.exchanges, topology.queues, topology.bindings)
+            self.broker._declare(topology.exchanges, topology.queues, topology.bindings,
+                                 delays=topology.delays if self.holds_delays else ())
 
     def declare_reply_queue(self, queue: str, bindings: Iterable[Binding]) -> None:
         """Declare ``queue`` (deleted when this transport closes) and its bindings.
@@ -196,9 +203,10 @@ class MemoryTransport(Transport):
         with self._lock:
             self._check_open()
             found = self.broker._queues.get(queue)
-            if found is None:
+            if found is None or found.delay_ms:
                 raise exceptions.IncorrectAMQPConfig(
-                    reason=f"cannot consume from queue {queue!r}: it is not declared")
+                    reason=f"cannot consume from queue {queue!r}: it is "
+                           + ("a delay queue" if found else "not declared"))
             consumer = _Consumer(found, on_message, prefetch_count, self)
             found.consumers.append(consumer)
             self._consumers.append(consumer)
@@ -224,6 +232,8 @@ class MemoryTransport(Transport):
         with lock:
             if self._closed:
                 return False
+            if self.broker.delays:
+                self.broker.delays.release(self.broker)
             if not self._pending and not self._woken and (timeout is None or timeout > 0):
                 self._block(None if timeout is None else time.monotonic() + timeout)
             self._woken = False
@@ -253,6 +263,15 @@ class MemoryTransport(Transport):
             remaining = -1.0 if deadline is None else deadline - time.monotonic()
             if deadline is not None and remaining <= 0:
                 return
+            delays = self.broker.delays
+            if delays:
+                # Wake when the next held message is due, to move it to its queue.
+                due = delays.next_due()
+                if due is not None and (remaining < 0 or due < remaining):
+                    if due <= 0:
+                        delays.release(self.broker)
+                        continue
+                    remaining = due
             if self._reply_queues and self.broker.inline_calls:
                 borrowed = self.broker._borrow()
                 if borrowed is not None:

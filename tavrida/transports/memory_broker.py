@@ -4,7 +4,7 @@ Exchanges, queues, bindings and the messages they hold, for one virtual
 host, and the deliveries it hands to the transports' consumers. Kept apart
 from the transport (connections, draining, settling) as RabbitMQ is from
 its clients; :mod:`tavrida.transports.memory` re-exports :class:`MemoryBroker`.
-Under 500 lines: the broker's routing, queues, round-robin dispatch and
+About 500 lines: the broker's routing, queues, round-robin dispatch and
 the offers of the in-thread path share one lock and one set of small
 records, and read best whole.
 """
@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tavrida import exceptions
-from tavrida.transports.base import Binding, Delivery, OnMessage, OutgoingEnvelope
+from tavrida.transports.base import Binding, DelayQueue, Delivery, OnMessage, OutgoingEnvelope
+from tavrida.transports.memory_delays import MemoryDelays
 from tavrida.transports.topic import is_wildcard as _is_wildcard
 from tavrida.transports.topic import topic_matcher as _topic_matcher
 
@@ -104,10 +105,15 @@ class _Message:
 class _Queue:
     """FIFO of ready ``(message, redelivered)`` pairs plus its consumers."""
 
-    __slots__ = ("bindings", "consumers", "live", "messages", "name", "next_consumer", "owner")
+    __slots__ = ("bindings", "consumers", "delay_ms", "delay_target", "live", "messages", "name",
+                 "next_consumer", "owner")
 
-    def __init__(self, name: str, owner: MemoryTransport | None = None) -> None:
+    def __init__(self, name: str, owner: MemoryTransport | None = None,
+                 delay: DelayQueue | None = None) -> None:
         self.name = name
+        #: A delay queue (see :mod:`.memory_delays`): how long it holds messages, and for whom.
+        self.delay_ms = 0 if delay is None else delay.delay_ms
+        self.delay_target = "" if delay is None else delay.target
         self.messages: collections.deque[tuple[_Message, bool]] = collections.deque()
         self.consumers: list[_Consumer] = []
         self.next_consumer = 0
@@ -256,6 +262,8 @@ class MemoryBroker:
         self._tags = itertools.count(1)
         #: Transports given deliveries while their drain was blocked: a caller may run them.
         self._offers: collections.deque[MemoryTransport] = collections.deque()
+        #: The delay queues' due times and the broker's clock.
+        self.delays = MemoryDelays()
 
     @classmethod
     def get(cls, name: str = "/") -> MemoryBroker:
@@ -317,6 +325,16 @@ class MemoryBroker:
         with self.lock:
             return len(self._queue(queue).consumers)
 
+    def advance(self, seconds: float) -> int:
+        """Move the broker's clock ``seconds`` ahead: what is due then leaves its delay queue.
+
+        Lets a test run a long retry backoff at once. Returns how many
+        messages moved to their queue (waiting drains wake up for them).
+        """
+        with self.lock:
+            self.delays.skipped += max(seconds, 0.0)
+            return self.delays.release(self)
+
     def _queue(self, name: str) -> _Queue:
         queue = self._queues.get(name)
         if queue is None:
@@ -327,7 +345,7 @@ class MemoryBroker:
 
     def _declare(self, exchanges: Iterable[str], queues: Iterable[str],
                  bindings: Iterable[Binding], owner: MemoryTransport | None = None,
-                 ) -> None:
+                 delays: Iterable[DelayQueue] = ()) -> None:
         """Declare everything or nothing: names are checked before any change."""
         exchanges = [name for name in exchanges if name not in self._exchanges]
         for name in exchanges:
@@ -372,6 +390,10 @@ class MemoryBroker:
                 self._queues[name] = _Queue(name, owner)
                 if owner is not None:
                     owner._reply_queues.append(name)
+        for delay in delays:
+            if delay.name not in self._queues:
+                self._queues[delay.name] = _Queue(delay.name, delay=delay)
+                self.delays.add(self._queues[delay.name])
         for binding in bindings:
             queue = self._queues[binding.queue]
             self._exchanges[binding.exchange].bind(binding.routing_key, queue)
@@ -391,6 +413,8 @@ class MemoryBroker:
         if queue is None:
             return
         queue.live = False
+        if queue.delay_ms:
+            self.delays.remove(queue)
         for exchange_name, pattern in queue.bindings:
             exchange = self._exchanges.get(exchange_name)
             if exchange is not None:
@@ -426,6 +450,8 @@ class MemoryBroker:
             queue.messages.append((message, False))
             if queue.consumers:
                 self._dispatch(queue)
+            elif queue.delay_ms:
+                self.delays.hold(queue)
 
     def _dispatch(self, queue: _Queue) -> None:
         """Hand ready messages to consumers with room, round-robin, as RabbitMQ pushes."""

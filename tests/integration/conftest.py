@@ -25,9 +25,11 @@ import socket
 import subprocess
 import urllib.parse
 import uuid
-from typing import Callable, Dict, Iterator, List, Optional, Set
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 import pytest
+
+from tavrida.retries import RetryPolicy
 
 AMQP_URL_ENV = "TAVRIDA_AMQP_URL"
 REDIS_URL_ENV = "TAVRIDA_REDIS_URL"
@@ -35,6 +37,9 @@ DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 KOMBU_MEMORY_URL = "kombu+memory://"
 BROKERS = ("amqp", "redis", "kombu-memory")
+
+#: Delay queues ``<queue>.retry.<ms>`` a server with the default retry settings declares.
+DEFAULT_RETRY_DELAYS = RetryPolicy().delays_ms()
 
 _DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671, "redis": 6379, "rediss": 6379}
 #: url -> None when reachable, else why not (one check per session).
@@ -92,7 +97,9 @@ class UniqueNames:
     """A name prefix no other test uses; ``names("orders")`` -> ``<prefix>.orders``.
 
     Every name made is deleted after the test as a queue and as an exchange
-    (deleting what does not exist is harmless), with its dead-letter queue.
+    (deleting what does not exist is harmless), with its dead-letter queue
+    and the delay queues of a server with the default retry settings (a
+    test with other settings tracks its own).
     """
 
     def __init__(self, prefix: str) -> None:
@@ -128,6 +135,8 @@ def _cleanup_amqp(url: str, names: UniqueNames) -> None:
         for name in sorted(names.names):
             channel.queue_delete(name)
             channel.queue_delete(name + ".dead")
+            for delay_ms in DEFAULT_RETRY_DELAYS:  # a server's delay queues (default backoff)
+                channel.queue_delete(f"{name}.retry.{delay_ms}")
             channel.exchange_delete(name)
     finally:
         conn.close()
@@ -142,8 +151,29 @@ def _cleanup_redis(url: str, names: UniqueNames) -> None:
         keys = list(client.scan_iter(match=f"*{names.prefix}*", count=1000))
         if keys:
             client.delete(*keys)
+        _forget_unacked(client, names.prefix)
     finally:
         client.close()
+
+
+#: kombu's Redis transport keeps every delivered, not yet acked message of the
+#: database in one hash (delivery tag -> [message, exchange, routing key]),
+#: indexed by a sorted set.
+UNACKED, UNACKED_INDEX = "unacked", "unacked_index"
+
+
+def _forget_unacked(client: Any, prefix: str) -> None:
+    """Delete the test's entries from kombu's shared ``unacked`` hash.
+
+    An ack lost with a cut connection (a server stopped while its broker is
+    unreachable, say) leaves the message there, and kombu of a later run
+    would restore it to the test's queue list after its visibility timeout.
+    """
+    mine = [tag for tag, value in client.hscan_iter(UNACKED, count=1000)
+            if prefix.encode() in value]
+    if mine:
+        client.hdel(UNACKED, *mine)
+        client.zrem(UNACKED_INDEX, *mine)
 
 
 @pytest.fixture

@@ -113,7 +113,8 @@ def test_show_counts_then_delete_refuses_then_deletes_with_force(url, unique, tm
 
     shown = tavrida(tmp_path, "topology", "show", str(path), "--counts")
     assert shown.returncode == 0, shown.stderr
-    assert f"  {queue}       queue of calc" in shown.stdout
+    assert f"  {queue}             queue of calc" in shown.stdout
+    assert f"  {queue}.retry.4000  retries of {queue} waiting 4 s" in shown.stdout
     assert shown.stdout.count("2 messages") == 1 and "0 messages" in shown.stdout
 
     refused = tavrida(tmp_path, "topology", "delete", str(path), "--yes", "--exchanges")
@@ -129,7 +130,8 @@ def test_show_counts_then_delete_refuses_then_deletes_with_force(url, unique, tm
     deleted = tavrida(tmp_path, "topology", "delete", str(path), "--force", "--exchanges",
                       answer="y\n")
     assert deleted.returncode == 0, deleted.stderr
-    assert deleted.stdout.endswith("deleted 2 queues and 2 exchanges\n"), deleted.stdout
+    # its queue, dead-letter queue and 4 retry delay queues (the default backoff)
+    assert deleted.stdout.endswith("deleted 6 queues and 2 exchanges\n"), deleted.stdout
     after = broker_state(url, names)
     if url.startswith("redis"):
         assert after == {"queues": {queue: 0, dead: 0}, "bindings": []}

@@ -321,3 +321,35 @@ def test_an_answer_that_is_not_json_reaches_its_caller_as_an_error(running, uniq
     transport = running.servers[0].transport
     assert transport is not None
     assert transport.queue_size(queue + ".dead") in (0, None)  # an Error went: no dead letter
+
+
+class Again(exceptions.BaseNackableException):
+    message_template = "not yet"
+
+
+@dispatcher.rpc_service("retrier")
+class Retrier(service.ServiceController):
+
+    @dispatcher.rpc_method(service="retrier", method="do")
+    def do(self, request, proxy, value):
+        attempts = request.headers.get("x-tavrida-attempts")
+        SEEN.add(("retrier.do", value, attempts))
+        if attempts is None:
+            raise Again()
+        return {"value": value, "attempts": attempts}
+
+
+def test_a_retry_runs_again_after_its_backoff(running, unique):
+    # The broker holds the wait (a delay queue); kombu+memory:// has none and the
+    # server holds it instead: the caller sees the same either way.
+    disc = discovery.LocalDiscovery()
+    disc.register_remote_service("retrier", unique("retrier"))
+    disc.register_remote_service("client", unique("client"))
+    Retrier.set_discovery(disc)
+    queue = unique("retrier-q")
+    unique.track(queue + ".retry.200")  # its one delay queue (max_attempts=2)
+    running.serve(queue, unique("retrier"), [Retrier], max_attempts=2, retry_backoff=0.2,
+                  prefetch_count=1)
+    cli = running.client(disc, source="client")
+    assert cli.retrier.do(value=7).call(timeout=15) == {"value": 7, "attempts": 1}
+    assert SEEN.wait_for(2) == [("retrier.do", 7, None), ("retrier.do", 7, 1)]

@@ -320,7 +320,9 @@ def test_ds_file_discovery(tmp_path):
 
 # -- tavrida topology ---------------------------------------------------------------------------
 
-QUEUES = ["cli_queue", "cli_queue.dead"]
+DELAYS = ["cli_queue.retry.500", "cli_queue.retry.1000", "cli_queue.retry.2000",
+          "cli_queue.retry.4000"]  # the default retry backoff's steps
+QUEUES = ["cli_queue", "cli_queue.dead", *DELAYS]
 OWN_EXCHANGES = ["cli_exchange", "echo_events"]
 
 
@@ -346,8 +348,12 @@ def test_topology_show_prints_what_the_server_declares_without_connecting(config
     assert out.splitlines() == [
         f"{path}: the server on amqp://u:***@127.0.0.1:1/%2F declares",
         "queues (durable):",
-        "  cli_queue       queue of echo",
-        "  cli_queue.dead  dead letters of cli_queue",
+        "  cli_queue             queue of echo",
+        "  cli_queue.dead        dead letters of cli_queue",
+        "  cli_queue.retry.500   retries of cli_queue waiting 0.5 s",
+        "  cli_queue.retry.1000  retries of cli_queue waiting 1 s",
+        "  cli_queue.retry.2000  retries of cli_queue waiting 2 s",
+        "  cli_queue.retry.4000  retries of cli_queue waiting 4 s",
         "exchanges (durable, topic):",
         "  cli_exchange        server exchange of echo (own)",
         "  cli_reply_exchange  exchange of tavrida_cli",
@@ -362,19 +368,19 @@ def test_topology_show_counts_and_json(config_path, capsys):
     assert cli.main(["topology", "show", str(path), "--counts", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert [(q["name"], q["messages"]) for q in shown["queues"]] == [
-        ("cli_queue", None), ("cli_queue.dead", None)]  # not declared yet
+        (name, None) for name in QUEUES]  # not declared yet
     declare_service(path, url, messages=3)
     assert cli.main(["topology", "show", str(path), "--counts", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert [(q["name"], q["messages"]) for q in shown["queues"]] == [
-        ("cli_queue", 3), ("cli_queue.dead", 0)]
+        ("cli_queue", 3), ("cli_queue.dead", 0), *[(name, 0) for name in DELAYS]]
     assert [(e["name"], e["own"]) for e in shown["exchanges"]] == [
         ("cli_exchange", True), ("cli_reply_exchange", False), ("echo_events", True)]
     assert shown["bindings"] == [
         {"exchange": "cli_exchange", "queue": "cli_queue", "routing_key": "echo.#"}]
     assert cli.main(["topology", "show", str(path), "--counts"]) == 0
     out = capsys.readouterr().out
-    assert "  cli_queue       queue of echo              3 messages" in out
+    assert "  cli_queue             queue of echo                       3 messages" in out
 
 
 def test_topology_delete_refuses_queues_that_hold_messages(config_path, capsys):
@@ -408,9 +414,10 @@ def test_topology_delete_deletes_the_queues_and_keeps_the_exchanges(config_path,
     monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
     assert cli.main(["topology", "delete", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "  queue cli_queue       0 messages" in out
+    assert "  queue cli_queue             0 messages" in out
+    assert "  queue cli_queue.retry.4000  0 messages" in out
     assert "kept: exchanges cli_exchange, cli_reply_exchange, echo_events" in out
-    assert out.endswith("deleted 2 queues\n")
+    assert out.endswith("deleted 6 queues\n")
     assert not set(QUEUES) & set(broker.queue_names())
     assert {"cli_exchange", "cli_reply_exchange", "echo_events"} <= set(broker.exchange_names())
     assert cli.main(["topology", "delete", str(path)]) == 0  # again: nothing left to do
@@ -422,9 +429,9 @@ def test_topology_delete_force_and_exchanges(config_path, capsys):
     broker = declare_service(path, url, messages=2)
     assert cli.main(["topology", "delete", str(path), "--yes", "--force", "--exchanges"]) == 0
     out = capsys.readouterr().out
-    assert "  queue cli_queue        2 messages" in out
+    assert "  queue cli_queue             2 messages" in out
     assert "kept: exchange cli_reply_exchange\n" in out  # another service's: never deleted
-    assert out.endswith("deleted 2 queues and 2 exchanges\n")
+    assert out.endswith("deleted 6 queues and 2 exchanges\n")
     assert not set(QUEUES) & set(broker.queue_names())
     assert not set(OWN_EXCHANGES) & set(broker.exchange_names())
     assert "cli_reply_exchange" in broker.exchange_names()

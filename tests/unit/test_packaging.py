@@ -25,7 +25,10 @@ def test_license_and_metadata():
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     meta = importlib.metadata.metadata("tavrida")
     assert meta["License"] == "Apache-2.0"
-    assert "License :: OSI Approved :: Apache Software License" in meta.get_all("Classifier")
+    assert meta["Requires-Python"] == ">=3.10"
+    versions = [classifier.rsplit(" :: ", 1)[1] for classifier in meta.get_all("Classifier")
+                if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", classifier)]
+    assert versions == ["3.10", "3.11", "3.12", "3.13"], "the Pythons .ci/run tests on"
     assert meta["Author"]
     urls = dict(entry.split(", ", 1) for entry in meta.get_all("Project-URL"))
     assert urls["Source"].startswith("https://") and urls["Issues"].startswith("https://")

@@ -16,6 +16,7 @@ from test_server import DEAD_REASON, Retry, answers, client_of, serve
 from tavrida import exceptions, idempotency, retries, server
 from tavrida.config_file import ConfigError, ServiceConfig
 from tavrida.testing import HandlerFailed
+from tavrida.transports.memory import MemoryTransport
 
 ATTEMPTS = "x-tavrida-attempts"
 
@@ -128,9 +129,76 @@ def test_the_idempotency_middleware_lets_retries_through(cluster, poison):
     assert len(state["runs"]) == 2  # the retry has the same message_id and still runs
 
 
-def test_closing_does_not_wait_for_a_pending_retry_and_loses_nothing(cluster, poison):
+def test_a_waiting_retry_is_in_the_broker_not_the_server(cluster, poison):
+    # prefetch_count=1 and a 10 s backoff: the next message is handled at once,
+    # the retry waits in the broker's delay queue and runs when its delay is over.
+    state, start = poison
+    srv, cli = start(max_attempts=5, retry_backoff=10, prefetch_count=1)
+    state["ok_from"] = 2
+    cli.svc.do(value="retried").cast()
+    cli.svc.do(value="next").cast()
+    srv.drain(0)
+    srv.drain(0)
+    assert [attempts for _, attempts in state["runs"]] == [None, None]  # "next" ran too
+    assert srv.pending_retries == 0
+    assert cluster.broker.messages("svc_queue") == []
+    ((headers, body),) = cluster.broker.messages("svc_queue.retry.10000")
+    assert headers[ATTEMPTS] == 1 and b'"value":"retried"' in body
+    assert cluster.broker.advance(9.9) == 0 and not srv.drain(0)  # not yet due
+    assert cluster.broker.advance(0.1) == 1
+    srv.drain(0)
+    assert [attempts for _, attempts in state["runs"]] == [None, None, 1]
+    assert cluster.broker.queue_size("svc_queue.retry.10000") == 0
+
+
+def test_each_backoff_step_has_its_delay_queue(cluster, poison):
+    state, start = poison
+    srv, cli = start(max_attempts=5, retry_backoff=0.5, retry_backoff_max=1.5)
+    delays = [queue for queue in cluster.broker.queue_names() if ".retry." in queue]
+    assert delays == ["svc_queue.retry.500", "svc_queue.retry.1000", "svc_queue.retry.1500"]
+    assert [d.name for d in srv.topology().delays] == delays
+    cli.svc.do(value=1).cast()
+    seen = []
+    for _ in range(4):
+        srv.drain(0)
+        seen.append([q for q in delays if cluster.broker.queue_size(q)])
+        cluster.broker.advance(1.5)
+    assert seen == [[delays[0]], [delays[1]], [delays[2]], [delays[2]]]
+
+
+def test_closing_during_a_retry_wait_loses_nothing(cluster, poison):
     state, start = poison
     srv, cli = start(max_attempts=5, retry_backoff=60)
+    cli.svc.do(value=1).cast()
+    srv.drain(0)
+    assert len(state["runs"]) == 1
+    began = time.monotonic()
+    srv.close()
+    assert time.monotonic() - began < 3
+    cluster.servers.remove(srv)
+    ((headers, _),) = cluster.broker.messages("svc_queue.retry.30000")  # capped at 30 s
+    assert headers[ATTEMPTS] == 1
+    state["ok_from"] = 2
+    start(max_attempts=5, retry_backoff=60)  # a new instance: the broker still holds it
+    cluster.deliver()  # moves the broker's clock to the retry's delay
+    assert [attempts for _, attempts in state["runs"]] == [None, 1]
+    assert cluster.dead_letters("svc_queue") == []
+    assert cluster.broker.queue_size("svc_queue.retry.30000") == 0
+
+
+class _NoDelays(MemoryTransport):
+    """A transport that cannot hold delays (as kombu+memory://)."""
+
+    holds_delays = False
+
+
+def test_without_broker_delays_the_server_holds_the_retry(cluster, poison, caplog):
+    state, start = poison
+    caplog.set_level(logging.INFO, logger="tavrida.server")
+    srv, cli = start(max_attempts=5, retry_backoff=60, transport=_NoDelays(cluster.config))
+    assert any("cannot hold retry delays: retries of queue svc_queue wait in this server"
+               in r.getMessage() for r in caplog.records)
+    assert not [q for q in cluster.broker.queue_names() if ".retry." in q]  # none declared
     cli.svc.do(value=1).cast()
     srv.drain(0)
     assert len(state["runs"]) == 1 and srv.pending_retries == 1
@@ -147,6 +215,17 @@ def test_closing_does_not_wait_for_a_pending_retry_and_loses_nothing(cluster, po
     cluster.deliver()
     assert [attempts for _, attempts in state["runs"]] == [None, None]
     assert cluster.dead_letters("svc_queue") == []
+
+
+def test_a_deleted_delay_queue_is_declared_again(cluster, poison):
+    state, start = poison
+    srv, cli = start(max_attempts=3, retry_backoff=1)
+    cluster.broker.drop_unroutable = False  # as a broker: a publish to no queue fails
+    srv.transport.delete(queues=["svc_queue.retry.1000"])
+    state["ok_from"] = 2
+    cli.svc.do(value=1).cast()
+    cluster.deliver()
+    assert [attempts for _, attempts in state["runs"]] == [None, 1]
 
 
 def test_a_retried_copy_keeps_its_body_and_headers(cluster, broker, poison):
@@ -169,6 +248,26 @@ def test_backoff_doubles_up_to_its_cap():
     assert not policy.exhausted(10 ** 6)
     assert retries.RetryPolicy(max_attempts=3).exhausted(3)
     assert retries.RetryPolicy(backoff=0).delay(4) == 0
+
+
+def test_delay_queues_are_a_bounded_set_one_per_backoff_step():
+    assert retries.RetryPolicy().delays_ms() == (500, 1000, 2000, 4000)
+    assert retries.RetryPolicy(max_attempts=None).delays_ms() == (
+        500, 1000, 2000, 4000, 8000, 16000, 30000)
+    assert retries.RetryPolicy(max_attempts=1).delays_ms() == ()  # never retried
+    assert retries.RetryPolicy(backoff=0).delays_ms() == ()  # retried at once
+    assert retries.RetryPolicy(max_attempts=100, backoff=10, backoff_max=10).delays_ms() == (
+        10000,)
+    tiny = retries.RetryPolicy(max_attempts=None, backoff=1e-9, backoff_max=30).delays_ms()
+    assert len(tiny) < 70 and tiny[0] == 1 and tiny[-1] == 30000  # at least 1 ms, capped
+
+
+def test_redis_delay_queue_names_are_parsed_back():
+    from tavrida.transports.kombu import redis_delays
+
+    assert redis_delays.parse("svc.queue.retry.500") == ("svc.queue", 500)
+    assert redis_delays.parse("svc.queue") is None
+    assert redis_delays.parse("svc.retry.x") is None
 
 
 @pytest.mark.parametrize("kwargs", [{"max_attempts": 0}, {"max_attempts": -1},

@@ -84,7 +84,10 @@ def test_topology_binds_requests_and_subscriptions(cluster):
     broker = cluster.broker
     assert set(broker.exchange_names()) == {"svc_exchange", "client_exchange", "other_exchange",
                                             "pub_notifications", "svc_notifications"}
-    assert set(broker.queue_names()) == {"svc_queue", "svc_queue.dead"}
+    # the queue, its dead letters, and a delay queue per retry backoff step (0.5 to 4 s)
+    assert set(broker.queue_names()) == {"svc_queue", "svc_queue.dead", "svc_queue.retry.500",
+                                         "svc_queue.retry.1000", "svc_queue.retry.2000",
+                                         "svc_queue.retry.4000"}
     assert set(broker.bindings()) == {Binding("svc_queue", "svc_exchange", "svc.#"),
                                       Binding("svc_queue", "pub_notifications", "pub.event.#")}
 

@@ -2,13 +2,17 @@
 
 One mypy run (configured by pyproject.toml's ``[tool.mypy]``) checks the
 package and tests/typing/user_code.py, the documented forms as a service
-author writes them; each test looks at the errors of its own files.
+author writes them; each test looks at the errors of its own files. A second
+run checks the same file the way a user does: copied to a folder of its own,
+with the installed tavrida (README's ``pip install -e``) and no config of ours.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List
@@ -50,3 +54,22 @@ def test_package_is_strict_clean(errors):
 def test_documented_user_code_type_checks(errors):
     """The documented forms type-check, and the misuses in the sample are still caught."""
     assert errors.get(USER_CODE, []) == []
+
+
+def test_user_code_in_a_folder_of_its_own_finds_tavrida(tmp_path):
+    """``mypy --strict app.py`` in a user's folder resolves the installed tavrida.
+
+    An editable install through setuptools' import hook fails here ("Cannot find
+    implementation or library stub for module named 'tavrida'"): type checkers
+    do not run import hooks; setup.py's ``package_dir`` makes it a .pth file.
+    If tavrida were not resolved, every ``type: ignore`` of the sample's misuses
+    would be reported unused, so a silent Any cannot pass.
+    """
+    assert ROOT not in tmp_path.resolve().parents, "the user's folder must be outside the repo"
+    shutil.copy(ROOT / USER_CODE, tmp_path / "app.py")
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("PYTHONPATH", "MYPYPATH")}
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "app.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"mypy --strict in {tmp_path}:\n{done.stdout}{done.stderr}"

@@ -9,9 +9,9 @@ module of this package: :mod:`.state` (what the parts share),
 :mod:`.shared_confirms` (blocking calls' requests), :mod:`.deferring`,
 :mod:`.severing` (deadlines of cancel and close); the
 workarounds of kombu's and py-amqp's behaviour, the only modules using
-private names of theirs, are :mod:`.pyamqp_compat`, :mod:`.virtual` and
-:mod:`.redis_fetch`. :mod:`.transport` sets the shared state up, connects
-as a whole, and closes.
+private names of theirs, are :mod:`.pyamqp_compat`, :mod:`.virtual`,
+:mod:`.redis_fetch` and :mod:`.redis_delays` (delay queues on Redis).
+:mod:`.transport` sets the shared state up, connects as a whole, and closes.
 
 :class:`KombuTransport` moves opaque bytes plus a header table; it knows
 nothing about tavrida messages. It holds two long-lived connections:

@@ -6,6 +6,11 @@ and ``Queue.declare`` (the tavrida 1.0 properties exactly); bindings with
 what it declared per connection, and the adapter must declare again what a
 broker lost under a live connection (see ``_check_topology``).
 
+Delay queues (``Topology.delays``) are queues with arguments too:
+``x-message-ttl`` and dead-lettering to their target on RabbitMQ; on Redis,
+which has neither, a set and a sorted set (:mod:`.redis_delays`); kombu's
+memory transport declares none (``holds_delays`` is False).
+
 Quorum queues (``Topology.queue_type``, RabbitMQ only) are declared with
 the arguments :meth:`~tavrida.transports.base.Topology.queue_arguments`
 gives; a queue that exists with other arguments (a classic one asked to be
@@ -25,6 +30,8 @@ from kombu.entity import Exchange, Queue
 
 from tavrida import exceptions
 from tavrida.transports.base import Binding, Topology
+from tavrida.transports.kombu import redis_delays
+from tavrida.transports.kombu.connections import REDIS_SCHEMES
 from tavrida.transports.kombu.heartbeats import KombuHeartbeats
 from tavrida.transports.kombu.nodes import QueueUnavailable, queue_unavailable
 
@@ -34,13 +41,24 @@ LOG = logging.getLogger(__name__)
 class KombuDeclarations(KombuHeartbeats):
     """The declaring part of :class:`~tavrida.transports.kombu.KombuTransport`."""
 
+    @property
+    def holds_delays(self) -> bool:  # type: ignore[override]
+        """RabbitMQ (TTL queues) and Redis (:mod:`.redis_delays`); not kombu's memory."""
+        return self._is_amqp or self._config.scheme in REDIS_SCHEMES
+
     def _declare_on(self, channel: Any, exchanges: Iterable[str], queues: Iterable[str],
                     bindings: Iterable[Binding]) -> None:
         # The tavrida 1.0 declarations exactly: no arguments, nothing exclusive or auto-deleted
-        # (quorum queues: the arguments _queue_arguments remembers).
+        # (quorum queues and delay queues: the arguments _queue_arguments remembers).
         for name in exchanges:
             Exchange(name, "topic", durable=True, auto_delete=False).declare(channel=channel)
         for name in queues:
+            arguments = self._queue_arguments.get(name) or {}
+            if not self._is_amqp and "x-message-ttl" in arguments:
+                # A delay queue on Redis: a set and a sorted set, no list (see .redis_delays).
+                redis_delays.declare(channel, arguments["x-dead-letter-routing-key"],
+                                     arguments["x-message-ttl"])
+                continue
             try:
                 Queue(name, durable=True, exclusive=False, auto_delete=False,
                       no_declare=False,
@@ -73,7 +91,10 @@ class KombuDeclarations(KombuHeartbeats):
         with another type or arguments (a classic queue declared as quorum),
         IncorrectAMQPConfig for quorum queues off RabbitMQ.
         """
-        arguments = {name: topology.queue_arguments(name) for name in topology.queues}
+        queues = topology.queues
+        if self.holds_delays:
+            queues += tuple(delay.name for delay in topology.delays)
+        arguments = {name: topology.queue_arguments(name) for name in queues}
         if topology.queue_type != "classic" and not self._is_amqp:
             raise exceptions.IncorrectAMQPConfig(
                 reason=f"queue_type {topology.queue_type!r} is a RabbitMQ feature; "
@@ -84,12 +105,12 @@ class KombuDeclarations(KombuHeartbeats):
 
         def remember() -> None:
             self._exchanges.update(dict.fromkeys(topology.exchanges))
-            self._queues.update(dict.fromkeys(topology.queues))
+            self._queues.update(dict.fromkeys(queues))
             self._bindings.update(dict.fromkeys(topology.bindings))
 
         try:
             self._with_connection(
-                lambda channel: self._declare_on(channel, topology.exchanges, topology.queues,
+                lambda channel: self._declare_on(channel, topology.exchanges, queues,
                                                  topology.bindings),
                 remember)
         except amqp.PreconditionFailed as exc:

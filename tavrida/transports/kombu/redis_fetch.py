@@ -36,6 +36,10 @@ first puts back what the abandoned pop may have moved to the in-flight list.
 
 Should kombu ever pop reliably itself, or rename one of these, the canary
 test fails instead of the plain BRPOP silently coming back.
+
+Before each pop (at most every :data:`.redis_delays.RELEASE_INTERVAL`) the
+retries due in the queue's delay set go back to its list
+(:class:`.redis_delays.Releaser`).
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ from typing import Any, List, Optional
 
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads as json_loads
+
+from tavrida.transports.kombu.redis_delays import Releaser
 
 LOG = logging.getLogger(__name__)
 
@@ -99,6 +105,8 @@ class RedisFetch:
         self.maybe_unacked: List[str] = []
         #: When the pop waiting for its reply was sent (monotonic), None when none waits.
         self.sent_at: Optional[float] = None
+        #: Moves the queue's due retries back from its delay set before a pop.
+        self.releaser = Releaser(queue)
 
     def install(self, channel: Any) -> None:
         """Replace the channel's BRPOP by BRPOPLPUSH (call before consuming)."""
@@ -114,6 +122,7 @@ class RedisFetch:
                 # The last pop's connection was dropped unanswered (kombu's health
                 # check, or check_silence): what it may have moved goes back first.
                 fetch.recover(channel)
+            fetch.releaser.release_due(channel)  # delay queues (see .redis_delays)
             channel._in_poll = channel.client.connection
             channel._brpop_sent_at = fetch.sent_at = time.monotonic()
             channel.client.connection.send_command(

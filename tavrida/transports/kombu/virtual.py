@@ -28,8 +28,9 @@ name of ``kombu.transport.virtual`` the adapter uses is here, and
 * ``TopicExchange.lookup`` (subclassed) and ``Channel.exchange_types`` (an
   undocumented table): :class:`RabbitTopicExchange`, put in place by
   :func:`rabbit_topic_routing`, matches as RabbitMQ does (``a.#`` matches ``a``).
-* ``Channel._put`` (private; where every routed or requeued message is stored)
-  of kombu's memory transport: replaced by :func:`private_payloads`, so each
+* ``Channel._put`` (private; where every routed or requeued message is stored):
+  on Redis wrapped by :func:`.redis_delays.delayed_puts` (delay queues); on
+  kombu's memory transport replaced by :func:`private_payloads`, so each
   queue stores a copy of its own (kombu stores the publisher's objects: a
   header the publisher changed after publishing, or one consumer changed,
   changed in every queue).
@@ -109,7 +110,8 @@ def delete_broker_bindings(channel: Any, queues: Iterable[str]) -> int:
     went on being routed to it. Here every such set (found with ``SCAN``; an
     admin action, not a hot path) loses its rows naming one of ``queues``,
     through the channel's own ``_delete``, and each queue's lists are purged
-    (a queue with no binding, like a dead-letter queue, keeps none). Other
+    (a queue with no binding, like a dead-letter queue, keeps none), with
+    its delays and the messages they hold (:mod:`.redis_delays`). Other
     transports keep their bindings in process, where kombu sees them all:
     nothing to do there.
     """
@@ -131,6 +133,9 @@ def delete_broker_bindings(channel: Any, queues: Iterable[str]) -> int:
                 removed += 1
     for queue in wanted:
         channel.queue_purge(queue)
+        from tavrida.transports.kombu.redis_delays import delete as delete_delays
+
+        delete_delays(channel, queue)  # its delay queues and the retries they hold
     return removed
 
 
@@ -169,12 +174,17 @@ def rabbit_channel(channel: Any) -> None:
 
     Every virtual channel routes topics (:func:`rabbit_topic_routing`) and
     deletes (:func:`exact_deletes`) as RabbitMQ; those of kombu's memory
-    transport also store private copies (:func:`private_payloads`).
+    transport also store private copies (:func:`private_payloads`), those of
+    Redis hold what goes to a delay queue (:func:`.redis_delays.delayed_puts`).
     """
     rabbit_topic_routing(channel)
     exact_deletes(channel)
     if _is_memory(channel):
         private_payloads(channel)
+    elif getattr(channel, "keyprefix_queue", None) is not None:  # Redis
+        from tavrida.transports.kombu.redis_delays import delayed_puts
+
+        delayed_puts(channel)
 
 
 def _is_memory(channel: Any) -> bool:

@@ -1,7 +1,7 @@
 """A throwaway three-node RabbitMQ cluster on this machine, for failover tests.
 
 Each node is a ``rabbitmq-server`` of its own: its own node name
-(``tavrida-c1@localhost`` ...), AMQP port, Erlang distribution port, data,
+(``tavrida-<base_port>-c1@localhost`` ...), AMQP port, Erlang distribution port, data,
 log and config files under one temporary folder, an empty plugins file and
 its own ``RABBITMQ_CONF_ENV_FILE`` (so it never reads the machine's
 ``/etc/rabbitmq`` files, which pin the listener to 5672). The nodes share an
@@ -9,11 +9,18 @@ Erlang cookie through a ``HOME`` folder of their own. The machine's own node
 is never touched: nodes are stopped by their pid (SIGTERM, then SIGKILL) and
 the CLI only ever talks to the cluster's node names.
 
-Ports, with the default ``base_port`` 29600 (all inside ``base..base+99``):
+Ports (all inside ``base..base+99``):
 
 * AMQP: ``base+1 .. base+3``
 * Erlang distribution: ``base+11 .. base+13``
 * ``rabbitmqctl``'s own distribution ports: ``base+40 .. base+79``
+
+Test runs share the machine (a developer's run beside CI's), so each takes a
+``base_port`` of its own: :meth:`RabbitCluster.on_free_ports` leases one (an
+exclusive ``flock`` on ``$TMPDIR/tavrida-cluster-<base_port>.lock``, held
+until ``stop()`` or the end of the process) whose 100 ports are free, and
+the node names, folder and ports all follow from it. By hand the default is
+29600, which a leasing run never takes.
 
 Used by ``tests/integration/cluster/conftest.py`` and by hand::
 
@@ -34,6 +41,7 @@ import argparse
 import atexit
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -42,10 +50,19 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional
+from typing import IO, Any, Dict, List, Optional
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no test cluster anyway (rabbitmq-server is not there)
+    fcntl = None  # type: ignore[assignment]
 
 RABBITMQ_BIN = "/usr/lib/rabbitmq/bin"
 DEFAULT_BASE_PORT = 29600
+#: Where :meth:`RabbitCluster.on_free_ports` looks for a base port: below Linux's
+#: ephemeral range (32768 up), so no client socket of the machine takes ours.
+LEASE_PORTS = (20000, 32700)
+PORT_SPAN = 100
 NODE_COUNT = 3
 #: Generous: three nodes boot at once on a loaded 2-core machine.
 START_TIMEOUT = 180.0
@@ -69,6 +86,54 @@ def _port_open(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def _ports_free(base_port: int) -> bool:
+    """True when nothing listens on (or holds) any of ``base_port .. base_port+99``.
+
+    Binds each (with ``SO_REUSEADDR``, as the Erlang VM does, so a port left
+    in TIME_WAIT counts as free and one a server holds does not).
+    """
+    for port in range(base_port, base_port + PORT_SPAN):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+class PortLease:
+    """``base_port .. base_port+99`` held for one process, against other test runs.
+
+    An exclusive, non-blocking ``flock`` on a file named after the base port,
+    kept open until :meth:`release` (or the end of the process: the kernel
+    drops the lock of a process that died, so a crashed run holds nothing).
+    """
+
+    def __init__(self, base_port: int, handle: IO[str]) -> None:
+        self.base_port = base_port
+        self._handle: Optional[IO[str]] = handle
+
+    @classmethod
+    def take(cls, base_port: int) -> Optional["PortLease"]:
+        """The lease of ``base_port``, or None when another process holds it."""
+        path = os.path.join(tempfile.gettempdir(), f"tavrida-cluster-{base_port}.lock")
+        handle = open(path, "a", encoding="ascii")  # held until release()
+        try:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return None
+        return cls(base_port, handle)
+
+    def release(self) -> None:
+        """Let another run take these ports; safe to call twice."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -100,7 +165,8 @@ class Node:
 
     def __init__(self, root: str, index: int, base_port: int, home: str) -> None:
         self.index = index
-        self.name = f"tavrida-c{index}"
+        # The base port in the name: two clusters of the machine never share a node name.
+        self.name = f"tavrida-{base_port}-c{index}"
         self.nodename = f"{self.name}@localhost"
         self.port = base_port + index
         self.dist_port = base_port + 10 + index
@@ -267,16 +333,45 @@ class RabbitCluster:
 
     ``start()`` boots and joins them; ``kill(i)`` SIGKILLs node ``i`` (1-3);
     ``restart(i)`` boots it again (it rejoins on its own); ``stop()`` stops
-    every node and deletes the folder. Also a context manager.
+    every node and deletes the folder. Also a context manager. Tests make
+    theirs with :meth:`on_free_ports`, so two runs at once do not meet.
     """
 
     def __init__(self, base_port: int = DEFAULT_BASE_PORT, root: Optional[str] = None) -> None:
         self.base_port = base_port
+        self._lease: Optional[PortLease] = None
         self.root = root or os.path.join(tempfile.gettempdir(), f"tavrida-cluster-{base_port}")
         self.home = os.path.join(self.root, "home")
         self.nodes = [Node(self.root, i, base_port, self.home) for i in range(1, NODE_COUNT + 1)]
         self.start_seconds: Optional[float] = None
         self.stop_seconds: Optional[float] = None
+
+    @classmethod
+    def on_free_ports(cls, attempts: int = 40) -> "RabbitCluster":
+        """A cluster (not started) on a base port leased for this process alone.
+
+        Tries base ports of :data:`LEASE_PORTS` in a random order (never
+        :data:`DEFAULT_BASE_PORT`, the one used by hand); takes the first whose
+        lease is free, whose folder holds no cluster of a live process or of a
+        person, and whose ports are free once a crashed run's nodes are stopped.
+        """
+        bases = [base for base in range(LEASE_PORTS[0], LEASE_PORTS[1], PORT_SPAN)
+                 if base != DEFAULT_BASE_PORT]
+        random.shuffle(bases)
+        for base in bases[:attempts]:
+            lease = PortLease.take(base)
+            if lease is None:
+                continue
+            cluster = cls(base)
+            try:
+                cluster._clear_leftovers()
+            except ClusterError:
+                lease.release()
+                continue
+            cluster._lease = lease
+            return cluster
+        raise ClusterError(f"no free base port in {attempts} tries of "
+                           f"{LEASE_PORTS[0]}-{LEASE_PORTS[1]}: other runs or servers hold them")
 
     @property
     def urls(self) -> List[str]:
@@ -331,10 +426,9 @@ class RabbitCluster:
             for node in self.nodes:
                 node.terminate(timeout=10)
             shutil.rmtree(self.root, ignore_errors=True)
-        busy = [p for n in self.nodes for p in (n.port, n.dist_port) if _port_open(p)]
-        if busy:
-            raise ClusterError(f"ports {busy} are in use by something else; "
-                               f"pick another base_port")
+        if not _ports_free(self.base_port):
+            raise ClusterError(f"ports {self.base_port}-{self.base_port + PORT_SPAN - 1} are "
+                               f"not all free (something else holds one); pick another base_port")
 
     def start(self, timeout: float = START_TIMEOUT) -> "RabbitCluster":
         """Boot the three nodes, join 2 and 3 to 1, wait until all run."""
@@ -410,6 +504,9 @@ class RabbitCluster:
             list(pool.map(lambda n: n.terminate(), self.nodes))
         shutil.rmtree(self.root, ignore_errors=True)
         atexit.unregister(self.stop)
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
         self.stop_seconds = time.monotonic() - began
 
     def status(self) -> Dict[str, Any]:

@@ -1,8 +1,10 @@
 """The three-node RabbitMQ test cluster as a fixture (see ``cluster_harness``).
 
-``rabbit_cluster`` starts the cluster once per session, on ports 29601-29603
-(``TAVRIDA_CLUSTER_BASE_PORT`` moves them), and stops it and deletes its
-folder at the end, whatever the tests did. A node a test killed is booted
+``rabbit_cluster`` starts the cluster once per session, on a base port
+leased for this run (``RabbitCluster.on_free_ports``: its own ports, node
+names and folder, so two test runs on one machine do not meet;
+``TAVRIDA_CLUSTER_BASE_PORT`` fixes the base port instead), and stops it and
+deletes its folder at the end, whatever the tests did. A node a test killed is booted
 again before the next test that asks for the cluster. No ``rabbitmq-server``
 on the machine, or a cluster that does not start, skips the tests locally
 and fails them when ``CI`` is set. The start and stop times are printed in
@@ -16,7 +18,7 @@ import shutil
 from typing import Dict, Iterator, Optional
 
 import pytest
-from cluster_harness import DEFAULT_BASE_PORT, ClusterError, RabbitCluster, _bin
+from cluster_harness import ClusterError, RabbitCluster, _bin
 
 _timings: Dict[str, Optional[float]] = {}
 
@@ -31,9 +33,9 @@ def _unavailable(reason: str) -> None:
 def _session_cluster() -> Iterator[RabbitCluster]:
     if shutil.which(_bin("rabbitmq-server")) is None:
         _unavailable("rabbitmq-server is not installed: no test cluster")
-    base_port = int(os.environ.get("TAVRIDA_CLUSTER_BASE_PORT") or DEFAULT_BASE_PORT)
-    cluster = RabbitCluster(base_port)
+    base_port = os.environ.get("TAVRIDA_CLUSTER_BASE_PORT")
     try:
+        cluster = RabbitCluster(int(base_port)) if base_port else RabbitCluster.on_free_ports()
         cluster.start()
     except ClusterError as exc:
         _unavailable(f"the test cluster did not start: {exc}")

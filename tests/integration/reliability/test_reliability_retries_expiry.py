@@ -7,8 +7,10 @@
 * A request whose blocking caller had given up was run when the service came
   back. Now RabbitMQ drops it by its ``expiration``, and on both brokers the
   server drops what is left by its ``x-tavrida-expires-at`` header.
-* A stop while a retry waits for its delay neither waits for it nor loses
-  the message: the broker gives the un-acked original back.
+* A retry waits for its delay on the broker (a delay queue on RabbitMQ, a
+  sorted set on Redis), not in the server: with ``prefetch_count=1`` the
+  next message runs meanwhile, and neither a stop nor a SIGKILL of the
+  service loses it: a new instance runs it when it is due.
 
 Servers run in threads of this process on the real brokers.
 """
@@ -44,6 +46,7 @@ class World:
 
     def __init__(self, url: str, unique: Any) -> None:
         self.url = url
+        self.unique = unique
         self.queue = unique("queue")
         self.exchange = unique("svc")
         self.client_exchange = unique("client")
@@ -84,6 +87,8 @@ class World:
 
     def serve(self, **kwargs: Any) -> server.Server:
         srv = server.Server(self.url, self.queue, self.exchange, [self.cls], **kwargs)
+        for delay in srv.topology().delays:
+            self.unique.track(delay.name)  # deleted after the test
         srv.start()
         thread = threading.Thread(target=srv.run, daemon=True)
         thread.start()
@@ -187,18 +192,93 @@ def test_a_call_whose_caller_gave_up_is_never_run(world, caplog):
 
 
 def test_a_stop_neither_waits_for_a_pending_retry_nor_loses_it(world):
-    srv = world.serve(max_attempts=MAX_ATTEMPTS, retry_backoff=30)
+    srv = world.serve(max_attempts=MAX_ATTEMPTS, retry_backoff=2)
     with world.client() as cli:
         getattr(cli, world.service).do(value=2).cast()
-    world.wait_for(lambda: len(world.runs) == 1 and srv.pending_retries == 1, "the first run")
-    assert world.stop(srv) < 10  # the retry was due in 30 s
-    world.wait_for(lambda: world.size(world.queue) == 1, "the message back in its queue")
+    world.wait_for(lambda: len(world.runs) == 1, "the first run")
+    assert srv.pending_retries == 0  # the broker holds the wait, not the server
+    assert world.stop(srv) < 10
     world.fail_until = 2
-    world.serve(max_attempts=MAX_ATTEMPTS, retry_backoff=30)
-    world.wait_for(lambda: len(world.runs) == 2, "the second run")
+    world.serve(max_attempts=MAX_ATTEMPTS, retry_backoff=2)
+    world.wait_for(lambda: len(world.runs) == 2, "the retry")
     world.wait_for(lambda: world.size(world.queue) == 0, "the ack")
-    assert world.runs == [(2, None), (2, None)]  # the original, run again: not lost
+    assert world.runs == [(2, None), (2, 1)]  # the retry, counted: not lost, not doubled
     assert world.size(world.queue + ".dead") == 0
+
+
+def _runs(path) -> List[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _held(url: str, queue: str, delay_ms: int) -> int:
+    """Messages the broker holds in ``queue``'s delay queue of ``delay_ms``."""
+    if url.startswith("redis"):
+        import redis
+
+        conn = redis.Redis.from_url(url)
+        try:
+            return int(conn.zcard(f"{queue}.tavrida-delayed"))
+        finally:
+            conn.close()
+    transport = KombuTransport(config.ConnectionConfig.from_url(url))
+    try:
+        return transport.queue_size(f"{queue}.retry.{delay_ms}") or 0
+    finally:
+        transport.close()
+
+
+def test_a_retry_waits_on_the_broker_and_outlives_a_killed_service(url, unique, tmp_path):
+    """prefetch_count=1, a 10 s backoff: the next message runs at once; SIGKILL loses nothing."""
+    import svc_retry
+    from svc_support import Proc, subprocess_env
+
+    prefix = str(unique)
+    names = {what: unique.track(name) for what, name in svc_retry.names(prefix).items()}
+    for delay in ("retry.10000", "retry.20000"):
+        unique.track(f"{names['queue']}.{delay}")
+    runs = tmp_path / "runs"
+    env = subprocess_env(TVT_URL=url, TVT_PREFIX=prefix, TVT_RUNS=str(runs), TVT_BACKOFF="10")
+    procs = []
+
+    def start(name: str) -> Proc:
+        proc = Proc.python(["-m", "svc_retry"], tmp_path, name, env)
+        procs.append(proc)
+        proc.wait_for_output("started with services")
+        return proc
+
+    def wait_for(condition, what: str) -> None:
+        deadline = time.monotonic() + WAIT
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {_runs(runs)}"
+            time.sleep(0.05)
+
+    try:
+        first = start("first")
+        disc = discovery.LocalDiscovery()
+        disc.register_remote_service("tvt_retry", names["exchange"])
+        with client.RPCClient(url, disc, source="client") as cli:
+            cli.tvt_retry.do(value="retry-me").cast()
+            cli.tvt_retry.do(value="next").cast()
+        wait_for(lambda: "next None" in _runs(runs), "the next message")
+        wait_for(lambda: _held(url, names["queue"], 10000) == 1, "the held retry")
+        first.popen.kill()  # SIGKILL during the wait
+        first.wait()
+        assert _runs(runs) == ["retry-me None", "next None"]
+        start("second")
+        wait_for(lambda: len(_runs(runs)) == 3, "the retry, run by the new instance")
+        assert _runs(runs) == ["retry-me None", "next None", "retry-me 1"]
+        wait_for(lambda: _held(url, names["queue"], 10000) == 0, "the delay queue to empty")
+    finally:
+        for proc in procs:
+            proc.stop()
+            print(proc.describe())
+    assert _held(url, names["queue"], 10000) == 0
+    admin = KombuTransport(config.ConnectionConfig.from_url(url))
+    try:
+        assert admin.queue_size(names["queue"]) == 0
+        assert (admin.queue_size(names["queue"] + ".dead") or 0) == 0
+    finally:
+        admin.close()
 
 
 def test_poison_scenario_among_healthy_traffic(url, report):

@@ -12,6 +12,7 @@ import pytest
 from tavrida import config, exceptions
 from tavrida.transports.base import (
     Binding,
+    DelayQueue,
     Delivery,
     OutgoingEnvelope,
     Topology,
@@ -71,6 +72,34 @@ def test_quorum_queue_dead_letters_what_its_consumer_keeps_rejecting(transport, 
     assert seen == [b"poison"] * 3
     assert transport.queue_size(dead) == 1
     assert transport.queue_size(queue) == 0
+
+
+def test_a_quorum_delay_queue_gives_back_and_the_delivery_limit_still_applies(transport,
+                                                                             unique):
+    topology = _topology(unique, "quorum", delivery_limit=2)
+    queue, dead = topology.queues
+    delay = DelayQueue(queue, 200)
+    unique.track(delay.name)
+    topology = Topology.build(topology.exchanges, topology.queues, topology.bindings, "quorum",
+                              2, [delay])
+    transport.declare(topology)
+    with pytest.raises(exceptions.QueueMismatch):  # it is a quorum queue
+        transport.declare(Topology.build(delays=[delay]))
+    transport.publish(OutgoingEnvelope("", delay.name, b"retried", {"x-tavrida-attempts": 1}))
+    seen = []
+
+    def reject(delivery: Delivery) -> None:
+        seen.append(delivery.body)
+        delivery.reject(requeue=True)
+
+    transport.consume(queue, reject, 10)
+    while transport.queue_size(dead) == 0 and len(seen) <= 10:
+        transport.drain(0.2)
+    transport.cancel()
+    # Back from its delay queue, then the broker's limit: delivered 3 times, dead-lettered.
+    assert seen == [b"retried"] * 3
+    assert transport.queue_size(dead) == 1
+    assert transport.queue_size(queue) == 0 and transport.queue_size(delay.name) == 0
 
 
 def test_an_exchange_of_another_kind_keeps_the_brokers_error(transport, amqp_url, unique):

@@ -242,6 +242,15 @@ def test_kombu_redis_still_has_the_attributes_redis_fetch_sets_and_reads() -> No
     assert callable(redis.Redis.parse_response)
 
 
+def test_kombu_redis_still_stores_every_message_through_put() -> None:
+    """redis_delays.delayed_puts wraps _put: every publish to a queue's list goes through it."""
+    assert parameters(kombu_redis.Channel._put)[:3] == ["self", "queue", "message"]
+    assert "return self._put(routing_key, message" in inspect.getsource(
+        virtual.Channel.basic_publish)
+    assert "lpush" in inspect.getsource(kombu_redis.Channel._put)
+    assert hasattr(kombu_redis.Channel, "keyprefix_queue")  # how rabbit_channel tells Redis
+
+
 def test_kombu_redis_polls_then_checks_what_an_empty_poll_leaves() -> None:
     """After a poll that read nothing kombu checks the pop (5.7+) or restores (both)."""
     get = inspect.getsource(kombu_redis.MultiChannelPoller.get)

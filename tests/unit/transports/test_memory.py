@@ -20,7 +20,7 @@ import pytest
 from tavrida import client, discovery, dispatcher, exceptions, service
 from tavrida.config import ConnectionConfig
 from tavrida.server import Server
-from tavrida.transports.base import Binding, Delivery, OutgoingEnvelope, Topology
+from tavrida.transports.base import Binding, DelayQueue, Delivery, OutgoingEnvelope, Topology
 from tavrida.transports.memory import (
     MemoryBroker,
     MemoryTransport,
@@ -223,6 +223,55 @@ def test_delete_removes_queues_exchanges_and_their_bindings(connect: Connect) ->
 def test_consume_from_an_undeclared_queue_raises(connect: Connect) -> None:
     with pytest.raises(exceptions.IncorrectAMQPConfig, match="'nope'"):
         connect().consume("nope", Collector(), 0)
+
+
+# --------------------------------------------------------------------------- delay queues
+
+
+def test_a_waiting_drain_wakes_when_a_held_message_is_due(connect: Connect) -> None:
+    transport = connect()
+    delay = DelayQueue("q", 200)
+    transport.declare(Topology.build(["ex"], ["q"], [Binding("q", "ex", "#")], delays=[delay]))
+    got = Collector(ack=True)
+    transport.consume("q", got, 1)
+    transport.publish(OutgoingEnvelope("", delay.name, b"held", {"n": 1}))
+    assert transport.broker.queue_size(delay.name) == 1
+    # Nothing else wakes this drain: it returns True only if it woke for the due message.
+    assert transport.drain(30) is True
+    assert [(d.body, dict(d.headers), d.routing_key) for d in got.deliveries] == [
+        (b"held", {"n": 1}, "q")]
+    assert transport.broker.queue_size(delay.name) == 0
+
+
+def test_advancing_the_clock_moves_what_is_due_and_wakes_its_consumer(connect: Connect) -> None:
+    transport, other = connect(), connect()
+    short, long = DelayQueue("q", 1000), DelayQueue("q", 60_000)
+    transport.declare(Topology.build(["ex"], ["q"], [], delays=[short, long]))
+    got = Collector(ack=True)
+    transport.consume("q", got, 0)
+    for body, delay in ((b"long", long), (b"short-1", short), (b"short-2", short)):
+        transport.publish(OutgoingEnvelope("", delay.name, body, {}))
+    woken = threading.Thread(target=transport.drain, args=(30,))
+    woken.start()
+    assert other.broker.advance(1) == 2  # from another thread: the waiting drain takes them
+    woken.join(30)
+    assert not woken.is_alive() and got.bodies == [b"short-1", b"short-2"]
+    assert other.broker.advance(59) == 1
+    drain_all(transport)
+    assert got.bodies == [b"short-1", b"short-2", b"long"]
+
+
+def test_a_delay_queue_cannot_be_consumed_and_its_lost_target_drops(connect: Connect) -> None:
+    transport = connect()
+    delay = DelayQueue("q", 10)
+    transport.declare(Topology.build([], ["q"], [], delays=[delay]))
+    with pytest.raises(exceptions.IncorrectAMQPConfig, match="delay queue"):
+        transport.consume(delay.name, Collector(), 0)
+    transport.publish(OutgoingEnvelope("", delay.name, b"orphan", {}))
+    transport.delete(queues=["q"])
+    before = transport.broker.unroutable
+    transport.broker.advance(1)
+    assert transport.broker.unroutable == before + 1  # as RabbitMQ drops an unroutable dead letter
 
 
 # --------------------------------------------------------------------------- copies
