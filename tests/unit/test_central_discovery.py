@@ -1,6 +1,6 @@
 """Central discovery on memory://: records, conflicts, expiry, mixing, config, the command.
 
-The broker-independent behaviour; tests/integration/test_central_discovery.py
+The broker-independent behaviour; tests/integration/test_central_discovery_brokers.py
 runs the issue's scenarios on memory://, RabbitMQ and Redis alike.
 """
 
