@@ -533,9 +533,9 @@ def test_ack_that_frees_prefetch_wakes_drain(connect: Connect) -> None:
 def blocked_drains(transport: MemoryTransport, count: int) -> None:
     """Return once ``count`` drains of ``transport`` are blocked waiting (5 s at most)."""
     deadline = time.monotonic() + 5
-    while transport._waiting != count and time.monotonic() < deadline:
+    while transport.inbox.waiting != count and time.monotonic() < deadline:
         threading.Event().wait(0.001)  # no event tells when a drain blocks
-    assert transport._waiting == count
+    assert transport.inbox.waiting == count
 
 
 def test_publish_wakes_a_drain_and_close_wakes_every_other(connect: Connect) -> None:
@@ -734,7 +734,7 @@ def test_a_closed_transport_is_no_longer_offered_to_callers(connect: Connect) ->
     server.close()
 
     assert answers.bodies == [b"answer to 1"]
-    assert server not in caller.broker._offers  # the broker keeps no closed connection
+    assert server.inbox not in caller.broker._offers  # the broker keeps no closed connection
 
 
 def test_a_drain_without_reply_queue_runs_only_its_own_callbacks(connect: Connect) -> None:
