@@ -19,9 +19,33 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 from tavrida import exceptions
+from tavrida.transports.confirmation import Confirmation, confirm_all, publish_error
+
+__all__ = [
+    "DEAD_LETTER_EXCHANGE_HEADER",
+    "DEAD_LETTER_QUEUE_HEADER",
+    "DEAD_LETTER_REASON_HEADER",
+    "DEAD_LETTER_ROUTING_KEY_HEADER",
+    "QUEUE_TYPES",
+    "Binding",
+    "Confirmation",
+    "DelayQueue",
+    "Deferral",
+    "Delivery",
+    "OnConfirmed",
+    "OnMessage",
+    "OutgoingEnvelope",
+    "Topology",
+    "Transport",
+    "check_queue_type",
+    "confirm_all",
+    "dead_letter_queue_name",
+    "delay_queue_name",
+    "publish_error",
+]
 
 #: Header added to dead-lettered messages: why tavrida could not handle them.
 DEAD_LETTER_REASON_HEADER = "x-tavrida-dead-reason"
@@ -270,8 +294,8 @@ class Transport(abc.ABC):
         """
 
     @abc.abstractmethod
-    def publish(self, envelope: OutgoingEnvelope) -> None:
-        """Publish one message; return once the broker has it.
+    def publish(self, envelope: OutgoingEnvelope) -> Optional[Confirmation]:
+        """Publish one message; return its :class:`Confirmation` once the broker has it.
 
         On a confirming transport this waits for the confirm and raises
         :class:`tavrida.exceptions.PublishFailed` if the broker refused it,
@@ -279,6 +303,13 @@ class Transport(abc.ABC):
         ``mandatory`` one, and
         :class:`~tavrida.exceptions.PublishConnectionFailed` when the broker
         could not be reached within the publish timeout or :meth:`deadline`.
+
+        The handle returned is settled (confirmed) today, since a failure
+        raises; it is the seam's way to a publish that returns at once,
+        its verdict coming later through the handle (``wait``,
+        ``add_done_callback``; see :mod:`tavrida.transports.confirmation`).
+        A transport that does not return one yet returns None, meaning the
+        same as a confirmed handle.
         """
 
     def publish_many(self, envelopes: Iterable[OutgoingEnvelope]) -> None:
@@ -398,28 +429,3 @@ class Transport(abc.ABC):
     def declare_reply_queue(self, queue: str, bindings: Iterable[Binding]) -> None:
         """Declare a private auto-delete queue that goes away with this connection."""
         raise NotImplementedError
-
-
-def publish_error(envelopes: Sequence[OutgoingEnvelope], failed: Mapping[int, str],
-                  unencodable: Iterable[int] = (),
-                  unroutable: Iterable[int] = ()) -> exceptions.PublishFailed:
-    """The one exception that reports the failed messages of a publish.
-
-    ``failed`` maps indexes into ``envelopes`` to reasons. When every
-    failure is unroutable it is an :class:`~tavrida.exceptions.Unroutable`,
-    else a :class:`~tavrida.exceptions.PublishFailed`; either way ``failed``,
-    ``envelopes`` (the failed ones), ``unencodable`` and ``unroutable`` say
-    which message failed how.
-    """
-    first = min(failed)
-    envelope = envelopes[first]
-    reason = failed[first]
-    if len(envelopes) > 1:
-        reason = (f"{len(failed)} of {len(envelopes)} messages failed "
-                  f"(indexes {sorted(failed)}); first: {reason}")
-    unroutable = sorted(unroutable)
-    kind = (exceptions.Unroutable if unroutable and len(unroutable) == len(failed)
-            else exceptions.PublishFailed)
-    return kind(exchange=envelope.exchange, routing_key=envelope.routing_key, reason=reason,
-                failed=dict(failed), envelopes=[envelopes[index] for index in sorted(failed)],
-                unencodable=sorted(unencodable), unroutable=unroutable)

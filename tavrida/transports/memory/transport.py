@@ -16,6 +16,7 @@ from tavrida import exceptions
 from tavrida.config import ConnectionConfig
 from tavrida.transports.base import (
     Binding,
+    Confirmation,
     OnMessage,
     OutgoingEnvelope,
     Topology,
@@ -74,11 +75,12 @@ class MemoryTransport(Transport):
             self.broker.declare_all([binding.exchange for binding in bindings], [queue],
                                     bindings, owner=self.inbox)
 
-    def publish(self, envelope: OutgoingEnvelope) -> None:
-        """Route one message; raises PublishFailed if its exchange does not exist.
+    def publish(self, envelope: OutgoingEnvelope) -> Confirmation:
+        """Route one message; return its Confirmation, settled (confirmed) already.
 
-        Raises :class:`~tavrida.exceptions.Unroutable` when no queue takes a
-        ``mandatory`` message.
+        Raises PublishFailed if its exchange does not exist or the transport
+        is closed, :class:`~tavrida.exceptions.Unroutable` when no queue
+        takes a ``mandatory`` message.
         """
         message = StoredMessage(envelope)
         with self._lock:
@@ -87,6 +89,7 @@ class MemoryTransport(Transport):
                                                routing_key=envelope.routing_key,
                                                reason="the transport is closed")
             self.broker.route(message)
+        return Confirmation.confirmed(envelope)
 
     def publish_many(self, envelopes: Iterable[OutgoingEnvelope]) -> None:
         """Route several messages under one lock.

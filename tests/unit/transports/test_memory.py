@@ -159,6 +159,20 @@ def test_unroutable_messages_raise_and_are_counted(connect: Connect) -> None:
     assert transport.broker.unroutable == 2
 
 
+def test_a_publish_returns_its_confirmation_settled(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"q": ["a.b"]})
+    sent = envelope("a.b")
+    confirmed = []
+
+    confirmation = transport.publish(sent)
+    confirmation.add_done_callback(confirmed.append)
+
+    assert confirmation.done() and confirmation.exception(0) is None
+    assert confirmation.envelope is sent and confirmed == [confirmation]
+    assert transport.queue_size("q") == 1
+
+
 def test_a_publish_inside_deferring_is_not_deferred_in_memory(connect: Connect) -> None:
     """The in-memory transport keeps the base seam's default: publishes return settled."""
     transport = connect()
