@@ -36,6 +36,8 @@ _PENDING = "pending"
 _CONFIRMED = "confirmed"
 _FAILED = "failed"
 _CANCELLED = "cancelled"
+#: The lock of handles settled at birth: theirs is only ever taken to find them settled.
+_SETTLED = threading.Lock()
 
 
 class Confirmation:
@@ -49,12 +51,13 @@ class Confirmation:
 
     __slots__ = ("_callbacks", "_event", "_exception", "_lock", "_state", "envelope")
 
-    def __init__(self, envelope: OutgoingEnvelope) -> None:
+    def __init__(self, envelope: OutgoingEnvelope, _state: str = _PENDING,
+                 _exception: Optional[exceptions.PublishFailed] = None) -> None:
         #: The message this is the verdict on.
         self.envelope = envelope
-        self._lock = threading.Lock()
-        self._state = _PENDING
-        self._exception: Optional[exceptions.PublishFailed] = None
+        self._lock = threading.Lock() if _state == _PENDING else _SETTLED
+        self._state = _state
+        self._exception = _exception
         self._callbacks: List[Callable[[Confirmation], None]] = []
         #: Made by the first thread that waits (most handles are never waited for).
         self._event: Optional[threading.Event] = None
@@ -62,18 +65,13 @@ class Confirmation:
     @classmethod
     def confirmed(cls, envelope: OutgoingEnvelope) -> Confirmation:
         """A handle settled as confirmed already (a transport that knows at once)."""
-        confirmation = cls(envelope)
-        confirmation._state = _CONFIRMED
-        return confirmation
+        return cls(envelope, _CONFIRMED)
 
     @classmethod
     def failed(cls, envelope: OutgoingEnvelope,
                exception: exceptions.PublishFailed) -> Confirmation:
         """A handle settled as failed already, with ``exception``."""
-        confirmation = cls(envelope)
-        confirmation._state = _FAILED
-        confirmation._exception = exception
-        return confirmation
+        return cls(envelope, _FAILED, exception)
 
     def __repr__(self) -> str:
         envelope = self.envelope

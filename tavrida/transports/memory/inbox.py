@@ -29,6 +29,7 @@ from tavrida.transports.memory.records import (
     REQUEUED,
     MemoryDelivery,
     MemoryTransportError,
+    copy_table,
 )
 
 if TYPE_CHECKING:
@@ -59,7 +60,8 @@ class Inbox:
         self._unacked: dict[int, MemoryDelivery] = {}
         self._consumers: list[ConsumerRecord] = []
         self._reply_queues: list[str] = []
-        self._closed = False
+        #: True once :meth:`close` ran (read it; only close() sets it).
+        self.closed = False
         self._woken = False
         #: Drains blocked on _wakeup, and whether it was released for one of them.
         self._waiting = 0
@@ -76,11 +78,6 @@ class Inbox:
         self._failure: Exception | None = None
 
     # ------------------------------------------------------------------ state, read
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` ran."""
-        return self._closed
 
     @property
     def waiting(self) -> int:
@@ -117,7 +114,7 @@ class Inbox:
         :meth:`drain`'s in-thread path.
         """
         self._offered = False
-        if self._waiting and self._pending and not self._borrowed and not self._closed:
+        if self._waiting and self._pending and not self._borrowed and not self.closed:
             self._borrowed = True
             batch = self._pending
             self._pending = collections.deque()
@@ -156,7 +153,7 @@ class Inbox:
 
     def close(self) -> list[MemoryDelivery]:
         """Closed from now on; return every un-settled delivery, forgotten here."""
-        self._closed = True
+        self.closed = True
         returned = list(self._unacked.values())
         self._unacked.clear()
         self._pending.clear()
@@ -182,7 +179,7 @@ class Inbox:
         """Run the callbacks of every delivery pushed so far; see ``MemoryTransport.drain``."""
         lock = self._lock
         with lock:
-            if self._closed:
+            if self.closed:
                 return False
             broker = self.broker
             if broker.delays:
@@ -206,10 +203,14 @@ class Inbox:
         while batch:
             delivery = batch.popleft()
             try:
-                delivery.run_callback()
+                # Fresh copies for each delivery, made outside the broker lock.
+                message = delivery.stored
+                delivery.headers = copy_table(message.headers)
+                delivery.properties = dict(message.properties)
+                delivery.consumer.callback(delivery)
             except BaseException:
                 with self._lock:
-                    if not self._closed:
+                    if not self.closed:
                         self._pending.extendleft(reversed(batch))
                 raise
 
@@ -229,7 +230,7 @@ class Inbox:
                 failure, self._failure = self._failure, None
                 self._helped = False
                 raise failure
-            if self._pending or self._woken or self._closed:
+            if self._pending or self._woken or self.closed:
                 return
             remaining = -1.0 if deadline is None else deadline - time.monotonic()
             if deadline is not None and remaining <= 0:
@@ -273,8 +274,8 @@ class Inbox:
                         owner._failure = exc
                     return
                 with lock:
-                    if (self._pending or self._closed or not owner._pending
-                            or not owner._waiting or owner._closed
+                    if (self._pending or self.closed or not owner._pending
+                            or not owner._waiting or owner.closed
                             or (deadline is not None and time.monotonic() >= deadline)):
                         return
                     batch = owner._pending
@@ -300,7 +301,7 @@ class Inbox:
             self._waiting -= 1
             if taken:
                 self._signalled = False
-                if self._closed:
+                if self.closed:
                     self._wake()  # every waiting drain returns once closed
             elif self._signalled and not self._waiting:
                 # Released just after our timeout, for nobody else: lock it again.

@@ -218,16 +218,6 @@ class MemoryDelivery(Delivery):
         """Put the message back at the head of its queue, or drop it."""
         self._inbox.settle(self, REQUEUED if requeue else REJECTED)
 
-    def run_callback(self) -> None:
-        """Give the consumer's callback this delivery, with fresh copies of headers and properties.
-
-        Called outside the broker's lock, so copying does not hold up other threads.
-        """
-        message = self.stored
-        self.headers = copy_table(message.headers)
-        self.properties = dict(message.properties)
-        self.consumer.callback(self)
-
     def __repr__(self) -> str:
         return (f"<MemoryDelivery #{self.delivery_tag} {self.exchange!r}/{self.routing_key!r}"
                 f" -> {self.queue!r}: {self.state}>")
