@@ -51,7 +51,7 @@ class Inbox:
         self.broker = broker
         self._lock = broker.lock
         #: Held (locked) except between a wake-up and the waiting drain taking it
-        #: again: a binary semaphore, lighter than a Condition (see :meth:`_wait`).
+        #: again: a binary semaphore, lighter than a Condition (see _wait).
         self._wakeup = threading.Lock()
         self._wakeup.acquire()
         #: Deliveries pushed by the broker, waiting for drain() to run them.
@@ -100,7 +100,7 @@ class Inbox:
         self._unacked[delivery.delivery_tag] = delivery
         self._pending.append(delivery)
         if self._waiting and not self._borrowed:
-            self._wake()
+            self.wake()
             if not self._offered and not self._reply_queues:
                 self._offered = True
                 return True
@@ -162,7 +162,7 @@ class Inbox:
     def stop(self) -> None:
         """Make the current (or next) drain return promptly."""
         self._woken = True
-        self._wake()
+        self.wake()
 
     def settle(self, delivery: MemoryDelivery, state: str) -> None:
         """Ack, drop or requeue ``delivery`` (``state``; takes the broker's lock)."""
@@ -286,7 +286,7 @@ class Inbox:
                 owner._helped = True
                 if owner._reclaim or owner._pending or owner._failure is not None:
                     owner._reclaim = False
-                    owner._wake()
+                    owner.wake()
 
     def _wait(self, timeout: float) -> None:
         """Block (broker lock held, released meanwhile) until woken or ``timeout`` (-1: none)."""
@@ -302,18 +302,14 @@ class Inbox:
             if taken:
                 self._signalled = False
                 if self.closed:
-                    self._wake()  # every waiting drain returns once closed
+                    self.wake()  # every waiting drain returns once closed
             elif self._signalled and not self._waiting:
                 # Released just after our timeout, for nobody else: lock it again.
                 self._signalled = False
                 self._wakeup.acquire(False)
 
-    def _wake(self) -> None:
-        """Wake a drain blocked in :meth:`_wait`, if any (broker lock held)."""
+    def wake(self) -> None:
+        """Wake a drain blocked waiting, if any (lock held; once closed, each wakes the next)."""
         if self._waiting and not self._signalled:
             self._signalled = True
             self._wakeup.release()
-
-    def wake(self) -> None:
-        """Wake a blocked drain (lock held; closing wakes them all, one after another)."""
-        self._wake()
