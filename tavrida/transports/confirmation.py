@@ -107,13 +107,8 @@ class Confirmation:
 
     def exception(self, timeout: Optional[float] = None) -> Optional[exceptions.PublishFailed]:
         """Why it failed, None once confirmed; waits as :meth:`wait` does (same errors)."""
-        if self._state == _PENDING:
-            with self._lock:
-                if self._state == _PENDING and self._event is None:
-                    self._event = threading.Event()
-                event = self._event
-            if event is not None and not event.wait(timeout) and self._state == _PENDING:
-                raise TimeoutError(f"{self!r}: no verdict within {timeout} s")
+        if self._state == _PENDING and not self._await(timeout):
+            raise TimeoutError(f"{self!r}: no verdict within {timeout} s")
         if self._state == _CANCELLED:
             raise CancelledError(repr(self))
         return self._exception
@@ -153,6 +148,21 @@ class Confirmation:
     def set_failed(self, exception: exceptions.PublishFailed) -> bool:
         """The message is not published, for ``exception`` (transports only). False if settled."""
         return self._settle(_FAILED, exception)
+
+    def _await(self, timeout: Optional[float]) -> bool:
+        """Block until settled or ``timeout``; True if settled.
+
+        Waits for the settling thread. A transport whose waiting thread must
+        read the verdict itself (a confirm on its own socket) subclasses
+        the handle and overrides this, settling it (or others) as it reads.
+        """
+        with self._lock:
+            if self._state == _PENDING and self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        if event is not None:
+            event.wait(timeout)
+        return self._state != _PENDING
 
     def _settle(self, state: str, exception: Optional[exceptions.PublishFailed]) -> bool:
         with self._lock:

@@ -211,6 +211,30 @@ def test_an_asyncio_future_can_wrap_a_handle_settled_in_another_thread() -> None
     assert asyncio.run(main()) is error
 
 
+def test_a_transport_handle_can_read_its_verdict_in_the_waiting_thread() -> None:
+    """A transport whose waiter reads the confirm itself overrides _await."""
+
+    class ReadingConfirmation(Confirmation):
+        __slots__ = ("reads",)
+
+        def __init__(self, sent: OutgoingEnvelope) -> None:
+            super().__init__(sent)
+            self.reads: list[int] = []
+
+        def _await(self, timeout: float | None) -> bool:
+            self.reads.append(threading.get_ident())
+            self.set_confirmed()  # the confirm this thread just read
+            return self.done()
+
+    confirmation = ReadingConfirmation(envelope())
+    callbacks = []
+    confirmation.add_done_callback(lambda c: callbacks.append(threading.get_ident()))
+
+    confirmation.wait(1)
+
+    assert confirmation.reads == callbacks == [threading.get_ident()]
+
+
 def test_confirm_all_names_every_failed_index() -> None:
     handles = [Confirmation.confirmed(envelope("a")),
                Confirmation.failed(envelope("b"), unroutable("b")),
