@@ -330,7 +330,7 @@ def test_the_example_runs_with_no_hand_written_discovery(capsys: pytest.CaptureF
 def test_records_nobody_heartbeats_are_written_again_before_retention_drops_them(url):
     """A store that forgets (a stream's retention) gets hand-made records again from a watcher."""
     from tavrida.registry.directory import Directory
-    from tavrida.transports.memory_store import MemoryStore
+    from tavrida.transports.memory.store import MemoryStore
 
     class Forgetful(MemoryStore):
         retention = 0.4  # seconds: rewritten between 0.2 and 0.3 s after the last write
