@@ -183,7 +183,7 @@ def failover(cluster: RabbitCluster, variant: str = "classic", casts: int = 20_0
         # was back may have gone back to it. They must be there, and all of them answer.
         result.check(sorted(sum(after.values(), [])) == sorted(pids * 2),
                      f"after the kill, not both sides' two connections open: {after}")
-        check_dead_letters(result, survivor, names, sizes["dead"], stream.call_errors)
+        check_dead_letters(result, survivor, names, sizes["dead"], stream)
     except ScenarioError as exc:
         result.problems.append(str(exc))
     finally:

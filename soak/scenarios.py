@@ -27,9 +27,9 @@ from typing import Any, Callable, Dict, List, Optional, Set
 
 from soak.proxy import TcpProxy
 from soak.service import CLIENT, SERVICE, unpack
-from tavrida import client, config, discovery, exceptions, messages
+from tavrida import client, config, discovery, exceptions, messages, wire
 from tavrida.retries import RetryPolicy
-from tavrida.transports.base import Binding, DelayQueue, Topology
+from tavrida.transports.base import DEAD_LETTER_REASON_HEADER, Binding, DelayQueue, Topology
 from tavrida.transports.kombu import KombuTransport
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,42 +126,107 @@ def queue_sizes(url: str, names: Names) -> Dict[str, Optional[int]]:
         transport.close()
 
 
-def dead_letter_requests(url: str, names: Names, count: int,
-                         timeout: float = 10.0) -> Set[Any]:
-    """The distinct request ids of the first ``count`` dead letters (left in the queue).
+class DeadLetter:
+    """One dead letter of a run: its request, why, and which call (``seq``) it was."""
+
+    __slots__ = ("request_id", "reason", "seq", "call")
+
+    def __init__(self, headers: Dict[str, Any], body: Any) -> None:
+        self.request_id = headers.get("request_id")
+        self.reason = str(headers.get(DEAD_LETTER_REASON_HEADER, ""))
+        #: The call's ``seq`` (None: not a readable call).
+        self.seq: Optional[int] = None
+        #: True for a call (a request with a reply queue), False for a cast.
+        self.call = bool(headers.get("reply_to"))
+        try:
+            seq = wire.decode(body, headers).payload.get("seq")
+        except exceptions.TavridaError:
+            return
+        self.seq = seq if isinstance(seq, int) else None
+
+    def unroutable_answer(self) -> bool:
+        """True when its answer found no reply queue (Unroutable, see answering.py)."""
+        return (self.reason.startswith(ANSWER_NOT_SENT)
+                and UNROUTABLE_SAYS in self.reason)
+
+
+#: How answering.py names a dead letter whose answer could not be sent, and how an
+#: Unroutable one goes on (exceptions.Unroutable's message).
+ANSWER_NOT_SENT = "answer not sent: "
+UNROUTABLE_SAYS = "No queue takes messages to exchange"
+
+
+def dead_letters(url: str, names: Names, count: int, timeout: float = 10.0) -> List[DeadLetter]:
+    """The first ``count`` dead letters (left in the queue).
 
     A dead letter is published at least once, like any message: a cut
     between its publish and its confirm leaves two copies of one request.
     """
     transport = open_transport(url)
-    seen: List[Any] = []
+    seen: List[DeadLetter] = []
     try:
         transport.consume(names.dead, lambda delivery: seen.append(
-            delivery.headers.get("request_id")), max(count, 1))
+            DeadLetter(dict(delivery.headers or {}), delivery.body)), max(count, 1))
         deadline = time.monotonic() + timeout
         while len(seen) < count and time.monotonic() < deadline:
             transport.drain(0.2)
     finally:
         transport.close()  # un-acked: they go back to the queue, which cleanup deletes
-    # One that could not be read counts as a request of its own.
-    return set(seen) | {f"unread {index}" for index in range(count - len(seen))}
+    return seen
 
 
 def check_dead_letters(result: Any, url: str, names: Names, dead: Optional[int],
-                       call_errors: int) -> None:
-    """No more dead-lettered requests than failed calls.
+                       stream: "Stream") -> None:
+    """No more dead-lettered requests than failed calls, but for copies of answered calls.
 
     An answer whose reply queue went with a fault is Unroutable: the service
     dead-letters its request, and that call ended in a clear error. Counted
     by request, since one request may be dead-lettered twice.
+
+    A call may also have been handled twice (at least once: the broker
+    redelivers a request whose ack a cut took, the client publishes again a
+    request whose confirm a cut took). When a cut of the client takes its
+    reply queue, one copy's answer finds no queue (Unroutable: its copy is
+    dead-lettered, as promised) while another copy, handled after the client
+    took its new reply queue, answers the caller. Such a dead letter is that
+    of a duplicate whose call got its own answer: nothing is lost or wrong,
+    so it is no failed call's. Only this case is excused: a dead letter of
+    an answered call for any other reason, of a cast, or one that cannot be
+    read counts against the failed calls. Why each was dead-lettered is the
+    ``dead_reasons`` figure (a failure then says why).
     """
     dead = dead or 0
-    requests = dead_letter_requests(url, names, dead) if dead > call_errors else set()
-    if requests:
-        result.figures["dead_letter_requests"] = len(requests)
-    result.check(dead <= call_errors or len(requests) <= call_errors,
-                 f"{dead} dead letters of {len(requests)} requests, more than the "
-                 f"{call_errors} failed calls")
+    if dead:
+        judge_dead_letters(result, dead, dead_letters(url, names, dead), stream.answered_seqs,
+                           stream.call_errors)
+
+
+def judge_dead_letters(result: Any, dead: int, letters: List[DeadLetter],
+                       answered_seqs: Set[int], call_errors: int) -> None:
+    """The verdict of :func:`check_dead_letters` on the ``letters`` read of ``dead``."""
+    reasons: Dict[Any, str] = {}
+    excused: Set[Any] = set()
+    blamed: Set[Any] = set()  # a request with any other dead letter is never excused
+    for letter in letters:
+        reasons.setdefault(letter.request_id, letter.reason)
+        if (letter.call and letter.seq is not None and letter.unroutable_answer()
+                and letter.seq in answered_seqs):
+            excused.add(letter.request_id)
+        else:
+            blamed.add(letter.request_id)
+            reasons[letter.request_id] = letter.reason
+    excused -= blamed
+    # One that could not be read counts as a request of its own.
+    reasons.update({f"unread {index}": "unread" for index in range(dead - len(letters))})
+    unexplained = len(reasons) - len(excused)
+    result.figures["dead_letter_requests"] = len(reasons)
+    result.figures["dead_of_answered_calls"] = len(excused)
+    result.figures["dead_reasons"] = dict(collections.Counter(
+        "answered by another copy: " + reason if request in excused else reason
+        for request, reason in reasons.items()))
+    result.check(unexplained <= call_errors,
+                 f"{dead} dead letters of {len(reasons)} requests ({len(excused)} of calls "
+                 f"answered by another copy), more than the {call_errors} failed calls")
 
 
 def cleanup(url: str, names: Names) -> None:
@@ -408,6 +473,8 @@ class Stream:
         self.progress = 0
         self.sent_casts = 0
         self.answered = 0
+        #: The calls that got their own answer.
+        self.answered_seqs: Set[int] = set()
         self.wrong = 0
         self.errors: Dict[str, int] = collections.Counter()
         self._sending = threading.Event()
@@ -454,6 +521,7 @@ class Stream:
                 with self.lock:
                     if answer == {"seq": seq}:
                         self.answered += 1
+                        self.answered_seqs.add(seq)
                     else:
                         self.wrong += 1
             except (exceptions.CallTimeout, exceptions.PublishFailed,
@@ -647,7 +715,7 @@ def faults(url: str, casts: int = 20_000, calls: int = 2_000, cuts: int = 5,
             "send_s": round(send_seconds, 1), "seed": seed,
         })
         result.check(len(cut_log) == cuts, f"only {len(cut_log)} of {cuts} cuts happened")
-        check_dead_letters(result, url, names, sizes["dead"], stream.call_errors)
+        check_dead_letters(result, url, names, sizes["dead"], stream)
         if idempotent:
             result.check(dupes == 0, f"the handler saw {dupes} duplicates")
     except ScenarioError as exc:

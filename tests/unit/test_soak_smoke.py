@@ -6,13 +6,16 @@ import datetime
 import decimal
 import socket
 import threading
+from typing import List, Optional, Set
 
 from amqp import serialization
 
 from soak.__main__ import table, verdict
 from soak.amqp_raw import Field, deep_table, encode_properties, encode_table
 from soak.proxy import TcpProxy
-from soak.scenarios import Result
+from soak.scenarios import DeadLetter, Result, judge_dead_letters
+from tavrida import messages, wire
+from tavrida.transports.base import DEAD_LETTER_REASON_HEADER
 
 
 def _echo_server() -> socket.socket:
@@ -108,3 +111,48 @@ def test_table_and_verdict() -> None:
     assert verdict([ok, bad]).startswith("VERDICT: FAIL - 1 of 2 scenarios failed")
     assert "1 messages lost" in verdict([ok, bad])
     assert "FAIL: 1 messages never handled" in bad.line()
+
+
+UNROUTABLE = ("answer not sent: No queue takes messages to exchange 'x.client' with "
+              "routing key 'client': no queue is bound with a matching key")
+
+
+def _dead_letter(seq: int, reason: str, call: bool = True) -> DeadLetter:
+    """A dead letter as the service writes it: the request's bytes and headers, and why."""
+    request = messages.Request({"source": "client.ask" if call else "client",
+                                "destination": "soak.ask",
+                                "reply_to": "client" if call else ""}, {}, {"seq": seq})
+    body, headers = wire.encode(request)
+    return DeadLetter({**headers, DEAD_LETTER_REASON_HEADER: reason}, body)
+
+
+def _judge(letters: List[DeadLetter], answered: Set[int], call_errors: int = 0,
+           dead: Optional[int] = None) -> Result:
+    result = Result("faults", "amqp://guest:guest@127.0.0.1:5672//")
+    judge_dead_letters(result, len(letters) if dead is None else dead, letters, answered,
+                       call_errors)
+    return result
+
+
+def test_dead_letter_of_a_copy_whose_call_was_answered_is_excused() -> None:
+    result = _judge([_dead_letter(7, UNROUTABLE)], answered={7})
+    assert result.passed, result.problems
+    assert result.figures["dead_of_answered_calls"] == 1
+    assert result.figures["dead_reasons"] == {f"answered by another copy: {UNROUTABLE}": 1}
+
+
+def test_dead_letters_that_lost_or_hid_something_are_not_excused() -> None:
+    # Its caller got no answer and no error: a lost call.
+    assert not _judge([_dead_letter(7, UNROUTABLE)], answered=set()).passed
+    # Answered, but dead-lettered for another reason than a reply queue gone.
+    failed = _judge([_dead_letter(7, "failed twice: OSError: cut")], answered={7})
+    assert not failed.passed
+    assert failed.figures["dead_reasons"] == {"failed twice: OSError: cut": 1}
+    # A cast is never answered: its dead letter is no copy of an answered call.
+    assert not _judge([_dead_letter(7, UNROUTABLE, call=False)], answered={7}).passed
+    # One that could not be read.
+    assert not _judge([], answered={7}, dead=1).passed
+    # A failed call explains one dead letter, not two requests.
+    two = [_dead_letter(7, UNROUTABLE), _dead_letter(8, UNROUTABLE)]
+    assert _judge(two, answered=set(), call_errors=2).passed
+    assert not _judge(two, answered=set(), call_errors=1).passed
