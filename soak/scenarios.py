@@ -529,6 +529,8 @@ class Stream:
                 with self.lock:
                     self.errors[type(exc).__name__] += 1
             except Exception as exc:  # noqa: BLE001 - not a "clear" error
+                # In the run's client log (tavrida's logger): a failure then says what it was.
+                logging.getLogger("tavrida.soak").exception("call %d raised", seq)
                 with self.lock:
                     self.errors[f"unexpected {type(exc).__name__}"] += 1
             with self.lock:
