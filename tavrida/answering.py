@@ -18,6 +18,7 @@ import logging
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from tavrida import exceptions, messages, wire
+from tavrida import headers as header_names
 from tavrida.observability.hooks import HookList
 from tavrida.retries import ATTEMPTS_HEADER
 from tavrida.router import Router
@@ -37,7 +38,7 @@ from tavrida.transports.base import (
 LOG = logging.getLogger("tavrida.server")
 
 #: Header of a dead letter whose original headers could not be copied: why.
-DEAD_LETTER_DROPPED_HEADER = "x-tavrida-dropped-headers"
+DEAD_LETTER_DROPPED_HEADER = header_names.DEAD_LETTER_DROPPED
 
 #: ``reply_exchanges`` of a server: answer where a call says, or only on exchanges discovery knows.
 REPLY_EXCHANGES = ("any", "known")

@@ -62,6 +62,7 @@ from tavrida import (
     class_path,
     client,
     config_file,
+    defaults,
     diagram,
     discovery,
     entry_point,
@@ -75,7 +76,7 @@ from tavrida.registry import command as registry_command
 from tavrida.server import Server
 from tavrida.transports import Topology, create_transport
 
-DEFAULT_URL = "amqp://guest:guest@localhost:5672//"
+DEFAULT_URL = defaults.CLI_URL
 DEFAULT_SOURCE = config_file.CLI_CALLER
 #: What ``topology show --format`` prints.
 FORMATS = ("text", "json", "mermaid", "dot")
@@ -156,7 +157,8 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--correlation-id", default="",
                              help="correlation id to send (default: a new one)")
         if name == "call":
-            sub.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")
+            sub.add_argument("--timeout", type=float, default=defaults.CLI_TIMEOUT,
+                             help="seconds to wait")
             sub.add_argument("--reply-exchange",
                              help="exchange the service answers the caller on (default: the "
                                   "caller's in --discovery, else --exchange, else "

@@ -75,7 +75,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Type, TypeVar
 
-from tavrida import class_path, exceptions, service_graph
+from tavrida import class_path, defaults, exceptions, service_graph
 from tavrida import config as config_mod
 from tavrida import discovery as discovery_mod
 from tavrida.answering import REPLY_EXCHANGES
@@ -287,8 +287,8 @@ class ServiceConfig:
         #: Grace period of a stop, in seconds (see ``Server``).
         self.stop_timeout = self._collect(
             lambda: self._non_negative("server", "stop_timeout",
-                                       config_mod.DEFAULT_STOP_TIMEOUT),
-            config_mod.DEFAULT_STOP_TIMEOUT)
+                                       defaults.STOP_TIMEOUT),
+            defaults.STOP_TIMEOUT)
         #: ``any`` (the default) or ``known`` (see ``Server``'s ``reply_exchanges``).
         self.reply_exchanges = self._collect(
             lambda: self._choice("server", "reply_exchanges", REPLY_EXCHANGES, "any"), "any")

@@ -25,6 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Type, TypeVar
 
 from tavrida import entry_point, exceptions
+from tavrida import headers as header_names
 
 _M = TypeVar("_M", bound="Message")
 
@@ -35,15 +36,13 @@ NOTIFICATION = "notification"
 MESSAGE_TYPES = (REQUEST, RESPONSE, ERROR, NOTIFICATION)
 
 #: The headers tavrida owns; everything else in ``headers`` is the user's.
-TAVRIDA_HEADERS = ("correlation_id", "request_id", "message_id", "message_type",
-                   "reply_to", "source", "destination")
+TAVRIDA_HEADERS = header_names.TAVRIDA_1
 #: Headers an incoming message must carry (``reply_to`` may be absent).
-REQUIRED_HEADERS = ("correlation_id", "message_id", "request_id", "message_type",
-                    "source", "destination")
+REQUIRED_HEADERS = header_names.REQUIRED
 #: Header of a 2.0 call: the exchange its answers go to, used when the answering
 #: service's discovery does not know the caller (1.0 ignores it). Like every
 #: ``x-tavrida-*`` header it describes one message and is not copied into others.
-REPLY_EXCHANGE_HEADER = "x-tavrida-reply-exchange"
+REPLY_EXCHANGE_HEADER = header_names.REPLY_EXCHANGE
 #: Error code sent when an exception has no ``code`` attribute.
 DEFAULT_ERROR_CODE = 1000
 
@@ -97,7 +96,7 @@ def new_correlation_id() -> str:
 #: Unix epoch (an integer). A server drops such a request once that time has passed
 #: instead of running it. Like every ``x-tavrida-`` header it is never copied into
 #: another message; tavrida 1.0 ignores it.
-EXPIRES_AT_HEADER = "x-tavrida-expires-at"
+EXPIRES_AT_HEADER = header_names.EXPIRES_AT
 
 
 def expiry_of(headers: Mapping[str, Any]) -> Optional[float]:
@@ -140,7 +139,7 @@ def user_headers(headers: Mapping[str, Any]) -> Dict[str, Any]:
     if headers.keys() <= _OWN_HEADERS:
         return {}  # the common case, no user header: one set comparison, no loop
     return {k: v for k, v in headers.items()
-            if k not in TAVRIDA_HEADERS and not k.startswith("x-tavrida-")}
+            if k not in TAVRIDA_HEADERS and not k.startswith(header_names.PREFIX)}
 
 
 def get_fqcn(obj: Any) -> str:

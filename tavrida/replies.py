@@ -30,14 +30,14 @@ import time
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Union
 
-from tavrida import exceptions, messages, wire
+from tavrida import defaults, exceptions, messages, wire
 from tavrida.sender import Sender
 from tavrida.transports.base import Binding, Delivery, Topology
 
 LOG = logging.getLogger(__name__)
 
 #: Exchange a client's answers come back on when its discovery does not name one.
-DEFAULT_REPLY_EXCHANGE = "tavrida.replies"
+DEFAULT_REPLY_EXCHANGE = defaults.REPLY_EXCHANGE
 
 
 class _TimedOut(Exception):

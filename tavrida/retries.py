@@ -28,14 +28,17 @@ import threading
 import time
 from typing import Any, Callable, List, Mapping, Optional, Tuple
 
+from tavrida import defaults
+from tavrida import headers as header_names
+
 LOG = logging.getLogger(__name__)
 
 #: Header of a retried copy: how many times the handler already ran on this message.
-ATTEMPTS_HEADER = "x-tavrida-attempts"
+ATTEMPTS_HEADER = header_names.ATTEMPTS
 
-DEFAULT_MAX_ATTEMPTS = 5
-DEFAULT_RETRY_BACKOFF = 0.5
-DEFAULT_RETRY_BACKOFF_MAX = 30.0
+DEFAULT_MAX_ATTEMPTS = defaults.MAX_ATTEMPTS
+DEFAULT_RETRY_BACKOFF = defaults.RETRY_BACKOFF
+DEFAULT_RETRY_BACKOFF_MAX = defaults.RETRY_BACKOFF_MAX
 _MAX_COUNT = 2 ** 31 - 1
 
 

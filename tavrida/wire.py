@@ -28,10 +28,10 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import simplejson
 import simplejson.encoder
 
-from tavrida import entry_point, exceptions, messages, schema
+from tavrida import defaults, entry_point, exceptions, messages, schema
 
 #: Bodies larger than this are refused (bytes); the server may set its own.
-DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
+DEFAULT_MAX_BODY_SIZE = defaults.MAX_BODY_SIZE
 #: Content types that need no look: JSON as tavrida, 1.0 (none) and AMQP clients label it.
 JSON_CONTENT_TYPES = frozenset({"", "application/json", "text/json", "text/plain",
                                 "application/data", "application/octet-stream"})
