@@ -78,7 +78,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Ty
 from tavrida import class_path, defaults, exceptions, service_graph
 from tavrida import config as config_mod
 from tavrida import discovery as discovery_mod
-from tavrida.answering import REPLY_EXCHANGES
+from tavrida.answers import REPLY_EXCHANGES
 from tavrida.retries import RetryPolicy
 from tavrida.service import ServiceController
 from tavrida.transports.base import QUEUE_TYPES
@@ -141,7 +141,8 @@ SCHEMA: Dict[str, Dict[str, type]] = {
         "retry_backoff_max": float,
         "queue_type": str,  # classic or quorum (see tavrida.transports.base.QUEUE_TYPES)
         "stop_timeout": float,
-        "reply_exchanges": str,  # any or known (see tavrida.answering.REPLY_EXCHANGES)
+        "reply_exchanges": str,  # any or known (see tavrida.answers.REPLY_EXCHANGES)
+        "pipelined_answers": bool,  # see tavrida.server.Server.pipelined_answers
     },
     "discovery": {
         "file": str,
@@ -292,6 +293,8 @@ class ServiceConfig:
         #: ``any`` (the default) or ``known`` (see ``Server``'s ``reply_exchanges``).
         self.reply_exchanges = self._collect(
             lambda: self._choice("server", "reply_exchanges", REPLY_EXCHANGES, "any"), "any")
+        #: Answers pipelined with the next messages (see ``Server.pipelined_answers``).
+        self.pipelined_answers: bool = self.get("server", "pipelined_answers", True)
         self.service_classes = self._services()
         self.log_level = self._collect(self._log_level, logging.INFO)
         self.log_format = self._collect(

@@ -10,7 +10,7 @@ What happens to each message (the delivery guarantees):
 * a call always gets exactly one answer: the handler's Response, an empty
   Response when the handler returned None, or an Error when it raised, a
   middleware refused it, or its answer cannot be sent (not JSON, too large:
-  see :mod:`tavrida.answering`);
+  see :mod:`tavrida.answers`);
 * a message that cannot be handled (bad headers or body, no such service
   or handler, a failing cast or notification handler) is logged and,
   unless an Error answer went back to a caller, copied to the dead-letter
@@ -33,17 +33,17 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from typing import Any, Iterable, List, Optional, Type, Union
+from typing import Any, Callable, Iterable, List, Optional, Tuple, Type, Union
 
 from tavrida import config as config_mod
 from tavrida import exceptions, messages, wire
-from tavrida.answering import DEAD_LETTER_DROPPED_HEADER as DEAD_LETTER_DROPPED_HEADER
-from tavrida.answering import ErrorHook as ErrorHook
-from tavrida.answering import check_reply_exchanges
+from tavrida.answers import Answers, check_reply_exchanges
+from tavrida.answers import ErrorHook as ErrorHook
+from tavrida.dead_letters import DEAD_LETTER_DROPPED_HEADER as DEAD_LETTER_DROPPED_HEADER
+from tavrida.dead_letters import DeadLetters
 from tavrida.observability.hooks import HookList, ServerHook
 from tavrida.proxies import RPCProxy
-from tavrida.retries import RetryPolicy, RetryTimer
-from tavrida.retrying import Retrying
+from tavrida.retries import Retries, RetryPolicy, RetryTimer
 from tavrida.router import Router, check_service_classes
 from tavrida.sender import Sender
 from tavrida.service import ServiceController
@@ -51,6 +51,7 @@ from tavrida.shutdown import Shutdown, StopNow
 from tavrida.transports import create_transport
 from tavrida.transports.base import (
     Binding,
+    DelayQueue,
     Delivery,
     Topology,
     Transport,
@@ -62,7 +63,7 @@ from tavrida.workers import Workers
 LOG = logging.getLogger(__name__)
 
 
-class Server(Retrying):
+class Server:
     """Serves ``service_list`` on ``queue_name``, bound to ``exchange_name``.
 
     ``config`` is a :class:`~tavrida.config.ConnectionConfig` or a URL.
@@ -79,14 +80,17 @@ class Server(Retrying):
     :class:`~tavrida.transports.base.Topology`), ``max_attempts`` being
     the broker's delivery limit too. ``reply_exchanges="known"`` answers a
     call only on a reply exchange its services' discovery knows (see
-    :meth:`~tavrida.answering.Answering._reply_refused`); ``"any"`` (the
+    :meth:`~tavrida.answers.Answers.reply_refused`); ``"any"`` (the
     default) answers where the call says.
     """
 
-    #: In :meth:`run` without workers or hooks, publish a call's answer and take
-    #: the next message while the broker confirms it (the request is acked at
-    #: the confirm). False: :meth:`handle` returns only once its message is
-    #: acked (a subclass that counts acks in ``handle`` wants that).
+    #: In :meth:`run` without workers, publish a call's answer and take the next
+    #: message while the broker confirms it (the request is acked at the confirm,
+    #: and hooks see the message finished then). False: :meth:`handle` returns
+    #: only once its message is acked (a subclass that counts acks in ``handle``
+    #: wants that). ``Server(pipelined_answers=...)`` or the config file's
+    #: ``[server] pipelined_answers`` set it per server. Workers answer unpipelined:
+    #: a deferred confirm is read by the thread that published, and theirs do not drain.
     pipelined_answers = True
 
     def __init__(self, config: Union[config_mod.ConnectionConfig, str], queue_name: str,
@@ -99,7 +103,8 @@ class Server(Retrying):
                  retry_backoff: float = RetryPolicy.backoff,
                  retry_backoff_max: float = RetryPolicy.backoff_max,
                  queue_type: str = "classic", reply_exchanges: str = "any",
-                 stop_timeout: float = config_mod.DEFAULT_STOP_TIMEOUT) -> None:
+                 stop_timeout: float = config_mod.DEFAULT_STOP_TIMEOUT,
+                 pipelined_answers: Optional[bool] = None) -> None:
         if not queue_name or not exchange_name:
             raise exceptions.IncorrectAMQPConfig(
                 reason="Server needs a queue_name and an exchange_name")
@@ -117,6 +122,8 @@ class Server(Retrying):
         self.max_body_size = max_body_size
         self.retry_policy = RetryPolicy(max_attempts, retry_backoff, retry_backoff_max)
         self._retry_timer = RetryTimer(f"tavrida-retry-{queue_name}")
+        if pipelined_answers is not None:
+            self.pipelined_answers = pipelined_answers
         self.dead_letter_queue = dead_letter_queue_name(queue_name)
         self.queue_type = check_queue_type(queue_type)
         self.reply_exchanges = check_reply_exchanges(reply_exchanges)
@@ -124,9 +131,7 @@ class Server(Retrying):
         self.controllers: List[ServiceController] = []
         self.router: Optional[Router] = None
         #: Access log, metrics, traces, health (see :mod:`tavrida.observability`).
-        self.hooks = HookList(hooks)
-        #: Called on every handler or message failure (the test helpers use it).
-        self.error_hooks: List[ErrorHook] = [self.hooks.failed]
+        self.hooks = HookList(hooks, self)
         #: Grace period of a stop: seconds the messages in hand have to finish.
         self.stop_timeout = stop_timeout
         self._shutdown = Shutdown(queue_name, stop_timeout)
@@ -137,8 +142,12 @@ class Server(Retrying):
         self._inflight_lock = threading.Lock()
         #: Messages taken so far (handled, answered or dead-lettered).
         self.handled = 0
-        #: run() without workers or hooks: answers are pipelined (see _answer_confirmed).
+        #: run() without workers: answers are pipelined (see _answer_confirmed).
         self._pipelined = False
+        # Built at start, on the transport (see _collaborators).
+        self._dead_letters: Optional[DeadLetters] = None
+        self._answers: Optional[Answers] = None
+        self._retries: Optional[Retries] = None
         #: Requests whose answer went out unconfirmed: acked once it is confirmed.
         self._awaiting = 0
 
@@ -160,7 +169,7 @@ class Server(Retrying):
                    retry_backoff=conf.retry_policy.backoff,
                    retry_backoff_max=conf.retry_policy.backoff_max,
                    queue_type=conf.queue_type, reply_exchanges=conf.reply_exchanges,
-                   stop_timeout=conf.stop_timeout)
+                   stop_timeout=conf.stop_timeout, pipelined_answers=conf.pipelined_answers)
 
     # -- topology ---------------------------------------------------------
 
@@ -198,8 +207,10 @@ class Server(Retrying):
             self.transport = create_transport(self.config)
         self.controllers = [cls(self._sender(cls)) for cls in self.service_classes]
         self.router = Router(self.controllers)
+        self._collaborators(self.transport, self.router)
         self.transport.declare(topology)
-        self._say_where_retries_wait(topology)
+        assert self._retries is not None
+        self._retries.say_where_retries_wait(topology)
         if self.workers:
             self._workers = Workers(self.workers, f"tavrida-{self.queue_name}",
                                     self._handle_in_worker)
@@ -214,6 +225,40 @@ class Server(Retrying):
         LOG.info("server on queue %s started with services %s (%s)", self.queue_name,
                  ", ".join(c.service_name() for c in self.controllers), self.config.safe_url)
         self.hooks.started(self)
+
+    def retry_delays(self) -> Tuple[DelayQueue, ...]:
+        """The delay queues of this server's retries, one per backoff step."""
+        return tuple(DelayQueue(self.queue_name, delay_ms)
+                     for delay_ms in self.retry_policy.delays_ms())
+
+    def _collaborators(self, transport: Transport, router: Router) -> None:
+        """The objects a server settles messages with; each owns its own state."""
+        self._dead_letters = DeadLetters(transport, self.dead_letter_queue, self.hooks)
+        self._answers = Answers(transport, router, self.controllers, self._dead_letters,
+                                self.hooks, self.reply_exchanges, self.max_body_size)
+        self._retries = Retries(transport, self.queue_name, self.queue_type, self.retry_policy,
+                                self._retry_timer, self._answers, self._dead_letters,
+                                self.hooks, self._in_hand)
+
+    @property
+    def dead_letters(self) -> DeadLetters:
+        """Where this server copies what it cannot handle (after :meth:`start`)."""
+        assert self._dead_letters is not None, "the server has not started"
+        return self._dead_letters
+
+    def _in_hand(self, work: Callable[[], None]) -> None:
+        """Run ``work`` (a due retry, on the timer's thread) as a message in hand."""
+        if self._stopping.is_set() or not self._started:
+            return  # never acked: the broker gives the original back
+        with self._inflight_lock:
+            self._inflight += 1
+        try:
+            work()
+        finally:
+            with self._inflight_lock:
+                self._inflight -= 1
+            if self.transport is not None:
+                self.transport.stop()  # let the loop perform the ack now
 
     def _sender(self, cls: Type[ServiceController]) -> Sender:
         sender = Sender(self.transport, cls.get_discovery(), self.config.persistent,
@@ -241,7 +286,7 @@ class Server(Retrying):
             self.start()
             assert self.transport is not None
             self._awaiting = 0
-            self._pipelined = self.pipelined_answers and not self.workers and not self.hooks
+            self._pipelined = self.pipelined_answers and not self.workers
             if restore:
                 shutdown.abortable(True)  # a second signal ends it at once (StopNow)
                 if not self.workers:
@@ -361,7 +406,7 @@ class Server(Retrying):
     def handle(self, delivery: Delivery) -> None:
         """Handle one delivery to the end: answer, dead-letter or requeue, then ack.
 
-        (Inside :meth:`run` without workers or hooks, a call's ack waits for
+        (With pipelined answers, inside :meth:`run`, a call's ack waits for
         its answer's confirm, read later by the transport's drain.)
 
         Never raises: when the broker fails us half-way (a dead letter or an
@@ -370,14 +415,7 @@ class Server(Retrying):
         shutdown = self._shutdown
         key = id(delivery)
         shutdown.running(key, delivery.headers)  # named in the log if a stop gives it back
-        if self.hooks:
-            self.hooks.observe(self, delivery, self._handle_safely)
-        else:
-            try:  # _handle_safely(), inline: this runs for every message
-                self._handle(delivery)
-            except Exception as exc:  # noqa: BLE001
-                LOG.exception("could not finish a message from %s", delivery.queue)
-                self._recover(delivery, exc)
+        self.hooks.observe(self, delivery, self._handle_safely)
         shutdown.done(key)  # (not when StopNow ends it: then it is named, given back)
 
     def _handle_safely(self, delivery: Delivery) -> None:
@@ -391,12 +429,13 @@ class Server(Retrying):
         # First failure: requeue (the broker or a publish may be back next
         # time). A redelivered message that fails again goes to the
         # dead-letter queue, so it cannot spin for ever.
+        assert self._answers is not None and self._dead_letters is not None
         try:
             if delivery.redelivered:
-                if not self._answer_failure(delivery, exc):
+                if not self._answers.answer_failure(delivery, exc):
                     said = messages.error_payload(exc)["message"]
-                    self._dead_letter(delivery,
-                                      f"failed twice: {messages.get_fqcn(exc)}: {said}")
+                    self._dead_letters.send(delivery,
+                                            f"failed twice: {messages.get_fqcn(exc)}: {said}")
                 delivery.ack()
             else:
                 delivery.reject(requeue=True)
@@ -405,15 +444,17 @@ class Server(Retrying):
 
     def _handle(self, delivery: Delivery) -> None:
         self.handled += 1
+        answers, dead_letters = self._answers, self._dead_letters
+        assert answers is not None and dead_letters is not None and self.router is not None
         try:
             message = wire.decode(delivery.body, delivery.headers, delivery.properties,
                                   self.max_body_size)
         except exceptions.IncorrectMessage as exc:
             LOG.error("bad message on queue %s (routing key %r): %s", delivery.queue,
                       delivery.routing_key, exc)
-            self._notify(None, exc)
-            if exc.headers is None or not self._answer_bad(exc.headers, exc):
-                self._dead_letter(delivery, str(exc))
+            self.hooks.failed(None, exc, False)
+            if exc.headers is None or not answers.answer_bad(exc.headers, exc):
+                dead_letters.send(delivery, str(exc))
             delivery.ack()
             return
         if messages.EXPIRES_AT_HEADER in message.headers and \
@@ -425,19 +466,17 @@ class Server(Retrying):
                 LOG.warning("dropping a request to %s (correlation id %s) unrun: its caller "
                             "gave up %.3f s ago", message.destination, message.correlation_id,
                             late)
-                if self.hooks:
-                    self.hooks.expired()
+                self.hooks.expired()
                 delivery.ack()
                 return
-        if self.reply_exchanges != "any" and self._reply_refused(delivery, message):
+        if self.reply_exchanges != "any" and answers.reply_refused(delivery, message):
             return
         message.update_context(message.payload)
-        assert self.router is not None
         try:
             targets = self.router.route(message)
         except exceptions.TavridaError as exc:
             LOG.error("cannot dispatch %r: %s", message, exc)
-            self._fail(delivery, message, exc)
+            answers.refuse(delivery, message, exc)
             delivery.ack()
             return
         for controller, handler in targets:
@@ -449,33 +488,41 @@ class Server(Retrying):
                 answer = controller.process(handler, message, proxy)
             except Exception as exc:  # noqa: BLE001 - any handler failure is reported
                 if isinstance(exc, exceptions.NackableException):
-                    self._retry(delivery, controller, handler.method_name, message, exc)
+                    assert self._retries is not None
+                    self._retries.retry(delivery, controller, handler.method_name, message, exc)
                     return
-                self._notify(message, exc, by_handler=True)
-                said = messages.error_payload(exc)["message"]  # even when str(exc) raises
+                self.hooks.failed(message, exc, True)
+                what = self._failure(handler.method_name, exc)
                 if isinstance(message, messages.IncomingRequestCall):
-                    LOG.warning("handler %s raised %s: %s on %r; answering with an Error",
-                                handler.method_name, messages.get_fqcn(exc), said, message,
+                    LOG.warning("%s on %r; answering with an Error", what, message,
                                 exc_info=LOG.isEnabledFor(logging.DEBUG))
-                    answer = self._error_answer(controller, message, exc)
+                    answer = answers.error_answer(controller, message, exc)
                 else:
-                    LOG.error("handler %s failed on %r: %s: %s", handler.method_name, message,
-                              messages.get_fqcn(exc), said, exc_info=True)
-                    self._dead_letter(delivery, f"handler {handler.method_name} raised "
-                                                f"{messages.get_fqcn(exc)}: {said}")
+                    # A payload refused is the sender's fault: no traceback of ours.
+                    LOG.error("%s on %r", what, message,
+                              exc_info=not isinstance(exc, exceptions.InvalidPayload))
+                    dead_letters.send(delivery, what)
                     continue
             if answer is not None and isinstance(message, messages.IncomingRequestCall):
                 if self._pipelined and len(targets) == 1:
-                    deferred = self._send_answer(controller, answer, delivery, functools.partial(
+                    deferred = answers.send(controller, answer, delivery, functools.partial(
                         self._answer_confirmed, controller, answer, delivery))
                     if deferred:
                         self._awaiting += 1
                         controller.message_done(message, answer)
                         return  # acked once its answer is confirmed
                 else:
-                    self._send_answer(controller, answer, delivery)
+                    answers.send(controller, answer, delivery)
             controller.message_done(message, answer)
         delivery.ack()
+
+    @staticmethod
+    def _failure(method_name: str, exc: Exception) -> str:
+        """What went wrong, for the log and a dead letter's reason."""
+        said = messages.error_payload(exc)["message"]  # even when str(exc) raises
+        if isinstance(exc, exceptions.InvalidPayload):  # refused before the handler ran
+            return f"payload refused for handler {method_name}: {said}"
+        return f"handler {method_name} raised {messages.get_fqcn(exc)}: {said}"
 
     def _answer_confirmed(self, controller: ServiceController, answer: messages.Message,
                           delivery: Delivery, exc: Optional[exceptions.PublishFailed]) -> None:
@@ -491,11 +538,14 @@ class Server(Retrying):
             # comes again and is answered again, so it is not dead-lettered now.
             LOG.warning("answer %r not confirmed (%s); its request will be delivered again",
                         answer, exc)
+            self.hooks.given_back(delivery)
             return
+        assert self._answers is not None
         try:
-            if exc is not None:
-                self._answer_failed(controller, answer, delivery, exc)
-            delivery.ack()
+            with self.hooks.recording(delivery):
+                if exc is not None:
+                    self._answers.failed(controller, answer, delivery, exc)
+                delivery.ack()
         except Exception as err:  # noqa: BLE001
             LOG.error("could not finish a message from %s: %s", delivery.queue, err)
             self._recover(delivery, err)

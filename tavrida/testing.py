@@ -38,7 +38,9 @@ from tavrida import client as client_mod
 from tavrida import config as config_mod
 from tavrida import discovery as discovery_mod
 from tavrida import exceptions, messages, wire
+from tavrida.answers import Answers, ErrorHook
 from tavrida.dispatcher import Handler
+from tavrida.observability.hooks import ServerHook
 from tavrida.proxies import RPCProxy
 from tavrida.server import Server
 from tavrida.service import ServiceController
@@ -139,6 +141,17 @@ class _ClusterTransport(MemoryTransport):
                 return False
 
 
+class _FailureHook(ServerHook):
+    """Tells a cluster of each failure of its servers' messages."""
+
+    def __init__(self, on_failure: ErrorHook) -> None:
+        self._on_failure = on_failure
+
+    def message_failed(self, server: Server, message: Optional[messages.Message],
+                       exc: BaseException, by_handler: bool) -> None:
+        self._on_failure(message, exc, by_handler)
+
+
 class MemoryCluster:
     """Servers and clients sharing one private in-memory broker.
 
@@ -177,9 +190,9 @@ class MemoryCluster:
         """Start a server for ``service_list``; names default to the first service's."""
         service_list = list(service_list)
         first = service_list[0].service_name() if service_list else "service"
+        kwargs["hooks"] = [*kwargs.get("hooks", ()), _FailureHook(self._on_error)]
         server = Server(self.config, queue_name or f"{first}_queue",
                         exchange_name or f"{first}_exchange", service_list, **kwargs)
-        server.error_hooks.append(self._on_error)
         server.start()
         for controller in server.controllers:
             controller.postprocessor.observers.append(self.sent_by(controller.service_name()))
@@ -454,7 +467,7 @@ def call_handler(controller: Union[Type[ServiceController], ServiceController], 
             result.exception = exc
             if isinstance(message, messages.IncomingRequestCall) and \
                     not isinstance(exc, exceptions.NackableException):
-                result.answer = Server._error_answer(instance, message, exc)
+                result.answer = Answers.error_answer(instance, message, exc)
             elif not _expected(exc, expect_errors):
                 raise HandlerFailed(f"handler {handler} raised {exc!r} on {message!r} and no "
                                     f"Error answer told a caller") from exc

@@ -1,44 +1,29 @@
-"""Answers and dead letters: how a server settles a message it cannot simply ack.
+"""Answers: what a server sends the caller of a call, whatever happened to it.
 
 A call gets exactly one answer: its handler's, or an Error when the handler
 raised, the call could not be dispatched or its body could not be read (when
 its headers say where to answer), or when the handler's answer cannot be sent
 (not JSON, headers that cannot be written, a body the broker refuses for its
 size: :class:`~tavrida.exceptions.UnsendableAnswer` in its place). A message
-nobody can answer is copied, bytes and headers unchanged, to the dead-letter
-queue ``<queue>.dead`` with the reason. :class:`Answering` holds these steps
-for :class:`tavrida.server.Server`, which mixes it in; it works on the
-server's transport, router, controllers and hooks (see the guarantees in
-:mod:`tavrida.server`).
+nobody can answer goes to the dead letters (:mod:`tavrida.dead_letters`).
+:class:`Answers` is held by :class:`tavrida.server.Server` (see the guarantees
+in :mod:`tavrida.server`).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from tavrida import exceptions, messages, wire
-from tavrida import headers as header_names
+from tavrida.dead_letters import DeadLetters
 from tavrida.observability.hooks import HookList
-from tavrida.retries import ATTEMPTS_HEADER
 from tavrida.router import Router
 from tavrida.service import ServiceController
-from tavrida.transports.base import (
-    DEAD_LETTER_EXCHANGE_HEADER,
-    DEAD_LETTER_QUEUE_HEADER,
-    DEAD_LETTER_REASON_HEADER,
-    DEAD_LETTER_ROUTING_KEY_HEADER,
-    Delivery,
-    OnConfirmed,
-    OutgoingEnvelope,
-    Transport,
-)
+from tavrida.transports.base import Delivery, OnConfirmed, Transport
 
 # Logged as the server: its records stay where operators look for them.
 LOG = logging.getLogger("tavrida.server")
-
-#: Header of a dead letter whose original headers could not be copied: why.
-DEAD_LETTER_DROPPED_HEADER = header_names.DEAD_LETTER_DROPPED
 
 #: ``reply_exchanges`` of a server: answer where a call says, or only on exchanges discovery knows.
 REPLY_EXCHANGES = ("any", "known")
@@ -56,20 +41,27 @@ def check_reply_exchanges(value: str) -> str:
 ErrorHook = Callable[[Optional[messages.Message], BaseException, bool], None]
 
 
-class Answering:
-    """Error answers, answers that cannot be sent, and dead letters of a server."""
+class Answers:
+    """Error answers, answers that cannot be sent, and refused calls of one server.
 
-    transport: Optional[Transport]
-    router: Optional[Router]
-    controllers: List[ServiceController]
-    dead_letter_queue: str
-    max_body_size: int
-    hooks: HookList
-    error_hooks: List[ErrorHook]
-    reply_exchanges: str
+    Works on the server's ``transport``, ``router`` and ``controllers``; what
+    cannot be answered goes to ``dead_letters``; failures and Errors sent are
+    told to ``hooks``.
+    """
+
+    def __init__(self, transport: Transport, router: Router,
+                 controllers: List[ServiceController], dead_letters: DeadLetters,
+                 hooks: HookList, reply_exchanges: str, max_body_size: int) -> None:
+        self.transport = transport
+        self.router = router
+        self.controllers = controllers
+        self.dead_letters = dead_letters
+        self.hooks = hooks
+        self.reply_exchanges = check_reply_exchanges(reply_exchanges)
+        self.max_body_size = max_body_size
 
     @staticmethod
-    def _error_answer(controller: ServiceController, message: messages.Message,
+    def error_answer(controller: ServiceController, message: messages.Message,
                       exc: BaseException) -> messages.Error:
         """The Error answering ``message``, through the outgoing middlewares.
 
@@ -82,16 +74,16 @@ class Answering:
             LOG.exception("outgoing middleware failed on %r", error)
             return messages.Error.create_by_request(message, middleware_exc)
 
-    def _send_answer(self, controller: ServiceController, answer: messages.Message,
+    def send(self, controller: ServiceController, answer: messages.Message,
                      delivery: Delivery,
                      on_confirmed: Optional[OnConfirmed] = None) -> bool:
         """Publish an answer; one that cannot go is replaced by an Error or dead-letters.
 
-        An answer that cannot be sent as it is (see :meth:`_answer_failed`)
+        An answer that cannot be sent as it is (see :meth:`failed`)
         goes as an Error in its place; one no queue takes
         (:class:`~tavrida.exceptions.Unroutable`: the caller's reply queue is
         gone) dead-letters its request. Broker trouble propagates, so
-        :meth:`handle` requeues the request. With ``on_confirmed``, the
+        :meth:`tavrida.server.Server.handle` requeues the request. With ``on_confirmed``, the
         transport may return before the confirm
         (:meth:`~tavrida.transports.base.Transport.deferring`): True then,
         the outcome going to ``on_confirmed`` later.
@@ -99,23 +91,22 @@ class Answering:
         try:
             if on_confirmed is None:
                 controller.postprocessor.send(answer)
-                self._answered(answer)
+                self.answered(answer)
                 return False
-            assert self.transport is not None
             with self.transport.deferring(on_confirmed) as deferral:
                 controller.postprocessor.send(answer)
             return deferral.taken
         except (exceptions.UnableToDiscover, exceptions.IncorrectOutgoingMessage,
                 exceptions.PublishFailed) as exc:
-            self._answer_failed(controller, answer, delivery, exc)
+            self.failed(controller, answer, delivery, exc)
             return False
 
-    def _answered(self, answer: messages.Message) -> None:
+    def answered(self, answer: messages.Message) -> None:
         """Tell the hooks what went back to the caller (an Error: outcome ``error``)."""
         if self.hooks and answer.message_type == messages.ERROR:
             self.hooks.answered_error(answer.payload.get("name") or "")
 
-    def _answer_failed(self, controller: ServiceController, answer: messages.Message,
+    def failed(self, controller: ServiceController, answer: messages.Message,
                        delivery: Delivery, exc: exceptions.TavridaError) -> None:
         """An answer that cannot go: an Error in its place, else dead-letter its request.
 
@@ -126,10 +117,10 @@ class Answering:
                 and not self._routed_by_call(controller, answer)):
             raise exc  # the broker's trouble, not the answer's: requeue the request
         LOG.error("cannot send %r: %s", answer, exc)
-        self._notify(answer, exc)
+        self.hooks.failed(answer, exc, False)
         if self._unsendable(exc) and self._send_instead(controller, answer, exc):
             return
-        self._dead_letter(delivery, f"answer not sent: {exc}")
+        self.dead_letters.send(delivery, f"answer not sent: {exc}")
 
     @staticmethod
     def _unsendable(exc: exceptions.TavridaError) -> bool:
@@ -162,7 +153,7 @@ class Answering:
                 continue
             LOG.warning("answered %s (correlation id %s) with %s", answer.destination,
                         answer.correlation_id, error)
-            self._answered(instead)
+            self.answered(instead)
             return True
         return False
 
@@ -181,24 +172,24 @@ class Answering:
             return True
         return False
 
-    def _fail(self, delivery: Delivery, message: messages.Message,
+    def refuse(self, delivery: Delivery, message: messages.Message,
               exc: exceptions.TavridaError) -> None:
         """Answer a call that cannot be dispatched with an Error, or dead-letter it."""
-        self._notify(message, exc)
+        self.hooks.failed(message, exc, False)
         if isinstance(message, messages.IncomingRequestCall):
-            controller = self._controller_for(message)
+            controller = self.controller_for(message)
             if controller is not None:
-                self._send_answer(controller, messages.Error.create_by_request(message, exc),
+                self.send(controller, messages.Error.create_by_request(message, exc),
                                   delivery)
                 return
-        self._dead_letter(delivery, str(exc))
+        self.dead_letters.send(delivery, str(exc))
 
-    def _answer_bad(self, headers: Dict[str, Any], exc: exceptions.IncorrectMessage) -> bool:
+    def answer_bad(self, headers: Dict[str, Any], exc: exceptions.IncorrectMessage) -> bool:
         """Send an Error for a malformed call whose headers could be read."""
         if headers.get("message_type") != messages.REQUEST or not headers.get("reply_to"):
             return False
         request = messages.IncomingRequestCall(headers, {}, {})
-        controller = self._controller_for(request)
+        controller = self.controller_for(request)
         if controller is None:
             return False
         error = messages.Error.create_by_request(request, exc)
@@ -207,34 +198,36 @@ class Answering:
         except Exception as send_exc:  # noqa: BLE001
             LOG.error("cannot answer bad message: %s", send_exc)
             return False
-        self._answered(error)
+        self.answered(error)
         return True
 
-    def _answer_failure(self, delivery: Delivery, exc: Exception) -> bool:
+    def answer_failure(self, delivery: Delivery, exc: Exception,
+                       why: str = "it failed twice") -> bool:
         """Send the caller of a call that cannot be finished an Error of ``exc``.
 
-        For a message that failed twice (see :meth:`tavrida.server.Server.handle`):
-        True when an Error went, so the request need not be dead-lettered.
+        For a message that failed twice (see :meth:`tavrida.server.Server.handle`)
+        or whose retry cannot be sent: True when an Error went, so the request
+        need not be dead-lettered.
         """
         try:
             message = wire.decode(delivery.body, delivery.headers, delivery.properties,
                                   self.max_body_size)
             if not isinstance(message, messages.IncomingRequestCall):
                 return False
-            controller = self._controller_for(message)
+            controller = self.controller_for(message)
             if controller is None:
                 return False
             error = messages.Error.create_by_request(message, exc)
             controller.postprocessor.send(error)
         except Exception as send_exc:  # noqa: BLE001 - then it is dead-lettered
-            LOG.error("cannot answer a message that failed twice: %s", send_exc)
+            LOG.error("cannot answer a message that cannot be finished: %s", send_exc)
             return False
-        LOG.warning("answered %s (correlation id %s) with an Error: it failed twice",
-                    message.destination, message.correlation_id)
-        self._answered(error)
+        LOG.warning("answered %s (correlation id %s) with an Error: %s",
+                    message.destination, message.correlation_id, why)
+        self.answered(error)
         return True
 
-    def _reply_refused(self, delivery: Delivery, message: messages.Message) -> bool:
+    def reply_refused(self, delivery: Delivery, message: messages.Message) -> bool:
         """With ``reply_exchanges="known"``: dead-letter a call whose answer would go astray.
 
         A call whose caller discovery does not know, naming a reply exchange
@@ -244,7 +237,6 @@ class Answering:
         """
         if not message.reply_exchange or message.message_type != messages.REQUEST:
             return False
-        assert self.router is not None
         controller = self.router.services.get(message.destination.service)
         if controller is None or self._reply_allowed(controller, message):
             return False
@@ -252,7 +244,7 @@ class Answering:
                   f"{message.reply_to.service!r} is unknown to discovery "
                   f"(reply_exchanges = known)")
         LOG.warning("refused %r: %s", message, reason)
-        self._dead_letter(delivery, reason)
+        self.dead_letters.send(delivery, reason)
         delivery.ack()
         return True
 
@@ -265,9 +257,8 @@ class Answering:
         except exceptions.TavridaError:
             return bool(message.reply_exchange) and disc.knows_exchange(message.reply_exchange)
 
-    def _controller_for(self, message: messages.Message) -> Optional[ServiceController]:
+    def controller_for(self, message: messages.Message) -> Optional[ServiceController]:
         """A controller whose discovery can reach the caller of ``message``."""
-        assert self.router is not None
         own = self.router.services.get(message.destination.service)
         candidates = [own] if own is not None else []
         candidates += [c for c in self.controllers if c is not own]
@@ -282,48 +273,6 @@ class Answering:
                 self.reply_exchanges == "any" or self._reply_allowed(candidates[0], message)):
             return candidates[0]  # no discovery knows the caller: its call named the exchange
         return None
-
-    def _dead_letter(self, delivery: Delivery, reason: str,
-                     extra: Optional[Mapping[str, Any]] = None) -> None:
-        """Copy the original bytes and headers to the dead-letter queue with the reason."""
-        why: Dict[str, Any] = {DEAD_LETTER_REASON_HEADER: reason,
-                               DEAD_LETTER_QUEUE_HEADER: delivery.queue,
-                               DEAD_LETTER_EXCHANGE_HEADER: delivery.exchange or "",
-                               DEAD_LETTER_ROUTING_KEY_HEADER: delivery.routing_key or ""}
-        original = delivery.headers or {}
-        if ATTEMPTS_HEADER in original and not delivery.exchange:
-            # A retried copy came through the default exchange; it says where it was first sent.
-            for name in (DEAD_LETTER_EXCHANGE_HEADER, DEAD_LETTER_ROUTING_KEY_HEADER):
-                if name in original:
-                    why[name] = original[name]
-        why.update(extra or {})
-        properties = delivery.properties or {}
-        envelope = OutgoingEnvelope("", self.dead_letter_queue, bytes(delivery.body or b""),
-                                    {**(delivery.headers or {}), **why},
-                                    content_type=properties.get("content_type"),
-                                    content_encoding=properties.get("content_encoding"),
-                                    persistent=True)
-        assert self.transport is not None
-        try:
-            self.transport.publish(envelope)
-        except exceptions.PublishFailed as exc:
-            if not exc.unencodable:
-                raise
-            # Its headers cannot travel again (too large for a frame, a type the broker
-            # library cannot write): the copy keeps the body and tavrida's headers only.
-            # (Text that is not UTF-8, e.g. a routing key, is escaped so that it encodes.)
-            why[DEAD_LETTER_DROPPED_HEADER] = str(exc)
-            envelope.headers = {name: str(value)[:2000].encode("utf-8", "backslashreplace")
-                                .decode("utf-8") for name, value in why.items()}
-            self.transport.publish(envelope)
-        LOG.warning("dead-lettered a message from %s to %s: %s", delivery.queue,
-                    self.dead_letter_queue, reason)
-        self.hooks.dead_lettered(reason)
-
-    def _notify(self, message: Optional[messages.Message], exc: BaseException,
-                by_handler: bool = False) -> None:
-        for hook in self.error_hooks:
-            hook(message, exc, by_handler)
 
 
 def _users(name: str) -> bool:
