@@ -261,10 +261,9 @@ class Server:
                 self.transport.stop()  # let the loop perform the ack now
 
     def _sender(self, cls: Type[ServiceController]) -> Sender:
-        sender = Sender(self.transport, cls.get_discovery(), self.config.persistent,
-                        source=cls.service_name())
-        sender.reply_exchange = self.exchange_name  # answers to its calls come back here
-        return sender
+        # The answers to its services' calls come back on the server's exchange.
+        return Sender(self.transport, cls.get_discovery(), self.config.persistent,
+                      source=cls.service_name(), reply_exchange=self.exchange_name)
 
     def drain(self, timeout: float = 0.0) -> bool:
         """Handle what is waiting, waiting at most ``timeout`` seconds for it."""

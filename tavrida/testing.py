@@ -325,7 +325,6 @@ class RecordingSender:
         self.discovery = discovery or discovery_mod.LocalDiscovery()
         self.source = source
         self.transport = None
-        self.replies = None
         #: Everything sent so far.
         self.sent = Capture()
         self.observers: List[Any] = [self.sent]
