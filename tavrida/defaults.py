@@ -40,6 +40,9 @@ RETRY_BACKOFF = 0.5
 #: ... up to this many seconds.
 RETRY_BACKOFF_MAX = 30.0
 
+#: Code of an Error whose exception has no ``code`` attribute (tavrida 1.0's).
+ERROR_CODE = 1000
+
 # -- client -------------------------------------------------------------------
 
 #: Exchange the answers to a client's blocking calls come back on.

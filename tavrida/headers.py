@@ -11,6 +11,9 @@ before this one re-export it under its old name
 
 from __future__ import annotations
 
+import time
+from typing import Any, Dict, Mapping, Optional
+
 #: Prefix of tavrida 2's own headers.
 PREFIX = "x-tavrida-"
 
@@ -64,3 +67,45 @@ RAW_HEADERS = PREFIX + "raw-headers"
 def is_tavridas(name: str) -> bool:
     """True for a header of tavrida's own (1.0's or an ``x-tavrida-*`` one)."""
     return name in TAVRIDA_1 or name.startswith(PREFIX)
+
+
+def expiry_of(headers: Mapping[str, Any]) -> Optional[float]:
+    """When the caller of a request gave up (epoch seconds), or None: no limit.
+
+    A value that is not a number is ignored (the request is handled).
+    """
+    raw = headers.get(EXPIRES_AT)
+    if raw is None:
+        return None
+    if isinstance(raw, (bytes, bytearray)):
+        raw = bytes(raw).decode("ascii", "replace")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return value / 1000.0 if value == value else None  # NaN: no limit
+
+
+def late_by(headers: Mapping[str, Any], now: Optional[float] = None) -> Optional[float]:
+    """Seconds since the caller of a request gave up, or None while it still waits."""
+    deadline = expiry_of(headers)
+    if deadline is None:
+        return None
+    late = (time.time() if now is None else now) - deadline
+    return late if late >= 0 else None
+
+
+#: Headers of the per-message path that are never the user's (see :func:`user_headers`).
+_OWN_HEADERS = frozenset(TAVRIDA_1 + (REPLY_EXCHANGE, EXPIRES_AT))
+
+
+def user_headers(headers: Mapping[str, Any]) -> Dict[str, Any]:
+    """The headers of ``headers`` that are not tavrida's own.
+
+    ``x-tavrida-*`` headers (dead-letter reasons and the like) describe one
+    message and are never carried into another.
+    """
+    if headers.keys() <= _OWN_HEADERS:
+        return {}  # the common case, no user header: one set comparison, no loop
+    return {k: v for k, v in headers.items()
+            if k not in TAVRIDA_1 and not k.startswith(PREFIX)}
