@@ -48,11 +48,10 @@ reconnect attempts).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import simplejson
 
@@ -63,7 +62,6 @@ from tavrida import (
     client,
     config_file,
     defaults,
-    diagram,
     discovery,
     entry_point,
     events,
@@ -72,14 +70,13 @@ from tavrida import (
     wire,
 )
 from tavrida import config as config_mod
+from tavrida.cli import topology
 from tavrida.registry import command as registry_command
 from tavrida.server import Server
-from tavrida.transports import Topology, create_transport
 
 DEFAULT_URL = defaults.CLI_URL
 DEFAULT_SOURCE = config_file.CLI_CALLER
 #: What ``topology show --format`` prints.
-FORMATS = ("text", "json", "mermaid", "dot")
 
 
 def _payload(pairs: List[str], what: str = "argument") -> Dict[str, Any]:
@@ -103,13 +100,6 @@ then ${config_file.URL_ENV}, then the config file.
 
 exit codes: 0 done; 1 the service answered with an error or not in time,
 or topology delete refused; 2 bad arguments or config, or broker trouble."""
-TOPOLOGY_EPILOG = """\
-delete deletes the service's queue and dead-letter queue. It asks first
-(--yes: do not ask) and refuses while a queue holds messages (--force: delete
-them with their messages). Stop the service first. --exchanges also deletes
-the service's own exchanges (server and notification exchanges); other
-services' queues bound to them lose those bindings until their servers
-declare them again. Other services' exchanges are never deleted."""
 
 
 def _headers(pairs: Sequence[str]) -> Dict[str, str]:
@@ -175,40 +165,11 @@ def _parser() -> argparse.ArgumentParser:
                               help="seconds a call waits (default %(default)g)")
     shell_parser.add_argument("--source", default=DEFAULT_SOURCE,
                               help=f"caller service name (default {DEFAULT_SOURCE})")
-    _topology_parser(commands)
+    topology.add_parser(commands)
     registry_command.add_parser(commands)
     asyncapi.add_command(commands)
     return parser
 
-
-def _topology_parser(commands: Any) -> None:
-    topology = commands.add_parser(
-        "topology", help="show or delete what the server of a config file declares",
-        description="Show or delete the queues, exchanges and bindings the server of a\n"
-                    "config file declares.",
-        epilog=TOPOLOGY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    actions = topology.add_subparsers(dest="action", required=True, metavar="ACTION")
-    show = actions.add_parser("show", help="print them (without connecting unless --counts)")
-    delete = actions.add_parser("delete", help="delete the service's queues on the broker",
-                                epilog=TOPOLOGY_EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    show.add_argument("config", metavar="CONFIG", nargs="+",
-                      help="INI config file (several: the services of each, together)")
-    delete.add_argument("config", metavar="CONFIG", help="INI config file")
-    for sub in (show, delete):
-        sub.add_argument("--url", help="broker URL (overrides the config file)")
-    show.add_argument("--counts", action="store_true",
-                      help="also ask the broker how many messages each queue holds")
-    show.add_argument("--format", choices=FORMATS, default="text",
-                      help="text (default), json, or a diagram of the services: who calls "
-                           "and who hears whom (mermaid, dot)")
-    show.add_argument("--json", action="store_const", const="json", dest="format",
-                      help="print JSON (--format json)")
-    delete.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    delete.add_argument("--force", action="store_true",
-                        help="delete queues that hold messages, with their messages")
-    delete.add_argument("--exchanges", action="store_true",
-                        help="also delete the service's own exchanges")
 
 
 def _discovery(args: argparse.Namespace, service: str,
@@ -309,148 +270,9 @@ def _run(args: argparse.Namespace) -> int:
                     max_attempts=conf.retry_policy.max_attempts,
                     retry_backoff=conf.retry_policy.backoff,
                     retry_backoff_max=conf.retry_policy.backoff_max,
-                    reply_exchanges=conf.reply_exchanges)
+                    reply_exchanges=conf.reply_exchanges, stop_timeout=conf.stop_timeout,
+                    pipelined_answers=conf.pipelined_answers)
     server.run()
-    return 0
-
-
-def _declared(path: str, url: Optional[str]) -> Tuple[config_file.ServiceConfig, Topology,
-                                                      Dict[str, str], List[str]]:
-    """The config, the topology its server declares, a role per name, the own exchanges."""
-    conf = config_file.ServiceConfig(path, url, url_flag="--url")
-    conf.bind_discovery()
-    server = Server(conf.connection, conf.queue, conf.exchange, conf.service_classes,
-                    workers=conf.workers, queue_type=conf.queue_type,
-                    max_attempts=conf.retry_policy.max_attempts,
-                    retry_backoff=conf.retry_policy.backoff,
-                    retry_backoff_max=conf.retry_policy.backoff_max)
-    topology = server.topology()
-    # Delay queues are listed, counted and deleted with the others.
-    topology = dataclasses.replace(
-        topology, queues=topology.queues + tuple(d.name for d in topology.delays))
-    services = ", ".join(cls.service_name() for cls in conf.service_classes)
-    roles = {conf.queue: f"queue of {services}",
-             server.dead_letter_queue: f"dead letters of {conf.queue}"}
-    for delay in topology.delays:
-        roles[delay.name] = f"retries of {conf.queue} waiting {delay.delay_ms / 1000:g} s"
-    own = [conf.exchange]
-    for cls in conf.service_classes:
-        exchanges = cls.get_discovery().get_all_exchanges()
-        for kind, what in (("remote_publisher", "notifications of"), ("remote", "exchange of"),
-                           ("local_publisher", "notifications of")):
-            for service, exchange in exchanges[kind].items():
-                roles[exchange] = f"{what} {service}"
-        own.extend(exchanges["local_publisher"].values())
-    roles[conf.exchange] = f"server exchange of {services}"
-    own = list(dict.fromkeys(own))
-    for exchange in own:
-        roles[exchange] += " (own)"
-    return conf, topology, roles, own
-
-
-def _table(rows: Sequence[Tuple[str, ...]]) -> List[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return ["  " + "  ".join([cell.ljust(width) for cell, width in zip(row, widths)]
-                             + [row[-1]]).rstrip() for row in rows]
-
-
-def _messages(size: Optional[int]) -> str:
-    return "missing" if size is None else f"{size} message{'' if size == 1 else 's'}"
-
-
-def _topology_show(args: argparse.Namespace) -> int:
-    if args.format in ("mermaid", "dot"):
-        configs = [config_file.ServiceConfig(path, args.url, url_flag="--url")
-                   for path in args.config]
-        picture = diagram.Diagram.of(configs)
-        print(picture.mermaid() if args.format == "mermaid" else picture.dot(), end="")
-        return 0
-    shown = [_shown(path, args) for path in args.config]
-    if args.format == "json":
-        print(wire.dumps(shown[0] if len(shown) == 1 else shown))
-    else:
-        print("\n\n".join(str(text) for text in shown))
-    return 0
-
-
-def _shown(path: str, args: argparse.Namespace) -> Any:
-    """What ``topology show`` prints of one config file: text, or a dict for JSON."""
-    conf, topology, roles, own = _declared(path, args.url)
-    sizes: Dict[str, Optional[int]] = {}
-    if args.counts:
-        transport = create_transport(conf.connection)
-        try:
-            sizes = {queue: transport.queue_size(queue) for queue in topology.queues}
-        finally:
-            transport.close()
-    if args.format == "json":
-        return {
-            "url": conf.connection.safe_url,
-            "queues": [dict({"name": q, "role": roles[q]},
-                            **({"messages": sizes[q]} if args.counts else {}))
-                       for q in topology.queues],
-            "exchanges": [{"name": e, "role": roles.get(e, ""), "own": e in own}
-                          for e in topology.exchanges],
-            "bindings": [{"exchange": b.exchange, "queue": b.queue, "routing_key": b.routing_key}
-                         for b in topology.bindings]}
-    lines = [f"{conf.path}: the server on {conf.connection.safe_url} declares",
-             "queues (durable):"]
-    lines += _table([(q, roles[q], _messages(sizes[q]) if args.counts else "")
-                     for q in topology.queues])
-    lines.append("exchanges (durable, topic):")
-    lines += _table([(e, roles.get(e, "")) for e in topology.exchanges])
-    if topology.bindings:
-        lines.append("bindings:")
-        lines += _table([(f"{b.exchange} -> {b.queue}", f"routing key {b.routing_key}")
-                         for b in topology.bindings])
-    return "\n".join(lines)
-
-
-def _confirmed(question: str) -> bool:
-    try:
-        answer = input(f"{question} [y/N] ")
-    except EOFError:
-        print()
-        return False
-    return answer.strip().lower() in ("y", "yes")
-
-
-def _topology_delete(args: argparse.Namespace) -> int:
-    conf, topology, roles, own = _declared(args.config, args.url)
-    transport = create_transport(conf.connection)
-    try:
-        sizes = {queue: transport.queue_size(queue) for queue in topology.queues}
-        full = {queue: size for queue, size in sizes.items() if size}
-        if full and not args.force:
-            for queue, size in full.items():
-                print(f"tavrida: queue {queue} holds {_messages(size)}", file=sys.stderr)
-            print("tavrida: deleted nothing: handle or move those messages first, or pass "
-                  "--force to delete them with the queues", file=sys.stderr)
-            return 1
-        queues = [queue for queue in topology.queues if sizes[queue] is not None]
-        exchanges = [e for e in topology.exchanges if e in own] if args.exchanges else []
-        kept = [e for e in topology.exchanges if e not in exchanges]
-        if not queues and not exchanges:
-            print(f"nothing to delete on {conf.connection.safe_url}: "
-                  f"no queue {' or '.join(topology.queues)}")
-            return 0
-        print(f"to delete on {conf.connection.safe_url}:")
-        print("\n".join(_table([(f"queue {q}", _messages(sizes[q])) for q in queues]
-                               + [(f"exchange {e}", roles.get(e, "")) for e in exchanges])))
-        if kept:
-            print(f"kept: exchange{'s' if len(kept) > 1 else ''} {', '.join(kept)}"
-                  + ("" if args.exchanges else " (--exchanges deletes the service's own)"))
-        if not args.yes and not _confirmed(
-                "Delete them? Stop the service's servers first: messages a running server "
-                "holds are not counted."):
-            print("tavrida: not confirmed: deleted nothing", file=sys.stderr)
-            return 1
-        transport.delete(exchanges=exchanges, queues=queues)
-    finally:
-        transport.close()
-    print(f"deleted {len(queues)} queue{'' if len(queues) == 1 else 's'}"
-          + (f" and {len(exchanges)} exchange{'' if len(exchanges) == 1 else 's'}"
-             if exchanges else ""))
     return 0
 
 
@@ -467,7 +289,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             logging.basicConfig(level=logging.ERROR, format="tavrida: %(message)s")
             return shell.run(args.config, args.url, args.timeout, args.source)
         if args.command == "topology":
-            return _topology_show(args) if args.action == "show" else _topology_delete(args)
+            return topology.show(args) if args.action == "show" else topology.delete(args)
         if args.command == "asyncapi":
             return asyncapi.run_command(args)
         return _send(args)
@@ -484,7 +306,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the broker library's errors (refused, bad login)
         print(f"tavrida: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
