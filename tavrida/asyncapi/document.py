@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Optional, Sequence, Union
 
-from tavrida import messages, schema
+from tavrida import json_schema, messages
 from tavrida.server import Server
 
 VERSION = "3.0.0"
@@ -61,7 +61,7 @@ class Document:
     """The document being built: channels, operations and components, keyed once."""
 
     def __init__(self, title: str, version: str) -> None:
-        self.schemas = schema.SchemaBuilder()
+        self.schemas = json_schema.SchemaBuilder()
         self.doc: Dict[str, Any] = {
             "asyncapi": VERSION,
             "info": {"title": title, "version": version},
@@ -100,7 +100,7 @@ class Document:
         message: Dict[str, Any] = {
             "name": name, "title": f"{kind} {name}" if kind != messages.ERROR else "Error",
             "contentType": "application/json",
-            "headers": {"allOf": [{"$ref": schema.COMPONENTS + "tavrida_headers"},
+            "headers": {"allOf": [{"$ref": json_schema.COMPONENTS + "tavrida_headers"},
                                   {"properties": {"message_type": {"const": kind}}}]},
             "payload": {"type": "object", "properties": {
                 "context": {"type": "object",
