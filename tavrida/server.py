@@ -30,19 +30,17 @@ What happens to each message (the delivery guarantees):
 
 from __future__ import annotations
 
-import functools
 import logging
-import threading
-from typing import Any, Callable, Iterable, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, Iterable, List, Optional, Tuple, Union
 
 from tavrida import config as config_mod
-from tavrida import exceptions, messages, wire
+from tavrida import declarations, exceptions, wire
 from tavrida.answers import Answers, check_reply_exchanges
 from tavrida.answers import ErrorHook as ErrorHook
 from tavrida.dead_letters import DEAD_LETTER_DROPPED_HEADER as DEAD_LETTER_DROPPED_HEADER
 from tavrida.dead_letters import DeadLetters
+from tavrida.handling import Handling
 from tavrida.observability.hooks import HookList, ServerHook
-from tavrida.proxies import RPCProxy
 from tavrida.retries import Retries, RetryPolicy, RetryTimer
 from tavrida.router import Router, check_service_classes
 from tavrida.sender import Sender
@@ -50,7 +48,6 @@ from tavrida.service import ServiceController
 from tavrida.shutdown import Shutdown, StopNow
 from tavrida.transports import create_transport
 from tavrida.transports.base import (
-    Binding,
     DelayQueue,
     Delivery,
     Topology,
@@ -58,7 +55,7 @@ from tavrida.transports.base import (
     check_queue_type,
     dead_letter_queue_name,
 )
-from tavrida.workers import Workers
+from tavrida.workers import InFlight, Workers
 
 LOG = logging.getLogger(__name__)
 
@@ -84,13 +81,10 @@ class Server:
     default) answers where the call says.
     """
 
-    #: In :meth:`run` without workers, publish a call's answer and take the next
-    #: message while the broker confirms it (the request is acked at the confirm,
-    #: and hooks see the message finished then). False: :meth:`handle` returns
-    #: only once its message is acked (a subclass that counts acks in ``handle``
-    #: wants that). ``Server(pipelined_answers=...)`` or the config file's
-    #: ``[server] pipelined_answers`` set it per server. Workers answer unpipelined:
-    #: a deferred confirm is read by the thread that published, and theirs do not drain.
+    #: In :meth:`run` without workers (their publishes' confirms are not read by
+    #: the loop), take the next message while the broker confirms a call's answer
+    #: and ack the call at the confirm (hooks see it finished then). False: each
+    #: message acked before :meth:`handle` returns. Also ``Server(pipelined_answers=)``.
     pipelined_answers = True
 
     def __init__(self, config: Union[config_mod.ConnectionConfig, str], queue_name: str,
@@ -138,18 +132,10 @@ class Server:
         self._stopping = self._shutdown.requested
         self._started = False
         self._workers: Optional[Workers[Delivery]] = None
-        self._inflight = 0
-        self._inflight_lock = threading.Lock()
-        #: Messages taken so far (handled, answered or dead-lettered).
-        self.handled = 0
-        #: run() without workers: answers are pipelined (see _answer_confirmed).
-        self._pipelined = False
+        #: Messages held outside the loop's thread (in workers, due retries).
+        self._inflight = InFlight()
         # Built at start, on the transport (see _collaborators).
-        self._dead_letters: Optional[DeadLetters] = None
-        self._answers: Optional[Answers] = None
-        self._retries: Optional[Retries] = None
-        #: Requests whose answer went out unconfirmed: acked once it is confirmed.
-        self._awaiting = 0
+        self._handling: Optional[Handling] = None
 
     @classmethod
     def from_config(cls, path: str, url: Optional[str] = None) -> "Server":
@@ -175,25 +161,9 @@ class Server:
 
     def topology(self) -> Topology:
         """Exchanges, queues and bindings this server declares at start."""
-        exchanges = [self.exchange_name]
-        bindings = []
-        for cls in self.service_classes:
-            discovery = cls.get_discovery()
-            for group in discovery.get_all_exchanges().values():
-                exchanges.extend(group.values())
-            dispatcher = cls.get_dispatcher()
-            name = cls.service_name()
-            if any(True for _ in dispatcher.get_request_entry_services()) or \
-                    dispatcher.handles_answers():
-                bindings.append(Binding(self.queue_name, self.exchange_name, f"{name}.#"))
-            for ep in dispatcher.get_publishers():
-                exchange = discovery.get_remote_publisher(ep.service)
-                exchanges.append(exchange)
-                bindings.append(Binding(self.queue_name, exchange,
-                                        f"{ep.service}.{ep.method}.#"))
-        return Topology.build(exchanges, [self.queue_name, self.dead_letter_queue], bindings,
-                              self.queue_type, self.retry_policy.max_attempts,
-                              self.retry_delays())
+        return declarations.of_server(self.queue_name, self.exchange_name,
+                                      self.service_classes, self.queue_type,
+                                      self.retry_policy)
 
     # -- life cycle -------------------------------------------------------
 
@@ -205,12 +175,16 @@ class Server:
         topology = self.topology()
         if self.transport is None:
             self.transport = create_transport(self.config)
-        self.controllers = [cls(self._sender(cls)) for cls in self.service_classes]
+        # The answers to its services' own calls come back on the server's exchange.
+        self.controllers = [cls(Sender(self.transport, cls.get_discovery(), self.config.persistent,
+                                       source=cls.service_name(),
+                                       reply_exchange=self.exchange_name))
+                            for cls in self.service_classes]
         self.router = Router(self.controllers)
         self._collaborators(self.transport, self.router)
         self.transport.declare(topology)
-        assert self._retries is not None
-        self._retries.say_where_retries_wait(topology)
+        assert self._handling is not None
+        self._handling.retries.say_where_retries_wait(topology)
         if self.workers:
             self._workers = Workers(self.workers, f"tavrida-{self.queue_name}",
                                     self._handle_in_worker)
@@ -228,42 +202,43 @@ class Server:
 
     def retry_delays(self) -> Tuple[DelayQueue, ...]:
         """The delay queues of this server's retries, one per backoff step."""
-        return tuple(DelayQueue(self.queue_name, delay_ms)
-                     for delay_ms in self.retry_policy.delays_ms())
+        return declarations.retry_delays(self.queue_name, self.retry_policy)
 
     def _collaborators(self, transport: Transport, router: Router) -> None:
-        """The objects a server settles messages with; each owns its own state."""
-        self._dead_letters = DeadLetters(transport, self.dead_letter_queue, self.hooks)
-        self._answers = Answers(transport, router, self.controllers, self._dead_letters,
-                                self.hooks, self.reply_exchanges, self.max_body_size)
-        self._retries = Retries(transport, self.queue_name, self.queue_type, self.retry_policy,
-                                self._retry_timer, self._answers, self._dead_letters,
-                                self.hooks, self._in_hand)
+        """The objects a server handles and settles messages with; each owns its state."""
+        dead_letters = DeadLetters(transport, self.dead_letter_queue, self.hooks)
+        answers = Answers(transport, router, self.controllers, dead_letters, self.hooks,
+                          self.reply_exchanges, self.max_body_size)
+        retries = Retries(transport, self.queue_name, self.queue_type, self.retry_policy,
+                          self._retry_timer, answers, dead_letters, self.hooks, self._in_hand)
+        self._handling = Handling(router, answers, dead_letters, retries, self.hooks,
+                                  self.max_body_size, self.reply_exchanges)
 
     @property
     def dead_letters(self) -> DeadLetters:
         """Where this server copies what it cannot handle (after :meth:`start`)."""
-        assert self._dead_letters is not None, "the server has not started"
-        return self._dead_letters
+        assert self._handling is not None, "the server has not started"
+        return self._handling.dead_letters
+
+    @property
+    def handled(self) -> int:
+        """Messages taken so far (handled, answered or dead-lettered)."""
+        return self._handling.handled if self._handling is not None else 0
+
+    def _awaiting(self) -> int:
+        """Calls whose answer is out unconfirmed (pipelined): acked at its confirm."""
+        return self._handling.awaiting if self._handling is not None else 0
 
     def _in_hand(self, work: Callable[[], None]) -> None:
         """Run ``work`` (a due retry, on the timer's thread) as a message in hand."""
         if self._stopping.is_set() or not self._started:
             return  # never acked: the broker gives the original back
-        with self._inflight_lock:
-            self._inflight += 1
         try:
-            work()
+            with self._inflight.held():
+                work()
         finally:
-            with self._inflight_lock:
-                self._inflight -= 1
             if self.transport is not None:
                 self.transport.stop()  # let the loop perform the ack now
-
-    def _sender(self, cls: Type[ServiceController]) -> Sender:
-        # The answers to its services' calls come back on the server's exchange.
-        return Sender(self.transport, cls.get_discovery(), self.config.persistent,
-                      source=cls.service_name(), reply_exchange=self.exchange_name)
 
     def drain(self, timeout: float = 0.0) -> bool:
         """Handle what is waiting, waiting at most ``timeout`` seconds for it."""
@@ -284,8 +259,9 @@ class Server:
         try:
             self.start()
             assert self.transport is not None
-            self._awaiting = 0
-            self._pipelined = self.pipelined_answers and not self.workers
+            assert self._handling is not None
+            self._handling.awaiting = 0
+            self._handling.pipelined = self.pipelined_answers and not self.workers
             if restore:
                 shutdown.abortable(True)  # a second signal ends it at once (StopNow)
                 if not self.workers:
@@ -302,7 +278,8 @@ class Server:
             finally:
                 shutdown.finished()
         finally:
-            self._pipelined = False
+            if self._handling is not None:
+                self._handling.pipelined = False
             shutdown.restore_signal_handlers(restore)
             self.close()
 
@@ -361,13 +338,13 @@ class Server:
         assert self.transport is not None
         shutdown = self._shutdown
         LOG.info("server on queue %s stopping: no new messages, %d in flight (at most "
-                 "%.3g s)", self.queue_name, self._inflight + self._awaiting,
+                 "%.3g s)", self.queue_name, self._inflight.count + self._awaiting(),
                  shutdown.remaining())
-        self.hooks.stopping(self, self._inflight + self._awaiting)
+        self.hooks.stopping(self, self._inflight.count + self._awaiting())
         with self.transport.deadline(max(shutdown.remaining(), 1.0)):
             self.transport.cancel()  # (a healthy broker answers within milliseconds)
         # Answers not yet confirmed are settled within the grace period.
-        while self._inflight or self._awaiting:
+        while self._inflight.count or self._awaiting():
             left = shutdown.remaining()
             if left <= 0 or shutdown.immediate.is_set():
                 shutdown.abortable(False)  # ended here: no StopNow on top of it
@@ -380,16 +357,14 @@ class Server:
         """End the stop now: name what is in hand; closing gives it back to the broker."""
         self._shutdown.immediate.set()
         waiting = self._workers.take_waiting() if self._workers is not None else []
-        with self._inflight_lock:
-            self._inflight -= len(waiting)
+        self._inflight.add(-len(waiting))
         self._shutdown.report(why, [delivery.headers for delivery in waiting],
-                              self._awaiting)
+                              self._awaiting())
 
     # -- handling ---------------------------------------------------------
 
     def _submit(self, delivery: Delivery) -> None:
-        with self._inflight_lock:
-            self._inflight += 1
+        self._inflight.add(1)
         assert self._workers is not None
         self._workers.submit(delivery)
 
@@ -397,8 +372,7 @@ class Server:
         try:
             self.handle(delivery)
         finally:
-            with self._inflight_lock:
-                self._inflight -= 1
+            self._inflight.add(-1)
             if self.transport is not None:
                 self.transport.stop()
 
@@ -414,147 +388,9 @@ class Server:
         shutdown = self._shutdown
         key = id(delivery)
         shutdown.running(key, delivery.headers)  # named in the log if a stop gives it back
-        self.hooks.observe(self, delivery, self._handle_safely)
+        assert self._handling is not None
+        self.hooks.observe(self, delivery, self._handling.handle)
         shutdown.done(key)  # (not when StopNow ends it: then it is named, given back)
-
-    def _handle_safely(self, delivery: Delivery) -> None:
-        try:
-            self._handle(delivery)
-        except Exception as exc:  # noqa: BLE001
-            LOG.exception("could not finish a message from %s", delivery.queue)
-            self._recover(delivery, exc)
-
-    def _recover(self, delivery: Delivery, exc: Exception) -> None:
-        # First failure: requeue (the broker or a publish may be back next
-        # time). A redelivered message that fails again goes to the
-        # dead-letter queue, so it cannot spin for ever.
-        assert self._answers is not None and self._dead_letters is not None
-        try:
-            if delivery.redelivered:
-                if not self._answers.answer_failure(delivery, exc):
-                    said = messages.error_payload(exc)["message"]
-                    self._dead_letters.send(delivery,
-                                            f"failed twice: {messages.get_fqcn(exc)}: {said}")
-                delivery.ack()
-            else:
-                delivery.reject(requeue=True)
-        except Exception:  # noqa: BLE001
-            LOG.exception("could not settle the message; the broker will redeliver it")
-
-    def _handle(self, delivery: Delivery) -> None:
-        self.handled += 1
-        answers, dead_letters = self._answers, self._dead_letters
-        assert answers is not None and dead_letters is not None and self.router is not None
-        try:
-            message = wire.decode(delivery.body, delivery.headers, delivery.properties,
-                                  self.max_body_size)
-        except exceptions.IncorrectMessage as exc:
-            LOG.error("bad message on queue %s (routing key %r): %s", delivery.queue,
-                      delivery.routing_key, exc)
-            self.hooks.failed(None, exc, False)
-            if exc.headers is None or not answers.answer_bad(exc.headers, exc):
-                dead_letters.send(delivery, str(exc))
-            delivery.ack()
-            return
-        if messages.EXPIRES_AT_HEADER in message.headers and \
-                message.message_type == messages.REQUEST:
-            late = messages.late_by(message.headers)
-            if late is not None:
-                # Its caller already got CallTimeout: running it now would do work
-                # nobody waits for. Acked, not dead-lettered: nothing is lost.
-                LOG.warning("dropping a request to %s (correlation id %s) unrun: its caller "
-                            "gave up %.3f s ago", message.destination, message.correlation_id,
-                            late)
-                self.hooks.expired()
-                delivery.ack()
-                return
-        if self.reply_exchanges != "any" and answers.reply_refused(delivery, message):
-            return
-        message.update_context(message.payload)
-        try:
-            targets = self.router.route(message)
-        except exceptions.TavridaError as exc:
-            LOG.error("cannot dispatch %r: %s", message, exc)
-            answers.refuse(delivery, message, exc)
-            delivery.ack()
-            return
-        for controller, handler in targets:
-            proxy = RPCProxy(controller.postprocessor, self._proxy_source(message, controller,
-                                                                          handler.method_name),
-                             message.context, message.correlation_id,
-                             messages.user_headers(message.headers))
-            try:
-                answer = controller.process(handler, message, proxy)
-            except Exception as exc:  # noqa: BLE001 - any handler failure is reported
-                if isinstance(exc, exceptions.NackableException):
-                    assert self._retries is not None
-                    self._retries.retry(delivery, controller, handler.method_name, message, exc)
-                    return
-                self.hooks.failed(message, exc, True)
-                what = self._failure(handler.method_name, exc)
-                if isinstance(message, messages.IncomingRequestCall):
-                    LOG.warning("%s on %r; answering with an Error", what, message,
-                                exc_info=LOG.isEnabledFor(logging.DEBUG))
-                    answer = answers.error_answer(controller, message, exc)
-                else:
-                    # A payload refused is the sender's fault: no traceback of ours.
-                    LOG.error("%s on %r", what, message,
-                              exc_info=not isinstance(exc, exceptions.InvalidPayload))
-                    dead_letters.send(delivery, what)
-                    continue
-            if answer is not None and isinstance(message, messages.IncomingRequestCall):
-                if self._pipelined and len(targets) == 1:
-                    deferred = answers.send(controller, answer, delivery, functools.partial(
-                        self._answer_confirmed, controller, answer, delivery))
-                    if deferred:
-                        self._awaiting += 1
-                        controller.message_done(message, answer)
-                        return  # acked once its answer is confirmed
-                else:
-                    answers.send(controller, answer, delivery)
-            controller.message_done(message, answer)
-        delivery.ack()
-
-    @staticmethod
-    def _failure(method_name: str, exc: Exception) -> str:
-        """What went wrong, for the log and a dead letter's reason."""
-        said = messages.error_payload(exc)["message"]  # even when str(exc) raises
-        if isinstance(exc, exceptions.InvalidPayload):  # refused before the handler ran
-            return f"payload refused for handler {method_name}: {said}"
-        return f"handler {method_name} raised {messages.get_fqcn(exc)}: {said}"
-
-    def _answer_confirmed(self, controller: ServiceController, answer: messages.Message,
-                          delivery: Delivery, exc: Optional[exceptions.PublishFailed]) -> None:
-        """The outcome of a pipelined answer: ack its request, or settle it as handle() would.
-
-        Runs inside drain() on the server's thread. A failed answer is
-        handled as a failed synchronous publish: dead-lettered when it
-        cannot be routed, else the request goes back to the queue.
-        """
-        self._awaiting -= 1
-        if exc is not None and delivery.redelivery_due:
-            # Lost with the connection (perhaps after the caller got it): the request
-            # comes again and is answered again, so it is not dead-lettered now.
-            LOG.warning("answer %r not confirmed (%s); its request will be delivered again",
-                        answer, exc)
-            self.hooks.given_back(delivery)
-            return
-        assert self._answers is not None
-        try:
-            with self.hooks.recording(delivery):
-                if exc is not None:
-                    self._answers.failed(controller, answer, delivery, exc)
-                delivery.ack()
-        except Exception as err:  # noqa: BLE001
-            LOG.error("could not finish a message from %s: %s", delivery.queue, err)
-            self._recover(delivery, err)
-
-    @staticmethod
-    def _proxy_source(message: messages.Message, controller: ServiceController,
-                      method_name: str) -> str:
-        if message.message_type == messages.REQUEST:
-            return message.destination.to_routing_key()  # its str(), one call less
-        return f"{controller.service_name()}.{method_name}"
 
     def __enter__(self) -> "Server":
         return self

@@ -39,8 +39,8 @@ from typing import Any, Dict
 
 from tavrida import schema
 from tavrida.asyncapi.builder import Builder
-from tavrida.asyncapi.document import VERSION as VERSION
-from tavrida.asyncapi.document import Document, Source
+from tavrida.asyncapi.model import VERSION as VERSION
+from tavrida.asyncapi.model import Document, Source
 from tavrida.server import Server
 
 

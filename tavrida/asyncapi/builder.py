@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple, Type
 
 from tavrida import contracts, dispatcher, exceptions, messages
-from tavrida.asyncapi.document import Document, ref, summary_of
+from tavrida.asyncapi.model import Document, ref, summary_of
 from tavrida.server import Server
 from tavrida.service import ServiceController
 from tavrida.transports.base import DEAD_LETTER_REASON_HEADER

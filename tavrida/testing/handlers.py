@@ -8,8 +8,8 @@ from tavrida import discovery as discovery_mod
 from tavrida import exceptions, messages, wire
 from tavrida.answers import Answers
 from tavrida.dispatcher import Handler
+from tavrida.handling import proxy_source
 from tavrida.proxies import RPCProxy
-from tavrida.server import Server
 from tavrida.service import ServiceController
 from tavrida.testing.capture import Capture, ExpectedErrors, HandlerFailed, is_expected
 
@@ -158,7 +158,7 @@ def call_handler(controller: Union[Type[ServiceController], ServiceController], 
     observers.append(sent)
     result = HandlerResult(instance, message, sent)
     try:
-        proxy = RPCProxy(postprocessor, Server._proxy_source(message, instance, found.method_name),
+        proxy = RPCProxy(postprocessor, proxy_source(message, instance, found.method_name),
                          message.context, message.correlation_id,
                          messages.user_headers(message.headers))
         try:
