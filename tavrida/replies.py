@@ -177,8 +177,7 @@ class Replies:
                 waiter = self._pending.pop(answer.request_id, None)
                 if waiter is not None:
                     waiter.answer = answer
-                    if waiter.wake is not None:  # waiter.notify(), inlined
-                        waiter.wake.notify()
+                    waiter.notify()
                     taken = True
         if not taken:
             LOG.warning("dropping an answer nobody waits for (late or another client's): %r",

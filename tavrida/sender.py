@@ -73,16 +73,10 @@ class Sender:
                 self.reply_exchange if reply_service == self._service else "")
             if reply_exchange:
                 headers[messages.REPLY_EXCHANGE_HEADER] = reply_exchange
-        if message.message_type == messages.NOTIFICATION:
-            exchange, routing_key = self.exchange_of(message), self.routing_key_of(message)
-            mandatory = False  # a notification nobody subscribes to is normal pub/sub
-        else:  # exchange_of() and routing_key_of() in one: this runs for every message
-            destination = message.destination
-            routing_key = destination.to_routing_key()
-            exchange = self._remote_exchange(message, destination.service)
-            mandatory = True
-        envelope = OutgoingEnvelope(exchange, routing_key, body, headers,
-                                    persistent=self.persistent, mandatory=mandatory)
+        # A notification nobody subscribes to is normal pub/sub: not mandatory.
+        envelope = OutgoingEnvelope(self.exchange_of(message), self.routing_key_of(message),
+                                    body, headers, persistent=self.persistent,
+                                    mandatory=message.message_type != messages.NOTIFICATION)
         if message.expires_at is not None and math.isfinite(message.expires_at):
             # A blocking call: the broker (AMQP expiration) and the server (the header,
             # for transports without per-message TTL) drop it once its caller gave up.
