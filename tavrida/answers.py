@@ -95,6 +95,7 @@ class Answers:
                 return False
             with self.transport.deferring(on_confirmed) as deferral:
                 controller.postprocessor.send(answer)
+            self.answered(answer)  # (a failed confirm is settled later as failed() says)
             return deferral.taken
         except (exceptions.UnableToDiscover, exceptions.IncorrectOutgoingMessage,
                 exceptions.PublishFailed) as exc:
