@@ -35,7 +35,7 @@ from bench.common import (
 from bench.profiling import maybe_profile
 from tavrida import client, config, discovery, dispatcher, messages, server, service
 from tavrida.transports.base import Binding, Delivery, Topology
-from tavrida.transports.memory_broker import MemoryBroker
+from tavrida.transports.memory import MemoryBroker
 
 #: Seconds a single blocking call may take before the run fails.
 CALL_TIMEOUT = 10.0

@@ -335,6 +335,23 @@ class TransportContract:
         inbox = receive(transport, queue, 201, prefetch=100)
         assert inbox.bodies == [str(i).encode() for i in range(201)]
 
+    def test_a_returned_publish_has_a_confirmed_handle(self, make, service) -> None:
+        """Today's publish raises on failure, so a handle it returns is confirmed already.
+
+        None stands for one on a transport that does not return the handle yet.
+        """
+        exchange, queue, topology = service
+        transport = make()
+        transport.declare(topology)
+        sent = envelope(exchange, "svc.one", b"1")
+        confirmation = transport.publish(sent)
+        if confirmation is not None:
+            settled = []
+            confirmation.add_done_callback(settled.append)
+            assert confirmation.done() and confirmation.exception(0) is None
+            assert confirmation.envelope is sent and settled == [confirmation]
+        assert receive(transport, queue, 1).bodies == [b"1"]
+
     def test_publish_from_many_threads(self, make, service) -> None:
         exchange, queue, topology = service
         transport = make()

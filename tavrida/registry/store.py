@@ -5,7 +5,7 @@ change to its watchers; the directory (:mod:`tavrida.registry.directory`)
 knows nothing more of it. One implementation per broker, beside its
 transport:
 
-* ``memory://`` -- :mod:`tavrida.transports.memory_store`, in the process's
+* ``memory://`` -- :mod:`tavrida.transports.memory.store`, in the process's
   in-memory broker;
 * RabbitMQ -- :mod:`tavrida.transports.kombu.stream_store`, a stream queue
   of announcements;
@@ -92,7 +92,7 @@ class Store(abc.ABC):
 def open_store(config: ConnectionConfig, name: str = DEFAULT_NAME) -> Store:
     """The store of the broker ``config`` points at."""
     if config.is_memory:
-        from tavrida.transports.memory_store import MemoryStore
+        from tavrida.transports.memory.store import MemoryStore
 
         return MemoryStore(config, name)
     scheme = config.scheme

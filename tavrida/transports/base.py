@@ -8,9 +8,17 @@ topic-exchange semantics. Two implementations ship with tavrida:
 * :mod:`tavrida.transports.memory` -- in-process, deterministic, no broker;
 * :mod:`tavrida.transports.kombu` -- any kombu URL (RabbitMQ, Redis, ...).
 
+The seam is: :class:`Transport` (declare, publish, consume, drain, settle
+through :class:`Delivery`, stop, close), what crosses it
+(:class:`OutgoingEnvelope` out, :class:`Delivery` in, the declarations of
+:mod:`tavrida.transports.topology`, re-exported here) and the verdict on a
+publish (:class:`~tavrida.transports.confirmation.Confirmation`, also
+re-exported with :func:`confirm_all` and :func:`publish_error`).
+
 Thread-safety contract: :meth:`Transport.publish`, :meth:`Delivery.ack`,
 :meth:`Delivery.reject` and :meth:`Transport.stop` may be called from any
-thread. :meth:`Transport.drain` is called from one thread only (the thread
+thread, and so may a :class:`~tavrida.transports.confirmation.Confirmation`'s
+methods. :meth:`Transport.drain` is called from one thread only (the thread
 that runs the server loop); callbacks run on that thread.
 """
 
@@ -19,10 +27,43 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
 from tavrida import exceptions
 from tavrida import headers as header_names
+from tavrida.transports.confirmation import Confirmation, confirm_all, publish_error
+from tavrida.transports.topology import (
+    QUEUE_TYPES,
+    Binding,
+    DelayQueue,
+    Topology,
+    check_queue_type,
+    dead_letter_queue_name,
+    delay_queue_name,
+)
+
+__all__ = [
+    "DEAD_LETTER_EXCHANGE_HEADER",
+    "DEAD_LETTER_QUEUE_HEADER",
+    "DEAD_LETTER_REASON_HEADER",
+    "DEAD_LETTER_ROUTING_KEY_HEADER",
+    "QUEUE_TYPES",
+    "Binding",
+    "Confirmation",
+    "DelayQueue",
+    "Deferral",
+    "Delivery",
+    "OnConfirmed",
+    "OnMessage",
+    "OutgoingEnvelope",
+    "Topology",
+    "Transport",
+    "check_queue_type",
+    "confirm_all",
+    "dead_letter_queue_name",
+    "delay_queue_name",
+    "publish_error",
+]
 
 #: Header added to dead-lettered messages: why tavrida could not handle them.
 DEAD_LETTER_REASON_HEADER = header_names.DEAD_LETTER_REASON
@@ -31,145 +72,6 @@ DEAD_LETTER_QUEUE_HEADER = header_names.DEAD_LETTER_QUEUE
 #: Headers added to dead-lettered messages: where they were first published.
 DEAD_LETTER_EXCHANGE_HEADER = header_names.DEAD_LETTER_EXCHANGE
 DEAD_LETTER_ROUTING_KEY_HEADER = header_names.DEAD_LETTER_ROUTING_KEY
-
-
-def dead_letter_queue_name(queue: str) -> str:
-    """Name of the dead-letter queue that belongs to ``queue``."""
-    return queue + ".dead"
-
-
-def delay_queue_name(queue: str, delay_ms: int) -> str:
-    """Name of the queue holding messages ``delay_ms`` milliseconds before ``queue`` gets them."""
-    return f"{queue}.retry.{delay_ms}"
-
-
-@dataclasses.dataclass(frozen=True)
-class DelayQueue:
-    """A queue holding each message ``delay_ms`` milliseconds, then moving it to ``target``.
-
-    A message published to :attr:`name` through the default exchange waits
-    on the broker (not in any process) and then goes to the end of
-    ``target``, as if published there through the default exchange: headers,
-    body and properties unchanged. On RabbitMQ it is a durable queue with
-    ``x-message-ttl`` that dead-letters to ``target``; the memory transport
-    and Redis hold it their own way (see :attr:`Transport.holds_delays`).
-    Servers declare one per backoff step of their retries.
-    """
-
-    target: str
-    delay_ms: int
-
-    @property
-    def name(self) -> str:
-        """The queue to publish to: ``<target>.retry.<delay_ms>``."""
-        return delay_queue_name(self.target, self.delay_ms)
-
-
-@dataclasses.dataclass(frozen=True)
-class Binding:
-    """Bind ``queue`` to topic ``exchange`` with ``routing_key`` (a pattern)."""
-
-    queue: str
-    exchange: str
-    routing_key: str
-
-
-#: Queue types a server may ask for: ``classic`` (tavrida 1.0's) or ``quorum`` (RabbitMQ 3.8+).
-QUEUE_TYPES = ("classic", "quorum")
-
-
-def check_queue_type(queue_type: str) -> str:
-    """``queue_type`` if it is one of :data:`QUEUE_TYPES`; else a clear error."""
-    if queue_type not in QUEUE_TYPES:
-        raise exceptions.IncorrectAMQPConfig(
-            reason=f"queue_type must be one of {', '.join(QUEUE_TYPES)}, not {queue_type!r}")
-    return queue_type
-
-
-@dataclasses.dataclass(frozen=True)
-class Topology:
-    """Broker objects a server needs, declared in this order.
-
-    Exchanges are durable topic exchanges with no arguments, queues are
-    durable, non-exclusive, non-auto-delete queues with no arguments (the
-    tavrida 1.0 declaration, so both versions can share the names).
-
-    ``queue_type="quorum"`` declares every queue as a RabbitMQ quorum queue
-    instead (replicated over the cluster; new names only, see
-    :func:`queue_arguments`); ``delivery_limit`` bounds how often the broker
-    delivers one message of a queue whose dead-letter queue is in the
-    topology too, before it dead-letters it there.
-
-    ``delays`` are declared after the queues, by transports that can hold
-    them (:attr:`Transport.holds_delays`); others leave them out.
-    """
-
-    exchanges: Tuple[str, ...] = ()
-    queues: Tuple[str, ...] = ()
-    bindings: Tuple[Binding, ...] = ()
-    queue_type: str = "classic"
-    delivery_limit: Optional[int] = None
-    delays: Tuple[DelayQueue, ...] = ()
-
-    @classmethod
-    def build(
-        cls,
-        exchanges: Iterable[str] = (),
-        queues: Iterable[str] = (),
-        bindings: Iterable[Binding] = (),
-        queue_type: str = "classic",
-        delivery_limit: Optional[int] = None,
-        delays: Iterable[DelayQueue] = (),
-    ) -> "Topology":
-        """Make a topology, dropping duplicates but keeping the first order."""
-        return cls(
-            tuple(dict.fromkeys(exchanges)),
-            tuple(dict.fromkeys(queues)),
-            tuple(dict.fromkeys(bindings)),
-            check_queue_type(queue_type),
-            delivery_limit,
-            tuple(dict.fromkeys(delays)),
-        )
-
-    def delay(self, queue: str) -> Optional[DelayQueue]:
-        """The delay queue of this topology named ``queue``, if any."""
-        for delay in self.delays:
-            if delay.name == queue:
-                return delay
-        return None
-
-    def queue_arguments(self, queue: str) -> Dict[str, Any]:
-        """The declare arguments of ``queue``: none for classic ones (the 1.0 declaration).
-
-        A quorum queue gets ``x-queue-type: quorum``; when its dead-letter
-        queue (:func:`dead_letter_queue_name`) is in the topology too, the
-        broker dead-letters there (``x-dead-letter-exchange`` ``""``,
-        ``x-dead-letter-routing-key``) what it delivered ``delivery_limit``
-        times without an ack (``x-delivery-limit``: a message that kills
-        its consumer every time, say).
-
-        A delay queue (:attr:`delays`) gets ``x-message-ttl`` and dead-letters
-        to its target (``x-dead-letter-exchange`` ``""``,
-        ``x-dead-letter-routing-key``); quorum as the others.
-        """
-        delay = self.delay(queue)
-        if delay is not None:
-            arguments: Dict[str, Any] = {"x-message-ttl": delay.delay_ms,
-                                         "x-dead-letter-exchange": "",
-                                         "x-dead-letter-routing-key": delay.target}
-            if self.queue_type == "quorum":
-                arguments["x-queue-type"] = "quorum"
-            return arguments
-        if self.queue_type != "quorum":
-            return {}
-        arguments = {"x-queue-type": "quorum"}
-        dead = dead_letter_queue_name(queue)
-        if dead in self.queues:
-            arguments["x-dead-letter-exchange"] = ""
-            arguments["x-dead-letter-routing-key"] = dead
-            if self.delivery_limit is not None:
-                arguments["x-delivery-limit"] = self.delivery_limit
-        return arguments
 
 
 @dataclasses.dataclass
@@ -271,8 +173,8 @@ class Transport(abc.ABC):
         """
 
     @abc.abstractmethod
-    def publish(self, envelope: OutgoingEnvelope) -> None:
-        """Publish one message; return once the broker has it.
+    def publish(self, envelope: OutgoingEnvelope) -> Optional[Confirmation]:
+        """Publish one message; return its :class:`Confirmation` once the broker has it.
 
         On a confirming transport this waits for the confirm and raises
         :class:`tavrida.exceptions.PublishFailed` if the broker refused it,
@@ -280,6 +182,13 @@ class Transport(abc.ABC):
         ``mandatory`` one, and
         :class:`~tavrida.exceptions.PublishConnectionFailed` when the broker
         could not be reached within the publish timeout or :meth:`deadline`.
+
+        The handle returned is settled (confirmed) today, since a failure
+        raises; it is the seam's way to a publish that returns at once,
+        its verdict coming later through the handle (``wait``,
+        ``add_done_callback``; see :mod:`tavrida.transports.confirmation`).
+        A transport that does not return one yet returns None, meaning the
+        same as a confirmed handle.
         """
 
     def publish_many(self, envelopes: Iterable[OutgoingEnvelope]) -> None:
@@ -399,28 +308,3 @@ class Transport(abc.ABC):
     def declare_reply_queue(self, queue: str, bindings: Iterable[Binding]) -> None:
         """Declare a private auto-delete queue that goes away with this connection."""
         raise NotImplementedError
-
-
-def publish_error(envelopes: Sequence[OutgoingEnvelope], failed: Mapping[int, str],
-                  unencodable: Iterable[int] = (),
-                  unroutable: Iterable[int] = ()) -> exceptions.PublishFailed:
-    """The one exception that reports the failed messages of a publish.
-
-    ``failed`` maps indexes into ``envelopes`` to reasons. When every
-    failure is unroutable it is an :class:`~tavrida.exceptions.Unroutable`,
-    else a :class:`~tavrida.exceptions.PublishFailed`; either way ``failed``,
-    ``envelopes`` (the failed ones), ``unencodable`` and ``unroutable`` say
-    which message failed how.
-    """
-    first = min(failed)
-    envelope = envelopes[first]
-    reason = failed[first]
-    if len(envelopes) > 1:
-        reason = (f"{len(failed)} of {len(envelopes)} messages failed "
-                  f"(indexes {sorted(failed)}); first: {reason}")
-    unroutable = sorted(unroutable)
-    kind = (exceptions.Unroutable if unroutable and len(unroutable) == len(failed)
-            else exceptions.PublishFailed)
-    return kind(exchange=envelope.exchange, routing_key=envelope.routing_key, reason=reason,
-                failed=dict(failed), envelopes=[envelopes[index] for index in sorted(failed)],
-                unencodable=sorted(unencodable), unroutable=unroutable)

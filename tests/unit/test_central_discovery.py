@@ -1,6 +1,6 @@
 """Central discovery on memory://: records, conflicts, expiry, mixing, config, the command.
 
-The broker-independent behaviour; tests/integration/test_central_discovery.py
+The broker-independent behaviour; tests/integration/test_central_discovery_brokers.py
 runs the issue's scenarios on memory://, RabbitMQ and Redis alike.
 """
 
@@ -330,7 +330,7 @@ def test_the_example_runs_with_no_hand_written_discovery(capsys: pytest.CaptureF
 def test_records_nobody_heartbeats_are_written_again_before_retention_drops_them(url):
     """A store that forgets (a stream's retention) gets hand-made records again from a watcher."""
     from tavrida.registry.directory import Directory
-    from tavrida.transports.memory_store import MemoryStore
+    from tavrida.transports.memory.store import MemoryStore
 
     class Forgetful(MemoryStore):
         retention = 0.4  # seconds: rewritten between 0.2 and 0.3 s after the last write

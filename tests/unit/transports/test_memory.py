@@ -159,6 +159,20 @@ def test_unroutable_messages_raise_and_are_counted(connect: Connect) -> None:
     assert transport.broker.unroutable == 2
 
 
+def test_a_publish_returns_its_confirmation_settled(connect: Connect) -> None:
+    transport = connect()
+    declare_queues(transport, {"q": ["a.b"]})
+    sent = envelope("a.b")
+    confirmed = []
+
+    confirmation = transport.publish(sent)
+    confirmation.add_done_callback(confirmed.append)
+
+    assert confirmation.done() and confirmation.exception(0) is None
+    assert confirmation.envelope is sent and confirmed == [confirmation]
+    assert transport.queue_size("q") == 1
+
+
 def test_a_publish_inside_deferring_is_not_deferred_in_memory(connect: Connect) -> None:
     """The in-memory transport keeps the base seam's default: publishes return settled."""
     transport = connect()
@@ -533,9 +547,9 @@ def test_ack_that_frees_prefetch_wakes_drain(connect: Connect) -> None:
 def blocked_drains(transport: MemoryTransport, count: int) -> None:
     """Return once ``count`` drains of ``transport`` are blocked waiting (5 s at most)."""
     deadline = time.monotonic() + 5
-    while transport._waiting != count and time.monotonic() < deadline:
+    while transport.inbox.waiting != count and time.monotonic() < deadline:
         threading.Event().wait(0.001)  # no event tells when a drain blocks
-    assert transport._waiting == count
+    assert transport.inbox.waiting == count
 
 
 def test_publish_wakes_a_drain_and_close_wakes_every_other(connect: Connect) -> None:
@@ -734,7 +748,7 @@ def test_a_closed_transport_is_no_longer_offered_to_callers(connect: Connect) ->
     server.close()
 
     assert answers.bodies == [b"answer to 1"]
-    assert server not in caller.broker._offers  # the broker keeps no closed connection
+    assert server.inbox not in caller.broker._offers  # the broker keeps no closed connection
 
 
 def test_a_drain_without_reply_queue_runs_only_its_own_callbacks(connect: Connect) -> None:

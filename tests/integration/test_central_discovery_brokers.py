@@ -22,7 +22,7 @@ from tavrida.registry.record import Entry, Record
 from tavrida.registry.store import open_store
 from tavrida.transports import create_transport
 from tavrida.transports.base import Delivery, Topology
-from tavrida.transports.memory_store import MemoryStore
+from tavrida.transports.memory.store import MemoryStore
 
 #: Short heartbeats so a stop or an outage shows within a test.
 SETTINGS = {"refresh": 0.5, "ttl": 5.0, "sync_timeout": 10.0}

@@ -23,7 +23,8 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tavrida.transports.memory_broker import MemoryBroker, _Queue
+    from tavrida.transports.memory.broker import MemoryBroker
+    from tavrida.transports.memory.records import QueueRecord
 
 LOG = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class MemoryDelays:
         #: Seconds the clock was moved ahead of monotonic time.
         self.skipped = 0.0
         #: Delay queue -> the due time of each message it holds, oldest first.
-        self._due: dict[_Queue, collections.deque[float]] = {}
+        self._due: dict[QueueRecord, collections.deque[float]] = {}
 
     def __bool__(self) -> bool:
         """True while any delay queue holds a message."""
@@ -45,15 +46,15 @@ class MemoryDelays:
         """The broker's clock, in seconds (monotonic, plus what was skipped)."""
         return time.monotonic() + self.skipped
 
-    def add(self, queue: _Queue) -> None:
+    def add(self, queue: QueueRecord) -> None:
         """``queue`` is a delay queue (declared)."""
         self._due.setdefault(queue, collections.deque())
 
-    def remove(self, queue: _Queue) -> None:
+    def remove(self, queue: QueueRecord) -> None:
         """``queue`` was deleted, with what it held."""
         self._due.pop(queue, None)
 
-    def hold(self, queue: _Queue) -> None:
+    def hold(self, queue: QueueRecord) -> None:
         """The message just appended to delay queue ``queue`` waits its delay from now."""
         self._due[queue].append(self.now() + queue.delay_ms / 1000)
 
@@ -75,7 +76,7 @@ class MemoryDelays:
             while due and due[0] <= now:
                 due.popleft()
                 message, _ = queue.messages.popleft()
-                target = broker._queues.get(target_name)
+                target = broker.find_queue(target_name)
                 if target is None or target.delay_ms:
                     broker.unroutable += 1
                     LOG.warning("delay queue %s: its target queue %s is gone; message dropped",
@@ -85,6 +86,6 @@ class MemoryDelays:
                 message.exchange, message.routing_key = "", target_name
                 target.messages.append((message, False))
                 if target.consumers:
-                    broker._dispatch(target)
+                    broker.dispatch(target)
                 moved += 1
         return moved

@@ -1,6 +1,6 @@
 """Central discovery's store on ``memory://``: records kept beside the in-process broker.
 
-One table of records per :class:`~tavrida.transports.memory_broker.MemoryBroker`
+One table of records per :class:`~tavrida.transports.memory.MemoryBroker`
 (a virtual host), so every process-local "service" on that broker shares
 it, and :meth:`MemoryBroker.reset` forgets it with the broker. A write
 reaches every watcher before it returns (no thread of its own).
@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 
 from tavrida.config import ConnectionConfig
 from tavrida.registry.store import OnBeat, OnRecord, OnState, Store, StoreUnavailable
-from tavrida.transports.memory_broker import MemoryBroker
+from tavrida.transports.memory.broker import MemoryBroker
 
 
 class _Table:
