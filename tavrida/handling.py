@@ -168,9 +168,11 @@ class Handling:
             self.hooks.given_back(delivery)
             return
         try:
-            with self.hooks.recording(delivery):
-                if exc is not None:
-                    self.answers.failed(controller, answer, delivery, exc)
+            if exc is None:
+                delivery.ack()
+                return
+            with self.hooks.recording(delivery):  # the outcome goes to this message's record
+                self.answers.failed(controller, answer, delivery, exc)
                 delivery.ack()
         except Exception as err:  # noqa: BLE001
             LOG.error("could not finish a message from %s: %s", delivery.queue, err)
