@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import amqp
 
 from tavrida.transports.base import Binding, OnMessage
-from tavrida.transports.kombu.connections import REDIS_SCHEMES
+from tavrida.transports.kombu.connector import REDIS_SCHEMES
 from tavrida.transports.kombu.declaring import KombuDeclarations
 from tavrida.transports.kombu.deliveries import Consumer, KombuDelivery
 from tavrida.transports.kombu.pyamqp_compat import PROPERTY_NAMES, PROPERTY_SET, text_key
@@ -149,7 +149,7 @@ class KombuConsuming(KombuDeclarations):
 
     def _start_consumer(self, consumer: Consumer) -> None:
         assert self._conn is not None
-        channel = self._new_channel(self._conn)
+        channel = self._connector.channel(self._conn)
         consumer.channel = channel
         consumer.received = set()
         if not self._is_amqp:

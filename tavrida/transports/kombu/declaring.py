@@ -31,7 +31,7 @@ from kombu.entity import Exchange, Queue
 from tavrida import exceptions
 from tavrida.transports.base import Binding, Topology
 from tavrida.transports.kombu import redis_delays
-from tavrida.transports.kombu.connections import REDIS_SCHEMES
+from tavrida.transports.kombu.connector import REDIS_SCHEMES
 from tavrida.transports.kombu.heartbeats import KombuHeartbeats
 from tavrida.transports.kombu.nodes import QueueUnavailable, queue_unavailable
 
@@ -131,7 +131,7 @@ class KombuDeclarations(KombuHeartbeats):
         if self._conn is None:
             return
         try:
-            self._control = self._new_channel(self._conn)
+            self._control = self._connector.channel(self._conn)
         except self._connection_errors + self._channel_errors as exc:
             self._lost(exc)  # the next operation reconnects
 

@@ -57,7 +57,7 @@ class KombuDeferring(KombuSharedConfirms):
             if not self._deferred:
                 left = end - time.monotonic()
                 return super().drain(0.0 if 0.0 > left else left)
-            if self._ready or self._stop.is_set() or self._closed:
+            if self._ready or self._stop.is_set() or self._lifecycle.closed:
                 return super().drain(0.0)
             # min(max(end - now, 0), poll_interval, max(first deadline - now, 0))
             now = time.monotonic()

@@ -39,7 +39,7 @@ class KombuDraining(KombuConsuming):
         now = time.monotonic()
         deadline = now + (0.0 if 0.0 > timeout else timeout)  # max(timeout, 0.0)
         lock = self._lock
-        while not self._closed:
+        while not self._lifecycle.closed:
             if self._ready:
                 return self._deliver_ready()
             if self._stop.is_set():
@@ -52,7 +52,7 @@ class KombuDraining(KombuConsuming):
                 break
             try:
                 if not lock.acquire(False):  # (the uncontended case without a call)
-                    take(self._local, lock, self._failed)
+                    take(self._local, lock, self._connector.failed)
                 try:
                     # min(max(remaining, min_poll_interval), next slice), for every read
                     floor = self.min_poll_interval
@@ -62,7 +62,7 @@ class KombuDraining(KombuConsuming):
                 finally:
                     lock.release()
             except exceptions.ConnectionFailed:
-                if self._closed or self._interrupted:
+                if self._lifecycle.closed or self._lifecycle.interrupted:
                     break  # stopping during an outage: nothing in hand can be acked anyway
                 raise
             if self._ready:
@@ -75,7 +75,7 @@ class KombuDraining(KombuConsuming):
 
     def _drain_once(self, timeout: float) -> None:
         """One bounded read on the consuming connection; call with ``_lock`` held."""
-        if self._closed:
+        if self._lifecycle.closed:
             return
         conn = self._conn
         raw = raw_connection(conn)
@@ -158,7 +158,7 @@ class KombuDraining(KombuConsuming):
         if not self._lock.acquire(blocking=False):
             return False
         try:
-            if self._closed or self._conn is None or self._broken:
+            if self._lifecycle.closed or self._conn is None or self._broken:
                 return True
             self._drain_once(self.min_poll_interval)
             answers = [item for item in self._ready if item[0]._no_ack]

@@ -49,6 +49,6 @@ class KombuHeartbeats(KombuConnections):
         when the connection is free; it never reads.
         """
         interval = float(self._config.heartbeat_interval or 0)
-        while not self._closing.wait(max(interval / 4, 0.05)):
+        while not self._lifecycle.closing.wait(max(interval / 4, 0.05)):
             if time.monotonic() - self._last_beat >= interval / 2:
                 self.heartbeat()

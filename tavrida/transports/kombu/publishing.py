@@ -70,7 +70,7 @@ class KombuPublishing(KombuConfirms):
         batch = Batch(envelopes)
         if not batch.envelopes:
             return
-        if self._closed:
+        if self._lifecycle.closed:
             for index in list(batch.todo):
                 batch.fail(index, "the transport is closed")
             raise batch.error()
@@ -168,7 +168,7 @@ class KombuPublishing(KombuConfirms):
                 LOG.warning("the consuming connection to %s is closed",
                             self._config.safe_url)
                 self._broken = True
-            if not self._closed:
+            if not self._lifecycle.closed:
                 self._ensure_connected()
 
     def _publish_batch(self, batch: Batch) -> None:
@@ -198,10 +198,10 @@ class KombuPublishing(KombuConfirms):
         conn = self._pub_conn
         if conn is None or not conn.connected:
             self._drop_publisher()
-            self._pub_conn = conn = self._open_connection("publish")
+            self._pub_conn = conn = self._connector.open("publish")
             self._pub_ever_connected = True
         if self._pub_channel is None:
-            self._pub_channel = self._new_channel(conn)
+            self._pub_channel = self._connector.channel(conn)
             if self._is_amqp:
                 events = self._pub_channel.events
                 events["basic_ack"].add(self._on_confirm)

@@ -64,7 +64,7 @@ class KombuSharedConfirms(KombuPublishing):
         waiting: Optional[Tuple[Batch, threading.Condition, Callable[[], bool]]] = None
         while True:
             if not lock.acquire(False):  # (the uncontended case without a call)
-                take(self._local, lock, self._failed)
+                take(self._local, lock, self._connector.failed)
             try:
                 if not batch.todo:
                     return

@@ -18,11 +18,12 @@ from kombu.connection import Connection
 from tavrida.config import ConnectionConfig
 from tavrida.transports.base import Binding, OnMessage, Transport
 from tavrida.transports.kombu.batch import Batch
+from tavrida.transports.kombu.connector import Connector
 from tavrida.transports.kombu.deadlines import ThreadState
 from tavrida.transports.kombu.deliveries import Consumer, KombuDelivery
-from tavrida.transports.kombu.nodes import NodeRotation
+from tavrida.transports.kombu.lifecycle import Lifecycle
 from tavrida.transports.kombu.polling import Readable
-from tavrida.transports.kombu.retry import Errors
+from tavrida.transports.kombu.reconnect import Errors, ReconnectPolicy
 
 
 class KombuState(Transport):
@@ -39,7 +40,6 @@ class KombuState(Transport):
     confirm_timeout: float
     stop_step_timeout: float
 
-    connection_name: str
     _config: ConnectionConfig
     _is_amqp: bool
     _confirms: bool
@@ -68,11 +68,10 @@ class KombuState(Transport):
     _settles: Deque[Tuple[KombuDelivery, Optional[bool]]]
     _unrestored: List[Any]
     _stop: threading.Event
-    _closed: bool
-    _wake: threading.Event
-    _interrupted: bool
     _local: ThreadState
-    _closing: threading.Event
+    _lifecycle: Lifecycle
+    _connector: Connector
+    _policy: ReconnectPolicy
     _beat_thread: Optional[threading.Thread]
     _last_beat: float
     #: Polls of the consuming socket: may acks wait (``_lock`` held), is it alive (any thread).
@@ -100,5 +99,3 @@ class KombuState(Transport):
     _deferred: Deque[Batch]
     #: Exchanges a virtual publisher channel has recorded as topic exchanges.
     _pub_exchanges: Set[str]
-    #: The node each connection ("consume", "publish") uses, of a cluster's URLs.
-    _nodes: Dict[str, NodeRotation]

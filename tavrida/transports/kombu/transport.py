@@ -8,22 +8,22 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import threading
 import time
 import uuid
 from typing import Tuple
 
 import amqp
-from kombu.connection import Connection
 
 from tavrida import exceptions
 from tavrida.config import ConnectionConfig
 from tavrida.transports.base import Binding
-from tavrida.transports.kombu.connections import AMQP_SCHEMES
+from tavrida.transports.kombu.connector import Connector
 from tavrida.transports.kombu.deadlines import ThreadState
 from tavrida.transports.kombu.deferring import KombuDeferring
+from tavrida.transports.kombu.lifecycle import Lifecycle
 from tavrida.transports.kombu.polling import Readable
+from tavrida.transports.kombu.reconnect import ReconnectPolicy
 from tavrida.transports.kombu.severing import SeverAt
 
 __all__ = ["KombuTransport"]
@@ -35,7 +35,7 @@ class KombuTransport(KombuDeferring):
     """A :class:`~tavrida.transports.base.Transport` on any kombu broker URL.
 
     Connections open lazily (first declare, consume, drain or publish).
-    Connection errors are retried by :func:`.retry.retry_call`: the first
+    Connection errors are retried by :class:`.reconnect.ReconnectPolicy`: the first
     connect ``connection_attempts`` times, later reconnects
     ``reconnect_attempts`` times (-1: for ever), sleeping ``retry_delay``,
     then ``2 * retry_delay``, ... up to :attr:`max_retry_interval`.
@@ -60,20 +60,18 @@ class KombuTransport(KombuDeferring):
         if config.is_memory:
             raise exceptions.IncorrectAMQPConfig(
                 reason="memory:// is tavrida's own transport; kombu's is kombu+memory://")
+        #: Per-thread deadline of blocking operations (see deadline()).
+        self._local = ThreadState()
+        self._lifecycle = Lifecycle()
+        self._connector = Connector(config, self._local, self._lifecycle)
+        self._policy = ReconnectPolicy.from_config(config, self.max_retry_interval)
+        # Fixed for the transport's life: read by every part.
         self._config = config
-        self._is_amqp = config.scheme in AMQP_SCHEMES
+        self._is_amqp = self._connector.is_amqp
         self._confirms = self._is_amqp and config.publisher_confirms
-        options = config.transport_options
-        properties = dict(options.get("client_properties") or {})
-        #: Base of the names the connections give the broker: ``<name>:consume`` and
-        #: ``<name>:publish`` (RabbitMQ ``connection_name``, Redis ``CLIENT SETNAME``).
-        self.connection_name = (properties.get("connection_name")
-                                     or options.get("client_name")
-                                     or f"tavrida-{os.getpid()}-{uuid.uuid4().hex[:12]}")
-        errors = Connection(**self._connection_params("probe"))
-        self._retry_errors = tuple(errors.recoverable_connection_errors)
-        self._connection_errors = tuple(errors.connection_errors)
-        self._channel_errors = tuple(errors.channel_errors)
+        self._retry_errors = self._connector.retry_errors
+        self._connection_errors = self._connector.connection_errors
+        self._channel_errors = self._connector.channel_errors
 
         # Consuming connection: state guarded by _lock.
         self._lock = threading.RLock()
@@ -98,13 +96,6 @@ class KombuTransport(KombuDeferring):
         #: kombu QoS objects of lost virtual channels whose un-acked messages are not back yet.
         self._unrestored = []
         self._stop = threading.Event()
-        self._closed = False
-        #: Set by close() and interrupt(): cuts retry sleeps short.
-        self._wake = threading.Event()
-        self._interrupted = False
-        #: Per-thread deadline of blocking operations (see deadline()).
-        self._local = ThreadState()
-        self._closing = threading.Event()
         #: Keeps heartbeats going while a callback runs on the draining thread (AMQP).
         self._beat_thread = None
         self._last_beat = 0.0
@@ -131,8 +122,13 @@ class KombuTransport(KombuDeferring):
         self._pub_idle = []
         self._deferred = collections.deque()
         self._pub_exchanges = set()
-        self._nodes = {}
         self._queue_arguments = {}
+
+    @property
+    def connection_name(self) -> str:
+        """Base of the names the connections give the broker: ``<name>:consume`` and
+        ``<name>:publish`` (RabbitMQ ``connection_name``, Redis ``CLIENT SETNAME``)."""
+        return self._connector.connection_name
 
     def __repr__(self) -> str:
         return f"KombuTransport({self._config.safe_url!r})"
@@ -141,7 +137,7 @@ class KombuTransport(KombuDeferring):
         """One attempt: connect, declare everything remembered, consume again."""
         self._drop_connection()
         heartbeat = self._config.heartbeat_interval or 0
-        self._conn = self._open_connection("consume", heartbeat if self._is_amqp else 0)
+        self._conn = self._connector.open("consume", heartbeat if self._is_amqp else 0)
         self._generation += 1
         if self._is_amqp and heartbeat and self._beat_thread is None:
             self._last_beat = time.monotonic()
@@ -150,7 +146,7 @@ class KombuTransport(KombuDeferring):
             self._beat_thread.start()
         self._ever_connected = True
         try:
-            self._control = self._new_channel(self._conn)
+            self._control = self._connector.channel(self._conn)
             self._declare_on(self._control, list(self._exchanges), list(self._queues),
                              list(self._bindings))
             for queue, bindings in list(self._reply_queues.items()):
@@ -193,8 +189,7 @@ class KombuTransport(KombuDeferring):
 
         Only flags are set, so a signal handler may call it.
         """
-        self._interrupted = True
-        self._wake.set()
+        self._lifecycle.interrupt()
         self._stop.set()
 
     @property
@@ -210,9 +205,7 @@ class KombuTransport(KombuDeferring):
         by this thread's :meth:`deadline` and :attr:`stop_step_timeout`: a broker
         that does not answer in time has its connections dropped.
         """
-        self._closed = True
-        self._closing.set()
-        self._wake.set()
+        self._lifecycle.close()
         self._stop.set()
         deadline = self._step_deadline()
         with SeverAt(deadline, self._sever_all, "closing the connection"):

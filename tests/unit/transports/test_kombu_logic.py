@@ -24,7 +24,7 @@ from tavrida.transports.base import Binding, OutgoingEnvelope
 from tavrida.transports.kombu import KombuDelivery, KombuTransport
 from tavrida.transports.kombu.batch import Batch
 from tavrida.transports.kombu.deliveries import Consumer
-from tavrida.transports.kombu.retry import retry_call
+from tavrida.transports.kombu.reconnect import retry_call
 from tavrida.transports.kombu.virtual import NoRoute, strict_lookup
 
 #: Nothing listens here: nothing in these tests connects.
