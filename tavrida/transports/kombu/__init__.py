@@ -3,7 +3,7 @@
 :class:`KombuTransport` is put together from one part per concern, each a
 module of this package: :mod:`.state` (what the parts share),
 :mod:`.connections` (parameters, reconnects), :mod:`.deadlines`, :mod:`.retry`
-(the one retry loop), :mod:`.nodes` (a cluster's nodes), :mod:`.heartbeats`, :mod:`.declaring`,
+(the one retry loop), :mod:`.nodes` (a cluster's nodes), :mod:`.heartbeat`, :mod:`.declaring`,
 :mod:`.consuming` (consumers, deliveries, settling), :mod:`.draining`, :mod:`.polling`,
 :mod:`.confirms` (acks, nacks, returns), :mod:`.publishing`,
 :mod:`.shared_confirms` (blocking calls' requests), :mod:`.deferring`,

@@ -32,7 +32,7 @@ from tavrida import exceptions
 from tavrida.transports.base import Binding, Topology
 from tavrida.transports.kombu import redis_delays
 from tavrida.transports.kombu.connector import REDIS_SCHEMES
-from tavrida.transports.kombu.heartbeats import KombuHeartbeats
+from tavrida.transports.kombu.heartbeat import KombuHeartbeats
 from tavrida.transports.kombu.nodes import QueueUnavailable, queue_unavailable
 
 LOG = logging.getLogger(__name__)

@@ -103,14 +103,14 @@ class KombuDraining(KombuConsuming):
                 self._lost(exc)  # reconnecting declares everything anyway
                 return
         now = time.monotonic()
-        if now - self._last_beat >= self.heartbeat_check_interval:
+        if now - self._heartbeat.last >= self.heartbeat_check_interval:
             try:
                 # After reading: frames just read count as signs of life.
                 conn.transport.heartbeat_check(self._raw_connection(), rate=2)
             except self._connection_errors as exc:
                 self._lost(exc)
                 return
-            self._last_beat = now
+            self._heartbeat.last = now
         if self._settles and not self._settles_can_wait(raw):
             self._perform_settles()
 

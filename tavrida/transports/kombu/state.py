@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from kombu.connection import Connection
 
@@ -24,6 +24,9 @@ from tavrida.transports.kombu.deliveries import Consumer, KombuDelivery
 from tavrida.transports.kombu.lifecycle import Lifecycle
 from tavrida.transports.kombu.polling import Readable
 from tavrida.transports.kombu.reconnect import Errors, ReconnectPolicy
+
+if TYPE_CHECKING:  # the heartbeat module holds a mixin built on this one
+    from tavrida.transports.kombu.heartbeat import Heartbeat
 
 
 class KombuState(Transport):
@@ -72,8 +75,7 @@ class KombuState(Transport):
     _lifecycle: Lifecycle
     _connector: Connector
     _policy: ReconnectPolicy
-    _beat_thread: Optional[threading.Thread]
-    _last_beat: float
+    _heartbeat: Heartbeat
     #: Polls of the consuming socket: may acks wait (``_lock`` held), is it alive (any thread).
     _ack_poll: Readable
     _alive_poll: Readable

@@ -21,6 +21,7 @@ from tavrida.transports.base import Binding
 from tavrida.transports.kombu.connector import Connector
 from tavrida.transports.kombu.deadlines import ThreadState
 from tavrida.transports.kombu.deferring import KombuDeferring
+from tavrida.transports.kombu.heartbeat import Heartbeat
 from tavrida.transports.kombu.lifecycle import Lifecycle
 from tavrida.transports.kombu.polling import Readable
 from tavrida.transports.kombu.reconnect import ReconnectPolicy
@@ -97,8 +98,8 @@ class KombuTransport(KombuDeferring):
         self._unrestored = []
         self._stop = threading.Event()
         #: Keeps heartbeats going while a callback runs on the draining thread (AMQP).
-        self._beat_thread = None
-        self._last_beat = 0.0
+        self._heartbeat = Heartbeat(float(config.heartbeat_interval or 0),
+                                    self._lifecycle.closing, self.heartbeat)
         self._ack_poll = Readable()
         self._alive_poll = Readable()
         self._confirm_poll = Readable()
@@ -139,11 +140,8 @@ class KombuTransport(KombuDeferring):
         heartbeat = self._config.heartbeat_interval or 0
         self._conn = self._connector.open("consume", heartbeat if self._is_amqp else 0)
         self._generation += 1
-        if self._is_amqp and heartbeat and self._beat_thread is None:
-            self._last_beat = time.monotonic()
-            self._beat_thread = threading.Thread(target=self._keep_heartbeats, daemon=True,
-                                                 name=f"tavrida-heartbeat-{self.connection_name}")
-            self._beat_thread.start()
+        if self._is_amqp and heartbeat:
+            self._heartbeat.start(f"tavrida-heartbeat-{self.connection_name}")
         self._ever_connected = True
         try:
             self._control = self._connector.channel(self._conn)
@@ -224,9 +222,7 @@ class KombuTransport(KombuDeferring):
                     self._publish_lock.release()
             else:
                 LOG.warning("could not close the publishing connection in time; dropped")
-        beat = self._beat_thread
-        if beat is not None and beat is not threading.current_thread():
-            beat.join(2)
+        self._heartbeat.join(2)
 
     def _close_consuming(self) -> None:
         """Settle, cancel and close the consuming connection (``_lock`` held)."""
