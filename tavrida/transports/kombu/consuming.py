@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import amqp
 
-from tavrida.transports.base import Binding, OnMessage
+from tavrida.transports.base import OnMessage
 from tavrida.transports.kombu.connector import REDIS_SCHEMES
 from tavrida.transports.kombu.declaring import KombuDeclarations
 from tavrida.transports.kombu.deliveries import Consumer, KombuDelivery
@@ -29,7 +29,6 @@ from tavrida.transports.kombu.redis_fetch import RedisFetch
 from tavrida.transports.kombu.severing import SeverAt
 from tavrida.transports.kombu.virtual import (
     ORIGIN,
-    binding_rows,
     delete_broker_bindings,
     forget_bindings,
     own_copies,
@@ -59,7 +58,7 @@ class KombuConsuming(KombuDeclarations):
         ``ack()`` does nothing, and an answer read is handed out even if the
         connection is lost before that.
         """
-        no_ack = self._is_amqp and queue in self._reply_queues
+        no_ack = self._is_amqp and queue in self._declarations.reply_queues
         consumer = Consumer(queue, on_message, max(int(prefetch_count), 0), no_ack)
         with self._holding(self._lock):
             self._ensure_connected()
@@ -128,13 +127,7 @@ class KombuConsuming(KombuDeclarations):
         with self._lock:
             for consumer in [c for c in self._consumers if c.queue in queues]:
                 self._cancel_consumer(consumer)
-            for name in queues:
-                self._queues.pop(name, None)
-                self._reply_queues.pop(name, None)
-            for name in exchanges:
-                self._exchanges.pop(name, None)
-            self._bindings = {b: None for b in self._bindings
-                              if b.queue not in queues and b.exchange not in exchanges}
+            self._declarations.forget(queues, exchanges)
 
             def action(channel: Any) -> None:
                 delete_broker_bindings(channel, queues)  # Redis: those of other connections too
@@ -194,10 +187,10 @@ class KombuConsuming(KombuDeclarations):
                 return
         else:
             now = time.monotonic()
-            if now < self._next_topology_check or not self._consumers:
+            if now < self._declarations.next_check or not self._consumers:
                 return
-            self._next_topology_check = now + self.topology_check_interval
-            missing = self._missing_bindings()
+            self._declarations.next_check = now + self.topology_check_interval
+            missing = self._declarations.missing(self._control)
             if not missing:
                 return
             forget_bindings(self._control, missing)
@@ -205,28 +198,13 @@ class KombuConsuming(KombuDeclarations):
         LOG.warning("queues or bindings on %s disappeared (%s); declaring them again",
                     self._config.safe_url,
                     ", ".join(sorted({c.queue for c in resume})) or "bindings")
-        self._declare_on(self._control, list(self._exchanges), list(self._queues),
-                         list(self._bindings))
-        for queue, bindings in self._reply_queues.items():
-            self._declare_reply_on(self._control, queue, bindings)
+        declarations = self._declarations
+        declarations.declare_all(self._control)
+        for queue, bindings in declarations.reply_queues.items():
+            declarations.declare_reply_on(self._control, queue, bindings)
         for consumer in resume:
             if consumer in self._consumers and consumer.channel is not None:
                 self._basic_consume(consumer, consumer.channel)
-
-    def _missing_bindings(self) -> List[Binding]:
-        """Bindings declared here that the virtual broker's tables no longer have."""
-        wanted: Dict[str, List[Binding]] = {}
-        for binding in self._bindings:
-            wanted.setdefault(binding.exchange, []).append(binding)
-        for queue, bindings in self._reply_queues.items():
-            for binding in bindings:
-                wanted.setdefault(binding.exchange, []).append(
-                    Binding(queue, binding.exchange, binding.routing_key))
-        missing: List[Binding] = []
-        for exchange, wanted_here in wanted.items():
-            present = {(row[0], row[-1]) for row in binding_rows(self._control, exchange)}
-            missing += [b for b in wanted_here if (b.routing_key, b.queue) not in present]
-        return missing
 
     def _cancel_consumer(self, consumer: Consumer) -> None:
         self._consumers.remove(consumer)

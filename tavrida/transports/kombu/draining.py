@@ -143,7 +143,7 @@ class KombuDraining(KombuConsuming):
         a connection just dropped, whose reads :meth:`_read_answers` skips.
         """
         conn = self._conn
-        if not self._reply_queues or conn is None or self._broken:
+        if not self._declarations.reply_queues or conn is None or self._broken:
             return -1
         return fileno(raw_connection(conn))
 

@@ -79,7 +79,7 @@ class KombuPublishing(KombuConfirms):
             deferral = self._local.deferral
         with self.deadline(self._config.publish_timeout):
             try:
-                if self._reply_queues and self._is_amqp:
+                if self._declarations.reply_queues and self._is_amqp:
                     self._check_reply_connection()
                 if deferral is not None:
                     self._local.deferral = None  # the next publish only

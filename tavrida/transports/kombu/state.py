@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Set, Tuple
 
 from kombu.connection import Connection
 
 from tavrida.config import ConnectionConfig
-from tavrida.transports.base import Binding, OnMessage, Transport
+from tavrida.transports.base import OnMessage, Transport
 from tavrida.transports.kombu.batch import Batch
 from tavrida.transports.kombu.connector import Connector
 from tavrida.transports.kombu.deadlines import ThreadState
+from tavrida.transports.kombu.declarations import Declarations
 from tavrida.transports.kombu.deliveries import Consumer, KombuDelivery
 from tavrida.transports.kombu.lifecycle import Lifecycle
 from tavrida.transports.kombu.polling import Readable
@@ -56,15 +57,9 @@ class KombuState(Transport):
     _generation: int
     _ever_connected: bool
     _broken: bool
-    _exchanges: Dict[str, None]
-    _queues: Dict[str, None]
-    #: Declare arguments of the queues that have some (quorum queues), by name.
-    _queue_arguments: Dict[str, Dict[str, Any]]
-    _bindings: Dict[Binding, None]
-    _reply_queues: Dict[str, Tuple[Binding, ...]]
+    _declarations: Declarations
     _consumers: List[Consumer]
     _resume: List[Consumer]
-    _next_topology_check: float
     _ready: Deque[Tuple[KombuDelivery, OnMessage]]
     _unsettled: Set[KombuDelivery]
     _slice: float

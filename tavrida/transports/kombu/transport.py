@@ -20,6 +20,7 @@ from tavrida.config import ConnectionConfig
 from tavrida.transports.base import Binding
 from tavrida.transports.kombu.connector import Connector
 from tavrida.transports.kombu.deadlines import ThreadState
+from tavrida.transports.kombu.declarations import Declarations
 from tavrida.transports.kombu.deferring import KombuDeferring
 from tavrida.transports.kombu.heartbeat import Heartbeat
 from tavrida.transports.kombu.lifecycle import Lifecycle
@@ -81,14 +82,10 @@ class KombuTransport(KombuDeferring):
         self._generation = 0
         self._ever_connected = False
         self._broken = False
-        self._exchanges = {}
-        self._queues = {}
-        self._bindings = {}
-        self._reply_queues = {}
+        self._declarations = Declarations(self._is_amqp)
         self._consumers = []
         #: Consumers RabbitMQ cancelled (their queue was deleted), to declare and resume.
         self._resume = []
-        self._next_topology_check = 0.0
         self._ready = collections.deque()
         #: Deliveries handed out and not yet acked or rejected (set ops are atomic).
         self._unsettled = set()
@@ -123,7 +120,6 @@ class KombuTransport(KombuDeferring):
         self._pub_idle = []
         self._deferred = collections.deque()
         self._pub_exchanges = set()
-        self._queue_arguments = {}
 
     @property
     def connection_name(self) -> str:
@@ -145,9 +141,8 @@ class KombuTransport(KombuDeferring):
         self._ever_connected = True
         try:
             self._control = self._connector.channel(self._conn)
-            self._declare_on(self._control, list(self._exchanges), list(self._queues),
-                             list(self._bindings))
-            for queue, bindings in list(self._reply_queues.items()):
+            self._declarations.declare_all(self._control)
+            for queue, bindings in list(self._declarations.reply_queues.items()):
                 self._declare_reply_again(queue, bindings)
             for consumer in self._consumers:
                 self._start_consumer(consumer)
@@ -169,15 +164,14 @@ class KombuTransport(KombuDeferring):
         old one to go and no caller sees py-amqp's error.
         """
         try:
-            self._declare_reply_on(self._control, queue, bindings)
+            self._declarations.declare_reply_on(self._control, queue, bindings)
             return
         except amqp.ResourceLocked:
             fresh = f"{queue.partition('~')[0]}~{uuid.uuid4().hex[:8]}"
         LOG.info("reply queue %s is still held by the previous connection; using %s",
                  queue, fresh)
-        self._declare_reply_on(self._control, fresh, bindings)
-        self._reply_queues = {fresh if name == queue else name: held
-                              for name, held in self._reply_queues.items()}
+        self._declarations.declare_reply_on(self._control, fresh, bindings)
+        self._declarations.rename_reply_queue(queue, fresh)
         for consumer in self._consumers:
             if consumer.queue == queue:
                 consumer.queue = fresh
@@ -235,8 +229,8 @@ class KombuTransport(KombuDeferring):
                     if consumer.fetch is not None and channel is not None:
                         # Anything a dead connection popped since: back to the queue.
                         consumer.fetch.recover(self._control)
-                if not self._is_amqp and self._reply_queues:
-                    for queue in self._reply_queues:
+                if not self._is_amqp and self._declarations.reply_queues:
+                    for queue in self._declarations.reply_queues:
                         self._control.queue_delete(queue=queue)
                 self._close_channel(self._control)
                 self._conn.release()

@@ -32,7 +32,7 @@ def transport(url: str = CLUSTER, **options: Any) -> KombuTransport:
 
 
 class Nodes:
-    """Stands in for ``Connector.open_node``: records the node indexes tried, answers from ``up``."""
+    """Stands in for ``Connector.open_node``: records the nodes tried, answers from ``up``."""
 
     def __init__(self, up: List[int]) -> None:
         self.up = up

@@ -23,6 +23,7 @@ from tavrida.config import ConnectionConfig
 from tavrida.transports.base import Binding, OutgoingEnvelope
 from tavrida.transports.kombu import KombuDelivery, KombuTransport
 from tavrida.transports.kombu.batch import Batch
+from tavrida.transports.kombu.declarations import Declarations
 from tavrida.transports.kombu.deliveries import Consumer
 from tavrida.transports.kombu.reconnect import retry_call
 from tavrida.transports.kombu.virtual import NoRoute, strict_lookup
@@ -427,9 +428,9 @@ def test_strict_lookup_raises_when_no_queue_matches() -> None:
 
 
 def test_the_binding_check_finds_bindings_the_broker_lost() -> None:
-    transport = KombuTransport(ConnectionConfig.from_url("redis://127.0.0.1:25699/0"))
+    declarations = Declarations(is_amqp=False)
     kept, lost = Binding("q1", "x", "a.#"), Binding("q2", "x", "b")
-    transport._bindings = {kept: None, lost: None}
-    transport._reply_queues = {"reply": (Binding("ignored", "y", "r"),)}
-    transport._control = FakeVirtualChannel({"x": [("a.#", "pattern", "q1")]})
-    assert transport._missing_bindings() == [lost, Binding("reply", "y", "r")]
+    declarations.bindings = {kept: None, lost: None}
+    declarations.reply_queues = {"reply": (Binding("ignored", "y", "r"),)}
+    channel = FakeVirtualChannel({"x": [("a.#", "pattern", "q1")]})
+    assert declarations.missing(channel) == [lost, Binding("reply", "y", "r")]
