@@ -116,8 +116,7 @@ class KombuConnections(KombuState):
 
     def _take(self, lock: Any) -> None:
         """:meth:`_holding` without its block: acquire ``lock`` (the caller releases it)."""
-        if not lock.acquire(False):
-            take(self._local, lock, self._connector.failed)
+        take(self._local, lock, self._connector.failed)
 
     def _ensure_connected(self) -> None:
         """Open (or re-open) the consuming connection; call with ``_lock`` held."""

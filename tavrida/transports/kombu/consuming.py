@@ -230,25 +230,22 @@ class KombuConsuming(KombuDeclarations):
         props = message.properties
         info = message.delivery_info
         body = message.body
-        if type(body) is not bytes and not isinstance(body, bytes):
+        if not isinstance(body, bytes):
             body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
-        headers = props["application_headers"] if "application_headers" in props else None
-        headers = dict(headers) if headers else {}
+        headers = dict(props.get("application_headers") or {})
         for key in headers:
-            if type(key) is not str:
+            if not isinstance(key, str):
                 # py-amqp keeps a key that is not UTF-8 as bytes; the core expects text.
                 headers = {text_key(key): value for key, value in headers.items()}
                 break
-        properties = {}
-        for name, value in props.items():  # (a loop, not a comprehension: one call less)
-            if value is not None and name in PROPERTY_SET:
-                properties[name] = value
-        exchange = info["exchange"] if "exchange" in info else None
-        routing_key = info["routing_key"] if "routing_key" in info else None
+        properties = {name: value for name, value in props.items()
+                      if value is not None and name in PROPERTY_SET}
+        exchange = info.get("exchange")
+        routing_key = info.get("routing_key")
         delivery = KombuDelivery(
             self, channel, info["delivery_tag"], generation, body, headers, properties,
             exchange or "", routing_key or "", consumer.queue,
-            bool(info["redelivered"] if "redelivered" in info else None), consumer.no_ack)
+            bool(info.get("redelivered")), consumer.no_ack)
         if not consumer.no_ack:
             consumer.received.add(delivery._delivery_tag)
             delivery._consumer = consumer

@@ -49,22 +49,19 @@ class KombuDeferring(KombuSharedConfirms):
         """:meth:`KombuDraining.drain`, reading deferred publishes' confirms meanwhile."""
         if not self._deferred:
             return super().drain(timeout)
-        end = time.monotonic() + (0.0 if 0.0 > timeout else timeout)  # max(timeout, 0.0)
+        end = time.monotonic() + max(timeout, 0.0)
         while True:
             if self._finish_deferred():
                 super().drain(0.0)  # sends the acks just queued, delivers what is ready
                 return True
             if not self._deferred:
                 left = end - time.monotonic()
-                return super().drain(0.0 if 0.0 > left else left)
+                return super().drain(max(left, 0.0))
             if self._ready or self._stop.is_set() or self._lifecycle.closed:
                 return super().drain(0.0)
-            # min(max(end - now, 0), poll_interval, max(first deadline - now, 0))
             now = time.monotonic()
-            wait = end - now
             first = self._deferred[0].deadline - now
-            wait = min(0.0 if 0.0 > wait else wait, self.poll_interval,
-                       0.0 if 0.0 > first else first)
+            wait = min(max(end - now, 0.0), self.poll_interval, max(first, 0.0))
             consuming = self._wait_for_sockets(wait)
             if consuming and super().drain(0.0):
                 return True

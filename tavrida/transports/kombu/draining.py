@@ -37,7 +37,7 @@ class KombuDraining(KombuConsuming):
         connection is lost; raises only when reconnect attempts run out.
         """
         now = time.monotonic()
-        deadline = now + (0.0 if 0.0 > timeout else timeout)  # max(timeout, 0.0)
+        deadline = now + max(timeout, 0.0)
         lock = self._lock
         while not self._lifecycle.closed:
             if self._ready:
@@ -51,14 +51,10 @@ class KombuDraining(KombuConsuming):
                 self._stop.wait(max(remaining, 0.0))
                 break
             try:
-                if not lock.acquire(False):  # (the uncontended case without a call)
-                    take(self._local, lock, self._connector.failed)
+                take(self._local, lock, self._connector.failed)
                 try:
-                    # min(max(remaining, min_poll_interval), next slice), for every read
-                    floor = self.min_poll_interval
-                    wait = floor if floor > remaining else remaining
                     read = self._next_slice() if self._unsettled else self.poll_interval
-                    self._drain_once(read if read < wait else wait)
+                    self._drain_once(min(max(remaining, self.min_poll_interval), read))
                 finally:
                     lock.release()
             except exceptions.ConnectionFailed:
@@ -80,7 +76,7 @@ class KombuDraining(KombuConsuming):
         conn = self._conn
         raw = raw_connection(conn)
         if not (self._is_amqp and raw is not None and not self._broken and raw.connected):
-            self._ensure_connected()  # (the cheap test above is py-amqp's own, for RabbitMQ)
+            self._ensure_connected()
             conn = self._conn
             raw = raw_connection(conn)
         if self._settles and not self._settles_can_wait(raw):

@@ -321,16 +321,11 @@ class KombuPublishing(KombuConfirms):
                                            envelope.content_encoding, dict(envelope.headers),
                                            properties)
         headers = dict(envelope.headers)
-        try:
-            ascii_keys = "".join(headers).isascii()  # one test for all keys, per publish
-        except TypeError:  # a key that is not text
-            ascii_keys = False
-        if not ascii_keys:
-            for key in headers:
-                if type(key) is str and not key.isascii():
-                    # Keys received as text with surrogates (see text_key) go out as bytes.
-                    headers = {bytes_key(key): value for key, value in headers.items()}
-                    break
+        for key in headers:
+            if isinstance(key, str) and not key.isascii():
+                # Keys received as text with surrogates (see text_key) go out as bytes.
+                headers = {bytes_key(key): value for key, value in headers.items()}
+                break
         return checked_message(channel, bytes(envelope.body), envelope.content_type,
                                envelope.content_encoding, headers, properties)
 

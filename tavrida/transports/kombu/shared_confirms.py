@@ -63,8 +63,7 @@ class KombuSharedConfirms(KombuPublishing):
         lock = self._publish_lock
         waiting: Optional[Tuple[Batch, threading.Condition, Callable[[], bool]]] = None
         while True:
-            if not lock.acquire(False):  # (the uncontended case without a call)
-                take(self._local, lock, self._connector.failed)
+            take(self._local, lock, self._connector.failed)
             try:
                 if not batch.todo:
                     return
@@ -121,7 +120,7 @@ class KombuSharedConfirms(KombuPublishing):
         """
         lock = self._publish_lock
         deadline = self._local.deadline
-        if lock.acquire(False) or lock.acquire(
+        if lock.acquire(
                 timeout=-1 if deadline is None else max(deadline - time.monotonic(), 0.0)):
             try:
                 self._pub_reader = False
