@@ -19,8 +19,8 @@ from typing import Any, List, Optional, Tuple
 import amqp
 
 from tavrida.transports.kombu.batch import Batch, ConfirmTimeout
+from tavrida.transports.kombu.compat.pyamqp import raw_connection
 from tavrida.transports.kombu.draining import KombuDraining
-from tavrida.transports.kombu.pyamqp_compat import raw_connection
 
 LOG = logging.getLogger(__name__)
 

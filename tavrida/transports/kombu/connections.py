@@ -23,16 +23,16 @@ from typing import Any, Callable, Optional, TypeVar
 import amqp
 
 from tavrida import exceptions
+from tavrida.transports.kombu.compat.pyamqp import raw_connection
+from tavrida.transports.kombu.compat.virtual import restore_unacked
 from tavrida.transports.kombu.deadlines import Deadline, Holding, take
 from tavrida.transports.kombu.nodes import (
     QueueUnavailable,
     queue_unavailable,
 )
-from tavrida.transports.kombu.pyamqp_compat import raw_connection
 from tavrida.transports.kombu.reconnect import retry_call
 from tavrida.transports.kombu.severing import sever
 from tavrida.transports.kombu.state import KombuState
-from tavrida.transports.kombu.virtual import restore_unacked
 
 LOG = logging.getLogger(__name__)
 

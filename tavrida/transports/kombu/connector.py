@@ -20,12 +20,12 @@ from kombu.connection import Connection
 
 from tavrida import exceptions
 from tavrida.config import ConnectionConfig
+from tavrida.transports.kombu.compat.pyamqp import AMQPTransport
+from tavrida.transports.kombu.compat.virtual import rabbit_channel
 from tavrida.transports.kombu.deadlines import ThreadState
 from tavrida.transports.kombu.lifecycle import Lifecycle
 from tavrida.transports.kombu.nodes import NodeRotation, node_endpoint
-from tavrida.transports.kombu.pyamqp_compat import AMQPTransport
 from tavrida.transports.kombu.reconnect import Errors
-from tavrida.transports.kombu.virtual import rabbit_channel
 
 # It logs as the connections it opens always have (operators filter on that name).
 LOG = logging.getLogger("tavrida.transports.kombu.connections")

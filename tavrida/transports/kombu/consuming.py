@@ -21,19 +21,19 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import amqp
 
 from tavrida.transports.base import OnMessage
-from tavrida.transports.kombu.connector import REDIS_SCHEMES
-from tavrida.transports.kombu.declaring import KombuDeclarations
-from tavrida.transports.kombu.deliveries import Consumer, KombuDelivery
-from tavrida.transports.kombu.pyamqp_compat import PROPERTY_NAMES, PROPERTY_SET, text_key
-from tavrida.transports.kombu.redis_fetch import RedisFetch
-from tavrida.transports.kombu.severing import SeverAt
-from tavrida.transports.kombu.virtual import (
+from tavrida.transports.kombu.compat.pyamqp import PROPERTY_NAMES, PROPERTY_SET, text_key
+from tavrida.transports.kombu.compat.redis_fetch import RedisFetch
+from tavrida.transports.kombu.compat.virtual import (
     ORIGIN,
     delete_broker_bindings,
     forget_bindings,
     own_copies,
     raw_payload,
 )
+from tavrida.transports.kombu.connector import REDIS_SCHEMES
+from tavrida.transports.kombu.declaring import KombuDeclarations
+from tavrida.transports.kombu.deliveries import Consumer, KombuDelivery
+from tavrida.transports.kombu.severing import SeverAt
 
 LOG = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ import amqp
 from kombu.entity import Exchange, Queue
 
 from tavrida.transports.base import Binding
-from tavrida.transports.kombu import redis_delays
+from tavrida.transports.kombu.compat import redis_delays
+from tavrida.transports.kombu.compat.virtual import binding_rows
 from tavrida.transports.kombu.nodes import QueueUnavailable, queue_unavailable
-from tavrida.transports.kombu.virtual import binding_rows
 
 
 class Declarations:

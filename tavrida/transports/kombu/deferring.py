@@ -23,8 +23,8 @@ from typing import Any, List, Optional
 from tavrida import exceptions
 from tavrida.transports.base import Deferral, OnConfirmed
 from tavrida.transports.kombu.batch import Batch
+from tavrida.transports.kombu.compat.pyamqp import raw_connection
 from tavrida.transports.kombu.polling import CAN_POLL, fileno
-from tavrida.transports.kombu.pyamqp_compat import raw_connection
 from tavrida.transports.kombu.shared_confirms import KombuSharedConfirms
 
 LOG = logging.getLogger(__name__)

@@ -13,10 +13,10 @@ import threading
 import time
 
 from tavrida import exceptions
+from tavrida.transports.kombu.compat.pyamqp import raw_connection
 from tavrida.transports.kombu.consuming import KombuConsuming
 from tavrida.transports.kombu.deadlines import take
 from tavrida.transports.kombu.polling import fileno
-from tavrida.transports.kombu.pyamqp_compat import raw_connection
 
 LOG = logging.getLogger(__name__)
 

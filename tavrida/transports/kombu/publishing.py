@@ -23,14 +23,14 @@ import amqp
 from tavrida import exceptions
 from tavrida.transports.base import Deferral, OutgoingEnvelope
 from tavrida.transports.kombu.batch import Batch, ConfirmTimeout
-from tavrida.transports.kombu.confirms import KombuConfirms
-from tavrida.transports.kombu.polling import CAN_POLL
-from tavrida.transports.kombu.pyamqp_compat import (
+from tavrida.transports.kombu.compat.pyamqp import (
     UNENCODABLE,
     bytes_key,
     checked_message,
 )
-from tavrida.transports.kombu.virtual import NoRoute, strict_lookup
+from tavrida.transports.kombu.compat.virtual import NoRoute, strict_lookup
+from tavrida.transports.kombu.confirms import KombuConfirms
+from tavrida.transports.kombu.polling import CAN_POLL
 
 LOG = logging.getLogger(__name__)
 

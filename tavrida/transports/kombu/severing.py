@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from tavrida.transports.kombu.pyamqp_compat import raw_connection
+from tavrida.transports.kombu.compat.pyamqp import raw_connection
 
 LOG = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from typing import Any, Callable, Optional, Tuple
 
 from tavrida.transports.base import OutgoingEnvelope
 from tavrida.transports.kombu.batch import Batch
+from tavrida.transports.kombu.compat.pyamqp import raw_connection
 from tavrida.transports.kombu.deadlines import take
 from tavrida.transports.kombu.polling import CAN_POLL, fileno
 from tavrida.transports.kombu.publishing import KombuPublishing
-from tavrida.transports.kombu.pyamqp_compat import raw_connection
 
 
 class KombuSharedConfirms(KombuPublishing):

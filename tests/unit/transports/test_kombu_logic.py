@@ -23,10 +23,10 @@ from tavrida.config import ConnectionConfig
 from tavrida.transports.base import Binding, OutgoingEnvelope
 from tavrida.transports.kombu import KombuDelivery, KombuTransport
 from tavrida.transports.kombu.batch import Batch
+from tavrida.transports.kombu.compat.virtual import NoRoute, strict_lookup
 from tavrida.transports.kombu.declarations import Declarations
 from tavrida.transports.kombu.deliveries import Consumer
 from tavrida.transports.kombu.reconnect import retry_call
-from tavrida.transports.kombu.virtual import NoRoute, strict_lookup
 
 #: Nothing listens here: nothing in these tests connects.
 AMQP_URL = "amqp://guest:guest@127.0.0.1:25699//"

@@ -133,7 +133,7 @@ def delete_broker_bindings(channel: Any, queues: Iterable[str]) -> int:
                 removed += 1
     for queue in wanted:
         channel.queue_purge(queue)
-        from tavrida.transports.kombu.redis_delays import delete as delete_delays
+        from tavrida.transports.kombu.compat.redis_delays import delete as delete_delays
 
         delete_delays(channel, queue)  # its delay queues and the retries they hold
     return removed
@@ -182,7 +182,7 @@ def rabbit_channel(channel: Any) -> None:
     if _is_memory(channel):
         private_payloads(channel)
     elif getattr(channel, "keyprefix_queue", None) is not None:  # Redis
-        from tavrida.transports.kombu.redis_delays import delayed_puts
+        from tavrida.transports.kombu.compat.redis_delays import delayed_puts
 
         delayed_puts(channel)
 

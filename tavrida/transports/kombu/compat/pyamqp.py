@@ -1,7 +1,7 @@
 """py-amqp workarounds: the tolerant frame parser, raw channels, checked messages.
 
 Every private name of py-amqp (and of kombu's py-amqp transport) the adapter
-uses is here or in :mod:`.pyamqp_fastpath`;
+uses is here or in :mod:`.compat.fast_properties`;
 ``tests/unit/transports/test_kombu_compat.py`` fails when one of them
 changes or is no longer needed.
 
@@ -9,7 +9,7 @@ changes or is no longer needed.
   :func:`_read_value` calls it for the field types it does not read itself.
 * the ``frame_handler`` argument of ``amqp.Connection`` and
   ``amqp.method_framing.frame_handler`` (undocumented): :func:`tolerant_frame_handler`
-  wraps py-amqp's handler (:func:`.pyamqp_fastpath.frame_handler`, the same
+  wraps py-amqp's handler (:func:`.compat.fast_properties.frame_handler`, the same
   state machine building messages of the fast reader). Protects against a
   message whose short strings are not UTF-8, whose header timestamps no
   ``datetime`` holds, or whose tables nest deeper than py-amqp's
@@ -18,7 +18,7 @@ changes or is no longer needed.
 * the argument formats of ``basic.deliver``, ``basic.get-ok``, ``basic.return``
   (:data:`_CONTENT_METHOD_ARGS`, copied from the AMQP 0-9-1 spec py-amqp follows).
 * ``amqp.Message._serialize_properties`` (private): :class:`CheckedMessage`
-  serializes the properties once (:func:`.pyamqp_fastpath.fast_properties`
+  serializes the properties once (:func:`.compat.fast_properties.fast_properties`
   for the usual kinds, the same bytes) to check that they fit in one frame
   (RabbitMQ closes the connection over a larger content header), and
   :func:`_sanitize_content_header` rebuilds a header with it.
@@ -45,7 +45,7 @@ from amqp import serialization, spec
 from kombu.connection import Connection
 from kombu.transport import pyamqp
 
-from tavrida.transports.kombu.pyamqp_fastpath import Frame, fast_properties, frame_handler
+from tavrida.transports.kombu.compat.fast_properties import Frame, fast_properties, frame_handler
 
 #: AMQP basic properties copied into :attr:`Delivery.properties` when present.
 PROPERTY_NAMES = tuple(name for name, _ in amqp.Message.PROPERTIES
