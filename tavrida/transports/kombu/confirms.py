@@ -19,7 +19,6 @@ from typing import Any, List, Optional, Tuple
 import amqp
 
 from tavrida.transports.kombu.batch import Batch, ConfirmTimeout
-from tavrida.transports.kombu.compat.pyamqp import raw_connection
 from tavrida.transports.kombu.draining import KombuDraining
 
 LOG = logging.getLogger(__name__)
@@ -46,7 +45,7 @@ class KombuConfirms(KombuDraining):
         own = self._local.deadline
         if own is not None:
             deadline = min(deadline, own)
-        raw = raw_connection(self._pub_conn)
+        raw = self._connector.raw(self._pub_conn)
         while batch.inflight:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

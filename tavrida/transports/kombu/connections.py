@@ -23,7 +23,6 @@ from typing import Any, Callable, Optional, TypeVar
 import amqp
 
 from tavrida import exceptions
-from tavrida.transports.kombu.compat.pyamqp import raw_connection
 from tavrida.transports.kombu.compat.virtual import restore_unacked
 from tavrida.transports.kombu.deadlines import Deadline, Holding, take
 from tavrida.transports.kombu.nodes import (
@@ -64,12 +63,12 @@ class KombuConnections(KombuState):
     def _sever_consuming(self) -> None:
         """Shut the consuming connection's sockets down (any thread): its reads end now."""
         self._broken = True
-        sever(self._conn)
+        sever(self._conn, self._connector.raw)
 
     def _sever_all(self) -> None:
         """Shut both connections' sockets down (any thread)."""
         self._sever_consuming()
-        sever(self._pub_conn)
+        sever(self._pub_conn, self._connector.raw)
 
 
     def _retry(self, fun: Callable[[], T], initial: bool, what: str,
@@ -179,7 +178,10 @@ class KombuConnections(KombuState):
         pending, self._unrestored = self._unrestored, []
         for qos in pending:
             try:
-                restore_unacked(qos)
+                if self._compat.private:
+                    restore_unacked(qos)
+                else:
+                    qos.restore_unacked()
             except Exception as exc:  # noqa: BLE001 - kept for the next attempt
                 LOG.warning("could not give un-acked messages back yet (%s: %s)",
                             type(exc).__name__, exc)
@@ -193,7 +195,7 @@ class KombuConnections(KombuState):
 
     def _raw_connection(self) -> Any:
         """The transport-level connection, without kombu's implicit reconnect."""
-        return raw_connection(self._conn)
+        return self._connector.raw(self._conn)
 
     def _socket_alive(self) -> bool:
         """False when the consuming connection's socket was closed or reset by the peer."""

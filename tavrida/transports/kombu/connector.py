@@ -14,14 +14,20 @@ import os
 import ssl as ssl_module
 import time
 import uuid
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from kombu.connection import Connection
 
 from tavrida import exceptions
 from tavrida.config import ConnectionConfig
-from tavrida.transports.kombu.compat.pyamqp import AMQPTransport
-from tavrida.transports.kombu.compat.virtual import rabbit_channel
+from tavrida.transports.kombu.compat import Compat
+from tavrida.transports.kombu.compat.pyamqp import (
+    AMQPTransport,
+    PlainAMQPTransport,
+    public_raw_connection,
+    raw_connection,
+)
+from tavrida.transports.kombu.compat.virtual import public_channel, rabbit_channel
 from tavrida.transports.kombu.deadlines import ThreadState
 from tavrida.transports.kombu.lifecycle import Lifecycle
 from tavrida.transports.kombu.nodes import NodeRotation, node_endpoint
@@ -56,8 +62,12 @@ class Connector:
     """
 
     def __init__(self, config: ConnectionConfig, local: ThreadState,
-                 lifecycle: Lifecycle) -> None:
+                 lifecycle: Lifecycle, compat: Compat) -> None:
         self.config = config
+        self.compat = compat
+        #: The transport connection of a kombu one, without kombu's implicit reconnect.
+        self.raw: Callable[[Optional[Connection]], Any] = (
+            raw_connection if compat.private else public_raw_connection)
         self.local = local
         self.lifecycle = lifecycle
         self.is_amqp = config.scheme in AMQP_SCHEMES
@@ -88,7 +98,7 @@ class Connector:
         options: Dict[str, Any] = {}
         ssl: Any = False
         if self.is_amqp:
-            transport: Any = AMQPTransport
+            transport: Any = AMQPTransport if self.compat.private else PlainAMQPTransport
             if config.channel_max:
                 options["channel_max"] = config.channel_max
             if config.frame_max:
@@ -227,5 +237,5 @@ class Connector:
         """A new channel on ``conn``, made to behave as RabbitMQ's on a virtual broker."""
         channel = conn.channel()
         if not self.is_amqp:
-            rabbit_channel(channel)
+            (rabbit_channel if self.compat.private else public_channel)(channel)
         return channel

@@ -28,6 +28,7 @@ from tavrida.transports.kombu.compat.virtual import (
     delete_broker_bindings,
     forget_bindings,
     own_copies,
+    public_payload,
     raw_payload,
 )
 from tavrida.transports.kombu.connector import REDIS_SCHEMES
@@ -130,7 +131,11 @@ class KombuConsuming(KombuDeclarations):
             self._declarations.forget(queues, exchanges)
 
             def action(channel: Any) -> None:
-                delete_broker_bindings(channel, queues)  # Redis: those of other connections too
+                if self._compat.private:
+                    delete_broker_bindings(channel, queues)  # Redis: other connections' too
+                elif not self._is_amqp:
+                    for name in queues:  # what kombu's delete would leave in an unbound queue
+                        channel.queue_purge(queue=name)
                 for name in queues:
                     channel.queue_delete(queue=name)
                 for name in exchanges:
@@ -147,7 +152,7 @@ class KombuConsuming(KombuDeclarations):
         consumer.received = set()
         if not self._is_amqp:
             own_copies(channel, consumer.queue)
-        if self._config.scheme in REDIS_SCHEMES:
+        if self._config.scheme in REDIS_SCHEMES and self._compat.private:
             if consumer.fetch is None:
                 consumer.fetch = RedisFetch(consumer.queue, consumer.tag)
             consumer.fetch.recover(channel)
@@ -260,7 +265,8 @@ class KombuConsuming(KombuDeclarations):
 
     def _virtual_delivery(self, consumer: Consumer, channel: Any, generation: int,
                           message: Any) -> KombuDelivery:
-        raw = raw_payload(message)  # kombu's Message may have decompressed the body
+        # kombu's Message may have decompressed the body: the stored one is read.
+        raw = raw_payload(message) if self._compat.private else public_payload(message)
         props = raw.get("properties") or {}
         info = props.get("delivery_info") or {}
         body = raw.get("body") or b""

@@ -41,7 +41,7 @@ class KombuDeclarations(KombuHeartbeats):
     @property
     def holds_delays(self) -> bool:  # type: ignore[override]
         """RabbitMQ (TTL queues) and Redis (:mod:`.redis_delays`); not kombu's memory."""
-        return self._is_amqp or self._config.scheme in REDIS_SCHEMES
+        return self._is_amqp or (self._config.scheme in REDIS_SCHEMES and self._compat.private)
 
     def declare(self, topology: Topology) -> None:
         """Declare exchanges, queues, bindings (tavrida 1.0 style); again after reconnects.

@@ -23,7 +23,6 @@ from typing import Any, List, Optional
 from tavrida import exceptions
 from tavrida.transports.base import Deferral, OnConfirmed
 from tavrida.transports.kombu.batch import Batch
-from tavrida.transports.kombu.compat.pyamqp import raw_connection
 from tavrida.transports.kombu.polling import CAN_POLL, fileno
 from tavrida.transports.kombu.shared_confirms import KombuSharedConfirms
 
@@ -70,8 +69,8 @@ class KombuDeferring(KombuSharedConfirms):
 
     def _wait_for_sockets(self, timeout: float) -> bool:
         """Wait up to ``timeout`` for either connection; True unless only publishing is ready."""
-        pub_fd = fileno(raw_connection(self._pub_conn))
-        consume_fd = fileno(raw_connection(self._conn))
+        pub_fd = fileno(self._connector.raw(self._pub_conn))
+        consume_fd = fileno(self._connector.raw(self._conn))
         if consume_fd < 0 or self._broken:
             return True  # drain() reconnects
         if pub_fd >= 0:
@@ -139,7 +138,7 @@ class KombuDeferring(KombuSharedConfirms):
 
     def _read_waiting_confirms(self) -> None:
         """Read what the publishing socket holds, never waiting (``_publish_lock`` held)."""
-        raw = raw_connection(self._pub_conn)
+        raw = self._connector.raw(self._pub_conn)
         fd = fileno(raw)
         if fd < 0:
             return

@@ -13,7 +13,6 @@ import threading
 import time
 
 from tavrida import exceptions
-from tavrida.transports.kombu.compat.pyamqp import raw_connection
 from tavrida.transports.kombu.consuming import KombuConsuming
 from tavrida.transports.kombu.deadlines import take
 from tavrida.transports.kombu.polling import fileno
@@ -74,11 +73,11 @@ class KombuDraining(KombuConsuming):
         if self._lifecycle.closed:
             return
         conn = self._conn
-        raw = raw_connection(conn)
+        raw = self._connector.raw(conn)
         if not (self._is_amqp and raw is not None and not self._broken and raw.connected):
             self._ensure_connected()
             conn = self._conn
-            raw = raw_connection(conn)
+            raw = self._connector.raw(conn)
         if self._settles and not self._settles_can_wait(raw):
             self._perform_settles()
         assert conn is not None  # _ensure_connected() raises otherwise
@@ -141,7 +140,7 @@ class KombuDraining(KombuConsuming):
         conn = self._conn
         if not self._declarations.reply_queues or conn is None or self._broken:
             return -1
-        return fileno(raw_connection(conn))
+        return fileno(self._connector.raw(conn))
 
     def _read_answers(self) -> bool:
         """One short read on the consuming connection, then hand out the answers read.

@@ -13,6 +13,7 @@ confirms.
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 import time
@@ -27,8 +28,9 @@ from tavrida.transports.kombu.compat.pyamqp import (
     UNENCODABLE,
     bytes_key,
     checked_message,
+    plain_message,
 )
-from tavrida.transports.kombu.compat.virtual import NoRoute, strict_lookup
+from tavrida.transports.kombu.compat.virtual import NoRoute, check_route, strict_lookup
 from tavrida.transports.kombu.confirms import KombuConfirms
 from tavrida.transports.kombu.polling import CAN_POLL
 
@@ -208,7 +210,7 @@ class KombuPublishing(KombuConfirms):
                 events["basic_nack"].add(self._on_nack)
                 # Mandatory messages no queue takes come back before their confirm.
                 events["basic_return"].add(self._on_return)
-            else:
+            elif self._compat.private:
                 strict_lookup(self._pub_channel)
         if self._confirms and not self._pub_confirming:
             self._pub_channel.confirm_select()
@@ -317,15 +319,19 @@ class KombuPublishing(KombuConfirms):
             # AMQP per-message TTL: milliseconds, as a string (virtual transports ignore it).
             properties["expiration"] = str(int(envelope.expiration * 1000))
         if not self._is_amqp:
+            headers = dict(envelope.headers)
+            if not self._compat.private:
+                check_route(channel, envelope.exchange, envelope.routing_key)
+                headers = copy.deepcopy(headers)  # kombu's memory stores this very object
             return channel.prepare_message(bytes(envelope.body), None, envelope.content_type,
-                                           envelope.content_encoding, dict(envelope.headers),
-                                           properties)
+                                           envelope.content_encoding, headers, properties)
         headers = dict(envelope.headers)
         for key in headers:
             if isinstance(key, str) and not key.isascii():
                 # Keys received as text with surrogates (see text_key) go out as bytes.
                 headers = {bytes_key(key): value for key, value in headers.items()}
                 break
-        return checked_message(channel, bytes(envelope.body), envelope.content_type,
-                               envelope.content_encoding, headers, properties)
+        message = checked_message if self._compat.private else plain_message
+        return message(channel, bytes(envelope.body), envelope.content_type,
+                       envelope.content_encoding, headers, properties)
 

@@ -21,7 +21,6 @@ from typing import Any, Callable, Optional, Tuple
 
 from tavrida.transports.base import OutgoingEnvelope
 from tavrida.transports.kombu.batch import Batch
-from tavrida.transports.kombu.compat.pyamqp import raw_connection
 from tavrida.transports.kombu.deadlines import take
 from tavrida.transports.kombu.polling import CAN_POLL, fileno
 from tavrida.transports.kombu.publishing import KombuPublishing
@@ -100,7 +99,7 @@ class KombuSharedConfirms(KombuPublishing):
                         self._pub_idle.remove(waiting)
                     continue
                 self._pub_reader = True
-                raw = raw_connection(self._pub_conn)
+                raw = self._connector.raw(self._pub_conn)
             finally:
                 lock.release()
             try:
@@ -159,7 +158,7 @@ class KombuSharedConfirms(KombuPublishing):
             if not self._publish_lock.acquire(False):
                 return  # a batch holds it and reads its confirms, ours among them
             try:
-                if raw is not raw_connection(self._pub_conn):
+                if raw is not self._connector.raw(self._pub_conn):
                     return  # dropped meanwhile: the requests go out again
                 if not self._pub_poll.poll(pub_fd):
                     return  # a batch holding the lock read it

@@ -18,6 +18,7 @@ from kombu.connection import Connection
 from tavrida.config import ConnectionConfig
 from tavrida.transports.base import OnMessage, Transport
 from tavrida.transports.kombu.batch import Batch
+from tavrida.transports.kombu.compat import Compat
 from tavrida.transports.kombu.connector import Connector
 from tavrida.transports.kombu.deadlines import ThreadState
 from tavrida.transports.kombu.declarations import Declarations
@@ -69,6 +70,7 @@ class KombuState(Transport):
     _local: ThreadState
     _lifecycle: Lifecycle
     _connector: Connector
+    _compat: Compat
     _policy: ReconnectPolicy
     _heartbeat: Heartbeat
     #: Polls of the consuming socket: may acks wait (``_lock`` held), is it alive (any thread).

@@ -11,13 +11,14 @@ import logging
 import threading
 import time
 import uuid
-from typing import Tuple
+from typing import Optional, Tuple
 
 import amqp
 
 from tavrida import exceptions
 from tavrida.config import ConnectionConfig
 from tavrida.transports.base import Binding
+from tavrida.transports.kombu.compat import Compat
 from tavrida.transports.kombu.connector import Connector
 from tavrida.transports.kombu.deadlines import ThreadState
 from tavrida.transports.kombu.declarations import Declarations
@@ -58,14 +59,16 @@ class KombuTransport(KombuDeferring):
     #: Seconds between checks that a virtual broker (Redis) still has the bindings.
     topology_check_interval = 2.0
 
-    def __init__(self, config: ConnectionConfig) -> None:
+    def __init__(self, config: ConnectionConfig, compat: Optional[Compat] = None) -> None:
         if config.is_memory:
             raise exceptions.IncorrectAMQPConfig(
                 reason="memory:// is tavrida's own transport; kombu's is kombu+memory://")
         #: Per-thread deadline of blocking operations (see deadline()).
         self._local = ThreadState()
         self._lifecycle = Lifecycle()
-        self._connector = Connector(config, self._local, self._lifecycle)
+        #: Private upstream names on (the default) or off (:mod:`.compat`).
+        self._compat = compat or Compat.from_environment()
+        self._connector = Connector(config, self._local, self._lifecycle, self._compat)
         self._policy = ReconnectPolicy.from_config(config, self.max_retry_interval)
         # Fixed for the transport's life: read by every part.
         self._config = config

@@ -59,6 +59,11 @@ def raw_connection(conn: Optional[Connection]) -> Any:
     return conn._connection if conn is not None else None
 
 
+def public_raw_connection(conn: Optional[Connection]) -> Any:
+    """Public mode's :func:`raw_connection`: the connection kombu says is connected, else None."""
+    return conn.connection if conn is not None and conn.connected else None
+
+
 #: Argument formats of the content-carrying methods (AMQP 0-9-1).
 _CONTENT_METHOD_ARGS = {
     spec.Basic.Deliver: "sLbss",
@@ -280,6 +285,22 @@ class AMQPTransport(pyamqp.Transport):
     Connection = AMQPConnection
 
 
+class PlainAMQPConnection(pyamqp.Connection):
+    """Public mode: py-amqp's own frame handler and messages, raw channels, no confirm waits."""
+
+    Channel = AMQPChannel
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["confirm_publish"] = False
+        super().__init__(**kwargs)
+
+
+class PlainAMQPTransport(pyamqp.Transport):
+    """Public mode: kombu's py-amqp transport with :class:`PlainAMQPConnection`."""
+
+    Connection = PlainAMQPConnection
+
+
 def text_key(key: Any) -> Any:
     """A header-table key as text: bytes that are not UTF-8 kept as surrogates."""
     return key.decode("utf-8", "surrogateescape") if isinstance(key, bytes) else key
@@ -338,5 +359,23 @@ def checked_message(channel: Any, body: bytes, content_type: Optional[str],
     size = len(message._serialize_properties())
     if size > room:
         raise ValueError(f"its headers and properties take {size} bytes, more than the "
+                         f"{room} a frame of this connection holds")
+    return message
+
+
+def plain_message(channel: Any, body: bytes, content_type: Optional[str],
+                  content_encoding: Optional[str], headers: Dict[Any, Any],
+                  properties: Dict[str, Any]) -> Any:
+    """Public mode's :func:`checked_message`: kombu's own message, its headers measured.
+
+    Only the header table is measured (with py-amqp's public
+    ``serialization.dumps``): the other properties are short.
+    """
+    message = channel.prepare_message(body, None, content_type, content_encoding, headers,
+                                      properties)
+    room = channel.connection.frame_max - CONTENT_HEADER_OVERHEAD
+    size = len(serialization.dumps("F", [headers]))
+    if size > room:
+        raise ValueError(f"its headers take {size} bytes, more than the "
                          f"{room} a frame of this connection holds")
     return message
