@@ -326,11 +326,16 @@ class KombuPublishing(KombuConfirms):
             return channel.prepare_message(bytes(envelope.body), None, envelope.content_type,
                                            envelope.content_encoding, headers, properties)
         headers = dict(envelope.headers)
-        for key in headers:
-            if isinstance(key, str) and not key.isascii():
-                # Keys received as text with surrogates (see text_key) go out as bytes.
-                headers = {bytes_key(key): value for key, value in headers.items()}
-                break
+        try:  # one test for all keys: bench.profiling "cast, tavrida: client" calls/message
+            ascii_keys = "".join(headers).isascii()
+        except TypeError:  # a key that is not text
+            ascii_keys = False
+        if not ascii_keys:
+            for key in headers:
+                if isinstance(key, str) and not key.isascii():
+                    # Keys received as text with surrogates (see text_key) go out as bytes.
+                    headers = {bytes_key(key): value for key, value in headers.items()}
+                    break
         message = checked_message if self._compat.private else plain_message
         return message(channel, bytes(envelope.body), envelope.content_type,
                        envelope.content_encoding, headers, properties)
