@@ -215,15 +215,13 @@ class KombuPublishing(KombuConfirms):
         if self._confirms and not self._pub_confirming:
             self._pub_channel.confirm_select()
             self._pub_confirming = True
-            self._pub_seq = 0
-            self._pub_returned_seq = 0
-            self._lose_unconfirmed()
+            self._unconfirmed.reset()
         return self._pub_channel
 
     def _drop_publisher(self) -> None:
         conn, self._pub_conn, self._pub_channel = self._pub_conn, None, None
         self._pub_confirming = False
-        self._lose_unconfirmed()
+        self._unconfirmed.lose_all()
         self._pub_exchanges.clear()
         if conn is not None:
             try:
@@ -278,9 +276,7 @@ class KombuPublishing(KombuConfirms):
             return
         if self._confirms:
             # Registered after the write: acks read inside basic_publish are older.
-            self._pub_seq += 1
-            self._pub_waiting[self._pub_seq] = (batch, index)
-            batch.inflight.add(self._pub_seq)
+            self._unconfirmed.register(batch, index)
         else:
             batch.todo.pop(index, None)
 

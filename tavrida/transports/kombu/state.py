@@ -9,7 +9,6 @@ facade's ``__init__`` (:mod:`.transport`).
 
 from __future__ import annotations
 
-import collections
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Set, Tuple
 
@@ -26,6 +25,7 @@ from tavrida.transports.kombu.deliveries import Consumer, KombuDelivery
 from tavrida.transports.kombu.lifecycle import Lifecycle
 from tavrida.transports.kombu.polling import Readable
 from tavrida.transports.kombu.reconnect import Errors, ReconnectPolicy
+from tavrida.transports.kombu.unconfirmed import ConfirmTracker
 
 if TYPE_CHECKING:  # the heartbeat module holds a mixin built on this one
     from tavrida.transports.kombu.heartbeat import Heartbeat
@@ -87,11 +87,7 @@ class KombuState(Transport):
     _pub_channel: Any
     _pub_ever_connected: bool
     _pub_confirming: bool
-    _pub_seq: int
-    #: Sequence number of the last publish RabbitMQ returned (see ``_on_return``).
-    _pub_returned_seq: int
-    #: Sequence number of each unconfirmed publish -> the index of its envelope.
-    _pub_waiting: "collections.OrderedDict[int, Tuple[Batch, int]]"
+    _unconfirmed: ConfirmTracker
     _pub_reader: bool
     _pub_idle: List[Tuple[Batch, threading.Condition, Callable[[], bool]]]
     #: Deferred publishes waiting for their confirm, oldest first (see ``deferring``).

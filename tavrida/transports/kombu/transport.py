@@ -28,6 +28,7 @@ from tavrida.transports.kombu.lifecycle import Lifecycle
 from tavrida.transports.kombu.polling import Readable
 from tavrida.transports.kombu.reconnect import ReconnectPolicy
 from tavrida.transports.kombu.severing import SeverAt
+from tavrida.transports.kombu.unconfirmed import ConfirmTracker
 
 __all__ = ["KombuTransport"]
 
@@ -112,11 +113,7 @@ class KombuTransport(KombuDeferring):
         self._pub_channel = None
         self._pub_ever_connected = False
         self._pub_confirming = False
-        self._pub_seq = 0
-        #: Sequence number of the last publish RabbitMQ returned (see _on_return).
-        self._pub_returned_seq = 0
-        #: Unconfirmed publishes: sequence number -> (batch, index).
-        self._pub_waiting = collections.OrderedDict()
+        self._unconfirmed = ConfirmTracker()
         #: A request is reading the publishing connection for everyone (see _confirm_or_answer).
         self._pub_reader = False
         #: Requests waiting while another reads: (batch, its condition, answered).
