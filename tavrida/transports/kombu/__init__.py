@@ -4,7 +4,8 @@
 module of this package. Objects owning their state: :mod:`.lifecycle`
 (closed, interrupted), :mod:`.connector` (parameters, nodes, one connect),
 :mod:`.reconnect` (the reconnect policy and the one retry loop),
-:mod:`.declarations` (what was declared), :mod:`.heartbeat`, :mod:`.nodes`,
+:mod:`.declarations` (what was declared), :mod:`.unconfirmed` (publishes awaiting
+their confirm), :mod:`.heartbeat`, :mod:`.nodes`,
 :mod:`.deadlines`, :mod:`.polling`, :mod:`.severing` (deadlines of cancel and
 close). Parts still sharing :mod:`.state`: :mod:`.connections`,
 :mod:`.declaring`, :mod:`.consuming` (consumers, deliveries, settling),
