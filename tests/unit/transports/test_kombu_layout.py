@@ -1,4 +1,4 @@
-"""The kombu transport's layout: private upstream names only in ``compat/``, each registered.
+"""The kombu transport's layout and switch: private upstream names only in ``compat/``.
 
 Read from the source (AST), so a new use of an upstream private name outside
 :mod:`tavrida.transports.kombu.compat` fails here before it ships.
@@ -13,7 +13,10 @@ from typing import Iterator, List, Set, Tuple
 
 import pytest
 
-from tavrida.transports.kombu.compat import REGISTRY, Compat
+from tavrida.config import ConnectionConfig
+from tavrida.transports.kombu import KombuTransport
+from tavrida.transports.kombu.compat import ENVIRONMENT_VARIABLE, REGISTRY, Compat
+from tavrida.transports.kombu.compat.pyamqp import AMQPTransport, PlainAMQPTransport
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 PACKAGE = ROOT / "tavrida"
@@ -115,3 +118,28 @@ def test_no_kombu_module_is_over_400_lines() -> None:
     long = {path.name for path in kombu.rglob("*.py")
             if len(path.read_text(encoding="utf-8").splitlines()) > 400}
     assert long == set()
+
+
+def test_public_mode_connects_with_plain_py_amqp_and_holds_no_redis_delays(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENVIRONMENT_VARIABLE, raising=False)
+    amqp_url = ConnectionConfig.from_url("amqp://guest:guest@127.0.0.1:25698//")
+    redis_url = ConnectionConfig.from_url("redis://127.0.0.1:25699/0")
+    private, public = KombuTransport(amqp_url), KombuTransport(amqp_url, compat=Compat.public())
+    assert private._connector.params("consume")["transport"] is AMQPTransport
+    assert public._connector.params("consume")["transport"] is PlainAMQPTransport
+    assert KombuTransport(redis_url).holds_delays is True
+    assert KombuTransport(redis_url, compat=Compat.public()).holds_delays is False
+
+
+def test_the_environment_variable_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tavrida.transports.kombu import compat
+
+    compat._from_environment.cache_clear()
+    monkeypatch.setenv(ENVIRONMENT_VARIABLE, "1")
+    try:
+        assert not Compat.from_environment().private
+        monkeypatch.setenv(ENVIRONMENT_VARIABLE, "0")
+        assert not Compat.from_environment().private  # read once per process
+    finally:
+        compat._from_environment.cache_clear()
