@@ -263,7 +263,7 @@ def test_delay_queues_are_a_bounded_set_one_per_backoff_step():
 
 
 def test_redis_delay_queue_names_are_parsed_back():
-    from tavrida.transports.kombu import redis_delays
+    from tavrida.transports.kombu.compat import redis_delays
 
     assert redis_delays.parse("svc.queue.retry.500") == ("svc.queue", 500)
     assert redis_delays.parse("svc.queue") is None

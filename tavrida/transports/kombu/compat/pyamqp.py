@@ -1,7 +1,7 @@
 """py-amqp workarounds: the tolerant frame parser, raw channels, checked messages.
 
 Every private name of py-amqp (and of kombu's py-amqp transport) the adapter
-uses is here or in :mod:`.pyamqp_fastpath`;
+uses is here or in :mod:`.compat.fast_properties`;
 ``tests/unit/transports/test_kombu_compat.py`` fails when one of them
 changes or is no longer needed.
 
@@ -9,7 +9,7 @@ changes or is no longer needed.
   :func:`_read_value` calls it for the field types it does not read itself.
 * the ``frame_handler`` argument of ``amqp.Connection`` and
   ``amqp.method_framing.frame_handler`` (undocumented): :func:`tolerant_frame_handler`
-  wraps py-amqp's handler (:func:`.pyamqp_fastpath.frame_handler`, the same
+  wraps py-amqp's handler (:func:`.compat.fast_properties.frame_handler`, the same
   state machine building messages of the fast reader). Protects against a
   message whose short strings are not UTF-8, whose header timestamps no
   ``datetime`` holds, or whose tables nest deeper than py-amqp's
@@ -18,7 +18,7 @@ changes or is no longer needed.
 * the argument formats of ``basic.deliver``, ``basic.get-ok``, ``basic.return``
   (:data:`_CONTENT_METHOD_ARGS`, copied from the AMQP 0-9-1 spec py-amqp follows).
 * ``amqp.Message._serialize_properties`` (private): :class:`CheckedMessage`
-  serializes the properties once (:func:`.pyamqp_fastpath.fast_properties`
+  serializes the properties once (:func:`.compat.fast_properties.fast_properties`
   for the usual kinds, the same bytes) to check that they fit in one frame
   (RabbitMQ closes the connection over a larger content header), and
   :func:`_sanitize_content_header` rebuilds a header with it.
@@ -45,7 +45,7 @@ from amqp import serialization, spec
 from kombu.connection import Connection
 from kombu.transport import pyamqp
 
-from tavrida.transports.kombu.pyamqp_fastpath import Frame, fast_properties, frame_handler
+from tavrida.transports.kombu.compat.fast_properties import Frame, fast_properties, frame_handler
 
 #: AMQP basic properties copied into :attr:`Delivery.properties` when present.
 PROPERTY_NAMES = tuple(name for name, _ in amqp.Message.PROPERTIES
@@ -57,6 +57,11 @@ PROPERTY_SET = frozenset(PROPERTY_NAMES)
 def raw_connection(conn: Optional[Connection]) -> Any:
     """The transport-level connection of ``conn``, without kombu's implicit reconnect."""
     return conn._connection if conn is not None else None
+
+
+def public_raw_connection(conn: Optional[Connection]) -> Any:
+    """Public mode's :func:`raw_connection`: the connection kombu says is connected, else None."""
+    return conn.connection if conn is not None and conn.connected else None
 
 
 #: Argument formats of the content-carrying methods (AMQP 0-9-1).
@@ -280,6 +285,22 @@ class AMQPTransport(pyamqp.Transport):
     Connection = AMQPConnection
 
 
+class PlainAMQPConnection(pyamqp.Connection):
+    """Public mode: py-amqp's own frame handler and messages, raw channels, no confirm waits."""
+
+    Channel = AMQPChannel
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["confirm_publish"] = False
+        super().__init__(**kwargs)
+
+
+class PlainAMQPTransport(pyamqp.Transport):
+    """Public mode: kombu's py-amqp transport with :class:`PlainAMQPConnection`."""
+
+    Connection = PlainAMQPConnection
+
+
 def text_key(key: Any) -> Any:
     """A header-table key as text: bytes that are not UTF-8 kept as surrogates."""
     return key.decode("utf-8", "surrogateescape") if isinstance(key, bytes) else key
@@ -338,5 +359,23 @@ def checked_message(channel: Any, body: bytes, content_type: Optional[str],
     size = len(message._serialize_properties())
     if size > room:
         raise ValueError(f"its headers and properties take {size} bytes, more than the "
+                         f"{room} a frame of this connection holds")
+    return message
+
+
+def plain_message(channel: Any, body: bytes, content_type: Optional[str],
+                  content_encoding: Optional[str], headers: Dict[Any, Any],
+                  properties: Dict[str, Any]) -> Any:
+    """Public mode's :func:`checked_message`: kombu's own message, its headers measured.
+
+    Only the header table is measured (with py-amqp's public
+    ``serialization.dumps``): the other properties are short.
+    """
+    message = channel.prepare_message(body, None, content_type, content_encoding, headers,
+                                      properties)
+    room = channel.connection.frame_max - CONTENT_HEADER_OVERHEAD
+    size = len(serialization.dumps("F", [headers]))
+    if size > room:
+        raise ValueError(f"its headers take {size} bytes, more than the "
                          f"{room} a frame of this connection holds")
     return message

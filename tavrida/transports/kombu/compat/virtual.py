@@ -56,6 +56,7 @@ import re
 import uuid
 from typing import Any, Dict, Iterable, List, Set, Tuple
 
+from kombu import compression
 from kombu.transport import memory as kombu_memory
 from kombu.transport.virtual.exchange import TopicExchange
 from kombu.utils.encoding import bytes_to_str
@@ -133,7 +134,7 @@ def delete_broker_bindings(channel: Any, queues: Iterable[str]) -> int:
                 removed += 1
     for queue in wanted:
         channel.queue_purge(queue)
-        from tavrida.transports.kombu.redis_delays import delete as delete_delays
+        from tavrida.transports.kombu.compat.redis_delays import delete as delete_delays
 
         delete_delays(channel, queue)  # its delay queues and the retries they hold
     return removed
@@ -169,6 +170,38 @@ def rabbit_topic_routing(channel: Any) -> None:
     channel.exchange_types["topic"] = RabbitTopicExchange(channel)  # type: ignore[no-untyped-call]
 
 
+def public_payload(message: Any) -> Dict[str, Any]:
+    """Public mode's :func:`raw_payload`: the same keys, from the message's public attributes."""
+    properties = dict(message.properties or {})
+    properties.pop("body_encoding", None)  # the body is decoded already
+    properties["delivery_info"] = message.delivery_info
+    properties["delivery_tag"] = message.delivery_tag
+    headers = copy.deepcopy(message.headers or {})
+    body = message.body
+    if headers.get("compression"):
+        # kombu's Message decompressed it; the sender's bytes are handed on (zlib: the same).
+        body = compression.compress(body, headers["compression"])[0]
+    return {"properties": properties, "body": body, "headers": headers,
+            "content-type": message.content_type,
+            "content-encoding": message.content_encoding,
+            "redelivered": (message.delivery_info or {}).get("redelivered")}
+
+
+def check_route(channel: Any, exchange: str, routing_key: str) -> None:
+    """Public mode's :func:`strict_lookup`: raise :class:`NoRoute` before an unroutable publish."""
+    if not exchange:
+        return
+    table = binding_rows(channel, exchange)
+    if not list(channel.typeof(exchange).lookup(table, exchange, routing_key, None)):
+        raise NoRoute()
+
+
+def public_channel(channel: Any) -> None:
+    """Public mode's :func:`rabbit_channel`: RabbitMQ's topic routing and deletes only."""
+    rabbit_topic_routing(channel)
+    exact_deletes(channel)
+
+
 def rabbit_channel(channel: Any) -> None:
     """Make a new virtual ``channel`` act as RabbitMQ where kombu's differs.
 
@@ -182,7 +215,7 @@ def rabbit_channel(channel: Any) -> None:
     if _is_memory(channel):
         private_payloads(channel)
     elif getattr(channel, "keyprefix_queue", None) is not None:  # Redis
-        from tavrida.transports.kombu.redis_delays import delayed_puts
+        from tavrida.transports.kombu.compat.redis_delays import delayed_puts
 
         delayed_puts(channel)
 
@@ -277,6 +310,8 @@ def own_copies(channel: Any, queue: str) -> None:
         # Copies: the payload kombu stored stays as it was (kombu requeues it).
         properties = dict(payload["properties"])
         info = dict(properties.get("delivery_info") or {})
+        if payload.get("redelivered"):  # set by kombu's requeue; public for public mode
+            info["redelivered"] = True
         properties.setdefault(ORIGIN, [info.get("exchange") or "", info.get("routing_key") or ""])
         info["exchange"], info["routing_key"] = "", queue
         properties["delivery_info"] = info

@@ -1,4 +1,4 @@
-"""The adapter's one retry loop: :func:`retry_call`.
+"""How the adapter retries: :class:`ReconnectPolicy` and its loop, :func:`retry_call`.
 
 kombu's ``Connection.ensure``/``ensure_connection`` retry loops have no
 deadline, cannot be cut short by
@@ -9,12 +9,14 @@ all retry through this function instead.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from typing import Callable, Optional, Tuple, Type, TypeVar
 
 from tavrida import exceptions
+from tavrida.config import ConnectionConfig
 
 # It logs as the connections it retries always have (operators filter on that name).
 LOG = logging.getLogger("tavrida.transports.kombu.connections")
@@ -42,8 +44,8 @@ def retry_call(fun: Callable[[], T], *, attempts: int, delay: float, max_interva
     setting it ends the sleep. ``what`` and ``url`` name the operation in the
     warning logged before a pause (``url`` is turned into text only then).
     """
-    tries_left = None if attempts < 0 else (1 if 1 > attempts else attempts)  # max(attempts, 1)
-    interval = delay = 0.0 if 0.0 > delay else delay  # max(delay, 0.0)
+    tries_left = None if attempts < 0 else max(attempts, 1)
+    interval = delay = max(delay, 0.0)
     while True:
         if check is not None:
             check()
@@ -69,3 +71,37 @@ def retry_call(fun: Callable[[], T], *, attempts: int, delay: float, max_interva
                     type(error).__name__, error, wait)
         wake.wait(wait)
         interval = min(interval + delay, max(delay, max_interval))
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconnectPolicy:
+    """Attempts and pauses of connecting (the first time) and reconnecting (later ones).
+
+    Not "RetryPolicy": :class:`tavrida.retries.RetryPolicy` retries handlers.
+    """
+
+    #: Calls of the first connect (``connection_attempts``).
+    first_attempts: int
+    #: Calls of a later reconnect (``reconnect_attempts``; -1: for ever).
+    later_attempts: int
+    #: The first pause; each next one is ``delay`` longer.
+    delay: float
+    #: Upper bound of a pause.
+    max_interval: float
+
+    @classmethod
+    def from_config(cls, config: ConnectionConfig, max_interval: float) -> "ReconnectPolicy":
+        return cls(config.connection_attempts, config.reconnect_attempts,
+                   config.retry_delay, max_interval)
+
+    def call(self, fun: Callable[[], T], *, initial: bool, deadline: Optional[float],
+             wake: threading.Event, retry_errors: Errors, fatal_errors: Errors,
+             failed: Callable[[Optional[BaseException], str], exceptions.ConnectionFailed],
+             check: Callable[[], None], what: str, url: object) -> T:
+        """:func:`retry_call` with this policy's attempts (``initial``: the first connect's)."""
+        attempts = self.first_attempts if initial else self.later_attempts
+        return retry_call(
+            fun, attempts=attempts, delay=self.delay, max_interval=self.max_interval,
+            deadline=deadline, wake=wake, retry_errors=retry_errors,
+            fatal_errors=fatal_errors, failed=failed, check=check,
+            give_up=f"gave up after {attempts} attempt(s)", what=what, url=url)

@@ -37,7 +37,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from kombu.utils.json import dumps
 
-from tavrida.transports.kombu.virtual import NoRoute
+from tavrida.transports.kombu.compat.virtual import NoRoute
 
 LOG = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ from typing import Any, List, Optional
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads as json_loads
 
-from tavrida.transports.kombu.redis_delays import Releaser
+from tavrida.transports.kombu.compat.redis_delays import Releaser
 
 LOG = logging.getLogger(__name__)
 

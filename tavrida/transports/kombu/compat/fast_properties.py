@@ -4,7 +4,7 @@ py-amqp reads and writes a content header with a type test and a
 ``struct`` call per field; for the properties tavrida and most clients
 send (short strings, octets, a header table of text and integers) this
 module does the same in fewer steps, byte for byte the same, and leaves
-anything else to py-amqp. It is a compat module (see :mod:`.pyamqp_compat`
+anything else to py-amqp. It is a compat module (see :mod:`.compat.pyamqp`
 for the rest); the private and undocumented py-amqp names it uses:
 
 * ``amqp.method_framing.frame_handler``'s state machine and
@@ -150,7 +150,7 @@ def frame_handler(connection: Any, callback: Callable[..., Any],
     received bytes); only the message class differs. Canary test: both
     handlers give the same callbacks for the same frames.
 
-    The hooks of the tolerant handler (:func:`.pyamqp_compat.tolerant_frame_handler`),
+    The hooks of the tolerant handler (:func:`.compat.pyamqp.tolerant_frame_handler`),
     run here rather than in a wrapper around every frame: ``fix_args`` rewrites the
     arguments of a content method that are not ASCII (before the callback),
     ``fix_header`` a content header whose reading raised one of ``header_errors``.
