@@ -150,6 +150,7 @@ class ObservedServer(server.Server):
         if self._started:
             return
         super().start()
+        self.dead_letters.observers.append(lambda reason: self.current.dead.append(reason))
         for controller in self.controllers:
             controller.postprocessor.observers.append(
                 lambda message: self.current.answers.append(message.message_type))
@@ -165,10 +166,6 @@ class ObservedServer(server.Server):
                 if outcome.acked:
                     self.finished += 1
                 self.settled.notify_all()
-
-    def _dead_letter(self, delivery: Any, reason: str) -> None:
-        super()._dead_letter(delivery, reason)
-        self.current.dead.append(reason)
 
     def wait_finished(self, count: int, timeout: float) -> bool:
         with self.settled:

@@ -37,7 +37,7 @@ from tavrida import config as config_mod
 from tavrida import discovery as discovery_mod
 from tavrida import entry_point, messages, proxies
 from tavrida.proxies import RPCClientProxy, RPCProxy
-from tavrida.replies import Replies
+from tavrida.replies import Replies, reply_exchange_of
 from tavrida.sender import Sender
 from tavrida.transports import create_transport
 from tavrida.transports.base import Transport
@@ -61,15 +61,15 @@ class RPCClient:
         self._service = service
         self._source = source
         self._transport = transport or create_transport(self._config)
+        service_name = entry_point.parse(source).service if source else ""
+        exchange = reply_exchange_of(discovery, service_name)
         self._sender = Sender(self._transport, discovery, self._config.persistent,
-                              source=source)
-        self._replies = Replies(self._sender, entry_point.parse(source).service)
-        self._sender.replies = self._replies
-        self._sender.reply_exchange = self._replies.exchange
-        self._announced = entry_point.parse(source).service if source else ""
+                              source=source, reply_exchange=exchange)
+        self._replies = Replies(self._sender, service_name, exchange)
+        self._announced = service_name
         if self._announced:  # central discovery: a service may then answer only known exchanges
-            discovery.announce(self._announced, self._replies.exchange, role="client")
-        self._proxy = RPCProxy(self._sender, source, context, "", headers)
+            discovery.announce(self._announced, exchange, role="client")
+        self._proxy = RPCProxy(self._sender, source, context, "", headers, calls=self._replies)
 
     @property
     def sender(self) -> Sender:

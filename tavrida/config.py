@@ -23,17 +23,17 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from tavrida import exceptions
+from tavrida import defaults, exceptions
 
 #: Schemes served by tavrida's own in-memory transport.
 MEMORY_SCHEMES = ("memory",)
 #: Schemes served by the kombu transport (``kombu+memory`` is kombu's memory://).
 KOMBU_SCHEMES = ("amqp", "amqps", "pyamqp", "redis", "rediss", "kombu+memory")
 #: Default of :attr:`ConnectionConfig.publish_timeout`, in seconds.
-DEFAULT_PUBLISH_TIMEOUT = 30.0
+DEFAULT_PUBLISH_TIMEOUT = defaults.PUBLISH_TIMEOUT
 #: Default grace period of a server's stop (``Server(stop_timeout=...)``), in seconds.
-DEFAULT_STOP_TIMEOUT = 30.0
-DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671, "pyamqp": 5672, "redis": 6379, "rediss": 6379}
+DEFAULT_STOP_TIMEOUT = defaults.STOP_TIMEOUT
+DEFAULT_PORTS = defaults.PORTS
 
 
 class Credentials:
@@ -88,9 +88,9 @@ class ConnectionConfig:
         heartbeat_interval: Optional[float] = None,
         ssl: Optional[bool] = None,
         ssl_options: Optional[Dict[str, Any]] = None,
-        connection_attempts: int = 3,
-        retry_delay: float = 1.0,
-        socket_timeout: float = 3.0,
+        connection_attempts: int = defaults.CONNECTION_ATTEMPTS,
+        retry_delay: float = defaults.RETRY_DELAY,
+        socket_timeout: float = defaults.SOCKET_TIMEOUT,
         locale: Optional[str] = None,
         backpressure_detection: Optional[bool] = None,
         reconnect_attempts: int = -1,
@@ -99,7 +99,7 @@ class ConnectionConfig:
         scheme: str = "amqp",
         publisher_confirms: bool = True,
         persistent: bool = True,
-        prefetch_count: int = 100,
+        prefetch_count: int = defaults.PREFETCH_COUNT,
         transport_options: Optional[Dict[str, Any]] = None,
         alternates: Sequence[str] = (),
         publish_timeout: Optional[float] = DEFAULT_PUBLISH_TIMEOUT,

@@ -12,7 +12,10 @@ the message is rejected and requeued for another try.
 
 from __future__ import annotations
 
+import builtins
 from typing import Any, Dict, List, Optional
+
+from tavrida import defaults
 
 
 class AckableException:
@@ -301,3 +304,34 @@ class CallTimeout(TavridaError):
         "No answer from %(destination)s within %(timeout)ss "
         "(correlation_id %(correlation_id)s)"
     )
+
+
+def get_fqcn(obj: Any) -> str:
+    """``module.ClassName`` of an object or class (fully qualified class name)."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def error_payload(exception: builtins.BaseException) -> Dict[str, Any]:
+    """The Error payload for ``exception``: ``class``, ``name``, ``message``, ``code``.
+
+    Never fails, so that a caller always gets its Error: an exception whose
+    ``str()`` or ``code`` raises is described by its ``repr()`` or type.
+    """
+    try:
+        code = getattr(exception, "code", defaults.ERROR_CODE)
+    except Exception:  # noqa: BLE001 - a property that raises
+        code = defaults.ERROR_CODE
+    if not isinstance(code, int) or isinstance(code, bool):
+        code = defaults.ERROR_CODE
+    try:
+        text = str(exception)
+    except Exception:  # noqa: BLE001 - a __str__ that raises
+        try:
+            text = repr(exception)
+        except Exception:  # noqa: BLE001
+            text = f"<{type(exception).__name__} that cannot be shown>"
+    if not isinstance(text, str):  # a str subclass is fine; anything else is not JSON
+        text = type(exception).__name__
+    return {"class": get_fqcn(exception), "name": type(exception).__name__,
+            "message": str.__str__(text), "code": int(code)}

@@ -16,15 +16,20 @@ along a whole chain of calls.
 
 from __future__ import annotations
 
-import collections
 import itertools
 import operator
-import os
 import reprlib
-import time
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Type, TypeVar
 
-from tavrida import entry_point, exceptions
+from tavrida import defaults, entry_point, exceptions
+from tavrida import headers as header_names
+from tavrida.exceptions import error_payload as error_payload
+from tavrida.exceptions import get_fqcn as get_fqcn
+from tavrida.headers import expiry_of as expiry_of
+from tavrida.headers import late_by as late_by
+from tavrida.headers import user_headers as user_headers
+from tavrida.ids import new_correlation_id as new_correlation_id
+from tavrida.ids import new_id as new_id
 
 _M = TypeVar("_M", bound="Message")
 
@@ -35,61 +40,15 @@ NOTIFICATION = "notification"
 MESSAGE_TYPES = (REQUEST, RESPONSE, ERROR, NOTIFICATION)
 
 #: The headers tavrida owns; everything else in ``headers`` is the user's.
-TAVRIDA_HEADERS = ("correlation_id", "request_id", "message_id", "message_type",
-                   "reply_to", "source", "destination")
+TAVRIDA_HEADERS = header_names.TAVRIDA_1
 #: Headers an incoming message must carry (``reply_to`` may be absent).
-REQUIRED_HEADERS = ("correlation_id", "message_id", "request_id", "message_type",
-                    "source", "destination")
+REQUIRED_HEADERS = header_names.REQUIRED
 #: Header of a 2.0 call: the exchange its answers go to, used when the answering
 #: service's discovery does not know the caller (1.0 ignores it). Like every
 #: ``x-tavrida-*`` header it describes one message and is not copied into others.
-REPLY_EXCHANGE_HEADER = "x-tavrida-reply-exchange"
+REPLY_EXCHANGE_HEADER = header_names.REPLY_EXCHANGE
 #: Error code sent when an exception has no ``code`` attribute.
-DEFAULT_ERROR_CODE = 1000
-
-
-# Ids come from the operating system's generator (os.urandom), never from the
-# global ``random`` module: user code seeds that one (``random.seed(1)``), and two
-# processes seeded alike would send the same ids (answers matched to the wrong
-# caller, distinct messages dropped as duplicates). They are read 64 ids at a time:
-# os.urandom lets other threads run while it reads, so one read per id handed the
-# interpreter to a waiting thread at every message. The child of a fork drops what
-# its parent read ahead (os.register_at_fork), so it never repeats the parent's ids.
-_urandom = os.urandom
-#: Ids read from the operating system at a time.
-_IDS_PER_READ = 64
-#: Random 16-byte blocks read ahead; popleft() hands each to one thread only.
-_random_blocks: collections.deque[bytes] = collections.deque()
-os.register_at_fork(after_in_child=_random_blocks.clear)
-# The uuid4 variant digit (10xx in binary) for each hex digit of random bits.
-_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
-
-
-def _random16() -> bytes:
-    """16 random bytes from the operating system's generator, never handed out twice."""
-    try:
-        return _random_blocks.popleft()
-    except IndexError:
-        block = _urandom(16 * _IDS_PER_READ)
-        _random_blocks.extend([block[i:i + 16] for i in range(16, len(block), 16)])
-        return block[:16]
-
-
-def new_id() -> str:
-    """A fresh message or request id: 32 lowercase hex characters (128 random bits)."""
-    try:  # _random16(), inlined for the common case: every message takes two or three ids
-        return _random_blocks.popleft().hex()
-    except IndexError:
-        return _random16().hex()
-
-
-def new_correlation_id() -> str:
-    """A fresh correlation id, spelled as tavrida 1.0 does (36 characters, uuid4 form)."""
-    try:
-        h = _random_blocks.popleft().hex()
-    except IndexError:
-        h = _random16().hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+DEFAULT_ERROR_CODE = defaults.ERROR_CODE
 
 
 #: Header of a request whose caller stops waiting at a known time: a blocking
@@ -97,56 +56,10 @@ def new_correlation_id() -> str:
 #: Unix epoch (an integer). A server drops such a request once that time has passed
 #: instead of running it. Like every ``x-tavrida-`` header it is never copied into
 #: another message; tavrida 1.0 ignores it.
-EXPIRES_AT_HEADER = "x-tavrida-expires-at"
-
-
-def expiry_of(headers: Mapping[str, Any]) -> Optional[float]:
-    """When the caller of a request gave up (epoch seconds), or None: no limit.
-
-    A value that is not a number is ignored (the request is handled).
-    """
-    raw = headers.get(EXPIRES_AT_HEADER)
-    if raw is None:
-        return None
-    if isinstance(raw, (bytes, bytearray)):
-        raw = bytes(raw).decode("ascii", "replace")
-    try:
-        value = float(raw)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return value / 1000.0 if value == value else None  # NaN: no limit
-
-
-def late_by(headers: Mapping[str, Any], now: Optional[float] = None) -> Optional[float]:
-    """Seconds since the caller of a request gave up, or None while it still waits."""
-    deadline = expiry_of(headers)
-    if deadline is None:
-        return None
-    late = (time.time() if now is None else now) - deadline
-    return late if late >= 0 else None
+EXPIRES_AT_HEADER = header_names.EXPIRES_AT
 
 
 _BLANK_HEADERS = dict.fromkeys(TAVRIDA_HEADERS, "")
-#: Headers of the per-message path that are never the user's (see :func:`user_headers`).
-_OWN_HEADERS = frozenset(TAVRIDA_HEADERS + (REPLY_EXCHANGE_HEADER, EXPIRES_AT_HEADER))
-
-
-def user_headers(headers: Mapping[str, Any]) -> Dict[str, Any]:
-    """The headers of ``headers`` that are not tavrida's own.
-
-    ``x-tavrida-*`` headers (dead-letter reasons and the like) describe one
-    message and are never carried into another.
-    """
-    if headers.keys() <= _OWN_HEADERS:
-        return {}  # the common case, no user header: one set comparison, no loop
-    return {k: v for k, v in headers.items()
-            if k not in TAVRIDA_HEADERS and not k.startswith("x-tavrida-")}
-
-
-def get_fqcn(obj: Any) -> str:
-    """``module.ClassName`` of an object or class (fully qualified class name)."""
-    cls = obj if isinstance(obj, type) else type(obj)
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 class Message:
@@ -439,31 +352,6 @@ class Notification(Message, Outgoing):
     """A notification to publish on the service's notification exchange."""
 
     message_type = NOTIFICATION
-
-
-def error_payload(exception: BaseException) -> Dict[str, Any]:
-    """The Error payload for ``exception``: ``class``, ``name``, ``message``, ``code``.
-
-    Never fails, so that a caller always gets its Error: an exception whose
-    ``str()`` or ``code`` raises is described by its ``repr()`` or type.
-    """
-    try:
-        code = getattr(exception, "code", DEFAULT_ERROR_CODE)
-    except Exception:  # noqa: BLE001 - a property that raises
-        code = DEFAULT_ERROR_CODE
-    if not isinstance(code, int) or isinstance(code, bool):
-        code = DEFAULT_ERROR_CODE
-    try:
-        text = str(exception)
-    except Exception:  # noqa: BLE001 - a __str__ that raises
-        try:
-            text = repr(exception)
-        except Exception:  # noqa: BLE001
-            text = f"<{type(exception).__name__} that cannot be shown>"
-    if not isinstance(text, str):  # a str subclass is fine; anything else is not JSON
-        text = type(exception).__name__
-    return {"class": get_fqcn(exception), "name": type(exception).__name__,
-            "message": str.__str__(text), "code": int(code)}
 
 
 _INCOMING: Dict[str, Type[Message]] = {

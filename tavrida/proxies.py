@@ -83,8 +83,9 @@ class RPCCallProxy:
     def __init__(self, postprocessor: Any, service_name: str, method_name: str,
                  source: EntryPointLike, context: Optional[Mapping[str, Any]],
                  correlation_id: str, headers: Optional[Mapping[str, Any]],
-                 kwargs: Mapping[str, Any]) -> None:
+                 kwargs: Mapping[str, Any], *, calls: Optional[Replies] = None) -> None:
         self._postprocessor = postprocessor
+        self._calls = calls
         self._destination_key = f"{service_name}.{method_name}"
         self._source = source
         self._context = context
@@ -139,7 +140,7 @@ class RPCCallProxy:
         request = self._request(correlation_id, context, reply.to_routing_key(),
                                 src.to_routing_key(), self._kwargs)
         if timeout is not None:
-            replies: Optional[Replies] = getattr(self._postprocessor, "replies", None)
+            replies = self._calls
             if replies is None:
                 raise exceptions.TavridaError(
                     "a blocking call (timeout=...) needs an RPCClient; from a handler "
@@ -190,12 +191,14 @@ class RPCMethodProxy:
 
     def __init__(self, postprocessor: Any, service_name: str, method_name: str,
                  source: EntryPointLike, context: Optional[Mapping[str, Any]] = None,
-                 correlation_id: str = "", headers: Optional[Mapping[str, Any]] = None) -> None:
+                 correlation_id: str = "", headers: Optional[Mapping[str, Any]] = None,
+                 *, calls: Optional[Replies] = None) -> None:
         self._args = (postprocessor, service_name, method_name, source, context,
                       correlation_id, headers)
+        self._calls = calls
 
     def __call__(self, **kwargs: Any) -> RPCCallProxy:
-        return RPCCallProxy(*self._args, kwargs)
+        return RPCCallProxy(*self._args, kwargs, calls=self._calls)
 
 
 class RPCServiceProxy:
@@ -203,8 +206,10 @@ class RPCServiceProxy:
 
     def __init__(self, postprocessor: Any, name: str, source: EntryPointLike,
                  context: Optional[Mapping[str, Any]] = None, correlation_id: str = "",
-                 headers: Optional[Mapping[str, Any]] = None) -> None:
+                 headers: Optional[Mapping[str, Any]] = None, *,
+                 calls: Optional[Replies] = None) -> None:
         self._postprocessor = postprocessor
+        self._calls = calls
         self._name = name
         self._source = source
         self._context = context
@@ -213,7 +218,8 @@ class RPCServiceProxy:
 
     def _method(self, method_name: str) -> RPCMethodProxy:
         return RPCMethodProxy(self._postprocessor, self._name, method_name, self._source,
-                              self._context, self._correlation_id, self._headers)
+                              self._context, self._correlation_id, self._headers,
+                              calls=self._calls)
 
     def __getattr__(self, method_name: str) -> RPCMethodProxy:
         if method_name.startswith("__"):
@@ -233,8 +239,10 @@ class RPCClientProxy(RPCServiceProxy):
 
     def __init__(self, postprocessor: Any, service_name: str, method_name: Optional[str],
                  source: EntryPointLike, context: Optional[Mapping[str, Any]] = None,
-                 correlation_id: str = "", headers: Optional[Mapping[str, Any]] = None) -> None:
-        super().__init__(postprocessor, service_name, source, context, correlation_id, headers)
+                 correlation_id: str = "", headers: Optional[Mapping[str, Any]] = None,
+                 *, calls: Optional[Replies] = None) -> None:
+        super().__init__(postprocessor, service_name, source, context, correlation_id, headers,
+                         calls=calls)
         self._method_name = method_name
 
     def __getattr__(self, method_name: str) -> RPCMethodProxy:
@@ -257,12 +265,18 @@ class RPCClientProxy(RPCServiceProxy):
 
 
 class RPCProxy:
-    """The proxy handlers get: ``proxy.<service>`` and :meth:`publish`."""
+    """The proxy handlers get: ``proxy.<service>`` and :meth:`publish`.
+
+    ``calls`` makes blocking calls (``call(timeout=...)``): an
+    :class:`~tavrida.client.RPCClient` gives its own; a handler's proxy has none.
+    """
 
     def __init__(self, postprocessor: Any, source: EntryPointLike,
                  context: Optional[Mapping[str, Any]] = None, correlation_id: str = "",
-                 headers: Optional[Mapping[str, Any]] = None) -> None:
+                 headers: Optional[Mapping[str, Any]] = None, *,
+                 calls: Optional[Replies] = None) -> None:
         self._postprocessor = postprocessor
+        self._calls = calls
         self._source = (entry_point.parse_text(source, True, False) if type(source) is str
                         else _source(source))
         self._context = context
@@ -277,7 +291,8 @@ class RPCProxy:
         if service_name.startswith("__"):
             raise AttributeError(service_name)
         return RPCServiceProxy(self._postprocessor, service_name, self._source,
-                               self._context, self._correlation_id, self._headers)
+                               self._context, self._correlation_id, self._headers,
+                               calls=self._calls)
 
     def service(self, service_name: str, method_name: Optional[str] = None) -> RPCClientProxy:
         """Service ``service_name`` (or its method ``method_name``) as a client attribute.
@@ -286,7 +301,8 @@ class RPCProxy:
         ``proxy.service("publish").method(...)``.
         """
         return RPCClientProxy(self._postprocessor, service_name, method_name, self._source,
-                              self._context, self._correlation_id, self._headers)
+                              self._context, self._correlation_id, self._headers,
+                              calls=self._calls)
 
     def publish(self, correlation_id: str = "", **kwargs: Any) -> messages.Notification:
         """Publish a notification with ``kwargs`` as payload on this service's exchange.

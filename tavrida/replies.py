@@ -28,16 +28,31 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
-from tavrida import exceptions, messages, wire
+from tavrida import defaults, exceptions, messages, wire
+from tavrida.discovery import AbstractDiscovery
 from tavrida.sender import Sender
 from tavrida.transports.base import Binding, Delivery, Topology
 
 LOG = logging.getLogger(__name__)
 
 #: Exchange a client's answers come back on when its discovery does not name one.
-DEFAULT_REPLY_EXCHANGE = "tavrida.replies"
+DEFAULT_REPLY_EXCHANGE = defaults.REPLY_EXCHANGE
+
+
+def reply_exchange_of(discovery: AbstractDiscovery, service_name: str) -> str:
+    """The exchange the answers to ``service_name``'s blocking calls come back on.
+
+    Its own exchange in ``discovery`` when registered there, else
+    :data:`DEFAULT_REPLY_EXCHANGE` ("" without a service name: no blocking calls).
+    """
+    if not service_name:
+        return ""
+    try:
+        return discovery.get_remote(service_name)
+    except exceptions.UnableToDiscover:
+        return DEFAULT_REPLY_EXCHANGE
 
 
 class _TimedOut(Exception):
@@ -73,7 +88,7 @@ class Replies:
     caller for every answer cost more than the calls with 16 threads).
     """
 
-    def __init__(self, sender: Sender, service_name: str) -> None:
+    def __init__(self, sender: Sender, service_name: str, exchange: str) -> None:
         self._sender = sender
         self._service_name = service_name
         self._pending: Dict[str, _Waiter] = {}
@@ -83,13 +98,13 @@ class Replies:
         self._started = False
         self._start_lock = threading.Lock()  # taken with the caller's deadline
         self.queue = f"{service_name}.replies.{uuid.uuid4().hex}"
-        #: Exchange the answers come back on (see the module's docstring).
-        self.exchange = ""
-        if service_name:
-            try:
-                self.exchange = sender.discovery.get_remote(service_name)
-            except exceptions.UnableToDiscover:
-                self.exchange = DEFAULT_REPLY_EXCHANGE
+        #: Exchange the answers come back on (see :func:`reply_exchange_of`).
+        self.exchange = exchange
+
+    @property
+    def sender(self) -> Sender:
+        """The sender this object publishes its calls' requests with."""
+        return self._sender
 
     def _start(self, deadline: float) -> None:
         """Declare and consume the reply queue once (first caller; others wait until deadline)."""
@@ -162,8 +177,7 @@ class Replies:
                 waiter = self._pending.pop(answer.request_id, None)
                 if waiter is not None:
                     waiter.answer = answer
-                    if waiter.wake is not None:  # waiter.notify(), inlined
-                        waiter.wake.notify()
+                    waiter.notify()
                     taken = True
         if not taken:
             LOG.warning("dropping an answer nobody waits for (late or another client's): %r",
@@ -207,8 +221,8 @@ class Replies:
                     self._start(deadline)
                 with self._lock:
                     self._pending[request.request_id] = waiter
-                # Its answer may come before its confirm (see answered()).
-                self._sender.send(request)
+                # Its answer may come before its confirm: no need to wait for that.
+                self._sender.send(request, answered=waiter.has_answer)
                 answered = self._wait(waiter, deadline)
         except _TimedOut:
             pass
@@ -233,15 +247,6 @@ class Replies:
                 remote_message=str(payload.get("message", "")),
                 code=code if isinstance(code, int) else messages.DEFAULT_ERROR_CODE)
         return answer.payload
-
-    def answered(self, request_id: str) -> Optional[Callable[[], bool]]:
-        """For the sender: tells whether the call ``request_id`` has its answer (None: no call).
-
-        The answer may come before the request's confirm; it proves the
-        request was routed, so publishing need not wait for the confirm.
-        """
-        waiter = self._pending.get(request_id)
-        return waiter.has_answer if waiter is not None else None
 
     def close(self) -> None:
         """Forget the calls still waiting (they time out)."""

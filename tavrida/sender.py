@@ -11,14 +11,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Callable, Iterable, List, Optional
+from typing import Callable, Iterable, List, Optional
 
 from tavrida import discovery as discovery_mod
 from tavrida import entry_point, exceptions, messages, wire
 from tavrida.transports.base import OutgoingEnvelope, Transport
-
-if TYPE_CHECKING:  # replies imports this module
-    from tavrida.replies import Replies
 
 LOG = logging.getLogger(__name__)
 
@@ -26,11 +23,17 @@ Observer = Callable[[messages.Message], None]
 
 
 class Sender:
-    """Publishes the messages of one service or client."""
+    """Publishes the messages of one service or client.
+
+    ``reply_exchange`` is the exchange the answers to this service's own calls
+    come back on (a server's exchange, a client's reply exchange): sent in
+    every call's :data:`~tavrida.headers.REPLY_EXCHANGE` header so that a
+    callee needs no discovery entry for the caller.
+    """
 
     def __init__(self, transport: Optional[Transport],
                  discovery: Optional[discovery_mod.AbstractDiscovery],
-                 persistent: bool = True, source: str = "") -> None:
+                 persistent: bool = True, source: str = "", reply_exchange: str = "") -> None:
         self.transport = transport
         self.discovery = discovery or discovery_mod.LocalDiscovery()
         self.persistent = persistent
@@ -38,12 +41,7 @@ class Sender:
         self.source = source
         #: Called with every message after it is published (tests capture with it).
         self.observers: List[Observer] = []
-        #: Set by a client that waits for answers (see :mod:`tavrida.client`).
-        self.replies: Optional[Replies] = None
-        #: Exchange the answers to this service's own calls come back on (the server's
-        #: exchange, a client's reply exchange); sent in every call's
-        #: ``x-tavrida-reply-exchange`` header so that a callee needs no discovery entry.
-        self.reply_exchange = ""
+        self.reply_exchange = reply_exchange
         self._service = entry_point.parse(source).service if source else ""
 
     def exchange_of(self, message: messages.Message) -> str:
@@ -75,16 +73,10 @@ class Sender:
                 self.reply_exchange if reply_service == self._service else "")
             if reply_exchange:
                 headers[messages.REPLY_EXCHANGE_HEADER] = reply_exchange
-        if message.message_type == messages.NOTIFICATION:
-            exchange, routing_key = self.exchange_of(message), self.routing_key_of(message)
-            mandatory = False  # a notification nobody subscribes to is normal pub/sub
-        else:  # exchange_of() and routing_key_of() in one: this runs for every message
-            destination = message.destination
-            routing_key = destination.to_routing_key()
-            exchange = self._remote_exchange(message, destination.service)
-            mandatory = True
-        envelope = OutgoingEnvelope(exchange, routing_key, body, headers,
-                                    persistent=self.persistent, mandatory=mandatory)
+        # A notification nobody subscribes to is normal pub/sub: not mandatory.
+        envelope = OutgoingEnvelope(self.exchange_of(message), self.routing_key_of(message),
+                                    body, headers, persistent=self.persistent,
+                                    mandatory=message.message_type != messages.NOTIFICATION)
         if message.expires_at is not None and math.isfinite(message.expires_at):
             # A blocking call: the broker (AMQP expiration) and the server (the header,
             # for transports without per-message TTL) drop it once its caller gave up.
@@ -92,19 +84,18 @@ class Sender:
             envelope.expiration = max(0.0, message.expires_at - time.time())
         return envelope
 
-    def send(self, message: messages.Message) -> None:
+    def send(self, message: messages.Message,
+             answered: Optional[Callable[[], bool]] = None) -> None:
         """Publish one message; returns when the broker has it.
 
-        The request of a blocking call (:attr:`replies` waits for its answer)
-        returns once answered even if its confirm has not come yet (see
+        With ``answered`` (the request of a blocking call, from
+        :class:`~tavrida.replies.Replies`): returns once ``answered()`` is
+        true even if its confirm has not come yet (see
         :meth:`~tavrida.transports.base.Transport.publish_request`).
         """
         envelope = self.envelope(message)
         if self.transport is None:
             raise RuntimeError(f"{self.source or 'sender'} is not connected to a transport")
-        answered = None
-        if self.replies is not None and message.message_type == messages.REQUEST:
-            answered = self.replies.answered(message.request_id)
         if answered is None:
             self.transport.publish(envelope)
         else:

@@ -10,7 +10,7 @@ What happens to each message (the delivery guarantees):
 * a call always gets exactly one answer: the handler's Response, an empty
   Response when the handler returned None, or an Error when it raised, a
   middleware refused it, or its answer cannot be sent (not JSON, too large:
-  see :mod:`tavrida.answering`);
+  see :mod:`tavrida.answers`);
 * a message that cannot be handled (bad headers or body, no such service
   or handler, a failing cast or notification handler) is logged and,
   unless an Error answer went back to a caller, copied to the dead-letter
@@ -30,39 +30,37 @@ What happens to each message (the delivery guarantees):
 
 from __future__ import annotations
 
-import functools
 import logging
-import threading
-from typing import Any, Iterable, List, Optional, Type, Union
+from typing import Any, Callable, Iterable, List, Optional, Tuple, Union
 
 from tavrida import config as config_mod
-from tavrida import exceptions, messages, wire
-from tavrida.answering import DEAD_LETTER_DROPPED_HEADER as DEAD_LETTER_DROPPED_HEADER
-from tavrida.answering import ErrorHook as ErrorHook
-from tavrida.answering import check_reply_exchanges
+from tavrida import declarations, exceptions, wire
+from tavrida.answers import Answers, check_reply_exchanges
+from tavrida.answers import ErrorHook as ErrorHook
+from tavrida.dead_letters import DEAD_LETTER_DROPPED_HEADER as DEAD_LETTER_DROPPED_HEADER
+from tavrida.dead_letters import DeadLetters
+from tavrida.handling import Handling
 from tavrida.observability.hooks import HookList, ServerHook
-from tavrida.proxies import RPCProxy
-from tavrida.retries import RetryPolicy, RetryTimer
-from tavrida.retrying import Retrying
+from tavrida.retries import Retries, RetryPolicy, RetryTimer
 from tavrida.router import Router, check_service_classes
 from tavrida.sender import Sender
 from tavrida.service import ServiceController
 from tavrida.shutdown import Shutdown, StopNow
 from tavrida.transports import create_transport
 from tavrida.transports.base import (
-    Binding,
+    DelayQueue,
     Delivery,
     Topology,
     Transport,
     check_queue_type,
     dead_letter_queue_name,
 )
-from tavrida.workers import Workers
+from tavrida.workers import InFlight, Workers
 
 LOG = logging.getLogger(__name__)
 
 
-class Server(Retrying):
+class Server:
     """Serves ``service_list`` on ``queue_name``, bound to ``exchange_name``.
 
     ``config`` is a :class:`~tavrida.config.ConnectionConfig` or a URL.
@@ -79,14 +77,14 @@ class Server(Retrying):
     :class:`~tavrida.transports.base.Topology`), ``max_attempts`` being
     the broker's delivery limit too. ``reply_exchanges="known"`` answers a
     call only on a reply exchange its services' discovery knows (see
-    :meth:`~tavrida.answering.Answering._reply_refused`); ``"any"`` (the
+    :meth:`~tavrida.answers.Answers.reply_refused`); ``"any"`` (the
     default) answers where the call says.
     """
 
-    #: In :meth:`run` without workers or hooks, publish a call's answer and take
-    #: the next message while the broker confirms it (the request is acked at
-    #: the confirm). False: :meth:`handle` returns only once its message is
-    #: acked (a subclass that counts acks in ``handle`` wants that).
+    #: In :meth:`run` without workers (their publishes' confirms are not read by
+    #: the loop), take the next message while the broker confirms a call's answer
+    #: and ack the call at the confirm (hooks see it finished then). False: each
+    #: message acked before :meth:`handle` returns. Also ``Server(pipelined_answers=)``.
     pipelined_answers = True
 
     def __init__(self, config: Union[config_mod.ConnectionConfig, str], queue_name: str,
@@ -99,7 +97,8 @@ class Server(Retrying):
                  retry_backoff: float = RetryPolicy.backoff,
                  retry_backoff_max: float = RetryPolicy.backoff_max,
                  queue_type: str = "classic", reply_exchanges: str = "any",
-                 stop_timeout: float = config_mod.DEFAULT_STOP_TIMEOUT) -> None:
+                 stop_timeout: float = config_mod.DEFAULT_STOP_TIMEOUT,
+                 pipelined_answers: Optional[bool] = None) -> None:
         if not queue_name or not exchange_name:
             raise exceptions.IncorrectAMQPConfig(
                 reason="Server needs a queue_name and an exchange_name")
@@ -117,6 +116,8 @@ class Server(Retrying):
         self.max_body_size = max_body_size
         self.retry_policy = RetryPolicy(max_attempts, retry_backoff, retry_backoff_max)
         self._retry_timer = RetryTimer(f"tavrida-retry-{queue_name}")
+        if pipelined_answers is not None:
+            self.pipelined_answers = pipelined_answers
         self.dead_letter_queue = dead_letter_queue_name(queue_name)
         self.queue_type = check_queue_type(queue_type)
         self.reply_exchanges = check_reply_exchanges(reply_exchanges)
@@ -124,23 +125,17 @@ class Server(Retrying):
         self.controllers: List[ServiceController] = []
         self.router: Optional[Router] = None
         #: Access log, metrics, traces, health (see :mod:`tavrida.observability`).
-        self.hooks = HookList(hooks)
-        #: Called on every handler or message failure (the test helpers use it).
-        self.error_hooks: List[ErrorHook] = [self.hooks.failed]
+        self.hooks = HookList(hooks, self)
         #: Grace period of a stop: seconds the messages in hand have to finish.
         self.stop_timeout = stop_timeout
         self._shutdown = Shutdown(queue_name, stop_timeout)
         self._stopping = self._shutdown.requested
         self._started = False
         self._workers: Optional[Workers[Delivery]] = None
-        self._inflight = 0
-        self._inflight_lock = threading.Lock()
-        #: Messages taken so far (handled, answered or dead-lettered).
-        self.handled = 0
-        #: run() without workers or hooks: answers are pipelined (see _answer_confirmed).
-        self._pipelined = False
-        #: Requests whose answer went out unconfirmed: acked once it is confirmed.
-        self._awaiting = 0
+        #: Messages held outside the loop's thread (in workers, due retries).
+        self._inflight = InFlight()
+        # Built at start, on the transport (see _collaborators).
+        self._handling: Optional[Handling] = None
 
     @classmethod
     def from_config(cls, path: str, url: Optional[str] = None) -> "Server":
@@ -160,31 +155,15 @@ class Server(Retrying):
                    retry_backoff=conf.retry_policy.backoff,
                    retry_backoff_max=conf.retry_policy.backoff_max,
                    queue_type=conf.queue_type, reply_exchanges=conf.reply_exchanges,
-                   stop_timeout=conf.stop_timeout)
+                   stop_timeout=conf.stop_timeout, pipelined_answers=conf.pipelined_answers)
 
     # -- topology ---------------------------------------------------------
 
     def topology(self) -> Topology:
         """Exchanges, queues and bindings this server declares at start."""
-        exchanges = [self.exchange_name]
-        bindings = []
-        for cls in self.service_classes:
-            discovery = cls.get_discovery()
-            for group in discovery.get_all_exchanges().values():
-                exchanges.extend(group.values())
-            dispatcher = cls.get_dispatcher()
-            name = cls.service_name()
-            if any(True for _ in dispatcher.get_request_entry_services()) or \
-                    dispatcher.handles_answers():
-                bindings.append(Binding(self.queue_name, self.exchange_name, f"{name}.#"))
-            for ep in dispatcher.get_publishers():
-                exchange = discovery.get_remote_publisher(ep.service)
-                exchanges.append(exchange)
-                bindings.append(Binding(self.queue_name, exchange,
-                                        f"{ep.service}.{ep.method}.#"))
-        return Topology.build(exchanges, [self.queue_name, self.dead_letter_queue], bindings,
-                              self.queue_type, self.retry_policy.max_attempts,
-                              self.retry_delays())
+        return declarations.of_server(self.queue_name, self.exchange_name,
+                                      self.service_classes, self.queue_type,
+                                      self.retry_policy)
 
     # -- life cycle -------------------------------------------------------
 
@@ -196,10 +175,16 @@ class Server(Retrying):
         topology = self.topology()
         if self.transport is None:
             self.transport = create_transport(self.config)
-        self.controllers = [cls(self._sender(cls)) for cls in self.service_classes]
+        # The answers to its services' own calls come back on the server's exchange.
+        self.controllers = [cls(Sender(self.transport, cls.get_discovery(), self.config.persistent,
+                                       source=cls.service_name(),
+                                       reply_exchange=self.exchange_name))
+                            for cls in self.service_classes]
         self.router = Router(self.controllers)
+        self._collaborators(self.transport, self.router)
         self.transport.declare(topology)
-        self._say_where_retries_wait(topology)
+        assert self._handling is not None
+        self._handling.retries.say_where_retries_wait(topology)
         if self.workers:
             self._workers = Workers(self.workers, f"tavrida-{self.queue_name}",
                                     self._handle_in_worker)
@@ -215,11 +200,45 @@ class Server(Retrying):
                  ", ".join(c.service_name() for c in self.controllers), self.config.safe_url)
         self.hooks.started(self)
 
-    def _sender(self, cls: Type[ServiceController]) -> Sender:
-        sender = Sender(self.transport, cls.get_discovery(), self.config.persistent,
-                        source=cls.service_name())
-        sender.reply_exchange = self.exchange_name  # answers to its calls come back here
-        return sender
+    def retry_delays(self) -> Tuple[DelayQueue, ...]:
+        """The delay queues of this server's retries, one per backoff step."""
+        return declarations.retry_delays(self.queue_name, self.retry_policy)
+
+    def _collaborators(self, transport: Transport, router: Router) -> None:
+        """The objects a server handles and settles messages with; each owns its state."""
+        dead_letters = DeadLetters(transport, self.dead_letter_queue, self.hooks)
+        answers = Answers(transport, router, self.controllers, dead_letters, self.hooks,
+                          self.reply_exchanges, self.max_body_size)
+        retries = Retries(transport, self.queue_name, self.queue_type, self.retry_policy,
+                          self._retry_timer, answers, dead_letters, self.hooks, self._in_hand)
+        self._handling = Handling(router, answers, dead_letters, retries, self.hooks,
+                                  self.max_body_size, self.reply_exchanges)
+
+    @property
+    def dead_letters(self) -> DeadLetters:
+        """Where this server copies what it cannot handle (after :meth:`start`)."""
+        assert self._handling is not None, "the server has not started"
+        return self._handling.dead_letters
+
+    @property
+    def handled(self) -> int:
+        """Messages taken so far (handled, answered or dead-lettered)."""
+        return self._handling.handled if self._handling is not None else 0
+
+    def _awaiting(self) -> int:
+        """Calls whose answer is out unconfirmed (pipelined): acked at its confirm."""
+        return self._handling.awaiting if self._handling is not None else 0
+
+    def _in_hand(self, work: Callable[[], None]) -> None:
+        """Run ``work`` (a due retry, on the timer's thread) as a message in hand."""
+        if self._stopping.is_set() or not self._started:
+            return  # never acked: the broker gives the original back
+        try:
+            with self._inflight.held():
+                work()
+        finally:
+            if self.transport is not None:
+                self.transport.stop()  # let the loop perform the ack now
 
     def drain(self, timeout: float = 0.0) -> bool:
         """Handle what is waiting, waiting at most ``timeout`` seconds for it."""
@@ -240,8 +259,9 @@ class Server(Retrying):
         try:
             self.start()
             assert self.transport is not None
-            self._awaiting = 0
-            self._pipelined = self.pipelined_answers and not self.workers and not self.hooks
+            assert self._handling is not None
+            self._handling.awaiting = 0
+            self._handling.pipelined = self.pipelined_answers and not self.workers
             if restore:
                 shutdown.abortable(True)  # a second signal ends it at once (StopNow)
                 if not self.workers:
@@ -258,7 +278,8 @@ class Server(Retrying):
             finally:
                 shutdown.finished()
         finally:
-            self._pipelined = False
+            if self._handling is not None:
+                self._handling.pipelined = False
             shutdown.restore_signal_handlers(restore)
             self.close()
 
@@ -317,13 +338,13 @@ class Server(Retrying):
         assert self.transport is not None
         shutdown = self._shutdown
         LOG.info("server on queue %s stopping: no new messages, %d in flight (at most "
-                 "%.3g s)", self.queue_name, self._inflight + self._awaiting,
+                 "%.3g s)", self.queue_name, self._inflight.count + self._awaiting(),
                  shutdown.remaining())
-        self.hooks.stopping(self, self._inflight + self._awaiting)
+        self.hooks.stopping(self, self._inflight.count + self._awaiting())
         with self.transport.deadline(max(shutdown.remaining(), 1.0)):
             self.transport.cancel()  # (a healthy broker answers within milliseconds)
         # Answers not yet confirmed are settled within the grace period.
-        while self._inflight or self._awaiting:
+        while self._inflight.count or self._awaiting():
             left = shutdown.remaining()
             if left <= 0 or shutdown.immediate.is_set():
                 shutdown.abortable(False)  # ended here: no StopNow on top of it
@@ -336,16 +357,14 @@ class Server(Retrying):
         """End the stop now: name what is in hand; closing gives it back to the broker."""
         self._shutdown.immediate.set()
         waiting = self._workers.take_waiting() if self._workers is not None else []
-        with self._inflight_lock:
-            self._inflight -= len(waiting)
+        self._inflight.add(-len(waiting))
         self._shutdown.report(why, [delivery.headers for delivery in waiting],
-                              self._awaiting)
+                              self._awaiting())
 
     # -- handling ---------------------------------------------------------
 
     def _submit(self, delivery: Delivery) -> None:
-        with self._inflight_lock:
-            self._inflight += 1
+        self._inflight.add(1)
         assert self._workers is not None
         self._workers.submit(delivery)
 
@@ -353,15 +372,14 @@ class Server(Retrying):
         try:
             self.handle(delivery)
         finally:
-            with self._inflight_lock:
-                self._inflight -= 1
+            self._inflight.add(-1)
             if self.transport is not None:
                 self.transport.stop()
 
     def handle(self, delivery: Delivery) -> None:
         """Handle one delivery to the end: answer, dead-letter or requeue, then ack.
 
-        (Inside :meth:`run` without workers or hooks, a call's ack waits for
+        (With pipelined answers, inside :meth:`run`, a call's ack waits for
         its answer's confirm, read later by the transport's drain.)
 
         Never raises: when the broker fails us half-way (a dead letter or an
@@ -370,142 +388,9 @@ class Server(Retrying):
         shutdown = self._shutdown
         key = id(delivery)
         shutdown.running(key, delivery.headers)  # named in the log if a stop gives it back
-        if self.hooks:
-            self.hooks.observe(self, delivery, self._handle_safely)
-        else:
-            try:  # _handle_safely(), inline: this runs for every message
-                self._handle(delivery)
-            except Exception as exc:  # noqa: BLE001
-                LOG.exception("could not finish a message from %s", delivery.queue)
-                self._recover(delivery, exc)
+        assert self._handling is not None
+        self.hooks.observe(self, delivery, self._handling.handle)
         shutdown.done(key)  # (not when StopNow ends it: then it is named, given back)
-
-    def _handle_safely(self, delivery: Delivery) -> None:
-        try:
-            self._handle(delivery)
-        except Exception as exc:  # noqa: BLE001
-            LOG.exception("could not finish a message from %s", delivery.queue)
-            self._recover(delivery, exc)
-
-    def _recover(self, delivery: Delivery, exc: Exception) -> None:
-        # First failure: requeue (the broker or a publish may be back next
-        # time). A redelivered message that fails again goes to the
-        # dead-letter queue, so it cannot spin for ever.
-        try:
-            if delivery.redelivered:
-                if not self._answer_failure(delivery, exc):
-                    said = messages.error_payload(exc)["message"]
-                    self._dead_letter(delivery,
-                                      f"failed twice: {messages.get_fqcn(exc)}: {said}")
-                delivery.ack()
-            else:
-                delivery.reject(requeue=True)
-        except Exception:  # noqa: BLE001
-            LOG.exception("could not settle the message; the broker will redeliver it")
-
-    def _handle(self, delivery: Delivery) -> None:
-        self.handled += 1
-        try:
-            message = wire.decode(delivery.body, delivery.headers, delivery.properties,
-                                  self.max_body_size)
-        except exceptions.IncorrectMessage as exc:
-            LOG.error("bad message on queue %s (routing key %r): %s", delivery.queue,
-                      delivery.routing_key, exc)
-            self._notify(None, exc)
-            if exc.headers is None or not self._answer_bad(exc.headers, exc):
-                self._dead_letter(delivery, str(exc))
-            delivery.ack()
-            return
-        if messages.EXPIRES_AT_HEADER in message.headers and \
-                message.message_type == messages.REQUEST:
-            late = messages.late_by(message.headers)
-            if late is not None:
-                # Its caller already got CallTimeout: running it now would do work
-                # nobody waits for. Acked, not dead-lettered: nothing is lost.
-                LOG.warning("dropping a request to %s (correlation id %s) unrun: its caller "
-                            "gave up %.3f s ago", message.destination, message.correlation_id,
-                            late)
-                if self.hooks:
-                    self.hooks.expired()
-                delivery.ack()
-                return
-        if self.reply_exchanges != "any" and self._reply_refused(delivery, message):
-            return
-        message.update_context(message.payload)
-        assert self.router is not None
-        try:
-            targets = self.router.route(message)
-        except exceptions.TavridaError as exc:
-            LOG.error("cannot dispatch %r: %s", message, exc)
-            self._fail(delivery, message, exc)
-            delivery.ack()
-            return
-        for controller, handler in targets:
-            proxy = RPCProxy(controller.postprocessor, self._proxy_source(message, controller,
-                                                                          handler.method_name),
-                             message.context, message.correlation_id,
-                             messages.user_headers(message.headers))
-            try:
-                answer = controller.process(handler, message, proxy)
-            except Exception as exc:  # noqa: BLE001 - any handler failure is reported
-                if isinstance(exc, exceptions.NackableException):
-                    self._retry(delivery, controller, handler.method_name, message, exc)
-                    return
-                self._notify(message, exc, by_handler=True)
-                said = messages.error_payload(exc)["message"]  # even when str(exc) raises
-                if isinstance(message, messages.IncomingRequestCall):
-                    LOG.warning("handler %s raised %s: %s on %r; answering with an Error",
-                                handler.method_name, messages.get_fqcn(exc), said, message,
-                                exc_info=LOG.isEnabledFor(logging.DEBUG))
-                    answer = self._error_answer(controller, message, exc)
-                else:
-                    LOG.error("handler %s failed on %r: %s: %s", handler.method_name, message,
-                              messages.get_fqcn(exc), said, exc_info=True)
-                    self._dead_letter(delivery, f"handler {handler.method_name} raised "
-                                                f"{messages.get_fqcn(exc)}: {said}")
-                    continue
-            if answer is not None and isinstance(message, messages.IncomingRequestCall):
-                if self._pipelined and len(targets) == 1:
-                    deferred = self._send_answer(controller, answer, delivery, functools.partial(
-                        self._answer_confirmed, controller, answer, delivery))
-                    if deferred:
-                        self._awaiting += 1
-                        controller.message_done(message, answer)
-                        return  # acked once its answer is confirmed
-                else:
-                    self._send_answer(controller, answer, delivery)
-            controller.message_done(message, answer)
-        delivery.ack()
-
-    def _answer_confirmed(self, controller: ServiceController, answer: messages.Message,
-                          delivery: Delivery, exc: Optional[exceptions.PublishFailed]) -> None:
-        """The outcome of a pipelined answer: ack its request, or settle it as handle() would.
-
-        Runs inside drain() on the server's thread. A failed answer is
-        handled as a failed synchronous publish: dead-lettered when it
-        cannot be routed, else the request goes back to the queue.
-        """
-        self._awaiting -= 1
-        if exc is not None and delivery.redelivery_due:
-            # Lost with the connection (perhaps after the caller got it): the request
-            # comes again and is answered again, so it is not dead-lettered now.
-            LOG.warning("answer %r not confirmed (%s); its request will be delivered again",
-                        answer, exc)
-            return
-        try:
-            if exc is not None:
-                self._answer_failed(controller, answer, delivery, exc)
-            delivery.ack()
-        except Exception as err:  # noqa: BLE001
-            LOG.error("could not finish a message from %s: %s", delivery.queue, err)
-            self._recover(delivery, err)
-
-    @staticmethod
-    def _proxy_source(message: messages.Message, controller: ServiceController,
-                      method_name: str) -> str:
-        if message.message_type == messages.REQUEST:
-            return message.destination.to_routing_key()  # its str(), one call less
-        return f"{controller.service_name()}.{method_name}"
 
     def __enter__(self) -> "Server":
         return self

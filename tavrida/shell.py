@@ -23,11 +23,11 @@ import code
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
-from tavrida import client, config_file, exceptions, service_graph
+from tavrida import client, config_file, defaults, exceptions, service_graph
 from tavrida.proxies import RPCCallProxy
 
 #: Seconds a call made at the prompt waits for its answer.
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = defaults.CLI_TIMEOUT
 
 
 class Shell:

@@ -10,9 +10,10 @@ daemons; the messages waiting for one can be taken back unrun
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
-from typing import Callable, Generic, List, Optional, TypeVar
+from typing import Callable, Generic, Iterator, List, Optional, TypeVar
 
 T = TypeVar("T")
 
@@ -64,3 +65,32 @@ class Workers(Generic[T]):
             if item is None:
                 return
             self._run(item)
+
+
+class InFlight:
+    """A count of the messages a server holds outside its loop's thread, under its own lock.
+
+    (Messages in workers, and retries due on the retry timer's thread: a
+    graceful stop waits for them.)
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._count += n
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Counts one more while inside."""
+        self.add(1)
+        try:
+            yield
+        finally:
+            self.add(-1)

@@ -12,6 +12,7 @@ A hook must not raise: what it raises is logged and the message goes on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import (
     Dict,
     FrozenSet,
     Iterable,
+    Iterator,
     List,
     Optional,
     Tuple,
@@ -114,7 +116,19 @@ class ServerHook:
         """A message was taken, before it is decoded (in the thread that handles it)."""
 
     def message_finished(self, server: Server, record: MessageRecord) -> None:
-        """The message is settled: ``record.outcome`` and ``record.duration`` are set."""
+        """The message is settled: ``record.outcome`` and ``record.duration`` are set.
+
+        With pipelined answers (:attr:`Server.pipelined_answers`) a call is
+        settled once its answer is confirmed, after the next messages were taken.
+        """
+
+    def message_failed(self, server: Server, message: Optional[messages.Message],
+                       exc: BaseException, by_handler: bool) -> None:
+        """A message failed: its handler raised ``exc`` (``by_handler``), or it could
+        not be read, dispatched or answered (``message`` is None when unreadable).
+
+        Called before the message is settled, in the thread that handles it.
+        """
 
     def stopping(self, server: Server, in_flight: int) -> None:
         """A graceful stop began; ``in_flight`` messages are still being handled."""
@@ -124,11 +138,14 @@ class ServerHook:
 
 
 class _ObservedDelivery(Delivery):
-    """The delivery the server handles while hooks watch: notes requeues."""
+    """The delivery the server handles while hooks watch: notes requeues and its settling."""
 
-    def __init__(self, delivery: Delivery, record: MessageRecord) -> None:
+    def __init__(self, delivery: Delivery, record: MessageRecord,
+                 settled: Callable[["_ObservedDelivery"], None]) -> None:
         self._delivery = delivery
         self._record = record
+        self._settled = settled
+        self.done = False
         self.body = delivery.body
         self.headers = record.headers
         self.properties = delivery.properties
@@ -139,11 +156,17 @@ class _ObservedDelivery(Delivery):
 
     def ack(self) -> None:
         self._delivery.ack()
+        self._settled(self)
 
     def reject(self, requeue: bool) -> None:
         self._delivery.reject(requeue)
         if requeue:
             self._record.outcome = REQUEUED
+        self._settled(self)
+
+    @property
+    def redelivery_due(self) -> bool:
+        return self._delivery.redelivery_due
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._delivery, name)
@@ -152,8 +175,11 @@ class _ObservedDelivery(Delivery):
 class HookList(List[ServerHook]):
     """The hooks of one server, called in order (finishing ones in reverse)."""
 
-    def __init__(self, hooks: Iterable[ServerHook] = ()) -> None:
+    def __init__(self, hooks: Iterable[ServerHook] = (), server: Optional[Server] = None,
+                 ) -> None:
         super().__init__(hooks)
+        #: The server these hooks observe (passed to each hook's methods).
+        self.server = server
         self._local = threading.local()
         self._known: FrozenSet[Tuple[str, str]] = frozenset()
 
@@ -167,6 +193,7 @@ class HookList(List[ServerHook]):
 
     def started(self, server: Server) -> None:
         """Unlike the others, raises: a hook that cannot start (a port in use) stops the start."""
+        self.server = server
         self._known = frozenset(
             (kind, str(ep)) for cls in server.service_classes
             for kind, ep in cls.get_dispatcher().handlers)
@@ -184,26 +211,64 @@ class HookList(List[ServerHook]):
 
     def observe(self, server: Server, delivery: Delivery,
                 handle: Callable[[Delivery], None]) -> None:
-        """Run ``handle(delivery)`` between the hooks' message_started and message_finished."""
+        """Run ``handle(delivery)`` between the hooks' message_started and message_finished.
+
+        The message is finished when it is settled (acked or rejected), which
+        may be after ``handle`` returned (a pipelined answer); without hooks,
+        ``handle`` is called as it is.
+        """
+        if not self:
+            handle(delivery)
+            return
         record = MessageRecord(delivery.queue, dict(delivery.headers or {}), self._known)
+        observed = _ObservedDelivery(delivery, record, self._settled)
         self._local.record = record
         try:
             self._each("message_started", server, record)
-            handle(_ObservedDelivery(delivery, record))
+            handle(observed)
+        except BaseException:
+            self._settled(observed)  # (StopNow: it is given back unsettled)
+            raise
         finally:
             self._local.record = None
-            record._finish()
-            self._each("message_finished", server, record, hooks=reversed(self))
+
+    def _settled(self, observed: _ObservedDelivery) -> None:
+        if observed.done:
+            return
+        observed.done = True
+        record = observed._record
+        record._finish()
+        self._each("message_finished", self.server, record, hooks=reversed(self))
+
+    def given_back(self, delivery: Delivery) -> None:
+        """``delivery`` will come again without being settled here (its connection is gone)."""
+        if isinstance(delivery, _ObservedDelivery):
+            delivery._record.outcome = REQUEUED
+            self._settled(delivery)
+
+    @contextlib.contextmanager
+    def recording(self, delivery: Delivery) -> Iterator[None]:
+        """Outcomes told inside go to ``delivery``'s record (a pipelined answer's confirm)."""
+        if not isinstance(delivery, _ObservedDelivery):
+            yield
+            return
+        before = self._current()
+        self._local.record = delivery._record
+        try:
+            yield
+        finally:
+            self._local.record = before
 
     def _current(self) -> Optional[MessageRecord]:
         return getattr(self._local, "record", None)
 
     def failed(self, message: Optional[messages.Message], exc: BaseException,
                by_handler: bool) -> None:
-        """An error hook of the server: the message being handled failed."""
+        """The message being handled failed: noted on its record, told to each hook."""
         record = self._current()
         if record is not None and record.exception is None:
             record.exception = exc
+        self._each("message_failed", self.server, message, exc, by_handler)
 
     def retrying(self) -> None:
         """The message being handled will run again after a delay (see tavrida.retries)."""

@@ -27,7 +27,7 @@ and its exporters are the application's choice), or the one given.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 from tavrida import messages
 from tavrida.observability.hooks import (
@@ -162,10 +162,11 @@ def instrument_client(client: RPCClient, tracer_provider: Any = None) -> RPCClie
         propagator.inject(message.headers, context=trace.set_span_in_context(span))
         return span
 
-    def traced_send(message: messages.Message) -> None:
+    def traced_send(message: messages.Message,
+                    answered: Optional[Callable[[], bool]] = None) -> None:
         span = start(message)
         try:
-            send(message)
+            send(message, answered)
         finally:
             span.end()
 

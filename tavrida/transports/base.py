@@ -30,6 +30,7 @@ import dataclasses
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
 from tavrida import exceptions
+from tavrida import headers as header_names
 from tavrida.transports.confirmation import Confirmation, confirm_all, publish_error
 from tavrida.transports.topology import (
     QUEUE_TYPES,
@@ -65,12 +66,12 @@ __all__ = [
 ]
 
 #: Header added to dead-lettered messages: why tavrida could not handle them.
-DEAD_LETTER_REASON_HEADER = "x-tavrida-dead-reason"
+DEAD_LETTER_REASON_HEADER = header_names.DEAD_LETTER_REASON
 #: Header added to dead-lettered messages: the queue they came from.
-DEAD_LETTER_QUEUE_HEADER = "x-tavrida-original-queue"
+DEAD_LETTER_QUEUE_HEADER = header_names.DEAD_LETTER_QUEUE
 #: Headers added to dead-lettered messages: where they were first published.
-DEAD_LETTER_EXCHANGE_HEADER = "x-tavrida-original-exchange"
-DEAD_LETTER_ROUTING_KEY_HEADER = "x-tavrida-original-routing-key"
+DEAD_LETTER_EXCHANGE_HEADER = header_names.DEAD_LETTER_EXCHANGE
+DEAD_LETTER_ROUTING_KEY_HEADER = header_names.DEAD_LETTER_ROUTING_KEY
 
 
 @dataclasses.dataclass

@@ -116,14 +116,23 @@ def test_a_wrong_type_is_an_error_naming_each_field_and_the_handler_never_runs(s
     assert shop.cluster.dead_letters("shop_queue") == []
     logged = [r for r in caplog.records if "item_id: expected int" in r.getMessage()]
     assert len(logged) == 1 and logged[0].levelno == logging.WARNING
+    # The handler never ran: the log says the payload was refused, not that it raised.
+    assert "payload refused for handler reserve" in logged[0].getMessage()
+    assert "raised" not in logged[0].getMessage()
 
 
-def test_a_cast_with_a_wrong_type_is_dead_lettered_with_the_reason(shop):
+def test_a_cast_with_a_wrong_type_is_dead_lettered_with_the_reason(shop, caplog):
+    caplog.set_level(logging.WARNING, logger="tavrida")
     shop.client.shop.reserve(**dict(GOOD, item_id="abc")).cast()
     shop.cluster.deliver(expect_errors=exceptions.InvalidPayload)
     assert shop.ran == []
     [(headers, _)] = shop.cluster.dead_letters("shop_queue")
     assert "item_id: expected int, got str 'abc'" in headers[DEAD_LETTER_REASON_HEADER]
+    assert headers[DEAD_LETTER_REASON_HEADER].startswith("payload refused for handler reserve")
+    # Logged once, as the sender's payload error: no traceback, not as a handler failure.
+    failed = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(failed) == 1 and "payload refused" in failed[0].getMessage()
+    assert not failed[0].exc_info
 
 
 def test_a_default_none_takes_none_and_missing_keys_are_still_missing(shop):

@@ -158,12 +158,10 @@ def test_reply_queue_goes_away_with_the_client(running):
 def test_blocking_call_from_a_handler_proxy_is_refused():
     proxy_source = entry_point.parse("calc.add", source=True)
 
-    class Sender:
-        replies = None
-
     from tavrida.proxies import RPCProxy
+    from tavrida.testing import RecordingSender
 
-    proxy = RPCProxy(Sender(), proxy_source)
+    proxy = RPCProxy(RecordingSender(), proxy_source)  # a handler's: no blocking calls
     with pytest.raises(exceptions.TavridaError, match="RPCClient"):
         proxy.other.method(x=1).call(timeout=1)
 
@@ -200,3 +198,17 @@ def test_an_answer_that_cannot_be_read_ends_the_call_at_once(running, caplog):
     assert str(info.value) == ('Incorrect message: the answer of garble.it came but cannot be '
                                'read: body has no "payload" object')
     assert "dropping a bad message on reply queue" in caplog.text
+
+
+def test_blocking_calls_come_from_the_object_a_proxy_is_given_not_from_its_sender(running):
+    from tavrida.proxies import RPCProxy
+
+    url, disc = running
+    with client.RPCClient(url, disc, source="caller") as cli:
+        # The client's own sender, without the client's blocking calls: refused.
+        bare = RPCProxy(cli.sender, "caller")
+        with pytest.raises(exceptions.TavridaError, match="RPCClient"):
+            bare.calc.add(a=1, b=2).call(timeout=5)
+        given = RPCProxy(cli.sender, "caller", calls=cli._replies)
+        assert given.calc.add(a=1, b=2).call(timeout=5)["sum"] == 3
+        assert given.service("calc", "add")(a=2, b=2).call(timeout=5)["sum"] == 4

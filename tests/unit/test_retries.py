@@ -263,7 +263,7 @@ def test_delay_queues_are_a_bounded_set_one_per_backoff_step():
 
 
 def test_redis_delay_queue_names_are_parsed_back():
-    from tavrida.transports.kombu import redis_delays
+    from tavrida.transports.kombu.compat import redis_delays
 
     assert redis_delays.parse("svc.queue.retry.500") == ("svc.queue", 500)
     assert redis_delays.parse("svc.queue") is None
@@ -356,3 +356,29 @@ def _client_disc():
     disc.register_remote_service("svc", "svc_exchange")
     disc.register_remote_service("client", "client_exchange")
     return disc
+
+
+def test_a_retry_asked_by_an_exception_that_cannot_be_shown_is_still_retried(cluster):
+    from tavrida import dispatcher, service
+
+    class Unprintable(Retry):
+        def __str__(self):
+            raise RuntimeError("no str")
+
+    runs = []
+
+    @dispatcher.rpc_service("svc")
+    class Svc(service.ServiceController):
+        @dispatcher.rpc_method(service="svc", method="do")
+        def do(self, request, proxy, value):
+            runs.append(value)
+            raise Unprintable()
+
+    serve(cluster, Svc, max_attempts=2, retry_backoff=0.01)
+    client_of(cluster, svc="svc_exchange").svc.do(value=1).cast()
+    with pytest.raises(HandlerFailed):  # the last run counts as a handler failure
+        cluster.deliver()
+    assert runs == [1, 1]  # retried once, then given up: the log line did not fail it
+    ((headers, _),) = cluster.dead_letters("svc_queue")
+    assert headers[DEAD_REASON].startswith("handler do asked for a retry: ")
+    assert "Unprintable(" in headers[DEAD_REASON]

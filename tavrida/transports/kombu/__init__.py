@@ -1,17 +1,19 @@
 """The kombu transport's facade: RabbitMQ (``amqp://``), Redis (``redis://``), kombu's ``memory://``.
 
 :class:`KombuTransport` is put together from one part per concern, each a
-module of this package: :mod:`.state` (what the parts share),
-:mod:`.connections` (parameters, reconnects), :mod:`.deadlines`, :mod:`.retry`
-(the one retry loop), :mod:`.nodes` (a cluster's nodes), :mod:`.heartbeats`, :mod:`.declaring`,
-:mod:`.consuming` (consumers, deliveries, settling), :mod:`.draining`, :mod:`.polling`,
-:mod:`.confirms` (acks, nacks, returns), :mod:`.publishing`,
-:mod:`.shared_confirms` (blocking calls' requests), :mod:`.deferring`,
-:mod:`.severing` (deadlines of cancel and close); the
-workarounds of kombu's and py-amqp's behaviour, the only modules using
-private names of theirs, are :mod:`.pyamqp_compat`, :mod:`.virtual`,
-:mod:`.redis_fetch` and :mod:`.redis_delays` (delay queues on Redis).
-:mod:`.transport` sets the shared state up, connects as a whole, and closes.
+module of this package. Objects owning their state: :mod:`.lifecycle`
+(closed, interrupted), :mod:`.connector` (parameters, nodes, one connect),
+:mod:`.reconnect` (the reconnect policy and the one retry loop),
+:mod:`.declarations` (what was declared), :mod:`.unconfirmed` (publishes awaiting
+their confirm), :mod:`.heartbeat`, :mod:`.nodes`,
+:mod:`.deadlines`, :mod:`.polling`, :mod:`.severing` (deadlines of cancel and
+close). Parts still sharing :mod:`.state`: :mod:`.connections`,
+:mod:`.declaring`, :mod:`.consuming` (consumers, deliveries, settling),
+:mod:`.draining`, :mod:`.confirms` (acks, nacks, returns), :mod:`.publishing`,
+:mod:`.shared_confirms` (blocking calls' requests), :mod:`.deferring`;
+:mod:`.transport` sets them up, connects as a whole, and closes. Every
+private name of kombu, py-amqp and redis-py, and code copied from them, is
+in the :mod:`.compat` subpackage, listed in its ``REGISTRY``.
 
 :class:`KombuTransport` moves opaque bytes plus a header table; it knows
 nothing about tavrida messages. It holds two long-lived connections:
@@ -68,7 +70,7 @@ Bytes are never interpreted: bodies are not decoded, decompressed or
 unpickled, whatever the content type or headers say. py-amqp decodes AMQP
 short strings (content_type, correlation_id, reply_to, routing key, ...)
 strictly, so one invalid UTF-8 property breaks its frame parser and poisons
-the queue; :func:`.pyamqp_compat.tolerant_frame_handler` decodes such
+the queue; :func:`.compat.pyamqp.tolerant_frame_handler` decodes such
 strings with ``surrogateescape`` instead (``value.encode("utf-8", "surrogateescape")``
 gives the original bytes back). Header *values* that are not UTF-8 arrive
 as ``bytes`` (py-amqp's own fallback); such header *keys* arrive as text

@@ -1,11 +1,10 @@
 """Publisher confirms and returns: which publish an ack, nack or basic.return is about.
 
-Confirms are pipelined (tavrida's own bookkeeping, not py-amqp's
-``confirm_publish``, which waits for each message): every publish gets the
-next sequence number in :attr:`_pub_waiting`; acks and nacks settle one or
-all up to a tag; a return (every AMQP publish is ``mandatory``) comes
-before its message's confirm and is matched to the first unconfirmed
-publish with its exchange, routing key and body.
+Confirms are pipelined: :class:`~.unconfirmed.ConfirmTracker` numbers the
+publishes; acks and nacks settle one or all up to a tag; a return (every
+AMQP publish is ``mandatory``) comes before its message's confirm and is
+matched to the first unconfirmed publish with its exchange, routing key and
+body.
 """
 
 from __future__ import annotations
@@ -14,13 +13,12 @@ import logging
 import re
 import socket
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, Optional
 
 import amqp
 
 from tavrida.transports.kombu.batch import Batch, ConfirmTimeout
 from tavrida.transports.kombu.draining import KombuDraining
-from tavrida.transports.kombu.pyamqp_compat import raw_connection
 
 LOG = logging.getLogger(__name__)
 
@@ -46,7 +44,7 @@ class KombuConfirms(KombuDraining):
         own = self._local.deadline
         if own is not None:
             deadline = min(deadline, own)
-        raw = raw_connection(self._pub_conn)
+        raw = self._connector.raw(self._pub_conn)
         while batch.inflight:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -58,63 +56,26 @@ class KombuConfirms(KombuDraining):
 
     def _forget(self, batch: Batch) -> None:
         """Stop waiting for the confirms of ``batch`` (``_publish_lock`` held)."""
-        for seq in batch.inflight:
-            self._pub_waiting.pop(seq, None)
-        batch.inflight.clear()
-
-    def _lose_unconfirmed(self) -> None:
-        """The channel is gone: its unconfirmed publishes are pending again, to be resent."""
-        for batch, _ in self._pub_waiting.values():
-            batch.inflight.clear()
-        self._pub_waiting.clear()
+        self._unconfirmed.forget(batch)
 
     def _on_confirm(self, delivery_tag: int, multiple: bool) -> None:
-        for batch, index in self._resolve(delivery_tag, multiple):
+        for batch, index in self._unconfirmed.resolve(delivery_tag, multiple):
             batch.todo.pop(index, None)
 
     def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
-        for batch, index in self._resolve(delivery_tag, multiple):
+        for batch, index in self._unconfirmed.resolve(delivery_tag, multiple):
             batch.fail(index, "the broker nacked it")
 
-    def _resolve(self, delivery_tag: int, multiple: bool) -> List[Tuple[Batch, int]]:
-        """The envelopes (batch, index) a basic.ack/nack settles."""
-        waiting = self._pub_waiting
-        if not multiple:
-            entry = waiting.pop(delivery_tag, None)
-            if entry is None:
-                return []
-            entry[0].inflight.discard(delivery_tag)
-            return [entry]
-        settled = []
-        while waiting:
-            tag = next(iter(waiting))
-            if tag > delivery_tag:
-                break
-            entry = waiting.pop(tag)
-            entry[0].inflight.discard(tag)
-            settled.append(entry)
-        return settled
-
     def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
-        """RabbitMQ returned a message no queue took; it comes before that message's confirm.
-
-        Returns come in publish order, so the returned message is the first
-        unconfirmed one after the last returned that has its exchange,
-        routing key and body (identical messages are interchangeable).
-        """
+        """RabbitMQ returned a message no queue took (see :meth:`ConfirmTracker.returned`)."""
         if self._confirms:
             body = message.body
             if not isinstance(body, bytes):
                 body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
-            for seq, (batch, index) in self._pub_waiting.items():
-                if seq <= self._pub_returned_seq or index not in batch.todo:
-                    continue
-                envelope = batch.envelopes[index]
-                if (envelope.exchange == exchange and envelope.routing_key == routing_key
-                        and bytes(envelope.body) == body):
-                    self._pub_returned_seq = seq
-                    self._unrouted(batch, index)
-                    return
+            entry = self._unconfirmed.returned(exchange, routing_key, body)
+            if entry is not None:
+                self._unrouted(*entry)
+                return
         LOG.warning("the broker returned a message for %s/%s (%s); it reached no queue "
                     "(without publisher confirms it cannot be told which publish it was)",
                     exchange, routing_key, exc)
@@ -126,8 +87,7 @@ class KombuConfirms(KombuDraining):
         waiting request).
         """
         reason = f"{exc.reply_code} {exc.reply_text}".strip() if exc.reply_text else str(exc)
-        unconfirmed = list(self._pub_waiting.values())
-        self._lose_unconfirmed()
+        unconfirmed = self._unconfirmed.lose_all()
         self._pub_confirming = False
         if not self._confirms:
             # The culprit was an earlier, already returned publish: nothing to blame now.

@@ -20,21 +20,21 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import amqp
 
-from tavrida.transports.base import Binding, OnMessage
-from tavrida.transports.kombu.connections import REDIS_SCHEMES
-from tavrida.transports.kombu.declaring import KombuDeclarations
-from tavrida.transports.kombu.deliveries import Consumer, KombuDelivery
-from tavrida.transports.kombu.pyamqp_compat import PROPERTY_NAMES, PROPERTY_SET, text_key
-from tavrida.transports.kombu.redis_fetch import RedisFetch
-from tavrida.transports.kombu.severing import SeverAt
-from tavrida.transports.kombu.virtual import (
+from tavrida.transports.base import OnMessage
+from tavrida.transports.kombu.compat.pyamqp import PROPERTY_NAMES, PROPERTY_SET, text_key
+from tavrida.transports.kombu.compat.redis_fetch import RedisFetch
+from tavrida.transports.kombu.compat.virtual import (
     ORIGIN,
-    binding_rows,
     delete_broker_bindings,
     forget_bindings,
     own_copies,
+    public_payload,
     raw_payload,
 )
+from tavrida.transports.kombu.connector import REDIS_SCHEMES
+from tavrida.transports.kombu.declaring import KombuDeclarations
+from tavrida.transports.kombu.deliveries import Consumer, KombuDelivery
+from tavrida.transports.kombu.severing import SeverAt
 
 LOG = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class KombuConsuming(KombuDeclarations):
         ``ack()`` does nothing, and an answer read is handed out even if the
         connection is lost before that.
         """
-        no_ack = self._is_amqp and queue in self._reply_queues
+        no_ack = self._is_amqp and queue in self._declarations.reply_queues
         consumer = Consumer(queue, on_message, max(int(prefetch_count), 0), no_ack)
         with self._holding(self._lock):
             self._ensure_connected()
@@ -128,16 +128,14 @@ class KombuConsuming(KombuDeclarations):
         with self._lock:
             for consumer in [c for c in self._consumers if c.queue in queues]:
                 self._cancel_consumer(consumer)
-            for name in queues:
-                self._queues.pop(name, None)
-                self._reply_queues.pop(name, None)
-            for name in exchanges:
-                self._exchanges.pop(name, None)
-            self._bindings = {b: None for b in self._bindings
-                              if b.queue not in queues and b.exchange not in exchanges}
+            self._declarations.forget(queues, exchanges)
 
             def action(channel: Any) -> None:
-                delete_broker_bindings(channel, queues)  # Redis: those of other connections too
+                if self._compat.private:
+                    delete_broker_bindings(channel, queues)  # Redis: other connections' too
+                elif not self._is_amqp:
+                    for name in queues:  # what kombu's delete would leave in an unbound queue
+                        channel.queue_purge(queue=name)
                 for name in queues:
                     channel.queue_delete(queue=name)
                 for name in exchanges:
@@ -149,12 +147,12 @@ class KombuConsuming(KombuDeclarations):
 
     def _start_consumer(self, consumer: Consumer) -> None:
         assert self._conn is not None
-        channel = self._new_channel(self._conn)
+        channel = self._connector.channel(self._conn)
         consumer.channel = channel
         consumer.received = set()
         if not self._is_amqp:
             own_copies(channel, consumer.queue)
-        if self._config.scheme in REDIS_SCHEMES:
+        if self._config.scheme in REDIS_SCHEMES and self._compat.private:
             if consumer.fetch is None:
                 consumer.fetch = RedisFetch(consumer.queue, consumer.tag)
             consumer.fetch.recover(channel)
@@ -194,10 +192,10 @@ class KombuConsuming(KombuDeclarations):
                 return
         else:
             now = time.monotonic()
-            if now < self._next_topology_check or not self._consumers:
+            if now < self._declarations.next_check or not self._consumers:
                 return
-            self._next_topology_check = now + self.topology_check_interval
-            missing = self._missing_bindings()
+            self._declarations.next_check = now + self.topology_check_interval
+            missing = self._declarations.missing(self._control)
             if not missing:
                 return
             forget_bindings(self._control, missing)
@@ -205,28 +203,13 @@ class KombuConsuming(KombuDeclarations):
         LOG.warning("queues or bindings on %s disappeared (%s); declaring them again",
                     self._config.safe_url,
                     ", ".join(sorted({c.queue for c in resume})) or "bindings")
-        self._declare_on(self._control, list(self._exchanges), list(self._queues),
-                         list(self._bindings))
-        for queue, bindings in self._reply_queues.items():
-            self._declare_reply_on(self._control, queue, bindings)
+        declarations = self._declarations
+        declarations.declare_all(self._control)
+        for queue, bindings in declarations.reply_queues.items():
+            declarations.declare_reply_on(self._control, queue, bindings)
         for consumer in resume:
             if consumer in self._consumers and consumer.channel is not None:
                 self._basic_consume(consumer, consumer.channel)
-
-    def _missing_bindings(self) -> List[Binding]:
-        """Bindings declared here that the virtual broker's tables no longer have."""
-        wanted: Dict[str, List[Binding]] = {}
-        for binding in self._bindings:
-            wanted.setdefault(binding.exchange, []).append(binding)
-        for queue, bindings in self._reply_queues.items():
-            for binding in bindings:
-                wanted.setdefault(binding.exchange, []).append(
-                    Binding(queue, binding.exchange, binding.routing_key))
-        missing: List[Binding] = []
-        for exchange, wanted_here in wanted.items():
-            present = {(row[0], row[-1]) for row in binding_rows(self._control, exchange)}
-            missing += [b for b in wanted_here if (b.routing_key, b.queue) not in present]
-        return missing
 
     def _cancel_consumer(self, consumer: Consumer) -> None:
         self._consumers.remove(consumer)
@@ -252,25 +235,22 @@ class KombuConsuming(KombuDeclarations):
         props = message.properties
         info = message.delivery_info
         body = message.body
-        if type(body) is not bytes and not isinstance(body, bytes):
+        if not isinstance(body, bytes):
             body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
-        headers = props["application_headers"] if "application_headers" in props else None
-        headers = dict(headers) if headers else {}
-        for key in headers:
+        headers = dict(props.get("application_headers") or {})
+        for key in headers:  # type(): bench.profiling "cast, tavrida: service" calls/message
             if type(key) is not str:
                 # py-amqp keeps a key that is not UTF-8 as bytes; the core expects text.
                 headers = {text_key(key): value for key, value in headers.items()}
                 break
-        properties = {}
-        for name, value in props.items():  # (a loop, not a comprehension: one call less)
-            if value is not None and name in PROPERTY_SET:
-                properties[name] = value
-        exchange = info["exchange"] if "exchange" in info else None
-        routing_key = info["routing_key"] if "routing_key" in info else None
+        properties = {name: value for name, value in props.items()
+                      if value is not None and name in PROPERTY_SET}
+        exchange = info.get("exchange")
+        routing_key = info.get("routing_key")
         delivery = KombuDelivery(
             self, channel, info["delivery_tag"], generation, body, headers, properties,
             exchange or "", routing_key or "", consumer.queue,
-            bool(info["redelivered"] if "redelivered" in info else None), consumer.no_ack)
+            bool(info.get("redelivered")), consumer.no_ack)
         if not consumer.no_ack:
             consumer.received.add(delivery._delivery_tag)
             delivery._consumer = consumer
@@ -285,7 +265,8 @@ class KombuConsuming(KombuDeclarations):
 
     def _virtual_delivery(self, consumer: Consumer, channel: Any, generation: int,
                           message: Any) -> KombuDelivery:
-        raw = raw_payload(message)  # kombu's Message may have decompressed the body
+        # kombu's Message may have decompressed the body: the stored one is read.
+        raw = raw_payload(message) if self._compat.private else public_payload(message)
         props = raw.get("properties") or {}
         info = props.get("delivery_info") or {}
         body = raw.get("body") or b""

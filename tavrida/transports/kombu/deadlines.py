@@ -42,8 +42,8 @@ class Deadline:
             return
         state = self._state
         previous = self._previous = state.deadline
-        mine = time.monotonic() + (0.0 if 0.0 > timeout else timeout)  # max(timeout, 0.0)
-        state.deadline = mine if previous is None or mine < previous else previous
+        mine = time.monotonic() + max(timeout, 0.0)
+        state.deadline = mine if previous is None else min(mine, previous)
 
     def __exit__(self, *exc_info: Any) -> None:
         if self._timeout is not None:
@@ -77,8 +77,7 @@ class Holding:
         self._failed = failed
 
     def __enter__(self) -> None:
-        if not self._lock.acquire(False):
-            take(self._state, self._lock, self._failed)
+        take(self._state, self._lock, self._failed)
 
     def __exit__(self, *exc_info: Any) -> None:
         self._lock.release()

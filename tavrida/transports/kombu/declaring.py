@@ -26,14 +26,11 @@ import re
 from typing import Any, Iterable, Optional, Tuple
 
 import amqp
-from kombu.entity import Exchange, Queue
 
 from tavrida import exceptions
 from tavrida.transports.base import Binding, Topology
-from tavrida.transports.kombu import redis_delays
-from tavrida.transports.kombu.connections import REDIS_SCHEMES
-from tavrida.transports.kombu.heartbeats import KombuHeartbeats
-from tavrida.transports.kombu.nodes import QueueUnavailable, queue_unavailable
+from tavrida.transports.kombu.connector import REDIS_SCHEMES
+from tavrida.transports.kombu.heartbeat import KombuHeartbeats
 
 LOG = logging.getLogger(__name__)
 
@@ -44,43 +41,7 @@ class KombuDeclarations(KombuHeartbeats):
     @property
     def holds_delays(self) -> bool:  # type: ignore[override]
         """RabbitMQ (TTL queues) and Redis (:mod:`.redis_delays`); not kombu's memory."""
-        return self._is_amqp or self._config.scheme in REDIS_SCHEMES
-
-    def _declare_on(self, channel: Any, exchanges: Iterable[str], queues: Iterable[str],
-                    bindings: Iterable[Binding]) -> None:
-        # The tavrida 1.0 declarations exactly: no arguments, nothing exclusive or auto-deleted
-        # (quorum queues and delay queues: the arguments _queue_arguments remembers).
-        for name in exchanges:
-            Exchange(name, "topic", durable=True, auto_delete=False).declare(channel=channel)
-        for name in queues:
-            arguments = self._queue_arguments.get(name) or {}
-            if not self._is_amqp and "x-message-ttl" in arguments:
-                # A delay queue on Redis: a set and a sorted set, no list (see .redis_delays).
-                redis_delays.declare(channel, arguments["x-dead-letter-routing-key"],
-                                     arguments["x-message-ttl"])
-                continue
-            try:
-                Queue(name, durable=True, exclusive=False, auto_delete=False,
-                      no_declare=False,
-                      queue_arguments=self._queue_arguments.get(name) or None,
-                      ).declare(channel=channel)
-            except amqp.NotFound as exc:
-                if queue_unavailable(exc):
-                    raise QueueUnavailable(str(exc)) from exc
-                raise
-        for binding in bindings:
-            channel.queue_bind(queue=binding.queue, exchange=binding.exchange,
-                               routing_key=binding.routing_key)
-
-    def _declare_reply_on(self, channel: Any, queue: str, bindings: Iterable[Binding]) -> None:
-        bindings = list(bindings)
-        # Binding needs the exchange; declared as everywhere else (same as the memory transport).
-        self._declare_on(channel, dict.fromkeys(b.exchange for b in bindings), (), ())
-        Queue(queue, durable=False, exclusive=self._is_amqp,
-                    auto_delete=True).declare(channel=channel)
-        for binding in bindings:
-            channel.queue_bind(queue=queue, exchange=binding.exchange,
-                               routing_key=binding.routing_key)
+        return self._is_amqp or (self._config.scheme in REDIS_SCHEMES and self._compat.private)
 
     def declare(self, topology: Topology) -> None:
         """Declare exchanges, queues, bindings (tavrida 1.0 style); again after reconnects.
@@ -100,26 +61,28 @@ class KombuDeclarations(KombuHeartbeats):
                 reason=f"queue_type {topology.queue_type!r} is a RabbitMQ feature; "
                        f"{self._config.scheme}:// has classic queues only")
         with self._lock:
-            previous = {name: self._queue_arguments.get(name) for name in arguments}
-            self._queue_arguments.update(arguments)
+            previous = {name: self._declarations.queue_arguments.get(name) for name in arguments}
+            self._declarations.queue_arguments.update(arguments)
+
+        declarations = self._declarations
 
         def remember() -> None:
-            self._exchanges.update(dict.fromkeys(topology.exchanges))
-            self._queues.update(dict.fromkeys(queues))
-            self._bindings.update(dict.fromkeys(topology.bindings))
+            declarations.exchanges.update(dict.fromkeys(topology.exchanges))
+            declarations.queues.update(dict.fromkeys(queues))
+            declarations.bindings.update(dict.fromkeys(topology.bindings))
 
         try:
             self._with_connection(
-                lambda channel: self._declare_on(channel, topology.exchanges, queues,
+                lambda channel: declarations.declare_on(channel, topology.exchanges, queues,
                                                  topology.bindings),
                 remember)
         except amqp.PreconditionFailed as exc:
             with self._lock:
                 for name, value in previous.items():
-                    if name not in self._queues:
-                        self._queue_arguments.pop(name, None)
+                    if name not in self._declarations.queues:
+                        self._declarations.queue_arguments.pop(name, None)
                     elif value is not None:
-                        self._queue_arguments[name] = value
+                        self._declarations.queue_arguments[name] = value
                 self._reopen_control()
             if "for queue" not in str(exc):
                 raise  # an exchange of another kind: the broker's error as it is
@@ -131,7 +94,7 @@ class KombuDeclarations(KombuHeartbeats):
         if self._conn is None:
             return
         try:
-            self._control = self._new_channel(self._conn)
+            self._control = self._connector.channel(self._conn)
         except self._connection_errors + self._channel_errors as exc:
             self._lost(exc)  # the next operation reconnects
 
@@ -151,11 +114,12 @@ class KombuDeclarations(KombuHeartbeats):
         bindings = tuple(bindings)
 
         def remember() -> None:
-            self._reply_queues[queue] = bindings
+            self._declarations.reply_queues[queue] = bindings
 
         try:
             self._with_connection(
-                lambda channel: self._declare_reply_on(channel, queue, bindings), remember)
+                lambda channel: self._declarations.declare_reply_on(channel, queue, bindings),
+                remember)
         except amqp.ResourceLocked as exc:
             # py-amqp has already reopened the channel the broker closed.
             raise exceptions.QueueLocked(

@@ -24,7 +24,6 @@ from tavrida import exceptions
 from tavrida.transports.base import Deferral, OnConfirmed
 from tavrida.transports.kombu.batch import Batch
 from tavrida.transports.kombu.polling import CAN_POLL, fileno
-from tavrida.transports.kombu.pyamqp_compat import raw_connection
 from tavrida.transports.kombu.shared_confirms import KombuSharedConfirms
 
 LOG = logging.getLogger(__name__)
@@ -49,22 +48,19 @@ class KombuDeferring(KombuSharedConfirms):
         """:meth:`KombuDraining.drain`, reading deferred publishes' confirms meanwhile."""
         if not self._deferred:
             return super().drain(timeout)
-        end = time.monotonic() + (0.0 if 0.0 > timeout else timeout)  # max(timeout, 0.0)
+        end = time.monotonic() + max(timeout, 0.0)
         while True:
             if self._finish_deferred():
                 super().drain(0.0)  # sends the acks just queued, delivers what is ready
                 return True
             if not self._deferred:
                 left = end - time.monotonic()
-                return super().drain(0.0 if 0.0 > left else left)
-            if self._ready or self._stop.is_set() or self._closed:
+                return super().drain(max(left, 0.0))
+            if self._ready or self._stop.is_set() or self._lifecycle.closed:
                 return super().drain(0.0)
-            # min(max(end - now, 0), poll_interval, max(first deadline - now, 0))
             now = time.monotonic()
-            wait = end - now
             first = self._deferred[0].deadline - now
-            wait = min(0.0 if 0.0 > wait else wait, self.poll_interval,
-                       0.0 if 0.0 > first else first)
+            wait = min(max(end - now, 0.0), self.poll_interval, max(first, 0.0))
             consuming = self._wait_for_sockets(wait)
             if consuming and super().drain(0.0):
                 return True
@@ -73,8 +69,8 @@ class KombuDeferring(KombuSharedConfirms):
 
     def _wait_for_sockets(self, timeout: float) -> bool:
         """Wait up to ``timeout`` for either connection; True unless only publishing is ready."""
-        pub_fd = fileno(raw_connection(self._pub_conn))
-        consume_fd = fileno(raw_connection(self._conn))
+        pub_fd = fileno(self._connector.raw(self._pub_conn))
+        consume_fd = fileno(self._connector.raw(self._conn))
         if consume_fd < 0 or self._broken:
             return True  # drain() reconnects
         if pub_fd >= 0:
@@ -142,7 +138,7 @@ class KombuDeferring(KombuSharedConfirms):
 
     def _read_waiting_confirms(self) -> None:
         """Read what the publishing socket holds, never waiting (``_publish_lock`` held)."""
-        raw = raw_connection(self._pub_conn)
+        raw = self._connector.raw(self._pub_conn)
         fd = fileno(raw)
         if fd < 0:
             return

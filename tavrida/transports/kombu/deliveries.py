@@ -6,7 +6,7 @@ import uuid
 from typing import Any, Dict, Optional, Protocol, Set
 
 from tavrida.transports.base import Delivery, OnMessage
-from tavrida.transports.kombu.redis_fetch import RedisFetch
+from tavrida.transports.kombu.compat.redis_fetch import RedisFetch
 
 
 class _Settles(Protocol):

@@ -16,7 +16,6 @@ from tavrida import exceptions
 from tavrida.transports.kombu.consuming import KombuConsuming
 from tavrida.transports.kombu.deadlines import take
 from tavrida.transports.kombu.polling import fileno
-from tavrida.transports.kombu.pyamqp_compat import raw_connection
 
 LOG = logging.getLogger(__name__)
 
@@ -37,9 +36,9 @@ class KombuDraining(KombuConsuming):
         connection is lost; raises only when reconnect attempts run out.
         """
         now = time.monotonic()
-        deadline = now + (0.0 if 0.0 > timeout else timeout)  # max(timeout, 0.0)
+        deadline = now + max(timeout, 0.0)
         lock = self._lock
-        while not self._closed:
+        while not self._lifecycle.closed:
             if self._ready:
                 return self._deliver_ready()
             if self._stop.is_set():
@@ -51,18 +50,14 @@ class KombuDraining(KombuConsuming):
                 self._stop.wait(max(remaining, 0.0))
                 break
             try:
-                if not lock.acquire(False):  # (the uncontended case without a call)
-                    take(self._local, lock, self._failed)
+                take(self._local, lock, self._connector.failed)
                 try:
-                    # min(max(remaining, min_poll_interval), next slice), for every read
-                    floor = self.min_poll_interval
-                    wait = floor if floor > remaining else remaining
                     read = self._next_slice() if self._unsettled else self.poll_interval
-                    self._drain_once(read if read < wait else wait)
+                    self._drain_once(min(max(remaining, self.min_poll_interval), read))
                 finally:
                     lock.release()
             except exceptions.ConnectionFailed:
-                if self._closed or self._interrupted:
+                if self._lifecycle.closed or self._lifecycle.interrupted:
                     break  # stopping during an outage: nothing in hand can be acked anyway
                 raise
             if self._ready:
@@ -75,14 +70,14 @@ class KombuDraining(KombuConsuming):
 
     def _drain_once(self, timeout: float) -> None:
         """One bounded read on the consuming connection; call with ``_lock`` held."""
-        if self._closed:
+        if self._lifecycle.closed:
             return
         conn = self._conn
-        raw = raw_connection(conn)
+        raw = self._connector.raw(conn)
         if not (self._is_amqp and raw is not None and not self._broken and raw.connected):
-            self._ensure_connected()  # (the cheap test above is py-amqp's own, for RabbitMQ)
+            self._ensure_connected()
             conn = self._conn
-            raw = raw_connection(conn)
+            raw = self._connector.raw(conn)
         if self._settles and not self._settles_can_wait(raw):
             self._perform_settles()
         assert conn is not None  # _ensure_connected() raises otherwise
@@ -103,14 +98,14 @@ class KombuDraining(KombuConsuming):
                 self._lost(exc)  # reconnecting declares everything anyway
                 return
         now = time.monotonic()
-        if now - self._last_beat >= self.heartbeat_check_interval:
+        if now - self._heartbeat.last >= self.heartbeat_check_interval:
             try:
                 # After reading: frames just read count as signs of life.
                 conn.transport.heartbeat_check(self._raw_connection(), rate=2)
             except self._connection_errors as exc:
                 self._lost(exc)
                 return
-            self._last_beat = now
+            self._heartbeat.last = now
         if self._settles and not self._settles_can_wait(raw):
             self._perform_settles()
 
@@ -143,9 +138,9 @@ class KombuDraining(KombuConsuming):
         a connection just dropped, whose reads :meth:`_read_answers` skips.
         """
         conn = self._conn
-        if not self._reply_queues or conn is None or self._broken:
+        if not self._declarations.reply_queues or conn is None or self._broken:
             return -1
-        return fileno(raw_connection(conn))
+        return fileno(self._connector.raw(conn))
 
     def _read_answers(self) -> bool:
         """One short read on the consuming connection, then hand out the answers read.
@@ -158,7 +153,7 @@ class KombuDraining(KombuConsuming):
         if not self._lock.acquire(blocking=False):
             return False
         try:
-            if self._closed or self._conn is None or self._broken:
+            if self._lifecycle.closed or self._conn is None or self._broken:
                 return True
             self._drain_once(self.min_poll_interval)
             answers = [item for item in self._ready if item[0]._no_ack]

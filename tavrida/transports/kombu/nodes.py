@@ -4,7 +4,7 @@ A cluster (:attr:`~tavrida.config.ConnectionConfig.urls`, several nodes)
 is failed over as kombu's round-robin failover does: each connection
 (consuming, publishing) sticks to the node it is connected to, and one
 connect attempt tries every node once, starting with that one, before
-:func:`.retry.retry_call` pauses; the order is :class:`NodeRotation`'s, the loop is in
+:func:`.reconnect.retry_call` pauses; the order is :class:`NodeRotation`'s, the loop is in
 :mod:`.connections`. A classic durable
 queue whose home node is down makes RabbitMQ refuse to declare or consume
 it (404 "home node ... is down or inaccessible"): :func:`queue_unavailable`

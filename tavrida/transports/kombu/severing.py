@@ -20,12 +20,10 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from tavrida.transports.kombu.pyamqp_compat import raw_connection
-
 LOG = logging.getLogger(__name__)
 
 
-def sever(conn: Any) -> None:
+def sever(conn: Any, raw_of: Callable[[Any], Any]) -> None:
     """Shut the sockets of kombu connection ``conn`` down, from any thread (best effort).
 
     A read blocked on them returns end-of-file at once. AMQP: the
@@ -33,7 +31,7 @@ def sever(conn: Any) -> None:
     """
     if conn is None:
         return
-    raw = raw_connection(conn)
+    raw = raw_of(conn)
     sock = getattr(getattr(raw, "transport", None), "sock", None)
     if sock is not None:
         try:

@@ -24,7 +24,6 @@ from tavrida.transports.kombu.batch import Batch
 from tavrida.transports.kombu.deadlines import take
 from tavrida.transports.kombu.polling import CAN_POLL, fileno
 from tavrida.transports.kombu.publishing import KombuPublishing
-from tavrida.transports.kombu.pyamqp_compat import raw_connection
 
 
 class KombuSharedConfirms(KombuPublishing):
@@ -63,8 +62,7 @@ class KombuSharedConfirms(KombuPublishing):
         lock = self._publish_lock
         waiting: Optional[Tuple[Batch, threading.Condition, Callable[[], bool]]] = None
         while True:
-            if not lock.acquire(False):  # (the uncontended case without a call)
-                take(self._local, lock, self._failed)
+            take(self._local, lock, self._connector.failed)
             try:
                 if not batch.todo:
                     return
@@ -101,7 +99,7 @@ class KombuSharedConfirms(KombuPublishing):
                         self._pub_idle.remove(waiting)
                     continue
                 self._pub_reader = True
-                raw = raw_connection(self._pub_conn)
+                raw = self._connector.raw(self._pub_conn)
             finally:
                 lock.release()
             try:
@@ -121,7 +119,7 @@ class KombuSharedConfirms(KombuPublishing):
         """
         lock = self._publish_lock
         deadline = self._local.deadline
-        if lock.acquire(False) or lock.acquire(
+        if lock.acquire(
                 timeout=-1 if deadline is None else max(deadline - time.monotonic(), 0.0)):
             try:
                 self._pub_reader = False
@@ -160,7 +158,7 @@ class KombuSharedConfirms(KombuPublishing):
             if not self._publish_lock.acquire(False):
                 return  # a batch holds it and reads its confirms, ours among them
             try:
-                if raw is not raw_connection(self._pub_conn):
+                if raw is not self._connector.raw(self._pub_conn):
                     return  # dropped meanwhile: the requests go out again
                 if not self._pub_poll.poll(pub_fd):
                     return  # a batch holding the lock read it

@@ -9,20 +9,26 @@ facade's ``__init__`` (:mod:`.transport`).
 
 from __future__ import annotations
 
-import collections
 import threading
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Set, Tuple
 
 from kombu.connection import Connection
 
 from tavrida.config import ConnectionConfig
-from tavrida.transports.base import Binding, OnMessage, Transport
+from tavrida.transports.base import OnMessage, Transport
 from tavrida.transports.kombu.batch import Batch
+from tavrida.transports.kombu.compat import Compat
+from tavrida.transports.kombu.connector import Connector
 from tavrida.transports.kombu.deadlines import ThreadState
+from tavrida.transports.kombu.declarations import Declarations
 from tavrida.transports.kombu.deliveries import Consumer, KombuDelivery
-from tavrida.transports.kombu.nodes import NodeRotation
+from tavrida.transports.kombu.lifecycle import Lifecycle
 from tavrida.transports.kombu.polling import Readable
-from tavrida.transports.kombu.retry import Errors
+from tavrida.transports.kombu.reconnect import Errors, ReconnectPolicy
+from tavrida.transports.kombu.unconfirmed import ConfirmTracker
+
+if TYPE_CHECKING:  # the heartbeat module holds a mixin built on this one
+    from tavrida.transports.kombu.heartbeat import Heartbeat
 
 
 class KombuState(Transport):
@@ -39,7 +45,6 @@ class KombuState(Transport):
     confirm_timeout: float
     stop_step_timeout: float
 
-    connection_name: str
     _config: ConnectionConfig
     _is_amqp: bool
     _confirms: bool
@@ -53,28 +58,21 @@ class KombuState(Transport):
     _generation: int
     _ever_connected: bool
     _broken: bool
-    _exchanges: Dict[str, None]
-    _queues: Dict[str, None]
-    #: Declare arguments of the queues that have some (quorum queues), by name.
-    _queue_arguments: Dict[str, Dict[str, Any]]
-    _bindings: Dict[Binding, None]
-    _reply_queues: Dict[str, Tuple[Binding, ...]]
+    _declarations: Declarations
     _consumers: List[Consumer]
     _resume: List[Consumer]
-    _next_topology_check: float
     _ready: Deque[Tuple[KombuDelivery, OnMessage]]
     _unsettled: Set[KombuDelivery]
     _slice: float
     _settles: Deque[Tuple[KombuDelivery, Optional[bool]]]
     _unrestored: List[Any]
     _stop: threading.Event
-    _closed: bool
-    _wake: threading.Event
-    _interrupted: bool
     _local: ThreadState
-    _closing: threading.Event
-    _beat_thread: Optional[threading.Thread]
-    _last_beat: float
+    _lifecycle: Lifecycle
+    _connector: Connector
+    _compat: Compat
+    _policy: ReconnectPolicy
+    _heartbeat: Heartbeat
     #: Polls of the consuming socket: may acks wait (``_lock`` held), is it alive (any thread).
     _ack_poll: Readable
     _alive_poll: Readable
@@ -89,16 +87,10 @@ class KombuState(Transport):
     _pub_channel: Any
     _pub_ever_connected: bool
     _pub_confirming: bool
-    _pub_seq: int
-    #: Sequence number of the last publish RabbitMQ returned (see ``_on_return``).
-    _pub_returned_seq: int
-    #: Sequence number of each unconfirmed publish -> the index of its envelope.
-    _pub_waiting: "collections.OrderedDict[int, Tuple[Batch, int]]"
+    _unconfirmed: ConfirmTracker
     _pub_reader: bool
     _pub_idle: List[Tuple[Batch, threading.Condition, Callable[[], bool]]]
     #: Deferred publishes waiting for their confirm, oldest first (see ``deferring``).
     _deferred: Deque[Batch]
     #: Exchanges a virtual publisher channel has recorded as topic exchanges.
     _pub_exchanges: Set[str]
-    #: The node each connection ("consume", "publish") uses, of a cluster's URLs.
-    _nodes: Dict[str, NodeRotation]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import urllib.parse
 import uuid
 from typing import Any, Dict, List, Optional
@@ -44,6 +45,8 @@ SYNC_HEADER = "x-tavrida-discovery-sync"
 #: Unacked announcements a watcher may hold (streams need a prefetch).
 PREFETCH = 1000
 HEARTBEAT = 10
+#: Seconds between two tries of a write (a stream electing a new leader refuses them).
+_WRITE_RETRY = 0.5
 #: A watcher's heartbeat queue: what it cannot read within a minute is dropped.
 BEAT_TTL_MS = 60_000
 BEAT_MAX_LENGTH = 100_000
@@ -105,22 +108,30 @@ class StreamStore(Store):
         channel.exchange_declare(self._beats, "fanout", durable=True, auto_delete=False)
 
     def write(self, key: str, record: bytes, timeout: float) -> None:
+        """Publish ``record`` (confirmed), trying node after node until ``timeout``.
+
+        A stream whose leader just died refuses publishes (541) until the
+        cluster elects another: the write waits that out within its deadline.
+        """
+        deadline = time.monotonic() + timeout
         with self._lock:
-            if self._closed.is_set():
-                raise StoreUnavailable(store=self._name, reason="closed")
-            # A connection kept from an earlier write may have died since: one more try
-            # on a fresh one (the next node) before giving up.
-            for fresh in (self._writer_channel is None, True):
+            while True:
+                if self._closed.is_set():
+                    raise StoreUnavailable(store=self._name, reason="closed")
                 try:
-                    self._publish(key, record, timeout)
+                    self._publish(key, record, max(deadline - time.monotonic(), 0.1))
                     return
-                except StoreUnavailable:
-                    raise
+                except StoreUnavailable as exc:
+                    error: Exception = exc
                 except Exception as exc:  # noqa: BLE001 - socket, AMQP or timeout: all one
-                    self._drop_writer()
-                    if fresh:
-                        raise StoreUnavailable(store=self._name,
-                                               reason=f"{type(exc).__name__}: {exc}") from None
+                    error = exc
+                self._drop_writer()
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed.wait(min(_WRITE_RETRY, left)):
+                    if isinstance(error, StoreUnavailable):
+                        raise error
+                    raise StoreUnavailable(store=self._name,
+                                           reason=f"{type(error).__name__}: {error}") from None
 
     def _publish(self, key: str, record: bytes, timeout: float) -> None:
         self._publish_to("", self._queue, record, timeout, {"x-tavrida-owner": key})

@@ -8,23 +8,27 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import threading
 import time
 import uuid
-from typing import Tuple
+from typing import Optional, Tuple
 
 import amqp
-from kombu.connection import Connection
 
 from tavrida import exceptions
 from tavrida.config import ConnectionConfig
 from tavrida.transports.base import Binding
-from tavrida.transports.kombu.connections import AMQP_SCHEMES
+from tavrida.transports.kombu.compat import Compat
+from tavrida.transports.kombu.connector import Connector
 from tavrida.transports.kombu.deadlines import ThreadState
+from tavrida.transports.kombu.declarations import Declarations
 from tavrida.transports.kombu.deferring import KombuDeferring
+from tavrida.transports.kombu.heartbeat import Heartbeat
+from tavrida.transports.kombu.lifecycle import Lifecycle
 from tavrida.transports.kombu.polling import Readable
+from tavrida.transports.kombu.reconnect import ReconnectPolicy
 from tavrida.transports.kombu.severing import SeverAt
+from tavrida.transports.kombu.unconfirmed import ConfirmTracker
 
 __all__ = ["KombuTransport"]
 
@@ -35,7 +39,7 @@ class KombuTransport(KombuDeferring):
     """A :class:`~tavrida.transports.base.Transport` on any kombu broker URL.
 
     Connections open lazily (first declare, consume, drain or publish).
-    Connection errors are retried by :func:`.retry.retry_call`: the first
+    Connection errors are retried by :class:`.reconnect.ReconnectPolicy`: the first
     connect ``connection_attempts`` times, later reconnects
     ``reconnect_attempts`` times (-1: for ever), sleeping ``retry_delay``,
     then ``2 * retry_delay``, ... up to :attr:`max_retry_interval`.
@@ -56,24 +60,24 @@ class KombuTransport(KombuDeferring):
     #: Seconds between checks that a virtual broker (Redis) still has the bindings.
     topology_check_interval = 2.0
 
-    def __init__(self, config: ConnectionConfig) -> None:
+    def __init__(self, config: ConnectionConfig, compat: Optional[Compat] = None) -> None:
         if config.is_memory:
             raise exceptions.IncorrectAMQPConfig(
                 reason="memory:// is tavrida's own transport; kombu's is kombu+memory://")
+        #: Per-thread deadline of blocking operations (see deadline()).
+        self._local = ThreadState()
+        self._lifecycle = Lifecycle()
+        #: Private upstream names on (the default) or off (:mod:`.compat`).
+        self._compat = compat or Compat.from_environment()
+        self._connector = Connector(config, self._local, self._lifecycle, self._compat)
+        self._policy = ReconnectPolicy.from_config(config, self.max_retry_interval)
+        # Fixed for the transport's life: read by every part.
         self._config = config
-        self._is_amqp = config.scheme in AMQP_SCHEMES
+        self._is_amqp = self._connector.is_amqp
         self._confirms = self._is_amqp and config.publisher_confirms
-        options = config.transport_options
-        properties = dict(options.get("client_properties") or {})
-        #: Base of the names the connections give the broker: ``<name>:consume`` and
-        #: ``<name>:publish`` (RabbitMQ ``connection_name``, Redis ``CLIENT SETNAME``).
-        self.connection_name = (properties.get("connection_name")
-                                     or options.get("client_name")
-                                     or f"tavrida-{os.getpid()}-{uuid.uuid4().hex[:12]}")
-        errors = Connection(**self._connection_params("probe"))
-        self._retry_errors = tuple(errors.recoverable_connection_errors)
-        self._connection_errors = tuple(errors.connection_errors)
-        self._channel_errors = tuple(errors.channel_errors)
+        self._retry_errors = self._connector.retry_errors
+        self._connection_errors = self._connector.connection_errors
+        self._channel_errors = self._connector.channel_errors
 
         # Consuming connection: state guarded by _lock.
         self._lock = threading.RLock()
@@ -82,14 +86,10 @@ class KombuTransport(KombuDeferring):
         self._generation = 0
         self._ever_connected = False
         self._broken = False
-        self._exchanges = {}
-        self._queues = {}
-        self._bindings = {}
-        self._reply_queues = {}
+        self._declarations = Declarations(self._is_amqp)
         self._consumers = []
         #: Consumers RabbitMQ cancelled (their queue was deleted), to declare and resume.
         self._resume = []
-        self._next_topology_check = 0.0
         self._ready = collections.deque()
         #: Deliveries handed out and not yet acked or rejected (set ops are atomic).
         self._unsettled = set()
@@ -98,16 +98,9 @@ class KombuTransport(KombuDeferring):
         #: kombu QoS objects of lost virtual channels whose un-acked messages are not back yet.
         self._unrestored = []
         self._stop = threading.Event()
-        self._closed = False
-        #: Set by close() and interrupt(): cuts retry sleeps short.
-        self._wake = threading.Event()
-        self._interrupted = False
-        #: Per-thread deadline of blocking operations (see deadline()).
-        self._local = ThreadState()
-        self._closing = threading.Event()
         #: Keeps heartbeats going while a callback runs on the draining thread (AMQP).
-        self._beat_thread = None
-        self._last_beat = 0.0
+        self._heartbeat = Heartbeat(float(config.heartbeat_interval or 0),
+                                    self._lifecycle.closing, self.heartbeat)
         self._ack_poll = Readable()
         self._alive_poll = Readable()
         self._confirm_poll = Readable()
@@ -120,19 +113,19 @@ class KombuTransport(KombuDeferring):
         self._pub_channel = None
         self._pub_ever_connected = False
         self._pub_confirming = False
-        self._pub_seq = 0
-        #: Sequence number of the last publish RabbitMQ returned (see _on_return).
-        self._pub_returned_seq = 0
-        #: Unconfirmed publishes: sequence number -> (batch, index).
-        self._pub_waiting = collections.OrderedDict()
+        self._unconfirmed = ConfirmTracker()
         #: A request is reading the publishing connection for everyone (see _confirm_or_answer).
         self._pub_reader = False
         #: Requests waiting while another reads: (batch, its condition, answered).
         self._pub_idle = []
         self._deferred = collections.deque()
         self._pub_exchanges = set()
-        self._nodes = {}
-        self._queue_arguments = {}
+
+    @property
+    def connection_name(self) -> str:
+        """Base of the names the connections give the broker: ``<name>:consume`` and
+        ``<name>:publish`` (RabbitMQ ``connection_name``, Redis ``CLIENT SETNAME``)."""
+        return self._connector.connection_name
 
     def __repr__(self) -> str:
         return f"KombuTransport({self._config.safe_url!r})"
@@ -141,19 +134,15 @@ class KombuTransport(KombuDeferring):
         """One attempt: connect, declare everything remembered, consume again."""
         self._drop_connection()
         heartbeat = self._config.heartbeat_interval or 0
-        self._conn = self._open_connection("consume", heartbeat if self._is_amqp else 0)
+        self._conn = self._connector.open("consume", heartbeat if self._is_amqp else 0)
         self._generation += 1
-        if self._is_amqp and heartbeat and self._beat_thread is None:
-            self._last_beat = time.monotonic()
-            self._beat_thread = threading.Thread(target=self._keep_heartbeats, daemon=True,
-                                                 name=f"tavrida-heartbeat-{self.connection_name}")
-            self._beat_thread.start()
+        if self._is_amqp and heartbeat:
+            self._heartbeat.start(f"tavrida-heartbeat-{self.connection_name}")
         self._ever_connected = True
         try:
-            self._control = self._new_channel(self._conn)
-            self._declare_on(self._control, list(self._exchanges), list(self._queues),
-                             list(self._bindings))
-            for queue, bindings in list(self._reply_queues.items()):
+            self._control = self._connector.channel(self._conn)
+            self._declarations.declare_all(self._control)
+            for queue, bindings in list(self._declarations.reply_queues.items()):
                 self._declare_reply_again(queue, bindings)
             for consumer in self._consumers:
                 self._start_consumer(consumer)
@@ -175,15 +164,14 @@ class KombuTransport(KombuDeferring):
         old one to go and no caller sees py-amqp's error.
         """
         try:
-            self._declare_reply_on(self._control, queue, bindings)
+            self._declarations.declare_reply_on(self._control, queue, bindings)
             return
         except amqp.ResourceLocked:
             fresh = f"{queue.partition('~')[0]}~{uuid.uuid4().hex[:8]}"
         LOG.info("reply queue %s is still held by the previous connection; using %s",
                  queue, fresh)
-        self._declare_reply_on(self._control, fresh, bindings)
-        self._reply_queues = {fresh if name == queue else name: held
-                              for name, held in self._reply_queues.items()}
+        self._declarations.declare_reply_on(self._control, fresh, bindings)
+        self._declarations.rename_reply_queue(queue, fresh)
         for consumer in self._consumers:
             if consumer.queue == queue:
                 consumer.queue = fresh
@@ -193,8 +181,7 @@ class KombuTransport(KombuDeferring):
 
         Only flags are set, so a signal handler may call it.
         """
-        self._interrupted = True
-        self._wake.set()
+        self._lifecycle.interrupt()
         self._stop.set()
 
     @property
@@ -210,9 +197,7 @@ class KombuTransport(KombuDeferring):
         by this thread's :meth:`deadline` and :attr:`stop_step_timeout`: a broker
         that does not answer in time has its connections dropped.
         """
-        self._closed = True
-        self._closing.set()
-        self._wake.set()
+        self._lifecycle.close()
         self._stop.set()
         deadline = self._step_deadline()
         with SeverAt(deadline, self._sever_all, "closing the connection"):
@@ -231,9 +216,7 @@ class KombuTransport(KombuDeferring):
                     self._publish_lock.release()
             else:
                 LOG.warning("could not close the publishing connection in time; dropped")
-        beat = self._beat_thread
-        if beat is not None and beat is not threading.current_thread():
-            beat.join(2)
+        self._heartbeat.join(2)
 
     def _close_consuming(self) -> None:
         """Settle, cancel and close the consuming connection (``_lock`` held)."""
@@ -246,8 +229,8 @@ class KombuTransport(KombuDeferring):
                     if consumer.fetch is not None and channel is not None:
                         # Anything a dead connection popped since: back to the queue.
                         consumer.fetch.recover(self._control)
-                if not self._is_amqp and self._reply_queues:
-                    for queue in self._reply_queues:
+                if not self._is_amqp and self._declarations.reply_queues:
+                    for queue in self._declarations.reply_queues:
                         self._control.queue_delete(queue=queue)
                 self._close_channel(self._control)
                 self._conn.release()

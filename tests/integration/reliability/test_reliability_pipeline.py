@@ -10,28 +10,47 @@ from __future__ import annotations
 import threading
 from typing import Any, Dict, List
 
+import pytest
+
 from soak.proxy import TcpProxy
 from soak.scenarios import CLIENT, Names, cleanup, open_transport
 from soak.secrets import SERVICE, Secretive
 from tavrida import client, server
 from tavrida.config import ConnectionConfig
+from tavrida.observability.hooks import MessageRecord, ServerHook
 
 
-def _serve(url: str, names: Names) -> "tuple[server.Server, threading.Thread]":
+class Finished(ServerHook):
+    """Counts the outcomes of the messages its server finished."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.outcomes: Dict[str, int] = {}
+
+    def message_finished(self, server: Any, record: MessageRecord) -> None:
+        with self.lock:
+            self.outcomes[str(record.outcome)] = self.outcomes.get(str(record.outcome), 0) + 1
+
+
+def _serve(url: str, names: Names, hooks: "tuple[ServerHook, ...]" = (),
+           ) -> "tuple[server.Server, threading.Thread]":
     srv = server.Server(ConnectionConfig.from_url(url, retry_delay=0.1), names.queue,
-                        names.exchange, [Secretive])
+                        names.exchange, [Secretive], hooks=hooks)
     srv.start()
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     return srv, thread
 
 
-def test_calls_are_answered_and_requests_acked_across_cuts(amqp_url, unique) -> None:
+@pytest.mark.parametrize("hooked", [False, True], ids=["bare", "with-a-hook"])
+def test_calls_are_answered_and_requests_acked_across_cuts(amqp_url, unique, hooked) -> None:
+    # A hook (metrics, traces) observes the same pipelined path: same guarantees.
     names = Names(prefix=unique.prefix, service=SERVICE)
     disc = names.discovery()
     Secretive.set_discovery(disc)
     proxy = TcpProxy.for_url(amqp_url).start()
-    srv, thread = _serve(proxy.url(amqp_url), names)
+    finished = Finished()
+    srv, thread = _serve(proxy.url(amqp_url), names, (finished,) if hooked else ())
     cli = client.RPCClient(amqp_url, disc, source=CLIENT)
     answers: Dict[int, Any] = {}
     errors: List[BaseException] = []
@@ -74,6 +93,9 @@ def test_calls_are_answered_and_requests_acked_across_cuts(amqp_url, unique) -> 
     transport = open_transport(amqp_url)
     try:
         assert transport.queue_size(names.queue) == 0  # every request acked, none given back
+        if hooked:  # each message finished once: answered, or given back and taken again
+            assert finished.outcomes.get("ok", 0) >= 40 * 8
+            assert set(finished.outcomes) <= {"ok", "requeued"}
     finally:
         transport.close()
         cleanup(amqp_url, names)

@@ -2,13 +2,18 @@
 
 ``kombu+memory://``, RabbitMQ and Redis, through the ``broker_url`` and
 ``unique`` fixtures of tests/integration/conftest.py. The lowest supported
-kombu/py-amqp run this module too (``.ci/kombu-matrix``).
+kombu/py-amqp run this module too (``.ci/kombu-matrix``), and ``.ci/run``
+runs it once more on public upstream API only (``TAVRIDA_KOMBU_PUBLIC_API=1``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
-from transport_contract import TransportContract
+from transport_contract import CAPABILITIES, Capabilities, TransportContract
+
+from tavrida.transports.kombu.compat import Compat
 
 
 class TestKombuTransports(TransportContract):
@@ -19,6 +24,14 @@ class TestKombuTransports(TransportContract):
         if broker_url.startswith("redis"):
             return "redis"
         return "kombu-memory"
+
+    @pytest.fixture
+    def can(self, kind: str) -> Capabilities:
+        """The table's row; in public mode (``TAVRIDA_KOMBU_PUBLIC_API=1``) Redis has no delays."""
+        row = CAPABILITIES[kind]
+        if kind == "redis" and not Compat.from_environment().private:
+            return dataclasses.replace(row, delays=False)
+        return row
 
     @pytest.fixture
     def url(self, broker_url: str) -> str:

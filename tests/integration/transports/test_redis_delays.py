@@ -1,4 +1,4 @@
-"""Delay queues on Redis (tavrida.transports.kombu.redis_delays): its keys, seen in Redis itself.
+"""Delay queues on Redis (kombu.compat.redis_delays): its keys, seen in Redis itself.
 
 The behaviour every transport shares (a held message comes back after its
 delay, and outlives its publisher) is in the transport contract; here what

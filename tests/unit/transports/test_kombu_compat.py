@@ -1,6 +1,6 @@
 """Canaries of the private kombu and py-amqp names the kombu adapter relies on.
 
-Each compat module (``tavrida.transports.kombu.pyamqp_compat``, ``.virtual``,
+Each compat module (``tavrida.transports.kombu.compat.pyamqp``, ``.virtual``,
 ``.redis_fetch``) lists the private names it uses. These tests fail when a
 kombu or py-amqp release renames or changes one of them (the workaround
 would break, or silently stop working), or no longer needs it (plain
@@ -28,8 +28,9 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual.exchange import TopicExchange
 
 from tavrida.transports.base import Binding
-from tavrida.transports.kombu import pyamqp_compat, pyamqp_fastpath, redis_fetch
-from tavrida.transports.kombu import virtual as tavrida_virtual
+from tavrida.transports.kombu.compat import fast_properties, redis_fetch
+from tavrida.transports.kombu.compat import pyamqp as compat_pyamqp
+from tavrida.transports.kombu.compat import virtual as tavrida_virtual
 
 
 def deep_table(depth: int) -> bytes:
@@ -68,7 +69,7 @@ def parameters(function: object) -> list:
     return list(inspect.signature(function).parameters)
 
 
-# -- pyamqp_compat ---------------------------------------------------------------------------------
+# -- compat.pyamqp ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("table", [deep_table(3000), HUGE_TIMESTAMP_TABLE],
                          ids=["nested-3000", "year-past-9999"])
@@ -77,14 +78,14 @@ def test_plain_py_amqp_still_fails_on_tables_the_compat_parser_reads(
     with pytest.raises((RecursionError, ValueError, OverflowError, OSError,
                         amqp.FrameSyntaxError)):
         serialization.loads("F", table, 0)
-    read, end = pyamqp_compat._lenient_table(table, 0)
+    read, end = compat_pyamqp._lenient_table(table, 0)
     assert end == len(table) and read
 
 
 def test_plain_py_amqp_still_fails_on_a_short_string_that_is_not_utf8() -> None:
     with pytest.raises(UnicodeDecodeError):
         serialization.loads("sLbss", BAD_DELIVER, 4)
-    fixed = pyamqp_compat._sanitize_method("sLbss", BAD_DELIVER)
+    fixed = compat_pyamqp._sanitize_method("sLbss", BAD_DELIVER)
     tag, delivery_tag, redelivered, exchange, routing_key = serialization.loads(
         "sLbss", fixed, 4)[0]
     assert tag.encode("utf-8", "surrogateescape") == b"\xff"
@@ -101,16 +102,23 @@ def test_the_frame_handler_hook_is_still_an_argument_of_amqp_connections() -> No
     assert "frame_handler" in parameters(amqp.Connection.__init__)
     assert parameters(method_framing.frame_handler)[:2] == ["connection", "callback"]
     assert pyamqp.Transport.Connection is not None and pyamqp.Connection.Channel is not None
-    assert issubclass(pyamqp_compat.AMQPTransport.Connection, pyamqp.Connection)
-    assert pyamqp_compat.AMQPConnection.Channel is pyamqp_compat.AMQPChannel
+    assert issubclass(compat_pyamqp.AMQPTransport.Connection, pyamqp.Connection)
+    assert compat_pyamqp.AMQPConnection.Channel is compat_pyamqp.AMQPChannel
 
 
 def test_the_content_method_formats_are_py_amqps() -> None:
     formats = {sig: method.args for sig, method in amqp.Channel._METHODS.items()}
-    assert {sig: formats[sig] for sig in pyamqp_compat._CONTENT_METHOD_ARGS} == \
-        pyamqp_compat._CONTENT_METHOD_ARGS
-    assert set(pyamqp_compat._CONTENT_METHOD_ARGS) == {
+    assert {sig: formats[sig] for sig in compat_pyamqp._CONTENT_METHOD_ARGS} == \
+        compat_pyamqp._CONTENT_METHOD_ARGS
+    assert set(compat_pyamqp._CONTENT_METHOD_ARGS) == {
         spec.Basic.Deliver, spec.Basic.GetOk, spec.Basic.Return}
+
+
+def test_the_content_methods_are_still_py_amqps_private_set() -> None:
+    """The copied frame handler reads py-amqp's set of the methods that carry content."""
+    assert method_framing._CONTENT_METHODS == frozenset(
+        {spec.Basic.Return, spec.Basic.Deliver, spec.Basic.GetOk})
+    assert "_CONTENT_METHODS" in inspect.getsource(method_framing.frame_handler)
 
 
 def test_message_properties_serialize_privately_and_prepare_message_takes_the_class() -> None:
@@ -118,7 +126,7 @@ def test_message_properties_serialize_privately_and_prepare_message_takes_the_cl
     names = [name for name, _ in amqp.Message.PROPERTIES]
     assert names[:3] == ["content_type", "content_encoding", "application_headers"]
     assert "_Message" in parameters(pyamqp.Channel.prepare_message)
-    message = pyamqp_compat.CheckedMessage(b"x", content_type="a/b")
+    message = compat_pyamqp.CheckedMessage(b"x", content_type="a/b")
     assert message._serialize_properties() is message._serialize_properties()
 
 
@@ -126,7 +134,7 @@ def test_kombu_connections_still_keep_the_transport_connection_privately() -> No
     conn = kombu.Connection("memory://")
     try:
         conn.ensure_connection(max_retries=0)
-        assert pyamqp_compat.raw_connection(conn) is conn._connection is not None
+        assert compat_pyamqp.raw_connection(conn) is conn._connection is not None
     finally:
         conn.release()
 
@@ -242,6 +250,17 @@ def test_kombu_redis_still_has_the_attributes_redis_fetch_sets_and_reads() -> No
     assert callable(redis.Redis.parse_response)
 
 
+def test_kombu_redis_flushes_a_pending_reauth_after_a_pop() -> None:
+    """kombu 5.7+ sends a pending AUTH once a BRPOP reply is read; RedisFetch does the same."""
+    has_reauth = hasattr(kombu_redis.Channel, "_flush_brpop_reauth")
+    assert has_reauth is KOMBU_CHECKS_BRPOP  # both came with kombu 5.7
+    if has_reauth:
+        assert parameters(kombu_redis.Channel._flush_brpop_reauth) == ["self"]
+        read = inspect.getsource(kombu_redis.Channel._brpop_read)
+        assert "self._flush_brpop_reauth()" in read[read.index("finally:"):]
+    assert '"_flush_brpop_reauth"' in inspect.getsource(redis_fetch.RedisFetch.install)
+
+
 def test_kombu_redis_still_stores_every_message_through_put() -> None:
     """redis_delays.delayed_puts wraps _put: every publish to a queue's list goes through it."""
     assert parameters(kombu_redis.Channel._put)[:3] == ["self", "queue", "message"]
@@ -346,8 +365,8 @@ def test_kombu_redis_still_keeps_binding_rows_in_one_set_per_exchange() -> None:
 ])
 def test_fast_properties_write_the_bytes_py_amqp_writes(properties) -> None:
     expected = amqp.Message(b"x", **properties)._serialize_properties()
-    assert pyamqp_fastpath.fast_properties(properties) == expected
-    assert pyamqp_compat.CheckedMessage(b"x", **properties)._serialize_properties() == expected
+    assert fast_properties.fast_properties(properties) == expected
+    assert compat_pyamqp.CheckedMessage(b"x", **properties)._serialize_properties() == expected
 
 
 @pytest.mark.parametrize("properties", [
@@ -360,8 +379,8 @@ def test_fast_properties_write_the_bytes_py_amqp_writes(properties) -> None:
     {"delivery_mode": 300},
 ])
 def test_fast_properties_leave_other_kinds_to_py_amqp(properties) -> None:
-    assert pyamqp_fastpath.fast_properties(properties) is None
-    message = pyamqp_compat.CheckedMessage(b"x", **properties)
+    assert fast_properties.fast_properties(properties) is None
+    message = compat_pyamqp.CheckedMessage(b"x", **properties)
     try:
         expected = amqp.Message(b"x", **properties)._serialize_properties()
     except Exception as exc:  # py-amqp's own error, raised the same way
@@ -387,18 +406,18 @@ READ_CASES = [
 def test_fast_read_properties_read_what_py_amqp_reads(properties) -> None:
     raw = amqp.Message(b"x", **properties)._serialize_properties()
     expected, _ = serialization.decode_properties_basic(raw, 0)
-    fast = pyamqp_fastpath.fast_read_properties(raw, 0)
+    fast = fast_properties.fast_read_properties(raw, 0)
     assert fast is None or fast == expected
-    message = pyamqp_fastpath.FastMessage()
+    message = fast_properties.FastMessage()
     message._load_properties(spec.Basic.CLASS_ID, raw, 0)
     assert message.properties == expected
 
 
 def test_fast_read_properties_take_the_usual_kinds_and_leave_the_others() -> None:
     usual, other = READ_CASES[2], READ_CASES[3]
-    assert pyamqp_fastpath.fast_read_properties(
+    assert fast_properties.fast_read_properties(
         amqp.Message(b"", **usual)._serialize_properties(), 0) is not None
-    assert pyamqp_fastpath.fast_read_properties(
+    assert fast_properties.fast_read_properties(
         amqp.Message(b"", **other)._serialize_properties(), 0) is None
 
 
@@ -426,10 +445,10 @@ def test_the_frame_handler_calls_back_as_py_amqps_does(properties) -> None:
             (channel, sig, bytes(args), None if msg is None else (msg.body, msg.properties))
             for channel, sig, args, msg in calls]
 
-    assert run(pyamqp_fastpath.frame_handler) == run(method_framing.frame_handler)
-    assert run(pyamqp_compat.tolerant_frame_handler) == run(method_framing.frame_handler)
+    assert run(fast_properties.frame_handler) == run(method_framing.frame_handler)
+    assert run(compat_pyamqp.tolerant_frame_handler) == run(method_framing.frame_handler)
     with pytest.raises(amqp.exceptions.UnexpectedFrame):
-        pyamqp_fastpath.frame_handler(Conn(), lambda *args: None)((3, 1, b"x"))
+        fast_properties.frame_handler(Conn(), lambda *args: None)((3, 1, b"x"))
     with pytest.raises(amqp.exceptions.UnexpectedFrame):
         method_framing.frame_handler(Conn(), lambda *args: None)((3, 1, b"x"))
 
@@ -441,7 +460,7 @@ def test_the_tolerant_handler_reads_a_delivery_plain_py_amqp_cannot() -> None:
 
     calls: list = []
     conn = Conn()
-    handler = pyamqp_compat.tolerant_frame_handler(conn, lambda *args: calls.append(args))
+    handler = compat_pyamqp.tolerant_frame_handler(conn, lambda *args: calls.append(args))
     body = b"body!"
     header = (struct.pack(">HxxQ", spec.Basic.CLASS_ID, len(body))
               + struct.pack(">H", 0x2000) + HUGE_TIMESTAMP_TABLE)  # application_headers only

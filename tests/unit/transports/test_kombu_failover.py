@@ -2,7 +2,7 @@
 
 Nothing listens on the ports used here, so a real connect attempt is
 refused at once; where the test needs a node that answers, the one-node
-connect (``_open_node``) is replaced by a recorder. The real cluster is in
+connect (``Connector.open_node``) is replaced by a recorder. The real cluster is in
 tests/integration/cluster.
 """
 
@@ -32,7 +32,7 @@ def transport(url: str = CLUSTER, **options: Any) -> KombuTransport:
 
 
 class Nodes:
-    """Stands in for ``_open_node``: records the node indexes tried, answers from ``up``."""
+    """Stands in for ``Connector.open_node``: records the nodes tried, answers from ``up``."""
 
     def __init__(self, up: List[int]) -> None:
         self.up = up
@@ -57,7 +57,7 @@ def test_the_rotation_starts_with_the_current_node_and_wraps() -> None:
 
 def test_each_node_gets_its_own_host_port_and_credentials() -> None:
     kombu = transport()
-    params = [kombu._connection_params("consume", 0, node) for node in range(3)]
+    params = [kombu._connector.params("consume", 0, node) for node in range(3)]
     assert [(p["hostname"], p["port"]) for p in params] == [
         ("127.0.0.1", 25691), ("127.0.0.1", 25692), ("127.0.0.1", 25693)]
     # A node without a user takes the first URL's; one with its own keeps it.
@@ -71,17 +71,17 @@ def test_a_connect_attempt_tries_every_node_once_then_raises(
     kombu = transport()
     caplog.set_level(logging.WARNING)
     with pytest.raises(OSError):
-        kombu._open_connection("publish")
+        kombu._connector.open("publish")
     tried = [r.getMessage() for r in caplog.records if "cannot connect to node" in r.getMessage()]
     assert [text.split("/")[2] for text in tried] == [
         "svc:***@127.0.0.1:25691", "svc:***@127.0.0.1:25692", "other:***@127.0.0.1:25693"]
     assert "s3cret" not in caplog.text and "pw2" not in caplog.text
-    assert kombu._rotation("publish").current == 1  # the next round starts further on
+    assert kombu._connector.rotation("publish").current == 1  # the next round starts further on
 
 
 def test_no_node_password_shows_in_a_connection_error() -> None:
     kombu = transport()
-    error = kombu._failed(OSError("refused by other:pw2 and svc:s3cret"), "gave up")
+    error = kombu._connector.failed(OSError("refused by other:pw2 and svc:s3cret"), "gave up")
     assert "pw2" not in str(error) and "s3cret" not in str(error)
     assert "other:***" in str(error)
 
@@ -89,34 +89,34 @@ def test_no_node_password_shows_in_a_connection_error() -> None:
 def test_a_connection_keeps_the_node_that_answered(monkeypatch: pytest.MonkeyPatch) -> None:
     kombu = transport()
     nodes = Nodes(up=[1, 2])
-    monkeypatch.setattr(kombu, "_open_node", nodes)
-    assert kombu._open_connection("consume") == "connection to node 1"
-    assert kombu._open_connection("consume") == "connection to node 1"
+    monkeypatch.setattr(kombu._connector, "open_node", nodes)
+    assert kombu._connector.open("consume") == "connection to node 1"
+    assert kombu._connector.open("consume") == "connection to node 1"
     assert nodes.tried == [0, 1, 1]
     # Each connection has its own rotation: the publisher starts with the first node.
-    assert kombu._open_connection("publish") == "connection to node 1"
+    assert kombu._connector.open("publish") == "connection to node 1"
     assert nodes.tried[3:] == [0, 1]
     nodes.up = [2]  # node 1 dies too
-    assert kombu._open_connection("consume") == "connection to node 2"
+    assert kombu._connector.open("consume") == "connection to node 2"
     assert nodes.tried[5:] == [1, 2]
 
 
 def test_no_further_node_is_tried_past_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     kombu = transport()
     nodes = Nodes(up=[2])
-    monkeypatch.setattr(kombu, "_open_node", nodes)
+    monkeypatch.setattr(kombu._connector, "open_node", nodes)
     with kombu.deadline(0), pytest.raises(ConnectionRefusedError):
-        kombu._open_connection("consume")
+        kombu._connector.open("consume")
     assert nodes.tried == [0]
 
 
 def test_no_further_node_is_tried_once_interrupted(monkeypatch: pytest.MonkeyPatch) -> None:
     kombu = transport()
     nodes = Nodes(up=[2])
-    monkeypatch.setattr(kombu, "_open_node", nodes)
+    monkeypatch.setattr(kombu._connector, "open_node", nodes)
     kombu.interrupt()
     with pytest.raises(exceptions.ConnectionFailed, match="stopped"):
-        kombu._open_connection("consume")
+        kombu._connector.open("consume")
     assert nodes.tried == [0]
 
 
@@ -124,9 +124,9 @@ def test_the_retry_loop_moves_on_to_a_node_that_answers(monkeypatch: pytest.Monk
     """The whole first connect: node 1 refuses, node 2 answers, in one attempt, no pause."""
     kombu = transport(retry_delay=30.0)  # a pause would make this test hang
     nodes = Nodes(up=[1])
-    monkeypatch.setattr(kombu, "_open_node", nodes)
+    monkeypatch.setattr(kombu._connector, "open_node", nodes)
     opened: List[str] = []
-    monkeypatch.setattr(kombu, "_connect", lambda: opened.append(kombu._open_connection("c")))
+    monkeypatch.setattr(kombu, "_connect", lambda: opened.append(kombu._connector.open("c")))
     kombu._retry(kombu._connect_declaring, True, "connecting to")
     assert opened == ["connection to node 1"] and nodes.tried == [0, 1]
 

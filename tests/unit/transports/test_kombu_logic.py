@@ -23,9 +23,10 @@ from tavrida.config import ConnectionConfig
 from tavrida.transports.base import Binding, OutgoingEnvelope
 from tavrida.transports.kombu import KombuDelivery, KombuTransport
 from tavrida.transports.kombu.batch import Batch
+from tavrida.transports.kombu.compat.virtual import NoRoute, strict_lookup
+from tavrida.transports.kombu.declarations import Declarations
 from tavrida.transports.kombu.deliveries import Consumer
-from tavrida.transports.kombu.retry import retry_call
-from tavrida.transports.kombu.virtual import NoRoute, strict_lookup
+from tavrida.transports.kombu.reconnect import retry_call
 
 #: Nothing listens here: nothing in these tests connects.
 AMQP_URL = "amqp://guest:guest@127.0.0.1:25699//"
@@ -147,9 +148,7 @@ def publisher() -> KombuTransport:
 def published(transport: KombuTransport, envelopes: List[OutgoingEnvelope]) -> Batch:
     batch = Batch(envelopes)
     for index in range(len(envelopes)):
-        transport._pub_seq += 1
-        transport._pub_waiting[transport._pub_seq] = (batch, index)
-        batch.inflight.add(transport._pub_seq)
+        transport._unconfirmed.register(batch, index)
     return batch
 
 
@@ -161,23 +160,23 @@ def test_acks_settle_one_or_every_tag_up_to_theirs(publisher: KombuTransport) ->
     assert list(batch.todo) == [4] and not batch.failed
     publisher._on_nack(5, False)
     assert batch.failed == {4: "the broker nacked it"} and not batch.todo
-    assert not batch.inflight and not publisher._pub_waiting
+    assert not batch.inflight and not publisher._unconfirmed.waiting
 
 
 def test_acks_settle_the_publishes_of_every_waiting_batch(publisher: KombuTransport) -> None:
     first = published(publisher, [envelope("a0"), envelope("a1")])
     second = published(publisher, [envelope("b0")])
     publisher._on_confirm(3, True)
-    assert not first.todo and not second.todo and not publisher._pub_waiting
+    assert not first.todo and not second.todo and not publisher._unconfirmed.waiting
 
 
 def test_a_lost_channel_leaves_every_waiting_publish_to_send_again(
         publisher: KombuTransport) -> None:
     first = published(publisher, [envelope("a0")])
     second = published(publisher, [envelope("b0")])
-    publisher._lose_unconfirmed()
+    publisher._unconfirmed.lose_all()
     assert list(first.todo) == [0] and list(second.todo) == [0]
-    assert not first.inflight and not second.inflight and not publisher._pub_waiting
+    assert not first.inflight and not second.inflight and not publisher._unconfirmed.waiting
 
 
 def test_a_return_fails_the_first_matching_unconfirmed_publish(publisher: KombuTransport) -> None:
@@ -212,7 +211,7 @@ def test_a_channel_error_blames_the_publishes_to_the_missing_exchange(
     error = amqp.NotFound(reply_text="NOT_FOUND - no exchange 'gone' in vhost '/'")
     publisher._on_channel_error(batch, error)
     assert list(batch.failed) == [1] and list(batch.todo) == [0]
-    assert not publisher._pub_waiting and not publisher._pub_confirming
+    assert not publisher._unconfirmed.waiting and not publisher._pub_confirming
     assert not batch.inflight  # the innocent one goes out again
 
 
@@ -427,9 +426,9 @@ def test_strict_lookup_raises_when_no_queue_matches() -> None:
 
 
 def test_the_binding_check_finds_bindings_the_broker_lost() -> None:
-    transport = KombuTransport(ConnectionConfig.from_url("redis://127.0.0.1:25699/0"))
+    declarations = Declarations(is_amqp=False)
     kept, lost = Binding("q1", "x", "a.#"), Binding("q2", "x", "b")
-    transport._bindings = {kept: None, lost: None}
-    transport._reply_queues = {"reply": (Binding("ignored", "y", "r"),)}
-    transport._control = FakeVirtualChannel({"x": [("a.#", "pattern", "q1")]})
-    assert transport._missing_bindings() == [lost, Binding("reply", "y", "r")]
+    declarations.bindings = {kept: None, lost: None}
+    declarations.reply_queues = {"reply": (Binding("ignored", "y", "r"),)}
+    channel = FakeVirtualChannel({"x": [("a.#", "pattern", "q1")]})
+    assert declarations.missing(channel) == [lost, Binding("reply", "y", "r")]

@@ -1,0 +1,7 @@
+"""``python -m tavrida.cli``: the ``tavrida`` command."""
+
+import sys
+
+from tavrida.cli import main
+
+sys.exit(main())

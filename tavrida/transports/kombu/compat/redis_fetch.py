@@ -1,0 +1,222 @@
+"""Reliable consumption on Redis: ``BRPOPLPUSH`` into a per-consumer in-flight list.
+
+kombu's Redis channel pops with ``BRPOP``, which loses a message whose
+connection dies as Redis sends it. :class:`RedisFetch` replaces that one
+command on the channel; the rest is kombu's. This is a copy of kombu 5.x's
+``Channel._brpop_start``/``_brpop_read`` with the command changed, so it
+relies on these private names of ``kombu.transport.redis``, checked by
+``tests/unit/transports/test_kombu_compat.py``:
+
+* ``Channel._brpop_start(timeout)``, ``Channel._brpop_read(**options)`` and
+  ``Channel.handlers["BRPOP"]``: the two halves of kombu's blocking pop, and
+  the handler its poller calls;
+* ``Channel._in_poll`` (the connection a pop waits on, set as kombu does) and
+  ``Channel._brpop_sent_at`` (kombu 5.7+, read by kombu's BRPOP health check;
+  set on every kombu, unused below 5.7); ``Channel._flush_brpop_reauth``
+  (only when kombu has it, 5.7+);
+* ``Channel.active_queues``, ``brpop_timeout`` (read with a default of 1 s,
+  kombu's, where a channel lacks it), ``health_check_interval``, ``client``,
+  ``conn_or_acquire``, ``connection_errors``, ``global_keyprefix`` and
+  ``connection._deliver``; ``connection.cycle``, the channel's
+  ``MultiChannelPoller``: its ``maybe_check_brpop_health`` (kombu 5.7+) or, below
+  5.7, its ``maybe_restore_messages``, which its ``get`` calls after a poll that
+  read nothing (wrapped to run :meth:`RedisFetch.check_silence` there);
+* ``QoS.append`` (wrapped, to note records that may half exist) and
+  ``QoS._remove_from_indices`` (to drop those records);
+* of redis-py: ``Connection._sock`` (private: is a reply waiting?, as kombu
+  5.7 asks), ``send_command``, ``parse_response`` and ``disconnect``.
+
+A pop whose reply never comes (a half-open connection: Redis or the network
+gone without a reset) would wait for ever, as no socket timeout applies to
+kombu's poll. kombu 5.7+ drops such a connection once the reply is overdue by
+``brpop_timeout + health_check_interval``; on older kombu
+:meth:`RedisFetch.check_silence` does the same, in the same place. Either way
+kombu then connects again and pops anew, and :meth:`RedisFetch.install`'s pop
+first puts back what the abandoned pop may have moved to the in-flight list.
+
+Should kombu ever pop reliably itself, or rename one of these, the canary
+test fails instead of the plain BRPOP silently coming back.
+
+Before each pop (at most every :data:`.redis_delays.RELEASE_INTERVAL`) the
+retries due in the queue's delay set go back to its list
+(:class:`.redis_delays.Releaser`).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue as queue_module
+import select
+import time
+from typing import Any, List, Optional
+
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads as json_loads
+
+from tavrida.transports.kombu.compat.redis_delays import Releaser
+
+LOG = logging.getLogger(__name__)
+
+#: Longest in-flight list put back at once (it holds one message at a time, save accidents).
+_MAX_RECOVERED = 10_000
+
+#: kombu's defaults of the Redis channel's ``brpop_timeout`` and ``health_check_interval``.
+_BRPOP_TIMEOUT = 1
+_HEALTH_CHECK_INTERVAL = 25
+
+
+def kombu_checks_brpop_health(channel: Any) -> bool:
+    """True when kombu itself drops a BRPOP connection whose reply is overdue (kombu 5.7+)."""
+    return callable(getattr(channel.connection.cycle, "maybe_check_brpop_health", None))
+
+
+def _readable(sock: Any) -> bool:
+    """Whether ``sock`` has data waiting (without reading it)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+class RedisFetch:
+    """Takes one queue's messages on Redis without a moment where only the network holds them.
+
+    kombu pops with ``BRPOP``: Redis removes the message as it sends it, and
+    kombu records it as un-acked only after reading it. A connection lost in
+    between loses the message: the reply dies on the wire, or the record
+    cannot be written (both seen under cuts). Here the pop is a
+    ``BRPOPLPUSH`` into a list of this consumer's own,
+    ``<queue>.tavrida-inflight.<consumer tag>``; the copy there is removed
+    once kombu has recorded the message, and whatever is left in the list
+    goes back to the queue when the consumer starts again (after a
+    reconnect). Only the queue's plain list is consumed: tavrida never
+    publishes with a priority, so kombu's priority lists stay empty.
+    """
+
+    def __init__(self, queue: str, tag: str) -> None:
+        self.queue = queue
+        self.inflight = f"{queue}.tavrida-inflight.{tag}"
+        #: Items handed to kombu whose in-flight copy could not be removed (the
+        #: un-acked restore brings them back: their copy must go, not be restored).
+        self.handed: List[bytes] = []
+        #: Delivery tags whose un-acked record may have been written although
+        #: kombu failed (the reply was lost): the in-flight copy wins.
+        self.maybe_unacked: List[str] = []
+        #: When the pop waiting for its reply was sent (monotonic), None when none waits.
+        self.sent_at: Optional[float] = None
+        #: Moves the queue's due retries back from its delay set before a pop.
+        self.releaser = Releaser(queue)
+
+    def install(self, channel: Any) -> None:
+        """Replace the channel's BRPOP by BRPOPLPUSH (call before consuming)."""
+        fetch = self
+        prefix = getattr(channel, "global_keyprefix", "") or ""
+
+        def brpop_start(timeout: Optional[float] = None) -> None:
+            if timeout is None:
+                timeout = getattr(channel, "brpop_timeout", _BRPOP_TIMEOUT)
+            if fetch.queue not in channel.active_queues:
+                return
+            if fetch.sent_at is not None:
+                # The last pop's connection was dropped unanswered (kombu's health
+                # check, or check_silence): what it may have moved goes back first.
+                fetch.recover(channel)
+            fetch.releaser.release_due(channel)  # delay queues (see .redis_delays)
+            channel._in_poll = channel.client.connection
+            channel._brpop_sent_at = fetch.sent_at = time.monotonic()
+            channel.client.connection.send_command(
+                "BRPOPLPUSH", prefix + fetch.queue, prefix + fetch.inflight, timeout or 0)
+
+        def brpop_read(**options: Any) -> bool:
+            try:
+                try:
+                    item = channel.client.parse_response(channel.client.connection,
+                                                         "BRPOPLPUSH", **options)
+                except channel.connection_errors:
+                    channel.client.connection.disconnect()
+                    raise
+                if item is None:
+                    raise queue_module.Empty()
+                channel.connection._deliver(json_loads(bytes_to_str(item)), fetch.queue)
+                fetch.handed.append(item)
+                with channel.conn_or_acquire() as client:
+                    client.execute_command("LREM", prefix + fetch.inflight, 1, item)
+                fetch.handed.remove(item)
+                return True
+            finally:
+                channel._in_poll = None
+                fetch.sent_at = None  # read, or failed: a lost connection reconnects and recovers
+                flush = getattr(channel, "_flush_brpop_reauth", None)
+                if flush is not None:
+                    flush()
+
+        qos = channel.qos
+        append = qos.append
+
+        def append_noting_failures(message: Any, delivery_tag: Any) -> None:
+            try:
+                append(message, delivery_tag)
+            except BaseException:
+                fetch.maybe_unacked.append(delivery_tag)
+                raise
+
+        channel._brpop_start = brpop_start
+        channel._brpop_read = brpop_read
+        channel.handlers["BRPOP"] = brpop_read
+        qos.append = append_noting_failures
+        if not kombu_checks_brpop_health(channel):
+            cycle = channel.connection.cycle
+            after_empty_poll = cycle.maybe_restore_messages
+
+            def check_then_restore() -> Any:
+                fetch.check_silence(channel)
+                return after_empty_poll()
+
+            cycle.maybe_restore_messages = check_then_restore
+
+    def check_silence(self, channel: Any) -> bool:
+        """Drop the pop's connection once its reply is overdue; True when it did.
+
+        Redis answers a pop within ``brpop_timeout``; no reply
+        ``health_check_interval`` seconds after that (0: never checked, as in
+        kombu) means a half-open connection. kombu 5.7+ does this itself
+        (``maybe_check_brpop_health``); :meth:`install` runs this on older kombu.
+        """
+        connection = channel._in_poll
+        timeout = getattr(channel, "brpop_timeout", _BRPOP_TIMEOUT)
+        grace = getattr(channel, "health_check_interval", _HEALTH_CHECK_INTERVAL)
+        if not connection or self.sent_at is None or not timeout or not grace:
+            return False
+        waited = time.monotonic() - self.sent_at
+        sock = getattr(connection, "_sock", None)
+        if waited < timeout + grace or sock is None or _readable(sock):
+            return False
+        LOG.warning("Redis sent no reply to a pop from %s for %.0f s; dropping the connection",
+                    self.queue, waited)
+        connection.disconnect()
+        return True
+
+    def recover(self, channel: Any) -> int:
+        """Put what an earlier connection left in flight back in the queue; how many.
+
+        Raises the connection error when Redis cannot be reached (the caller
+        reconnects and this runs again).
+        """
+        prefix = getattr(channel, "global_keyprefix", "") or ""
+        self.sent_at = None
+        for tag in list(self.maybe_unacked):
+            channel.qos._remove_from_indices(tag).execute()
+            self.maybe_unacked.remove(tag)
+        moved = 0
+        with channel.conn_or_acquire() as client:
+            for item in list(self.handed):
+                client.execute_command("LREM", prefix + self.inflight, 1, item)
+                self.handed.remove(item)
+            # RPOPLPUSH: the oldest first, to the back of the queue (as kombu restores).
+            while moved < _MAX_RECOVERED and client.execute_command(
+                    "RPOPLPUSH", prefix + self.inflight, prefix + self.queue) is not None:
+                moved += 1
+        if moved:
+            LOG.info("put %d message(s) left in flight back in %s", moved, self.queue)
+        return moved
