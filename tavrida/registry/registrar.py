@@ -77,14 +77,8 @@ class Registrar:
 
     def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Wait until ``predicate()`` (checked at each write) is true; False on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while not predicate():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-            return True
+        with self._changed:
+            return self._changed.wait_for(predicate, timeout)
 
     def exchange_of(self, service: str) -> str:
         """The exchange this process registered ``service`` on ("?" if none)."""
