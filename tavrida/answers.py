@@ -16,6 +16,7 @@ import logging
 from typing import Any, Callable, Dict, List, Optional
 
 from tavrida import exceptions, messages, wire
+from tavrida.config import check_choice
 from tavrida.dead_letters import DeadLetters
 from tavrida.observability.hooks import HookList
 from tavrida.router import Router
@@ -31,10 +32,7 @@ REPLY_EXCHANGES = ("any", "known")
 
 def check_reply_exchanges(value: str) -> str:
     """``value`` if it is one of :data:`REPLY_EXCHANGES`; else a clear error."""
-    if value not in REPLY_EXCHANGES:
-        raise exceptions.IncorrectAMQPConfig(
-            reason=f"reply_exchanges must be one of {', '.join(REPLY_EXCHANGES)}, not {value!r}")
-    return value
+    return check_choice("reply_exchanges", value, REPLY_EXCHANGES)
 
 
 #: Called with (message or None, exception, raised_by_handler) on every failure.

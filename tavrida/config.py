@@ -25,6 +25,14 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from tavrida import defaults, exceptions
 
+
+def check_choice(setting: str, value: str, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``; else a clear error naming ``setting``."""
+    if value not in choices:
+        raise exceptions.IncorrectAMQPConfig(
+            reason=f"{setting} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
 #: Schemes served by tavrida's own in-memory transport.
 MEMORY_SCHEMES = ("memory",)
 #: Schemes served by the kombu transport (``kombu+memory`` is kombu's memory://).

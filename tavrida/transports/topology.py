@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Iterable, Optional, Tuple
 
-from tavrida import exceptions
+from tavrida.config import check_choice
 
 __all__ = [
     "QUEUE_TYPES",
@@ -72,10 +72,7 @@ QUEUE_TYPES = ("classic", "quorum")
 
 def check_queue_type(queue_type: str) -> str:
     """``queue_type`` if it is one of :data:`QUEUE_TYPES`; else a clear error."""
-    if queue_type not in QUEUE_TYPES:
-        raise exceptions.IncorrectAMQPConfig(
-            reason=f"queue_type must be one of {', '.join(QUEUE_TYPES)}, not {queue_type!r}")
-    return queue_type
+    return check_choice("queue_type", queue_type, QUEUE_TYPES)
 
 
 @dataclasses.dataclass(frozen=True)
