@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from tavrida.invalid import Convert, Invalid, Problem
 
@@ -87,24 +87,28 @@ LEAVES: Dict[Any, Convert] = {
 }
 
 
+def _each(entries: Iterable[Tuple[Any, Optional[Convert], Any]]) -> List[Any]:
+    """Each ``(key, convert, element)`` converted; every problem raised at once, under its key."""
+    out = []
+    problems: List[Problem] = []
+    for key, convert, element in entries:
+        try:
+            out.append(element if convert is None else convert(element))
+        except Invalid as exc:
+            problems.extend(exc.under(key))
+    if problems:
+        raise Invalid(problems)
+    return out
+
+
 def items(kind: type, name: str, item: Optional[Convert], make: Callable[[Any], Any]) -> Convert:
     def convert(value: Any) -> Any:
-        element: Any
-        items: Any = value
         if type(value) is not list and not isinstance(value, kind):
             raise Invalid.one(name, value)
         if item is None:
             return value if type(value) is kind else make(value)
-        out = []
-        problems: List[Problem] = []
-        for index, element in enumerate(items):
-            try:
-                out.append(item(element))
-            except Invalid as exc:
-                problems.extend(exc.under(index))
-        if problems:
-            raise Invalid(problems)
-        return make(out)
+        elements: Any = value  # isinstance(value, kind) narrowed it to object
+        return make(_each((index, item, element) for index, element in enumerate(elements)))
     return convert
 
 
@@ -112,16 +116,8 @@ def fixed_tuple(name: str, items: List[Optional[Convert]]) -> Convert:
     def convert(value: Any) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != len(items):
             raise Invalid.one(name, value)
-        out = []
-        problems: List[Problem] = []
-        for index, (element, item) in enumerate(zip(value, items)):
-            try:
-                out.append(element if item is None else item(element))
-            except Invalid as exc:
-                problems.extend(exc.under(index))
-        if problems:
-            raise Invalid(problems)
-        return tuple(out)
+        return tuple(_each((index, item, element)
+                           for index, (element, item) in enumerate(zip(value, items))))
     return convert
 
 
@@ -131,16 +127,7 @@ def mapping(name: str, item: Optional[Convert]) -> Convert:
             raise Invalid.one(name, value)
         if item is None:
             return value
-        out = {}
-        problems: List[Problem] = []
-        for key, element in value.items():
-            try:
-                out[key] = item(element)
-            except Invalid as exc:
-                problems.extend(exc.under(key))
-        if problems:
-            raise Invalid(problems)
-        return out
+        return dict(zip(value, _each((key, item, element) for key, element in value.items())))
     return convert
 
 
