@@ -171,10 +171,6 @@ class Connector:
             rotation = self._rotations[role] = NodeRotation(len(self.config.alternates) + 1)
         return rotation
 
-    def current_url(self, role: str) -> str:
-        """The masked URL of the node the ``role`` connection uses."""
-        return self.config.safe_urls[self.rotation(role).current]
-
     def open(self, role: str, heartbeat: float = 0) -> Connection:
         """Connect once to each node at most (retries belong to the caller).
 
