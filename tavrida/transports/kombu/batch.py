@@ -1,11 +1,20 @@
-"""The envelopes of one publish call and what became of each."""
+"""The envelopes of one publish and what became of each (the record a confirm settles)."""
 
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Set
 
 from tavrida import exceptions
-from tavrida.transports.base import OnConfirmed, OutgoingEnvelope, publish_error
+from tavrida.transports.base import OutgoingEnvelope
+from tavrida.transports.confirmation import publish_error
+
+#: What ``todo.pop`` gives for an envelope settled already.
+_GONE = object()
+
+
+#: Why a publish had no confirm in time (the words callers see; ``.format(confirm_timeout)``).
+CONFIRM_LATE = ("no confirm from the broker in time (confirm_timeout {}s, "
+                "or the publish deadline)")
 
 
 class ConfirmTimeout(Exception):
@@ -13,7 +22,12 @@ class ConfirmTimeout(Exception):
 
 
 class Batch:
-    """Envelopes of one publish call and what became of each."""
+    """Envelopes of one publish and what became of each.
+
+    A publish through a pending :class:`~.kombu_confirmation.KombuConfirmation`
+    is a batch of one; the publishing connection writes it, the
+    :class:`~.confirm_tracker.ConfirmTracker` settles it as confirms come.
+    """
 
     def __init__(self, envelopes: List[OutgoingEnvelope]) -> None:
         self.envelopes = envelopes
@@ -27,16 +41,14 @@ class Batch:
         self.inflight: Set[int] = set()
         #: Why the rest failed, when the broker could not be reached.
         self.connection_failed: Optional[exceptions.ConnectionFailed] = None
-        #: A deferred publish (see :mod:`.deferring`): told its outcome by drain().
-        self.on_confirmed: Optional[OnConfirmed] = None
-        #: A deferred publish: when its confirm is late (monotonic seconds).
+        #: When its confirm is late (monotonic seconds; pending publishes).
         self.deadline = 0.0
 
     def fail(self, index: int, reason: str, unencodable: bool = False,
              unroutable: bool = False) -> None:
         """Record why envelope ``index`` failed, unless it is settled already."""
-        if index in self.todo:
-            del self.todo[index]
+        # pop, not del: a cancel (another thread) may clear todo meanwhile.
+        if self.todo.pop(index, _GONE) is not _GONE:
             self.failed[index] = reason
             if unencodable:
                 self.unencodable.add(index)

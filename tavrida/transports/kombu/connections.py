@@ -65,11 +65,6 @@ class KombuConnections(KombuState):
         self._broken = True
         sever(self._conn, self._connector.raw)
 
-    def _sever_all(self) -> None:
-        """Shut both connections' sockets down (any thread)."""
-        self._sever_consuming()
-        sever(self._pub_conn, self._connector.raw)
-
 
     def _retry(self, fun: Callable[[], T], initial: bool, what: str,
                once_if_interrupted: bool = False) -> T:

@@ -142,8 +142,6 @@ class KombuConsuming(KombuDeclarations):
                     channel.exchange_delete(exchange=name)
 
             self._with_connection(action, lambda: None)
-        with self._publish_lock:
-            self._pub_exchanges.difference_update(exchanges)
 
     def _start_consumer(self, consumer: Consumer) -> None:
         assert self._conn is not None

@@ -7,35 +7,34 @@ the package's docstring (:mod:`tavrida.transports.kombu`).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
 import uuid
-from typing import Optional, Tuple
+from typing import Iterable, Iterator, Optional, Tuple
 
 import amqp
 
 from tavrida import exceptions
 from tavrida.config import ConnectionConfig
-from tavrida.transports.base import Binding
+from tavrida.transports.base import Binding, OutgoingEnvelope
+from tavrida.transports.confirmation import Confirmation
 from tavrida.transports.kombu.compat import Compat
-from tavrida.transports.kombu.connector import Connector
-from tavrida.transports.kombu.deadlines import ThreadState
+from tavrida.transports.kombu.context import KombuContext
 from tavrida.transports.kombu.declarations import Declarations
-from tavrida.transports.kombu.deferring import KombuDeferring
+from tavrida.transports.kombu.draining import KombuDraining
 from tavrida.transports.kombu.heartbeat import Heartbeat
-from tavrida.transports.kombu.lifecycle import Lifecycle
-from tavrida.transports.kombu.polling import Readable
-from tavrida.transports.kombu.reconnect import ReconnectPolicy
+from tavrida.transports.kombu.polling import CAN_POLL, Readable, fileno
+from tavrida.transports.kombu.publishing_connection import PublishingConnection
 from tavrida.transports.kombu.severing import SeverAt
-from tavrida.transports.kombu.unconfirmed import ConfirmTracker
 
 __all__ = ["KombuTransport"]
 
 LOG = logging.getLogger(__name__)
 
 
-class KombuTransport(KombuDeferring):
+class KombuTransport(KombuDraining):
     """A :class:`~tavrida.transports.base.Transport` on any kombu broker URL.
 
     Connections open lazily (first declare, consume, drain or publish).
@@ -64,20 +63,22 @@ class KombuTransport(KombuDeferring):
         if config.is_memory:
             raise exceptions.IncorrectAMQPConfig(
                 reason="memory:// is tavrida's own transport; kombu's is kombu+memory://")
-        #: Per-thread deadline of blocking operations (see deadline()).
-        self._local = ThreadState()
-        self._lifecycle = Lifecycle()
         #: Private upstream names on (the default) or off (:mod:`.compat`).
-        self._compat = compat or Compat.from_environment()
-        self._connector = Connector(config, self._local, self._lifecycle, self._compat)
-        self._policy = ReconnectPolicy.from_config(config, self.max_retry_interval)
+        self._context = context = KombuContext(config, compat or Compat.from_environment(),
+                                               self.max_retry_interval, self.stop_step_timeout)
+        #: Per-thread deadline of blocking operations (see deadline()).
+        self._local = context.local
+        self._lifecycle = context.lifecycle
+        self._compat = context.compat
+        self._connector = context.connector
+        self._policy = context.policy
         # Fixed for the transport's life: read by every part.
         self._config = config
-        self._is_amqp = self._connector.is_amqp
-        self._confirms = self._is_amqp and config.publisher_confirms
-        self._retry_errors = self._connector.retry_errors
-        self._connection_errors = self._connector.connection_errors
-        self._channel_errors = self._connector.channel_errors
+        self._is_amqp = context.is_amqp
+        self._confirms = context.confirms
+        self._retry_errors = context.retry_errors
+        self._connection_errors = context.connection_errors
+        self._channel_errors = context.channel_errors
 
         # Consuming connection: state guarded by _lock.
         self._lock = threading.RLock()
@@ -103,23 +104,11 @@ class KombuTransport(KombuDeferring):
                                     self._lifecycle.closing, self.heartbeat)
         self._ack_poll = Readable()
         self._alive_poll = Readable()
-        self._confirm_poll = Readable()
-        self._pub_poll = Readable()
-        self._sockets_poll = Readable()
 
-        # Publishing connection: state guarded by _publish_lock.
-        self._publish_lock = threading.Lock()
-        self._pub_conn = None
-        self._pub_channel = None
-        self._pub_ever_connected = False
-        self._pub_confirming = False
-        self._unconfirmed = ConfirmTracker()
-        #: A request is reading the publishing connection for everyone (see _confirm_or_answer).
-        self._pub_reader = False
-        #: Requests waiting while another reads: (batch, its condition, answered).
-        self._pub_idle = []
-        self._deferred = collections.deque()
-        self._pub_exchanges = set()
+        #: The publishing connection, reading the consuming side through its stand-in.
+        self._consuming = ConsumingSide(self)
+        self._publisher = PublishingConnection(context, self._consuming, self.confirm_timeout,
+                                               self.poll_interval)
 
     @property
     def connection_name(self) -> str:
@@ -176,6 +165,63 @@ class KombuTransport(KombuDeferring):
             if consumer.queue == queue:
                 consumer.queue = fresh
 
+    def publish(self, envelope: OutgoingEnvelope) -> Confirmation:
+        """Publish one message; its handle carries the broker's verdict (see the base class).
+
+        Never raises for the message's failure. With confirms over plain TCP
+        the handle is pending once the message is written (its waiter reads
+        the confirm); elsewhere the publish is done in full and the handle
+        settled.
+        """
+        return self._publisher.publish(envelope)
+
+    def drain(self, timeout: float) -> bool:
+        """Deliver waiting messages (see the base class), meanwhile reading the confirms
+        of pending publishes with callbacks and settling them, oldest first."""
+        reader = self._publisher.reader
+        consuming = self._consuming
+        if not reader.watched:
+            return consuming.drain(timeout)
+        end = time.monotonic() + max(timeout, 0.0)
+        while True:
+            if self._settle_watched():
+                consuming.drain(0.0)  # sends the acks just queued, delivers what is ready
+                return True
+            if not reader.watched:
+                return consuming.drain(max(end - time.monotonic(), 0.0))
+            if consuming.has_ready():
+                return consuming.drain(0.0)
+            now = time.monotonic()
+            wait = min(max(end - now, 0.0), self.poll_interval,
+                       max(reader.next_deadline() - now, 0.0))
+            fd = consuming.fileno()
+            # No consuming socket: drain() reconnects.
+            if (fd < 0 or reader.wait_for_sockets(fd, wait)) and consuming.drain(0.0):
+                return True
+            if time.monotonic() >= end:
+                return False
+
+    def _settle_watched(self) -> int:
+        """Settle the watched handles whose verdict was read; their callbacks' acks go
+        together with the next drain."""
+        done = self._publisher.reader.progress()
+        if done:
+            with self._consuming.delivering():
+                for handle in done:
+                    handle.settle()
+        return len(done)
+
+    def delete(self, exchanges: Iterable[str] = (), queues: Iterable[str] = ()) -> None:
+        """Delete queues, then exchanges, and forget them (missing ones are fine)."""
+        exchanges = list(exchanges)
+        super().delete(exchanges, queues)
+        self._publisher.forget_exchanges(exchanges)
+
+    def _sever_all(self) -> None:
+        """Shut both connections' sockets down (any thread)."""
+        self._sever_consuming()
+        self._publisher.sever()
+
     def interrupt(self) -> None:
         """Stop reconnecting for good: retries give up at once (see the base class).
 
@@ -209,13 +255,7 @@ class KombuTransport(KombuDeferring):
                     self._lock.release()
             else:
                 LOG.warning("could not close the consuming connection in time; dropped")
-            if self._publish_lock.acquire(timeout=max(deadline - time.monotonic(), 0.0) + 1.0):
-                try:
-                    self._close_publishing()
-                finally:
-                    self._publish_lock.release()
-            else:
-                LOG.warning("could not close the publishing connection in time; dropped")
+            self._publisher.close(deadline)
         self._heartbeat.join(2)
 
     def _close_consuming(self) -> None:
@@ -241,13 +281,76 @@ class KombuTransport(KombuDeferring):
             self._consumers.clear()
             self._drop_connection()
 
-    def _close_publishing(self) -> None:
-        """Close the publishing connection (``_publish_lock`` held)."""
-        if self._pub_conn is not None:
-            try:
-                self._pub_conn.release()
-            except self._connection_errors + self._channel_errors + (OSError,):
-                LOG.debug("ignoring error while closing the publisher", exc_info=True)
-        self._drop_publisher()
-        # Their messages were never acked: the broker delivers them again.
-        self._deferred.clear()
+
+
+class ConsumingSide:
+    """What the publishing connection may ask of the consuming side (a stand-in over
+    the consuming parts of :class:`KombuTransport`)."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: KombuTransport) -> None:
+        self._transport = transport
+
+    def reply_fd(self) -> int:
+        """The consuming socket while it reads reply queues, else -1."""
+        return self._transport._reply_fd()
+
+    def read_answers(self) -> bool:
+        """One short read, handing out answers; False when another thread reads."""
+        return self._transport._read_answers()
+
+    def check_reply_connection(self) -> None:
+        """Before a request goes out: make sure the reply queue it names exists.
+
+        RabbitMQ deletes an exclusive reply queue with its connection, and
+        drops answers routed to it until it is declared again -- which
+        happens when someone next reads the consuming connection and finds it
+        dead. A request published in between would lose its answer (the first
+        call after every connection loss timed out). A closed connection
+        shows as end-of-file on its socket: peeking at it costs one system
+        call, and reconnecting here (which declares the reply queue again)
+        comes before the request. (Not for amqps, whose sockets cannot peek,
+        nor where ``select.poll`` is missing.)
+        """
+        transport = self._transport
+        if (not transport._declarations.reply_queues or not transport._is_amqp
+                or transport._config.ssl or not CAN_POLL):
+            return
+        if transport._conn is not None and not transport._broken and transport._socket_alive():
+            return
+        with transport._holding(transport._lock):
+            if (transport._conn is not None and not transport._broken
+                    and not transport._socket_alive()):
+                LOG.warning("the consuming connection to %s is closed",
+                            transport._config.safe_url)
+                transport._broken = True
+            if not transport._lifecycle.closed:
+                transport._ensure_connected()
+
+    def fileno(self) -> int:
+        """The consuming socket, -1 when there is none or it is broken."""
+        transport = self._transport
+        if transport._broken:
+            return -1
+        return fileno(transport._connector.raw(transport._conn))
+
+    def has_ready(self) -> bool:
+        """Deliveries wait, or a stop or close was asked for."""
+        transport = self._transport
+        return bool(transport._ready or transport._stop.is_set()
+                    or transport._lifecycle.closed)
+
+    @contextlib.contextmanager
+    def delivering(self) -> Iterator[None]:
+        """Acks this thread makes inside the block are sent by the next drain, together."""
+        transport = self._transport
+        transport._delivering = threading.get_ident()
+        try:
+            yield
+        finally:
+            transport._delivering = 0
+
+    def drain(self, timeout: float) -> bool:
+        """The consuming connection's drain."""
+        return KombuDraining.drain(self._transport, timeout)

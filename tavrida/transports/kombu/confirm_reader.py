@@ -1,0 +1,247 @@
+"""Reading the confirms of pending publishes for every waiter: :class:`ConfirmReader`.
+
+A pending :class:`~.kombu_confirmation.KombuConfirmation` is written under
+the publishing lock, which is not held while its publisher waits: one
+waiting thread at a time (the reader) polls the publishing socket and the
+reply queue's together and reads what comes, confirms and answers, for
+everyone; the others wait each on its own condition and are woken when
+their publish is settled, or (one of them) to read next. A blocking call
+cancels its request's handle at its answer (an answer proves the request
+was routed): its waiter returns then. The transport's ``drain`` reads the
+confirms of handles with callbacks nobody waits for (:meth:`progress`).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Deque, List, Optional, Tuple
+
+from tavrida.transports.kombu.batch import CONFIRM_LATE
+from tavrida.transports.kombu.kombu_confirmation import KombuConfirmation
+from tavrida.transports.kombu.polling import Readable, fileno
+
+if TYPE_CHECKING:
+    from tavrida.transports.kombu.publishing_connection import PublishingConnection
+
+#: Most frames read from the publishing connection in one go (bounds a drain's pass).
+MAX_CONFIRM_READS = 64
+
+
+class ConfirmReader:
+    """Who reads the publishing socket for pending publishes; guarded by the publishing lock."""
+
+    def __init__(self, publisher: PublishingConnection) -> None:
+        self._publisher = publisher
+        #: A waiter is reading the publishing connection for everyone.
+        self.reading = False
+        #: Waiters waiting while another reads: (batch of their handle, their condition).
+        self.idle: List[Tuple[Any, threading.Condition]] = []
+        #: Pending handles with callbacks, oldest first: ``drain`` settles them.
+        self.watched: Deque[KombuConfirmation] = collections.deque()
+        #: Polls of the publishing socket, with or without the reply queue's; and with the
+        #: consuming one (``drain``).
+        self._confirm_poll = Readable()
+        self._pub_poll = Readable()
+        self._sockets_poll = Readable()
+
+    def watch(self, handle: KombuConfirmation) -> None:
+        """``handle`` has callbacks: let ``drain`` read its confirm and settle it."""
+        self.watched.append(handle)
+
+    def wake(self, handover: bool) -> None:
+        """Wake the waiters whose publish is settled, and one more to read if ``handover``
+        (lock held)."""
+        for batch, wake in self.idle:
+            if not batch.todo:
+                wake.notify()
+            elif handover:
+                wake.notify()
+                handover = False
+
+    def cancelled(self, handle: KombuConfirmation) -> None:
+        """``handle`` was cancelled: wake its waiter now if the lock is free (else it sees
+        it within ``poll_interval``)."""
+        lock = self._publisher.lock
+        if self.idle and lock.acquire(blocking=False):
+            try:
+                self.wake(handover=False)
+            finally:
+                lock.release()
+
+    # ------------------------------------------------------------------ waiters
+
+    def wait(self, handle: KombuConfirmation, timeout: Optional[float]) -> bool:
+        """Wait up to ``timeout`` (None: no limit) for ``handle``'s verdict, reading
+        for everyone in turn; settle it here. True once settled.
+
+        A publish lost with its connection or channel before its confirm is
+        written again; it fails once its confirm timeout passes.
+        """
+        publisher = self._publisher
+        batch = handle.batch
+        end = None if timeout is None else time.monotonic() + timeout
+        lock = publisher.lock
+        waiting: Optional[Tuple[Any, threading.Condition]] = None
+        while True:
+            if handle.done():
+                return True
+            now = time.monotonic()
+            if end is not None and now >= end:
+                return False
+            bound = batch.deadline if end is None or end > batch.deadline else end
+            if not lock.acquire(timeout=max(bound - now, 0.0)):
+                if time.monotonic() >= batch.deadline:
+                    # The lock's holder cannot be waited for past the confirm timeout.
+                    batch.fail(0, CONFIRM_LATE.format(publisher.confirm_timeout))
+                continue
+            try:
+                if not batch.todo:
+                    continue
+                if not batch.inflight:
+                    publisher.resend(batch)  # lost before its confirm: out again
+                    continue
+                now = time.monotonic()
+                remaining = batch.deadline - now
+                if remaining <= 0:
+                    publisher.time_out(batch)
+                    continue
+                if end is not None and end - now < remaining:
+                    remaining = end - now
+                if self.reading:
+                    if waiting is None:  # made when needed: most publishes never wait here
+                        waiting = (batch, threading.Condition(lock))
+                    self.idle.append(waiting)
+                    try:
+                        waiting[1].wait(min(remaining, publisher.poll_interval))
+                    finally:
+                        self.idle.remove(waiting)
+                    continue
+                self.reading = True
+                raw = publisher.raw
+            finally:
+                lock.release()
+            try:
+                poll = publisher.poll_interval
+                self._read(raw, poll if poll < remaining else max(remaining, 0.0))
+            finally:
+                self._done_reading(batch)
+
+    def _done_reading(self, batch: Any) -> None:
+        """The reader stops reading; wake who should read or return next.
+
+        The lock is taken with this thread's deadline only. Without the lock
+        the flag is cleared all the same (one assignment); the waiters look
+        at it again within ``poll_interval``.
+        """
+        lock = self._publisher.lock
+        deadline = self._publisher.context.local.deadline
+        if lock.acquire(
+                timeout=-1 if deadline is None else max(deadline - time.monotonic(), 0.0)):
+            try:
+                self.reading = False
+                if self.idle:
+                    self.wake(handover=not batch.todo)
+            finally:
+                lock.release()
+        else:
+            self.reading = False
+
+    def _read(self, raw: Any, timeout: float) -> None:
+        """The reader: wait up to ``timeout`` for the publishing or the reply socket, read.
+
+        Polled without the lock (plain TCP: py-amqp reads no further than the
+        frame it needs, so a socket with nothing to read holds no whole frame
+        in a buffer); read with it, after checking that nobody read meanwhile.
+        """
+        publisher = self._publisher
+        consuming = publisher.consuming
+        pub_fd = fileno(raw)
+        if pub_fd < 0:
+            return  # closed meanwhile: the publishes go out again
+        reply_fd = consuming.reply_fd()
+        end = time.monotonic() + timeout
+        fds = (pub_fd, reply_fd) if reply_fd >= 0 else (pub_fd,)
+        events = self._confirm_poll.poll(*fds, timeout=timeout)
+        # At most two sockets ready: the first and the last are all of them.
+        while events and events[0][0] != pub_fd and events[-1][0] != pub_fd:
+            if consuming.read_answers():
+                return
+            # Another thread drains the replies: wait for the publishing socket alone.
+            events = self._pub_poll.poll(pub_fd, timeout=max(end - time.monotonic(), 0.0))
+        lock = publisher.lock
+        for fd, _ in events:
+            if fd != pub_fd:
+                consuming.read_answers()
+                continue
+            if not lock.acquire(False):
+                return  # another thread holds it (writing), and reads after
+            try:
+                if raw is not publisher.raw:
+                    return  # dropped meanwhile: the publishes go out again
+                if not self._pub_poll.poll(pub_fd):
+                    return  # someone holding the lock read it
+                publisher.read_frame(raw)
+            finally:
+                lock.release()
+
+    # ------------------------------------------------------------------ drain
+
+    def progress(self) -> List[KombuConfirmation]:
+        """For ``drain``: read waiting confirms, resend lost publishes, time out; the
+        watched handles whose verdict is known, oldest first, to settle.
+
+        Reads only with the publishing lock free (its holder reads them too).
+        """
+        publisher = self._publisher
+        lock = publisher.lock
+        if lock.acquire(blocking=False):
+            try:
+                self._read_waiting(publisher)
+                now = time.monotonic()
+                for handle in list(self.watched):
+                    batch = handle.batch
+                    if not batch.todo:
+                        continue
+                    if not batch.inflight:
+                        # Lost with its connection or channel before its confirm: out again.
+                        publisher.resend(batch)
+                    elif batch.deadline <= now:
+                        publisher.time_out(batch)
+                if self.idle:
+                    self.wake(handover=False)  # their confirms may have been read too
+            finally:
+                lock.release()
+        done = []
+        watched = self.watched
+        while watched and (watched[0].known() or watched[0].cancelled()):
+            done.append(watched.popleft())
+        return done
+
+    def _read_waiting(self, publisher: PublishingConnection) -> None:
+        """Read what the publishing socket holds, never waiting (lock held)."""
+        raw = publisher.raw
+        fd = fileno(raw)
+        if fd < 0:
+            return
+        for _ in range(MAX_CONFIRM_READS):
+            if not self._pub_poll.poll(fd) or not publisher.read_frame(raw):
+                return
+
+    def next_deadline(self) -> float:
+        """When the oldest watched publish times out (monotonic; there is one)."""
+        return self.watched[0].batch.deadline
+
+    def wait_for_sockets(self, consuming_fd: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` for either connection; True unless only publishing is ready."""
+        pub_fd = fileno(self._publisher.raw)
+        if pub_fd >= 0:
+            events = self._sockets_poll.poll(consuming_fd, pub_fd, timeout=timeout)
+        else:
+            events = self._sockets_poll.poll(consuming_fd, timeout=timeout)
+        for fd, _ in events:
+            if fd == consuming_fd:
+                return True
+        return not events
+

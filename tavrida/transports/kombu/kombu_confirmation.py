@@ -1,0 +1,73 @@
+"""A pending publish of the kombu transport: :class:`KombuConfirmation`.
+
+Its verdict comes on the publishing connection's socket, which nobody
+reads in the background: the thread that waits for it reads it (sharing
+the reading with the other waiters, :mod:`.confirm_reader`), and so does
+the transport's ``drain`` for handles with callbacks. Either thread then
+settles the handle, so callbacks run there, outside the transport's locks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Optional
+
+from tavrida.transports.base import OutgoingEnvelope
+from tavrida.transports.confirmation import Confirmation
+from tavrida.transports.kombu.batch import Batch
+
+if TYPE_CHECKING:
+    from tavrida.transports.kombu.publishing_connection import PublishingConnection
+
+
+class KombuConfirmation(Confirmation):
+    """The verdict on one publish written on a confirm channel, read by its waiters."""
+
+    __slots__ = ("batch", "_publisher", "watched")
+
+    def __init__(self, envelope: OutgoingEnvelope, batch: Batch,
+                 publisher: PublishingConnection) -> None:
+        super().__init__(envelope)
+        #: The publish as the tracker sees it (a batch of one): settled there first.
+        self.batch = batch
+        self._publisher = publisher
+        #: Handed to ``drain`` (it has callbacks); set once.
+        self.watched = False
+
+    def known(self) -> bool:
+        """The broker's verdict was read (the handle may not be settled yet)."""
+        return not self.batch.todo
+
+    def settle(self) -> None:
+        """Settle the handle as its batch says (in this thread: callbacks run here)."""
+        batch = self.batch
+        if batch.failed:
+            self.set_failed(batch.error())
+        else:
+            self.set_confirmed()
+
+    def done(self) -> bool:
+        """True once settled, or once its verdict was read (then settled here)."""
+        if super().done():
+            return True
+        if self.batch.todo:
+            return False
+        self.settle()
+        return True
+
+    def add_done_callback(self, fn: Callable[[Confirmation], None]) -> None:
+        """As for any handle; a pending one is then also settled by ``drain``."""
+        super().add_done_callback(fn)
+        if not self.watched and not self.done():
+            self.watched = True
+            self._publisher.reader.watch(self)
+
+    def cancel(self) -> bool:
+        """As for any handle; a cancelled publish is no longer tracked (never sent again)."""
+        if not super().cancel():
+            return False
+        self.batch.todo.clear()  # a late confirm or return now matches nothing
+        self._publisher.reader.cancelled(self)
+        return True
+
+    def _await(self, timeout: Optional[float]) -> bool:
+        return self._publisher.reader.wait(self, timeout)
