@@ -18,7 +18,7 @@ from soak.proxy import TcpProxy
 from soak.scenarios import CLIENT, Names, cleanup, open_transport
 from tavrida import exceptions, server
 from tavrida.config import ConnectionConfig
-from tavrida.transports.base import Binding, OutgoingEnvelope, Topology
+from tavrida.transports.base import Binding, OutgoingEnvelope, Topology, confirm_all
 from tavrida.transports.kombu import KombuTransport
 
 WAIT = 15.0
@@ -73,7 +73,7 @@ def test_non_utf8_header_key_arrives_as_text_and_goes_out_as_it_came(amqp_url, n
         assert publisher.publish("", names.queue, b"{}", {"headers": {b"k\xff": "v"}}) is None
         drain_until(lambda: len(got) == 1, transport)
         assert got[0].headers == {"k\udcff": "v"}
-        transport.publish(OutgoingEnvelope("", names.dead, b"{}", dict(got[0].headers)))
+        transport.publish(OutgoingEnvelope("", names.dead, b"{}", dict(got[0].headers))).wait()
         message = publisher.channel.basic_get(names.dead, no_ack=True)
         assert message is not None and message.headers == {b"k\xff": "v"}
     finally:
@@ -90,11 +90,12 @@ def test_headers_too_large_for_a_frame_fail_alone_and_keep_the_connection(amqp_u
         transport.declare(Topology.build([], [names.queue], []))
         huge = OutgoingEnvelope("", names.queue, b"{}", {"big": "h" * 140_000})
         with pytest.raises(exceptions.PublishFailed) as raised:
-            transport.publish_many([OutgoingEnvelope("", names.queue, b"1", {}), huge])
+            confirm_all([
+                transport.publish(e) for e in [OutgoingEnvelope("", names.queue, b"1", {}), huge]])
         assert raised.value.unencodable == [1]
         assert "a frame of this connection holds" in str(raised.value)
         connection = transport._pub_conn
-        transport.publish(OutgoingEnvelope("", names.queue, b"2", {}))
+        transport.publish(OutgoingEnvelope("", names.queue, b"2", {})).wait()
         assert transport._pub_conn is connection  # not dropped and re-opened
         assert transport.queue_size(names.queue) == 2
     finally:
@@ -167,7 +168,7 @@ def test_redis_gives_back_what_a_lost_connection_held(redis_url, names) -> None:
     try:
         direct.declare(Topology.build([names.exchange], [names.queue],
                                       [Binding(names.queue, names.exchange, "#")]))
-        direct.publish_many([OutgoingEnvelope(names.exchange, "k", str(i).encode(), {})
+        confirm_all([direct.publish(OutgoingEnvelope(names.exchange, "k", str(i).encode(), {}))
                              for i in range(5)])
         held: List[Any] = []
 
@@ -214,7 +215,7 @@ def test_redis_loses_nothing_popped_when_the_connection_dies(redis_url, names) -
 
         def produce() -> None:
             for i in range(count):
-                direct.publish(OutgoingEnvelope(names.exchange, "k", str(i).encode(), {}))
+                direct.publish(OutgoingEnvelope(names.exchange, "k", str(i).encode(), {})).wait()
 
         def cut() -> None:
             rng = random.Random(7)
@@ -247,7 +248,7 @@ def test_redis_consumer_leaves_no_in_flight_list_behind(redis_url, names) -> Non
         transport.declare(Topology.build([], [names.queue], []))
         got: List[Any] = []
         transport.consume(names.queue, lambda d: (got.append(d), d.ack()), 10)
-        transport.publish(OutgoingEnvelope("", names.queue, b"x", {}))
+        transport.publish(OutgoingEnvelope("", names.queue, b"x", {})).wait()
         drain_until(lambda: len(got) == 1, transport)
     finally:
         transport.close()

@@ -31,7 +31,7 @@ from transport_contract import (
 from soak.proxy import TcpProxy
 from tavrida import exceptions
 from tavrida.config import ConnectionConfig, Credentials
-from tavrida.transports.base import Binding, Topology
+from tavrida.transports.base import Binding, Topology, confirm_all
 from tavrida.transports.kombu import KombuTransport
 
 MakeTransport = Callable[..., KombuTransport]
@@ -71,7 +71,7 @@ def test_ten_megabyte_body(broker_url: str, unique, make_transport) -> None:
     inbox = Inbox()
     transport.consume(queue, inbox, 1)
     body = ALL_BYTES * (10 * 1024 * 1024 // len(ALL_BYTES))
-    transport.publish(envelope(exchange, "svc.big", body, size=len(body)))
+    transport.publish(envelope(exchange, "svc.big", body, size=len(body))).wait()
     drain_until(lambda: len(inbox) == 1, transport)
     assert inbox.deliveries[0].body == body
     assert inbox.deliveries[0].headers["size"] == len(body)
@@ -95,14 +95,16 @@ def test_reconnects_after_the_broker_drops_connections(
     consumer.consume(queue, lambda d: (held if d.body == b"held" else inbox)(d), 50)
     consumer.consume(reply, replies, 10)
 
-    publisher.publish(envelope(exchange, "svc.m", b"held"))
-    publisher.publish_many([envelope(exchange, "svc.m", str(i).encode()) for i in range(20)])
+    publisher.publish(envelope(exchange, "svc.m", b"held")).wait()
+    confirm_all([
+        publisher.publish(envelope(exchange, "svc.m", str(i).encode())) for i in range(20)])
     drain_until(lambda: len(held) == 1 and len(inbox) >= 5, consumer)
 
     assert close_amqp_connections(unique("consumer")) == 1
-    publisher.publish_many([envelope(exchange, "svc.m", str(i).encode()) for i in range(20, 40)])
+    confirm_all([
+        publisher.publish(envelope(exchange, "svc.m", str(i).encode())) for i in range(20, 40)])
     assert close_amqp_connections(unique("publisher")) == 1
-    publisher.publish(envelope(exchange, "svc.m", b"40"))  # reconnects, then publishes
+    publisher.publish(envelope(exchange, "svc.m", b"40")).wait()  # reconnects, then publishes
     drain_until(lambda: {str(i).encode() for i in range(41)} <= set(inbox.bodies), consumer)
 
     # The held delivery's connection is gone: its ack is dropped, the broker redelivers it.
@@ -113,7 +115,7 @@ def test_reconnects_after_the_broker_drops_connections(
 
     # The exclusive reply queue died with the connection and was declared again.
     def reply_arrived() -> bool:
-        publisher.publish(envelope("", reply, b"probe"))
+        publisher.publish(envelope("", reply, b"probe")).wait()
         consumer.drain(0.1)
         return len(replies) > 0
 
@@ -130,15 +132,15 @@ def test_missing_exchange_raises_publish_failed_and_transport_recovers(
     transport.consume(queue, inbox, 10)
 
     with pytest.raises(exceptions.PublishFailed) as raised:
-        transport.publish(envelope(missing, "svc.m", b"lost"))
+        transport.publish(envelope(missing, "svc.m", b"lost")).wait()
     assert missing in str(raised.value)
     assert "404" in str(raised.value)
 
-    transport.publish(envelope(exchange, "svc.m", b"after"))
+    transport.publish(envelope(exchange, "svc.m", b"after")).wait()
     batch = [envelope(exchange, "svc.m", b"a"), envelope(missing, "svc.m", b"b"),
              envelope(exchange, "svc.m", b"c")]
     with pytest.raises(exceptions.PublishFailed) as raised:
-        transport.publish_many(batch)
+        confirm_all([transport.publish(e) for e in batch])
     assert list(raised.value.failed) == [1]
     assert raised.value.envelopes == [batch[1]]
     # "a" went out before the channel closed, unconfirmed: it is sent again (at-least-once).
@@ -173,7 +175,7 @@ def test_requests_from_many_threads_share_the_confirm_channel(
 
     def batches() -> None:
         for i in range(5):
-            transport.publish_many([envelope(exchange, "svc.m", b"batch-%d-%d" % (i, j))
+            confirm_all([transport.publish(envelope(exchange, "svc.m", b"batch-%d-%d" % (i, j)))
                                     for j in range(10)])
 
     threads = [threading.Thread(target=requests, args=(t,)) for t in range(8)]
@@ -208,13 +210,13 @@ def test_a_request_returns_at_its_answer_and_reply_queues_need_no_acks(
     answers = Inbox()
     transport.consume(replies, answers, 1)  # a prefetch bound does not apply without acks
     for i in range(5):
-        transport.publish(envelope(exchange, "client", b"answer-%d" % i))
+        transport.publish(envelope(exchange, "client", b"answer-%d" % i)).wait()
     drain_until(lambda: len(answers) == 5, transport)
     for delivery in answers.deliveries:
         delivery.ack()  # nothing to do; no warning, no error
     assert transport.queue_size(replies) == 0
     transport.publish_request(envelope(exchange, "svc.m", b"asked"), lambda: True)
-    transport.publish(envelope(exchange, "svc.m", b"next"))  # reads the late confirm
+    transport.publish(envelope(exchange, "svc.m", b"next")).wait()  # reads the late confirm
     inbox = Inbox()
     transport.consume(queue, inbox, 10)
     drain_until(lambda: len(inbox) == 2, transport)
@@ -237,7 +239,7 @@ def test_a_reply_queue_another_connection_holds_is_refused_clearly(
 
     # Only that queue was refused: the transport goes on, with a reply queue of its own.
     other.declare_reply_queue(own, [Binding(own, exchange, "other")])
-    owner.publish(envelope(exchange, "other", b"to the other"))
+    owner.publish(envelope(exchange, "other", b"to the other")).wait()
     assert receive(other, own, 1).bodies == [b"to the other"]
 
 
@@ -306,7 +308,7 @@ def test_declare_over_tavrida_1_0_objects(amqp_url: str, unique, make_transport)
     transport.declare(topology)
     inbox = Inbox()
     transport.consume(queue, inbox, 1)
-    transport.publish(envelope(exchange, "svc.m", b"shared"))
+    transport.publish(envelope(exchange, "svc.m", b"shared")).wait()
     drain_until(lambda: len(inbox) == 1, transport)
 
 
@@ -332,7 +334,7 @@ def test_heartbeat_keeps_an_idle_consumer_alive(amqp_url: str, unique, make_tran
     finally:
         done.set()
         thread.join()
-    transport.publish(envelope(exchange, "svc.m", b"alive"))
+    transport.publish(envelope(exchange, "svc.m", b"alive")).wait()
     drain_until(lambda: len(inbox) == 1, transport)
     assert not [r for r in caplog.records if "lost" in r.getMessage()]
 
@@ -349,7 +351,7 @@ def test_unreachable_broker_fails_after_the_configured_attempts(
     caplog.set_level(logging.DEBUG)
     try:
         with pytest.raises(exceptions.PublishConnectionFailed) as raised:
-            transport.publish(envelope("x", "k"))
+            transport.publish(envelope("x", "k")).wait()
         assert isinstance(raised.value, exceptions.PublishFailed)
         assert raised.value.safe_url == config.safe_url
         assert "s3cret-pw" not in str(raised.value)
@@ -375,12 +377,14 @@ def test_redis_reconnects_after_connections_are_killed(redis_url: str, unique, m
     consumer.declare(topology)
     inbox = Inbox()
     consumer.consume(queue, inbox, 10)
-    publisher.publish_many([envelope(exchange, "svc.m", str(i).encode()) for i in range(10)])
+    confirm_all([
+        publisher.publish(envelope(exchange, "svc.m", str(i).encode())) for i in range(10)])
     drain_until(lambda: len(inbox) >= 10, consumer)
 
     assert close_redis_connections(unique("consumer")) > 0
     assert close_redis_connections(unique("publisher")) > 0
-    publisher.publish_many([envelope(exchange, "svc.m", str(i).encode()) for i in range(10, 20)])
+    confirm_all([
+        publisher.publish(envelope(exchange, "svc.m", str(i).encode())) for i in range(10, 20)])
     drain_until(lambda: {str(i).encode() for i in range(20)} <= set(inbox.bodies), consumer)
 
 
@@ -399,12 +403,12 @@ def test_redis_consumer_gets_past_a_connection_gone_silent(redis_url: str, uniqu
         publisher.declare(topology)
         inbox = Inbox()
         consumer.consume(queue, inbox, 10)
-        publisher.publish(envelope(exchange, "svc.m", b"before"))
+        publisher.publish(envelope(exchange, "svc.m", b"before")).wait()
         drain_until(lambda: len(inbox) == 1, consumer)
         consumer.drain(0.05)  # performs the ack
         # Only the connection waiting for a pop goes silent: nothing else notices.
         assert proxy.silence(b"BRPOPLPUSH") == 1
-        publisher.publish(envelope(exchange, "svc.m", b"during"))
+        publisher.publish(envelope(exchange, "svc.m", b"during")).wait()
         drain_until(lambda: b"during" in inbox.bodies, consumer, timeout=60)
         assert inbox.bodies == [b"before", b"during"]
         consumer.drain(0.05)
@@ -427,8 +431,8 @@ def test_redis_delete_removes_what_other_connections_declared(redis_url: str, un
     exchange, queue, _ = service_topology(unique)
     dead = unique("dead")
     declarer.declare(Topology.build([exchange], [queue, dead], [Binding(queue, exchange, "svc.#")]))
-    declarer.publish(envelope(exchange, "svc.m", b"bound"))
-    declarer.publish(envelope("", dead, b"unbound"))
+    declarer.publish(envelope(exchange, "svc.m", b"bound")).wait()
+    declarer.publish(envelope("", dead, b"unbound")).wait()
     declarer.close()  # as a stopped server
 
     make_transport(redis_url).delete(queues=[queue, dead])
@@ -453,14 +457,14 @@ def test_redis_exchange_delete_removes_the_bindings_of_other_connections(
     declarer.declare(Topology.build([kept, deleted], [queue, full],
                                     [Binding(queue, kept, "#"), Binding(queue, deleted, "#"),
                                      Binding(full, deleted, "#")]))
-    declarer.publish(envelope("", full, b"waiting"))
+    declarer.publish(envelope("", full, b"waiting")).wait()
     declarer.close()  # as a stopped server
 
     deleting = make_transport(redis_url, **options)
     deleting.delete(exchanges=[deleted])
     with pytest.raises(exceptions.Unroutable):
-        deleting.publish(envelope(deleted, "k", b"nobody takes it"))
-    deleting.publish(envelope(kept, "k", b"still routed"))
+        deleting.publish(envelope(deleted, "k", b"nobody takes it")).wait()
+    deleting.publish(envelope(kept, "k", b"still routed")).wait()
     inbox = Inbox()
     deleting.consume(queue, inbox, 10)
     drain_until(lambda: len(inbox) == 1, deleting)
@@ -479,12 +483,12 @@ def test_a_deferred_publish_is_told_its_confirm_or_its_return_by_drain(
     transport.consume(queue, inbox, 10)
 
     with transport.deferring(outcomes.append) as routed:
-        transport.publish(envelope(exchange, "svc.a"))
+        transport.publish(envelope(exchange, "svc.a")).wait()
     lost = envelope(exchange, "nobody.listens")
     lost.mandatory = True
     with transport.deferring(outcomes.append) as returned:
-        transport.publish(lost)
-    transport.publish(envelope(exchange, "svc.b"))  # outside the block: confirmed at once
+        transport.publish(lost).wait()
+    transport.publish(envelope(exchange, "svc.b")).wait()  # outside the block: confirmed at once
 
     assert routed.taken and returned.taken
     drain_until(lambda: len(outcomes) == 2 and len(inbox) == 2, transport)

@@ -56,7 +56,7 @@ def test_quorum_queue_dead_letters_what_its_consumer_keeps_rejecting(transport, 
     queue, dead = topology.queues
     transport.declare(topology)
     transport.declare(topology)  # the same arguments again: equivalent
-    transport.publish(OutgoingEnvelope(topology.exchanges[0], "k.1", b"poison", {}))
+    transport.publish(OutgoingEnvelope(topology.exchanges[0], "k.1", b"poison", {})).wait()
     seen = []
 
     def reject(delivery: Delivery) -> None:
@@ -85,7 +85,8 @@ def test_a_quorum_delay_queue_gives_back_and_the_delivery_limit_still_applies(tr
     transport.declare(topology)
     with pytest.raises(exceptions.QueueMismatch):  # it is a quorum queue
         transport.declare(Topology.build(delays=[delay]))
-    transport.publish(OutgoingEnvelope("", delay.name, b"retried", {"x-tavrida-attempts": 1}))
+    retried = OutgoingEnvelope("", delay.name, b"retried", {"x-tavrida-attempts": 1})
+    transport.publish(retried).wait()
     seen = []
 
     def reject(delivery: Delivery) -> None:

@@ -36,14 +36,14 @@ def test_held_messages_live_in_two_keys_named_after_the_queue(transport, keys, u
     delay = DelayQueue(queue, 60_000)
     transport.declare(Topology.build([], [queue], [], delays=[delay]))
     assert keys.smembers(f"{queue}.tavrida-delays") == {b"60000"}
-    transport.publish(OutgoingEnvelope("", delay.name, b"held", {}))
+    transport.publish(OutgoingEnvelope("", delay.name, b"held", {})).wait()
     assert keys.zcard(f"{queue}.tavrida-delayed") == 1
     assert not keys.exists(delay.name)  # not a list: nobody pops it early
     assert transport.queue_size(queue) == 0
 
     # A delay nobody declared: refused, not stored in a list nobody reads.
     with pytest.raises(exceptions.Unroutable):
-        transport.publish(OutgoingEnvelope("", f"{queue}.retry.5", b"lost?", {}))
+        transport.publish(OutgoingEnvelope("", f"{queue}.retry.5", b"lost?", {})).wait()
     assert not keys.exists(f"{queue}.retry.5")
 
     transport.delete(queues=[queue])
