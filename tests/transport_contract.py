@@ -336,22 +336,58 @@ class TransportContract:
         inbox = receive(transport, queue, 201, prefetch=100)
         assert inbox.bodies == [str(i).encode() for i in range(201)]
 
-    def test_a_returned_publish_has_a_confirmed_handle(self, make, service) -> None:
-        """Today's publish raises on failure, so a handle it returns is confirmed already.
-
-        None stands for one on a transport that does not return the handle yet.
-        """
+    def test_publish_returns_a_handle_that_settles(self, make, service) -> None:
+        """The handle settles as confirmed; a callback runs once, in a thread that waits
+        or drains (here: this one)."""
         exchange, queue, topology = service
         transport = make()
         transport.declare(topology)
         sent = envelope(exchange, "svc.one", b"1")
         confirmation = transport.publish(sent)
-        if confirmation is not None:
-            settled = []
-            confirmation.add_done_callback(settled.append)
-            assert confirmation.done() and confirmation.exception(0) is None
-            assert confirmation.envelope is sent and settled == [confirmation]
+        settled: List[Any] = []
+        confirmation.add_done_callback(lambda c: settled.append((c, threading.get_ident())))
+        confirmation.wait(WAIT)
+        drain_for(0.05, transport)
+        assert confirmation.done() and confirmation.exception(0) is None
+        assert not confirmation.cancelled() and not confirmation.cancel()
+        assert confirmation.envelope is sent
+        assert settled == [(confirmation, threading.get_ident())]
+        late: List[Any] = []
+        confirmation.add_done_callback(late.append)  # settled: called at once
+        assert late == [confirmation]
         assert receive(transport, queue, 1).bodies == [b"1"]
+
+    def test_a_failed_publish_fails_its_handle_not_the_call(self, make, service) -> None:
+        """``publish`` never raises for the message: the handle says why, ``wait`` raises it."""
+        exchange, _, topology = service
+        transport = make()
+        transport.declare(topology)
+        confirmation = transport.publish(envelope(exchange, "nobody.listens"))
+        with pytest.raises(exceptions.Unroutable) as raised:
+            confirmation.wait(WAIT)
+        assert confirmation.done() and not confirmation.cancelled()
+        assert confirmation.exception() is raised.value
+        assert raised.value.failed == {0: "no queue is bound with a matching key"}
+
+    def test_a_callback_added_before_the_verdict_runs_once_in_drain(
+            self, make, service) -> None:
+        """Nobody waits: the transport's drain settles the handle, on the draining thread."""
+        exchange, queue, topology = service
+        transport = make()
+        transport.declare(topology)
+        inbox = Inbox()
+        transport.consume(queue, inbox, 10)
+        calls: List[Any] = []
+        routed = transport.publish(envelope(exchange, "svc.a"))
+        routed.add_done_callback(lambda c: calls.append((c, threading.get_ident())))
+        returned = transport.publish(envelope(exchange, "nobody.listens"))
+        returned.add_done_callback(lambda c: calls.append((c, threading.get_ident())))
+        drain_until(lambda: len(calls) == 2 and len(inbox) == 1, transport)
+        drain_for(0.1, transport)
+        me = threading.get_ident()
+        assert calls == [(routed, me), (returned, me)]
+        assert routed.exception(0) is None
+        assert isinstance(returned.exception(0), exceptions.Unroutable)
 
     def test_publish_from_many_threads(self, make, service) -> None:
         exchange, queue, topology = service
@@ -427,7 +463,8 @@ class TransportContract:
         inbox = receive(transport, queue, 1)
         assert inbox.bodies == [b"after"]
 
-    def test_publish_many_names_each_unroutable_message(self, make, service) -> None:
+    def test_a_batch_names_each_unroutable_message(self, make, service) -> None:
+        """Several handles are a batch: ``confirm_all`` names each failed one."""
         exchange, queue, topology = service
         transport = make()
         transport.declare(topology)

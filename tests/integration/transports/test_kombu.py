@@ -11,6 +11,7 @@ awaited messages are in; the few fixed waits assert that something does
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import socket
 import threading
@@ -20,6 +21,7 @@ import amqp
 import pytest
 from transport_contract import (
     ALL_BYTES,
+    WAIT,
     Inbox,
     amqp_channel,
     drain_for,
@@ -151,10 +153,9 @@ def test_missing_exchange_raises_publish_failed_and_transport_recovers(
 
 def test_requests_from_many_threads_share_the_confirm_channel(
         amqp_url: str, unique, make_transport) -> None:
-    """Blocking calls' requests wait for their confirms together, beside whole batches.
+    """Waiters from many threads read the confirms for each other, beside whole batches.
 
-    Nothing answers them here (``answered`` stays false): each returns at its
-    confirm; one to a missing exchange fails alone, one no queue takes raises
+    One to a missing exchange fails alone, one no queue takes raises
     Unroutable; every other message is in the queue (at least once: those
     unconfirmed when the broker closed the channel over the missing exchange
     are sent again).
@@ -168,25 +169,24 @@ def test_requests_from_many_threads_share_the_confirm_channel(
     def requests(thread: int) -> None:
         for i in range(20):
             try:
-                transport.publish_request(envelope(exchange, "svc.m", b"%d-%d" % (thread, i)),
-                                          lambda: False)
+                transport.publish(envelope(exchange, "svc.m", b"%d-%d" % (thread, i))).wait()
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
 
     def batches() -> None:
         for i in range(5):
             confirm_all([transport.publish(envelope(exchange, "svc.m", b"batch-%d-%d" % (i, j)))
-                                    for j in range(10)])
+                         for j in range(10)])
 
     threads = [threading.Thread(target=requests, args=(t,)) for t in range(8)]
     threads.append(threading.Thread(target=batches))
     for thread in threads:
         thread.start()
     with pytest.raises(exceptions.PublishFailed) as raised:
-        transport.publish_request(envelope(missing, "svc.m", b"lost"), lambda: False)
+        transport.publish(envelope(missing, "svc.m", b"lost")).wait()
     assert missing in str(raised.value)
     with pytest.raises(exceptions.Unroutable):
-        transport.publish_request(envelope(exchange, "nobody", b"returned"), lambda: False)
+        transport.publish(envelope(exchange, "nobody", b"returned")).wait()
     for thread in threads:
         thread.join(60)
     assert not errors
@@ -199,9 +199,22 @@ def test_requests_from_many_threads_share_the_confirm_channel(
     assert set(inbox.bodies) == expected
 
 
-def test_a_request_returns_at_its_answer_and_reply_queues_need_no_acks(
+def test_a_confirming_publish_is_pending_until_its_confirm_is_read(
         amqp_url: str, unique, make_transport) -> None:
-    """The answer ends the wait (the confirm comes later); answers are taken without acks."""
+    """RabbitMQ with confirms: ``publish`` returns once written; waiting reads the confirm."""
+    transport = make_transport(amqp_url)
+    exchange, queue, topology = service_topology(unique)
+    transport.declare(topology)
+    handles = [transport.publish(envelope(exchange, "svc.m", b"%d" % i)) for i in range(3)]
+    assert not any(handle.done() for handle in handles)  # nobody read the socket yet
+    confirm_all(handles, timeout=WAIT)
+    assert all(handle.done() and handle.exception(0) is None for handle in handles)
+    assert receive(transport, queue, 3).bodies == [b"0", b"1", b"2"]
+
+
+def test_a_request_cancelled_at_its_answer_is_not_tracked_and_answers_need_no_acks(
+        amqp_url: str, unique, make_transport) -> None:
+    """A call cancels its request's handle at the answer; its late confirm matches nothing."""
     transport = make_transport(amqp_url)
     exchange, queue, topology = service_topology(unique)
     replies = unique("replies")
@@ -215,12 +228,46 @@ def test_a_request_returns_at_its_answer_and_reply_queues_need_no_acks(
     for delivery in answers.deliveries:
         delivery.ack()  # nothing to do; no warning, no error
     assert transport.queue_size(replies) == 0
-    transport.publish_request(envelope(exchange, "svc.m", b"asked"), lambda: True)
-    transport.publish(envelope(exchange, "svc.m", b"next")).wait()  # reads the late confirm
+    asked = transport.publish(envelope(exchange, "svc.m", b"asked"))
+    assert asked.cancel() and asked.cancelled() and asked.done()
+    with pytest.raises(concurrent.futures.CancelledError):
+        asked.wait(0)
+    transport.publish(envelope(exchange, "svc.m", b"next")).wait(WAIT)  # reads the late one
     inbox = Inbox()
     transport.consume(queue, inbox, 10)
     drain_until(lambda: len(inbox) == 2, transport)
     assert inbox.bodies == [b"asked", b"next"]
+
+
+def test_cancel_returns_a_thread_waiting_for_a_confirm_that_does_not_come(
+        amqp_url: str, unique, make_transport) -> None:
+    """Behind a stalled network the confirm never comes: cancel() ends the wait at once."""
+    with TcpProxy.for_url(amqp_url) as proxy:
+        transport = make_transport(proxy.url(amqp_url))
+        exchange, _, topology = service_topology(unique)
+        transport.declare(topology)
+        transport.publish(envelope(exchange, "svc.m", b"first")).wait(WAIT)
+        proxy.stall()
+        stuck = transport.publish(envelope(exchange, "svc.m", b"stuck"))
+        outcome: List[BaseException] = []
+        started = threading.Event()
+
+        def wait() -> None:
+            started.set()
+            try:
+                stuck.wait(WAIT)
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        started.wait(WAIT)
+        assert stuck.cancel()
+        waiter.join(2)
+        assert not waiter.is_alive()
+        assert [type(exc) for exc in outcome] == [concurrent.futures.CancelledError]
+        with transport.deadline(0.5):
+            transport.close()
 
 
 def test_a_reply_queue_another_connection_holds_is_refused_clearly(
@@ -472,26 +519,3 @@ def test_redis_exchange_delete_removes_the_bindings_of_other_connections(
     assert deleting.queue_size(full) == 1
 
 
-def test_a_deferred_publish_is_told_its_confirm_or_its_return_by_drain(
-        amqp_url: str, unique, make_transport) -> None:
-    """Inside ``deferring`` a publish returns once written; drain() reports the outcome."""
-    transport = make_transport(amqp_url)
-    exchange, queue, topology = service_topology(unique)
-    transport.declare(topology)
-    outcomes: List[object] = []
-    inbox = Inbox()
-    transport.consume(queue, inbox, 10)
-
-    with transport.deferring(outcomes.append) as routed:
-        transport.publish(envelope(exchange, "svc.a")).wait()
-    lost = envelope(exchange, "nobody.listens")
-    lost.mandatory = True
-    with transport.deferring(outcomes.append) as returned:
-        transport.publish(lost).wait()
-    transport.publish(envelope(exchange, "svc.b")).wait()  # outside the block: confirmed at once
-
-    assert routed.taken and returned.taken
-    drain_until(lambda: len(outcomes) == 2 and len(inbox) == 2, transport)
-    assert outcomes[0] is None
-    assert isinstance(outcomes[1], exceptions.Unroutable)
-    assert sorted(d.routing_key for d in inbox.deliveries) == ["svc.a", "svc.b"]
