@@ -191,13 +191,17 @@ def confirm_all(confirmations: Sequence[Confirmation],
 
     The error is :func:`publish_error`'s (an
     :class:`~tavrida.exceptions.Unroutable` when every failure is one), as
-    ``publish_many`` raises. Cancelled handles are skipped (their verdict
+    ``publish_many`` raised (a
+    :class:`~tavrida.exceptions.PublishConnectionFailed` when one failed for
+    an unreachable broker). Cancelled handles are skipped (their verdict
     was not needed). ``timeout`` bounds the whole wait (None: no limit);
     the built-in :class:`TimeoutError` when a handle is still pending then.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     failed = {}
     unroutable = []
+    unencodable = []
+    lost: Optional[exceptions.PublishConnectionFailed] = None
     for index, confirmation in enumerate(confirmations):
         left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         try:
@@ -208,9 +212,21 @@ def confirm_all(confirmations: Sequence[Confirmation],
             failed[index] = exception.kwargs.get("reason", str(exception))
             if isinstance(exception, exceptions.Unroutable):
                 unroutable.append(index)
+            if exception.unencodable:
+                unencodable.append(index)
+            if isinstance(exception, exceptions.PublishConnectionFailed):
+                lost = lost or exception
     if failed:
-        raise publish_error([confirmation.envelope for confirmation in confirmations], failed,
-                            unroutable=unroutable)
+        error = publish_error([confirmation.envelope for confirmation in confirmations], failed,
+                              unencodable=unencodable, unroutable=unroutable)
+        if lost is None:
+            raise error
+        # The broker was out of reach: the same report, as the connection failure.
+        raise exceptions.PublishConnectionFailed(
+            safe_url=lost.safe_url, cause=lost.cause, reason=error.kwargs["reason"],
+            exchange=error.exchange, routing_key=error.routing_key, failed=error.failed,
+            envelopes=error.envelopes, unencodable=error.unencodable,
+            unroutable=error.unroutable)
 
 
 def publish_error(envelopes: Sequence[OutgoingEnvelope], failed: Mapping[int, str],

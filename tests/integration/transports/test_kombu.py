@@ -490,7 +490,7 @@ def test_redis_delete_removes_what_other_connections_declared(redis_url: str, un
     finally:
         client.close()
     with pytest.raises(exceptions.Unroutable):
-        make_transport(redis_url).publish(envelope(exchange, "svc.m", b"nobody takes it"))
+        make_transport(redis_url).publish(envelope(exchange, "svc.m", b"nobody takes it")).wait()
 
 
 @pytest.mark.parametrize("keyprefix", [False, True], ids=["plain", "global-keyprefix"])
