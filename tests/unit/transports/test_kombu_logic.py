@@ -24,6 +24,7 @@ from tavrida.transports.base import Binding, OutgoingEnvelope
 from tavrida.transports.kombu import KombuDelivery, KombuTransport
 from tavrida.transports.kombu.batch import Batch
 from tavrida.transports.kombu.compat.virtual import NoRoute, strict_lookup
+from tavrida.transports.kombu.confirm_tracker import ConfirmTracker
 from tavrida.transports.kombu.declarations import Declarations
 from tavrida.transports.kombu.deliveries import Consumer
 from tavrida.transports.kombu.reconnect import retry_call
@@ -138,91 +139,92 @@ class Returned:
 
 
 @pytest.fixture
-def publisher() -> KombuTransport:
-    """A transport in the middle of a confirmed publish (nothing connected)."""
+def publisher() -> ConfirmTracker:
+    """The confirm tracker of a confirming publishing channel (nothing connected)."""
     transport = KombuTransport(ConnectionConfig.from_url(AMQP_URL))
     assert transport._confirms
-    return transport
+    return ConfirmTracker(confirms=True)
 
 
-def published(transport: KombuTransport, envelopes: List[OutgoingEnvelope]) -> Batch:
+def published(tracker: ConfirmTracker, envelopes: List[OutgoingEnvelope]) -> Batch:
     batch = Batch(envelopes)
     for index in range(len(envelopes)):
-        transport._unconfirmed.register(batch, index)
+        tracker.register(batch, index)
     return batch
 
 
-def test_acks_settle_one_or_every_tag_up_to_theirs(publisher: KombuTransport) -> None:
+def test_acks_settle_one_or_every_tag_up_to_theirs(publisher: ConfirmTracker) -> None:
     batch = published(publisher, [envelope(f"k{i}") for i in range(5)])
-    publisher._on_confirm(2, False)
+    publisher.on_ack(2, False)
     assert list(batch.todo) == [0, 2, 3, 4]
-    publisher._on_confirm(4, True)
+    publisher.on_ack(4, True)
     assert list(batch.todo) == [4] and not batch.failed
-    publisher._on_nack(5, False)
+    publisher.on_nack(5, False)
     assert batch.failed == {4: "the broker nacked it"} and not batch.todo
-    assert not batch.inflight and not publisher._unconfirmed.waiting
+    assert not batch.inflight and not publisher.waiting
 
 
-def test_acks_settle_the_publishes_of_every_waiting_batch(publisher: KombuTransport) -> None:
+def test_acks_settle_the_publishes_of_every_waiting_batch(publisher: ConfirmTracker) -> None:
     first = published(publisher, [envelope("a0"), envelope("a1")])
     second = published(publisher, [envelope("b0")])
-    publisher._on_confirm(3, True)
-    assert not first.todo and not second.todo and not publisher._unconfirmed.waiting
+    publisher.on_ack(3, True)
+    assert not first.todo and not second.todo and not publisher.waiting
 
 
 def test_a_lost_channel_leaves_every_waiting_publish_to_send_again(
-        publisher: KombuTransport) -> None:
+        publisher: ConfirmTracker) -> None:
     first = published(publisher, [envelope("a0")])
     second = published(publisher, [envelope("b0")])
-    publisher._unconfirmed.lose_all()
+    publisher.lose_all()
     assert list(first.todo) == [0] and list(second.todo) == [0]
-    assert not first.inflight and not second.inflight and not publisher._unconfirmed.waiting
+    assert not first.inflight and not second.inflight and not publisher.waiting
 
 
-def test_a_return_fails_the_first_matching_unconfirmed_publish(publisher: KombuTransport) -> None:
+def test_a_return_fails_the_first_matching_unconfirmed_publish(
+        publisher: ConfirmTracker) -> None:
     same = envelope("nobody", b"same")
     batch = published(publisher, [envelope("k0"), same, same, envelope("nobody", b"other")])
-    publisher._on_return(Exception("NO_ROUTE"), "x", "nobody", Returned(b"same"))
-    publisher._on_return(Exception("NO_ROUTE"), "x", "nobody", Returned(b"same"))
-    publisher._on_confirm(4, True)  # the returned ones are confirmed too: they stay failed
+    publisher.on_return(Exception("NO_ROUTE"), "x", "nobody", Returned(b"same"))
+    publisher.on_return(Exception("NO_ROUTE"), "x", "nobody", Returned(b"same"))
+    publisher.on_ack(4, True)  # the returned ones are confirmed too: they stay failed
     assert batch.unroutable == {1, 2} and set(batch.failed) == {1, 2}
     assert not batch.todo
     error = batch.error()
     assert isinstance(error, exceptions.Unroutable) and len(error.envelopes) == 2
 
 
-def test_a_return_of_a_notification_drops_it_quietly(publisher: KombuTransport) -> None:
+def test_a_return_of_a_notification_drops_it_quietly(publisher: ConfirmTracker) -> None:
     batch = published(publisher, [envelope("event", mandatory=False)])
-    publisher._on_return(Exception("NO_ROUTE"), "x", "event", Returned(b"{}"))
+    publisher.on_return(Exception("NO_ROUTE"), "x", "event", Returned(b"{}"))
     assert not batch.todo and not batch.failed
 
 
-def test_a_return_matching_nothing_is_only_logged(publisher: KombuTransport,
+def test_a_return_matching_nothing_is_only_logged(publisher: ConfirmTracker,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     batch = published(publisher, [envelope("k0")])
     with caplog.at_level(logging.WARNING):
-        publisher._on_return(Exception("NO_ROUTE"), "x", "other", Returned(b"{}"))
+        publisher.on_return(Exception("NO_ROUTE"), "x", "other", Returned(b"{}"))
     assert list(batch.todo) == [0] and "reached no queue" in caplog.text
 
 
 def test_a_channel_error_blames_the_publishes_to_the_missing_exchange(
-        publisher: KombuTransport) -> None:
+        publisher: ConfirmTracker) -> None:
     batch = published(publisher, [envelope("k0"), OutgoingEnvelope("gone", "k", b"{}", {})])
     error = amqp.NotFound(reply_text="NOT_FOUND - no exchange 'gone' in vhost '/'")
-    publisher._on_channel_error(batch, error)
+    publisher.on_channel_error(batch, error)
     assert list(batch.failed) == [1] and list(batch.todo) == [0]
-    assert not publisher._unconfirmed.waiting and not publisher._pub_confirming
+    assert not publisher.waiting
     assert not batch.inflight  # the innocent one goes out again
 
 
 def test_a_body_over_the_brokers_size_limit_fails_alone_as_unencodable(
-        publisher: KombuTransport) -> None:
+        publisher: ConfirmTracker) -> None:
     # RabbitMQ's 406 for a body over max_message_size names sizes, not the message.
     batch = published(publisher, [envelope("k0"), envelope("big", body=b"x" * 200)])
     error = amqp.PreconditionFailed(
         reply_text="PRECONDITION_FAILED - message size 200 is larger than configured max "
                    "size 100")
-    publisher._on_channel_error(batch, error)
+    publisher.on_channel_error(batch, error)
     assert list(batch.failed) == [1] and list(batch.todo) == [0]
     assert batch.unencodable == {1}  # it can never go as it is: its caller gets an Error
     assert "larger than configured max size" in batch.error().failed[1]
