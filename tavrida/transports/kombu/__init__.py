@@ -1,16 +1,20 @@
 """The kombu transport's facade: RabbitMQ (``amqp://``), Redis (``redis://``), kombu's ``memory://``.
 
 :class:`KombuTransport` is put together from one part per concern, each a
-module of this package. Objects owning their state: :mod:`.lifecycle`
-(closed, interrupted), :mod:`.connector` (parameters, nodes, one connect),
-:mod:`.reconnect` (the reconnect policy and the one retry loop),
-:mod:`.declarations` (what was declared), :mod:`.unconfirmed` (publishes awaiting
-their confirm), :mod:`.heartbeat`, :mod:`.nodes`,
-:mod:`.deadlines`, :mod:`.polling`, :mod:`.severing` (deadlines of cancel and
-close). Parts still sharing :mod:`.state`: :mod:`.connections`,
-:mod:`.declaring`, :mod:`.consuming` (consumers, deliveries, settling),
-:mod:`.draining`, :mod:`.confirms` (acks, nacks, returns), :mod:`.publishing`,
-:mod:`.shared_confirms` (blocking calls' requests), :mod:`.deferring`;
+module of this package. Objects owning their state: :mod:`.context` (what
+both connections share), :mod:`.lifecycle` (closed, interrupted),
+:mod:`.connector` (parameters, nodes, one connect), :mod:`.reconnect` (the
+reconnect policy and the one retry loop), :mod:`.declarations` (what was
+declared), :mod:`.heartbeat`, :mod:`.nodes`, :mod:`.deadlines`,
+:mod:`.polling`, :mod:`.severing` (deadlines of cancel and close); the
+publishing side: :mod:`.publishing_connection` (its lock, connection,
+channel and publishes), :mod:`.confirm_tracker` (publishes awaiting their
+confirm; acks, nacks, returns, channel errors), :mod:`.confirm_reader`
+(waiters reading confirms for each other; ``drain`` for handles with
+callbacks), :mod:`.kombu_confirmation` (the pending handle),
+:mod:`.outgoing_message`, :mod:`.batch`. Parts still sharing :mod:`.state`:
+:mod:`.connections`, :mod:`.declaring`, :mod:`.consuming` (consumers,
+deliveries, settling), :mod:`.draining`;
 :mod:`.transport` sets them up, connects as a whole, and closes. Every
 private name of kombu, py-amqp and redis-py, and code copied from them, is
 in the :mod:`.compat` subpackage, listed in its ``REGISTRY``.
@@ -24,11 +28,25 @@ nothing about tavrida messages. It holds two long-lived connections:
   window) and a control channel. It is only touched under ``self._lock``;
   :meth:`drain` releases that lock while callbacks run, so a callback may
   ack, declare or send heartbeats at will.
-* the *publishing* connection has one channel in publisher-confirm mode,
-  shared by every thread under ``self._publish_lock``. It has no heartbeats
-  (nothing reads it between publishes, as with celery's producer
-  connections); a dead socket shows up as an error on the next publish,
-  which reconnects and retries.
+* the *publishing* connection (:class:`.publishing_connection.PublishingConnection`)
+  has one channel in publisher-confirm mode, shared by every thread under
+  its own lock. It has no heartbeats (nothing reads it between publishes,
+  as with celery's producer connections); a dead socket shows up as an
+  error on the next publish, which reconnects and retries. It asks the
+  consuming side only through a narrow seam (:class:`.publishing_connection.Consuming`).
+
+:meth:`KombuTransport.publish` returns a
+:class:`~tavrida.transports.confirmation.Confirmation` and never raises for
+the message. With confirms over plain TCP it returns once the message is
+written: the handle is pending, and whoever waits on it reads the confirms
+(one waiter at a time, for everyone, the reply queue's socket too); handles
+with callbacks nobody waits for are read and settled by :meth:`drain`,
+oldest first, their acks coalesced. A batch is several handles
+(``confirm_all``): all written, then confirmed together. Elsewhere (Redis,
+kombu's memory, confirms off, ``amqps://``) the publish is done in full
+and the handle is settled at once. A publish lost with its connection or
+channel before its confirm is written again (at least once) unless its
+handle was cancelled.
 
 With ``heartbeat_interval`` set (RabbitMQ), :meth:`drain` pumps heartbeats
 and a small thread sends them whenever nobody has drained for half an
@@ -48,8 +66,9 @@ Concurrent reads and writes on one socket are never allowed, which keeps
 ``amqps://`` (whose SSL objects are not thread safe) correct.
 
 Unroutable messages: every AMQP publish is ``mandatory``; RabbitMQ returns
-one no queue takes before confirming it, and :meth:`KombuTransport._on_return`
-matches the return to its publish, so the confirm does not count
+one no queue takes before confirming it, and
+:meth:`.confirm_tracker.ConfirmTracker.on_return` matches the return to its
+publish, so the confirm does not count
 (``Unroutable``; a non-mandatory envelope -- a notification -- is only logged at
 DEBUG). A consumer RabbitMQ cancels (its queue was deleted) makes the
 consuming connection declare the topology again and consume again.
