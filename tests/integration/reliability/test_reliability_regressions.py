@@ -90,13 +90,13 @@ def test_headers_too_large_for_a_frame_fail_alone_and_keep_the_connection(amqp_u
         transport.declare(Topology.build([], [names.queue], []))
         huge = OutgoingEnvelope("", names.queue, b"{}", {"big": "h" * 140_000})
         with pytest.raises(exceptions.PublishFailed) as raised:
-            confirm_all([
-                transport.publish(e) for e in [OutgoingEnvelope("", names.queue, b"1", {}), huge]])
+            confirm_all([transport.publish(OutgoingEnvelope("", names.queue, b"1", {})),
+                         transport.publish(huge)])
         assert raised.value.unencodable == [1]
         assert "a frame of this connection holds" in str(raised.value)
-        connection = transport._pub_conn
+        connection = transport._publisher.raw
         transport.publish(OutgoingEnvelope("", names.queue, b"2", {})).wait()
-        assert transport._pub_conn is connection  # not dropped and re-opened
+        assert transport._publisher.raw is connection  # not dropped and re-opened
         assert transport.queue_size(names.queue) == 2
     finally:
         transport.close()
@@ -169,7 +169,7 @@ def test_redis_gives_back_what_a_lost_connection_held(redis_url, names) -> None:
         direct.declare(Topology.build([names.exchange], [names.queue],
                                       [Binding(names.queue, names.exchange, "#")]))
         confirm_all([direct.publish(OutgoingEnvelope(names.exchange, "k", str(i).encode(), {}))
-                             for i in range(5)])
+                     for i in range(5)])
         held: List[Any] = []
 
         def on(delivery: Any) -> None:
