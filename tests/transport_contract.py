@@ -330,7 +330,7 @@ class TransportContract:
         transport = make()
         transport.declare(topology)
         confirm_all([transport.publish(envelope(exchange, "svc.bulk", str(i).encode()))
-                                for i in range(200)])
+                     for i in range(200)])
         transport.publish(envelope(exchange, "svc.one", b"200")).wait()
         assert transport.queue_size(queue) == 201
         inbox = receive(transport, queue, 201, prefetch=100)
