@@ -317,14 +317,15 @@ class PublishingConnection:
             except Exception:  # the connection is dead anyway: nothing to report
                 LOG.debug("ignoring error while dropping a connection", exc_info=True)
 
-    def read_frame(self, raw: Any) -> bool:
-        """Read what the connection holds (lock held); False: stop reading.
+    def read_frame(self, raw: Any, timeout: Optional[float] = None) -> bool:
+        """Read what the connection holds, waiting up to ``timeout`` (default:
+        :attr:`poll_interval`) for it (lock held); False: stop reading.
 
         A lost connection is dropped (its unconfirmed publishes go out
         again); a channel error settles what it names.
         """
         try:
-            raw.drain_events(timeout=self.poll_interval)
+            raw.drain_events(timeout=self.poll_interval if timeout is None else timeout)
         except socket.timeout:
             return False
         except self.context.retry_errors as exc:
