@@ -113,6 +113,10 @@ class Confirmation:
             raise CancelledError(repr(self))
         return self._exception
 
+    def failure(self) -> Optional[exceptions.PublishFailed]:
+        """Why it failed, if it has; None while pending, confirmed or cancelled. Never waits."""
+        return self._exception if self._state == _FAILED else None
+
     def add_done_callback(self, fn: Callable[[Confirmation], None]) -> None:
         """Call ``fn(self)`` once settled.
 

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Set
+from typing import Callable, Dict, List, Optional, Set
 
 from tavrida import exceptions
-from tavrida.transports.base import OnConfirmed, OutgoingEnvelope, publish_error
+from tavrida.transports.base import OutgoingEnvelope, publish_error
+
+#: Called with None once a deferred publish was confirmed, or with why it failed.
+OnConfirmed = Callable[[Optional[exceptions.PublishFailed]], None]
+
+
+class Deferral:
+    """A publish allowed to return before its confirm (see :mod:`.deferring`)."""
+
+    def __init__(self, on_confirmed: OnConfirmed) -> None:
+        self.on_confirmed = on_confirmed
+        #: True once a publish was written and its outcome left to ``on_confirmed``.
+        self.taken = False
 
 
 class ConfirmTimeout(Exception):

@@ -21,8 +21,7 @@ import time
 from typing import Any, List, Optional
 
 from tavrida import exceptions
-from tavrida.transports.base import Deferral, OnConfirmed
-from tavrida.transports.kombu.batch import Batch
+from tavrida.transports.kombu.batch import Batch, Deferral, OnConfirmed
 from tavrida.transports.kombu.polling import CAN_POLL, fileno
 from tavrida.transports.kombu.shared_confirms import KombuSharedConfirms
 

@@ -22,8 +22,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import amqp
 
 from tavrida import exceptions
-from tavrida.transports.base import Deferral, OutgoingEnvelope
-from tavrida.transports.kombu.batch import Batch, ConfirmTimeout
+from tavrida.transports.base import Confirmation, OutgoingEnvelope
+from tavrida.transports.kombu.batch import Batch, ConfirmTimeout, Deferral
 from tavrida.transports.kombu.compat.pyamqp import (
     UNENCODABLE,
     bytes_key,
@@ -40,13 +40,17 @@ LOG = logging.getLogger(__name__)
 class KombuPublishing(KombuConfirms):
     """The publishing part of :class:`~tavrida.transports.kombu.KombuTransport`."""
 
-    def publish(self, envelope: OutgoingEnvelope) -> None:
+    def publish(self, envelope: OutgoingEnvelope) -> Confirmation:
         """Publish one message; with confirms, return once the broker confirmed it.
 
-        Raises PublishFailed on a nack, a missing exchange (RabbitMQ), a
+        Its handle is failed on a nack, a missing exchange (RabbitMQ), a
         confirm timeout, or when reconnect attempts run out.
         """
-        self._publish([envelope])
+        try:
+            self._publish([envelope])
+        except exceptions.PublishFailed as exc:
+            return Confirmation.failed(envelope, exc)
+        return Confirmation.confirmed(envelope)
 
     def publish_many(self, envelopes: Iterable[OutgoingEnvelope]) -> None:
         """Publish all, then wait for all confirms (pipelined).
