@@ -18,7 +18,7 @@ from soak.proxy import TcpProxy
 from soak.scenarios import CLIENT, Names, cleanup, open_transport
 from tavrida import exceptions, server
 from tavrida.config import ConnectionConfig
-from tavrida.transports.base import Binding, OutgoingEnvelope, Topology
+from tavrida.transports.base import Binding, OutgoingEnvelope, Topology, confirm_all
 from tavrida.transports.kombu import KombuTransport
 
 WAIT = 15.0
@@ -90,7 +90,8 @@ def test_headers_too_large_for_a_frame_fail_alone_and_keep_the_connection(amqp_u
         transport.declare(Topology.build([], [names.queue], []))
         huge = OutgoingEnvelope("", names.queue, b"{}", {"big": "h" * 140_000})
         with pytest.raises(exceptions.PublishFailed) as raised:
-            transport.publish_many([OutgoingEnvelope("", names.queue, b"1", {}), huge])
+            confirm_all([transport.publish(OutgoingEnvelope("", names.queue, b"1", {})),
+                         transport.publish(huge)])
         assert raised.value.unencodable == [1]
         assert "a frame of this connection holds" in str(raised.value)
         connection = transport._pub_conn
@@ -167,8 +168,8 @@ def test_redis_gives_back_what_a_lost_connection_held(redis_url, names) -> None:
     try:
         direct.declare(Topology.build([names.exchange], [names.queue],
                                       [Binding(names.queue, names.exchange, "#")]))
-        direct.publish_many([OutgoingEnvelope(names.exchange, "k", str(i).encode(), {})
-                             for i in range(5)])
+        confirm_all([direct.publish(OutgoingEnvelope(names.exchange, "k", str(i).encode(), {}))
+                     for i in range(5)])
         held: List[Any] = []
 
         def on(delivery: Any) -> None:

@@ -34,7 +34,7 @@ import pytest
 from soak import service as soak_service
 from soak.proxy import TcpProxy, url_target
 from tavrida import client, config, discovery, dispatcher, exceptions, server, service
-from tavrida.transports.base import Binding, OutgoingEnvelope, Topology
+from tavrida.transports.base import Binding, OutgoingEnvelope, Topology, confirm_all
 from tavrida.transports.kombu import KombuTransport
 
 SERVICE = "rdl"
@@ -211,7 +211,7 @@ def test_a_cast_no_queue_takes_raises_unroutable(broker_url: str, unique) -> Non
             batch = [OutgoingEnvelope(exchange, key, b"{}", {})
                      for key in ("rdl.work", "rdl.nobody", "rdl.work", "rdl.none")]
             with pytest.raises(exceptions.Unroutable) as raised:
-                transport.publish_many(batch)
+                confirm_all([transport.publish(sent) for sent in batch])
             assert sorted(raised.value.failed) == raised.value.unroutable == [1, 3]
             assert transport.queue_size(queue) == 2
 

@@ -130,7 +130,7 @@ def test_missing_exchange_raises_publish_failed_and_transport_recovers(
     transport.consume(queue, inbox, 10)
 
     with pytest.raises(exceptions.PublishFailed) as raised:
-        transport.publish(envelope(missing, "svc.m", b"lost"))
+        transport.publish(envelope(missing, "svc.m", b"lost")).wait()
     assert missing in str(raised.value)
     assert "404" in str(raised.value)
 
@@ -349,7 +349,7 @@ def test_unreachable_broker_fails_after_the_configured_attempts(
     caplog.set_level(logging.DEBUG)
     try:
         with pytest.raises(exceptions.PublishConnectionFailed) as raised:
-            transport.publish(envelope("x", "k"))
+            transport.publish(envelope("x", "k")).wait()
         assert isinstance(raised.value, exceptions.PublishFailed)
         assert raised.value.safe_url == config.safe_url
         assert "s3cret-pw" not in str(raised.value)
@@ -439,7 +439,7 @@ def test_redis_delete_removes_what_other_connections_declared(redis_url: str, un
     finally:
         client.close()
     with pytest.raises(exceptions.Unroutable):
-        make_transport(redis_url).publish(envelope(exchange, "svc.m", b"nobody takes it"))
+        make_transport(redis_url).publish(envelope(exchange, "svc.m", b"nobody takes it")).wait()
 
 
 @pytest.mark.parametrize("keyprefix", [False, True], ids=["plain", "global-keyprefix"])
@@ -459,7 +459,7 @@ def test_redis_exchange_delete_removes_the_bindings_of_other_connections(
     deleting = make_transport(redis_url, **options)
     deleting.delete(exchanges=[deleted])
     with pytest.raises(exceptions.Unroutable):
-        deleting.publish(envelope(deleted, "k", b"nobody takes it"))
+        deleting.publish(envelope(deleted, "k", b"nobody takes it")).wait()
     deleting.publish(envelope(kept, "k", b"still routed"))
     inbox = Inbox()
     deleting.consume(queue, inbox, 10)

@@ -43,7 +43,7 @@ def test_held_messages_live_in_two_keys_named_after_the_queue(transport, keys, u
 
     # A delay nobody declared: refused, not stored in a list nobody reads.
     with pytest.raises(exceptions.Unroutable):
-        transport.publish(OutgoingEnvelope("", f"{queue}.retry.5", b"lost?", {}))
+        transport.publish(OutgoingEnvelope("", f"{queue}.retry.5", b"lost?", {})).wait()
     assert not keys.exists(f"{queue}.retry.5")
 
     transport.delete(queues=[queue])
