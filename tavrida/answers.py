@@ -21,7 +21,7 @@ from tavrida.dead_letters import DeadLetters
 from tavrida.observability.hooks import HookList
 from tavrida.router import Router
 from tavrida.service import ServiceController
-from tavrida.transports.base import Delivery, OnConfirmed, Transport
+from tavrida.transports.base import Delivery, Transport
 
 # Logged as the server: its records stay where operators look for them.
 LOG = logging.getLogger("tavrida.server")
@@ -34,6 +34,9 @@ def check_reply_exchanges(value: str) -> str:
     """``value`` if it is one of :data:`REPLY_EXCHANGES`; else a clear error."""
     return check_choice("reply_exchanges", value, REPLY_EXCHANGES)
 
+
+#: Told the verdict on a pipelined answer: None once confirmed, else why it failed.
+OnConfirmed = Callable[[Optional[exceptions.PublishFailed]], None]
 
 #: Called with (message or None, exception, raised_by_handler) on every failure.
 ErrorHook = Callable[[Optional[messages.Message], BaseException, bool], None]
@@ -73,28 +76,32 @@ class Answers:
             return messages.Error.create_by_request(message, middleware_exc)
 
     def send(self, controller: ServiceController, answer: messages.Message,
-                     delivery: Delivery,
-                     on_confirmed: Optional[OnConfirmed] = None) -> bool:
+             delivery: Delivery, on_confirmed: Optional[OnConfirmed] = None) -> bool:
         """Publish an answer; one that cannot go is replaced by an Error or dead-letters.
 
         An answer that cannot be sent as it is (see :meth:`failed`)
         goes as an Error in its place; one no queue takes
         (:class:`~tavrida.exceptions.Unroutable`: the caller's reply queue is
         gone) dead-letters its request. Broker trouble propagates, so
-        :meth:`tavrida.server.Server.handle` requeues the request. With ``on_confirmed``, the
-        transport may return before the confirm
-        (:meth:`~tavrida.transports.base.Transport.deferring`): True then,
-        the outcome going to ``on_confirmed`` later.
+        :meth:`tavrida.server.Server.handle` requeues the request. With
+        ``on_confirmed`` the answer is not waited for when the transport
+        returns its confirmation pending: True then, its verdict going to
+        ``on_confirmed`` later (in the thread running the transport's drain).
         """
         try:
             if on_confirmed is None:
                 controller.postprocessor.send(answer)
                 self.answered(answer)
                 return False
-            with self.transport.deferring(on_confirmed) as deferral:
-                controller.postprocessor.send(answer)
+            confirmation = controller.postprocessor.publish(answer)
+            if confirmation.done():
+                confirmation.wait()  # settled at once: its failure is handled here
+                self.answered(answer)
+                return False
+            confirmation.add_done_callback(
+                lambda settled: on_confirmed(settled.failure()))
             self.answered(answer)  # (a failed confirm is settled later as failed() says)
-            return deferral.taken
+            return True
         except (exceptions.UnableToDiscover, exceptions.IncorrectOutgoingMessage,
                 exceptions.PublishFailed) as exc:
             self.failed(controller, answer, delivery, exc)

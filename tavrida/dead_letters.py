@@ -58,7 +58,7 @@ class DeadLetters:
                                     content_encoding=properties.get("content_encoding"),
                                     persistent=True)
         try:
-            self.transport.publish(envelope)
+            self.transport.publish(envelope).wait()
         except exceptions.PublishFailed as exc:
             if not exc.unencodable:
                 raise
@@ -68,7 +68,7 @@ class DeadLetters:
             why[DEAD_LETTER_DROPPED_HEADER] = str(exc)
             envelope.headers = {name: str(value)[:2000].encode("utf-8", "backslashreplace")
                                 .decode("utf-8") for name, value in why.items()}
-            self.transport.publish(envelope)
+            self.transport.publish(envelope).wait()
         LOG.warning("dead-lettered a message from %s to %s: %s", delivery.queue, self.queue,
                     reason)
         self._hooks.dead_lettered(reason)

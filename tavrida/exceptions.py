@@ -215,7 +215,7 @@ class InvalidPayload(WrongHandlerParameters):
 class PublishFailed(TavridaError):
     """The broker did not take a message (nack, unroutable, connection lost).
 
-    For a batch (``publish_many``): ``failed`` maps the index of each failed
+    For a batch (``confirm_all``): ``failed`` maps the index of each failed
     message to its reason, ``envelopes`` holds those messages (to retry),
     and ``unencodable`` lists the indexes that can never be published as
     they are (headers too large or of a type the broker library cannot write).

@@ -28,12 +28,13 @@ import logging
 import threading
 import time
 import uuid
+from concurrent.futures import CancelledError
 from typing import Any, Dict, List, Optional, Union
 
 from tavrida import defaults, exceptions, messages, wire
 from tavrida.discovery import AbstractDiscovery
 from tavrida.sender import Sender
-from tavrida.transports.base import Binding, Delivery, Topology
+from tavrida.transports.base import Binding, Confirmation, Delivery, Topology
 
 LOG = logging.getLogger(__name__)
 
@@ -62,20 +63,19 @@ class _TimedOut(Exception):
 class _Waiter:
     """One blocking call: its answer, and the condition that wakes its caller alone."""
 
-    __slots__ = ("answer", "wake")
+    __slots__ = ("answer", "request", "wake")
 
     def __init__(self) -> None:
         #: The answer, or why the answer that came could not be read.
         self.answer: Optional[Union[messages.Message, exceptions.IncorrectMessage]] = None
+        #: The request's confirmation: cancelled by the answer (which proves it was routed).
+        self.request: Optional[Confirmation] = None
         #: Made when the caller first waits for another drainer (most never do).
         self.wake: Optional[threading.Condition] = None
 
     def notify(self) -> None:
         if self.wake is not None:
             self.wake.notify()
-
-    def has_answer(self) -> bool:
-        return self.answer is not None
 
 
 class Replies:
@@ -163,6 +163,22 @@ class Replies:
                     if self._idle:
                         self._idle[0].notify()  # another caller drains now
 
+    @staticmethod
+    def _confirmed(confirmation: Confirmation, deadline: float) -> bool:
+        """Wait for the request's confirm or its answer, whichever comes first.
+
+        True once either came; False at the deadline (the call times out).
+        A request the broker refused raises as a publish does.
+        """
+        try:
+            confirmation.wait(max(deadline - time.monotonic(), 0.0))
+        except CancelledError:
+            return True  # cancelled by its answer
+        except TimeoutError:
+            confirmation.cancel()  # its caller gives up: not written again after a cut
+            return False
+        return True
+
     def _on_message(self, delivery: Delivery) -> None:
         try:
             answer = wire.decode(delivery.body, delivery.headers, delivery.properties)
@@ -171,17 +187,20 @@ class Replies:
             self._unreadable(exc)
             delivery.ack()
             return
-        taken = False
+        waiter = None
         if answer.message_type in (messages.RESPONSE, messages.ERROR):
             with self._lock:
                 waiter = self._pending.pop(answer.request_id, None)
                 if waiter is not None:
                     waiter.answer = answer
                     waiter.notify()
-                    taken = True
-        if not taken:
+        if waiter is None:
             LOG.warning("dropping an answer nobody waits for (late or another client's): %r",
                         answer)
+        elif waiter.request is not None:
+            # The answer proves the request was routed: its confirm is not needed (a
+            # cut no longer sends it again), and its caller stops waiting for it.
+            waiter.request.cancel()
         delivery.ack()
 
     def _unreadable(self, exc: exceptions.IncorrectMessage) -> None:
@@ -198,6 +217,8 @@ class Replies:
             if waiter is not None:
                 waiter.answer = exc
                 waiter.notify()
+        if waiter is not None and waiter.request is not None:
+            waiter.request.cancel()
 
     def call(self, request: messages.Request, timeout: float) -> Dict[str, Any]:
         """Send ``request`` and wait for its answer: the payload, or raise.
@@ -214,22 +235,24 @@ class Replies:
         transport = self._sender.transport
         assert transport is not None
         waiter = _Waiter()
-        answered = False
         try:
             with transport.deadline(timeout):
                 if not self._started:
                     self._start(deadline)
                 with self._lock:
                     self._pending[request.request_id] = waiter
-                # Its answer may come before its confirm: no need to wait for that.
-                self._sender.send(request, answered=waiter.has_answer)
-                answered = self._wait(waiter, deadline)
+                confirmation = self._sender.publish(request)
+                waiter.request = confirmation
+                if waiter.answer is not None:
+                    confirmation.cancel()  # answered while it was written
+                if self._confirmed(confirmation, deadline):
+                    self._wait(waiter, deadline)
         except _TimedOut:
             pass
         finally:
             with self._lock:
                 self._pending.pop(request.request_id, None)
-        if not answered or waiter.answer is None:
+        if waiter.answer is None:
             raise exceptions.CallTimeout(destination=request.destination, timeout=timeout,
                                          correlation_id=request.correlation_id)
         answer = waiter.answer

@@ -322,7 +322,7 @@ class Retries:
                                     persistent=properties.get("delivery_mode") != 1)
         try:
             try:
-                self.transport.publish(envelope)
+                self.transport.publish(envelope).wait()
             except exceptions.Unroutable:
                 if not delay_ms:
                     raise
@@ -330,7 +330,7 @@ class Retries:
                 SERVER_LOG.warning("delay queue %s is missing; declaring it again", queue)
                 self.transport.declare(Topology.build(delays=self.delays(),
                                                       queue_type=self.queue_type))
-                self.transport.publish(envelope)
+                self.transport.publish(envelope).wait()
         except Exception as exc:  # noqa: BLE001 - any failure: the broker keeps the original
             if isinstance(exc, exceptions.PublishFailed) and exc.unencodable:
                 # The copy cannot go as it is: a call's caller gets an Error, else a dead letter.

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, List, Optional
 
 from tavrida import discovery as discovery_mod
 from tavrida import entry_point, exceptions, messages, wire
-from tavrida.transports.base import OutgoingEnvelope, Transport
+from tavrida.transports.base import Confirmation, OutgoingEnvelope, Transport, confirm_all
 
 LOG = logging.getLogger(__name__)
 
@@ -84,37 +84,39 @@ class Sender:
             envelope.expiration = max(0.0, message.expires_at - time.time())
         return envelope
 
-    def send(self, message: messages.Message,
-             answered: Optional[Callable[[], bool]] = None) -> None:
-        """Publish one message; returns when the broker has it.
+    def publish(self, message: messages.Message) -> Confirmation:
+        """Publish one message; return its :class:`~tavrida.transports.base.Confirmation`.
 
-        With ``answered`` (the request of a blocking call, from
-        :class:`~tavrida.replies.Replies`): returns once ``answered()`` is
-        true even if its confirm has not come yet (see
-        :meth:`~tavrida.transports.base.Transport.publish_request`).
+        Returns once the message is written: the broker's verdict comes
+        through the handle (``wait()`` raises why it failed). A blocking
+        call's request is published so, its caller waiting for the answer and
+        the confirm together (:class:`~tavrida.replies.Replies`); a server's
+        answer so, its request acked at the confirm.
         """
         envelope = self.envelope(message)
         if self.transport is None:
             raise RuntimeError(f"{self.source or 'sender'} is not connected to a transport")
-        if answered is None:
-            self.transport.publish(envelope)
-        else:
-            self.transport.publish_request(envelope, answered)
+        confirmation = self.transport.publish(envelope)
+        if confirmation.done() and confirmation.failure() is not None:
+            return confirmation  # not sent: nothing to log or observe
         if LOG.isEnabledFor(logging.DEBUG):
             LOG.debug("sent %s to %s/%s", message.message_type, envelope.exchange,
                       envelope.routing_key)
         for observer in self.observers:
             observer(message)
+        return confirmation
+
+    def send(self, message: messages.Message) -> None:
+        """Publish one message; return once the broker has it, or raise why not."""
+        self.publish(message).wait()
 
     def send_many(self, batch: Iterable[messages.Message]) -> None:
-        """Publish several messages, pipelining confirms where the transport can."""
-        batch = list(batch)
-        if self.transport is None:
-            raise RuntimeError(f"{self.source or 'sender'} is not connected to a transport")
-        self.transport.publish_many([self.envelope(message) for message in batch])
-        for message in batch:
-            for observer in self.observers:
-                observer(message)
+        """Publish several messages, then wait for every confirm (pipelined).
+
+        Raises one :class:`~tavrida.exceptions.PublishFailed` naming each
+        message that failed (see :func:`~tavrida.transports.base.confirm_all`).
+        """
+        confirm_all([self.publish(message) for message in batch])
 
     def heartbeat(self) -> None:
         """Keep the broker connection alive (long handlers call it)."""

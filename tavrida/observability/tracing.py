@@ -27,7 +27,7 @@ and its exporters are the application's choice), or the one given.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
 from tavrida import messages
 from tavrida.observability.hooks import (
@@ -37,6 +37,7 @@ from tavrida.observability.hooks import (
     MessageRecord,
     ServerHook,
 )
+from tavrida.transports.confirmation import Confirmation
 
 if TYPE_CHECKING:
     from tavrida.client import RPCClient
@@ -148,9 +149,9 @@ def instrument_client(client: RPCClient, tracer_provider: Any = None) -> RPCClie
     tracer = trace.get_tracer(INSTRUMENTATION, tracer_provider=tracer_provider)
     propagator = TraceContextTextMapPropagator()
     sender = client.sender
-    send, send_many = sender.send, sender.send_many
+    publish = sender.publish
 
-    def start(message: messages.Message) -> Any:
+    def traced_publish(message: messages.Message) -> Confirmation:
         entry = str(message.source if message.message_type == messages.NOTIFICATION
                     else message.destination)
         span = tracer.start_span(f"{entry} send", kind=trace.SpanKind.PRODUCER,
@@ -160,29 +161,19 @@ def instrument_client(client: RPCClient, tracer_provider: Any = None) -> RPCClie
         for name in TRACE_HEADERS:
             message.headers.pop(name, None)
         propagator.inject(message.headers, context=trace.set_span_in_context(span))
-        return span
-
-    def traced_send(message: messages.Message,
-                    answered: Optional[Callable[[], bool]] = None) -> None:
-        span = start(message)
         try:
-            send(message, answered)
-        finally:
+            confirmation = publish(message)
+        except BaseException:
             span.end()
+            raise
+        # The span lasts until the broker's verdict (a blocking call's: its answer or confirm).
+        confirmation.add_done_callback(lambda _: span.end())
+        return confirmation
 
-    def traced_send_many(batch: Iterable[messages.Message]) -> None:
-        batch = list(batch)
-        spans = [start(message) for message in batch]
-        try:
-            send_many(batch)
-        finally:
-            for span in spans:
-                span.end()
-
-    # Instance attributes shadow the Sender's methods on purpose: this one
-    # client's sends are traced, other senders are left alone.
-    sender.send = traced_send  # type: ignore[method-assign]
-    sender.send_many = traced_send_many  # type: ignore[method-assign]
+    # An instance attribute shadows the Sender's method on purpose: this one
+    # client's sends (send and send_many publish through it) are traced,
+    # other senders are left alone.
+    sender.publish = traced_publish  # type: ignore[method-assign]
     return client
 
 

@@ -12,6 +12,7 @@ from tavrida.handling import proxy_source
 from tavrida.proxies import RPCProxy
 from tavrida.service import ServiceController
 from tavrida.testing.capture import Capture, ExpectedErrors, HandlerFailed, is_expected
+from tavrida.transports.base import Confirmation, OutgoingEnvelope
 
 
 class RecordingSender:
@@ -30,10 +31,15 @@ class RecordingSender:
         self.sent = Capture()
         self.observers: List[Any] = [self.sent]
 
-    def send(self, message: messages.Message) -> None:
-        wire.encode(message)
+    def publish(self, message: messages.Message) -> Confirmation:
+        """Record ``message``; its confirmation is settled (confirmed) at once."""
+        body, headers = wire.encode(message)
         for observer in self.observers:
             observer(message)
+        return Confirmation.confirmed(OutgoingEnvelope("", "", body, headers))
+
+    def send(self, message: messages.Message) -> None:
+        self.publish(message)
 
     def send_many(self, batch: Iterable[messages.Message]) -> None:
         for message in batch:

@@ -29,7 +29,6 @@ import contextlib
 import dataclasses
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
-from tavrida import exceptions
 from tavrida import headers as header_names
 from tavrida.transports.confirmation import Confirmation, confirm_all, publish_error
 from tavrida.transports.topology import (
@@ -51,9 +50,7 @@ __all__ = [
     "Binding",
     "Confirmation",
     "DelayQueue",
-    "Deferral",
     "Delivery",
-    "OnConfirmed",
     "OnMessage",
     "OutgoingEnvelope",
     "Topology",
@@ -143,19 +140,6 @@ class Delivery(abc.ABC):
 OnMessage = Callable[[Delivery], None]
 
 
-#: Called with None once a deferred publish was confirmed, or with why it failed.
-OnConfirmed = Callable[[Optional[exceptions.PublishFailed]], None]
-
-
-class Deferral:
-    """A publish allowed to return before its confirm (see :meth:`Transport.deferring`)."""
-
-    def __init__(self, on_confirmed: OnConfirmed) -> None:
-        self.on_confirmed = on_confirmed
-        #: True once a publish was written and its outcome left to ``on_confirmed``.
-        self.taken = False
-
-
 class Transport(abc.ABC):
     """A connection to a broker, as the core sees it."""
 
@@ -173,72 +157,30 @@ class Transport(abc.ABC):
         """
 
     @abc.abstractmethod
-    def publish(self, envelope: OutgoingEnvelope) -> Optional[Confirmation]:
-        """Publish one message; return its :class:`Confirmation` once the broker has it.
+    def publish(self, envelope: OutgoingEnvelope) -> Confirmation:
+        """Publish one message; return its :class:`Confirmation` once it is written.
 
-        On a confirming transport this waits for the confirm and raises
-        :class:`tavrida.exceptions.PublishFailed` if the broker refused it,
-        :class:`~tavrida.exceptions.Unroutable` if no queue took a
+        Never raises for the message's own failure: the verdict comes
+        through the handle, whose ``wait()`` raises
+        :class:`tavrida.exceptions.PublishFailed` when the broker refused it
+        (nack, a missing exchange, a body over its limit), with
+        ``unencodable`` when it can never be written as it is,
+        :class:`~tavrida.exceptions.Unroutable` when no queue took a
         ``mandatory`` one, and
         :class:`~tavrida.exceptions.PublishConnectionFailed` when the broker
-        could not be reached within the publish timeout or :meth:`deadline`.
+        could not be reached within the publish timeout or this thread's
+        :meth:`deadline`.
 
-        The handle returned is settled (confirmed) today, since a failure
-        raises; it is the seam's way to a publish that returns at once,
-        its verdict coming later through the handle (``wait``,
-        ``add_done_callback``; see :mod:`tavrida.transports.confirmation`).
-        A transport that does not return one yet returns None, meaning the
-        same as a confirmed handle.
+        A transport that knows the verdict at once (memory, Redis) returns
+        it settled; a confirming one (RabbitMQ) may return it pending, the
+        verdict read by whoever waits on it (``wait``) or, for a handle
+        nobody waits on (``add_done_callback``), by :meth:`drain`: its
+        callbacks run in one of those two threads. A pending handle is
+        failed at the transport's confirm timeout at the latest; a lost
+        connection's unconfirmed messages are written again (at least
+        once) unless their handle was cancelled. A batch is several
+        handles: :func:`confirm_all` (written first, confirmed together).
         """
-
-    def publish_many(self, envelopes: Iterable[OutgoingEnvelope]) -> None:
-        """Publish several messages; return once the broker has all of them.
-
-        Raises one PublishFailed naming every message that failed (see
-        :func:`publish_error`). Transports that can pipeline publisher
-        confirms override this.
-        """
-        batch = list(envelopes)
-        failed: Dict[int, str] = {}
-        unroutable = []
-        for index, envelope in enumerate(batch):
-            try:
-                self.publish(envelope)
-            except exceptions.Unroutable as exc:
-                failed[index] = exc.kwargs.get("reason", str(exc))
-                unroutable.append(index)
-        if failed:
-            raise publish_error(batch, failed, unroutable=unroutable)
-
-    def publish_request(self, envelope: OutgoingEnvelope,
-                        answered: Callable[[], bool]) -> None:
-        """Publish the request of a blocking call, whose answer comes to a reply queue here.
-
-        Like :meth:`publish`, but the answer may come before the confirm:
-        an answer proves the broker routed the request, so a confirming
-        transport may read its reply queue while it waits for the confirm
-        and return as soon as ``answered()`` is true. A nack or a return seen
-        before that still raises as :meth:`publish` does. The default is
-        :meth:`publish`.
-        """
-        self.publish(envelope)
-
-    def deferring(self, on_confirmed: "OnConfirmed"
-                  ) -> "contextlib.AbstractContextManager[Deferral]":
-        """Let this thread's next publish inside the block return before its confirm.
-
-        ``with transport.deferring(done) as deferral: ...``: when the
-        transport takes the deferral (``deferral.taken`` after the block),
-        that publish only wrote the message, and ``done`` is called once,
-        later, on the thread running :meth:`drain` (outside the transport's
-        locks): with None once the broker confirmed it, or with the
-        :class:`~tavrida.exceptions.PublishFailed` saying why not (nack,
-        return, no confirm within the confirm timeout, or the broker lost
-        for good). Otherwise that publish behaved as :meth:`publish` does and
-        ``done`` is never called. Lets a server publish its next answer
-        while the broker confirms the last one. The default never defers.
-        """
-        return contextlib.nullcontext(Deferral(on_confirmed))
 
     def deadline(self, timeout: Optional[float]) -> "contextlib.AbstractContextManager[None]":
         """Bound the blocking operations this thread runs inside the block.

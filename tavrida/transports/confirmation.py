@@ -113,6 +113,10 @@ class Confirmation:
             raise CancelledError(repr(self))
         return self._exception
 
+    def failure(self) -> Optional[exceptions.PublishFailed]:
+        """Why it failed, if it has; None while pending, confirmed or cancelled. Never waits."""
+        return self._exception if self._state == _FAILED else None
+
     def add_done_callback(self, fn: Callable[[Confirmation], None]) -> None:
         """Call ``fn(self)`` once settled.
 
@@ -190,43 +194,44 @@ def confirm_all(confirmations: Sequence[Confirmation],
     """Wait for every handle; raise one PublishFailed naming each failed index.
 
     The error is :func:`publish_error`'s (an
-    :class:`~tavrida.exceptions.Unroutable` when every failure is one), as
-    ``publish_many`` raised (a
-    :class:`~tavrida.exceptions.PublishConnectionFailed` when one failed for
-    an unreachable broker). Cancelled handles are skipped (their verdict
-    was not needed). ``timeout`` bounds the whole wait (None: no limit);
-    the built-in :class:`TimeoutError` when a handle is still pending then.
+    :class:`~tavrida.exceptions.Unroutable` when every failure is one), with
+    ``unencodable`` and ``unroutable`` naming those indexes; a
+    :class:`~tavrida.exceptions.PublishConnectionFailed` when the broker
+    could not be reached for one of them. Cancelled handles are skipped
+    (their verdict was not needed). ``timeout`` bounds the whole wait (None:
+    no limit); the built-in :class:`TimeoutError` when a handle is still
+    pending then.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     failed = {}
     unroutable = []
     unencodable = []
-    lost: Optional[exceptions.PublishConnectionFailed] = None
+    unreachable: Optional[exceptions.PublishConnectionFailed] = None
     for index, confirmation in enumerate(confirmations):
         left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         try:
             exception = confirmation.exception(left)
         except CancelledError:
             continue
-        if exception is not None:
-            failed[index] = exception.kwargs.get("reason", str(exception))
-            if isinstance(exception, exceptions.Unroutable):
-                unroutable.append(index)
-            if exception.unencodable:
-                unencodable.append(index)
-            if isinstance(exception, exceptions.PublishConnectionFailed):
-                lost = lost or exception
-    if failed:
-        error = publish_error([confirmation.envelope for confirmation in confirmations], failed,
-                              unencodable=unencodable, unroutable=unroutable)
-        if lost is None:
-            raise error
-        # The broker was out of reach: the same report, as the connection failure.
-        raise exceptions.PublishConnectionFailed(
-            safe_url=lost.safe_url, cause=lost.cause, reason=error.kwargs["reason"],
-            exchange=error.exchange, routing_key=error.routing_key, failed=error.failed,
-            envelopes=error.envelopes, unencodable=error.unencodable,
-            unroutable=error.unroutable)
+        if exception is None:
+            continue
+        failed[index] = exception.kwargs.get("reason", str(exception))
+        if isinstance(exception, exceptions.Unroutable):
+            unroutable.append(index)
+        if exception.unencodable:
+            unencodable.append(index)
+        if isinstance(exception, exceptions.PublishConnectionFailed):
+            unreachable = unreachable or exception
+    if not failed:
+        return
+    error = publish_error([confirmation.envelope for confirmation in confirmations], failed,
+                          unencodable=unencodable, unroutable=unroutable)
+    if unreachable is None:
+        raise error
+    raise exceptions.PublishConnectionFailed(
+        safe_url=unreachable.safe_url, cause=unreachable.cause, reason=error.kwargs["reason"],
+        exchange=error.exchange, routing_key=error.routing_key, failed=error.failed,
+        envelopes=error.envelopes, unencodable=error.unencodable, unroutable=error.unroutable)
 
 
 def publish_error(envelopes: Sequence[OutgoingEnvelope], failed: Mapping[int, str],

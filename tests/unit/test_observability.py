@@ -39,6 +39,7 @@ from tavrida.observability.metrics import Metrics
 from tavrida.observability.tracing import Tracing, instrument_client
 from tavrida.server import Server
 from tavrida.testing import MemoryCluster
+from tavrida.transports.confirmation import Confirmation
 from tavrida.transports.memory import MemoryTransport
 
 METRICS_PORT = 28651
@@ -448,10 +449,10 @@ class FlakyAnswers(MemoryTransport):
     def publish(self, envelope):
         if envelope.exchange == "client_exchange" and self.failures:
             self.failures -= 1
-            raise exceptions.PublishFailed(exchange=envelope.exchange,
-                                           routing_key=envelope.routing_key,
-                                           reason="the broker is unwell")
-        super().publish(envelope)
+            return Confirmation.failed(envelope, exceptions.PublishFailed(
+                exchange=envelope.exchange, routing_key=envelope.routing_key,
+                reason="the broker is unwell"))
+        return super().publish(envelope)
 
 
 #: What each message to the desk became, in the order sent (see desk_outcomes()).

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from tavrida import config, discovery, dispatcher, exceptions, messages, server, service
 from tavrida.testing import HandlerFailed, MemoryCluster
 from tavrida.transports.base import Binding, OutgoingEnvelope
+from tavrida.transports.confirmation import Confirmation
 from tavrida.transports.memory import MemoryTransport
 
 DEAD_REASON = "x-tavrida-dead-reason"
@@ -342,10 +343,10 @@ class FlakyAnswers(MemoryTransport):
     def publish(self, envelope):
         if envelope.exchange == "client_exchange" and self.failures:
             self.failures -= 1
-            raise exceptions.PublishFailed(exchange=envelope.exchange,
-                                           routing_key=envelope.routing_key,
-                                           reason="the broker is unwell")
-        super().publish(envelope)
+            return Confirmation.failed(envelope, exceptions.PublishFailed(
+                exchange=envelope.exchange, routing_key=envelope.routing_key,
+                reason="the broker is unwell"))
+        return super().publish(envelope)
 
 
 def test_a_call_that_failed_twice_gets_an_error_not_a_dead_letter(cluster, broker):

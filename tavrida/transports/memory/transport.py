@@ -21,7 +21,6 @@ from tavrida.transports.base import (
     OutgoingEnvelope,
     Topology,
     Transport,
-    publish_error,
 )
 from tavrida.transports.memory.broker import MemoryBroker
 from tavrida.transports.memory.inbox import Inbox
@@ -76,44 +75,24 @@ class MemoryTransport(Transport):
                                     bindings, owner=self.inbox)
 
     def publish(self, envelope: OutgoingEnvelope) -> Confirmation:
-        """Route one message; return its Confirmation, settled (confirmed) already.
+        """Route one message; return its Confirmation, settled already.
 
-        Raises PublishFailed if its exchange does not exist or the transport
-        is closed, :class:`~tavrida.exceptions.Unroutable` when no queue
-        takes a ``mandatory`` message.
+        Failed (``wait()`` raises) when its exchange does not exist or the
+        transport is closed (:class:`~tavrida.exceptions.PublishFailed`), or
+        when no queue takes a ``mandatory`` message
+        (:class:`~tavrida.exceptions.Unroutable`).
         """
         message = StoredMessage(envelope)
         with self._lock:
-            if self.inbox.closed:
-                raise exceptions.PublishFailed(exchange=envelope.exchange,
-                                               routing_key=envelope.routing_key,
-                                               reason="the transport is closed")
-            self.broker.route(message)
-        return Confirmation.confirmed(envelope)
-
-    def publish_many(self, envelopes: Iterable[OutgoingEnvelope]) -> None:
-        """Route several messages under one lock.
-
-        Every message is tried; one PublishFailed (an Unroutable when only
-        unroutable ones failed) names each that failed in ``failed``.
-        """
-        envelopes = list(envelopes)
-        messages = [StoredMessage(envelope) for envelope in envelopes]
-        failed: dict[int, str] = {}
-        unroutable = []
-        with self._lock:
-            for index, message in enumerate(messages):
+            try:
                 if self.inbox.closed:
-                    failed[index] = "the transport is closed"
-                    continue
-                try:
-                    self.broker.route(message)
-                except exceptions.PublishFailed as exc:
-                    failed[index] = exc.kwargs.get("reason", str(exc))
-                    if isinstance(exc, exceptions.Unroutable):
-                        unroutable.append(index)
-        if failed:
-            raise publish_error(envelopes, failed, unroutable=unroutable)
+                    raise exceptions.PublishFailed(exchange=envelope.exchange,
+                                                   routing_key=envelope.routing_key,
+                                                   reason="the transport is closed")
+                self.broker.route(message)
+            except exceptions.PublishFailed as exc:
+                return Confirmation.failed(envelope, exc)
+        return Confirmation.confirmed(envelope)
 
     def consume(self, queue: str, on_message: OnMessage, prefetch_count: int) -> None:
         """Register a consumer; its messages are delivered by :meth:`drain`."""

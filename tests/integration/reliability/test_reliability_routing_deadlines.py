@@ -211,13 +211,13 @@ def test_a_cast_no_queue_takes_raises_unroutable(broker_url: str, unique) -> Non
             batch = [OutgoingEnvelope(exchange, key, b"{}", {})
                      for key in ("rdl.work", "rdl.nobody", "rdl.work", "rdl.none")]
             with pytest.raises(exceptions.Unroutable) as raised:
-                confirm_all([transport.publish(e) for e in batch])
+                confirm_all([transport.publish(sent) for sent in batch])
             assert sorted(raised.value.failed) == raised.value.unroutable == [1, 3]
             assert transport.queue_size(queue) == 2
 
             # A notification nobody subscribes to is ordinary pub/sub: no error.
             transport.publish(OutgoingEnvelope(exchange, "rdl.news", b"{}", {},
-                                               mandatory=False)).wait()
+                                               mandatory=False))
             assert transport.queue_size(queue) == 2
     finally:
         transport.close()
@@ -477,7 +477,7 @@ def test_an_unreachable_broker_is_connection_failed_everywhere(dead_url: str, un
     with client.RPCClient(conf, Echo.get_discovery(), source=SERVICE + ".news") as cli:
         with pytest.raises(exceptions.ConnectionFailed):
             Echo.get_discovery().register_local_publisher(SERVICE, exchange)
-            cli.publish(n=1).wait()
+            cli.publish(n=1)
     transport = KombuTransport(conf)
     try:
         with pytest.raises(exceptions.ConnectionFailed):

@@ -150,10 +150,10 @@ def test_unroutable_messages_raise_and_are_counted(connect: Connect) -> None:
     declare_queues(transport, {"q": ["a.b"]})
 
     with pytest.raises(exceptions.Unroutable) as info:
-        transport.publish(envelope("nobody.listens"))
+        transport.publish(envelope("nobody.listens")).wait()
     assert (info.value.exchange, info.value.routing_key) == ("ex", "nobody.listens")
     with pytest.raises(exceptions.Unroutable, match="missing-queue"):
-        transport.publish(envelope("missing-queue", exchange=""))
+        transport.publish(envelope("missing-queue", exchange="")).wait()
 
     assert transport.queue_size("q") == 0
     assert transport.broker.unroutable == 2
@@ -173,17 +173,17 @@ def test_a_publish_returns_its_confirmation_settled(connect: Connect) -> None:
     assert transport.queue_size("q") == 1
 
 
-def test_a_publish_inside_deferring_is_not_deferred_in_memory(connect: Connect) -> None:
-    """The in-memory transport keeps the base seam's default: publishes return settled."""
+def test_a_failed_publish_returns_its_confirmation_failed(connect: Connect) -> None:
+    """Publish never raises for the message: the handle says why (settled at once here)."""
     transport = connect()
     declare_queues(transport, {"q": ["a.b"]})
-    outcomes: list = []
 
-    with transport.deferring(outcomes.append) as deferral:
-        transport.publish(envelope("a.b"))
+    confirmation = transport.publish(envelope("nobody.listens"))
 
-    assert not deferral.taken and outcomes == []
-    assert transport.queue_size("q") == 1
+    assert confirmation.done()
+    assert isinstance(confirmation.failure(), exceptions.Unroutable)
+    with pytest.raises(exceptions.Unroutable):
+        confirmation.wait(0)
 
 
 def test_a_harness_broker_can_drop_unroutable_messages(connect: Connect) -> None:
@@ -230,7 +230,7 @@ def test_delete_removes_queues_exchanges_and_their_bindings(connect: Connect) ->
     assert transport.broker.bindings() == []
     assert transport.broker.exchange_names() == ["other"]
     with pytest.raises(exceptions.PublishFailed):
-        transport.publish(envelope("a"))
+        transport.publish(envelope("a")).wait()
     transport.delete(exchanges=["ex"], queues=["q1"])
 
 
@@ -781,7 +781,7 @@ def test_each_memory_name_has_its_own_broker(broker_name: str) -> None:
         assert other.broker is not same.broker
         assert other.broker.queue_names() == []
         with pytest.raises(exceptions.PublishFailed):
-            other.publish(envelope("k"))
+            other.publish(envelope("k")).wait()
         also_same.publish(envelope("k"))
         assert same.queue_size("q") == 1
         assert MemoryTransport(ConnectionConfig.from_url("memory://")).broker.name == "/"
@@ -806,7 +806,7 @@ def test_closed_transport_refuses_to_publish(connect: Connect) -> None:
     transport.close()
 
     with pytest.raises(exceptions.PublishFailed, match="closed"):
-        transport.publish(envelope("k"))
+        transport.publish(envelope("k")).wait()
     assert transport.drain(0) is False
 
 
