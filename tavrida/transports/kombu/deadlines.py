@@ -4,7 +4,7 @@ Every publish enters a deadline block and takes a lock; as
 ``contextlib.contextmanager`` generators they cost a generator, its frames
 and a handful of calls each time. :class:`Deadline` and :class:`Holding`
 do the same with one ``__enter__`` and one ``__exit__``;
-:class:`ThreadState` holds the thread's deadline (and deferral) with class
+:class:`ThreadState` holds the thread's deadline with class
 defaults, so reading them needs no ``getattr(..., None)``.
 """
 
@@ -18,12 +18,10 @@ from tavrida import exceptions
 
 
 class ThreadState(threading.local):
-    """What the adapter keeps per thread: its deadline and its next publish's deferral."""
+    """What the adapter keeps per thread: its deadline."""
 
     #: ``time.monotonic()`` by which this thread's blocking operations give up, if any.
     deadline: Optional[float] = None
-    #: The :class:`~tavrida.transports.base.Deferral` of this thread's next publish, if any.
-    deferral: Any = None
 
 
 class Deadline:
