@@ -84,6 +84,8 @@ class ConfirmReader:
         end = None if timeout is None else time.monotonic() + timeout
         lock = publisher.lock
         waiting: Optional[Tuple[Any, threading.Condition]] = None
+        # No answer to read beside the confirm: a waiter alone reads holding the lock.
+        answers = publisher.consuming.reply_fd() >= 0
         while True:
             if handle.done():
                 return True
@@ -109,7 +111,7 @@ class ConfirmReader:
                     continue
                 if end is not None and end - now < remaining:
                     remaining = end - now
-                if not self.reading and not self.idle and publisher.consuming.reply_fd() < 0:
+                if not answers and not self.reading and not self.idle:
                     # Alone, and no answer to read beside: read holding the lock, as a
                     # batch did (bench.profiling "cast, tavrida: client" calls/message).
                     raw = publisher.raw
@@ -225,7 +227,7 @@ class ConfirmReader:
                 lock.release()
         done = []
         watched = self.watched
-        while watched and (watched[0].known() or watched[0].cancelled()):
+        while watched and not watched[0].batch.todo:
             done.append(watched.popleft())
         return done
 

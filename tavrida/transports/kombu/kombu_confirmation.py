@@ -33,10 +33,6 @@ class KombuConfirmation(Confirmation):
         #: Handed to ``drain`` (it has callbacks); set once.
         self.watched = False
 
-    def known(self) -> bool:
-        """The broker's verdict was read (the handle may not be settled yet)."""
-        return not self.batch.todo
-
     def settle(self) -> None:
         """Settle the handle as its batch says (in this thread: callbacks run here)."""
         batch = self.batch
@@ -47,17 +43,16 @@ class KombuConfirmation(Confirmation):
 
     def done(self) -> bool:
         """True once settled, or once its verdict was read (then settled here)."""
-        if super().done():
-            return True
         if self.batch.todo:
-            return False
-        self.settle()
+            return False  # pending (a settled or cancelled handle has nothing to do)
+        if not super().done():
+            self.settle()
         return True
 
     def add_done_callback(self, fn: Callable[[Confirmation], None]) -> None:
         """As for any handle; a pending one is then also settled by ``drain``."""
         super().add_done_callback(fn)
-        if not self.watched and not self.done():
+        if self.batch.todo and not self.watched:
             self.watched = True
             self._publisher.reader.watch(self)
 

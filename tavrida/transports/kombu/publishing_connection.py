@@ -81,6 +81,8 @@ class PublishingConnection:
         #: Longest one read of the socket blocks (bounds how late a waiter notices).
         self.poll_interval = poll_interval
         self._publish_lock = threading.Lock()
+        #: The lock guarding the connection, its channel and the tracker (the same).
+        self.lock = self._publish_lock
         self._conn: Any = None
         self._channel: Any = None
         self._ever_connected = False
@@ -91,11 +93,6 @@ class PublishingConnection:
         #: Confirms are read by the waiters, the lock free while they wait.
         self.pending = context.confirms and not context.config.ssl and CAN_POLL
         self.reader = ConfirmReader(self)
-
-    @property
-    def lock(self) -> threading.Lock:
-        """The lock guarding the connection, its channel and the tracker."""
-        return self._publish_lock
 
     @property
     def raw(self) -> Any:

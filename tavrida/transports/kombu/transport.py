@@ -7,12 +7,11 @@ the package's docstring (:mod:`tavrida.transports.kombu`).
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import threading
 import time
 import uuid
-from typing import Iterable, Iterator, Optional, Tuple
+from typing import Iterable, Optional, Tuple
 
 import amqp
 
@@ -341,15 +340,15 @@ class ConsumingSide:
         return bool(transport._ready or transport._stop.is_set()
                     or transport._lifecycle.closed)
 
-    @contextlib.contextmanager
-    def delivering(self) -> Iterator[None]:
+    def delivering(self) -> "ConsumingSide":
         """Acks this thread makes inside the block are sent by the next drain, together."""
-        transport = self._transport
-        transport._delivering = threading.get_ident()
-        try:
-            yield
-        finally:
-            transport._delivering = 0
+        return self
+
+    def __enter__(self) -> None:
+        self._transport._delivering = threading.get_ident()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._transport._delivering = 0
 
     def drain(self, timeout: float) -> bool:
         """The consuming connection's drain."""
