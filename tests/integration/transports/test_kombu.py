@@ -270,6 +270,29 @@ def test_cancel_returns_a_thread_waiting_for_a_confirm_that_does_not_come(
             transport.close()
 
 
+def test_a_pending_publish_fails_at_its_deadline_whoever_reads(
+        amqp_url: str, unique, make_transport) -> None:
+    """No confirm within publish_timeout (a stalled network): the waiter's handle fails;
+    one with a callback, lost when that dropped the connection, fails in ``drain``."""
+    with TcpProxy.for_url(amqp_url) as proxy:
+        transport = make_transport(proxy.url(amqp_url), publish_timeout=0.5)
+        exchange, queue, topology = service_topology(unique)
+        transport.declare(topology)
+        transport.consume(queue, Inbox(), 10)
+        transport.publish(envelope(exchange, "svc.m", b"first")).wait(WAIT)
+        proxy.stall()
+        waited = transport.publish(envelope(exchange, "svc.m", b"waited"))
+        called = transport.publish(envelope(exchange, "svc.m", b"called"))
+        outcomes: List[object] = []
+        called.add_done_callback(outcomes.append)
+        with pytest.raises(exceptions.PublishFailed, match="no confirm from the broker in time"):
+            waited.wait(WAIT)
+        drain_until(lambda: outcomes == [called], transport)
+        assert isinstance(called.exception(0), exceptions.PublishConnectionFailed)
+        with transport.deadline(0.5):
+            transport.close()
+
+
 def test_a_reply_queue_another_connection_holds_is_refused_clearly(
         amqp_url: str, unique, make_transport) -> None:
     exchange, reply, own = unique("x"), unique("reply"), unique("own")
