@@ -116,7 +116,8 @@ class ConfirmReader:
                     # batch did (bench.profiling "cast, tavrida: client" calls/message).
                     raw = publisher.raw
                     end_read = now + min(remaining, publisher.poll_interval)
-                    while batch.inflight and raw is not None and raw is publisher.raw:
+                    # read_frame() is False once the connection is dropped or the channel lost.
+                    while batch.inflight and raw is not None:
                         left = end_read - time.monotonic()
                         if left <= 0 or not publisher.read_frame(raw, left):
                             break
