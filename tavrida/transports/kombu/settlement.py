@@ -26,7 +26,7 @@ LOG = logging.getLogger(__name__)
 Settle = Tuple[KombuDelivery, Optional[bool]]
 
 
-class Link(Protocol):
+class Liveness(Protocol):
     """What settling needs of the consuming connection: is it still the deliveries' one."""
 
     def current(self, generation: int) -> bool:
@@ -47,7 +47,7 @@ class Settlement:
     #: Most acks kept back to be sent as one (see :meth:`can_wait`).
     max_coalesced_acks = 25
 
-    def __init__(self, context: KombuContext, lock: threading.RLock, link: Link,
+    def __init__(self, context: KombuContext, lock: threading.RLock, link: Liveness,
                  poll_interval: float, min_poll_interval: float) -> None:
         self._context = context
         self._lock = lock
