@@ -81,6 +81,11 @@ class ConsumerSet:
         channel.basic_qos(0, consumer.prefetch_count, False)
         self.basic_consume(consumer, channel, generation)
 
+    def start_all(self, conn: Any, generation: int) -> None:
+        """Consume every queue again on a new connection."""
+        for consumer in self.consumers:
+            self.start(consumer, conn, generation)
+
     def basic_consume(self, consumer: Consumer, channel: Any, generation: int) -> None:
         """Consume ``consumer``'s queue on ``channel`` (again, after a broker's cancel)."""
         options: Dict[str, Any] = {}
@@ -95,6 +100,10 @@ class ConsumerSet:
         channel.basic_consume(
             queue=consumer.queue, no_ack=consumer.no_ack, consumer_tag=consumer.tag,
             callback=callback, **options)
+
+    def add(self, consumer: Consumer) -> None:
+        """A new consumer: consumed now (:meth:`start`) and after every reconnect."""
+        self.consumers.append(consumer)
 
     def discard(self, consumer: Consumer) -> None:
         """Forget a consumer that could not start, closing its channel."""

@@ -41,7 +41,7 @@ LOG = logging.getLogger("tavrida.transports.kombu.connections")
 class ConsumingConnection:
     """The consuming connection: declarations, consumers, acks, heartbeats, draining.
 
-    Every part is touched under :attr:`_lock` (an ``RLock``), except what
+    Every part is touched under its ``_lock`` (an ``RLock``), except what
     another thread may ask without waiting: :meth:`fileno`,
     :meth:`reply_fd`, :meth:`has_ready`, :meth:`stop`, :meth:`sever`.
     """
@@ -106,7 +106,7 @@ class ConsumingConnection:
         consumer = Consumer(queue, on_message, max(int(prefetch_count), 0), no_ack)
         with context.holding(self._lock):
             self._link.ensure()
-            self.consumers.consumers.append(consumer)
+            self.consumers.add(consumer)
             try:
                 self.consumers.start(consumer, self._link.conn, self._link.generation)
             except context.retry_errors as exc:
@@ -201,7 +201,7 @@ class ConsumingConnection:
             LOG.debug("ignoring error while closing %s", context.config.safe_url,
                       exc_info=True)
         finally:
-            self.consumers.consumers.clear()
+            self.consumers.stop_all()
             self._link.drop()
 
     # -- what the publishing side asks -------------------------------------------------------
@@ -373,8 +373,7 @@ class ConsumingConnection:
         link = self._link
         self._heartbeat.start()
         self.declarer.declare_all(link.control)
-        for consumer in self.consumers.consumers:
-            self.consumers.start(consumer, link.conn, link.generation)
+        self.consumers.start_all(link.conn, link.generation)
 
     def _teardown(self) -> List[Any]:
         """On a dropped connection (lock held): its deliveries are void; its channels."""
