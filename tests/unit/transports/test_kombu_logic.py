@@ -392,6 +392,16 @@ def test_a_failing_settle_marks_the_connection_broken(consuming: ConsumingConnec
     assert consuming._link.broken
 
 
+def test_the_consuming_side_tells_the_publishing_side_it_has_no_socket_yet() -> None:
+    consuming = KombuTransport(ConnectionConfig.from_url(AMQP_URL))._consuming
+    assert consuming.fileno() == -1 and consuming.reply_fd() == -1
+    assert not consuming.has_ready()
+    with consuming._context.deadline(0.5):
+        consuming.check_reply_connection()  # no reply queue: nothing to check, no connect
+    consuming.stop()
+    assert consuming.has_ready()  # a drain now returns at once
+
+
 # -- virtual brokers: routing and the binding check ------------------------------------------------
 
 class FakeExchangeType:
