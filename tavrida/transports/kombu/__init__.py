@@ -1,19 +1,23 @@
 """The kombu transport's facade: RabbitMQ (``amqp://``), Redis (``redis://``), kombu's ``memory://``.
 
-:class:`KombuTransport` is put together from one part per concern, each a
-module of this package. Objects owning their state: :mod:`.lifecycle`
-(closed, interrupted), :mod:`.connector` (parameters, nodes, one connect),
-:mod:`.reconnect` (the reconnect policy and the one retry loop),
-:mod:`.declarations` (what was declared), :mod:`.unconfirmed` (publishes awaiting
-their confirm), :mod:`.heartbeat`, :mod:`.nodes`,
-:mod:`.deadlines`, :mod:`.polling`, :mod:`.severing` (deadlines of cancel and
-close). Parts still sharing :mod:`.state`: :mod:`.connections`,
-:mod:`.declaring`, :mod:`.consuming` (consumers, deliveries, settling),
-:mod:`.draining`, :mod:`.confirms` (acks, nacks, returns), :mod:`.publishing`,
-:mod:`.shared_confirms` (blocking calls' requests), :mod:`.deferring`;
-:mod:`.transport` sets them up, connects as a whole, and closes. Every
-private name of kombu, py-amqp and redis-py, and code copied from them, is
-in the :mod:`.compat` subpackage, listed in its ``REGISTRY``.
+:class:`KombuTransport` is a facade over objects that each own their state,
+one module per concept. Shared by both connections: :mod:`.context`
+(``KombuContext``: config, the thread's deadline, the lifecycle, the
+:mod:`.connector`, the :mod:`.reconnect` policy and its one retry loop),
+with :mod:`.lifecycle` (closed, interrupted), :mod:`.deadlines`,
+:mod:`.nodes`, :mod:`.polling` and :mod:`.severing` (deadlines of cancel and
+close). The consuming side is :mod:`.consuming_connection`
+(``ConsumingConnection``: its lock, draining, cancel, close), composed of
+:mod:`.link` (the kombu connection: connecting, reconnecting, dropping),
+:mod:`.consumers` (``ConsumerSet``: consumers and the deliveries they
+received, :mod:`.deliveries`), :mod:`.settlement` (acks and rejects,
+coalesced), :mod:`.declarer` (declaring, deleting, declaring again; what
+was declared: :mod:`.declarations`) and :mod:`.heartbeat`. The publishing
+side: :mod:`.confirms` (acks, nacks, returns; :mod:`.unconfirmed`),
+:mod:`.publishing`, :mod:`.shared_confirms` (blocking calls' requests),
+:mod:`.deferring`, :mod:`.batch`. :mod:`.transport` puts them together and
+closes. Every private name of kombu, py-amqp and redis-py, and code copied
+from them, is in the :mod:`.compat` subpackage, listed in its ``REGISTRY``.
 
 :class:`KombuTransport` moves opaque bytes plus a header table; it knows
 nothing about tavrida messages. It holds two long-lived connections:
@@ -21,9 +25,9 @@ nothing about tavrida messages. It holds two long-lived connections:
 * the *consuming* connection is driven by :meth:`drain` (one thread at a
   time; callbacks run on that thread). It carries the declarations, one
   channel per :meth:`consume` call (so each consumer has its own prefetch
-  window) and a control channel. It is only touched under ``self._lock``;
-  :meth:`drain` releases that lock while callbacks run, so a callback may
-  ack, declare or send heartbeats at will.
+  window) and a control channel. It is only touched under its lock
+  (``ConsumingConnection``'s); :meth:`drain` releases that lock while
+  callbacks run, so a callback may ack, declare or send heartbeats at will.
 * the *publishing* connection has one channel in publisher-confirm mode,
   shared by every thread under ``self._publish_lock``. It has no heartbeats
   (nothing reads it between publishes, as with celery's producer

@@ -12,13 +12,25 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Deque, List, Optional, Set, Tuple
 
 import amqp
+from kombu.connection import Connection
 
+from tavrida.config import ConnectionConfig
+from tavrida.transports.base import Transport
 from tavrida.transports.kombu.batch import Batch, ConfirmTimeout
-from tavrida.transports.kombu.draining import KombuDraining
+from tavrida.transports.kombu.compat import Compat
+from tavrida.transports.kombu.connector import Connector
+from tavrida.transports.kombu.consuming_connection import ConsumingConnection
+from tavrida.transports.kombu.context import KombuContext
+from tavrida.transports.kombu.deadlines import ThreadState
+from tavrida.transports.kombu.lifecycle import Lifecycle
+from tavrida.transports.kombu.polling import Readable
+from tavrida.transports.kombu.reconnect import Errors
+from tavrida.transports.kombu.unconfirmed import ConfirmTracker
 
 LOG = logging.getLogger(__name__)
 
@@ -26,8 +38,45 @@ LOG = logging.getLogger(__name__)
 TOO_LARGE = re.compile(r"message size (\d+) is larger than (?:configured )?max size (\d+)")
 
 
-class KombuConfirms(KombuDraining):
-    """The confirms part of :class:`~tavrida.transports.kombu.KombuTransport`."""
+class KombuConfirms(Transport):
+    """The confirms part of :class:`~tavrida.transports.kombu.KombuTransport`.
+
+    Declares the state the publishing parts share (set by the facade).
+    """
+
+    poll_interval: float
+    confirm_timeout: float
+    _context: KombuContext
+    #: The consuming side, asked about reply queues and its socket.
+    _consuming: ConsumingConnection
+    _config: ConnectionConfig
+    _is_amqp: bool
+    _confirms: bool
+    _retry_errors: Errors
+    _connection_errors: Errors
+    _channel_errors: Errors
+    _local: ThreadState
+    _lifecycle: Lifecycle
+    _connector: Connector
+    _compat: Compat
+    #: Polls of the publishing socket, with or without the reply queue's (the reader's).
+    _confirm_poll: Readable
+    _pub_poll: Readable
+    #: Poll of the consuming and the publishing sockets, for deferred confirms.
+    _sockets_poll: Readable
+    # The publishing connection (guarded by _publish_lock).
+    _publish_lock: threading.Lock
+    _pub_conn: Optional[Connection]
+    _pub_channel: Any
+    _pub_ever_connected: bool
+    _pub_confirming: bool
+    _unconfirmed: ConfirmTracker
+    _pub_reader: bool
+    _pub_idle: List[Tuple[Batch, threading.Condition, Callable[[], bool]]]
+    #: Deferred publishes waiting for their confirm, oldest first (see ``deferring``).
+    _deferred: Deque[Batch]
+    #: Exchanges a virtual publisher channel has recorded as topic exchanges.
+    _pub_exchanges: Set[str]
 
     def _unrouted(self, batch: Batch, index: int) -> None:
         """Envelope ``index`` reached no queue: an Unroutable failure, or fine if not mandatory."""

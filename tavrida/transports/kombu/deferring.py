@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from typing import Any, List, Optional
 
@@ -44,24 +43,26 @@ class KombuDeferring(KombuSharedConfirms):
         return _Deferring(self._local, deferral)
 
     def drain(self, timeout: float) -> bool:
-        """:meth:`KombuDraining.drain`, reading deferred publishes' confirms meanwhile."""
+        """Deliver waiting messages (see :meth:`.ConsumingConnection.drain`), reading
+        deferred publishes' confirms meanwhile."""
+        consuming = self._consuming
         if not self._deferred:
-            return super().drain(timeout)
+            return consuming.drain(timeout)
         end = time.monotonic() + max(timeout, 0.0)
         while True:
             if self._finish_deferred():
-                super().drain(0.0)  # sends the acks just queued, delivers what is ready
+                consuming.drain(0.0)  # sends the acks just queued, delivers what is ready
                 return True
             if not self._deferred:
                 left = end - time.monotonic()
-                return super().drain(max(left, 0.0))
-            if self._ready or self._stop.is_set() or self._lifecycle.closed:
-                return super().drain(0.0)
+                return consuming.drain(max(left, 0.0))
+            if consuming.has_ready():
+                return consuming.drain(0.0)
             now = time.monotonic()
             first = self._deferred[0].deadline - now
             wait = min(max(end - now, 0.0), self.poll_interval, max(first, 0.0))
-            consuming = self._wait_for_sockets(wait)
-            if consuming and super().drain(0.0):
+            readable = self._wait_for_sockets(wait)
+            if readable and consuming.drain(0.0):
                 return True
             if time.monotonic() >= end:
                 return False
@@ -69,8 +70,8 @@ class KombuDeferring(KombuSharedConfirms):
     def _wait_for_sockets(self, timeout: float) -> bool:
         """Wait up to ``timeout`` for either connection; True unless only publishing is ready."""
         pub_fd = fileno(self._connector.raw(self._pub_conn))
-        consume_fd = fileno(self._connector.raw(self._conn))
-        if consume_fd < 0 or self._broken:
+        consume_fd = self._consuming.fileno()
+        if consume_fd < 0:
             return True  # drain() reconnects
         if pub_fd >= 0:
             events = self._sockets_poll.poll(consume_fd, pub_fd, timeout=timeout)
@@ -89,8 +90,7 @@ class KombuDeferring(KombuSharedConfirms):
             done.append(self._deferred.popleft())
         if not done:
             return 0
-        self._delivering = threading.get_ident()  # their acks go together (see _settle)
-        try:
+        with self._consuming.delivering():  # their acks go together (see Settlement.settle)
             for batch in done:
                 on_confirmed, batch.on_confirmed = batch.on_confirmed, None
                 assert on_confirmed is not None
@@ -98,8 +98,6 @@ class KombuDeferring(KombuSharedConfirms):
                     on_confirmed(batch.error() if batch.failed else None)
                 except Exception:  # noqa: BLE001 - one failing callback must not stop the rest
                     LOG.exception("a deferred publish's callback failed")
-        finally:
-            self._delivering = 0
         return len(done)
 
     def _pump_deferred(self) -> None:

@@ -32,7 +32,6 @@ from tavrida.transports.kombu.compat.pyamqp import (
 )
 from tavrida.transports.kombu.compat.virtual import NoRoute, check_route, strict_lookup
 from tavrida.transports.kombu.confirms import KombuConfirms
-from tavrida.transports.kombu.polling import CAN_POLL
 
 LOG = logging.getLogger(__name__)
 
@@ -85,8 +84,7 @@ class KombuPublishing(KombuConfirms):
             deferral = self._local.deferral
         with self.deadline(self._config.publish_timeout):
             try:
-                if self._declarations.reply_queues and self._is_amqp:
-                    self._check_reply_connection()
+                self._consuming.check_reply_connection()
                 if deferral is not None:
                     self._local.deferral = None  # the next publish only
                     self._publish_deferred(batch, deferral)
@@ -94,7 +92,7 @@ class KombuPublishing(KombuConfirms):
                     request(batch)
                 else:
                     lock = self._publish_lock
-                    self._take(lock)  # (not _holding(): this runs for every publish)
+                    self._context.take(lock)  # (not _holding(): this runs for every publish)
                     try:
                         self._publish_batch(batch)
                     finally:
@@ -115,7 +113,7 @@ class KombuPublishing(KombuConfirms):
         Not deferred when it failed or was confirmed while it was written:
         :meth:`_publish` then raises or returns as for any publish.
         """
-        with self._holding(self._publish_lock):
+        with self._context.holding(self._publish_lock):
             self._send_request(batch)
             if batch.todo:
                 batch.on_confirmed = deferral.on_confirmed
@@ -152,38 +150,13 @@ class KombuPublishing(KombuConfirms):
             return False
         return True
 
-    def _check_reply_connection(self) -> None:
-        """Before a request goes out: make sure the reply queue it names exists.
-
-        RabbitMQ deletes an exclusive reply queue with its connection, and
-        drops answers routed to it until it is declared again -- which
-        happens when someone next reads the consuming connection and finds it
-        dead. A request published in between would lose its answer (the first
-        call after every connection loss timed out). A closed connection
-        shows as end-of-file on its socket: peeking at it costs one system
-        call, and reconnecting here (which declares the reply queue again)
-        comes before the request. (Not for amqps, whose sockets cannot peek,
-        nor where ``select.poll`` is missing.)
-        """
-        if self._config.ssl or not CAN_POLL:
-            return
-        if self._conn is not None and not self._broken and self._socket_alive():
-            return
-        with self._holding(self._lock):
-            if self._conn is not None and not self._broken and not self._socket_alive():
-                LOG.warning("the consuming connection to %s is closed",
-                            self._config.safe_url)
-                self._broken = True
-            if not self._lifecycle.closed:
-                self._ensure_connected()
-
     def _publish_batch(self, batch: Batch) -> None:
         def attempt() -> None:
             while batch.todo:
                 self._publish_round(batch)
 
         try:
-            self._retry(attempt, not self._pub_ever_connected, "publishing to",
+            self._context.retry(attempt, not self._pub_ever_connected, "publishing to",
                         once_if_interrupted=True)
         except ConfirmTimeout:
             self._drop_publisher()
@@ -295,7 +268,7 @@ class KombuPublishing(KombuConfirms):
                 raise
 
         try:
-            self._retry(attempt, not self._pub_ever_connected, "publishing to",
+            self._context.retry(attempt, not self._pub_ever_connected, "publishing to",
                         once_if_interrupted=True)
         except exceptions.ConnectionFailed:
             self._drop_publisher()

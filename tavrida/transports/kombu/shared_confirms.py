@@ -141,19 +141,19 @@ class KombuSharedConfirms(KombuPublishing):
         pub_fd = fileno(raw)
         if pub_fd < 0:
             return  # closed meanwhile: the requests go out again
-        reply_fd = self._reply_fd()
+        reply_fd = self._consuming.reply_fd()
         end = time.monotonic() + timeout
         fds = (pub_fd, reply_fd) if reply_fd >= 0 else (pub_fd,)
         events = self._confirm_poll.poll(*fds, timeout=timeout)
         # At most two sockets ready: the first and the last are all of them.
         while events and events[0][0] != pub_fd and events[-1][0] != pub_fd:
-            if self._read_answers():
+            if self._consuming.read_answers():
                 return
             # Another thread drains the replies: wait for the publishing socket alone.
             events = self._pub_poll.poll(pub_fd, timeout=max(end - time.monotonic(), 0.0))
         for fd, _ in events:
             if fd != pub_fd:
-                self._read_answers()
+                self._consuming.read_answers()
                 continue
             if not self._publish_lock.acquire(False):
                 return  # a batch holds it and reads its confirms, ours among them
