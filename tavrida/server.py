@@ -6,7 +6,8 @@ What happens to each message (the delivery guarantees):
   published (and, with publisher confirms, confirmed; at-least-once: a
   crash before that means a redelivery); inside :meth:`Server.run` a call's ack may come after the
   next messages were taken, once its answer's confirm arrived (pipelined
-  answers, see :meth:`~tavrida.transports.base.Transport.deferring`);
+  answers: a callback on the answer's confirmation, see
+  :meth:`~tavrida.transports.base.Transport.publish`);
 * a call always gets exactly one answer: the handler's Response, an empty
   Response when the handler returned None, or an Error when it raised, a
   middleware refused it, or its answer cannot be sent (not JSON, too large:

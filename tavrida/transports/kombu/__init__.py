@@ -1,23 +1,26 @@
 """The kombu transport's facade: RabbitMQ (``amqp://``), Redis (``redis://``), kombu's ``memory://``.
 
-:class:`KombuTransport` is put together from one part per concern, each a
-module of this package. Objects owning their state: :mod:`.context` (what
-both connections share), :mod:`.lifecycle` (closed, interrupted),
-:mod:`.connector` (parameters, nodes, one connect), :mod:`.reconnect` (the
-reconnect policy and the one retry loop), :mod:`.declarations` (what was
-declared), :mod:`.heartbeat`, :mod:`.nodes`, :mod:`.deadlines`,
-:mod:`.polling`, :mod:`.severing` (deadlines of cancel and close); the
-publishing side: :mod:`.publishing_connection` (its lock, connection,
-channel and publishes), :mod:`.confirm_tracker` (publishes awaiting their
-confirm; acks, nacks, returns, channel errors), :mod:`.confirm_reader`
-(waiters reading confirms for each other; ``drain`` for handles with
-callbacks), :mod:`.kombu_confirmation` (the pending handle),
-:mod:`.outgoing_message`, :mod:`.batch`. Parts still sharing :mod:`.state`:
-:mod:`.connections`, :mod:`.declaring`, :mod:`.consuming` (consumers,
-deliveries, settling), :mod:`.draining`;
-:mod:`.transport` sets them up, connects as a whole, and closes. Every
-private name of kombu, py-amqp and redis-py, and code copied from them, is
-in the :mod:`.compat` subpackage, listed in its ``REGISTRY``.
+:class:`KombuTransport` is a facade over objects that each own their state,
+one module per concept. Shared by both connections: :mod:`.context`
+(``KombuContext``: config, the thread's deadline, the lifecycle, the
+:mod:`.connector`, the :mod:`.reconnect` policy and its one retry loop),
+with :mod:`.lifecycle` (closed, interrupted), :mod:`.deadlines`,
+:mod:`.nodes`, :mod:`.polling` and :mod:`.severing` (deadlines of cancel and
+close). The consuming side is :mod:`.consuming_connection`
+(``ConsumingConnection``: its lock, draining, cancel, close), composed of
+:mod:`.link` (the kombu connection: connecting, reconnecting, dropping),
+:mod:`.consumers` (``ConsumerSet``: consumers and the deliveries they
+received, :mod:`.deliveries`), :mod:`.settlement` (acks and rejects,
+coalesced), :mod:`.declarer` (declaring, deleting, declaring again; what
+was declared: :mod:`.declarations`) and :mod:`.heartbeat`. The publishing
+side is :mod:`.publishing_connection` (``PublishingConnection``: its lock,
+connection, confirm channel and publishes), with :mod:`.confirm_tracker`
+(publishes awaiting their confirm; acks, nacks, returns, channel errors),
+:mod:`.confirm_reader` (waiters reading confirms for each other; ``drain``
+for handles with callbacks), :mod:`.kombu_confirmation` (the pending
+handle), :mod:`.outgoing_message` and :mod:`.batch`. :mod:`.transport` puts
+them together and closes. Every private name of kombu, py-amqp and redis-py, and code copied
+from them, is in the :mod:`.compat` subpackage, listed in its ``REGISTRY``.
 
 :class:`KombuTransport` moves opaque bytes plus a header table; it knows
 nothing about tavrida messages. It holds two long-lived connections:
@@ -25,9 +28,9 @@ nothing about tavrida messages. It holds two long-lived connections:
 * the *consuming* connection is driven by :meth:`drain` (one thread at a
   time; callbacks run on that thread). It carries the declarations, one
   channel per :meth:`consume` call (so each consumer has its own prefetch
-  window) and a control channel. It is only touched under ``self._lock``;
-  :meth:`drain` releases that lock while callbacks run, so a callback may
-  ack, declare or send heartbeats at will.
+  window) and a control channel. It is only touched under its lock
+  (``ConsumingConnection``'s); :meth:`drain` releases that lock while
+  callbacks run, so a callback may ack, declare or send heartbeats at will.
 * the *publishing* connection (:class:`.publishing_connection.PublishingConnection`)
   has one channel in publisher-confirm mode, shared by every thread under
   its own lock. It has no heartbeats (nothing reads it between publishes,

@@ -35,7 +35,7 @@ class Declarations:
 
     def declare_on(self, channel: Any, exchanges: Iterable[str], queues: Iterable[str],
                    bindings: Iterable[Binding]) -> None:
-        """Declare these on ``channel``, tavrida 1.0's way (see :mod:`.declaring`)."""
+        """Declare these on ``channel``, tavrida 1.0's way (see :mod:`.declarer`)."""
         # The tavrida 1.0 declarations exactly: no arguments, nothing exclusive or auto-deleted
         # (quorum queues and delay queues: the arguments queue_arguments remembers).
         for name in exchanges:

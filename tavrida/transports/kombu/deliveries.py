@@ -10,11 +10,11 @@ from tavrida.transports.kombu.compat.redis_fetch import RedisFetch
 
 
 class _Settles(Protocol):
-    _conn: Any
-    _broken: bool
-    _generation: int
+    """Where a delivery's ack goes: the consuming connection's :class:`~.settlement.Settlement`."""
 
-    def _settle(self, delivery: "KombuDelivery", requeue: Optional[bool]) -> None: ...
+    def settle(self, delivery: "KombuDelivery", requeue: Optional[bool]) -> None: ...
+
+    def current(self, generation: int) -> bool: ...
 
 
 class KombuDelivery(Delivery):
@@ -25,7 +25,7 @@ class KombuDelivery(Delivery):
     #: Its ack is sent as ``multiple``: it covers every earlier one of its channel.
     _multiple = False
 
-    def __init__(self, transport: _Settles, channel: Any, delivery_tag: Any,
+    def __init__(self, settlement: _Settles, channel: Any, delivery_tag: Any,
                  generation: int, body: bytes, headers: Dict[str, Any],
                  properties: Dict[str, Any], exchange: str, routing_key: str, queue: str,
                  redelivered: bool, no_ack: bool = False) -> None:
@@ -36,7 +36,7 @@ class KombuDelivery(Delivery):
         self.routing_key = routing_key
         self.queue = queue
         self.redelivered = redelivered
-        self._transport = transport
+        self._settlement = settlement
         self._channel = channel
         self._delivery_tag = delivery_tag
         self._generation = generation
@@ -50,19 +50,17 @@ class KombuDelivery(Delivery):
         Nothing to do for a delivery taken without an ack (a reply queue).
         """
         if not self._no_ack:
-            self._transport._settle(self, None)
+            self._settlement.settle(self, None)
 
     def reject(self, requeue: bool) -> None:
         """Reject (``requeue=True`` gives it back to the queue); a no-op without acks."""
         if not self._no_ack:
-            self._transport._settle(self, bool(requeue))
+            self._settlement.settle(self, bool(requeue))
 
     @property
     def redelivery_due(self) -> bool:
         """True once the connection it came on is gone (the broker has it back)."""
-        transport = self._transport
-        return not self._no_ack and (transport._generation != self._generation
-                                     or transport._broken or transport._conn is None)
+        return not self._no_ack and not self._settlement.current(self._generation)
 
     def __repr__(self) -> str:
         return (f"<KombuDelivery {self.queue!r} from {self.exchange!r}/{self.routing_key!r}"
@@ -77,7 +75,7 @@ class Consumer:
         self.queue = queue
         self.on_message = on_message
         self.prefetch_count = prefetch_count
-        #: Consumed without acks: a RabbitMQ reply queue (see :meth:`KombuConsuming.consume`).
+        #: Consumed without acks: a RabbitMQ reply queue (see :meth:`.ConsumerSet.add`).
         self.no_ack = no_ack
         self.tag = f"tavrida-{uuid.uuid4().hex}"
         self.channel: Any = None

@@ -1,9 +1,9 @@
 """AMQP heartbeats on the consuming connection, kept going while a handler runs.
 
-kombu's ``Connection.heartbeat_check`` is pumped by the draining thread
-(see :mod:`~tavrida.transports.kombu.draining`); this part sends
-heartbeats from any thread, and from a small thread of its own whenever
-nobody has drained for half an interval (:class:`Heartbeat`).
+kombu's ``Transport.heartbeat_check`` is pumped after each read by the
+draining thread (:meth:`Heartbeat.check`); :meth:`Heartbeat.beat` sends a
+heartbeat from any thread, and a small thread of its own does whenever
+nobody has drained for half an interval.
 """
 
 from __future__ import annotations
@@ -11,63 +11,82 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Optional
+from typing import Any, Optional
 
-from tavrida.transports.kombu.connections import KombuConnections
+from tavrida.transports.kombu.context import KombuContext
+from tavrida.transports.kombu.link import Link
 
-LOG = logging.getLogger(__name__)
-
-
-class KombuHeartbeats(KombuConnections):
-    """The heartbeats part of :class:`~tavrida.transports.kombu.KombuTransport`."""
-
-    def heartbeat(self) -> None:
-        """Send an AMQP heartbeat on the consuming connection now, from any thread.
-
-        If :meth:`drain` holds the connection at this moment it is pumping
-        heartbeats itself, so nothing needs sending.
-        """
-        if not self._is_amqp or not self._lock.acquire(blocking=False):
-            return
-        try:
-            raw = self._raw_connection()
-            if raw is not None and not self._broken:
-                raw.send_heartbeat()
-                self._heartbeat.last = time.monotonic()
-        except self._connection_errors as exc:
-            LOG.warning("heartbeat failed (%s: %s)", type(exc).__name__, exc)
-            self._broken = True
-        finally:
-            self._lock.release()
+# It logs as the connections always have (operators filter on that name).
+LOG = logging.getLogger("tavrida.transports.kombu.connections")
 
 
 class Heartbeat:
     """When the consuming connection last beat, and the thread keeping it beating.
 
-    :meth:`KombuHeartbeats.heartbeat` pumps heartbeats, but a handler run on
+    :meth:`check` pumps heartbeats while draining, but a handler run on
     the draining thread (a server with ``workers=0``) stops the drain:
     RabbitMQ then closes the connection after two missed intervals, the
     handler's ack is lost and the message is redelivered -- to run as long
-    again, for ever. The thread calls ``send`` (which only writes heartbeat
-    frames, when the connection is free; it never reads) whenever nobody has
-    beaten for half an interval. ``last`` is written under the consuming
-    connection's lock.
+    again, for ever. The thread calls :meth:`beat` (which only writes
+    heartbeat frames, when the connection is free; it never reads) whenever
+    nobody has beaten for half an interval. :attr:`last` is written under
+    the consuming connection's ``lock``.
     """
 
-    def __init__(self, interval: float, closing: threading.Event,
-                 send: Callable[[], None]) -> None:
-        self.interval = interval
-        self.closing = closing
-        self.send = send
+    #: Seconds between heartbeat checks while messages keep coming (each read
+    #: counts as a sign of life; heartbeats are sent every half interval, which
+    #: is seconds): a check per message would cost more than the message.
+    check_interval = 0.02
+
+    def __init__(self, context: KombuContext, lock: threading.RLock, link: Link) -> None:
+        self._context = context
+        self._lock = lock
+        self._link = link
+        self.interval = float(context.config.heartbeat_interval or 0)
+        self.closing = context.lifecycle.closing
         #: ``time.monotonic()`` of the last heartbeat sent or checked.
         self.last = 0.0
         self.thread: Optional[threading.Thread] = None
 
-    def start(self, name: str) -> None:
-        """Start the thread (once; later connections reuse it)."""
-        if self.thread is None:
+    def beat(self) -> None:
+        """Send an AMQP heartbeat now, from any thread.
+
+        If the draining thread holds the connection at this moment it is
+        pumping heartbeats itself, so nothing needs sending.
+        """
+        context = self._context
+        if not context.is_amqp or not self._lock.acquire(blocking=False):
+            return
+        try:
+            raw = self._link.raw()
+            if raw is not None and not self._link.broken:
+                raw.send_heartbeat()
+                self.last = time.monotonic()
+        except context.connection_errors as exc:
+            LOG.warning("heartbeat failed (%s: %s)", type(exc).__name__, exc)
+            self._link.broken = True
+        finally:
+            self._lock.release()
+
+    def check(self, conn: Any) -> None:
+        """After a read (lock held): kombu's heartbeat check, at most every :attr:`check_interval`.
+
+        Frames just read count as signs of life. Raises the connection's
+        errors when the broker has gone silent.
+        """
+        now = time.monotonic()
+        if now - self.last >= self.check_interval:
+            conn.transport.heartbeat_check(self._link.raw(), rate=2)
+            self.last = now
+
+    def start(self) -> None:
+        """Start the thread, with AMQP heartbeats on (once; later connections reuse it)."""
+        context = self._context
+        if self.thread is None and context.is_amqp and self.interval:
             self.last = time.monotonic()
-            self.thread = threading.Thread(target=self._keep, daemon=True, name=name)
+            self.thread = threading.Thread(
+                target=self._keep, daemon=True,
+                name=f"tavrida-heartbeat-{context.connector.connection_name}")
             self.thread.start()
 
     def join(self, timeout: float) -> None:
@@ -80,4 +99,4 @@ class Heartbeat:
         interval = self.interval
         while not self.closing.wait(max(interval / 4, 0.05)):
             if time.monotonic() - self.last >= interval / 2:
-                self.send()
+                self.beat()

@@ -126,8 +126,9 @@ def test_the_retry_loop_moves_on_to_a_node_that_answers(monkeypatch: pytest.Monk
     nodes = Nodes(up=[1])
     monkeypatch.setattr(kombu._connector, "open_node", nodes)
     opened: List[str] = []
-    monkeypatch.setattr(kombu, "_connect", lambda: opened.append(kombu._connector.open("c")))
-    kombu._retry(kombu._connect_declaring, True, "connecting to")
+    link = kombu._consuming._link
+    monkeypatch.setattr(link, "connect", lambda: opened.append(kombu._connector.open("c")))
+    kombu._context.retry(link.connect_declaring, True, "connecting to")
     assert opened == ["connection to node 1"] and nodes.tried == [0, 1]
 
 
@@ -144,11 +145,12 @@ def test_a_queue_whose_home_node_is_down_is_retried(monkeypatch: pytest.MonkeyPa
         if errors:
             raise errors.pop()
 
-    monkeypatch.setattr(kombu, "_connect", connect)
+    link = kombu._consuming._link
+    monkeypatch.setattr(link, "connect", connect)
     with pytest.raises(QueueUnavailable):
-        kombu._connect_declaring()
-    assert issubclass(QueueUnavailable, kombu._retry_errors)
-    kombu._retry(kombu._connect_declaring, True, "connecting to")  # retried until it works
+        link.connect_declaring()
+    assert issubclass(QueueUnavailable, kombu._context.retry_errors)
+    kombu._context.retry(link.connect_declaring, True, "connecting to")  # retried until it works
     assert errors == []
 
 
@@ -160,9 +162,10 @@ def test_another_not_found_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> No
     def connect() -> None:
         raise missing
 
-    monkeypatch.setattr(kombu, "_connect", connect)
+    link = kombu._consuming._link
+    monkeypatch.setattr(link, "connect", connect)
     with pytest.raises(amqp.NotFound):
-        kombu._connect_declaring()
+        link.connect_declaring()
 
 
 # -- quorum queues ---------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from tavrida.transports.kombu import KombuDelivery, KombuTransport
 from tavrida.transports.kombu.batch import Batch
 from tavrida.transports.kombu.compat.virtual import NoRoute, strict_lookup
 from tavrida.transports.kombu.confirm_tracker import ConfirmTracker
+from tavrida.transports.kombu.consuming_connection import ConsumingConnection
 from tavrida.transports.kombu.declarations import Declarations
 from tavrida.transports.kombu.deliveries import Consumer
 from tavrida.transports.kombu.reconnect import retry_call
@@ -246,21 +247,22 @@ class RecordingChannel:
 
 
 @pytest.fixture
-def consuming() -> KombuTransport:
-    """A transport that believes its consuming connection is up (generation 1)."""
+def consuming() -> ConsumingConnection:
+    """A transport's consuming side that believes its connection is up (generation 1)."""
     transport = KombuTransport(ConnectionConfig.from_url(AMQP_URL))
-    transport._conn = object()  # type: ignore[assignment]
-    transport._generation = 1
-    return transport
+    consuming = transport._consuming
+    consuming._link.conn = object()  # type: ignore[assignment]
+    consuming._link.generation = 1
+    return consuming
 
 
-def delivery(transport: KombuTransport, channel: Any, tag: int,
+def delivery(consuming: ConsumingConnection, channel: Any, tag: int,
              generation: int = 1) -> KombuDelivery:
-    return KombuDelivery(transport, channel, tag, generation, b"{}", {}, {}, "x", "k", "q",
-                         False)
+    return KombuDelivery(consuming.settlement, channel, tag, generation, b"{}", {}, {}, "x",
+                         "k", "q", False)
 
 
-def test_settles_go_out_at_once_when_the_connection_is_free(consuming: KombuTransport) -> None:
+def test_settles_go_out_at_once_when_the_connection_is_free(consuming: ConsumingConnection) -> None:
     channel = RecordingChannel()
     delivery(consuming, channel, 1).ack()
     delivery(consuming, channel, 2).reject(requeue=True)
@@ -269,7 +271,7 @@ def test_settles_go_out_at_once_when_the_connection_is_free(consuming: KombuTran
 
 
 def test_settles_from_other_threads_wait_for_the_holder_in_order(
-        consuming: KombuTransport) -> None:
+        consuming: ConsumingConnection) -> None:
     channel = RecordingChannel()
     deliveries = [delivery(consuming, channel, tag) for tag in range(1, 6)]
     with consuming._lock:  # drain() is reading
@@ -278,12 +280,12 @@ def test_settles_from_other_threads_wait_for_the_holder_in_order(
             worker.start()
             worker.join()
         assert channel.calls == []
-        consuming._perform_settles()
+        consuming.settlement.perform()
     assert channel.calls == [("ack", tag, None) for tag in range(1, 6)]
 
 
 def test_an_ack_from_another_thread_while_the_queue_is_emptied_is_not_lost(
-        consuming: KombuTransport) -> None:
+        consuming: ConsumingConnection) -> None:
     channel = RecordingChannel()
     first, second = delivery(consuming, channel, 1), delivery(consuming, channel, 2)
 
@@ -307,23 +309,24 @@ def test_an_ack_from_another_thread_while_the_queue_is_emptied_is_not_lost(
             self._arrive()
             super().clear()
 
-    consuming._settles = Settles()
+    consuming.settlement._settles = Settles()
     with consuming._lock:  # drain() is reading
         worker = threading.Thread(target=first.ack)  # queued: the lock is busy
         worker.start()
         worker.join()
-        consuming._perform_settles()
-    consuming._perform_settles()
+        consuming.settlement.perform()
+    consuming.settlement.perform()
     assert channel.calls == [("ack", 1, None), ("ack", 2, None)]
 
 
-def received(transport: KombuTransport, channel: Any, tags: List[int]) -> List[KombuDelivery]:
+def received(consuming: ConsumingConnection, channel: Any,
+             tags: List[int]) -> List[KombuDelivery]:
     """Deliveries of one consumer on ``channel``, as _amqp_delivery records them."""
     consumer = Consumer("q", lambda d: None, 0)
     consumer.channel = channel
     made = []
     for tag in tags:
-        one = delivery(transport, channel, tag)
+        one = delivery(consuming, channel, tag)
         one._consumer = consumer
         consumer.received.add(tag)
         made.append(one)
@@ -331,40 +334,40 @@ def received(transport: KombuTransport, channel: Any, tags: List[int]) -> List[K
 
 
 def test_acks_queued_on_the_draining_thread_go_as_one_when_they_cover_the_channel(
-        consuming: KombuTransport) -> None:
+        consuming: ConsumingConnection) -> None:
     channel = RecordingChannel()
     deliveries = received(consuming, channel, [1, 2, 3, 4])
-    consuming._delivering = threading.get_ident()  # inside drain()'s callbacks
-    for one in deliveries[:3]:
-        one.ack()
-    assert channel.calls == []  # kept back until drain() reads again
-    consuming._perform_settles()
-    assert channel.calls == [("acks up to", 3, None)]
-    assert deliveries[0]._consumer.received == {4}  # type: ignore[union-attr]
-    deliveries[3].ack()
-    consuming._perform_settles()
+    with consuming.delivering():  # inside drain()'s callbacks
+        for one in deliveries[:3]:
+            one.ack()
+        assert channel.calls == []  # kept back until drain() reads again
+        consuming.settlement.perform()
+        assert channel.calls == [("acks up to", 3, None)]
+        assert deliveries[0]._consumer.received == {4}  # type: ignore[union-attr]
+        deliveries[3].ack()
+        consuming.settlement.perform()
     assert channel.calls[-1] == ("ack", 4, None)
 
 
 def test_acks_that_skip_an_unsettled_message_or_meet_a_reject_go_one_by_one(
-        consuming: KombuTransport) -> None:
+        consuming: ConsumingConnection) -> None:
     channel = RecordingChannel()
     first, second, third = received(consuming, channel, [1, 2, 3])
-    consuming._delivering = threading.get_ident()
-    first.ack()
-    third.ack()  # 2 is still being handled: acking "up to 3" would ack it
-    consuming._perform_settles()
-    assert channel.calls == [("ack", 1, None), ("ack", 3, None)]
-    channel.calls.clear()
-    more = received(consuming, channel, [4, 5])
-    more[0].ack()
-    second.reject(requeue=True)  # a reject goes out at once, the queued ack before it
-    more[1].ack()
-    consuming._perform_settles()
+    with consuming.delivering():
+        first.ack()
+        third.ack()  # 2 is still being handled: acking "up to 3" would ack it
+        consuming.settlement.perform()
+        assert channel.calls == [("ack", 1, None), ("ack", 3, None)]
+        channel.calls.clear()
+        more = received(consuming, channel, [4, 5])
+        more[0].ack()
+        second.reject(requeue=True)  # a reject goes out at once, the queued ack before it
+        more[1].ack()
+        consuming.settlement.perform()
     assert channel.calls == [("ack", 4, None), ("reject", 2, True), ("ack", 5, None)]
 
 
-def test_a_second_settle_is_ignored_with_a_warning(consuming: KombuTransport,
+def test_a_second_settle_is_ignored_with_a_warning(consuming: ConsumingConnection,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     channel = RecordingChannel()
     one = delivery(consuming, channel, 7)
@@ -374,21 +377,31 @@ def test_a_second_settle_is_ignored_with_a_warning(consuming: KombuTransport,
     assert channel.calls == [("ack", 7, None)] and "already acked" in caplog.text
 
 
-def test_settles_of_a_lost_connection_are_dropped(consuming: KombuTransport) -> None:
+def test_settles_of_a_lost_connection_are_dropped(consuming: ConsumingConnection) -> None:
     channel = RecordingChannel()
     delivery(consuming, channel, 1, generation=0).ack()  # came on the previous connection
-    consuming._broken = True
+    consuming._link.broken = True
     delivery(consuming, channel, 2).ack()
     assert channel.calls == []
 
 
-def test_a_failing_settle_marks_the_connection_broken(consuming: KombuTransport) -> None:
+def test_a_failing_settle_marks_the_connection_broken(consuming: ConsumingConnection) -> None:
     class Dead(RecordingChannel):
         def basic_ack(self, delivery_tag: Any) -> None:
-            raise consuming._connection_errors[0]("gone")
+            raise consuming._context.connection_errors[0]("gone")
 
     delivery(consuming, Dead(), 1).ack()
-    assert consuming._broken
+    assert consuming._link.broken
+
+
+def test_the_consuming_side_tells_the_publishing_side_it_has_no_socket_yet() -> None:
+    consuming = KombuTransport(ConnectionConfig.from_url(AMQP_URL))._consuming
+    assert consuming.fileno() == -1 and consuming.reply_fd() == -1
+    assert not consuming.has_ready()
+    with consuming._context.deadline(0.5):
+        consuming.check_reply_connection()  # no reply queue: nothing to check, no connect
+    consuming.stop()
+    assert consuming.has_ready()  # a drain now returns at once
 
 
 # -- virtual brokers: routing and the binding check ------------------------------------------------
