@@ -143,7 +143,7 @@ class Returned:
 def publisher() -> ConfirmTracker:
     """The confirm tracker of a confirming publishing channel (nothing connected)."""
     transport = KombuTransport(ConnectionConfig.from_url(AMQP_URL))
-    assert transport._confirms
+    assert transport._context.confirms
     return ConfirmTracker(confirms=True)
 
 
