@@ -1,0 +1,11 @@
+"""asyncio support: an awaitable client and a server for ``async def`` handlers.
+
+* :class:`~tavrida.aio.client.RPCClient` -- ``await cli.svc.method(**payload).call(timeout=5)``;
+* :class:`~tavrida.aio.server.Server` -- ``await srv.serve()``: sync and async handlers.
+
+Same wire and transports as the blocking API (see :doc:`/asyncio`).
+"""
+
+from tavrida.aio.client import RPCClient
+
+__all__ = ["RPCClient"]
