@@ -7,11 +7,10 @@ import logging
 import threading
 
 import pytest
+from aio_services import hello_service
 
 from tavrida import aio, discovery, exceptions
 from tavrida.server import Server
-
-from conftest import hello_service
 
 pytestmark = pytest.mark.anyio
 
