@@ -7,5 +7,6 @@ Same wire and transports as the blocking API (see :doc:`/asyncio`).
 """
 
 from tavrida.aio.client import RPCClient
+from tavrida.aio.server import Server
 
-__all__ = ["RPCClient"]
+__all__ = ["RPCClient", "Server"]

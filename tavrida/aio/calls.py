@@ -76,9 +76,10 @@ class Calls:
     def _on_message(self, delivery: Delivery) -> None:
         """An answer (on the I/O thread): decoded here, paired with its call on the loop."""
         try:
-            answer: Answer = wire.decode(delivery.body, delivery.headers, delivery.properties)
-            request_id = answer.request_id
-            is_answer = answer.message_type in (messages.RESPONSE, messages.ERROR)
+            message = wire.decode(delivery.body, delivery.headers, delivery.properties)
+            answer: Answer = message
+            request_id = message.request_id
+            is_answer = message.message_type in (messages.RESPONSE, messages.ERROR)
         except exceptions.IncorrectMessage as exc:
             LOG.error("dropping a bad message on reply queue %s: %s", self.queue, exc)
             headers = exc.headers or {}

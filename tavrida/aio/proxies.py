@@ -11,7 +11,7 @@ for awaited calls.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Mapping, Optional, Union, overload
+from typing import Any, Callable, Dict, Mapping, Optional, Union, overload
 
 from tavrida import exceptions, messages, proxies
 from tavrida.aio.calls import Calls
@@ -27,15 +27,26 @@ class Courier:
     calls: Optional[Calls]
     #: Seconds a cast or publish may take (the config's ``publish_timeout``; None: no limit).
     publish_timeout: Optional[float]
+    #: Makes :attr:`calls` at the first awaited call (a server's handlers make few).
+    make_calls: Optional[Callable[[], Calls]] = None
+    #: Where awaited calls' answers go, when not to the caller's service (a server's
+    #: handlers: a private name on ``reply_exchange``, see :mod:`tavrida.aio.server`).
+    reply_to: str = ""
+    reply_exchange: str = ""
 
     async def publish(self, message: messages.Message) -> None:
         await self.outbox.publish(message, self.publish_timeout)
 
     async def call(self, request: messages.Request, timeout: float) -> Dict[str, Any]:
-        if self.calls is None:
+        calls = self.calls
+        if calls is None and self.make_calls is not None:
+            calls = self.calls = self.make_calls()
+        if calls is None:
             raise exceptions.TavridaError(
                 "an awaited call (timeout=...) needs an aio.RPCClient or an aio.Server")
-        return await self.calls.call(request, timeout)
+        if self.reply_exchange:
+            request.reply_exchange = self.reply_exchange
+        return await calls.call(request, timeout)
 
 
 class AsyncCallProxy:
@@ -64,6 +75,8 @@ class AsyncCallProxy:
         ``timeout`` the answer goes to ``reply_to``'s response or error
         handler and the sent request is returned once the broker has it.
         """
+        if timeout is not None and not reply_to:
+            reply_to = self._courier.reply_to
         request = self._inner.call_request(correlation_id, context, reply_to, source, timeout)
         if timeout is None:
             await self._courier.publish(request)
