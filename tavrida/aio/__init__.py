@@ -1,7 +1,7 @@
 """asyncio support: an awaitable client and a server for ``async def`` handlers.
 
-* :class:`~tavrida.aio.client.RPCClient` -- ``await cli.svc.method(**payload).call(timeout=5)``;
-* :class:`~tavrida.aio.server.Server` -- ``await srv.serve()``: sync and async handlers.
+* ``RPCClient`` (:mod:`tavrida.aio.client`) -- ``await cli.svc.method(**payload).call(timeout=5)``;
+* ``Server`` (:mod:`tavrida.aio.server`) -- ``await srv.serve()``: sync and async handlers.
 
 Same wire and transports as the blocking API (see :doc:`/asyncio`).
 """
