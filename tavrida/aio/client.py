@@ -21,7 +21,7 @@ from typing import Any, Mapping, Optional, Union
 
 from tavrida import config as config_mod
 from tavrida import discovery as discovery_mod
-from tavrida import entry_point, exceptions, messages
+from tavrida import entry_point, exceptions, messages, proxies
 from tavrida.aio.calls import Calls
 from tavrida.aio.io_thread import IOThread
 from tavrida.aio.outbox import Outbox
@@ -111,7 +111,9 @@ class RPCClient:
         """``cli.<service>``, or ``cli.<method>`` for a client made for one ``service``."""
         if name.startswith("_"):
             raise AttributeError(name)
-        return getattr(self._bound(), name)  # type: ignore[no-any-return]
+        found = self._bound().service(name)
+        proxies.keep(self, name, found)  # the next cli.<name> is a plain attribute
+        return found
 
     def add_headers(self, headers: Mapping[str, Any]) -> None:
         """Add user headers to every message this client sends."""

@@ -66,10 +66,15 @@ class Server:
         #: The blocking server doing the work.
         self.server = BlockingServer(self.config, queue_name, exchange_name, service_list,
                                      workers=self.max_concurrency, **kwargs)
+        self._started = asyncio.Event()
 
     @property
     def handled(self) -> int:
         return self.server.handled
+
+    async def wait_started(self) -> None:
+        """Return once :meth:`serve` consumes (its topology declared): calls are taken now."""
+        await self._started.wait()
 
     async def serve(self) -> None:
         """Serve until :meth:`stop` (or until this task is cancelled: then it stops too).
@@ -104,6 +109,7 @@ class Server:
         thread = threading.Thread(target=run, name=f"tavrida-aio-{server.queue_name}",
                                   daemon=True)
         thread.start()
+        self._started.set()
         try:
             await asyncio.shield(finished)
         except asyncio.CancelledError:
@@ -111,6 +117,7 @@ class Server:
             await _wait_out(finished)
             raise
         finally:
+            self._started.clear()
             for caller in callers:
                 await caller.close()
 

@@ -51,7 +51,7 @@ async def test_calls_casts_and_errors(url, unique, blocking_server):
     name, disc = blocking_server
     source = unique("caller").replace(".", "-")
     async with aio.RPCClient(url, disc, source=source) as cli:
-        svc = cli.service(name)
+        svc = getattr(cli, name)
         answer = await svc.echo(n=1).call(timeout=30)
         assert answer["n"] == 1
         with pytest.raises(exceptions.RemoteError) as raised:
@@ -65,7 +65,7 @@ async def test_calls_casts_and_errors(url, unique, blocking_server):
 async def test_many_concurrent_calls_each_get_their_own_answer(url, unique, blocking_server):
     name, disc = blocking_server
     async with aio.RPCClient(url, disc, source=unique("caller").replace(".", "-")) as cli:
-        svc = cli.service(name)
+        svc = getattr(cli, name)
         calls = [svc.echo(n=n).call(timeout=120) for n in range(2000)]
         answers = await asyncio.gather(*calls)
     assert [answer["n"] for answer in answers] == list(range(2000))

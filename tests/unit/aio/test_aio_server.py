@@ -81,6 +81,7 @@ async def serving(cluster):
     srv = aio.Server(cluster.config, "mixed_queue", "mixed_exchange", [mixed_service(seen)],
                      max_concurrency=8)
     task = asyncio.ensure_future(srv.serve())
+    await srv.wait_started()
     yield srv, seen
     await srv.stop()
     await asyncio.wait_for(task, 30)
@@ -144,6 +145,7 @@ async def test_stop_finishes_the_handlers_in_hand(cluster, client_disc):
     EVENTS["held-in"] = asyncio.Event()
     srv = aio.Server(cluster.config, "mixed_queue", "mixed_exchange", [mixed_service([])])
     serving = asyncio.ensure_future(srv.serve())
+    await srv.wait_started()
     async with aio.RPCClient(cluster.config, client_disc, source="client_app") as cli:
         call = asyncio.ensure_future(cli.mixed.wait(event_name="held").call(timeout=20))
         await EVENTS["held-in"].wait()
@@ -168,6 +170,7 @@ async def test_the_queue_keeps_its_messages_for_the_next_server(cluster, client_
     """A cancelled serve() took nothing: a server started later answers the call."""
     srv = aio.Server(cluster.config, "mixed_queue", "mixed_exchange", [mixed_service([])])
     serving = asyncio.ensure_future(srv.serve())
+    await srv.wait_started()
     async with aio.RPCClient(cluster.config, client_disc, source="client_app") as cli:
         assert (await cli.mixed.secho(n=1).call(timeout=10)) == {"n": 1}
         serving.cancel()
