@@ -1,4 +1,4 @@
-"""aio.Server against RabbitMQ and Redis: blocking and asyncio callers, async handlers calling on."""
+"""aio.Server on RabbitMQ and Redis: blocking and asyncio callers, async handlers calling on."""
 
 from __future__ import annotations
 
