@@ -298,6 +298,11 @@ class RPCProxy:
         self._correlation_id = correlation_id
         self._headers = _check_headers(headers) if headers else {}
 
+    @property
+    def postprocessor(self) -> Any:
+        """The sender this proxy's messages go out through."""
+        return self._postprocessor
+
     def add_headers(self, headers: Mapping[str, Any]) -> None:
         """Add user headers to every message this proxy sends (not tavrida's seven)."""
         self._headers.update(_check_headers(headers))

@@ -10,7 +10,6 @@ for awaited calls.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, Dict, Mapping, Optional, Union, overload
 
 from tavrida import exceptions, messages, proxies
@@ -19,22 +18,29 @@ from tavrida.aio.outbox import Outbox
 from tavrida.proxies import EntryPointLike
 
 
-@dataclasses.dataclass
 class Courier:
-    """How an awaitable proxy sends: its outbox, its calls, the publish timeout."""
+    """How an awaitable proxy sends: through an outbox, its awaited calls through calls.
 
-    outbox: Outbox
-    calls: Optional[Calls]
-    #: Seconds a cast or publish may take (the config's ``publish_timeout``; None: no limit).
-    publish_timeout: Optional[float]
-    #: Makes :attr:`calls` at the first awaited call (a server's handlers make few).
-    make_calls: Optional[Callable[[], Calls]] = None
-    #: Where awaited calls' answers go, when not to the caller's service (a server's
-    #: handlers: a private name on ``reply_exchange``, see :mod:`tavrida.aio.server`).
-    reply_to: str = ""
-    reply_exchange: str = ""
+    ``calls`` (or ``make_calls``, at the first awaited call: a server's
+    handlers make few) take awaited calls; ``reply_to`` and
+    ``reply_exchange`` say where their answers go when not to the caller's
+    service (a server's handlers: a private name, see :mod:`tavrida.aio.server`).
+    """
+
+    def __init__(self, outbox: Optional[Outbox], calls: Optional[Calls],
+                 publish_timeout: Optional[float], *,
+                 make_calls: Optional[Callable[[], Calls]] = None, reply_to: str = "",
+                 reply_exchange: str = "") -> None:
+        self.outbox = outbox
+        self.calls = calls
+        #: Seconds a cast or publish may take (the config's ``publish_timeout``; None: no limit).
+        self.publish_timeout = publish_timeout
+        self.make_calls = make_calls
+        self.reply_to = reply_to
+        self.reply_exchange = reply_exchange
 
     async def publish(self, message: messages.Message) -> None:
+        assert self.outbox is not None
         await self.outbox.publish(message, self.publish_timeout)
 
     async def call(self, request: messages.Request, timeout: float) -> Dict[str, Any]:
@@ -47,6 +53,28 @@ class Courier:
         if self.reply_exchange:
             request.reply_exchange = self.reply_exchange
         return await calls.call(request, timeout)
+
+
+class DirectCourier(Courier):
+    """Sends through a blocking postprocessor on the calling thread (the test kit's handlers).
+
+    For ``async def`` handlers run outside an :class:`~tavrida.aio.server.Server`
+    (:func:`tavrida.testing.call_handler`, a
+    :class:`~tavrida.testing.MemoryCluster`): what they send is recorded or
+    routed in process, so nothing waits on a network. Awaited calls are refused.
+    """
+
+    def __init__(self, postprocessor: Any) -> None:
+        super().__init__(None, None, None)
+        self._postprocessor = postprocessor
+
+    async def publish(self, message: messages.Message) -> None:
+        self._postprocessor.send(message)
+
+
+def direct_proxy(proxy: proxies.RPCProxy) -> AsyncProxy:
+    """An ``async def`` handler's awaitable proxy over a blocking one (see :class:`DirectCourier`)."""
+    return AsyncProxy(proxy, DirectCourier(proxy.postprocessor))
 
 
 class AsyncCallProxy:
