@@ -73,7 +73,7 @@ class DirectCourier(Courier):
 
 
 def direct_proxy(proxy: proxies.RPCProxy) -> AsyncProxy:
-    """An ``async def`` handler's awaitable proxy over a blocking one (see :class:`DirectCourier`)."""
+    """An ``async def`` handler's awaitable proxy over a blocking one (:class:`DirectCourier`)."""
     return AsyncProxy(proxy, DirectCourier(proxy.postprocessor))
 
 

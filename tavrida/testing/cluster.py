@@ -9,11 +9,10 @@ import time
 import uuid
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
 
-from tavrida import aio
+from tavrida import aio, messages
 from tavrida import client as client_mod
 from tavrida import config as config_mod
 from tavrida import discovery as discovery_mod
-from tavrida import messages
 from tavrida.aio.proxies import direct_proxy
 from tavrida.answers import ErrorHook
 from tavrida.observability.hooks import ServerHook
