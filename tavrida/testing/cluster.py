@@ -132,9 +132,11 @@ class MemoryCluster:
                    **kwargs: Any) -> aio.RPCClient:
         """An :class:`aio.RPCClient <tavrida.aio.client.RPCClient>` on this cluster's broker.
 
-        As :meth:`client`'s: while its awaited calls wait, its I/O thread runs
-        the cluster's servers, so ``await cli.svc.m(x=1).call(timeout=5)``
-        needs no server thread. Close it (``async with``) in the test.
+        As :meth:`client`'s, its connection runs the cluster's servers while it
+        waits, so ``await cli.svc.m(x=1).call(timeout=5)`` needs no server
+        thread; it waits on its I/O thread, so while the client is open the
+        servers may also run there between two :meth:`deliver` (which still
+        returns once every queue is idle). Close it (``async with``) in the test.
         """
         kwargs.setdefault("transport", _ClusterTransport(self.config, self))
         cli = aio.RPCClient(self.config, discovery, source=source, **kwargs)

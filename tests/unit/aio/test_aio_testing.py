@@ -52,6 +52,6 @@ async def test_a_cluster_serves_awaited_calls_and_adeliver(cluster):
     async with cluster.aio_client(disc, source="tester") as cli:
         assert await cli.asvc.square(n=3).call(timeout=5) == {"n": 9}
         await cli.asvc.note(text="later").cast()
-    assert await cluster.adeliver() == 1
+    await cluster.adeliver()  # until idle (the client's I/O thread may have run it already)
     assert [text for text, _ in seen] == ["later"]
     assert cluster.sent_by("tester").requests[-1].payload == {"text": "later"}
