@@ -147,7 +147,8 @@ class Calls:
         sending = None
         try:
             sending = self._outbox.send(
-                request, time.monotonic() + max(deadline - loop.time(), 0.0), failed)
+                request, time.monotonic() + max(deadline - loop.time(), 0.0), failed,
+                failures_only=True)
             answer = await future
         finally:
             timer.cancel()

@@ -63,20 +63,23 @@ class Outbox:
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 PUBLISH_THREADS, thread_name_prefix=f"{name}-publish")
 
-    def send(self, message: messages.Message, deadline: float,
-             on_verdict: OnVerdict) -> Sending:
+    def send(self, message: messages.Message, deadline: float, on_verdict: OnVerdict,
+             failures_only: bool = False) -> Sending:
         """Publish ``message`` by ``deadline`` (``time.monotonic()``); ``on_verdict`` on the loop.
 
         ``on_verdict(None)`` once confirmed, ``on_verdict(exc)`` when it
         failed (including when the broker could not be reached in time);
         never when it was dropped (:meth:`Sending.drop`) first. On the loop,
         what cannot be sent at all (no exchange for it, not JSON) raises here.
+        ``failures_only``: no ``on_verdict(None)`` (a call waits for its answer
+        anyway), so a confirm costs the loop nothing.
         """
         sending = Sending()
         if self._pool is None:
-            self._watch(sending, self.sender.publish(message), on_verdict, on_loop=True)
+            self._watch(sending, self.sender.publish(message), on_verdict, True, failures_only)
         else:
-            self._pool.submit(self._publish_in_thread, message, deadline, sending, on_verdict)
+            self._pool.submit(self._publish_in_thread, message, deadline, sending, on_verdict,
+                              failures_only)
         return sending
 
     async def publish(self, message: messages.Message, timeout: Optional[float]) -> None:
@@ -100,7 +103,8 @@ class Outbox:
                 sending.drop()
 
     def _publish_in_thread(self, message: messages.Message, deadline: float,
-                           sending: Sending, on_verdict: OnVerdict) -> None:
+                           sending: Sending, on_verdict: OnVerdict,
+                           failures_only: bool) -> None:
         left = deadline - time.monotonic()
         if sending.dropped:
             return
@@ -115,10 +119,10 @@ class Outbox:
         except Exception as exc:  # noqa: BLE001 - told to the caller, as a blocking send raises
             self.loop.call_soon_threadsafe(self._tell, sending, on_verdict, exc)
             return
-        self._watch(sending, confirmation, on_verdict, on_loop=False)
+        self._watch(sending, confirmation, on_verdict, False, failures_only)
 
     def _watch(self, sending: Sending, confirmation: Confirmation, on_verdict: OnVerdict,
-               on_loop: bool) -> None:
+               on_loop: bool, failures_only: bool) -> None:
         """Tell ``on_verdict`` the confirmation's outcome on the loop (one hop, if any)."""
         sending.confirmation = confirmation
         if sending.dropped:
@@ -129,6 +133,8 @@ class Outbox:
             if done.cancelled():
                 return
             failure = done.failure()
+            if failure is None and failures_only:
+                return
             if on_loop and loop_thread_is_current(loop):
                 self._tell(sending, on_verdict, failure)
             else:
