@@ -34,6 +34,8 @@ from tavrida.transports.kombu import KombuTransport
 
 REPO = Path(__file__).resolve().parent.parent
 LOG = logging.getLogger("soak")
+#: First pause before a cast is sent again (doubling each time: 1, 2, 4 s).
+RESEND_PAUSE = 1.0
 
 
 class ScenarioError(Exception):
@@ -507,6 +509,9 @@ class Stream:
                     if not clear or attempt == self.resend:
                         self.failed_casts.append(seq)
                         break
+                    # As a sane sender does: a broker that refused it (a quorum queue
+                    # electing its leader nacks) is given a moment before the next try.
+                    time.sleep(RESEND_PAUSE * 2 ** attempt)
             with self.lock:
                 self.progress += 1
 
