@@ -96,8 +96,8 @@ class Cluster:
         self.all_names.append(names)
         return names
 
-    def spawn(self, target: Callable[..., None], *args: Any) -> Child:
-        child = Child(target, *args, lifetime=self.setup.timeout * 3)
+    def spawn(self, target: Callable[..., None], *args: Any, lifetime: float = 0.0) -> Child:
+        child = Child(target, *args, lifetime=lifetime or self.setup.timeout * 3)
         self.children.append(child)
         return child
 
@@ -230,9 +230,12 @@ def aio(side: str, setup: Setup, sizes: Sizes) -> Dict[str, float]:
 
     with Cluster(setup) as cluster:
         names = cluster.names("aio")
-        cluster.spawn(aio_side.serve, side, setup, names).expect("ready", setup.timeout)
+        deadline = aio_side.deadline(setup, sizes.aio_calls)
+        cluster.spawn(aio_side.serve, side, setup, names, lifetime=deadline * 2).expect(
+            "ready", setup.timeout)
         result = cluster.spawn(aio_side.call_client, side, setup, names, sizes.aio_calls,
-                               sizes.aio_concurrency).expect("result", setup.timeout * 2)
+                               sizes.aio_concurrency, lifetime=deadline * 2).expect(
+            "result", deadline)
     return threaded_figures(result, sizes.aio_calls)
 
 
