@@ -79,7 +79,7 @@ async def _until_stopped(link: Link) -> None:
     await asyncio.get_running_loop().run_in_executor(None, link.stop.wait)
 
 
-# --- tavrida.aio -----------------------------------------------------------------------------------
+# --- tavrida.aio ---------------------------------------------------------------------------------
 
 def _tavrida_parts(setup: Setup, names: Names) -> Any:
     from bench.tavrida_side import make_config, make_discovery
