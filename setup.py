@@ -53,8 +53,9 @@ setup(
         "pydantic": ["pydantic>=2"],
         # examples/fastapi_app.py: an HTTP endpoint awaiting tavrida calls (docs/asyncio.rst).
         "fastapi": ["fastapi>=0.100,<1", "uvicorn>=0.20"],
-        # The peers `python -m bench --peers` measures (docs/performance.md); not for CI.
-        "bench": ["nameko>=2.14,<3", "faststream[rabbit]>=0.7,<0.8"],
+        # The peers `python -m bench --peers` and `--scenarios aio` measure
+        # (docs/performance.md); not for CI.
+        "bench": ["nameko>=2.14,<3", "faststream[rabbit]>=0.7,<0.8", "aio-pika>=9.4,<11"],
     },
     entry_points={"console_scripts": ["tavrida = tavrida.cli:main"]},
     classifiers=[

@@ -7,6 +7,7 @@ Examples::
     python -m bench --url memory:// --typed                    # and typed handlers' cost
     python -m bench --url amqp://guest:guest@127.0.0.1// --peers  # and nameko, FastStream
     python -m bench --url amqp://... --scenarios rss --backlog 100000
+    python -m bench --url amqp://... --scenarios aio   # asyncio: tavrida, aio-pika, FastStream
 
 Prints a table of medians over ``--repeat`` repetitions with the ratio
 tavrida / kombu of each figure and writes it as JSON (``--json``).
@@ -26,7 +27,7 @@ DEFAULT_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    from bench.scenarios import SCENARIOS, Sizes
+    from bench.scenarios import OPT_IN, SCENARIOS, Sizes
 
     defaults = Sizes()
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
@@ -38,7 +39,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--confirms", choices=("on", "off"), default="on",
                         help="publisher confirms on both sides (default: on)")
     parser.add_argument("--scenarios", default="",
-                        help=f"comma-separated subset of {','.join(SCENARIOS)}")
+                        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all "
+                             f"but {','.join(OPT_IN)}; 'aio', RabbitMQ only, is opt-in: one "
+                             f"asyncio client, --aio-concurrency calls in flight, against "
+                             f"aio-pika's RPC pattern and FastStream's broker.request)")
     parser.add_argument("--json", default=DEFAULT_JSON, metavar="PATH",
                         help="write the table as JSON here (default: bench/results/latest.json)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
@@ -72,11 +76,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def choose_scenarios(text: str, url: str) -> List[str]:
-    """The scenarios to run: all, or those named; only ``memory`` without a broker."""
-    from bench.scenarios import BROKER_SCENARIOS, SCENARIOS
+    """The scenarios to run: all but the opt-in ones, or those named; only ``memory``
+    without a broker; ``aio`` on RabbitMQ only."""
+    from bench.scenarios import BROKER_SCENARIOS, OPT_IN, SCENARIOS
 
     memory_only = url.split(":", 1)[0].lower() == "memory"
-    names = [name.strip() for name in text.split(",") if name.strip()] or list(SCENARIOS)
+    names = [name.strip() for name in text.split(",") if name.strip()] or \
+        [name for name in SCENARIOS if name not in OPT_IN]
     unknown = [name for name in names if name not in SCENARIOS]
     if unknown:
         raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}")
@@ -84,8 +90,12 @@ def choose_scenarios(text: str, url: str) -> List[str]:
         if text and any(name in BROKER_SCENARIOS for name in names):
             raise SystemExit("memory:// has no broker: only the 'memory' scenario can run")
         names = ["memory"]
-    elif not url.lower().startswith(("amqp", "pyamqp")) and "bulk" in names:
-        names.remove("bulk")  # publisher confirms are a RabbitMQ feature
+    elif not url.lower().startswith(("amqp", "pyamqp")):
+        if "aio" in names:
+            raise SystemExit("the 'aio' scenario needs RabbitMQ (an amqp:// URL): its "
+                             "peers aio-pika and FastStream speak AMQP only")
+        if "bulk" in names:
+            names.remove("bulk")  # publisher confirms are a RabbitMQ feature
     return names
 
 
@@ -141,7 +151,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     meta["machine"]["load_average_at_start"] = load_before
     document: Dict[str, Any] = {**meta, "rows": rows}
     print("\n".join(runner.header(meta)))
-    print(report.format_table(rows, markdown=args.markdown))
+    if rows or scenarios != ["aio"]:
+        print(report.format_table(rows, markdown=args.markdown))
     if peers or skipped:
         failures = samples.get("peer_failures", {})
         document["peers"] = {"python": peers_python, "ran": list(peers), "skipped": skipped,
@@ -157,6 +168,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for name, reasons in failures.items():
             print(f"peer {name} failed {len(reasons)} round(s); first: "
                   f"{reasons[0].splitlines()[0]}")
+    if "aio" in scenarios:
+        from bench.scenarios import sides_of
+
+        skipped_sides = sides_of("aio")[1]
+        document["aio_rows"] = report.build_aio_rows(samples, setup.effective_confirms)
+        document["aio"] = {"concurrency": sizes.aio_concurrency, "calls": sizes.aio_calls,
+                           "skipped": skipped_sides,
+                           "versions": runner.peer_versions(sys.executable, ["faststream"])}
+        print()
+        print(f"8 asyncio ({document['aio']['versions']}): one client, "
+              f"{sizes.aio_concurrency} calls in flight, {sizes.aio_calls} calls; "
+              f"ratio = tavrida / peer of the medians (per-round range); FastStream "
+              f"confirms: its default (on)")
+        print(report.format_aio_table(document["aio_rows"], markdown=args.markdown))
+        for side, reason in skipped_sides.items():
+            print(f"aio side {side} skipped: {reason}")
     report.write_json(args.json, document)
     print(f"JSON written to {args.json}")
     return 0

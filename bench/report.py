@@ -203,6 +203,65 @@ def format_peer_table(rows: Sequence[Dict[str, Any]], markdown: bool = False) ->
     return _layout(PEER_COLUMNS, cells, markdown, right={3, 4, 5, 6, 7})
 
 
+#: Scenario 8's figures (``aio``): key, label, unit.
+AIO_FIGURES = (
+    ("calls_per_s", "8 asyncio calls, many in flight", "calls/s"),
+    ("median_us", "8 asyncio call latency median", "us"),
+    ("p99_us", "8 asyncio call latency p99", "us"),
+    ("client_cpu_us", "8 asyncio client CPU", "us/call"),
+)
+#: The sides scenario 8's tavrida is compared with.
+AIO_PEERS = ("aio-pika", "faststream")
+
+
+def build_aio_rows(samples: Samples, confirms: bool) -> List[Dict[str, Any]]:
+    """One row per figure of scenario 8: each side's median, tavrida / each peer.
+
+    The ratios are of the medians; ``paired_ratios`` are per round (the
+    sides of a round ran back to back).
+    """
+    by_side = samples.get("aio")
+    if not by_side:
+        return []
+    rows = []
+    for key, label, unit in AIO_FIGURES:
+        values = {side: [run[key] for run in runs if key in run]
+                  for side, runs in by_side.items()}
+        medians = {side: median(mine) for side, mine in values.items()}
+        tavrida = medians.get("tavrida", math.nan)
+        row: Dict[str, Any] = {"scenario": "aio", "figure": key, "label": label, "unit": unit,
+                               "confirms": "on" if confirms else "off", "samples": values}
+        for peer in AIO_PEERS:
+            theirs = medians.get(peer, math.nan)
+            row[peer] = theirs
+            row[f"ratio_{peer}"] = (tavrida / theirs if theirs and not math.isnan(theirs)
+                                    else math.nan)
+            row[f"paired_{peer}"] = [t / p for t, p in zip(values.get("tavrida", []),
+                                                          values.get(peer, [])) if p]
+        row["tavrida"] = tavrida
+        rows.append(row)
+    return rows
+
+
+AIO_COLUMNS = ("figure", "unit", "confirms", "tavrida", "aio-pika", "faststream",
+               "tavrida / aio-pika", "tavrida / faststream")
+
+
+def format_aio_table(rows: Sequence[Dict[str, Any]], markdown: bool = False) -> str:
+    """Scenario 8's rows; a ratio shows its per-round range in brackets."""
+    def ratio(row: Dict[str, Any], peer: str) -> str:
+        value, paired = row[f"ratio_{peer}"], row[f"paired_{peer}"]
+        if math.isnan(value):
+            return "-"
+        spread = f" ({min(paired):.2f}-{max(paired):.2f})" if len(paired) > 1 else ""
+        return f"{value:.2f}x{spread}"
+
+    cells = [[row["label"], row["unit"], row["confirms"], _number(row["tavrida"]),
+              _number(row["aio-pika"]), _number(row["faststream"]),
+              ratio(row, "aio-pika"), ratio(row, "faststream")] for row in rows]
+    return _layout(AIO_COLUMNS, cells, markdown, right={3, 4, 5, 6, 7})
+
+
 def _number(value: float) -> str:
     if value is None or math.isnan(value):
         return "-"
@@ -275,8 +334,10 @@ def load(path: str) -> Dict[str, Any]:
     """A JSON written by :func:`write_json`, nulls back to NaN."""
     with open(path, encoding="utf-8") as handle:
         document = json.load(handle)
-    for row in document.get("rows", []) + document.get("peer_rows", []):
-        for key in ("tavrida", "kombu", "ratio", "peer_value"):
+    for row in (document.get("rows", []) + document.get("peer_rows", [])
+                + document.get("aio_rows", [])):
+        for key in ("tavrida", "kombu", "ratio", "peer_value", *AIO_PEERS,
+                    *(f"ratio_{peer}" for peer in AIO_PEERS)):
             if key in row and row[key] is None:
                 row[key] = math.nan
     return document
@@ -300,6 +361,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if document.get("peer_rows"):
         print()
         print(format_peer_table(document["peer_rows"], markdown=args.markdown))
+    if document.get("aio_rows"):
+        print()
+        print(format_aio_table(document["aio_rows"], markdown=args.markdown))
     return 0
 
 

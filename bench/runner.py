@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 from bench.common import BenchError, Setup, machine_info
 from bench.report import Samples
-from bench.scenarios import SCENARIOS, SIDES, Sizes
+from bench.scenarios import SCENARIOS, Sizes, sides_of
 
 
 def run(setup: Setup, sizes: Sizes, scenarios: Sequence[str], repeat: int,
@@ -21,21 +21,21 @@ def run(setup: Setup, sizes: Sizes, scenarios: Sequence[str], repeat: int,
     ``peers`` (see :mod:`bench.peers`) each run scenario 1's calls once a
     round, after the scenarios, in an order that alternates too.
     """
-    samples: Samples = {name: {side: [] for side in SIDES} for name in scenarios}
+    samples: Samples = {name: {side: [] for side in sides_of(name)[0]} for name in scenarios}
     failures: Dict[str, List[str]] = {}
     if peers:
         samples["peers"] = {peer: [] for peer in peers}
         samples["peer_failures"] = failures  # type: ignore[assignment]
     for round_index in range(repeat):
-        sides = SIDES if round_index % 2 == 0 else tuple(reversed(SIDES))
         for name in scenarios:
-            for side in sides:
+            sides = tuple(samples[name])
+            for side in (sides if round_index % 2 == 0 else tuple(reversed(sides))):
                 began = time.monotonic()
                 figures = SCENARIOS[name](side, setup, sizes)
                 samples[name][side].append(figures)
                 if log is not None:
                     shown = ", ".join(f"{key}={value:,.1f}" for key, value in figures.items())
-                    print(f"[{round_index + 1}/{repeat}] {name:<6} {side:<7} "
+                    print(f"[{round_index + 1}/{repeat}] {name:<6} {side:<10} "
                           f"{time.monotonic() - began:5.1f}s  {shown}", file=log, flush=True)
         for peer in (peers if round_index % 2 == 0 else tuple(reversed(peers))):
             from bench.peers import run_peer

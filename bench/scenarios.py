@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from types import ModuleType
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import kombu
 
@@ -34,12 +34,15 @@ class Sizes:
     bulk_batch: int = 500
     threads: int = 16
     threaded_calls: int = 4000
+    aio_calls: int = 20000
+    aio_concurrency: int = 100
 
     @classmethod
     def quick(cls) -> "Sizes":
         """Tiny sizes for smoke tests: every figure, no meaning."""
         return cls(calls=30, casts=60, fanout=60, memory_calls=50, memory_casts=200,
-                   backlog=300, bulk=60, bulk_batch=20, threads=4, threaded_calls=40)
+                   backlog=300, bulk=60, bulk_batch=20, threads=4, threaded_calls=40,
+                   aio_calls=200, aio_concurrency=10)
 
 
 def side_module(side: str) -> ModuleType:
@@ -93,8 +96,8 @@ class Cluster:
         self.all_names.append(names)
         return names
 
-    def spawn(self, target: Callable[..., None], *args: Any) -> Child:
-        child = Child(target, *args, lifetime=self.setup.timeout * 3)
+    def spawn(self, target: Callable[..., None], *args: Any, lifetime: float = 0.0) -> Child:
+        child = Child(target, *args, lifetime=lifetime or self.setup.timeout * 3)
         self.children.append(child)
         return child
 
@@ -221,10 +224,38 @@ def threaded_figures(result: Dict[str, Any], n: int) -> Dict[str, float]:
             "client_cpu_us": result["cpu"] / n * 1e6}
 
 
+def aio(side: str, setup: Setup, sizes: Sizes) -> Dict[str, float]:
+    """8: one asyncio client, ``sizes.aio_concurrency`` calls in flight (see bench.aio_side)."""
+    from bench import aio_side
+
+    with Cluster(setup) as cluster:
+        names = cluster.names("aio")
+        deadline = aio_side.deadline(setup, sizes.aio_calls)
+        cluster.spawn(aio_side.serve, side, setup, names, lifetime=deadline * 2).expect(
+            "ready", setup.timeout)
+        result = cluster.spawn(aio_side.call_client, side, setup, names, sizes.aio_calls,
+                               sizes.aio_concurrency, lifetime=deadline * 2).expect(
+            "result", deadline)
+    return threaded_figures(result, sizes.aio_calls)
+
+
+def sides_of(name: str) -> Tuple[Tuple[str, ...], Dict[str, str]]:
+    """The sides scenario ``name`` runs here, and why the others cannot (side -> reason)."""
+    if name != "aio":
+        return SIDES, {}
+    from bench import aio_side
+
+    skipped = {side: aio_side.missing(side) for side in aio_side.AIO_SIDES}
+    return (tuple(side for side, reason in skipped.items() if not reason),
+            {side: reason for side, reason in skipped.items() if reason})
+
+
 #: Scenario name -> function, in the order a run goes through them.
 SCENARIOS: Dict[str, Callable[[str, Setup, Sizes], Dict[str, float]]] = {
     "call": call, "cast": cast, "fanout": fanout, "memory": memory, "rss": rss, "bulk": bulk,
-    "threads": threads,
+    "threads": threads, "aio": aio,
 }
 #: Scenarios that need a broker (all but ``memory``).
-BROKER_SCENARIOS = ("call", "cast", "fanout", "rss", "bulk", "threads")
+BROKER_SCENARIOS = ("call", "cast", "fanout", "rss", "bulk", "threads", "aio")
+#: Scenarios a run has only when named in ``--scenarios`` (each adds minutes).
+OPT_IN = ("aio",)

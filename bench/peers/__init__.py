@@ -35,7 +35,7 @@ PEERS: Dict[str, str] = {
     "faststream": "bench.peers.faststream_side",
 }
 #: What ``--make-venv`` installs (the same pins as the ``bench`` extra of setup.py).
-REQUIREMENTS = ["nameko>=2.14,<3", "faststream[rabbit]>=0.7,<0.8"]
+REQUIREMENTS = ["nameko>=2.14,<3", "faststream[rabbit]>=0.7,<0.8", "aio-pika>=9.4,<11"]
 
 
 def default_python() -> str:

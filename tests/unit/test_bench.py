@@ -313,3 +313,81 @@ def test_typed_adds_the_typed_echo_figures_on_the_tavrida_side(tmp_path):
         assert rows[name]["kombu"] is None and rows[name]["label"] in done.stdout
         if not name.endswith("cost_us"):  # a difference of two timings may be either sign
             assert rows[name]["tavrida"] > 0, name
+
+
+def test_aio_scenario_is_opt_in_and_needs_rabbitmq():
+    from bench.__main__ import choose_scenarios, parse_args
+    from bench.scenarios import Sizes
+
+    amqp_url = "amqp://guest:guest@localhost//"
+    assert "aio" not in choose_scenarios("", amqp_url)
+    assert choose_scenarios("aio", amqp_url) == ["aio"]
+    with pytest.raises(SystemExit):
+        choose_scenarios("aio", "redis://localhost:6379/0")
+    with pytest.raises(SystemExit):
+        choose_scenarios("aio", "memory://")
+    args = parse_args(["--aio-calls", "500", "--aio-concurrency", "7"])
+    assert (args.aio_calls, args.aio_concurrency) == (500, 7)
+    assert (Sizes().aio_calls, Sizes().aio_concurrency) == (20000, 100)
+    assert Sizes.quick().aio_calls < Sizes().aio_calls
+
+
+def test_aio_concurrent_calls_keep_that_many_in_flight():
+    """Scenario 8's client loop: every call made once, ``concurrency`` of them at once."""
+    import asyncio
+
+    from bench.aio_side import concurrent_calls
+
+    made, in_flight, most = [], [0], [0]
+
+    async def one(i):
+        made.append(i)
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+        await asyncio.sleep(0)
+        in_flight[0] -= 1
+        return i
+
+    result = asyncio.run(concurrent_calls(one, n=50, concurrency=8, warmup=3))
+    assert sorted(made[3:]) == list(range(50)) and made[:3] == [0, 1, 2]
+    assert most[0] == 8
+    assert len(result["latencies"]) == 50 and result["elapsed"] > 0
+
+
+def test_aio_concurrent_calls_report_a_wrong_answer():
+    import asyncio
+
+    from bench.aio_side import concurrent_calls
+    from bench.common import BenchError
+
+    async def one(i):
+        return -1 if i == 5 else i
+
+    with pytest.raises(BenchError, match="call 5 got -1"):
+        asyncio.run(concurrent_calls(one, n=10, concurrency=3, warmup=0))
+
+
+def test_aio_rows_ratio_tavrida_to_each_peer():
+    from bench.report import build_aio_rows, format_aio_table
+
+    def runs(*rates):
+        return [{"calls_per_s": rate, "median_us": 1000.0, "p99_us": 4000.0,
+                 "client_cpu_us": 200.0} for rate in rates]
+
+    rows = build_aio_rows({"aio": {"tavrida": runs(900.0, 1000.0, 1100.0),
+                                   "aio-pika": runs(500.0, 500.0, 550.0),
+                                   "faststream": runs(100.0, 250.0, 200.0)}}, confirms=True)
+    by = {row["figure"]: row for row in rows}
+    assert set(by) == {"calls_per_s", "median_us", "p99_us", "client_cpu_us"}
+    calls = by["calls_per_s"]
+    assert (calls["tavrida"], calls["aio-pika"], calls["faststream"]) == (1000.0, 500.0, 200.0)
+    assert calls["ratio_aio-pika"] == 2.0 and calls["ratio_faststream"] == 5.0
+    assert calls["paired_aio-pika"] == [1.8, 2.0, 2.0]
+    assert by["p99_us"]["ratio_faststream"] == 1.0
+    table = format_aio_table(rows, markdown=True)
+    assert len(table.splitlines()) == 2 + len(rows)
+    assert "2.00x (1.80-2.00)" in table
+    # A side that did not run (not installed): its column and ratio are empty.
+    rows = build_aio_rows({"aio": {"tavrida": runs(900.0)}}, confirms=False)
+    assert math.isnan(rows[0]["faststream"]) and math.isnan(rows[0]["ratio_faststream"])
+    assert "-" in format_aio_table(rows)
