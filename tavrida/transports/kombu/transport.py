@@ -63,6 +63,8 @@ class KombuTransport(Transport):
             context, self.poll_interval, self.min_poll_interval, self.topology_check_interval)
         self._publisher = PublishingConnection(context, self._consuming, self.confirm_timeout,
                                                self.poll_interval)
+        #: The block whose acks wait for the next drain (the same one each time).
+        self._delivering = self._consuming.delivering()
         self._config = config
         self._lifecycle = context.lifecycle
         self._connector = context.connector
@@ -176,7 +178,7 @@ class KombuTransport(Transport):
         """Settle the watched handles whose verdict was read (their acks are coalesced)."""
         done = self._publisher.reader.progress()
         if done:
-            with self._consuming.delivering():
+            with self._delivering:
                 for handle in done:
                     handle.settle()
         return len(done)
