@@ -106,7 +106,8 @@ class Confirmation:
         if self._state == _PENDING and not self._await(timeout):
             raise TimeoutError(f"{self!r}: no verdict within {timeout} s")
         if self._state == _CANCELLED:
-            raise CancelledError(repr(self))
+            # The handle, not its repr() (made only if shown): bench.profiling "call, ...: client".
+            raise CancelledError(self)
         if self._exception is not None:
             raise self._exception
 
@@ -115,7 +116,7 @@ class Confirmation:
         if self._state == _PENDING and not self._await(timeout):
             raise TimeoutError(f"{self!r}: no verdict within {timeout} s")
         if self._state == _CANCELLED:
-            raise CancelledError(repr(self))
+            raise CancelledError(self)
         return self._exception
 
     def failure(self) -> Optional[exceptions.PublishFailed]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Optional
 
 from tavrida.transports.base import OutgoingEnvelope
-from tavrida.transports.confirmation import _CONFIRMED, _PENDING, Confirmation
+from tavrida.transports.confirmation import _CANCELLED, _CONFIRMED, _PENDING, Confirmation
 from tavrida.transports.kombu.batch import Batch
 
 if TYPE_CHECKING:
@@ -58,8 +58,9 @@ class KombuConfirmation(Confirmation):
 
     def cancel(self) -> bool:
         """As for any handle; a cancelled publish is no longer tracked (never sent again)."""
-        if not super().cancel():
-            return False
+        # _settle() direct, not Confirmation.cancel(): bench.profiling "call, tavrida: client".
+        if not self._settle(_CANCELLED, None):
+            return self._state == _CANCELLED
         self.batch.todo.clear()  # a late confirm or return now matches nothing
         self._publisher.reader.cancelled(self)
         return True
