@@ -316,7 +316,7 @@ class ConsumingConnection:
                 # take() direct, not context.take(): bench.profiling "cast, tavrida: service".
                 take(context.local, lock, context.connector.failed)
                 try:
-                    read = settlement.next_slice()
+                    read = settlement.next_slice() if settlement.unsettled else self._poll_interval
                     self._drain_once(min(max(remaining, self._min_poll_interval), read))
                 finally:
                     lock.release()

@@ -57,8 +57,9 @@ class Settlement:
         self._min_poll_interval = min_poll_interval
         #: Acks and rejects waiting to be sent (the drain tests it without a call).
         self.queue: Deque[Settle] = collections.deque()
-        #: Deliveries handed out and not yet acked or rejected (set ops are atomic).
-        self._unsettled: Set[KombuDelivery] = set()
+        #: Deliveries handed out and not yet acked or rejected (set ops are atomic; the
+        #: drain tests it without a call).
+        self.unsettled: Set[KombuDelivery] = set()
         #: How long the next read may block while deliveries are out (see :meth:`next_slice`).
         self._slice = poll_interval
         #: Thread running callbacks in drain() (its acks may be coalesced), else 0.
@@ -79,7 +80,7 @@ class Settlement:
         Each delivery is out until settled (reads stay short meanwhile); the
         acks the callbacks make wait for the next read (see :meth:`delivering`).
         """
-        unsettled = self._unsettled
+        unsettled = self.unsettled
         self._delivering = threading.get_ident()
         try:
             while ready:
@@ -94,11 +95,11 @@ class Settlement:
 
     def forget(self) -> None:
         """The connection is gone: what is out will be redelivered, not settled."""
-        self._unsettled.clear()
+        self.unsettled.clear()
 
     def next_slice(self) -> float:
         """How long the next read may block: short while handlers may ack from elsewhere."""
-        if not self._unsettled:
+        if not self.unsettled:
             return self._poll_interval
         current = self._slice
         self._slice = min(current * 2, self._poll_interval)
@@ -127,7 +128,7 @@ class Settlement:
             LOG.warning("%r was already acked or rejected; ignoring", delivery)
             return
         delivery._settled = True
-        self._unsettled.discard(delivery)
+        self.unsettled.discard(delivery)
         self._slice = self._min_poll_interval
         self.queue.append((delivery, requeue))
         if requeue is None and self._delivering == threading.get_ident():
