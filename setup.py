@@ -51,6 +51,8 @@ setup(
         "otel": ["opentelemetry-api>=1.20"],
         # Handler parameters annotated with pydantic models (docs/handlers.rst).
         "pydantic": ["pydantic>=2"],
+        # examples/fastapi_app.py: an HTTP endpoint awaiting tavrida calls (docs/asyncio.rst).
+        "fastapi": ["fastapi>=0.100,<1", "uvicorn>=0.20"],
         # The peers `python -m bench --peers` measures (docs/performance.md); not for CI.
         "bench": ["nameko>=2.14,<3", "faststream[rabbit]>=0.7,<0.8"],
     },

@@ -42,7 +42,7 @@ class Handler:
     """
 
     __slots__ = ("method_name", "message_type", "entry_point", "params", "required", "var_kw",
-                 "func", "payload_params", "localns", "contract", "publishes")
+                 "func", "payload_params", "localns", "contract", "publishes", "is_async")
 
     def __init__(self, method_name: str, message_type: str, ep: entry_point.EntryPoint,
                  func: Callable[..., Any],
@@ -51,6 +51,9 @@ class Handler:
         self.message_type = message_type
         self.entry_point = ep
         self.func = func
+        #: An ``async def`` handler: its coroutine runs on an event loop
+        #: (:mod:`tavrida.coroutines`), with an awaitable proxy in an aio server.
+        self.is_async = inspect.iscoroutinefunction(func)
         parameters = list(inspect.signature(func).parameters.values())[1:]  # drop self
         named = [p for p in parameters[2:]
                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]

@@ -130,6 +130,24 @@ class RPCCallProxy:
         the call blocks and returns the response payload instead; see
         :mod:`tavrida.client`.
         """
+        request = self.call_request(correlation_id, context, reply_to, source, timeout)
+        if timeout is not None:
+            replies = self._calls
+            if replies is None:
+                raise exceptions.TavridaError(
+                    "a blocking call (timeout=...) needs an RPCClient; from a handler "
+                    "use call() with a response handler")
+            return replies.call(request, timeout)
+        self._postprocessor.send(request)
+        return request
+
+    def call_request(self, correlation_id: str = "", context: Any = "",
+                     reply_to: EntryPointLike = "", source: EntryPointLike = "",
+                     timeout: Optional[float] = None) -> messages.Request:
+        """The request :meth:`call` sends, unsent (:mod:`tavrida.aio` sends it its own way).
+
+        With ``timeout`` it expires with the call: nobody runs it once its caller gave up.
+        """
         src = _source_entry_point(source if source else self._source)
         reply = entry_point.parse(reply_to) if reply_to else _service_entry_point(src.service)
         if not reply.service:
@@ -140,23 +158,20 @@ class RPCCallProxy:
         request = self._request(correlation_id, context, reply.to_routing_key(),
                                 src.to_routing_key(), self._kwargs)
         if timeout is not None:
-            replies = self._calls
-            if replies is None:
-                raise exceptions.TavridaError(
-                    "a blocking call (timeout=...) needs an RPCClient; from a handler "
-                    "use call() with a response handler")
-            # The request expires with the call: nobody runs it once its caller gave up.
             request.expires_at = time.time() + timeout
-            return replies.call(request, timeout)
-        self._postprocessor.send(request)
         return request
 
     def cast(self, correlation_id: str = "", context: Any = "",
              source: EntryPointLike = "") -> messages.Request:
         """Send a request that expects no answer."""
-        request = self._request(correlation_id, context, "", source, self._kwargs)
+        request = self.cast_request(correlation_id, context, source)
         self._postprocessor.send(request)
         return request
+
+    def cast_request(self, correlation_id: str = "", context: Any = "",
+                     source: EntryPointLike = "") -> messages.Request:
+        """The request :meth:`cast` sends, unsent."""
+        return self._request(correlation_id, context, "", source, self._kwargs)
 
     def transfer(self, request: messages.Message, context: Any = "",
                  reply_to: EntryPointLike = "", source: EntryPointLike = "") -> messages.Request:
@@ -283,6 +298,11 @@ class RPCProxy:
         self._correlation_id = correlation_id
         self._headers = _check_headers(headers) if headers else {}
 
+    @property
+    def postprocessor(self) -> Any:
+        """The sender this proxy's messages go out through."""
+        return self._postprocessor
+
     def add_headers(self, headers: Mapping[str, Any]) -> None:
         """Add user headers to every message this proxy sends (not tavrida's seven)."""
         self._headers.update(_check_headers(headers))
@@ -311,7 +331,13 @@ class RPCProxy:
         entry point (``orders.place``). To publish an event under a name of
         its own, use :meth:`publish_event`.
         """
-        return self._notify(str(self._source), correlation_id, kwargs)
+        notification = self.notification(correlation_id, **kwargs)
+        self._postprocessor.send(notification)
+        return notification
+
+    def notification(self, correlation_id: str = "", **kwargs: Any) -> messages.Notification:
+        """The notification :meth:`publish` sends, unsent (:mod:`tavrida.aio` sends it)."""
+        return self._notification(str(self._source), correlation_id, kwargs)
 
     def publish_event(self, event: str, /, **payload: Any) -> messages.Notification:
         """Publish event ``event`` of this service: routing key ``<service>.<event>``.
@@ -322,19 +348,23 @@ class RPCProxy:
         :class:`~tavrida.exceptions.WrongEntryPointFormat` for an empty name
         or one with a dot. See :mod:`tavrida.events`.
         """
+        notification = self.event_notification(event, **payload)
+        self._postprocessor.send(notification)
+        return notification
+
+    def event_notification(self, event: str, /, **payload: Any) -> messages.Notification:
+        """The notification :meth:`publish_event` sends, unsent."""
         service = self._source.service
         if not service:
             raise exceptions.IncorrectOutgoingMessage(
                 reason=f"event {event!r} has no service to publish as: give the client "
                        f"a source")
-        return self._notify(f"{service}.{events.check_name(event)}", "", payload)
+        return self._notification(f"{service}.{events.check_name(event)}", "", payload)
 
-    def _notify(self, source: str, correlation_id: str,
-                payload: Dict[str, Any]) -> messages.Notification:
+    def _notification(self, source: str, correlation_id: str,
+                      payload: Dict[str, Any]) -> messages.Notification:
         headers = dict(self._headers)
         headers.update(correlation_id=correlation_id or self._correlation_id,
                        request_id=messages.new_id(), message_id=messages.new_id(),
                        source=source, destination="", reply_to="")
-        notification = messages.Notification(headers, self._context, payload)
-        self._postprocessor.send(notification)
-        return notification
+        return messages.Notification(headers, self._context, payload)

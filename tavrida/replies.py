@@ -248,23 +248,33 @@ class Replies:
         if waiter.answer is None:
             raise exceptions.CallTimeout(destination=request.destination, timeout=timeout,
                                          correlation_id=request.correlation_id)
-        answer = waiter.answer
-        if isinstance(answer, exceptions.IncorrectMessage):
-            raise exceptions.IncorrectMessage(
-                reason=f"the answer of {request.destination} came but cannot be read: "
-                       f"{answer.kwargs.get('reason', answer)}")
-        if answer.message_type == messages.ERROR:
-            payload = answer.payload
-            remote_class = str(payload.get("class", ""))
-            code = payload.get("code", messages.DEFAULT_ERROR_CODE)
-            raise exceptions.RemoteError(
-                remote_class=remote_class,
-                remote_name=str(payload.get("name") or remote_class.rpartition(".")[2]),
-                remote_message=str(payload.get("message", "")),
-                code=code if isinstance(code, int) else messages.DEFAULT_ERROR_CODE)
-        return answer.payload
+        return payload_of(request, waiter.answer)
 
     def close(self) -> None:
         """Forget the calls still waiting (they time out)."""
         with self._lock:
             self._pending.clear()
+
+
+def payload_of(request: messages.Request,
+               answer: Union[messages.Message, exceptions.IncorrectMessage]) -> Dict[str, Any]:
+    """A call's outcome from its answer: the Response's payload, or raise.
+
+    :class:`~tavrida.exceptions.RemoteError` for an Error,
+    :class:`~tavrida.exceptions.IncorrectMessage` for an answer that came
+    but cannot be read (also used by :mod:`tavrida.aio`).
+    """
+    if isinstance(answer, exceptions.IncorrectMessage):
+        raise exceptions.IncorrectMessage(
+            reason=f"the answer of {request.destination} came but cannot be read: "
+                   f"{answer.kwargs.get('reason', answer)}")
+    if answer.message_type == messages.ERROR:
+        payload = answer.payload
+        remote_class = str(payload.get("class", ""))
+        code = payload.get("code", messages.DEFAULT_ERROR_CODE)
+        raise exceptions.RemoteError(
+            remote_class=remote_class,
+            remote_name=str(payload.get("name") or remote_class.rpartition(".")[2]),
+            remote_message=str(payload.get("message", "")),
+            code=code if isinstance(code, int) else messages.DEFAULT_ERROR_CODE)
+    return answer.payload

@@ -8,11 +8,12 @@ or nothing. Outgoing middlewares see that answer last.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, ClassVar, List, Optional, TypeVar, Union
+from typing import Any, Callable, ClassVar, List, Optional, TypeVar, Union
 
+from tavrida import coroutines, exceptions, messages, schema
 from tavrida import discovery as discovery_mod
-from tavrida import exceptions, messages, schema
 from tavrida.dispatcher import Dispatcher, Handler
 from tavrida.middleware import Middleware
 from tavrida.proxies import RPCProxy
@@ -41,6 +42,12 @@ class ServiceController:
         self.postprocessor = postprocessor
         self.incoming_middlewares: List[Middleware] = []
         self.outgoing_middlewares: List[Middleware] = []
+        #: The event loop ``async def`` handlers and middlewares run on (None: the
+        #: process's, see :mod:`tavrida.coroutines`); :class:`tavrida.aio.server.Server` sets it.
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        #: What an ``async def`` handler gets as its proxy instead of the blocking one
+        #: (:class:`tavrida.aio.server.Server`: awaitable calls); None: the blocking one.
+        self.async_proxy: Optional[Callable[[RPCProxy], Any]] = None
 
     @classmethod
     def service_name(cls) -> str:
@@ -89,7 +96,7 @@ class ServiceController:
         turns it into an Error for calls.
         """
         for middleware in self.incoming_middlewares:
-            result = middleware.process(message)
+            result = coroutines.resolve(middleware.process(message), self.loop)
             if isinstance(result, (messages.Response, messages.Error)):
                 return result
             if not isinstance(result, type(message)):
@@ -99,8 +106,13 @@ class ServiceController:
                            f"Response or Error")
             message = result
         handler = method if isinstance(method, Handler) else self._handler_named(method, message)
-        result = getattr(self, handler.method_name)(message, proxy,
-                                                    **handler.arguments(message.payload))
+        function = getattr(self, handler.method_name)
+        arguments = handler.arguments(message.payload)
+        if handler.is_async:
+            given = proxy if self.async_proxy is None else self.async_proxy(proxy)
+            result = coroutines.resolve(function(message, given, **arguments), self.loop)
+        else:
+            result = function(message, proxy, **arguments)
         return self.make_answer(message, result)
 
     def _handler_named(self, name: str, message: messages.Message) -> Handler:
@@ -134,12 +146,13 @@ class ServiceController:
     def message_done(self, message: messages.Message, answer: Optional[Answer]) -> None:
         """Tell the incoming middlewares that ``message`` was handled (before its ack)."""
         for middleware in self.incoming_middlewares:
-            middleware.done(message, answer)
+            done: Any = middleware.done  # (an ``async def done`` returns a coroutine)
+            coroutines.resolve(done(message, answer), self.loop)
 
     def run_outgoing(self, answer: AnswerT) -> AnswerT:
         """Pass an answer through the outgoing middlewares; each must keep its kind."""
         for middleware in self.outgoing_middlewares:
-            result = middleware.process(answer)
+            result = coroutines.resolve(middleware.process(answer), self.loop)
             if type(result) is not type(answer):
                 raise exceptions.WrongResponse(
                     reason=f"outgoing middleware {type(middleware).__name__} returned "

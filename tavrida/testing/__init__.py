@@ -16,6 +16,12 @@
     result = testing.call_handler(HelloController, "hello", param=1)
     assert result.response == {...} and result.sent.requests
 
+From an async test (``async def`` handlers, :mod:`tavrida.aio`):
+``cli = cluster.aio_client(disc, source="client_app")`` then
+``await cli.test_hello.hello(param=1).call(timeout=5)``, ``await cluster.adeliver()``
+and ``await testing.acall_handler(HelloController, "hello", param=1)``;
+:func:`call_handler` runs an ``async def`` handler too.
+
 Every cluster has its own in-memory broker, so tests do not see each
 other's messages. Nothing runs in the background: :meth:`MemoryCluster.deliver`
 (and a blocking call of a cluster's client) hands messages to the servers in
@@ -29,7 +35,7 @@ share their record of what was sent (:class:`Capture`, :mod:`tavrida.testing.cap
 
 from tavrida.testing.capture import Capture, ExpectedErrors, Failure, HandlerFailed
 from tavrida.testing.cluster import MemoryCluster
-from tavrida.testing.handlers import HandlerResult, RecordingSender, call_handler
+from tavrida.testing.handlers import HandlerResult, RecordingSender, acall_handler, call_handler
 
 __all__ = ["Capture", "ExpectedErrors", "Failure", "HandlerFailed", "HandlerResult",
-           "MemoryCluster", "RecordingSender", "call_handler"]
+           "MemoryCluster", "RecordingSender", "acall_handler", "call_handler"]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import threading
 import time
 import uuid
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
 
+from tavrida import aio, messages
 from tavrida import client as client_mod
 from tavrida import config as config_mod
 from tavrida import discovery as discovery_mod
-from tavrida import messages
+from tavrida.aio.proxies import direct_proxy
 from tavrida.answers import ErrorHook
 from tavrida.observability.hooks import ServerHook
 from tavrida.server import Server
@@ -106,6 +109,7 @@ class MemoryCluster:
                         exchange_name or f"{first}_exchange", service_list, **kwargs)
         server.start()
         for controller in server.controllers:
+            controller.async_proxy = direct_proxy  # an async def handler's proxy is awaitable
             controller.postprocessor.observers.append(self.sent_by(controller.service_name()))
             controller.postprocessor.observers.append(self._on_sent)
         self.servers.append(server)
@@ -123,6 +127,35 @@ class MemoryCluster:
         cli.sender.observers.append(self.sent_by(source.partition(".")[0]))
         self.clients.append(cli)
         return cli
+
+    def aio_client(self, discovery: discovery_mod.AbstractDiscovery, source: str = "client",
+                   **kwargs: Any) -> aio.RPCClient:
+        """An :class:`aio.RPCClient <tavrida.aio.client.RPCClient>` on this cluster's broker.
+
+        As :meth:`client`'s, its connection runs the cluster's servers while it
+        waits, so ``await cli.svc.m(x=1).call(timeout=5)`` needs no server
+        thread; it waits on its I/O thread, so while the client is open the
+        servers may also run there between two :meth:`deliver` (which still
+        returns once every queue is idle). Close it (``async with``) in the test.
+        """
+        kwargs.setdefault("transport", _ClusterTransport(self.config, self))
+        cli = aio.RPCClient(self.config, discovery, source=source, **kwargs)
+        cli.sender.observers.append(self.sent_by(source.partition(".")[0]))
+        return cli
+
+    async def adeliver(self, timeout: float = 5.0, raise_errors: bool = True,
+                       expect_errors: ExpectedErrors = ()) -> int:
+        """:meth:`deliver` from an async test: ``await cluster.adeliver()``.
+
+        It runs on a worker thread while the test's loop runs the ``async def``
+        handlers (and middlewares) of the cluster's services.
+        """
+        loop = asyncio.get_running_loop()
+        for server in self.servers:
+            for controller in server.controllers:
+                controller.loop = loop
+        return await loop.run_in_executor(
+            None, functools.partial(self.deliver, timeout, raise_errors, expect_errors))
 
     def _on_error(self, message: Optional[messages.Message], exc: BaseException,
                   by_handler: bool) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Type, Union
 
 from tavrida import discovery as discovery_mod
 from tavrida import exceptions, messages, wire
+from tavrida.aio.proxies import direct_proxy
 from tavrida.answers import Answers
 from tavrida.dispatcher import Handler
 from tavrida.handling import proxy_source
@@ -150,6 +153,8 @@ def call_handler(controller: Union[Type[ServiceController], ServiceController], 
                                               controller.service_name()))
     else:
         instance = controller
+    if instance.async_proxy is None:  # an async def handler's proxy is awaitable
+        instance.async_proxy = direct_proxy
     cls = type(instance)
     found = _find_handler(cls, handler, message_type)
     message = _incoming(found, cls.service_name(), {**(payload or {}), **kwargs}, context,
@@ -183,3 +188,20 @@ def call_handler(controller: Union[Type[ServiceController], ServiceController], 
     finally:
         observers.remove(sent)
     return result
+
+
+async def acall_handler(controller: Union[Type[ServiceController], ServiceController],
+                        handler: str, payload: Optional[Mapping[str, Any]] = None,
+                        **options: Any) -> HandlerResult:
+    """:func:`call_handler` from an async test: ``await testing.acall_handler(...)``.
+
+    An ``async def`` handler runs on the test's loop (what it awaits may be
+    the test's); the call itself, which waits for it, on a worker thread.
+    """
+    if isinstance(controller, type):
+        controller = controller(RecordingSender(controller.get_discovery(),
+                                                controller.service_name()))
+    loop = asyncio.get_running_loop()
+    controller.loop = loop
+    return await loop.run_in_executor(
+        None, functools.partial(call_handler, controller, handler, payload, **options))

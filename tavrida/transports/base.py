@@ -149,6 +149,11 @@ class Transport(abc.ABC):
     #: publisher). False: delays are not declared, and a server waits in process.
     holds_delays = False
 
+    #: True when :meth:`publish` never waits on a network (it routes in process): an
+    #: event loop may call it (:mod:`tavrida.aio`). False: it may block (a reconnect, a
+    #: confirm), so asyncio code publishes from a thread.
+    publish_never_blocks = False
+
     @abc.abstractmethod
     def declare(self, topology: Topology) -> None:
         """Declare exchanges, then queues, then bindings.

@@ -530,3 +530,26 @@ def test_1_0_reply_and_error_reach_a_2_0_blocking_call(cluster, amqp_url, unique
         assert legacy.answered == 3
     finally:
         legacy.close()
+
+
+@pytest.mark.anyio
+async def test_1_0_reply_and_error_reach_a_2_0_awaited_call(amqp_url, unique):
+    """The same 1.0 service answers an asyncio client (tavrida.aio)."""
+    from tavrida import aio
+
+    hello_ex, client_ex = unique("hello-ex"), unique("client-ex")
+    legacy = LegacyService(amqp_url, unique("hello-q"), hello_ex, client_ex)
+    try:
+        disc = discovery.LocalDiscovery()
+        disc.register_remote_service("test_hello", hello_ex)
+        disc.register_remote_service("client_app", client_ex)
+        async with aio.RPCClient(amqp_url, disc, source="client_app") as cli:
+            assert await cli.test_hello.hello(param=5).call(timeout=10) == \
+                {"param": "legacy says 5"}
+            with pytest.raises(exceptions.RemoteError) as info:
+                await cli.test_hello.hello(param="fail").call(timeout=10)
+        assert (info.value.remote_name, info.value.remote_message, info.value.code) == \
+            ("LegacyFailure", "legacy refuses", 42)
+        assert legacy.answered == 2
+    finally:
+        legacy.close()

@@ -11,6 +11,7 @@ import json
 import logging
 import pathlib
 import textwrap
+import threading
 import time
 import uuid
 from typing import Any, Iterator, List
@@ -338,14 +339,24 @@ def test_records_nobody_heartbeats_are_written_again_before_retention_drops_them
     manual = Record("manual/legacy", {"legacy": Entry("legacy_ex")}, 1.0, 1.0, 0, kind="manual")
     write(url, manual)
     seen: List[bytes] = []
+    # The spy's own signal: a record written again as is changes nothing the watcher's
+    # wait() would be woken by (it would only look again at its timeout).
+    arrived = threading.Condition()
+
+    def spied(raw: bytes) -> None:
+        with arrived:
+            seen.append(raw)
+            arrived.notify_all()
+
     spy = open_store(config.ConnectionConfig.from_url(url))
     watcher = Directory(Forgetful(config.ConnectionConfig.from_url(url), "tavrida.discovery"),
                         refresh=0.1, ttl=1.0)
     try:
-        spy.watch(seen.append, lambda ok: None)
+        spy.watch(spied, lambda ok: None)
         watcher.start()
         assert watcher.lookup("legacy") is not None
-        assert watcher.wait(lambda: len(seen) >= 3, 5), seen  # the first, then two rewrites
+        with arrived:  # the first, then two rewrites
+            assert arrived.wait_for(lambda: len(seen) >= 3, 5), seen
         assert all(record_mod.decode(raw) == manual for raw in seen)  # written again as is
     finally:
         watcher.close()

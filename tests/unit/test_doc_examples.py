@@ -17,7 +17,8 @@ EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "docs" / "examples"
 def test_doc_examples_pass_and_none_is_skipped():
     files = sorted(EXAMPLES.glob("test_*.py"))
     assert files, "no doc examples found"
-    declared = sum(len(re.findall(r"^def test_", path.read_text(), re.M)) for path in files)
+    declared = sum(len(re.findall(r"^(?:async )?def test_", path.read_text(), re.M))
+                   for path in files)
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           "-rs", str(EXAMPLES)], capture_output=True, text=True, timeout=120,
                          cwd=EXAMPLES.parents[1])

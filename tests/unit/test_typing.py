@@ -23,6 +23,8 @@ mypy_api = pytest.importorskip("mypy.api", reason="mypy is in requirements-dev.t
 
 ROOT = Path(__file__).resolve().parents[2]
 USER_CODE = "tests/typing/user_code.py"
+#: The asyncio API (tavrida.aio) as docs/asyncio.rst spells it.
+AIO_USER_CODE = "tests/typing/aio_user_code.py"
 
 _ERROR = re.compile(r"^(?P<path>[^:\n]+):\d+(?::\d+)?: error: ", re.MULTILINE)
 
@@ -35,7 +37,8 @@ def errors() -> Dict[str, List[str]]:
     os.chdir(ROOT)
     try:
         stdout, stderr, status = mypy_api.run(
-            ["--config-file", "pyproject.toml", "--no-error-summary", "tavrida", USER_CODE])
+            ["--config-file", "pyproject.toml", "--no-error-summary", "tavrida", USER_CODE,
+             AIO_USER_CODE])
     finally:
         os.chdir(cwd)
         sys.setrecursionlimit(limit)
@@ -56,6 +59,11 @@ def test_documented_user_code_type_checks(errors):
     assert errors.get(USER_CODE, []) == []
 
 
+def test_documented_asyncio_user_code_type_checks(errors):
+    """``await`` gives the answer's type, as the blocking call does; misuses are caught."""
+    assert errors.get(AIO_USER_CODE, []) == []
+
+
 def test_user_code_in_a_folder_of_its_own_finds_tavrida(tmp_path):
     """``mypy --strict app.py`` in a user's folder resolves the installed tavrida.
 
@@ -67,9 +75,10 @@ def test_user_code_in_a_folder_of_its_own_finds_tavrida(tmp_path):
     """
     assert ROOT not in tmp_path.resolve().parents, "the user's folder must be outside the repo"
     shutil.copy(ROOT / USER_CODE, tmp_path / "app.py")
+    shutil.copy(ROOT / AIO_USER_CODE, tmp_path / "aio_app.py")
     env = {name: value for name, value in os.environ.items()
            if name not in ("PYTHONPATH", "MYPYPATH")}
     done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "app.py"],
+        [sys.executable, "-m", "mypy", "--strict", "app.py", "aio_app.py"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"mypy --strict in {tmp_path}:\n{done.stdout}{done.stderr}"

@@ -144,14 +144,10 @@ class ConsumerSet:
 
     def give_back_ready(self) -> None:
         """Queue a requeue of every delivery received and not handed out (answers stay)."""
-        kept = []
-        while self.ready:
-            delivery, on_message = self.ready.popleft()
-            if delivery._no_ack:
-                kept.append((delivery, on_message))  # nothing to give back: hand it out
-                continue
+        answers, others = self._split_ready()
+        for delivery, _ in others:
             self._settlement.give_back(delivery)
-        self.ready.extend(kept)
+        self.ready.extendleft(reversed(answers))  # nothing to give back: handed out
 
     def close(self, control: Any) -> None:
         """Cancel every consumer before the connection closes; what a Redis fetch popped
@@ -175,10 +171,26 @@ class ConsumerSet:
                     if consumer.channel is not None]
         for consumer in self.consumers:
             consumer.channel = None
-        kept = [item for item in self.ready if item[0]._no_ack]
-        self.ready.clear()
-        self.ready.extend(kept)
+        answers, _ = self._split_ready()
+        self.ready.extendleft(reversed(answers))
         return channels
+
+    def _split_ready(self) -> Tuple[List[Ready], List[Ready]]:
+        """Take every delivery out of :attr:`ready`: (answers, the others), in order.
+
+        Popped one at a time, never iterated: the draining thread pops from it
+        outside the lock meanwhile (iterating a deque another thread changes
+        raises RuntimeError).
+        """
+        answers: List[Ready] = []
+        others: List[Ready] = []
+        ready = self.ready
+        while True:
+            try:
+                item = ready.popleft()
+            except IndexError:
+                return answers, others
+            (answers if item[0]._no_ack else others).append(item)
 
     def take_resume(self) -> List[Consumer]:
         """The consumers RabbitMQ cancelled since the last call."""
@@ -193,11 +205,8 @@ class ConsumerSet:
 
     def take_answers(self) -> List[Ready]:
         """Deliveries without acks (answers) taken out of :attr:`ready`; others stay."""
-        answers = [item for item in self.ready if item[0]._no_ack]
-        if answers:
-            others = [item for item in self.ready if not item[0]._no_ack]
-            self.ready.clear()
-            self.ready.extend(others)
+        answers, others = self._split_ready()
+        self.ready.extendleft(reversed(others))
         return answers
 
     def _on_amqp_message(self, consumer: Consumer, channel: Any, generation: int,

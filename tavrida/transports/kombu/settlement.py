@@ -83,15 +83,17 @@ class Settlement:
         unsettled = self.unsettled
         self._delivering = threading.get_ident()
         try:
-            while ready:
-                delivery, on_message = ready.popleft()
+            while True:
+                try:
+                    delivery, on_message = ready.popleft()
+                except IndexError:  # empty (a reader of answers may take from it meanwhile)
+                    return True
                 if not delivery._settled:
                     unsettled.add(delivery)
                     self._slice = self._min_poll_interval
                 on_message(delivery)
         finally:
             self._delivering = 0
-        return True
 
     def forget(self) -> None:
         """The connection is gone: what is out will be redelivered, not settled."""

@@ -35,6 +35,7 @@ class MemoryTransport(Transport):
     """A connection to the in-process broker named by ``config.virtual_host``."""
 
     holds_delays = True
+    publish_never_blocks = True
 
     def __init__(self, config: ConnectionConfig) -> None:
         self.config = config

@@ -1,0 +1,161 @@
+"""The outbox: how asyncio code publishes without the loop waiting on the broker.
+
+A transport whose publish never blocks (memory) is called on the loop
+itself. Any other (kombu: a publish may reconnect, or wait for a confirm)
+is called on a small pool of publishing threads, under the message's
+deadline (:meth:`~tavrida.transports.base.Transport.deadline`). Either way
+the verdict comes back through the
+:class:`~tavrida.transports.confirmation.Confirmation`'s done callback and
+``loop.call_soon_threadsafe`` (none when it is settled on the loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from typing import Callable, Optional
+
+from tavrida import exceptions, messages
+from tavrida.sender import Sender
+from tavrida.transports.base import Confirmation
+
+LOG = logging.getLogger(__name__)
+
+#: Threads that publish for one asyncio client on a transport whose publish may block.
+PUBLISH_THREADS = 8
+
+#: Told why a publish failed (on the loop), or None once confirmed: a
+#: :class:`~tavrida.exceptions.PublishFailed`, or what a blocking send raises
+#: before publishing (:class:`~tavrida.exceptions.UnableToDiscover`, ...).
+OnVerdict = Callable[[Optional[Exception]], None]
+
+
+class Sending:
+    """One message on its way: its confirmation once published, and whether it is still wanted."""
+
+    __slots__ = ("confirmation", "dropped")
+
+    def __init__(self) -> None:
+        self.confirmation: Optional[Confirmation] = None
+        #: Its caller gave up (cancelled, timed out, answered): not published if not yet.
+        self.dropped = False
+
+    def drop(self) -> None:
+        """Nobody needs its verdict any more: a pending confirmation is cancelled."""
+        self.dropped = True
+        confirmation = self.confirmation
+        if confirmation is not None:
+            confirmation.cancel()
+
+
+class Outbox:
+    """Publishes the messages of one asyncio client or server through ``sender``."""
+
+    def __init__(self, sender: Sender, loop: asyncio.AbstractEventLoop, name: str) -> None:
+        self.sender = sender
+        self.loop = loop
+        transport = sender.transport
+        self._in_place = bool(transport is not None and transport.publish_never_blocks)
+        self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        if not self._in_place:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                PUBLISH_THREADS, thread_name_prefix=f"{name}-publish")
+
+    def send(self, message: messages.Message, deadline: float, on_verdict: OnVerdict,
+             failures_only: bool = False) -> Sending:
+        """Publish ``message`` by ``deadline`` (``time.monotonic()``); ``on_verdict`` on the loop.
+
+        ``on_verdict(None)`` once confirmed, ``on_verdict(exc)`` when it
+        failed (including when the broker could not be reached in time);
+        never when it was dropped (:meth:`Sending.drop`) first. On the loop,
+        what cannot be sent at all (no exchange for it, not JSON) raises here.
+        ``failures_only``: no ``on_verdict(None)`` (a call waits for its answer
+        anyway), so a confirm costs the loop nothing.
+        """
+        sending = Sending()
+        if self._pool is None:
+            self._watch(sending, self.sender.publish(message), on_verdict, True, failures_only)
+        else:
+            self._pool.submit(self._publish_in_thread, message, deadline, sending, on_verdict,
+                              failures_only)
+        return sending
+
+    async def publish(self, message: messages.Message, timeout: Optional[float]) -> None:
+        """Publish ``message`` and wait for its verdict: return once confirmed, else raise."""
+        deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
+        future: asyncio.Future[None] = self.loop.create_future()
+
+        def settle(exc: Optional[Exception]) -> None:
+            if future.done():
+                return
+            if exc is None:
+                future.set_result(None)
+            else:
+                future.set_exception(exc)
+
+        sending = self.send(message, deadline, settle)
+        try:
+            await future
+        finally:
+            if not future.done():  # cancelled: not written again after a cut
+                sending.drop()
+
+    def _publish_in_thread(self, message: messages.Message, deadline: float,
+                           sending: Sending, on_verdict: OnVerdict,
+                           failures_only: bool) -> None:
+        left = deadline - time.monotonic()
+        if sending.dropped:
+            return
+        transport = self.sender.transport
+        assert transport is not None
+        try:
+            if left <= 0:
+                raise exceptions.PublishConnectionFailed(
+                    reason="the deadline passed before the message could be published")
+            with transport.deadline(left if left != float("inf") else None):
+                confirmation = self.sender.publish(message)
+        except Exception as exc:  # noqa: BLE001 - told to the caller, as a blocking send raises
+            self.loop.call_soon_threadsafe(self._tell, sending, on_verdict, exc)
+            return
+        self._watch(sending, confirmation, on_verdict, False, failures_only)
+
+    def _watch(self, sending: Sending, confirmation: Confirmation, on_verdict: OnVerdict,
+               on_loop: bool, failures_only: bool) -> None:
+        """Tell ``on_verdict`` the confirmation's outcome on the loop (one hop, if any)."""
+        sending.confirmation = confirmation
+        if sending.dropped:
+            confirmation.cancel()
+        loop = self.loop
+
+        def settled(done: Confirmation) -> None:
+            if done.cancelled():
+                return
+            failure = done.failure()
+            if failure is None and failures_only:
+                return
+            if on_loop and loop_thread_is_current(loop):
+                self._tell(sending, on_verdict, failure)
+            else:
+                loop.call_soon_threadsafe(self._tell, sending, on_verdict, failure)
+
+        confirmation.add_done_callback(settled)
+
+    @staticmethod
+    def _tell(sending: Sending, on_verdict: OnVerdict, failure: Optional[Exception]) -> None:
+        if not sending.dropped:
+            on_verdict(failure)
+
+    def close(self) -> None:
+        """Stop the publishing threads (what they publish now finishes)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def loop_thread_is_current(loop: asyncio.AbstractEventLoop) -> bool:
+    """True when called on the thread running ``loop``."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
