@@ -97,7 +97,7 @@ class Sender:
         if self.transport is None:
             raise RuntimeError(f"{self.source or 'sender'} is not connected to a transport")
         confirmation = self.transport.publish(envelope)
-        if confirmation.done() and confirmation.failure() is not None:
+        if confirmation.failure() is not None:
             return confirmation  # not sent: nothing to log or observe
         if LOG.isEnabledFor(logging.DEBUG):
             LOG.debug("sent %s to %s/%s", message.message_type, envelope.exchange,

@@ -6,7 +6,7 @@ messages (tavrida hands bytes and headers on untouched), and it has no
 ``on_cancel`` for RabbitMQ cancelling a consumer whose queue was deleted;
 each consumer is a ``basic_consume`` on a channel of its own instead.
 Deliveries received wait in :class:`ConsumerSet` until the draining thread
-hands them out, outside the connection's lock.
+hands them out (:meth:`.Settlement.hand_out`), outside the connection's lock.
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ def close_channel(channel: Any) -> None:
 class ConsumerSet:
     """The consumers of the consuming connection and the deliveries they received.
 
-    Guarded by the consuming connection's lock, except :meth:`deliver` and
-    :attr:`ready`, which the draining thread uses outside it (deque
-    operations are atomic).
+    Guarded by the consuming connection's lock, except :attr:`ready`, which
+    the draining thread empties outside it (:meth:`.Settlement.hand_out`;
+    deque operations are atomic).
     """
 
     def __init__(self, context: KombuContext, settlement: Settlement) -> None:
@@ -202,19 +202,6 @@ class ConsumerSet:
         for consumer in self.consumers:
             if consumer.queue == old:
                 consumer.queue = new
-
-    def deliver(self) -> bool:
-        """Run callbacks of received messages, on the draining thread, outside the lock."""
-        ready = self.ready
-        settlement = self._settlement
-        with settlement.delivering():
-            while True:
-                try:
-                    delivery, on_message = ready.popleft()
-                except IndexError:  # empty (a reader of answers may take from it meanwhile)
-                    return True
-                settlement.handed_out(delivery)
-                on_message(delivery)
 
     def take_answers(self) -> List[Ready]:
         """Deliveries without acks (answers) taken out of :attr:`ready`; others stay."""

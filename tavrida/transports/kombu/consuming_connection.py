@@ -26,11 +26,12 @@ from tavrida import exceptions
 from tavrida.transports.base import Binding, OnMessage, Topology
 from tavrida.transports.kombu.consumers import ConsumerSet, close_channel
 from tavrida.transports.kombu.context import KombuContext
+from tavrida.transports.kombu.deadlines import take
 from tavrida.transports.kombu.declarer import Declarer
 from tavrida.transports.kombu.deliveries import Consumer
 from tavrida.transports.kombu.heartbeat import Heartbeat
 from tavrida.transports.kombu.link import Link
-from tavrida.transports.kombu.polling import CAN_POLL
+from tavrida.transports.kombu.polling import CAN_POLL, fileno
 from tavrida.transports.kombu.settlement import Delivering, Settlement
 from tavrida.transports.kombu.severing import SeverAt
 
@@ -216,9 +217,11 @@ class ConsumingConnection:
         Read without the lock (a publishing thread polls it): at worst it is
         a connection just dropped, whose reads :meth:`read_answers` skips.
         """
-        if not self.declarer.declarations.reply_queues:
+        link = self._link
+        if not self.declarer.declarations.reply_queues or link.conn is None or link.broken:
             return -1
-        return self._link.fileno()
+        # Not link.fileno(): a call per blocking call (bench.profiling "call, tavrida: client").
+        return fileno(self._context.connector.raw(link.conn))
 
     def has_ready(self) -> bool:
         """Deliveries wait, a stop was asked or the transport closed: drain now."""
@@ -226,7 +229,10 @@ class ConsumingConnection:
                 or self._context.lifecycle.closed)
 
     def delivering(self) -> Delivering:
-        """A block whose acks (made on this thread) wait to be coalesced by the next drain."""
+        """A block whose acks (made on this thread) wait to be coalesced by the next drain.
+
+        The same block each time (see :meth:`.Settlement.delivering`).
+        """
         return self.settlement.delivering()
 
     def check_reply_connection(self) -> None:
@@ -247,7 +253,7 @@ class ConsumingConnection:
                 or context.config.ssl or not CAN_POLL):
             return
         link = self._link
-        if link.up and link.alive():
+        if link.alive():
             return
         with context.holding(self._lock):
             if link.up and not link.alive():
@@ -294,9 +300,10 @@ class ConsumingConnection:
         context = self._context
         lifecycle = context.lifecycle
         consumers = self.consumers
+        settlement = self.settlement
         while not lifecycle.closed:
             if consumers.ready:
-                return consumers.deliver()
+                return settlement.hand_out(consumers.ready)
             if self._stop.is_set():
                 break
             remaining = deadline - now
@@ -306,10 +313,10 @@ class ConsumingConnection:
                 self._stop.wait(max(remaining, 0.0))
                 break
             try:
-                context.take(lock)
+                # take() direct, not context.take(): bench.profiling "cast, tavrida: service".
+                take(context.local, lock, context.connector.failed)
                 try:
-                    settlement = self.settlement
-                    read = settlement.next_slice() if settlement.out else self._poll_interval
+                    read = settlement.next_slice() if settlement.unsettled else self._poll_interval
                     self._drain_once(min(max(remaining, self._min_poll_interval), read))
                 finally:
                     lock.release()
@@ -318,7 +325,7 @@ class ConsumingConnection:
                     break  # stopping during an outage: nothing in hand can be acked anyway
                 raise
             if consumers.ready:
-                return consumers.deliver()
+                return settlement.hand_out(consumers.ready)
             now = time.monotonic()
             if now >= deadline:
                 break
@@ -338,7 +345,7 @@ class ConsumingConnection:
             conn = link.conn
             raw = context.connector.raw(conn)
         settlement = self.settlement
-        if settlement.queued and not settlement.can_wait(raw):
+        if settlement.queue and not settlement.can_wait(raw):
             settlement.perform()
         assert conn is not None  # ensure() raises otherwise
         errors = context.connection_errors + context.channel_errors
@@ -358,12 +365,16 @@ class ConsumingConnection:
             except errors as exc:
                 self._link.lost(exc)  # reconnecting declares everything anyway
                 return
-        try:
-            self._heartbeat.check(conn)
-        except context.connection_errors as exc:
-            self._link.lost(exc)
-            return
-        if settlement.queued and not settlement.can_wait(raw):
+        heartbeat = self._heartbeat
+        now = time.monotonic()
+        # Its interval tested here, not in check(): bench.profiling "cast, tavrida: service".
+        if now - heartbeat.last >= heartbeat.check_interval:
+            try:
+                heartbeat.check(conn, now)
+            except context.connection_errors as exc:
+                self._link.lost(exc)
+                return
+        if settlement.queue and not settlement.can_wait(raw):
             settlement.perform()
 
     # -- a new connection and a dropped one --------------------------------------------------

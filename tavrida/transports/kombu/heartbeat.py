@@ -1,9 +1,9 @@
 """AMQP heartbeats on the consuming connection, kept going while a handler runs.
 
-kombu's ``Transport.heartbeat_check`` is pumped after each read by the
-draining thread (:meth:`Heartbeat.check`); :meth:`Heartbeat.beat` sends a
-heartbeat from any thread, and a small thread of its own does whenever
-nobody has drained for half an interval.
+kombu's ``Transport.heartbeat_check`` is pumped after reads by the
+draining thread (:meth:`Heartbeat.check`, at most every ``check_interval``);
+:meth:`Heartbeat.beat` sends a heartbeat from any thread, and a small
+thread of its own does whenever nobody has drained for half an interval.
 """
 
 from __future__ import annotations
@@ -68,16 +68,15 @@ class Heartbeat:
         finally:
             self._lock.release()
 
-    def check(self, conn: Any) -> None:
-        """After a read (lock held): kombu's heartbeat check, at most every :attr:`check_interval`.
+    def check(self, conn: Any, now: float) -> None:
+        """After a read (lock held): kombu's heartbeat check, ``now`` (``time.monotonic()``).
 
-        Frames just read count as signs of life. Raises the connection's
-        errors when the broker has gone silent.
+        The caller checks first that :attr:`check_interval` has passed since
+        :attr:`last` (a call per read saved). Frames just read count as signs
+        of life. Raises the connection's errors when the broker has gone silent.
         """
-        now = time.monotonic()
-        if now - self.last >= self.check_interval:
-            conn.transport.heartbeat_check(self._link.raw(), rate=2)
-            self.last = now
+        conn.transport.heartbeat_check(self._link.raw(), rate=2)
+        self.last = now
 
     def start(self) -> None:
         """Start the thread, with AMQP heartbeats on (once; later connections reuse it)."""

@@ -175,8 +175,12 @@ class Link:
         return fileno(self._context.connector.raw(conn))
 
     def alive(self) -> bool:
-        """False when the socket was closed or reset by the peer (one peek, any thread)."""
-        raw = self.raw()
+        """Up (:attr:`up`), and its socket not closed or reset by the peer (one peek,
+        any thread)."""
+        conn = self.conn
+        if conn is None or self.broken:
+            return False
+        raw = self._context.connector.raw(conn)
         sock = getattr(getattr(raw, "transport", None), "sock", None)
         if sock is None:
             return False

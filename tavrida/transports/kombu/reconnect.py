@@ -31,7 +31,8 @@ def retry_call(fun: Callable[[], T], *, attempts: int, delay: float, max_interva
                failed: Callable[[Optional[BaseException], str], exceptions.ConnectionFailed],
                check: Optional[Callable[[], None]] = None,
                on_error: Optional[Callable[[BaseException], None]] = None,
-               give_up: str = "", pause: bool = True, what: str = "", url: object = "") -> T:
+               give_up: str = "", pause: bool = True, what: str = "", url: object = "",
+               failed_once: Optional[BaseException] = None) -> T:
     """Call ``fun`` until it stops raising ``retry_errors``; the adapter's one retry loop.
 
     ``attempts`` calls at most (-1: no bound); ``fatal_errors`` (which retrying
@@ -43,18 +44,23 @@ def retry_call(fun: Callable[[], T], *, attempts: int, delay: float, max_interva
     ``max_interval`` (cut to the deadline) between calls, on ``wake`` so that
     setting it ends the sleep. ``what`` and ``url`` name the operation in the
     warning logged before a pause (``url`` is turned into text only then).
+    ``failed_once``: the error of a first call the caller made itself (the
+    loop goes on from there).
     """
     tries_left = None if attempts < 0 else max(attempts, 1)
     interval = delay = max(delay, 0.0)
+    failure = failed_once
     while True:
-        if check is not None:
-            check()
-        try:
-            return fun()
-        except retry_errors as exc:
-            error: BaseException = exc
-        except fatal_errors as exc:
-            raise failed(exc, "") from exc
+        if failure is None:
+            if check is not None:
+                check()
+            try:
+                return fun()
+            except retry_errors as exc:
+                failure = exc
+            except fatal_errors as exc:
+                raise failed(exc, "") from exc
+        error, failure = failure, None
         if on_error is not None:
             on_error(error)
         if tries_left is not None:
@@ -97,11 +103,13 @@ class ReconnectPolicy:
     def call(self, fun: Callable[[], T], *, initial: bool, deadline: Optional[float],
              wake: threading.Event, retry_errors: Errors, fatal_errors: Errors,
              failed: Callable[[Optional[BaseException], str], exceptions.ConnectionFailed],
-             check: Callable[[], None], what: str, url: object) -> T:
+             check: Callable[[], None], what: str, url: object,
+             failed_once: Optional[BaseException] = None) -> T:
         """:func:`retry_call` with this policy's attempts (``initial``: the first connect's)."""
         attempts = self.first_attempts if initial else self.later_attempts
         return retry_call(
             fun, attempts=attempts, delay=self.delay, max_interval=self.max_interval,
             deadline=deadline, wake=wake, retry_errors=retry_errors,
             fatal_errors=fatal_errors, failed=failed, check=check,
-            give_up=f"gave up after {attempts} attempt(s)", what=what, url=url)
+            give_up=f"gave up after {attempts} attempt(s)", what=what, url=url,
+            failed_once=failed_once)

@@ -16,6 +16,7 @@ import logging
 import threading
 from typing import Any, Deque, Dict, List, Optional, Protocol, Set, Tuple
 
+from tavrida.transports.base import OnMessage
 from tavrida.transports.kombu.context import KombuContext
 from tavrida.transports.kombu.deliveries import KombuDelivery
 from tavrida.transports.kombu.polling import Readable
@@ -54,56 +55,69 @@ class Settlement:
         self._link = link
         self._poll_interval = poll_interval
         self._min_poll_interval = min_poll_interval
-        self._settles: Deque[Settle] = collections.deque()
-        #: Deliveries handed out and not yet acked or rejected (set ops are atomic).
-        self._unsettled: Set[KombuDelivery] = set()
+        #: Acks and rejects waiting to be sent (the drain tests it without a call).
+        self.queue: Deque[Settle] = collections.deque()
+        #: Deliveries handed out and not yet acked or rejected (set ops are atomic; the
+        #: drain tests it without a call).
+        self.unsettled: Set[KombuDelivery] = set()
         #: How long the next read may block while deliveries are out (see :meth:`next_slice`).
         self._slice = poll_interval
         #: Thread running callbacks in drain() (its acks may be coalesced), else 0.
         self._delivering = 0
         #: Poll of the consuming socket: may acks wait (lock held).
         self._ack_poll = Readable()
+        #: The block of :meth:`delivering`, made once (it runs per delivery batch).
+        self._block = Delivering(self)
 
     def current(self, generation: int) -> bool:
         """True while the connection a delivery of ``generation`` came on is up."""
         return self._link.current(generation)
 
-    @property
-    def queued(self) -> bool:
-        """Acks or rejects wait to be sent."""
-        return bool(self._settles)
+    def hand_out(self, ready: Deque[Tuple[KombuDelivery, OnMessage]]) -> bool:
+        """Run the callbacks of the ``ready`` deliveries on this (the draining) thread,
+        outside the lock; True.
 
-    @property
-    def out(self) -> bool:
-        """Deliveries are out with handlers (their acks may come from other threads)."""
-        return bool(self._unsettled)
-
-    def handed_out(self, delivery: KombuDelivery) -> None:
-        """``delivery`` goes to its callback: reads stay short until it is settled."""
-        if not delivery._settled:
-            self._unsettled.add(delivery)
-            self._slice = self._min_poll_interval
+        Each delivery is out until settled (reads stay short meanwhile); the
+        acks the callbacks make wait for the next read (see :meth:`delivering`).
+        """
+        unsettled = self.unsettled
+        self._delivering = threading.get_ident()
+        try:
+            while True:
+                try:
+                    delivery, on_message = ready.popleft()
+                except IndexError:  # empty (a reader of answers may take from it meanwhile)
+                    return True
+                if not delivery._settled:
+                    unsettled.add(delivery)
+                    self._slice = self._min_poll_interval
+                on_message(delivery)
+        finally:
+            self._delivering = 0
 
     def forget(self) -> None:
         """The connection is gone: what is out will be redelivered, not settled."""
-        self._unsettled.clear()
+        self.unsettled.clear()
 
     def next_slice(self) -> float:
         """How long the next read may block: short while handlers may ack from elsewhere."""
-        if not self._unsettled:
+        if not self.unsettled:
             return self._poll_interval
         current = self._slice
         self._slice = min(current * 2, self._poll_interval)
         return current
 
     def delivering(self) -> "Delivering":
-        """A block on the draining thread whose acks are queued, sent by the next read."""
-        return Delivering(self)
+        """A block on the draining thread whose acks are queued, sent by the next read.
+
+        The same block each time: it may be kept and entered again, not nested.
+        """
+        return self._block
 
     def give_back(self, delivery: KombuDelivery) -> None:
         """Queue a requeue of a delivery never handed out (lock held; see cancel)."""
         delivery._settled = True
-        self._settles.append((delivery, True))
+        self.queue.append((delivery, True))
 
     def settle(self, delivery: KombuDelivery, requeue: Optional[bool]) -> None:
         """Queue an ack (``requeue is None``) or reject; do it now if the connection is free.
@@ -116,9 +130,9 @@ class Settlement:
             LOG.warning("%r was already acked or rejected; ignoring", delivery)
             return
         delivery._settled = True
-        self._unsettled.discard(delivery)
+        self.unsettled.discard(delivery)
         self._slice = self._min_poll_interval
-        self._settles.append((delivery, requeue))
+        self.queue.append((delivery, requeue))
         if requeue is None and self._delivering == threading.get_ident():
             return  # drain() sends it before it waits for the next message
         # Busy means drain() is in the middle of a (short) read: it settles right after.
@@ -137,7 +151,7 @@ class Settlement:
         (at-least-once allows it).
         """
         context = self._context
-        if (len(self._settles) >= self.max_coalesced_acks or not context.is_amqp
+        if (len(self.queue) >= self.max_coalesced_acks or not context.is_amqp
                 or context.config.ssl or raw is None):
             return False
         transport = raw.transport
@@ -151,7 +165,7 @@ class Settlement:
         message received on it up to the highest, go as one ``basic.ack``
         with ``multiple``; anything else goes one by one, in order.
         """
-        queued = self._settles
+        queued = self.queue
         if not queued:
             return
         # Taken one by one: other threads append without the lock (list() then clear()

@@ -309,7 +309,7 @@ def test_an_ack_from_another_thread_while_the_queue_is_emptied_is_not_lost(
             self._arrive()
             super().clear()
 
-    consuming.settlement._settles = Settles()
+    consuming.settlement.queue = Settles()
     with consuming._lock:  # drain() is reading
         worker = threading.Thread(target=first.ack)  # queued: the lock is busy
         worker.start()
