@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import time
 from typing import Callable, Optional
@@ -87,15 +88,7 @@ class Outbox:
         deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
         future: asyncio.Future[None] = self.loop.create_future()
 
-        def settle(exc: Optional[Exception]) -> None:
-            if future.done():
-                return
-            if exc is None:
-                future.set_result(None)
-            else:
-                future.set_exception(exc)
-
-        sending = self.send(message, deadline, settle)
+        sending = self.send(message, deadline, functools.partial(settle, future))
         try:
             await future
         finally:
@@ -159,3 +152,13 @@ def loop_thread_is_current(loop: asyncio.AbstractEventLoop) -> bool:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
+
+
+def settle(future: "asyncio.Future[None]", exc: Optional[BaseException]) -> None:
+    """Give ``future`` its outcome (None: done), unless it has one (cancelled, say)."""
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(None)
+    else:
+        future.set_exception(exc)

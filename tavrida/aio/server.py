@@ -31,7 +31,7 @@ from tavrida import config as config_mod
 from tavrida import exceptions
 from tavrida.aio.calls import Calls
 from tavrida.aio.io_thread import IOThread
-from tavrida.aio.outbox import Outbox
+from tavrida.aio.outbox import Outbox, settle
 from tavrida.aio.proxies import AsyncProxy, Courier
 from tavrida.proxies import RPCProxy
 from tavrida.replies import DEFAULT_REPLY_EXCHANGE
@@ -102,9 +102,9 @@ class Server:
             try:
                 server.run()
             except BaseException as exc:  # noqa: BLE001 - raised by serve()
-                loop.call_soon_threadsafe(_settle, finished, exc)
+                loop.call_soon_threadsafe(settle, finished, exc)
             else:
-                loop.call_soon_threadsafe(_settle, finished, None)
+                loop.call_soon_threadsafe(settle, finished, None)
 
         thread = threading.Thread(target=run, name=f"tavrida-aio-{server.queue_name}",
                                   daemon=True)
@@ -141,14 +141,6 @@ class Server:
 
         asyncio.run(main())
 
-
-def _settle(future: "asyncio.Future[None]", exc: Optional[BaseException]) -> None:
-    if future.done():
-        return
-    if exc is None:
-        future.set_result(None)
-    else:
-        future.set_exception(exc)
 
 
 async def _wait_out(finished: "asyncio.Future[None]") -> None:
