@@ -31,7 +31,7 @@ client (a 1.0 service does); see :mod:`tavrida.replies`.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Tuple, Union
 
 from tavrida import config as config_mod
 from tavrida import discovery as discovery_mod
@@ -41,6 +41,22 @@ from tavrida.replies import Replies, reply_exchange_of
 from tavrida.sender import Sender
 from tavrida.transports import create_transport
 from tavrida.transports.base import Transport
+
+
+def client_sender(config: config_mod.ConnectionConfig, discovery: discovery_mod.AbstractDiscovery,
+                  source: str, transport: Optional[Transport]
+                  ) -> Tuple[Transport, Sender, str, str]:
+    """A client's transport (``transport``, else a new one), its sender, service name and
+    reply exchange.
+
+    Shared by the blocking client and :class:`tavrida.aio.RPCClient`.
+    """
+    service_name = entry_point.parse(source).service if source else ""
+    exchange = reply_exchange_of(discovery, service_name)
+    transport = transport or create_transport(config)
+    sender = Sender(transport, discovery, config.persistent, source=source,
+                    reply_exchange=exchange)
+    return transport, sender, service_name, exchange
 
 
 class RPCClient:
@@ -60,11 +76,8 @@ class RPCClient:
         self._config = config_mod.as_config(config)
         self._service = service
         self._source = source
-        self._transport = transport or create_transport(self._config)
-        service_name = entry_point.parse(source).service if source else ""
-        exchange = reply_exchange_of(discovery, service_name)
-        self._sender = Sender(self._transport, discovery, self._config.persistent,
-                              source=source, reply_exchange=exchange)
+        self._transport, self._sender, service_name, exchange = client_sender(
+            self._config, discovery, source, transport)
         self._replies = Replies(self._sender, service_name, exchange)
         self._announced = service_name
         if self._announced:  # central discovery: a service may then answer only known exchanges

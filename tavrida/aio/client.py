@@ -21,15 +21,14 @@ from typing import Any, Mapping, Optional, Union
 
 from tavrida import config as config_mod
 from tavrida import discovery as discovery_mod
-from tavrida import entry_point, exceptions, messages, proxies
+from tavrida import exceptions, messages, proxies
 from tavrida.aio.calls import Calls
 from tavrida.aio.io_thread import IOThread
 from tavrida.aio.outbox import Outbox
 from tavrida.aio.proxies import AsyncProxy, AsyncServiceProxy, Courier
+from tavrida.client import client_sender
 from tavrida.proxies import RPCProxy
-from tavrida.replies import reply_exchange_of
 from tavrida.sender import Sender
-from tavrida.transports import create_transport
 from tavrida.transports.base import Transport
 
 
@@ -49,11 +48,8 @@ class RPCClient:
                  transport: Optional[Transport] = None) -> None:
         self._config = config_mod.as_config(config)
         self._source = source
-        self._transport = transport or create_transport(self._config)
-        self._service_name = entry_point.parse(source).service if source else ""
-        self._exchange = reply_exchange_of(discovery, self._service_name)
-        self._sender = Sender(self._transport, discovery, self._config.persistent,
-                              source=source, reply_exchange=self._exchange)
+        self._transport, self._sender, self._service_name, self._exchange = client_sender(
+            self._config, discovery, source, transport)
         self._inner = RPCProxy(self._sender, source, context, "", headers)
         self._service = service
         self._announced = ""
