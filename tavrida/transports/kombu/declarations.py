@@ -86,7 +86,7 @@ class Declarations:
                          if b.queue not in queues and b.exchange not in exchanges}
 
     def rename_reply_queue(self, old: str, new: str) -> None:
-        """A reply queue declared again under a fresh name (the old one was still held)."""
+        """A reply queue declared again under a fresh name (after a reconnect)."""
         self.reply_queues = {new if name == old else name: held
                              for name, held in self.reply_queues.items()}
 

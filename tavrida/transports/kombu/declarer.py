@@ -187,22 +187,21 @@ class Declarer:
 
     def _declare_reply_again(self, control: Any, queue: str,
                              bindings: Tuple[Binding, ...]) -> None:
-        """Declare a reply queue again after a reconnect.
+        """Declare a reply queue again after a reconnect; on RabbitMQ under a fresh name.
 
-        RabbitMQ deletes an exclusive queue a moment after its connection is
-        gone; until then it refuses it to the new connection (405
-        RESOURCE_LOCKED), the holder being this client's own previous
-        connection. The reply queue then takes a fresh name at once (py-amqp
-        reopens the channel the broker closed): answers find it by its binding
-        (the client's service name), not by its name, so none waits for the
-        old one to go and no caller sees py-amqp's error.
+        The old name is unsafe on RabbitMQ: the broker refuses it while the
+        client's previous connection still holds it (405 RESOURCE_LOCKED),
+        and in a cluster the nodes that clean up after a node that went down
+        may delete a queue of that name declared again meanwhile, bindings
+        and all, telling no consumer (rabbitmq-server #6271, #9798). Answers
+        find the queue by its binding (the client's service name), not by
+        its name. Redis and memory keep the name (and the answers it holds).
         """
-        try:
+        if not self._context.is_amqp:
             self.declarations.declare_reply_on(control, queue, bindings)
             return
-        except amqp.ResourceLocked:
-            fresh = f"{queue.partition('~')[0]}~{uuid.uuid4().hex[:8]}"
-        LOG.info("reply queue %s is still held by the previous connection; using %s",
+        fresh = f"{queue.partition('~')[0]}~{uuid.uuid4().hex[:8]}"
+        LOG.info("reply queue %s declared again as %s (a fresh name after a reconnect)",
                  queue, fresh)
         self.declarations.declare_reply_on(control, fresh, bindings)
         self.declarations.rename_reply_queue(queue, fresh)

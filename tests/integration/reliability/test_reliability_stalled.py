@@ -222,9 +222,9 @@ def test_a_reply_queue_still_held_after_a_cut_is_taken_back(amqp_url: str, names
 
                 caller = threading.Thread(target=call, daemon=True)
                 caller.start()
-                scenarios.wait_until(lambda: "still held by the previous connection"
+                scenarios.wait_until(lambda: "a fresh name after a reconnect"
                                      in caplog.text or not caller.is_alive(), 20,
-                                     "the client to find its reply queue held")
+                                     "the client to declare its reply queue again")
             finally:
                 holder.close()
             caller.join(30)
