@@ -295,18 +295,21 @@ def cast_client(link: Link, setup: Setup, names: Names, n: int, profile_to: str 
     link.send("result", result)
 
 
-def publish_client(link: Link, setup: Setup, names: Names, n: int) -> None:
+def publish_client(link: Link, setup: Setup, names: Names, n: int,
+                   profile_to: str = "") -> None:
     """``setup.warmup`` then ``n`` timed notifications to the events exchange."""
-    with connect(setup) as conn:
+    with connect(setup) as conn, maybe_profile(profile_to):
         result = _publish_loop(conn, setup, n, names.events_exchange, EVENT_KEY)
     link.send("result", result)
 
 
-def bulk_client(link: Link, setup: Setup, names: Names, n: int, batch: int) -> None:
+def bulk_client(link: Link, setup: Setup, names: Names, n: int, batch: int,
+                profile_to: str = "") -> None:
     """``n`` persistent publishes, each waiting for its confirm (kombu's ``confirm_publish``)."""
     with connect(setup, confirms=True) as conn:
         service_queue(names)(conn.channel()).declare()
-        result = _publish_loop(conn, setup, n, names.exchange, SINK_KEY)
+        with maybe_profile(profile_to):
+            result = _publish_loop(conn, setup, n, names.exchange, SINK_KEY)
     link.send("result", {"elapsed": result["elapsed"]})
 
 

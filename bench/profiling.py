@@ -1,13 +1,14 @@
-"""cProfile of tavrida's client and service sides in the call and cast scenarios.
+"""cProfile of tavrida's client and service sides, scenario by scenario.
 
 ::
 
     python -m bench.profiling --url amqp://guest:guest@127.0.0.1// --out bench/results/profile
 
-runs the call and cast scenarios with cProfile in the client process and
-in the service process, for tavrida and for the kombu baseline (so call
-counts per message can be compared), plus tavrida's in-memory pipeline in
-one thread (cast then drain); writes ``<out>/<name>.pstats`` and prints the
+runs the call and cast scenarios (``--scenarios`` adds bulk, fanout and
+backlog) with cProfile in the client process and in the service process,
+for tavrida and for the kombu baseline (so call counts per message can be
+compared), plus tavrida's in-memory pipeline in one thread (cast then
+drain, ``memory`` in ``--scenarios``); writes ``<out>/<name>.pstats`` and prints the
 top functions by own time with their share of the busy time (the time not
 spent waiting in a socket read or on a lock).
 """
@@ -124,30 +125,65 @@ def _memory_pipeline(path: str, n: int) -> None:
 
 
 def profile_pair(setup: Any, side: str, scenario: str, n: int, out: str,
-                 ext: str = ".pstats") -> List[Tuple[str, str, int]]:
-    """Run ``scenario`` ("call" or "cast") for ``side`` with both processes profiled.
+                 ext: str = ".pstats", batch: int = 500) -> List[Tuple[str, str, int]]:
+    """Run ``scenario`` for ``side`` with its processes profiled.
 
-    Returns (title, file, messages) for the client, then the service; the
-    files are ``<out>/<scenario>-<side>-{client,service}<ext>`` (``ext``
-    ``.timeline.json``: socket I/O, see :func:`maybe_profile`).
+    ``scenario``: "call", "cast" (client and service), "bulk" (the client's
+    confirmed ``send_many`` of ``batch`` at a time), "fanout" (the publisher
+    and the first of the two subscribers), "backlog" (the service draining
+    ``n`` casts queued before it starts). Returns (title, file, messages)
+    per profiled process; the files are ``<out>/<scenario>-<side>-<role><ext>``
+    (``ext`` ``.timeline.json``: socket I/O, see :func:`maybe_profile`).
     """
     from bench.scenarios import Cluster, side_module
 
     module = side_module(side)
     service_file = f"{out}/{scenario}-{side}-service{ext}"
     client_file = f"{out}/{scenario}-{side}-client{ext}"
-    expected = setup.warmup + n if scenario == "cast" else 0
-    client_target = module.call_client if scenario == "call" else module.cast_client
+    client_title = f"{scenario}, {side}: client ({n} {scenario}s)"
+    service_title = f"{scenario}, {side}: service ({n} {scenario}s)"
     with Cluster(setup) as cluster:
         names = cluster.names(f"prof{scenario}")
+        if scenario == "bulk":
+            cluster.spawn(module.bulk_client, setup, names, n, batch, client_file).expect(
+                "result", setup.timeout)
+            return [(f"bulk, {side}: client ({n} confirmed casts, {batch} a batch)",
+                     client_file, n)]
+        if scenario == "backlog":
+            from bench import tavrida_side
+
+            cluster.spawn(tavrida_side.fill, setup, names, n).expect("result", setup.timeout)
+            service = cluster.spawn(module.serve, setup, names, "rpc", n, service_file)
+            service.expect("ready", setup.timeout)
+            service.expect("done", setup.timeout)
+            return [(f"backlog, {side}: service draining {n} casts", service_file, n)]
+        if scenario == "fanout":
+            expected = setup.warmup + n
+            subscribers = [cluster.spawn(module.serve, setup, names, f"sub{index}", expected,
+                                         service_file if index == 0 else "")
+                           for index in (0, 1)]
+            for subscriber in subscribers:
+                subscriber.expect("ready", setup.timeout)
+            cluster.spawn(module.publish_client, setup, names, n, client_file).expect(
+                "result", setup.timeout)
+            for subscriber in subscribers:
+                subscriber.expect("done", setup.timeout)
+            return [(f"fanout, {side}: publisher ({n} notifications)", client_file, n),
+                    (f"fanout, {side}: subscriber ({expected} notifications)", service_file,
+                     expected)]
+        expected = setup.warmup + n if scenario == "cast" else 0
+        client_target = module.call_client if scenario == "call" else module.cast_client
         service = cluster.spawn(module.serve, setup, names, "rpc", expected, service_file)
         service.expect("ready", setup.timeout)
         cluster.spawn(client_target, setup, names, n, client_file).expect(
             "result", setup.timeout)
         if expected:
             service.expect("done", setup.timeout)
-    return [(f"{scenario}, {side}: client ({n} {scenario}s)", client_file, n),
-            (f"{scenario}, {side}: service ({n} {scenario}s)", service_file, n)]
+    return [(client_title, client_file, n), (service_title, service_file, n)]
+
+
+#: What ``--scenarios`` may name; call and cast by default.
+PROFILED = ("call", "cast", "bulk", "fanout", "backlog")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -159,6 +195,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--casts", type=int, default=5000)
     parser.add_argument("--memory-casts", type=int, default=20000)
+    parser.add_argument("--bulk", type=int, default=3000)
+    parser.add_argument("--bulk-batch", type=int, default=500)
+    parser.add_argument("--fanout", type=int, default=2000)
+    parser.add_argument("--backlog", type=int, default=5000)
+    parser.add_argument("--scenarios", default="call,cast,memory",
+                        help=f"which to profile, of {','.join(PROFILED)},memory "
+                             "(default: call,cast,memory)")
     parser.add_argument("--confirms", choices=("on", "off"), default="on")
     parser.add_argument("--sides", default="tavrida,kombu",
                         help="whose processes to profile (default: tavrida,kombu)")
@@ -170,18 +213,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     out = os.path.abspath(args.out)
     setup = Setup(url=args.url, confirms=args.confirms == "on", kombu_wire=args.kombu_wire)
+    scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
+    unknown = set(scenarios) - set(PROFILED) - {"memory"}
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    sizes = {"call": args.calls, "cast": args.casts, "bulk": args.bulk,
+             "fanout": args.fanout, "backlog": args.backlog}
     files: List[Tuple[str, str, int]] = []
     for side in [name.strip() for name in args.sides.split(",") if name.strip()]:
-        files += profile_pair(setup, side, "call", args.calls, out)
-        files += profile_pair(setup, side, "cast", args.casts, out)
-    memory_file = f"{out}/memory-pipeline-tavrida.pstats"
-    child = Child(_memory_child, memory_file, args.memory_casts, lifetime=setup.timeout)
-    try:
-        child.expect("result", setup.timeout)
-    finally:
-        child.stop()
-    files.append((f"memory:// cast pipeline, tavrida, one thread ({args.memory_casts} casts)",
-                  memory_file, args.memory_casts))
+        for scenario in PROFILED:
+            if scenario in scenarios:
+                files += profile_pair(setup, side, scenario, sizes[scenario], out,
+                                      batch=args.bulk_batch)
+    if "memory" in scenarios:
+        memory_file = f"{out}/memory-pipeline-tavrida.pstats"
+        child = Child(_memory_child, memory_file, args.memory_casts, lifetime=setup.timeout)
+        try:
+            child.expect("result", setup.timeout)
+        finally:
+            child.stop()
+        files.append((f"memory:// cast pipeline, tavrida, one thread "
+                      f"({args.memory_casts} casts)", memory_file, args.memory_casts))
     for title, path, _ in files:
         print_top(title, path, args.top)
     print("\n== per message (function calls: independent of the machine's load)")

@@ -204,15 +204,17 @@ def cast_client(link: Link, setup: Setup, names: Names, n: int, profile_to: str 
     link.send("result", {"t_first": t_first, "elapsed": elapsed, "cpu": cpu})
 
 
-def publish_client(link: Link, setup: Setup, names: Names, n: int) -> None:
+def publish_client(link: Link, setup: Setup, names: Names, n: int,
+                   profile_to: str = "") -> None:
     """``setup.warmup`` then ``n`` timed notifications of ``bench_pub.event``."""
     with client.RPCClient(make_config(setup), make_discovery(names), source=EVENT_KEY) as cli:
         for i in range(setup.warmup):
             cli.publish(value=i)
-        t_first = now()
-        for i in range(n):
-            cli.publish(value=i)
-        elapsed = now() - t_first
+        with maybe_profile(profile_to):
+            t_first = now()
+            for i in range(n):
+                cli.publish(value=i)
+            elapsed = now() - t_first
     link.send("result", {"t_first": t_first, "elapsed": elapsed})
 
 
@@ -221,17 +223,19 @@ def _requests(start: int, stop: int) -> Iterator[messages.Request]:
     return (messages.Request(headers, None, {"value": i}) for i in range(start, stop))
 
 
-def bulk_client(link: Link, setup: Setup, names: Names, n: int, batch: int) -> None:
+def bulk_client(link: Link, setup: Setup, names: Names, n: int, batch: int,
+                profile_to: str = "") -> None:
     """``n`` confirmed persistent casts through ``Sender.send_many``, ``batch`` at a time."""
     conf = make_config(setup, confirms=True)
     with client.RPCClient(conf, make_discovery(names), source=CLIENT) as cli:
         cli.transport.declare(service_topology(names))
         sender = cli.sender
         sender.send_many(_requests(0, setup.warmup))
-        start = now()
-        for first in range(0, n, batch):
-            sender.send_many(_requests(first, min(first + batch, n)))
-        elapsed = now() - start
+        with maybe_profile(profile_to):
+            start = now()
+            for first in range(0, n, batch):
+                sender.send_many(_requests(first, min(first + batch, n)))
+            elapsed = now() - start
     link.send("result", {"elapsed": elapsed})
 
 
