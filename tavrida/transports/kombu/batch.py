@@ -31,7 +31,9 @@ class Batch:
 
     def __init__(self, envelopes: List[OutgoingEnvelope]) -> None:
         self.envelopes = envelopes
-        self.todo: Dict[int, None] = dict.fromkeys(range(len(envelopes)))
+        # A literal for the usual one: no fromkeys() call (bench.profiling "bulk, tavrida").
+        self.todo: Dict[int, None] = ({0: None} if len(envelopes) == 1
+                                      else dict.fromkeys(range(len(envelopes))))
         self.failed: Dict[int, str] = {}
         #: Failed because they cannot be written at all: trying again cannot help.
         self.unencodable: Set[int] = set()

@@ -248,13 +248,10 @@ class ConsumingConnection:
         comes before the request. Only with reply queues on RabbitMQ (not for
         amqps, whose sockets cannot peek, nor where ``select.poll`` is missing).
         """
+        if self.reply_connection_ok():
+            return
         context = self._context
-        if (not self.declarer.declarations.reply_queues or not context.is_amqp
-                or context.config.ssl or not CAN_POLL):
-            return
         link = self._link
-        if link.alive():
-            return
         with context.holding(self._lock):
             if link.up and not link.alive():
                 LOG.warning("the consuming connection to %s is closed",
@@ -262,6 +259,16 @@ class ConsumingConnection:
                 link.broken = True
             if not context.lifecycle.closed:
                 self._link.ensure()
+
+    def reply_connection_ok(self) -> bool:
+        """True unless a request must wait for :meth:`check_reply_connection`: no
+        reply queue, not RabbitMQ over plain TCP, or its connection alive (one peek; never
+        blocks)."""
+        context = self._context
+        if (not self.declarer.declarations.reply_queues or not context.is_amqp
+                or context.config.ssl or not CAN_POLL):
+            return True
+        return self._link.alive()
 
     def read_answers(self) -> bool:
         """One short read, then hand out the answers read.
@@ -348,7 +355,6 @@ class ConsumingConnection:
         if settlement.queue and not settlement.can_wait(raw):
             settlement.perform()
         assert conn is not None  # ensure() raises otherwise
-        errors = context.connection_errors + context.channel_errors
         try:
             if context.is_amqp:
                 raw.drain_events(timeout=timeout)  # what kombu's transport calls
@@ -356,13 +362,14 @@ class ConsumingConnection:
                 conn.transport.drain_events(raw, timeout=timeout)
         except socket.timeout:
             pass
-        except errors as exc:
+        # The error tuples joined only when an error comes (backlog drain: once per read).
+        except context.connection_errors + context.channel_errors as exc:
             self._link.lost(exc)
             return
         if self.consumers.resume or not context.is_amqp:
             try:
                 self.declarer.check_topology(link.control, link.generation)
-            except errors as exc:
+            except context.connection_errors + context.channel_errors as exc:
                 self._link.lost(exc)  # reconnecting declares everything anyway
                 return
         heartbeat = self._heartbeat

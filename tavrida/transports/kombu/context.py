@@ -68,7 +68,7 @@ class KombuContext:
         take(self.local, lock, self.connector.failed)
 
     def retry(self, fun: Callable[[], T], initial: bool, what: str,
-              once_if_interrupted: bool = False) -> T:
+              once_if_interrupted: bool = False, timeout: Optional[float] = None) -> T:
         """Run ``fun`` until it stops raising connection errors, per the reconnect policy.
 
         Gives up with :class:`~tavrida.exceptions.ConnectionFailed` when the
@@ -78,6 +78,9 @@ class KombuContext:
         refused login) raises at once. ``once_if_interrupted`` (publishes):
         after an interrupt, still make the first attempt -- a stopping
         server's answer on a healthy connection goes out -- but retry nothing.
+        ``timeout``: the loop, once entered, gives up that many seconds later
+        at the latest (a publish's first attempt is made outside a deadline
+        block when nothing in it can block).
         """
         failed_once: Optional[BaseException] = None
         if once_if_interrupted:
@@ -92,8 +95,9 @@ class KombuContext:
                 failed_once = exc
             except self.connection_errors as exc:
                 raise self.connector.failed(exc, "") from exc
-        return self.policy.call(
-            fun, initial=initial, deadline=self.local.deadline, wake=self.lifecycle.wake,
-            retry_errors=self.retry_errors, fatal_errors=self.connection_errors,
-            failed=self.connector.failed, check=self.connector.check, what=what,
-            url=self.connector.safe_url, failed_once=failed_once)
+        with Deadline(self.local, timeout):
+            return self.policy.call(
+                fun, initial=initial, deadline=self.local.deadline, wake=self.lifecycle.wake,
+                retry_errors=self.retry_errors, fatal_errors=self.connection_errors,
+                failed=self.connector.failed, check=self.connector.check, what=what,
+                url=self.connector.safe_url, failed_once=failed_once)

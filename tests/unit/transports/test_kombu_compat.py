@@ -11,12 +11,14 @@ transport and the classes themselves are enough.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import socket
 import struct
 import sys
 import time
 import uuid
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, List, Tuple
 
 import amqp
 import kombu
@@ -28,9 +30,10 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual.exchange import TopicExchange
 
 from tavrida.transports.base import Binding
-from tavrida.transports.kombu.compat import fast_properties, redis_fetch
+from tavrida.transports.kombu.compat import fast_properties, pyamqp_publish, redis_fetch
 from tavrida.transports.kombu.compat import pyamqp as compat_pyamqp
 from tavrida.transports.kombu.compat import virtual as tavrida_virtual
+from tavrida.transports.kombu.polling import Readable
 
 
 def deep_table(depth: int) -> bytes:
@@ -137,6 +140,59 @@ def test_kombu_connections_still_keep_the_transport_connection_privately() -> No
         assert compat_pyamqp.raw_connection(conn) is conn._connection is not None
     finally:
         conn.release()
+
+
+class _Publishing:
+    """Just enough of a py-amqp connection to publish on: records reads and writes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.client_properties = {"capabilities": {"connection.blocked": True}}
+        self.transport = _PublishingTransport(sock)
+        self.events: List[Tuple[Any, ...]] = []
+
+    def drain_events(self, timeout: Any = None) -> None:
+        self.events.append(("read", timeout))
+        raise socket.timeout()
+
+    def frame_writer(self, *frame: Any) -> None:
+        self.events.append(("write",) + frame)
+
+
+class _PublishingTransport:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    @contextlib.contextmanager
+    def having_timeout(self, timeout: Any) -> Iterator[socket.socket]:
+        yield self.sock
+
+
+def _publishing_channel(connection: _Publishing) -> amqp.Channel:
+    channel = amqp.Channel.__new__(amqp.Channel)
+    channel.connection = connection
+    channel.channel_id = 1
+    return channel
+
+
+def test_basic_publish_still_reads_then_writes_as_the_copied_steps_do() -> None:
+    message = amqp.Message(b"body", content_type="a/b")
+    ours, peer = socket.socketpair()
+    try:
+        theirs = _Publishing(ours)
+        amqp.Channel._basic_publish(_publishing_channel(theirs), message, exchange="ex",
+                                    routing_key="rk", mandatory=True)
+        # py-amqp reads before every publish (nothing to read here), then writes.
+        assert theirs.events[0] == ("read", 0)
+        copied = _Publishing(ours)
+        channel, has_input = _publishing_channel(copied), Readable()
+        pyamqp_publish.publish(channel, has_input, message, "ex", "rk", True)
+        assert copied.events == theirs.events[1:]  # the same frames, no read: no input
+        peer.send(b"x")
+        pyamqp_publish.publish(channel, has_input, message, "ex", "rk", True)
+        assert copied.events[1:] == theirs.events  # with input: read, then the same frames
+    finally:
+        ours.close()
+        peer.close()
 
 
 # -- virtual ---------------------------------------------------------------------------------------

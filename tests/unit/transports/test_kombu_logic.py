@@ -127,6 +127,20 @@ def test_retry_without_pauses_does_not_sleep_nor_look_at_the_deadline() -> None:
                  pause=False) == "done"
 
 
+def test_a_retry_made_outside_a_deadline_block_gives_up_at_its_timeout() -> None:
+    """A publish's first attempt made with no deadline (a run of writes): its reconnect
+    loop is bounded by the publish timeout all the same, and leaves no deadline behind."""
+    # Without the bound the loop would give up after its 50 attempts instead (about 13 s).
+    context = KombuTransport(ConnectionConfig.from_url(
+        AMQP_URL, retry_delay=0.01, reconnect_attempts=50))._context
+    fun = Flaky(10 ** 9)
+    start = time.monotonic()
+    with pytest.raises(exceptions.ConnectionFailed, match="timed out"):
+        context.retry(fun, False, "publishing to", once_if_interrupted=True, timeout=0.3)
+    assert time.monotonic() - start < 0.3 + 3 and fun.calls > 1
+    assert context.local.deadline is None
+
+
 # -- publisher confirms and returns ----------------------------------------------------------------
 
 def envelope(routing_key: str, body: bytes = b"{}", mandatory: bool = True) -> OutgoingEnvelope:

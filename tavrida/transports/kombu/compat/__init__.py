@@ -3,7 +3,8 @@
 The modules of this subpackage are the only ones of tavrida touching
 upstream names that start with an underscore (``tests/unit/test_layout.py``
 checks it): :mod:`.pyamqp` (tolerant frames, checked messages, the raw
-connection), :mod:`.fast_properties` (py-amqp's frame state machine, copied,
+connection), :mod:`.pyamqp_publish` (py-amqp's ``basic_publish`` in fewer
+calls), :mod:`.fast_properties` (py-amqp's frame state machine, copied,
 with a reader and writer of the usual properties), :mod:`.virtual` (kombu's
 virtual transports made to behave as RabbitMQ), :mod:`.redis_fetch` (a Redis
 pop that survives its connection) and :mod:`.redis_delays` (delay queues on
@@ -81,6 +82,11 @@ REGISTRY: Tuple[PrivateName, ...] = (
          "makes kombu build the checked message",
          "test_message_properties_serialize_privately_and_prepare_message_takes_the_class",
          "kombu's plain prepare_message"),
+    _row("amqp.Channel._basic_publish (copied steps), Connection.frame_writer", "py-amqp",
+         "pyamqp_publish", "speed",
+         "writes a basic.publish as py-amqp does, reading first only when there is input",
+         "test_basic_publish_still_reads_then_writes_as_the_copied_steps_do",
+         "channel.basic_publish"),
     _row("kombu.Connection._connection", "kombu", "pyamqp", "fix",
          "the transport connection without kombu's implicit reconnect",
          "test_kombu_connections_still_keep_the_transport_connection_privately",
