@@ -195,11 +195,16 @@ class Declarer:
         may delete a queue of that name declared again meanwhile, bindings
         and all, telling no consumer (rabbitmq-server #6271, #9798). Answers
         find the queue by its binding (the client's service name), not by
-        its name. Redis and memory keep the name (and the answers it holds).
+        its name. A queue without bindings (found by its name only) keeps it,
+        and takes a fresh one only when the name is held. Redis and memory
+        keep the name (and the answers it holds).
         """
-        if not self._context.is_amqp:
-            self.declarations.declare_reply_on(control, queue, bindings)
-            return
+        if not self._context.is_amqp or not bindings:
+            try:
+                self.declarations.declare_reply_on(control, queue, bindings)
+                return
+            except amqp.ResourceLocked:
+                pass  # py-amqp has already reopened the channel the broker closed
         fresh = f"{queue.partition('~')[0]}~{uuid.uuid4().hex[:8]}"
         LOG.info("reply queue %s declared again as %s (a fresh name after a reconnect)",
                  queue, fresh)
