@@ -586,12 +586,14 @@ def test_kombu_redis_still_routes_topics_by_lookup_then_put() -> None:
     assert "return self.typeof(exchange).deliver(" in inspect.getsource(
         virtual.Channel.basic_publish)
     put = inspect.getsource(kombu_redis.Channel._put)
-    assert "client.lpush(key, dumps(message))" in put  # what the script pushes
-    assert "self._expires" in put and "_get_message_priority(message, reverse=False)" in put
+    assert "lpush(" in put and "dumps(message)" in put  # what the script pushes
+    assert "_get_message_priority(message, reverse=False)" in put
+    # kombu 5.7+ also sets a PEXPIRE for queues with x-expires: those are left to _put.
+    assert ("self._expires" in put) is ("self._expires" in inspect.getsource(
+        kombu_redis.Channel.__init__))
     get_table = inspect.getsource(kombu_redis.Channel.get_table)
     assert "self.keyprefix_queue % exchange" in get_table and "split(self.sep)" in get_table
-    bind = inspect.getsource(kombu_redis.Channel._queue_bind)
-    assert "self.sep.join([routing_key or '', pattern or '', queue or ''])" in bind.replace(
-        '"', "'")
+    bind = "".join(inspect.getsource(kombu_redis.Channel._queue_bind).split()).replace('"', "'")
+    assert "self.sep.join([routing_keyor'',patternor'',queueor''])" in bind
     assert kombu_redis.Channel.sep == "\x06\x16"
     assert kombu_redis.Channel.keyprefix_queue == "_kombu.binding.%s"

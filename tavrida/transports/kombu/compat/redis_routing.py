@@ -118,7 +118,8 @@ class RedisTopicExchange(RabbitTopicExchange):
 
     def deliver(self, message: Any, exchange: str, routing_key: str, **kwargs: Any) -> None:
         channel = self.channel
-        if kwargs or channel._expires or channel._get_message_priority(message, reverse=False):
+        if (kwargs or getattr(channel, "_expires", None)  # kombu 5.7+: x-expires queues
+                or channel._get_message_priority(message, reverse=False)):
             self._deliver_by_kombu(message, exchange, routing_key, **kwargs)
             return
         prefix = getattr(channel, "global_keyprefix", "") or ""
