@@ -24,6 +24,7 @@ from typing import Any, Iterable, List, Optional
 
 from tavrida import exceptions
 from tavrida.transports.base import Binding, OnMessage, Topology
+from tavrida.transports.kombu.connector import REDIS_SCHEMES
 from tavrida.transports.kombu.consumers import ConsumerSet, close_channel
 from tavrida.transports.kombu.context import KombuContext
 from tavrida.transports.kombu.deadlines import take
@@ -97,13 +98,18 @@ class ConsumingConnection:
         ``prefetch_count`` bounds the un-acked deliveries of this consumer
         (0: no bound). Consumes again after every reconnect.
 
-        A RabbitMQ reply queue is consumed without acks: it is exclusive and
-        dies with the connection, so an ack protects nothing and costs a frame
-        per answer; its deliveries' ``ack()`` does nothing, and an answer read
-        is handed out even if the connection is lost before that.
+        A reply queue on RabbitMQ or Redis is consumed without acks; its
+        deliveries' ``ack()`` does nothing, and an answer read is handed out
+        even if the connection is lost before that. On RabbitMQ it is
+        exclusive and dies with the connection, so an ack protects nothing and
+        costs a frame per answer. On Redis an answer read is in the in-flight
+        list until it is in this process (:mod:`.compat.redis_fetch`), so the
+        ack's un-acked record (and its removal) would only protect it against
+        the crash of the process waiting for it: two round trips per answer.
         """
         context = self._context
-        no_ack = context.is_amqp and queue in self.declarer.declarations.reply_queues
+        no_ack = ((context.is_amqp or context.config.scheme in REDIS_SCHEMES)
+                  and queue in self.declarer.declarations.reply_queues)
         consumer = Consumer(queue, on_message, max(int(prefetch_count), 0), no_ack)
         with context.holding(self._lock):
             self._link.ensure()
