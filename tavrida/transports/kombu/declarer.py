@@ -197,12 +197,17 @@ class Declarer:
         may delete a queue of that name declared again meanwhile, bindings
         and all, telling no consumer (rabbitmq-server #6271, #9798). Answers
         find the queue by its binding (the client's service name), not by
-        its name. Redis and memory keep the name (and the answers it holds:
-        sent while the client reconnects, they wait in its list).
+        its name. A queue without bindings (found by its name only) keeps it,
+        and takes a fresh one only when the name is held. Redis and memory
+        keep the name (and the answers it holds: sent while the client
+        reconnects, they wait in its list).
         """
-        if not self._context.is_amqp:
-            self.declarations.declare_reply_on(control, queue, bindings)
-            return
+        if not self._context.is_amqp or not bindings:
+            try:
+                self.declarations.declare_reply_on(control, queue, bindings)
+                return
+            except amqp.ResourceLocked:
+                pass  # py-amqp has already reopened the channel the broker closed
         fresh = f"{queue.partition('~')[0]}~{uuid.uuid4().hex[:8]}"
         # Warned: answers it held, or sent before the new one is bound, are lost (their
         # callers time out; a service dead-letters the request of an answer no queue took).

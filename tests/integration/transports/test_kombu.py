@@ -201,15 +201,26 @@ def test_requests_from_many_threads_share_the_confirm_channel(
 
 def test_a_confirming_publish_is_pending_until_its_confirm_is_read(
         amqp_url: str, unique, make_transport) -> None:
-    """RabbitMQ with confirms: ``publish`` returns once written; waiting reads the confirm."""
+    """RabbitMQ with confirms: ``publish`` returns once written, before any confirm can
+    come back (the network is stalled); waiting reads the confirms once it can."""
+    with TcpProxy.for_url(amqp_url) as proxy:
+        transport = make_transport(proxy.url(amqp_url))
+        exchange, _, topology = service_topology(unique)
+        transport.declare(topology)
+        transport.publish(envelope(exchange, "svc.m", b"first")).wait(WAIT)
+        proxy.stall()
+        stalled = transport.publish(envelope(exchange, "svc.m", b"stalled"))
+        assert not stalled.done()
+        assert stalled.cancel()
+        with transport.deadline(0.5):
+            transport.close()
     transport = make_transport(amqp_url)
     exchange, queue, topology = service_topology(unique)
     transport.declare(topology)
     handles = [transport.publish(envelope(exchange, "svc.m", b"%d" % i)) for i in range(3)]
-    assert not any(handle.done() for handle in handles)  # nobody read the socket yet
     confirm_all(handles, timeout=WAIT)
     assert all(handle.done() and handle.exception(0) is None for handle in handles)
-    assert receive(transport, queue, 3).bodies == [b"0", b"1", b"2"]
+    assert receive(transport, queue, 4).bodies == [b"first", b"0", b"1", b"2"]
 
 
 def test_a_request_cancelled_at_its_answer_is_not_tracked_and_answers_need_no_acks(
