@@ -32,7 +32,8 @@ def maybe_profile(path: str) -> Iterator[None]:
     """Profile the block (this thread only) into ``path``; nothing if ``path`` is empty.
 
     A ``path`` ending in ``.timeline.json`` records the process's socket I/O
-    instead (:func:`bench.timeline.recording`).
+    instead (:func:`bench.timeline.recording`), one ending in ``.redis.json``
+    its Redis commands (:func:`bench.redis_trips.recording`).
     """
     if not path:
         yield
@@ -41,6 +42,12 @@ def maybe_profile(path: str) -> Iterator[None]:
         from bench.timeline import recording
 
         with recording(path):
+            yield
+        return
+    if path.endswith(".redis.json"):
+        from bench import redis_trips
+
+        with redis_trips.recording(path):
             yield
         return
     import cProfile

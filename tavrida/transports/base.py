@@ -253,5 +253,9 @@ class Transport(abc.ABC):
         return None
 
     def declare_reply_queue(self, queue: str, bindings: Iterable[Binding]) -> None:
-        """Declare a private auto-delete queue that goes away with this connection."""
+        """Declare a private auto-delete queue that goes away with this connection.
+
+        Declared again after a reconnect; a RabbitMQ transport may give a
+        queue with ``bindings`` a fresh name then (found by its bindings).
+        """
         raise NotImplementedError

@@ -269,4 +269,4 @@ class ConsumerSet:
         exchange, routing_key = props.get(ORIGIN) or ["", consumer.queue]
         return KombuDelivery(self._settlement, channel, props.get("delivery_tag"), generation,
                              body, headers, properties, exchange, routing_key,
-                             consumer.queue, redelivered)
+                             consumer.queue, redelivered, consumer.no_ack)

@@ -24,6 +24,7 @@ from typing import Any, Iterable, List, Optional
 
 from tavrida import exceptions
 from tavrida.transports.base import Binding, OnMessage, Topology
+from tavrida.transports.kombu.connector import REDIS_SCHEMES
 from tavrida.transports.kombu.consumers import ConsumerSet, close_channel
 from tavrida.transports.kombu.context import KombuContext
 from tavrida.transports.kombu.deadlines import take
@@ -97,13 +98,18 @@ class ConsumingConnection:
         ``prefetch_count`` bounds the un-acked deliveries of this consumer
         (0: no bound). Consumes again after every reconnect.
 
-        A RabbitMQ reply queue is consumed without acks: it is exclusive and
-        dies with the connection, so an ack protects nothing and costs a frame
-        per answer; its deliveries' ``ack()`` does nothing, and an answer read
-        is handed out even if the connection is lost before that.
+        A reply queue on RabbitMQ or Redis is consumed without acks; its
+        deliveries' ``ack()`` does nothing, and an answer read is handed out
+        even if the connection is lost before that. On RabbitMQ it is
+        exclusive and dies with the connection, so an ack protects nothing and
+        costs a frame per answer. On Redis an answer read is in the in-flight
+        list until it is in this process (:mod:`.compat.redis_fetch`), so the
+        ack's un-acked record (and its removal) would only protect it against
+        the crash of the process waiting for it: two round trips per answer.
         """
         context = self._context
-        no_ack = context.is_amqp and queue in self.declarer.declarations.reply_queues
+        no_ack = ((context.is_amqp or context.config.scheme in REDIS_SCHEMES)
+                  and queue in self.declarer.declarations.reply_queues)
         consumer = Consumer(queue, on_message, max(int(prefetch_count), 0), no_ack)
         with context.holding(self._lock):
             self._link.ensure()
@@ -238,20 +244,14 @@ class ConsumingConnection:
     def check_reply_connection(self) -> None:
         """Before a request goes out: make sure the reply queue it names exists.
 
-        RabbitMQ deletes an exclusive reply queue with its connection, and
-        drops answers routed to it until it is declared again -- which
-        happens when someone next reads the consuming connection and finds it
-        dead. A request published in between would lose its answer (the first
-        call after every connection loss timed out). A closed connection
-        shows as end-of-file on its socket: peeking at it costs one system
-        call, and reconnecting here (which declares the reply queue again)
-        comes before the request. Only with reply queues on RabbitMQ (not for
-        amqps, whose sockets cannot peek, nor where ``select.poll`` is missing).
+        RabbitMQ deletes an exclusive reply queue with its connection and drops the
+        answers routed to it until someone reads the connection, finds it dead and
+        declares it again. A closed connection shows as end-of-file on its socket
+        (:meth:`reply_connection_ok`): reconnecting here comes before the request.
         """
         if self.reply_connection_ok():
             return
-        context = self._context
-        link = self._link
+        context, link = self._context, self._link
         with context.holding(self._lock):
             if link.up and not link.alive():
                 LOG.warning("the consuming connection to %s is closed",
@@ -261,9 +261,9 @@ class ConsumingConnection:
                 self._link.ensure()
 
     def reply_connection_ok(self) -> bool:
-        """True unless a request must wait for :meth:`check_reply_connection`: no
-        reply queue, not RabbitMQ over plain TCP, or its connection alive (one peek; never
-        blocks)."""
+        """No need for :meth:`check_reply_connection`: no reply queue, not RabbitMQ
+        over plain TCP (amqps sockets cannot peek; no ``select.poll``), or its
+        connection alive (one peek; never blocks)."""
         context = self._context
         if (not self.declarer.declarations.reply_queues or not context.is_amqp
                 or context.config.ssl or not CAN_POLL):
@@ -355,6 +355,7 @@ class ConsumingConnection:
         if settlement.queue and not settlement.can_wait(raw):
             settlement.perform()
         assert conn is not None  # ensure() raises otherwise
+        errors = context.connection_errors + context.channel_errors
         try:
             if context.is_amqp:
                 raw.drain_events(timeout=timeout)  # what kombu's transport calls
@@ -362,14 +363,13 @@ class ConsumingConnection:
                 conn.transport.drain_events(raw, timeout=timeout)
         except socket.timeout:
             pass
-        # The error tuples joined only when an error comes (backlog drain: once per read).
-        except context.connection_errors + context.channel_errors as exc:
+        except errors as exc:
             self._link.lost(exc)
             return
         if self.consumers.resume or not context.is_amqp:
             try:
                 self.declarer.check_topology(link.control, link.generation)
-            except context.connection_errors + context.channel_errors as exc:
+            except errors as exc:
                 self._link.lost(exc)  # reconnecting declares everything anyway
                 return
         heartbeat = self._heartbeat

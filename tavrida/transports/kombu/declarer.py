@@ -116,8 +116,10 @@ class Declarer:
 
         RabbitMQ: exclusive and auto-delete, so the broker deletes it when the
         connection closes, however the process ends. Redis and memory: deleted
-        by ``close()`` (a crashed process leaves it behind). Messages sent to
-        it while the connection is down are lost; it is declared again on
+        by ``close()`` (a crashed process leaves it behind). Declared again on
+        reconnect (:meth:`_declare_reply_again`): on RabbitMQ messages sent to
+        it while the connection is down are lost with it; on Redis its list
+        and bindings stay, so they wait there and are delivered after the
         reconnect. The exchanges named by ``bindings`` are declared if missing;
         ``Binding.queue`` is ignored: bindings go to ``queue``.
 
@@ -195,14 +197,23 @@ class Declarer:
         may delete a queue of that name declared again meanwhile, bindings
         and all, telling no consumer (rabbitmq-server #6271, #9798). Answers
         find the queue by its binding (the client's service name), not by
-        its name. Redis and memory keep the name (and the answers it holds).
+        its name. A queue without bindings (found by its name only) keeps it,
+        and takes a fresh one only when the name is held. Redis and memory
+        keep the name (and the answers it holds: sent while the client
+        reconnects, they wait in its list).
         """
-        if not self._context.is_amqp:
-            self.declarations.declare_reply_on(control, queue, bindings)
-            return
+        if not self._context.is_amqp or not bindings:
+            try:
+                self.declarations.declare_reply_on(control, queue, bindings)
+                return
+            except amqp.ResourceLocked:
+                pass  # py-amqp has already reopened the channel the broker closed
         fresh = f"{queue.partition('~')[0]}~{uuid.uuid4().hex[:8]}"
-        LOG.info("reply queue %s declared again as %s (a fresh name after a reconnect)",
-                 queue, fresh)
+        # Warned: answers it held, or sent before the new one is bound, are lost (their
+        # callers time out; a service dead-letters the request of an answer no queue took).
+        LOG.warning("reply queue %s went with the lost connection (RabbitMQ deletes an "
+                    "exclusive queue with it): answers in it or sent meanwhile are lost; "
+                    "declared again as %s (a fresh name after a reconnect)", queue, fresh)
         self.declarations.declare_reply_on(control, fresh, bindings)
         self.declarations.rename_reply_queue(queue, fresh)
         self._consumers.rename(queue, fresh)

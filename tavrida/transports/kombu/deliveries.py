@@ -40,7 +40,7 @@ class KombuDelivery(Delivery):
         self._channel = channel
         self._delivery_tag = delivery_tag
         self._generation = generation
-        #: Taken without an ack (a RabbitMQ reply queue): the broker forgot it already.
+        #: Taken without an ack (a reply queue): the broker forgot it already.
         self._no_ack = no_ack
         self._settled = no_ack
 
@@ -75,7 +75,7 @@ class Consumer:
         self.queue = queue
         self.on_message = on_message
         self.prefetch_count = prefetch_count
-        #: Consumed without acks: a RabbitMQ reply queue (see :meth:`.ConsumerSet.add`).
+        #: Consumed without acks: a reply queue (see :meth:`.ConsumingConnection.consume`).
         self.no_ack = no_ack
         self.tag = f"tavrida-{uuid.uuid4().hex}"
         self.channel: Any = None

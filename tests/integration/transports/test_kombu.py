@@ -12,6 +12,7 @@ awaited messages are in; the few fixed waits assert that something does
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import socket
 import threading
@@ -201,17 +202,26 @@ def test_requests_from_many_threads_share_the_confirm_channel(
 
 def test_a_confirming_publish_is_pending_until_its_confirm_is_read(
         amqp_url: str, unique, make_transport) -> None:
-    """RabbitMQ with confirms: ``publish`` returns once written; waiting reads the confirm."""
+    """RabbitMQ with confirms: ``publish`` returns once written, before any confirm can
+    come back (the network is stalled); waiting reads the confirms once it can."""
+    with TcpProxy.for_url(amqp_url) as proxy:
+        transport = make_transport(proxy.url(amqp_url))
+        exchange, _, topology = service_topology(unique)
+        transport.declare(topology)
+        transport.publish(envelope(exchange, "svc.m", b"first")).wait(WAIT)
+        proxy.stall()
+        stalled = transport.publish(envelope(exchange, "svc.m", b"stalled"))
+        assert not stalled.done()
+        assert stalled.cancel()
+        with transport.deadline(0.5):
+            transport.close()
     transport = make_transport(amqp_url)
     exchange, queue, topology = service_topology(unique)
     transport.declare(topology)
     handles = [transport.publish(envelope(exchange, "svc.m", b"%d" % i)) for i in range(3)]
-    # A publish reads what waits before it writes (as py-amqp does), so the earlier ones
-    # may be confirmed already; nothing read the socket after the last one was written.
-    assert not handles[-1].done()
     confirm_all(handles, timeout=WAIT)
     assert all(handle.done() and handle.exception(0) is None for handle in handles)
-    assert receive(transport, queue, 3).bodies == [b"0", b"1", b"2"]
+    assert receive(transport, queue, 4).bodies == [b"first", b"0", b"1", b"2"]
 
 
 def test_a_request_cancelled_at_its_answer_is_not_tracked_and_answers_need_no_acks(
@@ -544,3 +554,118 @@ def test_redis_exchange_delete_removes_the_bindings_of_other_connections(
     assert deleting.queue_size(full) == 1
 
 
+
+
+#: Binding keys and routing keys where RabbitMQ's topic rules are easy to get wrong.
+TOPIC_PATTERNS = ["", "#", "#.#", "*", "a", "a.b", "a.*", "a.#", "#.b", "*.b", "a.#.b",
+                  "a.*.b", "#.a.#", "*.*", "a.#.#.b", "a.", ".a", "a..b", "#.", "*.#"]
+TOPIC_KEYS = ["", "a", "b", "a.b", "a.c", "a.b.c", "a.x.b", "a.x.y.b", "b.a", "a.", ".a",
+              "a..b", "x.a.y", "ab", "a.b.b"]
+
+
+def test_redis_routes_in_redis_as_rabbitmq_matches_topics(redis_url: str, unique) -> None:
+    """The routing script matches each binding key as topic_matches does (RabbitMQ's rules)."""
+    import redis
+
+    from tavrida.transports.kombu.compat.redis_routing import ROUTE
+    from tavrida.transports.topic import topic_matches
+
+    client = redis.Redis.from_url(redis_url)
+    bindings, queues = unique("bindings"), [unique(f"q{i}") for i in range(len(TOPIC_PATTERNS))]
+    sep = "\x06\x16"
+    try:
+        client.sadd(bindings, *[sep.join([pattern, "ignored", queue])
+                                for pattern, queue in zip(TOPIC_PATTERNS, queues)])
+        for key in TOPIC_KEYS:
+            pushed = client.eval(ROUTE, 1, bindings, key, sep, "", key.encode() or b"-")
+            got = {queue for queue in queues if client.rpop(queue) is not None}
+            expected = {queue for pattern, queue in zip(TOPIC_PATTERNS, queues)
+                        if topic_matches(pattern, key)}
+            assert (key, got) == (key, expected)
+            assert pushed == len(expected)
+    finally:
+        client.delete(bindings, *queues)
+        client.close()
+
+
+def test_redis_routing_leaves_a_delay_queue_to_kombus_path(redis_url: str, unique) -> None:
+    """A delay queue matched is named back, nothing pushed: its publish is held (redis_delays)."""
+    import redis
+
+    from tavrida.transports.kombu.compat.redis_routing import ROUTE
+
+    client = redis.Redis.from_url(redis_url)
+    bindings, queue, delayed = unique("bindings"), unique("q"), unique("q") + ".retry.500"
+    sep = "\x06\x16"
+    try:
+        client.sadd(bindings, sep.join(["a.#", "", queue]), sep.join(["a.b", "", delayed]))
+        assert sorted(client.eval(ROUTE, 1, bindings, "a.b", sep, "", "m")) == sorted(
+            [queue.encode(), delayed.encode()])
+        assert (client.llen(queue), client.llen(delayed)) == (0, 0)
+        assert client.eval(ROUTE, 1, bindings, "a.c", sep, "", "m") == 1
+        assert client.eval(ROUTE, 1, bindings, "b", sep, "", "m") == 0
+        assert client.llen(queue) == 1
+    finally:
+        client.delete(bindings, queue, delayed)
+        client.close()
+
+
+def test_redis_records_what_it_holds_and_answers_need_no_record(redis_url: str, unique,
+                                                               make_transport) -> None:
+    """A message held un-acked is in kombu's ``unacked`` hash and no longer in flight (one
+    transaction); an answer read is in neither; an ack deletes the record."""
+    import redis
+
+    exchange, queue, topology = service_topology(unique)
+    reply_exchange, reply = unique("rx"), unique("reply")
+    transport = make_transport(redis_url)
+    transport.declare(topology)
+    transport.declare_reply_queue(reply, [Binding(reply, reply_exchange, "client")])
+    held, answers = Inbox(ack=False), Inbox(ack=False)
+    transport.consume(queue, held, 10)
+    transport.consume(reply, answers, 10)
+    for body in (b"one", b"two"):
+        transport.publish(envelope(exchange, "svc.m", body)).wait()
+        transport.publish(envelope(reply_exchange, "client", body)).wait()
+    drain_until(lambda: len(held) == len(answers) == 2, transport)
+    assert held.bodies == answers.bodies == [b"one", b"two"]
+    client = redis.Redis.from_url(redis_url)
+
+    def records(name: str) -> int:
+        # kombu's record: delivery tag -> [payload, exchange, routing key (the queue)]
+        return sum(1 for _, value in client.hscan_iter("unacked", count=1000)
+                   if json.loads(value)[2] == name)
+
+    def in_flight(name: str) -> int:
+        return sum(client.llen(key) for key in client.scan_iter(
+            match=f"{name}.tavrida-inflight.*"))
+
+    try:
+        assert (records(queue), in_flight(queue)) == (2, 0)
+        assert records(reply) == 0
+        drain_until(lambda: in_flight(reply) == 0, transport)  # removed with the next pop
+        for delivery in held.deliveries:
+            delivery.ack()
+        drain_until(lambda: records(queue) == 0, transport)
+    finally:
+        client.close()
+
+
+def test_redis_answers_read_before_a_cut_come_once(redis_url: str, unique, make_transport,
+                                                   close_redis_connections) -> None:
+    """An answer's in-flight copy goes with the next pop; a cut before it neither loses
+    nor repeats an answer."""
+    consumer = make_transport(redis_url, transport_options={"client_name": unique("consumer")})
+    publisher = make_transport(redis_url)
+    reply_exchange, reply = unique("rx"), unique("reply")
+    consumer.declare_reply_queue(reply, [Binding(reply, reply_exchange, "client")])
+    answers = Inbox()
+    consumer.consume(reply, answers, 10)
+    for round_ in range(3):
+        publisher.publish(envelope(reply_exchange, "client", b"%d" % round_)).wait()
+        drain_until(lambda count=round_ + 1: len(answers) == count, consumer)
+        assert close_redis_connections(unique("consumer")) > 0
+    publisher.publish(envelope(reply_exchange, "client", b"3")).wait()
+    drain_until(lambda: len(answers) >= 4, consumer)
+    drain_for(0.5, consumer)  # to see a repeated answer, were one put back
+    assert answers.bodies == [b"0", b"1", b"2", b"3"]

@@ -601,3 +601,55 @@ def test_kombu_exchange_delete_still_deletes_bound_queues_bindings() -> None:
     assert "self.keyprefix_queue % (exchange,)" in bind
     permanent = getattr(kombu_redis.Channel, "keyprefix_binding_permanent", None)
     assert permanent is None or "self.keyprefix_binding_permanent % (exchange,)" in bind
+
+
+# -- redis_fetch: the record and the ack as scripts ---------------------------------------------
+
+def test_kombu_redis_still_records_unacked_messages_as_redis_fetch_does() -> None:
+    """RedisFetch.record and forget write what kombu's QoS.append and ack write, as scripts."""
+    append = inspect.getsource(kombu_redis.QoS.append)
+    for used in ("self.unacked_index_key", "self.unacked_key", "time()",
+                 "dumps([message._raw, EX, RK])", "super().append(message, delivery_tag)"):
+        assert used in append, used
+    assert "delivery['exchange'], delivery['routing_key']" in append.replace('"', "'")
+    ack = inspect.getsource(kombu_redis.QoS.ack)
+    assert "self._remove_from_indices(delivery_tag).execute()" in ack
+    assert "super().ack(delivery_tag)" in ack
+    remove = inspect.getsource(kombu_redis.QoS._remove_from_indices)
+    assert ".zrem(self.unacked_index_key, delivery_tag)" in remove
+    assert ".hdel(self.unacked_key, delivery_tag)" in remove
+    assert parameters(kombu_redis.QoS.ack) == ["self", "delivery_tag"]
+    assert parameters(kombu_redis.QoS.restore_by_tag)[:2] == ["self", "tag"]
+    assert parameters(virtual.QoS.append) == ["self", "message", "delivery_tag"]
+    assert parameters(virtual.QoS.ack) == ["self", "delivery_tag"]
+    # kombu's prefixed client prefixes the first key of an EVALSHA, and only that one.
+    assert kombu_redis.PrefixedStrictRedis.PREFIXED_COMPLEX_COMMANDS["EVALSHA"] == {
+        "args_start": 2, "args_end": 3}
+    assert "LREM" not in kombu_redis.PrefixedStrictRedis.PREFIXED_SIMPLE_COMMANDS
+
+
+# -- redis_routing ---------------------------------------------------------------------------------
+
+def test_kombu_redis_still_routes_topics_by_lookup_then_put() -> None:
+    """RedisTopicExchange.deliver does in one script what kombu's lookup and _put do."""
+    from tavrida.transports.kombu.compat.redis_routing import RedisTopicExchange
+
+    assert issubclass(RedisTopicExchange, tavrida_virtual.RabbitTopicExchange)
+    assert parameters(TopicExchange.deliver) == ["self", "message", "exchange", "routing_key",
+                                                 "kwargs"]
+    deliver = inspect.getsource(TopicExchange.deliver)
+    assert "_lookup(exchange, routing_key)" in deliver and "_put(queue, message" in deliver
+    assert "return self.typeof(exchange).deliver(" in inspect.getsource(
+        virtual.Channel.basic_publish)
+    put = inspect.getsource(kombu_redis.Channel._put)
+    assert "lpush(" in put and "dumps(message)" in put  # what the script pushes
+    assert "_get_message_priority(message, reverse=False)" in put
+    # kombu 5.7+ also sets a PEXPIRE for queues with x-expires: those are left to _put.
+    assert ("self._expires" in put) is ("self._expires" in inspect.getsource(
+        kombu_redis.Channel.__init__))
+    get_table = inspect.getsource(kombu_redis.Channel.get_table)
+    assert "self.keyprefix_queue % exchange" in get_table and "split(self.sep)" in get_table
+    bind = "".join(inspect.getsource(kombu_redis.Channel._queue_bind).split()).replace('"', "'")
+    assert "self.sep.join([routing_keyor'',patternor'',queueor''])" in bind
+    assert kombu_redis.Channel.sep == "\x06\x16"
+    assert kombu_redis.Channel.keyprefix_queue == "_kombu.binding.%s"

@@ -7,10 +7,11 @@ connection), :mod:`.pyamqp_publish` (py-amqp's ``basic_publish`` in fewer
 calls), :mod:`.fast_properties` (py-amqp's frame state machine, copied,
 with a reader and writer of the usual properties), :mod:`.virtual` (kombu's
 virtual transports made to behave as RabbitMQ), :mod:`.redis_fetch` (a Redis
-pop that survives its connection) and :mod:`.redis_delays` (delay queues on
-Redis). :data:`REGISTRY` lists each name with why it is used and the canary
-test in ``tests/unit/transports/test_kombu_compat.py`` that fails the day
-upstream changes it.
+pop that survives its connection), :mod:`.redis_delays` (delay queues on
+Redis) and :mod:`.redis_routing` (a Redis publish in one round trip).
+:data:`REGISTRY` lists each name with why it is used and the canary test in
+``tests/unit/transports/test_kombu_compat.py`` that fails the day upstream
+changes it.
 
 :class:`Compat` switches them off: ``TAVRIDA_KOMBU_PUBLIC_API=1`` in the
 environment (read once, at the first transport) or
@@ -126,6 +127,16 @@ REGISTRY: Tuple[PrivateName, ...] = (
          "redis_fetch", "fix", "hands a fetched message over; forgets a recovered one",
          "test_kombu_redis_still_has_the_attributes_redis_fetch_sets_and_reads",
          "kombu's BRPOP"),
+    _row("kombu redis QoS.append, QoS.ack (replaced), Message._raw", "kombu", "redis_fetch",
+         "speed", "the un-acked record and the in-flight removal in one script; the ack's "
+         "removal of the record in another (one command each, not a MULTI)",
+         "test_kombu_redis_still_records_unacked_messages_as_redis_fetch_does",
+         "kombu's BRPOP, append and ack"),
+    _row("kombu redis Channel._expires, _get_message_priority; TopicExchange.deliver",
+         "kombu", "redis_routing", "speed",
+         "a publish to a topic exchange routes and pushes in one script (one round trip)",
+         "test_kombu_redis_still_routes_topics_by_lookup_then_put",
+         "kombu's SMEMBERS then LPUSH, after the routing check (three round trips)"),
     _row("redis-py Connection._sock", "redis-py", "redis_fetch", "fix",
          "tells a silent pop from a slow one",
          "test_the_silent_pop_check_is_kombus_where_it_has_one_else_redis_fetchs",

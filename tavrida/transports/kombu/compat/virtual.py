@@ -27,7 +27,9 @@ name of ``kombu.transport.virtual`` the adapter uses is here, and
   (kombu's own close raises first when the Redis connection died mid-read).
 * ``TopicExchange.lookup`` (subclassed) and ``Channel.exchange_types`` (an
   undocumented table): :class:`RabbitTopicExchange`, put in place by
-  :func:`rabbit_topic_routing`, matches as RabbitMQ does (``a.#`` matches ``a``).
+  :func:`rabbit_topic_routing`, matches as RabbitMQ does (``a.#`` matches ``a``);
+  on Redis its subclass :class:`.redis_routing.RedisTopicExchange` routes and
+  stores in one script.
 * ``Channel._put`` (private; where every routed or requeued message is stored):
   on Redis wrapped by :func:`.redis_delays.delayed_puts` (delay queues); on
   kombu's memory transport replaced by :func:`private_payloads`, so each
@@ -208,7 +210,8 @@ def rabbit_channel(channel: Any) -> None:
     Every virtual channel routes topics (:func:`rabbit_topic_routing`) and
     deletes (:func:`exact_deletes`) as RabbitMQ; those of kombu's memory
     transport also store private copies (:func:`private_payloads`), those of
-    Redis hold what goes to a delay queue (:func:`.redis_delays.delayed_puts`).
+    Redis hold what goes to a delay queue (:func:`.redis_delays.delayed_puts`)
+    and route topic exchanges in Redis (:func:`.redis_routing.redis_routing`).
     """
     rabbit_topic_routing(channel)
     exact_deletes(channel)
@@ -216,8 +219,10 @@ def rabbit_channel(channel: Any) -> None:
         private_payloads(channel)
     elif getattr(channel, "keyprefix_queue", None) is not None:  # Redis
         from tavrida.transports.kombu.compat.redis_delays import delayed_puts
+        from tavrida.transports.kombu.compat.redis_routing import redis_routing
 
         delayed_puts(channel)
+        redis_routing(channel)
 
 
 def _is_memory(channel: Any) -> bool:
