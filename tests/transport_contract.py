@@ -54,8 +54,6 @@ from tavrida.transports.base import (
 
 ALL_BYTES = bytes(range(256))
 WAIT = 15.0
-#: A port of this suite's range (26600-26699) where no broker listens.
-UNREACHABLE_PORT = 26601
 
 
 @dataclasses.dataclass(frozen=True)
@@ -422,11 +420,12 @@ class TransportContract:
     def test_an_unreachable_broker_fails_within_the_deadline(self, url, can, service) -> None:
         if not can.remote:
             not_supported("an in-process broker is always there: nothing to reach")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", UNREACHABLE_PORT))  # free now: nothing listens there
+        # A port picked now and held, never listening: connections to it are refused.
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
         parts = urllib.parse.urlsplit(url)
         netloc = parts.netloc.rsplit("@", 1)
-        netloc[-1] = f"127.0.0.1:{UNREACHABLE_PORT}"
+        netloc[-1] = f"127.0.0.1:{holder.getsockname()[1]}"
         dead_url = urllib.parse.urlunsplit(parts._replace(netloc="@".join(netloc)))
         exchange, _, topology = service
         transport = create_transport(ConnectionConfig.from_url(dead_url, retry_delay=0.2))
@@ -440,6 +439,7 @@ class TransportContract:
             assert time.monotonic() - started < 2.0 + 10.0
         finally:
             transport.close()
+            holder.close()
 
     # --- unroutable and refused -------------------------------------------------------------
 

@@ -60,8 +60,9 @@ except ImportError:  # not POSIX: no test cluster anyway (rabbitmq-server is not
 RABBITMQ_BIN = "/usr/lib/rabbitmq/bin"
 DEFAULT_BASE_PORT = 29600
 #: Where :meth:`RabbitCluster.on_free_ports` looks for a base port: below Linux's
-#: ephemeral range (32768 up), so no client socket of the machine takes ours.
-LEASE_PORTS = (20000, 32700)
+#: ephemeral range (32768 up), so no client socket of the machine takes ours, and
+#: above 25600-25699, where unit tests count on nothing listening.
+LEASE_PORTS = (25700, 32700)
 PORT_SPAN = 100
 NODE_COUNT = 3
 #: Generous: three nodes boot at once on a loaded 2-core machine.
