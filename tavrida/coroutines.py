@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
 import inspect
 import threading
@@ -29,6 +30,11 @@ _lock = threading.Lock()
 _loop: Optional[asyncio.AbstractEventLoop] = None
 
 
+#: A coroutine sent to a loop, its sender's context (as run_coroutine_threadsafe keeps
+#: it: a trace's span, say) and the future its sender waits on.
+_Waiting = Tuple[Coroutine[Any, Any, Any], contextvars.Context, "concurrent.futures.Future[Any]"]
+
+
 class _Inbox:
     """Coroutines sent to one loop from other threads: those sent together start in one turn.
 
@@ -40,33 +46,33 @@ class _Inbox:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._lock = threading.Lock()
-        self._waiting: List[Tuple[Coroutine[Any, Any, Any], "concurrent.futures.Future[Any]"]] = []
+        self._waiting: List[_Waiting] = []
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> "concurrent.futures.Future[T]":
         """Run ``coro`` on the loop; its future has the outcome (as run_coroutine_threadsafe)."""
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._lock:
             first = not self._waiting
-            self._waiting.append((coro, future))
+            self._waiting.append((coro, contextvars.copy_context(), future))
         if first:
             try:
                 self._loop.call_soon_threadsafe(self._start)
             except RuntimeError as exc:  # the loop is closed: nothing will start them
-                for waiting, its_future in self._take():
+                for waiting, _, its_future in self._take():
                     waiting.close()
                     its_future.set_exception(exc)
         return future
 
-    def _take(self) -> List[Tuple[Coroutine[Any, Any, Any], "concurrent.futures.Future[Any]"]]:
+    def _take(self) -> List[_Waiting]:
         with self._lock:
             taken, self._waiting = self._waiting, []
         return taken
 
     def _start(self) -> None:
         """Start the coroutines waiting (on the loop)."""
-        for coro, future in self._take():
+        for coro, context, future in self._take():
             try:
-                task = self._loop.create_task(coro)
+                task = context.run(self._loop.create_task, coro)  # runs in a copy of it
             except BaseException as exc:  # noqa: BLE001 - told to the waiting thread
                 coro.close()
                 if future.set_running_or_notify_cancel():

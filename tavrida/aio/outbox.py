@@ -107,14 +107,20 @@ class Outbox:
 
     def _publish_queued(self) -> None:
         """Publish the queued messages in turn until none is left (on a publishing thread)."""
-        while True:
-            with self._lock:
-                if not self._queue:
-                    self._publishing = False
-                    return
-                message, deadline, sending, on_verdict, failures_only = self._queue.popleft()
-                sending.taken = True
-            self._publish_in_thread(message, deadline, sending, on_verdict, failures_only)
+        try:
+            while True:
+                with self._lock:
+                    if not self._queue:
+                        self._publishing = False
+                        return
+                    message, deadline, sending, on_verdict, failures_only = (
+                        self._queue.popleft())
+                    sending.taken = True
+                self._publish_in_thread(message, deadline, sending, on_verdict, failures_only)
+        except BaseException:
+            with self._lock:  # the next send starts a thread again for what is queued
+                self._publishing = False
+            raise
 
     def _expire_queued(self, sending: Sending, on_verdict: OnVerdict) -> None:
         """A message's deadline passed (on the loop): fail it if no thread took it yet."""
