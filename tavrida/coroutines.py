@@ -14,9 +14,13 @@ application's loop), else one loop of the process on a thread of its own
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
+import functools
 import inspect
 import threading
-from typing import Any, Awaitable, Optional, TypeVar
+import weakref
+from typing import Any, Awaitable, Coroutine, List, Optional, Tuple, TypeVar
 
 from tavrida import exceptions
 
@@ -24,6 +28,84 @@ T = TypeVar("T")
 
 _lock = threading.Lock()
 _loop: Optional[asyncio.AbstractEventLoop] = None
+
+
+#: A coroutine sent to a loop, its sender's context (as run_coroutine_threadsafe keeps
+#: it: a trace's span, say) and the future its sender waits on.
+_Waiting = Tuple[Coroutine[Any, Any, Any], contextvars.Context, "concurrent.futures.Future[Any]"]
+
+
+class _Inbox:
+    """Coroutines sent to one loop from other threads: those sent together start in one turn.
+
+    ``asyncio.run_coroutine_threadsafe`` wakes the loop once per coroutine;
+    here the first of a batch wakes it and the loop starts every coroutine
+    waiting then (bench scenario 8: wake-ups of the loop per call).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._waiting: List[_Waiting] = []
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> "concurrent.futures.Future[T]":
+        """Run ``coro`` on the loop; its future has the outcome (as run_coroutine_threadsafe)."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._lock:
+            first = not self._waiting
+            self._waiting.append((coro, contextvars.copy_context(), future))
+        if first:
+            try:
+                self._loop.call_soon_threadsafe(self._start)
+            except RuntimeError as exc:  # the loop is closed: nothing will start them
+                for waiting, _, its_future in self._take():
+                    waiting.close()
+                    its_future.set_exception(exc)
+        return future
+
+    def _take(self) -> List[_Waiting]:
+        with self._lock:
+            taken, self._waiting = self._waiting, []
+        return taken
+
+    def _start(self) -> None:
+        """Start the coroutines waiting (on the loop)."""
+        for coro, context, future in self._take():
+            try:
+                task = context.run(self._loop.create_task, coro)  # runs in a copy of it
+            except BaseException as exc:  # noqa: BLE001 - told to the waiting thread
+                coro.close()
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(exc)
+                continue
+            task.add_done_callback(functools.partial(_copy_outcome, future))
+
+
+def _copy_outcome(future: "concurrent.futures.Future[Any]", task: "asyncio.Task[Any]") -> None:
+    if task.cancelled():
+        future.cancel()
+        return
+    if not future.set_running_or_notify_cancel():
+        return
+    exc = task.exception()
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(task.result())
+
+
+_inboxes: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox]" = (
+    weakref.WeakKeyDictionary())
+
+
+def _inbox(loop: asyncio.AbstractEventLoop) -> _Inbox:
+    inbox = _inboxes.get(loop)
+    if inbox is None:
+        with _lock:
+            inbox = _inboxes.get(loop)
+            if inbox is None:
+                inbox = _inboxes[loop] = _Inbox(loop)
+    return inbox
 
 
 def process_loop() -> asyncio.AbstractEventLoop:
@@ -62,4 +144,4 @@ def resolve(value: Any, loop: Optional[asyncio.AbstractEventLoop] = None) -> Any
         raise exceptions.TavridaError(
             "an async handler cannot be run from its own event loop's thread: run the "
             "server's handlers on worker threads (aio.Server does)")
-    return asyncio.run_coroutine_threadsafe(_awaited(value), target).result()
+    return _inbox(target).submit(_awaited(value)).result()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from typing import Optional
 
 from tavrida import exceptions, messages, wire
@@ -44,6 +45,7 @@ class Handling:
         self.pipelined = False
         #: Calls whose answer went out unconfirmed: acked once it is confirmed.
         self.awaiting = 0
+        self._awaiting_lock = threading.Lock()  # workers add, the drain's callbacks take
         #: Messages taken so far (handled, answered or dead-lettered).
         self.handled = 0
 
@@ -135,7 +137,8 @@ class Handling:
                     deferred = answers.send(controller, answer, delivery, functools.partial(
                         self._answer_confirmed, controller, answer, delivery))
                     if deferred:
-                        self.awaiting += 1
+                        with self._awaiting_lock:
+                            self.awaiting += 1
                         controller.message_done(message, answer)
                         return  # acked once its answer is confirmed
                 else:
@@ -159,7 +162,8 @@ class Handling:
         handled as a failed synchronous publish: dead-lettered when it
         cannot be routed, else the request goes back to the queue.
         """
-        self.awaiting -= 1
+        with self._awaiting_lock:
+            self.awaiting -= 1
         if exc is not None and delivery.redelivery_due:
             # Lost with the connection (perhaps after the caller got it): the request
             # comes again and is answered again, so it is not dead-lettered now.

@@ -65,9 +65,9 @@ class Server:
     """Serves ``service_list`` on ``queue_name``, bound to ``exchange_name``.
 
     ``config`` is a :class:`~tavrida.config.ConnectionConfig` or a URL.
-    ``workers`` > 0 runs handlers in that many threads (acks still happen on
-    the connection's thread); ``prefetch_count`` bounds the un-acked
-    messages held (default: the config's). A handler raising a
+    ``workers`` > 0 runs handlers in that many threads (acks still happen on the
+    connection's thread); ``prefetch_count`` bounds the un-acked messages held
+    (default: the config's). A handler raising a
     :class:`~tavrida.exceptions.NackableException` runs again after
     ``retry_backoff`` seconds, doubling up to ``retry_backoff_max``, at most
     ``max_attempts`` times in all (None: no limit); see :mod:`tavrida.retries`.
@@ -78,15 +78,14 @@ class Server:
     :class:`~tavrida.transports.base.Topology`), ``max_attempts`` being
     the broker's delivery limit too. ``reply_exchanges="known"`` answers a
     call only on a reply exchange its services' discovery knows (see
-    :meth:`~tavrida.answers.Answers.reply_refused`); ``"any"`` (the
-    default) answers where the call says.
+    :meth:`~tavrida.answers.Answers.reply_refused`); ``"any"`` answers where the call says.
     """
 
-    #: In :meth:`run` without workers (their publishes' confirms are not read by
-    #: the loop), take the next message while the broker confirms a call's answer
-    #: and ack the call at the confirm (hooks see it finished then). False: each
-    #: message acked before :meth:`handle` returns. Also ``Server(pipelined_answers=)``.
+    #: In :meth:`run` (with workers if ``pipelined_workers``), take the next message while the
+    #: broker confirms a call's answer; ack the call at the confirm (hooks see it finished
+    #: then). False: each acked before :meth:`handle` returns. Also ``Server(pipelined_answers=)``.
     pipelined_answers = True
+    pipelined_workers = False  # and with workers: the drain acks at the confirm (aio.Server)
 
     def __init__(self, config: Union[config_mod.ConnectionConfig, str], queue_name: str,
                  exchange_name: str, service_list: Iterable[type], *, workers: int = 0,
@@ -262,7 +261,8 @@ class Server:
             assert self.transport is not None
             assert self._handling is not None
             self._handling.awaiting = 0
-            self._handling.pipelined = self.pipelined_answers and not self.workers
+            self._handling.pipelined = self.pipelined_answers and (
+                self.pipelined_workers or not self.workers)
             if restore:
                 shutdown.abortable(True)  # a second signal ends it at once (StopNow)
                 if not self.workers:

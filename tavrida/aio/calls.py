@@ -5,16 +5,18 @@ its service name, answers paired with callers by ``request_id``
 (see :mod:`tavrida.replies`). The reply queue is drained by the
 :class:`~tavrida.aio.io_thread.IOThread`, which decodes each answer there and
 hands it to the loop; answers that come together cross in one
-``loop.call_soon_threadsafe``. Each call is a future in a dict and a timer
-(``loop.call_at``) for its deadline: no task, no thread per call, so
-thousands may be in flight. A call whose awaiting task is cancelled is
-forgotten at once; its answer, if it comes, is dropped (logged at DEBUG).
+``loop.call_soon_threadsafe``. Each call is a future in a dict with its
+deadline; one timer (``loop.call_at``) serves every call, armed for the
+earliest deadline: no task, no thread, no timer per call, so thousands may
+be in flight. A call whose awaiting task is cancelled is forgotten at once;
+its answer, if it comes, is dropped (logged at DEBUG).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 import uuid
@@ -31,6 +33,19 @@ LOG = logging.getLogger(__name__)
 Answer = Union[messages.Message, exceptions.IncorrectMessage]
 
 
+class _Waiting:
+    """One awaited call: its future, and when and how it times out."""
+
+    __slots__ = ("future", "deadline", "request", "timeout")
+
+    def __init__(self, future: "asyncio.Future[Answer]", deadline: float,
+                 request: messages.Request, timeout: float) -> None:
+        self.future = future
+        self.deadline = deadline  # loop.time()
+        self.request = request
+        self.timeout = timeout
+
+
 class Calls:
     """The awaited calls of one client (or server): their futures and their reply queue."""
 
@@ -39,7 +54,11 @@ class Calls:
         self._io = io
         self._loop = outbox.loop
         self._service_name = service_name
-        self._pending: Dict[str, asyncio.Future[Answer]] = {}
+        self._pending: Dict[str, _Waiting] = {}
+        # One timer for every call's deadline (a timer per call costs each call a heap
+        # push and a cancelled handle: bench scenario 8, client CPU per call).
+        self._expiry: Optional[asyncio.TimerHandle] = None
+        self._expiry_at = math.inf
         self._arrived: List[Tuple[str, Answer]] = []
         self._arrived_lock = threading.Lock()
         self._started: Optional[asyncio.Future[None]] = None
@@ -102,7 +121,8 @@ class Calls:
             arrived, self._arrived = self._arrived, []
         pending = self._pending
         for request_id, answer in arrived:
-            future = pending.pop(request_id, None)
+            waiting = pending.pop(request_id, None)
+            future = None if waiting is None else waiting.future
             if future is None or future.done():
                 LOG.debug("dropping an answer nobody waits for (late, cancelled or another "
                           "client's): request %s", request_id)
@@ -131,19 +151,15 @@ class Calls:
                 raise self._timeout(request, timeout) from None
         request_id = request.request_id
         future: asyncio.Future[Answer] = loop.create_future()
-        self._pending[request_id] = future
+        waiting = self._pending[request_id] = _Waiting(future, deadline, request, timeout)
+        if deadline < self._expiry_at:
+            self._arm(deadline)
 
         def failed(exc: Optional[Exception]) -> None:
             if exc is not None and not future.done():
-                self._pending.pop(request_id, None)
+                self._forget(request_id, waiting)
                 future.set_exception(exc)
 
-        def expired() -> None:
-            if not future.done():
-                self._pending.pop(request_id, None)
-                future.set_exception(self._timeout(request, timeout))
-
-        timer = loop.call_at(deadline, expired)
         sending = None
         try:
             sending = self._outbox.send(
@@ -151,14 +167,41 @@ class Calls:
                 failures_only=True)
             answer = await future
         finally:
-            timer.cancel()
-            if self._pending.get(request_id) is future:
-                del self._pending[request_id]
+            self._forget(request_id, waiting)
             if sending is not None:
                 # Answered (which proves it was routed), timed out or cancelled: its
                 # confirm is not needed, and it is not written again after a cut.
                 sending.drop()
         return payload_of(request, answer)
+
+    def _forget(self, request_id: str, waiting: _Waiting) -> None:
+        if self._pending.get(request_id) is waiting:
+            del self._pending[request_id]
+
+    def _arm(self, when: float) -> None:
+        """Make the one deadline timer fire at ``when`` (loop time)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry_at = when
+        self._expiry = self._loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        """Time out the calls whose deadline passed; arm the timer for the next one."""
+        self._expiry, self._expiry_at = None, math.inf
+        now = self._loop.time()
+        earliest = math.inf
+        expired = []
+        for request_id, waiting in self._pending.items():
+            if waiting.deadline <= now:
+                expired.append(request_id)
+            elif waiting.deadline < earliest:
+                earliest = waiting.deadline
+        for request_id in expired:
+            waiting = self._pending.pop(request_id)
+            if not waiting.future.done():
+                waiting.future.set_exception(self._timeout(waiting.request, waiting.timeout))
+        if earliest < math.inf:
+            self._arm(earliest)
 
     @staticmethod
     def _timeout(request: messages.Request, timeout: float) -> exceptions.CallTimeout:
@@ -168,6 +211,9 @@ class Calls:
     def close(self) -> None:
         """Fail the calls still waiting: the client is closing."""
         pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(exceptions.TavridaError("the client closed"))
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry, self._expiry_at = None, math.inf
+        for waiting in pending.values():
+            if not waiting.future.done():
+                waiting.future.set_exception(exceptions.TavridaError("the client closed"))

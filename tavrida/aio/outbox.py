@@ -2,8 +2,11 @@
 
 A transport whose publish never blocks (memory) is called on the loop
 itself. Any other (kombu: a publish may reconnect, or wait for a confirm)
-is called on a small pool of publishing threads, under the message's
-deadline (:meth:`~tavrida.transports.base.Transport.deadline`). Either way
+is called on a publishing thread, under the message's deadline
+(:meth:`~tavrida.transports.base.Transport.deadline`): the messages sent
+meanwhile wait in a queue, and one thread publishes them in turn (one
+hand-off for many messages, not one per message). A cast or notification
+still queued at its deadline fails then (it is never published). Either way
 the verdict comes back through the
 :class:`~tavrida.transports.confirmation.Confirmation`'s done callback and
 ``loop.call_soon_threadsafe`` (none when it is settled on the loop).
@@ -12,11 +15,13 @@ the verdict comes back through the
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import functools
 import logging
+import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Deque, Optional, Tuple
 
 from tavrida import exceptions, messages
 from tavrida.sender import Sender
@@ -24,8 +29,9 @@ from tavrida.transports.base import Confirmation
 
 LOG = logging.getLogger(__name__)
 
-#: Threads that publish for one asyncio client on a transport whose publish may block.
-PUBLISH_THREADS = 8
+#: Threads that publish for one asyncio client on a transport whose publish may block:
+#: one takes the queue in turn (one hand-off per batch; bench scenario 8, client CPU per call).
+PUBLISH_THREADS = 1
 
 #: Told why a publish failed (on the loop), or None once confirmed: a
 #: :class:`~tavrida.exceptions.PublishFailed`, or what a blocking send raises
@@ -36,12 +42,14 @@ OnVerdict = Callable[[Optional[Exception]], None]
 class Sending:
     """One message on its way: its confirmation once published, and whether it is still wanted."""
 
-    __slots__ = ("confirmation", "dropped")
+    __slots__ = ("confirmation", "dropped", "taken")
 
     def __init__(self) -> None:
         self.confirmation: Optional[Confirmation] = None
         #: Its caller gave up (cancelled, timed out, answered): not published if not yet.
         self.dropped = False
+        #: A publishing thread took it from the queue (under the outbox's lock).
+        self.taken = False
 
     def drop(self) -> None:
         """Nobody needs its verdict any more: a pending confirmation is cancelled."""
@@ -63,6 +71,10 @@ class Outbox:
         if not self._in_place:
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 PUBLISH_THREADS, thread_name_prefix=f"{name}-publish")
+        self._queue: Deque[Tuple[messages.Message, float, Sending, OnVerdict, bool]] = (
+            collections.deque())
+        self._lock = threading.Lock()
+        self._publishing = False  # a thread is taking the queue
 
     def send(self, message: messages.Message, deadline: float, on_verdict: OnVerdict,
              failures_only: bool = False) -> Sending:
@@ -79,19 +91,61 @@ class Outbox:
         if self._pool is None:
             self._watch(sending, self.sender.publish(message), on_verdict, True, failures_only)
         else:
-            self._pool.submit(self._publish_in_thread, message, deadline, sending, on_verdict,
-                              failures_only)
+            with self._lock:
+                self._queue.append((message, deadline, sending, on_verdict, failures_only))
+                if self._publishing:
+                    return sending  # the thread publishing takes it in this turn
+                self._publishing = True
+            try:
+                self._pool.submit(self._publish_queued)
+            except RuntimeError:  # closed: raised here, as before any publish
+                with self._lock:  # (the queue was empty: only this message is in it)
+                    self._publishing = False
+                    self._queue.clear()
+                raise
         return sending
+
+    def _publish_queued(self) -> None:
+        """Publish the queued messages in turn until none is left (on a publishing thread)."""
+        try:
+            while True:
+                with self._lock:
+                    if not self._queue:
+                        self._publishing = False
+                        return
+                    message, deadline, sending, on_verdict, failures_only = (
+                        self._queue.popleft())
+                    sending.taken = True
+                self._publish_in_thread(message, deadline, sending, on_verdict, failures_only)
+        except BaseException:
+            with self._lock:  # the next send starts a thread again for what is queued
+                self._publishing = False
+            raise
+
+    def _expire_queued(self, sending: Sending, on_verdict: OnVerdict) -> None:
+        """A message's deadline passed (on the loop): fail it if no thread took it yet."""
+        with self._lock:
+            if sending.taken or sending.dropped:
+                return  # the publish has its own deadline (and its confirm the transport's)
+            sending.dropped = True  # the publishing thread skips it
+        on_verdict(exceptions.PublishConnectionFailed(
+            reason="the deadline passed before the message could be published"))
 
     async def publish(self, message: messages.Message, timeout: Optional[float]) -> None:
         """Publish ``message`` and wait for its verdict: return once confirmed, else raise."""
         deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
         future: asyncio.Future[None] = self.loop.create_future()
 
-        sending = self.send(message, deadline, functools.partial(settle, future))
+        on_verdict = functools.partial(settle, future)
+        sending = self.send(message, deadline, on_verdict)
+        expiry = None
+        if self._pool is not None and timeout is not None:
+            expiry = self.loop.call_later(timeout, self._expire_queued, sending, on_verdict)
         try:
             await future
         finally:
+            if expiry is not None:
+                expiry.cancel()
             if not future.done():  # cancelled: not written again after a cut
                 sending.drop()
 

@@ -171,10 +171,24 @@ class KombuTransport(Transport):
                        max(reader.next_deadline() - now, 0.0))
             fd = consuming.fileno()
             # No consuming socket: drain() reconnects.
-            if (fd < 0 or reader.wait_for_sockets(fd, wait)) and consuming.drain(0.0):
-                return True
+            if fd < 0 or reader.wait_for_sockets(fd, wait):
+                if consuming.drain(0.0):
+                    return True
+            else:
+                self._await_publisher(min(wait, self.min_poll_interval))
             if time.monotonic() >= end:
                 return False
+
+    def _await_publisher(self, timeout: float) -> None:
+        """Only the publishing socket is ready: let a publish holding its lock end first.
+
+        Its confirms are read once the lock is free (``progress`` never waits
+        for it); without this the drain would spin on the ready socket while a
+        worker publishes (bench scenario 8: polls per call of an aio.Server).
+        """
+        lock = self._publisher.lock
+        if lock.acquire(timeout=timeout):
+            lock.release()
 
     def _settle_watched(self) -> int:
         """Settle the watched handles whose verdict was read (their acks are coalesced)."""

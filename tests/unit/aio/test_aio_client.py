@@ -149,3 +149,25 @@ async def test_closing_fails_the_calls_in_flight(cluster, running, disc):
     release.set()
     with pytest.raises(exceptions.TavridaError):
         await task
+
+
+async def test_a_call_with_a_shorter_deadline_than_those_in_flight_times_out_at_its_own(
+        cluster, broker, disc):
+    disc.register_remote_service("nobody", "nobody_exchange")
+    broker.spy("nobody_exchange")  # takes the requests, never answers
+    async with aio.RPCClient(cluster.config, disc, source="client_app") as cli:
+        patient = asyncio.ensure_future(cli.nobody.method(x=1).call(timeout=60))
+        while cli.in_flight == 0:
+            await asyncio.sleep(0)
+        with pytest.raises(exceptions.CallTimeout):
+            await asyncio.wait_for(cli.nobody.method(x=2).call(timeout=0.2), 30)
+        assert not patient.done()  # its own deadline is far
+        outcomes = await asyncio.gather(
+            *(cli.nobody.method(x=n).call(timeout=0.1) for n in range(50)),
+            return_exceptions=True)
+        assert all(isinstance(outcome, exceptions.CallTimeout) for outcome in outcomes)
+        assert cli.in_flight == 1
+        patient.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await patient
+        assert cli.in_flight == 0
