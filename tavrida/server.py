@@ -65,9 +65,9 @@ class Server:
     """Serves ``service_list`` on ``queue_name``, bound to ``exchange_name``.
 
     ``config`` is a :class:`~tavrida.config.ConnectionConfig` or a URL.
-    ``workers`` > 0 runs handlers in that many threads (acks still happen on the
-    connection's thread); ``prefetch_count`` bounds the un-acked messages held
-    (default: the config's). A handler raising a
+    ``workers`` > 0 runs handlers in that many threads (acks still happen on
+    the connection's thread); ``prefetch_count`` bounds the un-acked
+    messages held (default: the config's). A handler raising a
     :class:`~tavrida.exceptions.NackableException` runs again after
     ``retry_backoff`` seconds, doubling up to ``retry_backoff_max``, at most
     ``max_attempts`` times in all (None: no limit); see :mod:`tavrida.retries`.
@@ -78,7 +78,7 @@ class Server:
     :class:`~tavrida.transports.base.Topology`), ``max_attempts`` being
     the broker's delivery limit too. ``reply_exchanges="known"`` answers a
     call only on a reply exchange its services' discovery knows (see
-    :meth:`~tavrida.answers.Answers.reply_refused`); ``"any"`` answers where the call says.
+    :meth:`~tavrida.answers.Answers.reply_refused`); ``"any"`` (the default) answers where it says.
     """
 
     #: In :meth:`run` (with workers if ``pipelined_workers``), take the next message while the
