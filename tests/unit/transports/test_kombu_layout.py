@@ -143,3 +143,19 @@ def test_the_environment_variable_is_read_once(monkeypatch: pytest.MonkeyPatch) 
         assert not Compat.from_environment().private  # read once per process
     finally:
         compat._from_environment.cache_clear()
+
+
+def test_a_rabbitmq_service_loads_no_redis_client() -> None:
+    """redis-py (and what it pulls in) is imported for Redis URLs only: about 10 MiB of a
+    RabbitMQ service's memory (bench scenario 5, service peak RSS)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tavrida.server, tavrida.client; "
+            "from tavrida.transports.kombu import KombuTransport; "
+            "KombuTransport(ConnectionConfig.from_url('amqp://guest:guest@127.0.0.1:25698//')); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'redis'))")
+    code = "from tavrida.config import ConnectionConfig; " + code
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.strip() == "[]"

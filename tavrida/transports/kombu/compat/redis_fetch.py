@@ -59,7 +59,6 @@ from kombu.transport.virtual import QoS as VirtualQoS
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
 from kombu.utils.json import loads as json_loads
-from redis.commands.core import Script
 
 from tavrida.transports.kombu.compat.redis_delays import Releaser
 
@@ -254,7 +253,7 @@ class RedisFetch:
         try:
             with channel.conn_or_acquire() as client:
                 if self._record is None:
-                    self._record = Script(client, _RECORD)
+                    self._record = client.register_script(_RECORD)
                 # One script, not kombu's MULTI: 1 command, not 5 (bench.redis_trips), and
                 # ~150 Python calls a message less (bench.profiling "cast, tavrida: service").
                 # kombu's prefixed client prefixes the first key of an EVALSHA itself.
@@ -279,7 +278,7 @@ class RedisFetch:
         qos = channel.qos
         with channel.conn_or_acquire() as client:
             if self._forget is None:
-                self._forget = Script(client, _FORGET)
+                self._forget = client.register_script(_FORGET)
             self._forget(keys=[qos.unacked_index_key, prefix + qos.unacked_key],
                          args=[delivery_tag], client=client)
 

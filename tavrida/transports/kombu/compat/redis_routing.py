@@ -33,7 +33,6 @@ from __future__ import annotations
 from typing import Any, List
 
 from kombu.utils.json import dumps
-from redis.commands.core import Script
 
 from tavrida.transports.kombu.compat.virtual import NoRoute, RabbitTopicExchange
 
@@ -125,7 +124,7 @@ class RedisTopicExchange(RabbitTopicExchange):
         prefix = getattr(channel, "global_keyprefix", "") or ""
         with channel.conn_or_acquire() as client:
             if self._script is None:
-                self._script = Script(client, ROUTE)
+                self._script = client.register_script(ROUTE)
             # kombu's prefixed client prefixes the first key of an EVALSHA itself.
             result = self._script(keys=[channel.keyprefix_queue % (exchange,)],
                                   args=[routing_key, channel.sep, prefix, dumps(message)],
