@@ -14,7 +14,8 @@ from typing import Any, AsyncIterator, Dict, List, Tuple
 
 import pytest
 
-from tavrida import aio, client, discovery, dispatcher, exceptions, server, service
+from tavrida import aio, client, discovery, dispatcher, exceptions, service
+from tests.integration.aio.deployment import front_and_back
 
 pytestmark = pytest.mark.anyio
 
@@ -90,27 +91,8 @@ async def deployed(url: str, unique: Any) -> AsyncIterator[Tuple[str, str, disco
     prefix = unique.prefix.replace(".", "-")
     seen = Seen()
     front, back, Front, Back = services(prefix, seen)
-    disc = discovery.LocalDiscovery()
-    names = {svc: (unique(f"{svc}-ex"), unique(f"{svc}-q")) for svc in (front, back)}
-    for svc, (exchange, _) in names.items():
-        disc.register_remote_service(svc, exchange)
-    Front.set_discovery(disc)
-    Back.set_discovery(disc)
-    blocking = server.Server(url, names[back][1], names[back][0], [Back])
-    blocking.start()
-    thread = threading.Thread(target=blocking.run, daemon=True)
-    thread.start()
-    srv = aio.Server(url, names[front][1], names[front][0], [Front], max_concurrency=10)
-    serving = asyncio.ensure_future(srv.serve())
-    try:
-        await srv.wait_started()
+    async with front_and_back(url, unique, front, back, Front, Back, 10) as disc:
         yield front, back, disc, seen
-    finally:
-        await srv.stop()
-        await asyncio.wait_for(serving, 60)
-        blocking.stop()
-        await asyncio.get_running_loop().run_in_executor(None, thread.join, 30)
-    assert not thread.is_alive()
 
 
 async def test_both_clients_call_both_kinds_of_service(url, unique, deployed):

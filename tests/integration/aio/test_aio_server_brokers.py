@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import pytest
 
-from tavrida import aio, client, discovery, dispatcher, exceptions, server, service
+from tavrida import aio, client, dispatcher, exceptions, service
+from tests.integration.aio.deployment import front_and_back
 
 pytestmark = pytest.mark.anyio
 
@@ -46,27 +46,8 @@ async def deployed(url, unique):
     """The async front served by aio.Server, the blocking back by Server (threads)."""
     prefix = unique.prefix.replace(".", "-")
     front, back, Front, Back = services(prefix)
-    disc = discovery.LocalDiscovery()
-    names = {svc: (unique(f"{svc}-ex"), unique(f"{svc}-q")) for svc in (front, back)}
-    for svc, (exchange, _) in names.items():
-        disc.register_remote_service(svc, exchange)
-    Front.set_discovery(disc)
-    Back.set_discovery(disc)
-    blocking = server.Server(url, names[back][1], names[back][0], [Back])
-    blocking.start()
-    thread = threading.Thread(target=blocking.run, daemon=True)
-    thread.start()
-    srv = aio.Server(url, names[front][1], names[front][0], [Front], max_concurrency=20)
-    serving = asyncio.ensure_future(srv.serve())
-    await srv.wait_started()
-    try:
+    async with front_and_back(url, unique, front, back, Front, Back, 20) as disc:
         yield front, disc
-    finally:
-        await srv.stop()
-        await asyncio.wait_for(serving, 60)
-        blocking.stop()
-        await asyncio.get_running_loop().run_in_executor(None, thread.join, 30)
-    assert not thread.is_alive()
 
 
 async def test_an_async_service_answers_a_blocking_client(url, unique, deployed):
