@@ -400,6 +400,7 @@ def test_sigterm_during_an_outage_exits_at_once_and_loses_nothing(amqp_url: str,
     messages it held (not acked) are delivered again to the next service."""
     casts = 30
     exchange, queue = unique("ex"), unique("q")
+    unique.track(exchange + ".c")  # the services' client exchange (see _service)
     disc = discovery.LocalDiscovery()
     disc.register_remote_service(soak_service.SERVICE, exchange)
     folder = tempfile.mkdtemp(prefix="tavrida-rdl-")
