@@ -17,6 +17,8 @@ import logging
 import os
 import sys
 
+from svc_support import service_names as names
+
 from tavrida import aio, discovery, dispatcher, service
 
 
@@ -28,11 +30,6 @@ class Worker(service.ServiceController):
         print(f"working {n}", flush=True)
         await asyncio.sleep(float(os.environ.get("TVT_HOLD", "0")))
         return {"n": n, "pid": os.getpid()}
-
-
-def names(prefix: str) -> dict:
-    """The queue and exchange of a run with ``prefix``."""
-    return {"queue": f"{prefix}.queue", "exchange": f"{prefix}.svc"}
 
 
 def main() -> int:

@@ -17,6 +17,8 @@ import logging
 import os
 import sys
 
+from svc_support import service_names as names
+
 from tavrida import discovery, dispatcher, exceptions, server, service
 
 
@@ -34,11 +36,6 @@ class RetryOnce(service.ServiceController):
             runs.write(f"{value} {attempts}\n")
         if value.startswith("retry") and attempts is None:
             raise Again()
-
-
-def names(prefix: str) -> dict:
-    """The queue and exchange of a run with ``prefix``."""
-    return {"queue": f"{prefix}.queue", "exchange": f"{prefix}.svc"}
 
 
 def main() -> int:

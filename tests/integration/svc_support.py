@@ -170,6 +170,11 @@ class PlainAMQP:
             self.drain(min(remaining, 0.2))
 
 
+def service_names(prefix: str) -> Dict[str, str]:
+    """The queue and exchange of a service process run with ``prefix`` (svc_aio, svc_retry)."""
+    return {"queue": f"{prefix}.queue", "exchange": f"{prefix}.svc"}
+
+
 def wait_until(condition: Callable[[], Any], timeout: float = WAIT, what: str = "",
                interval: float = 0.05) -> Any:
     """Poll ``condition`` until it is truthy (returned); fail after ``timeout`` seconds."""
