@@ -174,9 +174,7 @@ class PublishingConnection:
         """Write a one-message batch once, reconnecting per the policy (lock held)."""
         def attempt() -> None:
             try:
-                # The channel as checked for this run of writes (bench.profiling "bulk").
-                self._send(self._channel if self._ready else self._publisher_channel(),
-                           batch, 0)
+                self._send(self._publisher_channel(), batch, 0)
             except self.context.retry_errors:
                 self.drop()
                 raise
@@ -240,8 +238,8 @@ class PublishingConnection:
         error fails the envelopes it names, the others wait for the next round.
         """
         retry_errors = self.context.retry_errors
-        try:  # the channel as checked for this run of writes (bench.profiling "bulk")
-            channel = self._channel if self._ready else self._publisher_channel()
+        try:
+            channel = self._publisher_channel()
         except retry_errors:
             self.drop()
             raise
@@ -309,6 +307,8 @@ class PublishingConnection:
 
     def _publisher_channel(self) -> Any:
         """The confirm-mode publishing channel, (re)connecting once if needed."""
+        if self._ready:  # checked already for this run of writes (bench.profiling "bulk")
+            return self._channel
         context = self.context
         conn = self._conn
         if conn is None or not conn.connected:
