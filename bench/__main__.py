@@ -27,6 +27,7 @@ DEFAULT_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    from bench.common import KOMBU_LEVERS
     from bench.scenarios import OPT_IN, SCENARIOS, Sizes
 
     defaults = Sizes()
@@ -56,6 +57,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="the kombu side of scenarios 1, 2 and 7 sends tavrida's wire "
                              "message (same headers, envelope and answer routing): what is "
                              "left between the sides is the library, not the format")
+    parser.add_argument("--kombu-lever", action="append", default=[], metavar="LEVER",
+                        choices=sorted(KOMBU_LEVERS),
+                        help="with --kombu-wire: one structural change to the kombu side's "
+                             "calls (repeatable): " + "; ".join(
+                                 f"{name}: {what}" for name, what in sorted(KOMBU_LEVERS.items())))
     parser.add_argument("--typed", action="store_true",
                         help="scenario 4 (memory) also times echo handlers with typed "
                              "parameters (value: int; item: a dataclass) against the "
@@ -135,7 +141,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit("--repeat must be >= 1")
     setup = Setup(url=args.url, confirms=args.confirms == "on", prefetch=args.prefetch,
                   warmup=args.warmup, timeout=args.timeout, kombu_wire=args.kombu_wire,
-                  typed=args.typed)
+                  kombu_levers=tuple(args.kombu_lever), typed=args.typed)
+    if args.kombu_lever and not args.kombu_wire:
+        raise SystemExit("--kombu-lever needs --kombu-wire")
     scenarios = choose_scenarios(args.scenarios, args.url)
     peers, peers_python, skipped = choose_peers(args.peers, args.peers_python, setup)
     if peers and "call" not in scenarios:

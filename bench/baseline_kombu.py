@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import kombu
 
@@ -107,7 +107,8 @@ def service_loop(conn: kombu.Connection, queue: kombu.Queue, setup: Setup,
     def answer(body: Any, message: Any) -> None:
         if setup.kombu_wire:
             reply, headers, exchange, key = kombu_wire.answer(
-                body, message.headers, {"value": body["payload"]["value"]})
+                body, message.headers, {"value": body["payload"]["value"]},
+                message.properties.get("reply_to") or "")
             kombu_wire.publish(producer, reply, headers, exchange, key)
         else:
             properties = message.properties
@@ -137,15 +138,17 @@ class RPCClient:
     ``wire``: tavrida's messages (:mod:`bench.kombu_wire`), answered through
     the client's topic exchange by its service name ``source``, as a tavrida
     client is (clients that run at once need names of their own: answers
-    are routed by name).
+    are routed by name). ``levers``: those of
+    :data:`~bench.common.KOMBU_LEVERS` to apply (with ``wire`` only).
     """
 
     def __init__(self, conn: kombu.Connection, names: Names, exclusive: bool,
-                 wire: bool = False, source: str = CLIENT) -> None:
+                 wire: bool = False, source: str = CLIENT, levers: Tuple[str, ...] = ()) -> None:
         self.conn = conn
         self.names = names
         self.wire = wire
         self.source = source
+        self.levers = levers
         channel = conn.channel()
         name = f"{names.prefix}.reply.{uuid.uuid4().hex[:8]}"
         if wire:
@@ -157,7 +160,20 @@ class RPCClient:
         self.answers: Dict[str, Any] = {}
         self.consumer = kombu.Consumer(channel, [self.reply_queue], on_message=self._on_reply,
                                        no_ack=True, accept=["json"])
-        self.consumer.consume()
+        #: The connection the publishes go out on, and the one the answers come in on.
+        self.publishing = self.answering = conn
+        if "two-connections" in levers:
+            self.publishing = kombu.Connection(conn.as_uri(include_password=True),
+                                               transport_options=conn.transport_options)
+            channel = self.publishing.channel()
+        if "direct-reply-to" in levers:
+            # Consumed on the publishing channel, as RabbitMQ requires; no reply queue.
+            channel.basic_consume(kombu_wire.DIRECT_REPLY_TO, no_ack=True,
+                                  callback=lambda raw: self._on_reply(
+                                      channel.message_to_python(raw)))
+            self.answering = self.publishing
+        else:
+            self.consumer.consume()
         # Declares the topic exchange (virtual transports route by the type they know).
         self.producer = kombu.Producer(channel, exchange=topic(names.exchange))
 
@@ -172,6 +188,12 @@ class RPCClient:
             body, headers, extra = kombu_wire.call(value, self.names.reply_exchange,
                                                    CALL_TIMEOUT, self.source)
             correlation_id = headers["correlation_id"]
+            if "no-expiration" in self.levers:
+                del extra["expiration"]
+            if "default-exchange-answer" in self.levers:
+                headers[kombu_wire.REPLY_QUEUE] = self.reply_queue.name
+            if "direct-reply-to" in self.levers:
+                extra["reply_to"] = kombu_wire.DIRECT_REPLY_TO
             kombu_wire.publish(self.producer, body, headers, self.names.exchange, ECHO_KEY,
                                **extra)
         else:
@@ -186,14 +208,17 @@ class RPCClient:
             if remaining <= 0:
                 raise BenchError(f"no answer to call {value!r} in {CALL_TIMEOUT}s")
             try:
-                self.conn.drain_events(timeout=remaining)
+                self.answering.drain_events(timeout=remaining)
             except socket.timeout:
                 pass
         return self.answers.pop(correlation_id)
 
     def close(self) -> None:
-        self.consumer.cancel()
+        if "direct-reply-to" not in self.levers:
+            self.consumer.cancel()
         self.reply_queue(self.consumer.channel).delete()
+        if self.publishing is not self.conn:
+            self.publishing.release()
 
 
 # --- child processes -----------------------------------------------------------------------------
@@ -213,7 +238,8 @@ def serve(link: Link, setup: Setup, names: Names, role: str, expected: int,
 def call_client(link: Link, setup: Setup, names: Names, n: int, profile_to: str = "") -> None:
     """``n`` sequential blocking calls; reports each one's latency."""
     with connect(setup) as conn:
-        rpc = RPCClient(conn, names, exclusive=setup.is_amqp, wire=setup.kombu_wire)
+        rpc = RPCClient(conn, names, exclusive=setup.is_amqp, wire=setup.kombu_wire,
+                        levers=setup.kombu_levers)
         for i in range(setup.warmup):
             rpc.call(i)
         latencies: List[float] = []
@@ -245,7 +271,7 @@ def threaded_run(setup: Setup, names: Names, threads: int, n: int) -> Dict[str, 
     def make_caller(index: int) -> Callable[[int], Any]:
         conn = connect(setup, options=options)
         rpc = RPCClient(conn, names, exclusive=setup.is_amqp, wire=setup.kombu_wire,
-                        source=f"{CLIENT}{index:02d}")
+                        source=f"{CLIENT}{index:02d}", levers=setup.kombu_levers)
         with lock:
             opened.append((conn, rpc))
         for i in range(max(setup.warmup // threads, 1)):

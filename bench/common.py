@@ -45,6 +45,19 @@ SERVICE_BINDING = f"{SERVICE}.#"
 EVENT_BINDING = f"{EVENT_KEY}.#"
 
 
+#: Levers of issue 22, each tried on the ``--kombu-wire`` client and service alone
+#: (``--kombu-lever``): same library, same message, one change to the broker legs.
+KOMBU_LEVERS = {
+    "two-connections": "the client publishes on a connection of its own and reads its "
+                       "answers on another (as tavrida's transport does)",
+    "direct-reply-to": "answers go to RabbitMQ's amq.rabbitmq.reply-to pseudo-queue, consumed "
+                       "on the client's publishing channel (no reply queue, no routing)",
+    "default-exchange-answer": "answers go through the default exchange to the reply queue "
+                               "by its name (no topic routing)",
+    "no-expiration": "calls carry no per-message TTL (expiration)",
+}
+
+
 class BenchError(RuntimeError):
     """A scenario could not run to the end (a child failed, died or timed out)."""
 
@@ -64,6 +77,8 @@ class Setup:
     timeout: float = 120.0
     #: The kombu side of scenarios 1, 2 and 7 sends tavrida's wire message (bench.kombu_wire).
     kombu_wire: bool = False
+    #: With ``kombu_wire``: structural levers tried on the kombu side alone (:data:`KOMBU_LEVERS`).
+    kombu_levers: Tuple[str, ...] = ()
     #: Scenario 4's tavrida side also measures typed echo handlers against the untyped one.
     typed: bool = False
 

@@ -30,16 +30,25 @@ REPLY_EXCHANGE = "x-tavrida-reply-exchange"
 EXPIRES_AT = "x-tavrida-expires-at"
 
 
+#: The header of the ``default-exchange-answer`` lever: the reply queue's name.
+REPLY_QUEUE = "x-bench-reply-queue"
+#: RabbitMQ's direct reply-to pseudo-queue (the ``direct-reply-to`` lever).
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+
 def publish(producer: Any, body: Dict[str, Any], headers: Dict[str, Any], exchange: str,
             routing_key: str, **extra: Any) -> None:
     """Send one of these messages through kombu's ``Producer`` as tavrida sends it.
 
     Persistent and mandatory; ``content_type`` and ``content_encoding``
     (``application/json``, ``utf-8``) are those kombu's ``json`` serializer sets.
-    ``extra``: more publish arguments (a call's ``expiration``).
+    ``extra``: more publish arguments (a call's ``expiration``). Not mandatory
+    to a direct reply-to: RabbitMQ 3.10 returns every such publish as
+    unroutable, delivered or not.
     """
+    mandatory = not routing_key.startswith(DIRECT_REPLY_TO)
     producer.publish(body, exchange=exchange, routing_key=routing_key, headers=headers,
-                     serializer="json", mandatory=True, delivery_mode=2, **extra)
+                     serializer="json", mandatory=mandatory, delivery_mode=2, **extra)
 
 
 def request(value: Any, destination: str, reply_exchange: str = "", timeout: float = 0.0,
@@ -68,11 +77,13 @@ def call(value: Any, reply_exchange: str, timeout: float,
 
 
 def answer(request_body: Dict[str, Any], request_headers: Dict[str, Any],
-           payload: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any], str, str]:
+           payload: Dict[str, Any],
+           reply_to: str = "") -> Tuple[Dict[str, Any], Dict[str, Any], str, str]:
     """Body, headers, exchange and routing key of the response ``payload`` to a call.
 
     The context is the request's updated with the request's payload, as a
-    tavrida service answers.
+    tavrida service answers. ``reply_to``: the request's AMQP ``reply_to``
+    property (set by the ``direct-reply-to`` lever only).
     """
     headers = {"correlation_id": request_headers["correlation_id"],
                "request_id": request_headers["request_id"], "message_id": uuid.uuid4().hex,
@@ -82,4 +93,8 @@ def answer(request_body: Dict[str, Any], request_headers: Dict[str, Any],
     context = dict(request_body.get("context") or {})
     context.update(request_body["payload"])
     body = {"payload": payload, "context": context}
+    if reply_to.startswith(DIRECT_REPLY_TO):
+        return body, headers, "", reply_to
+    if REPLY_QUEUE in request_headers:
+        return body, headers, "", request_headers[REPLY_QUEUE]
     return body, headers, request_headers[REPLY_EXCHANGE], request_headers["reply_to"]

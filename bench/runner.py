@@ -132,7 +132,8 @@ def describe(setup: Setup, sizes: Sizes, scenarios: Sequence[str], repeat: int,
         "settings": {"repeat": repeat, "scenarios": list(scenarios),
                      "confirms": setup.effective_confirms, "persistent": True,
                      "prefetch": setup.prefetch, "warmup": setup.warmup,
-                     "kombu_wire": setup.kombu_wire, "typed": setup.typed,
+                     "kombu_wire": setup.kombu_wire,
+                     "kombu_levers": list(setup.kombu_levers), "typed": setup.typed,
                      "kombu_memory_transport_options": {"polling_interval": 0}},
         "sizes": {key: getattr(sizes, key) for key in sizes.__dataclass_fields__},
     }
@@ -153,5 +154,7 @@ def header(meta: Dict[str, Any]) -> List[str]:
         f"Python {versions['python']}; run took {meta['elapsed_s']}s",
     ] + ([
         "kombu side of scenarios 1, 2 and 7: tavrida's wire message (--kombu-wire); the "
-        "targets are set against plain kombu, so 'met' is not shown for them"]
+        "targets are set against plain kombu, so 'met' is not shown for them"
+        + (f"; kombu levers: {', '.join(settings['kombu_levers'])}"
+           if settings.get("kombu_levers") else "")]
         if settings.get("kombu_wire") else [])

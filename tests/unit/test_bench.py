@@ -270,6 +270,32 @@ def test_kombu_wire_service_answers_a_tavrida_client():
         queue.delete()
 
 
+def test_kombu_levers_change_the_kombu_sides_answer_route():
+    """``--kombu-lever``: with ``default-exchange-answer`` the kombu service answers through
+    the default exchange (nothing reaches the client's topic exchange), with
+    ``two-connections`` the client publishes on a second connection; calls are answered."""
+    from bench import baseline_kombu
+    from bench.__main__ import main
+    from bench.common import CLIENT, Names, Setup
+
+    names = Names.fresh("lever")
+    levers = ("default-exchange-answer", "two-connections", "no-expiration")
+    setup = Setup(url="memory://", warmup=2, timeout=60, kombu_wire=True, kombu_levers=levers)
+    with baseline_kombu._MemoryService(setup, names, None), \
+            baseline_kombu.connect(setup, url="memory://",
+                                   options=baseline_kombu.MEMORY_OPTIONS) as conn:
+        rpc = baseline_kombu.RPCClient(conn, names, exclusive=False, wire=True,
+                                       levers=levers)
+        copy = _wire_copy(conn, names, CLIENT)
+        assert [rpc.call(i) for i in range(3)] == [{"value": i} for i in range(3)]
+        assert rpc.publishing is not conn
+        assert copy.get(no_ack=True) is None
+        copy.delete()
+        rpc.close()
+    with pytest.raises(SystemExit):
+        main(["--url", "memory://", "--kombu-lever", "two-connections"])
+
+
 def test_handoff_measures_round_trips_between_two_threads():
     """``python -m bench.handoff``: the bare hand-off figure scenario 4 is compared with."""
     from bench.handoff import main, round_trips
