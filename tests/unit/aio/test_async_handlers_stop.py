@@ -32,6 +32,8 @@ class Runs:
         self.started: List[int] = []
         self.entered = threading.Event()
         self.cancelled = threading.Event()
+        self.answered: List[Any] = []
+        self.answer_came = threading.Event()
 
 
 def relay_service(runs: Runs, holds: bool) -> type:
@@ -43,8 +45,14 @@ def relay_service(runs: Runs, holds: bool) -> type:
         async def ask(self, request, proxy, n):
             answer = await proxy.test_hello.hello(param=n).call(timeout=10)
             cast = await proxy.test_hello.hello(param=n + 1).cast()
+            await proxy.test_hello.hello(param=n + 2).call()  # 1.0's: answered below
             return {"relayed": answer["echo"], "proxy": type(proxy).__name__,
                     "cast_to": cast.destination.to_routing_key()}
+
+        @dispatcher.rpc_response_method(service="test_hello", method="hello")
+        async def answered(self, response, proxy, echo, correlation_id, context, headers):
+            runs.answered.append((echo, context))
+            runs.answer_came.set()
 
         @dispatcher.rpc_method(service="relay", method="hold")
         async def hold(self, request, proxy, n):
@@ -132,10 +140,13 @@ async def served(cluster: Any) -> AsyncIterator[Callable[..., Any]]:
 async def test_an_async_handlers_proxy_awaits_calls_on_either_server(
         kind: str, cluster: Any, hello: List[Any], served: Any,
         client_disc: discovery.LocalDiscovery) -> None:
-    await served(kind, relay_service(Runs(), holds=False))
+    runs = Runs()
+    await served(kind, relay_service(runs, holds=False))
     async with aio.RPCClient(cluster.config, client_disc, source="client_app") as cli:
         answer = await cli.relay.ask(n=4).call(timeout=20)
     assert answer == {"relayed": 4, "proxy": "AsyncProxy", "cast_to": "test_hello.hello"}
+    assert await asyncio.get_running_loop().run_in_executor(None, runs.answer_came.wait, 20)
+    assert runs.answered == [(6, {"n": 4, "param": 6})]  # the 1.0 call's answer came back
 
 
 @pytest.mark.parametrize("kind", KINDS)
