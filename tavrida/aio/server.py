@@ -37,6 +37,7 @@ from tavrida.proxies import RPCProxy
 from tavrida.replies import DEFAULT_REPLY_EXCHANGE
 from tavrida.sender import Sender
 from tavrida.server import Server as BlockingServer
+from tavrida.service import ServiceController
 from tavrida.transports import create_transport
 from tavrida.transports.base import Transport
 
@@ -235,7 +236,8 @@ class AwaitableProxies:
     thread waiting for the handler when ``workers=0``).
     """
 
-    def __init__(self, config: config_mod.ConnectionConfig, controller: Any) -> None:
+    def __init__(self, config: config_mod.ConnectionConfig,
+                 controller: ServiceController) -> None:
         self._config = config
         self._controller = controller
         self._callers: Optional[_Callers] = None
