@@ -9,6 +9,11 @@ The loop is the controller's when one was given
 application's loop), else one loop of the process on a thread of its own
 (:func:`process_loop`: a blocking server, ``tavrida run``,
 :func:`tavrida.testing.call_handler`).
+
+A server's handlers run as :class:`HandlerTasks`: when its stop gives up on
+them (the grace period is over), their tasks are cancelled, and the threads
+waiting for them get :class:`~tavrida.shutdown.StopNow` (their messages go
+back to the broker unacked).
 """
 
 from __future__ import annotations
@@ -18,13 +23,20 @@ import concurrent.futures
 import contextvars
 import functools
 import inspect
+import logging
 import threading
 import weakref
-from typing import Any, Awaitable, Coroutine, List, Optional, Tuple, TypeVar
+from typing import Any, Awaitable, Coroutine, List, Optional, Set, Tuple, TypeVar
 
 from tavrida import exceptions
+from tavrida.shutdown import StopNow
 
 T = TypeVar("T")
+
+LOG = logging.getLogger(__name__)
+
+#: Seconds a stop waits for the handler tasks it cancelled to end.
+CANCEL_WAIT = 5.0
 
 _lock = threading.Lock()
 _loop: Optional[asyncio.AbstractEventLoop] = None
@@ -124,12 +136,80 @@ async def _awaited(awaitable: Awaitable[T]) -> T:
     return await awaitable
 
 
-def resolve(value: Any, loop: Optional[asyncio.AbstractEventLoop] = None) -> Any:
+class HandlerTasks:
+    """The tasks of one server's ``async def`` handlers and middlewares running now.
+
+    :meth:`abandon` (a stop whose grace period is over, once the messages in
+    hand went back to the broker) cancels them and waits for them to end; a
+    thread waiting for one gets :class:`~tavrida.shutdown.StopNow`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._tasks: Set[Tuple["asyncio.Task[Any]", asyncio.AbstractEventLoop]] = set()
+        self._abandoned = False
+
+    @property
+    def abandoned(self) -> bool:
+        return self._abandoned
+
+    def reopen(self) -> None:
+        """A new run of the server: what it starts runs to its end again."""
+        with self._lock:
+            self._abandoned = False
+
+    async def run(self, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` as one of these tasks (on its loop)."""
+        task = asyncio.current_task()
+        assert task is not None
+        entry = (task, asyncio.get_running_loop())
+        with self._lock:
+            if self._abandoned:
+                if inspect.iscoroutine(awaitable):
+                    awaitable.close()
+                raise asyncio.CancelledError()
+            self._tasks.add(entry)
+        try:
+            return await awaitable
+        finally:
+            with self._lock:
+                self._tasks.discard(entry)
+                self._lock.notify_all()
+
+    def abandon(self, timeout: float = CANCEL_WAIT) -> int:
+        """Cancel the tasks running; wait up to ``timeout`` s for them to end; how many."""
+        with self._lock:
+            self._abandoned = True
+            running = list(self._tasks)
+        for task, loop in running:
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # its loop is closed: the task will never run again
+                with self._lock:
+                    self._tasks.discard((task, loop))
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        with self._lock:
+            # (Not on a loop of theirs: they could not end while it waits.)
+            if not any(loop is current for _, loop in self._tasks):
+                self._lock.wait_for(lambda: not self._tasks, timeout)
+            left = len(self._tasks)
+        if left:
+            LOG.warning("%d handler task(s) still running %g s after being cancelled", left,
+                        timeout)
+        return len(running)
+
+
+def resolve(value: Any, loop: Optional[asyncio.AbstractEventLoop] = None,
+            tasks: Optional[HandlerTasks] = None) -> Any:
     """``value``, or what it gives once awaited on ``loop`` when it is awaitable.
 
     Called from a thread other than the loop's (a server's thread or
     worker); on the loop's own thread it would wait for itself, so it raises
-    :class:`~tavrida.exceptions.TavridaError` instead.
+    :class:`~tavrida.exceptions.TavridaError` instead. Awaited as one of
+    ``tasks``: raises :class:`~tavrida.shutdown.StopNow` when they were abandoned.
     """
     if not inspect.isawaitable(value):
         return value
@@ -144,4 +224,10 @@ def resolve(value: Any, loop: Optional[asyncio.AbstractEventLoop] = None) -> Any
         raise exceptions.TavridaError(
             "an async handler cannot be run from its own event loop's thread: run the "
             "server's handlers on worker threads (aio.Server does)")
-    return _inbox(target).submit(_awaited(value)).result()
+    coro = _awaited(value) if tasks is None else tasks.run(value)
+    try:
+        return _inbox(target).submit(coro).result()
+    except concurrent.futures.CancelledError:
+        if tasks is not None and tasks.abandoned:
+            raise StopNow() from None
+        raise

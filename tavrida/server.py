@@ -2,31 +2,26 @@
 
 What happens to each message (the delivery guarantees):
 
-* it is acked only after its handler returned and any answer was
-  published (and, with publisher confirms, confirmed; at-least-once: a
-  crash before that means a redelivery); inside :meth:`Server.run` a call's ack may come after the
-  next messages were taken, once its answer's confirm arrived (pipelined
-  answers: a callback on the answer's confirmation, see
+* it is acked only after its handler returned and any answer was published (and, with
+  publisher confirms, confirmed; at-least-once: a crash before that means a redelivery);
+  inside :meth:`Server.run` a call's ack may come after the next messages were taken, once
+  its answer's confirm arrived (pipelined answers: see
   :meth:`~tavrida.transports.base.Transport.publish`);
-* a call always gets exactly one answer: the handler's Response, an empty
-  Response when the handler returned None, or an Error when it raised, a
-  middleware refused it, or its answer cannot be sent (not JSON, too large:
-  see :mod:`tavrida.answers`);
-* a message that cannot be handled (bad headers or body, no such service
-  or handler, a failing cast or notification handler) is logged and,
-  unless an Error answer went back to a caller, copied to the dead-letter
-  queue ``<queue>.dead`` with the reason, then acked;
-* a handler raising a :class:`~tavrida.exceptions.NackableException` has
-  its message run again after a backoff delay the broker holds (delay
-  queues ``<queue>.retry.<ms>``), up to ``max_attempts`` runs
-  (see :mod:`tavrida.retries`), then dead-lettered (a call gets an Error);
+* a call always gets exactly one answer: the handler's Response, an empty Response when the
+  handler returned None, or an Error when it raised, a middleware refused it, or its answer
+  cannot be sent (not JSON, too large: see :mod:`tavrida.answers`);
+* a message that cannot be handled (bad headers or body, no such service or handler, a
+  failing cast or notification handler) is logged and, unless an Error answer went back to a
+  caller, copied to the dead-letter queue ``<queue>.dead`` with the reason, then acked;
+* a handler raising a :class:`~tavrida.exceptions.NackableException` has its message run
+  again after a backoff delay the broker holds (delay queues ``<queue>.retry.<ms>``), up
+  to ``max_attempts`` runs (:mod:`tavrida.retries`), then dead-lettered (a call gets an Error);
 * a request whose caller gave up (a blocking call's
-  :data:`~tavrida.messages.EXPIRES_AT_HEADER` is past) is logged and acked,
-  never run;
-* a stop (:meth:`Server.stop`, SIGTERM, SIGINT) takes no new message and
-  finishes, answers and acks those in hand within ``stop_timeout``; what is
-  still in hand then, or at a second signal, goes back to the queue unacked,
-  each named in the log (see :mod:`tavrida.shutdown`).
+  :data:`~tavrida.messages.EXPIRES_AT_HEADER` is past) is logged and acked, never run;
+* a stop (:meth:`Server.stop`, SIGTERM, SIGINT) takes no new message and finishes, answers
+  and acks those in hand within ``stop_timeout``; what is still in hand then, or at a second
+  signal, goes back to the queue unacked, each named in the log, and ``async def`` handlers
+  still running are cancelled (see :mod:`tavrida.shutdown`).
 """
 
 from __future__ import annotations
@@ -38,6 +33,7 @@ from tavrida import config as config_mod
 from tavrida import declarations, exceptions, wire
 from tavrida.answers import Answers, check_reply_exchanges
 from tavrida.answers import ErrorHook as ErrorHook
+from tavrida.async_handlers import AsyncHandlers
 from tavrida.dead_letters import DEAD_LETTER_DROPPED_HEADER as DEAD_LETTER_DROPPED_HEADER
 from tavrida.dead_letters import DeadLetters
 from tavrida.handling import Handling
@@ -64,21 +60,20 @@ LOG = logging.getLogger(__name__)
 class Server:
     """Serves ``service_list`` on ``queue_name``, bound to ``exchange_name``.
 
-    ``config`` is a :class:`~tavrida.config.ConnectionConfig` or a URL.
-    ``workers`` > 0 runs handlers in that many threads (acks still happen on
-    the connection's thread); ``prefetch_count`` bounds the un-acked
-    messages held (default: the config's). A handler raising a
-    :class:`~tavrida.exceptions.NackableException` runs again after
+    ``config`` is a :class:`~tavrida.config.ConnectionConfig` or a URL. ``workers`` > 0
+    runs handlers in that many threads (acks still happen on the connection's thread);
+    ``prefetch_count`` bounds the un-acked messages held (default: the config's). A
+    handler raising a :class:`~tavrida.exceptions.NackableException` runs again after
     ``retry_backoff`` seconds, doubling up to ``retry_backoff_max``, at most
     ``max_attempts`` times in all (None: no limit); see :mod:`tavrida.retries`.
-    :meth:`run` blocks until :meth:`stop` is called from another thread or
-    SIGTERM/SIGINT arrives; the messages in hand are then finished within
-    ``stop_timeout`` seconds (see :meth:`stop`). ``queue_type="quorum"`` declares the queue and
-    its dead-letter queue as RabbitMQ quorum queues (new names only; see
-    :class:`~tavrida.transports.base.Topology`), ``max_attempts`` being
-    the broker's delivery limit too. ``reply_exchanges="known"`` answers a
-    call only on a reply exchange its services' discovery knows (see
-    :meth:`~tavrida.answers.Answers.reply_refused`); ``"any"`` (the default) answers where it says.
+    :meth:`run` blocks until :meth:`stop` is called from another thread or SIGTERM/SIGINT
+    arrives; the messages in hand are then finished within ``stop_timeout`` seconds (see
+    :meth:`stop`). ``queue_type="quorum"`` declares the queue and its dead-letter queue as
+    RabbitMQ quorum queues (new names only; see :class:`~tavrida.transports.base.Topology`),
+    ``max_attempts`` being the broker's delivery limit too. ``reply_exchanges="known"``
+    answers a call only on a reply exchange its services' discovery knows (see
+    :meth:`~tavrida.answers.Answers.reply_refused`); ``"any"`` (the default) answers where
+    it says.
     """
 
     #: In :meth:`run` (with workers if ``pipelined_workers``), take the next message while the
@@ -136,6 +131,7 @@ class Server:
         self._inflight = InFlight()
         # Built at start, on the transport (see _collaborators).
         self._handling: Optional[Handling] = None
+        self._async_handlers = AsyncHandlers(self.config)
 
     @classmethod
     def from_config(cls, path: str, url: Optional[str] = None) -> "Server":
@@ -180,6 +176,7 @@ class Server:
                                        source=cls.service_name(),
                                        reply_exchange=self.exchange_name))
                             for cls in self.service_classes]
+        self._async_handlers.adopt(self.controllers)
         self.router = Router(self.controllers)
         self._collaborators(self.transport, self.router)
         self.transport.declare(topology)
@@ -249,10 +246,10 @@ class Server:
     def run(self) -> None:
         """Serve until :meth:`stop` (or SIGTERM / SIGINT in the main thread).
 
-        Raises :class:`~tavrida.exceptions.ConnectionFailed` when the broker
-        cannot be reached (first connect, or reconnect attempts ran out).
-        Stopping during an outage returns at once: the messages in hand
-        cannot be acked, and the broker delivers them again.
+        Raises :class:`~tavrida.exceptions.ConnectionFailed` when the broker cannot be
+        reached (first connect, or reconnect attempts ran out). Stopping during an outage
+        returns at once: the messages in hand cannot be acked, and the broker delivers
+        them again.
         """
         shutdown = self._shutdown
         restore = shutdown.install_signal_handlers(self.stop)
@@ -265,8 +262,8 @@ class Server:
                 self.pipelined_workers or not self.workers)
             if restore:
                 shutdown.abortable(True)  # a second signal ends it at once (StopNow)
-                if not self.workers:
-                    shutdown.watch()  # a handler on this thread past the grace period
+            if not self.workers and (restore or self._async_handlers.adopted):
+                shutdown.watch(self._async_handlers.give_up)  # (past the grace period)
             try:
                 while not self._stopping.is_set():
                     self.transport.drain(1.0)
@@ -287,14 +284,14 @@ class Server:
     def stop(self) -> None:
         """Ask :meth:`run` to stop: take no new message, finish and ack those in hand.
 
-        The handlers running finish, their answers are published (and
-        confirmed) and their requests acked, and so are the messages already
-        taken for the workers, within ``stop_timeout`` seconds; what is still
-        in hand then goes back to the queue unacked (the broker delivers it
-        again) and the log names it. A second call (a second SIGTERM or
-        SIGINT) gives back what is in hand at once. Also stops reconnecting:
-        while the broker is unreachable, :meth:`run` returns within a
-        fraction of a second (safe from a signal handler).
+        The handlers running finish, their answers are published (and confirmed) and
+        their requests acked, and so are the messages already taken for the workers,
+        within ``stop_timeout`` seconds; what is still in hand then goes back to the
+        queue unacked (the broker delivers it again), the log names it, and the
+        ``async def`` handlers still running are cancelled. A second call (a second
+        SIGTERM or SIGINT) gives back what is in hand at once. Also stops reconnecting:
+        while the broker is unreachable, :meth:`run` returns within a fraction of a
+        second (safe from a signal handler).
         """
         self._shutdown.request()
         if self.transport is not None:
@@ -313,12 +310,12 @@ class Server:
     def close(self) -> None:
         """Close the connection; un-acked messages go back to the queue.
 
-        Retries waiting in the broker's delay queues come back to the queue
-        when due, whether a server runs or not. (A transport that cannot
-        hold delays: their originals were never acked, so the broker
-        delivers them again.) Bounded (see :attr:`KombuTransport.stop_step_timeout
-        <tavrida.transports.kombu.KombuTransport.stop_step_timeout>`) even on
-        a stalled connection.
+        Retries waiting in the broker's delay queues come back to the queue when due,
+        whether a server runs or not. (A transport that cannot hold delays: their
+        originals were never acked, so the broker delivers them again.) Bounded (see
+        :attr:`KombuTransport.stop_step_timeout
+        <tavrida.transports.kombu.KombuTransport.stop_step_timeout>`) even on a stalled
+        connection.
         """
         self._retry_timer.close()
         workers, self._workers = self._workers, None
@@ -327,6 +324,7 @@ class Server:
             workers.close(0 if self._shutdown.immediate.is_set() else None)
         if self.transport is not None:
             self.transport.close()
+        self._async_handlers.close()  # cancels those a stop gave up on (given back, above)
         if self._started:
             for cls in self.service_classes:
                 cls.get_discovery().withdraw(cls.service_name())
@@ -372,6 +370,8 @@ class Server:
     def _handle_in_worker(self, delivery: Delivery) -> None:
         try:
             self.handle(delivery)
+        except StopNow:
+            pass  # its async handler was cancelled by the stop: given back, named in the log
         finally:
             self._inflight.add(-1)
             if self.transport is not None:

@@ -28,15 +28,18 @@ AnswerT = TypeVar("AnswerT", bound=Answer)
 if TYPE_CHECKING:
     import asyncio
 
+    from tavrida.coroutines import HandlerTasks
 
-def _resolved(value: Any, loop: Optional[asyncio.AbstractEventLoop]) -> Any:
+
+def _resolved(value: Any, loop: Optional[asyncio.AbstractEventLoop],
+              tasks: Optional[HandlerTasks]) -> Any:
     """``value``, awaited on ``loop`` when an ``async def`` handler or middleware gave it."""
     if not inspect.isawaitable(value):
         return value
     # asyncio loads with the first async handler: 1.3 MiB of bench scenario 5's peak RSS.
     from tavrida import coroutines
 
-    return coroutines.resolve(value, loop)
+    return coroutines.resolve(value, loop, tasks)
 
 
 class ServiceController:
@@ -58,9 +61,11 @@ class ServiceController:
         #: The event loop ``async def`` handlers and middlewares run on (None: the
         #: process's, see :mod:`tavrida.coroutines`); :class:`tavrida.aio.server.Server` sets it.
         self.loop: Optional[asyncio.AbstractEventLoop] = None
-        #: What an ``async def`` handler gets as its proxy instead of the blocking one
-        #: (:class:`tavrida.aio.server.Server`: awaitable calls); None: the blocking one.
+        #: What an ``async def`` handler gets as its proxy instead of the blocking one:
+        #: awaitable calls (set by the servers); None: the blocking one.
         self.async_proxy: Optional[Callable[[RPCProxy], Any]] = None
+        #: The server's running handler tasks (cancelled when its stop gives up on them).
+        self.tasks: Optional[HandlerTasks] = None
 
     @classmethod
     def service_name(cls) -> str:
@@ -96,6 +101,14 @@ class ServiceController:
         """Append a middleware that sees the Response or Error a handler produced."""
         self.outgoing_middlewares.append(middleware)
 
+    def runs_coroutines(self) -> bool:
+        """True when a handler or middleware of this service is ``async def``."""
+        if any(handler.is_async for handler in self.get_dispatcher().handlers.values()):
+            return True
+        return any(inspect.iscoroutinefunction(getattr(middleware, name, None))
+                   for middleware in (*self.incoming_middlewares, *self.outgoing_middlewares)
+                   for name in ("process", "done"))
+
     def send_heartbeat(self) -> None:
         """Keep the broker connection alive from a long-running handler."""
         self.postprocessor.heartbeat()
@@ -109,7 +122,7 @@ class ServiceController:
         turns it into an Error for calls.
         """
         for middleware in self.incoming_middlewares:
-            result = _resolved(middleware.process(message), self.loop)
+            result = _resolved(middleware.process(message), self.loop, self.tasks)
             if isinstance(result, (messages.Response, messages.Error)):
                 return result
             if not isinstance(result, type(message)):
@@ -123,7 +136,7 @@ class ServiceController:
         arguments = handler.arguments(message.payload)
         if handler.is_async:
             given = proxy if self.async_proxy is None else self.async_proxy(proxy)
-            result = _resolved(function(message, given, **arguments), self.loop)
+            result = _resolved(function(message, given, **arguments), self.loop, self.tasks)
         else:
             result = function(message, proxy, **arguments)
         return self.make_answer(message, result)
@@ -160,12 +173,12 @@ class ServiceController:
         """Tell the incoming middlewares that ``message`` was handled (before its ack)."""
         for middleware in self.incoming_middlewares:
             done: Any = middleware.done  # (an ``async def done`` returns a coroutine)
-            _resolved(done(message, answer), self.loop)
+            _resolved(done(message, answer), self.loop, self.tasks)
 
     def run_outgoing(self, answer: AnswerT) -> AnswerT:
         """Pass an answer through the outgoing middlewares; each must keep its kind."""
         for middleware in self.outgoing_middlewares:
-            result = _resolved(middleware.process(answer), self.loop)
+            result = _resolved(middleware.process(answer), self.loop, self.tasks)
             if type(result) is not type(answer):
                 raise exceptions.WrongResponse(
                     reason=f"outgoing middleware {type(middleware).__name__} returned "

@@ -149,20 +149,21 @@ class Shutdown:
         if allowed:
             raise StopNow()
 
-    def watch(self) -> None:
-        """Start the thread that interrupts the serving (main) thread when the grace ends.
+    def watch(self, give_up: Optional[Callable[[], None]] = None) -> None:
+        """Start the thread that ends what the serving thread runs when the grace ends.
 
         For ``workers=0``: a handler running on that thread cannot be waited
-        for past the grace period. It sends SIGINT to the main thread, whose
-        handler (the server's) raises StopNow there.
+        for past the grace period. In the main thread it sends SIGINT to it,
+        whose handler (the server's) raises StopNow there; elsewhere it calls
+        ``give_up()`` (which cancels the ``async def`` handlers running).
         """
         if self._watchdog is not None and self._watchdog.is_alive():
             return
-        self._watchdog = threading.Thread(target=self._watch, daemon=True,
+        self._watchdog = threading.Thread(target=self._watch, args=(give_up,), daemon=True,
                                           name=f"tavrida-stop-{self.queue_name}")
         self._watchdog.start()
 
-    def _watch(self) -> None:
+    def _watch(self, give_up: Optional[Callable[[], None]]) -> None:
         while not self._over.is_set():
             if self.requested.wait(0.5) and not self._over.wait(self.remaining()):
                 with self._lock:
@@ -170,6 +171,8 @@ class Shutdown:
                 if target is not None:
                     self.immediate.set()
                     signal.pthread_kill(target, signal.SIGINT)
+                elif give_up is not None:
+                    give_up()
                 return
 
     def finished(self) -> None:

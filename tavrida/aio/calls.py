@@ -151,6 +151,9 @@ class Calls:
                 raise self._timeout(request, timeout) from None
         request_id = request.request_id
         future: asyncio.Future[Answer] = loop.create_future()
+        # The first call after a quiet spell wakes the drain (waiting for an answer up to
+        # a second): its refusal (Unroutable) is read then. Later ones' answers wake it.
+        idle = not self._pending
         waiting = self._pending[request_id] = _Waiting(future, deadline, request, timeout)
         if deadline < self._expiry_at:
             self._arm(deadline)
@@ -164,7 +167,7 @@ class Calls:
         try:
             sending = self._outbox.send(
                 request, time.monotonic() + max(deadline - loop.time(), 0.0), failed,
-                failures_only=True)
+                failures_only=True, wake=idle)
             answer = await future
         finally:
             self._forget(request_id, waiting)

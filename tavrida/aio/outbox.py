@@ -71,13 +71,13 @@ class Outbox:
         if not self._in_place:
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 PUBLISH_THREADS, thread_name_prefix=f"{name}-publish")
-        self._queue: Deque[Tuple[messages.Message, float, Sending, OnVerdict, bool]] = (
+        self._queue: Deque[Tuple[messages.Message, float, Sending, OnVerdict, bool, bool]] = (
             collections.deque())
         self._lock = threading.Lock()
         self._publishing = False  # a thread is taking the queue
 
     def send(self, message: messages.Message, deadline: float, on_verdict: OnVerdict,
-             failures_only: bool = False) -> Sending:
+             failures_only: bool = False, wake: Optional[bool] = None) -> Sending:
         """Publish ``message`` by ``deadline`` (``time.monotonic()``); ``on_verdict`` on the loop.
 
         ``on_verdict(None)`` once confirmed, ``on_verdict(exc)`` when it
@@ -85,14 +85,18 @@ class Outbox:
         never when it was dropped (:meth:`Sending.drop`) first. On the loop,
         what cannot be sent at all (no exchange for it, not JSON) raises here.
         ``failures_only``: no ``on_verdict(None)`` (a call waits for its answer
-        anyway), so a confirm costs the loop nothing.
+        anyway), so a confirm costs the loop nothing. ``wake`` (default: unless
+        ``failures_only``): once published, wake the drain that reads its confirm.
         """
         sending = Sending()
+        if wake is None:
+            wake = not failures_only
         if self._pool is None:
-            self._watch(sending, self.sender.publish(message), on_verdict, True, failures_only)
+            self._watch(sending, self.sender.publish(message), on_verdict, True, failures_only,
+                        wake)
         else:
             with self._lock:
-                self._queue.append((message, deadline, sending, on_verdict, failures_only))
+                self._queue.append((message, deadline, sending, on_verdict, failures_only, wake))
                 if self._publishing:
                     return sending  # the thread publishing takes it in this turn
                 self._publishing = True
@@ -113,10 +117,11 @@ class Outbox:
                     if not self._queue:
                         self._publishing = False
                         return
-                    message, deadline, sending, on_verdict, failures_only = (
+                    message, deadline, sending, on_verdict, failures_only, wake = (
                         self._queue.popleft())
                     sending.taken = True
-                self._publish_in_thread(message, deadline, sending, on_verdict, failures_only)
+                self._publish_in_thread(message, deadline, sending, on_verdict, failures_only,
+                                        wake)
         except BaseException:
             with self._lock:  # the next send starts a thread again for what is queued
                 self._publishing = False
@@ -151,7 +156,7 @@ class Outbox:
 
     def _publish_in_thread(self, message: messages.Message, deadline: float,
                            sending: Sending, on_verdict: OnVerdict,
-                           failures_only: bool) -> None:
+                           failures_only: bool, wake: bool) -> None:
         left = deadline - time.monotonic()
         if sending.dropped:
             return
@@ -166,10 +171,10 @@ class Outbox:
         except Exception as exc:  # noqa: BLE001 - told to the caller, as a blocking send raises
             self.loop.call_soon_threadsafe(self._tell, sending, on_verdict, exc)
             return
-        self._watch(sending, confirmation, on_verdict, False, failures_only)
+        self._watch(sending, confirmation, on_verdict, False, failures_only, wake)
 
     def _watch(self, sending: Sending, confirmation: Confirmation, on_verdict: OnVerdict,
-               on_loop: bool, failures_only: bool) -> None:
+               on_loop: bool, failures_only: bool, wake: bool) -> None:
         """Tell ``on_verdict`` the confirmation's outcome on the loop (one hop, if any)."""
         sending.confirmation = confirmation
         if sending.dropped:
@@ -188,6 +193,12 @@ class Outbox:
                 loop.call_soon_threadsafe(self._tell, sending, on_verdict, failure)
 
         confirmation.add_done_callback(settled)
+        if wake and not on_loop and not confirmation.done():
+            # The drain that reads its confirm may be waiting for a delivery for a
+            # second: wake it (a cast awaited in turn took 1 s each on RabbitMQ).
+            transport = self.sender.transport
+            assert transport is not None
+            transport.stop()
 
     @staticmethod
     def _tell(sending: Sending, on_verdict: OnVerdict, failure: Optional[Exception]) -> None:

@@ -28,7 +28,7 @@ import uuid
 from typing import Any, Iterable, Optional, Union
 
 from tavrida import config as config_mod
-from tavrida import exceptions
+from tavrida import coroutines, exceptions
 from tavrida.aio.calls import Calls
 from tavrida.aio.io_thread import IOThread
 from tavrida.aio.outbox import Outbox, settle
@@ -37,6 +37,7 @@ from tavrida.proxies import RPCProxy
 from tavrida.replies import DEFAULT_REPLY_EXCHANGE
 from tavrida.sender import Sender
 from tavrida.server import Server as BlockingServer
+from tavrida.service import ServiceController
 from tavrida.transports import create_transport
 from tavrida.transports.base import Transport
 
@@ -157,7 +158,8 @@ class _Callers:
     """What one service's ``async def`` handlers send with: awaitable proxies.
 
     Casts, notifications and 1.0 asynchronous calls go through the
-    service's own sender (as a sync handler's would). Awaited calls have a
+    service's own sender (as a sync handler's would), or with
+    ``own_connection`` through a connection of their own. Awaited calls have a
     connection of their own (made at the first one), whose private reply
     queue on :data:`~tavrida.replies.DEFAULT_REPLY_EXCHANGE` takes their
     answers, addressed to a private name, not to the service (whose queue
@@ -166,34 +168,41 @@ class _Callers:
     """
 
     def __init__(self, config: config_mod.ConnectionConfig, loop: asyncio.AbstractEventLoop,
-                 sender: Sender) -> None:
+                 sender: Sender, own_connection: bool = False) -> None:
         self._config = config
-        self._loop = loop
+        self.loop = loop
         self._sender = sender
         name = (sender.source or "service").replace(".", "-")
         self.reply_to = f"{name}-aio-{uuid.uuid4().hex[:12]}"
-        self._outbox = Outbox(sender, loop, f"tavrida-aio-{name}")
         self._calls: Optional[Calls] = None
         self._io: Optional[IOThread] = None
         self._transport: Optional[Transport] = None
         self._calls_outbox: Optional[Outbox] = None
         self._lock = threading.Lock()
+        if own_connection:
+            sender = self._connect(sender.reply_exchange)
+        self._outbox = Outbox(sender, loop, f"tavrida-aio-{name}")
         self._courier = Courier(self._outbox, None, config.publish_timeout,
                                 make_calls=self._make_calls, reply_to=self.reply_to,
                                 reply_exchange=DEFAULT_REPLY_EXCHANGE)
 
+    def _connect(self, reply_exchange: str) -> Sender:
+        """This service's connection of its own, drained by an I/O thread: its sender."""
+        transport = self._transport = create_transport(self._config)
+        self._io = IOThread(transport, f"tavrida-aio-{self.reply_to}")
+        self._io.start()
+        return Sender(transport, self._sender.discovery, self._config.persistent,
+                      source=self._sender.source, reply_exchange=reply_exchange)
+
     def _make_calls(self) -> Calls:
         with self._lock:
             if self._calls is None:
-                transport = self._transport = create_transport(self._config)
-                name = f"tavrida-aio-{self.reply_to}"
-                self._io = IOThread(transport, name)
-                own = Sender(transport, self._sender.discovery, self._config.persistent,
-                             source=self._sender.source, reply_exchange=DEFAULT_REPLY_EXCHANGE)
-                self._calls_outbox = Outbox(own, self._loop, name)
-                self._calls = Calls(self._calls_outbox, self._io, self.reply_to,
-                                    DEFAULT_REPLY_EXCHANGE)
-                self._io.start()
+                if self._io is None:
+                    own = self._connect(DEFAULT_REPLY_EXCHANGE)
+                    self._calls_outbox = Outbox(own, self.loop, f"tavrida-aio-{self.reply_to}")
+                outbox = self._calls_outbox or self._outbox
+                assert self._io is not None
+                self._calls = Calls(outbox, self._io, self.reply_to, DEFAULT_REPLY_EXCHANGE)
             return self._calls
 
     def proxy_for(self, proxy: RPCProxy) -> AsyncProxy:
@@ -214,4 +223,39 @@ class _Callers:
             if transport is not None:
                 transport.close()
 
-        await self._loop.run_in_executor(None, close)
+        await self.loop.run_in_executor(None, close)
+
+
+class AwaitableProxies:
+    """The proxies of a blocking :class:`tavrida.server.Server`'s ``async def`` handlers.
+
+    Awaitable, as in an :class:`Server`: made at the first such handler's
+    message, on the loop the handlers run on (the process's, see
+    :mod:`tavrida.coroutines`). What they send goes through a connection of
+    their own, read by an I/O thread (the server's connection is read by the
+    thread waiting for the handler when ``workers=0``).
+    """
+
+    def __init__(self, config: config_mod.ConnectionConfig,
+                 controller: ServiceController) -> None:
+        self._config = config
+        self._controller = controller
+        self._callers: Optional[_Callers] = None
+        self._lock = threading.Lock()
+
+    def __call__(self, proxy: RPCProxy) -> AsyncProxy:
+        with self._lock:
+            callers = self._callers
+            if callers is None:
+                controller = self._controller
+                loop = controller.loop or coroutines.process_loop()
+                callers = self._callers = _Callers(self._config, loop, controller.postprocessor,
+                                                   own_connection=True)
+        return callers.proxy_for(proxy)
+
+    def close(self) -> None:
+        """Close their connection (from a thread other than their loop's)."""
+        with self._lock:
+            callers, self._callers = self._callers, None
+        if callers is not None:
+            coroutines.resolve(callers.close(), callers.loop)

@@ -1,8 +1,11 @@
-"""The contract suite: the same service behaviour on every transport.
+"""The contract suite: the same service behaviour on every transport, through either API.
 
 Runs on tavrida's in-memory transport, RabbitMQ, Redis and kombu's
-``memory://``. Servers run in threads, as ``Server.run`` does in a
-process; every test uses its own exchange and queue names.
+``memory://``, through the blocking API (``Server.run`` in threads, as in a
+process, and ``RPCClient``); and on the first three through the asyncio API
+(``aio.Server`` and ``aio.RPCClient``, the services' handlers made
+``async def``): see contract_drivers.py. Every test uses its own exchange
+and queue names.
 """
 
 from __future__ import annotations
@@ -12,18 +15,29 @@ import time
 from typing import Any, Dict, List
 
 import pytest
+from contract_drivers import Running
 
-from tavrida import client, discovery, dispatcher, exceptions, messages, middleware, server, service
+from tavrida import discovery, dispatcher, exceptions, messages, middleware, service
+
+#: (broker, driver): the blocking API on every broker, the asyncio API on tavrida's own ones.
+DEPLOYMENTS = [*((broker, "blocking") for broker in ("memory", "amqp", "redis", "kombu-memory")),
+               *((broker, "async") for broker in ("memory", "amqp", "redis"))]
 
 
-@pytest.fixture(params=["memory", "amqp", "redis", "kombu-memory"])
-def url(request, unique):
+@pytest.fixture(params=DEPLOYMENTS, ids="-".join)
+def deployment(request):
+    return request.param
+
+
+@pytest.fixture
+def url(deployment, request, unique):
     """A broker URL of each kind; the in-memory one private to the test."""
-    if request.param == "memory":
+    broker = deployment[0]
+    if broker == "memory":
         return f"memory://{unique.prefix}"
-    if request.param == "amqp":
+    if broker == "amqp":
         return request.getfixturevalue("amqp_url")
-    if request.param == "redis":
+    if broker == "redis":
         return request.getfixturevalue("redis_url")
     return "kombu+memory://"
 
@@ -48,46 +62,18 @@ class Recorder:
 
 
 SEEN = Recorder()
-
-
-class Running:
-    """Servers running in threads until the test ends."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.servers: List[server.Server] = []
-        self.threads: List[threading.Thread] = []
-        self.clients: List[client.RPCClient] = []
-
-    def serve(self, queue: str, exchange: str, services: List[type], **kwargs: Any) -> None:
-        srv = server.Server(self.url, queue, exchange, services, **kwargs)
-        srv.start()  # topology declared before anything is sent
-        thread = threading.Thread(target=srv.run, daemon=True)
-        thread.start()
-        self.servers.append(srv)
-        self.threads.append(thread)
-
-    def client(self, disc: discovery.AbstractDiscovery, source: str, **kw: Any) -> Any:
-        cli = client.RPCClient(self.url, disc, source=source, **kw)
-        self.clients.append(cli)
-        return cli
-
-    def close(self) -> None:
-        for cli in self.clients:
-            cli.close()
-        for srv in self.servers:
-            srv.stop()
-        for thread in self.threads:
-            thread.join(15)
-        assert not any(thread.is_alive() for thread in self.threads), "a server did not stop"
+#: Released at the end of each test: the ``slow`` service's handler waits for it.
+RELEASE = threading.Event()
 
 
 @pytest.fixture
-def running(url):
+def running(url, deployment):
     global SEEN
     SEEN = Recorder()
-    cluster = Running(url)
+    RELEASE.clear()
+    cluster = Running(url, deployment[1])
     yield cluster
+    RELEASE.set()
     cluster.close()
 
 
@@ -353,3 +339,41 @@ def test_a_retry_runs_again_after_its_backoff(running, unique):
     cli = running.client(disc, source="client")
     assert cli.retrier.do(value=7).call(timeout=15) == {"value": 7, "attempts": 1}
     assert SEEN.wait_for(2) == [("retrier.do", 7, None), ("retrier.do", 7, 1)]
+
+
+def test_a_call_and_a_cast_no_queue_takes_raise_unroutable(running, unique):
+    chain(running, unique)
+    disc = Front.get_discovery()
+    disc.register_remote_service("nobody", disc.get_remote("middle"))  # bound to no queue
+    cli = running.client(disc, "client")
+    with pytest.raises(exceptions.Unroutable):
+        cli.nobody.method(x=1).call(timeout=10)
+    with pytest.raises(exceptions.Unroutable):
+        cli.nobody.method(x=1).cast()
+    assert cli.middle.echo(value=1).call(timeout=10)["value"] == 1  # the client still works
+
+
+@dispatcher.rpc_service("slow")
+class Slow(service.ServiceController):
+    """Sync in both drivers (aio.Server runs it on a worker): it waits for the test's end."""
+
+    sync_in_both_drivers = True
+
+    @dispatcher.rpc_method(service="slow", method="wait")
+    def wait(self, request, proxy):
+        SEEN.add(("slow.wait", request.correlation_id))
+        RELEASE.wait(30)
+
+
+def test_a_call_unanswered_by_its_deadline_raises_call_timeout(running, unique):
+    exchange = unique("slow-ex")
+    disc = discovery.LocalDiscovery()
+    disc.register_remote_service("slow", exchange)
+    disc.register_remote_service("client", unique("client-ex"))
+    Slow.set_discovery(disc)
+    running.serve(unique("slow-q"), exchange, [Slow])
+    cli = running.client(disc, "client")
+    with pytest.raises(exceptions.CallTimeout) as info:
+        cli.slow.wait().call(correlation_id="corr-late", timeout=0.5)
+    assert info.value.kwargs["correlation_id"] == "corr-late"
+    assert SEEN.wait_for(1) == [("slow.wait", "corr-late")]  # it was running, unanswered

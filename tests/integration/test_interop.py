@@ -3,7 +3,9 @@
 The 1.0 side is played by py-amqp directly, publishing the six messages of
 ``wire-samples-1.0.jsonl`` byte for byte (headers only: no content type, no
 delivery mode) and declaring the topology the way 1.0 did. The 2.0 side
-runs ``Server.run`` in threads and ``RPCClient`` in the test. A spy queue
+runs through either API (contract_drivers.py): ``Server.run`` in threads and
+``RPCClient``, or ``aio.Server`` with ``async def`` handlers and
+``aio.RPCClient``. A spy queue
 bound with ``#`` checks what 2.0 puts on the wire against
 ``/work/shared/reference/wire-protocol.md``.
 """
@@ -18,9 +20,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
+from contract_drivers import Running
 from svc_support import PlainAMQP, Seen
 
-from tavrida import client, discovery, dispatcher, exceptions, server, service
+from tavrida import discovery, dispatcher, exceptions, service
 
 SAMPLES_FILE = Path(__file__).resolve().parents[1] / "unit" / "data" / "wire-samples-1.0.jsonl"
 SAMPLES = [json.loads(line) for line in SAMPLES_FILE.read_text().splitlines() if line.strip()]
@@ -127,46 +130,12 @@ class Front(service.ServiceController):
         return {"done": step}
 
 
-class Cluster:
-    """2.0 servers in threads (as ``Server.run`` runs in a process) and 2.0 clients."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.servers: List[server.Server] = []
-        self.threads: List[threading.Thread] = []
-        self.clients: List[client.RPCClient] = []
-
-    def serve(self, queue: str, exchange: str, services: List[type]) -> server.Server:
-        srv = server.Server(self.url, queue, exchange, services)
-        self.servers.append(srv)
-        srv.start()  # topology declared and consuming before anything is sent
-        thread = threading.Thread(target=srv.run, daemon=True, name=f"server-{queue}")
-        thread.start()
-        self.threads.append(thread)
-        return srv
-
-    def client(self, disc: discovery.AbstractDiscovery, source: str, **kwargs: Any) -> Any:
-        cli = client.RPCClient(self.url, disc, source=source, **kwargs)
-        self.clients.append(cli)
-        return cli
-
-    def close(self) -> None:
-        for cli in self.clients:
-            cli.close()
-        for srv in self.servers:
-            srv.stop()
-        for thread in self.threads:
-            thread.join(WAIT)
-        for srv in self.servers:
-            srv.close()  # one that never ran still holds its connection
-        assert not any(thread.is_alive() for thread in self.threads), "a server did not stop"
-
-
-@pytest.fixture
-def cluster(amqp_url, unique) -> Iterator[Cluster]:
+@pytest.fixture(params=["blocking", "async"])
+def cluster(request, amqp_url, unique) -> Iterator[Running]:
+    """2.0 servers and clients through either API (see contract_drivers.py)."""
     global SEEN
     SEEN = Recorder()
-    running = Cluster(amqp_url)
+    running = Running(amqp_url, request.param)
     yield running
     running.close()
 
@@ -429,7 +398,7 @@ def declare_1_0_topology(plain: PlainAMQP, queue: str, exchanges: List[str],
     plain.bind(queue, exchanges[0], f"{service}.#")
 
 
-def hello_call_works(cluster: Cluster, hello_ex: str, client_ex: str) -> None:
+def hello_call_works(cluster: Running, hello_ex: str, client_ex: str) -> None:
     disc = discovery.LocalDiscovery()
     disc.register_remote_service("test_hello", hello_ex)
     disc.register_remote_service("client", client_ex)
@@ -508,7 +477,7 @@ class LegacyService:
         self.conn.close()
 
 
-def test_1_0_reply_and_error_reach_a_2_0_blocking_call(cluster, amqp_url, unique):
+def test_1_0_reply_and_error_reach_a_2_0_call(cluster, amqp_url, unique):
     hello_ex, client_ex = unique("hello-ex"), unique("client-ex")
     legacy = LegacyService(amqp_url, unique("hello-q"), hello_ex, client_ex)
     try:
@@ -528,28 +497,5 @@ def test_1_0_reply_and_error_reach_a_2_0_blocking_call(cluster, amqp_url, unique
         assert (info.value.remote_name, info.value.remote_message, info.value.code) == \
             ("Other", "no code", 1000)
         assert legacy.answered == 3
-    finally:
-        legacy.close()
-
-
-@pytest.mark.anyio
-async def test_1_0_reply_and_error_reach_a_2_0_awaited_call(amqp_url, unique):
-    """The same 1.0 service answers an asyncio client (tavrida.aio)."""
-    from tavrida import aio
-
-    hello_ex, client_ex = unique("hello-ex"), unique("client-ex")
-    legacy = LegacyService(amqp_url, unique("hello-q"), hello_ex, client_ex)
-    try:
-        disc = discovery.LocalDiscovery()
-        disc.register_remote_service("test_hello", hello_ex)
-        disc.register_remote_service("client_app", client_ex)
-        async with aio.RPCClient(amqp_url, disc, source="client_app") as cli:
-            assert await cli.test_hello.hello(param=5).call(timeout=10) == \
-                {"param": "legacy says 5"}
-            with pytest.raises(exceptions.RemoteError) as info:
-                await cli.test_hello.hello(param="fail").call(timeout=10)
-        assert (info.value.remote_name, info.value.remote_message, info.value.code) == \
-            ("LegacyFailure", "legacy refuses", 42)
-        assert legacy.answered == 2
     finally:
         legacy.close()

@@ -11,6 +11,8 @@ from aio_services import hello_service
 
 from tavrida import aio, discovery, exceptions
 from tavrida.server import Server
+from tavrida.transports import create_transport
+from tavrida.transports.base import Confirmation
 
 pytestmark = pytest.mark.anyio
 
@@ -171,3 +173,41 @@ async def test_a_call_with_a_shorter_deadline_than_those_in_flight_times_out_at_
         with pytest.raises(asyncio.CancelledError):
             await patient
         assert cli.in_flight == 0
+
+
+async def test_a_refused_call_is_told_without_waiting_for_the_next_answer(cluster, disc):
+    """kombu's refusals (Unroutable) of a publish are read by the client's I/O thread's
+    drain, which may be waiting for an answer: the first call after a quiet spell wakes it."""
+    transport = create_transport(cluster.config)
+    transport.publish_never_blocks = False  # as kombu's: published on the outbox's thread
+    refused = []
+    woken = threading.Event()
+    publish, stop = transport.publish, transport.stop
+
+    def refused_later(envelope):  # the broker's verdict comes with a drain, as kombu's does
+        if envelope.routing_key != "test_hello.hello":
+            return publish(envelope)
+        confirmation = Confirmation(envelope)
+        refused.append(confirmation)
+        return confirmation
+
+    def wake():
+        stop()
+        if refused:
+            woken.set()
+
+    def drain():  # the drain waiting for an answer: it reads the refusal once woken
+        if woken.wait(30):
+            refused[0].set_failed(exceptions.Unroutable(exchange="test_exchange",
+                                                        routing_key="test_hello.hello"))
+
+    transport.publish, transport.stop = refused_later, wake  # type: ignore[method-assign]
+    draining = threading.Thread(target=drain, daemon=True)
+    draining.start()
+    try:
+        async with aio.RPCClient(cluster.config, disc, source="client_app",
+                                 transport=transport) as cli:
+            with pytest.raises(exceptions.Unroutable):
+                await asyncio.wait_for(cli.test_hello.hello(param=1).call(timeout=30), 10)
+    finally:
+        woken.set()
