@@ -167,9 +167,11 @@ class ConfirmReader:
         """The reader: wait up to ``timeout`` for the publishing or the reply socket
         (``reply_fd``, -1: none), read.
 
-        Polled without the lock (plain TCP: py-amqp reads no further than the
-        frame it needs, so a socket with nothing to read holds no whole frame
-        in a buffer); read with it, after checking that nobody read meanwhile.
+        Polled without the lock (plain TCP: a socket with nothing to read holds
+        no whole frame in a buffer: py-amqp reads no further than the frame it
+        needs, and :mod:`.compat.pyamqp_read`'s ``drain_events`` handles every
+        whole frame it read ahead); read with it, after checking that nobody
+        read meanwhile.
         """
         publisher = self._publisher
         consuming = publisher.consuming

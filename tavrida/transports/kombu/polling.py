@@ -7,6 +7,11 @@ question. A :class:`Readable` keeps the poll object of the last socket it
 was asked about. A socket closed meanwhile shows as readable (``POLLNVAL``):
 the read that follows fails, and the caller handles a lost connection as
 ever.
+
+A poll of a py-amqp socket says whether a frame waits, also where frames
+are read ahead (plain TCP, :mod:`.compat.pyamqp_read`): its
+``drain_events`` handles every whole frame it read before it returns, so no
+whole frame waits in a buffer while its socket has nothing to read.
 """
 
 from __future__ import annotations
