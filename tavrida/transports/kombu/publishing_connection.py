@@ -19,7 +19,7 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, ContextManager, Iterable, Optional, Protocol, Set
+from typing import Any, Iterable, Optional, Protocol, Set
 
 import amqp
 
@@ -56,18 +56,6 @@ class Consuming(Protocol):
 
     def reply_connection_ok(self) -> bool:
         """No need for :meth:`check_reply_connection` now (never blocks)."""
-
-    def fileno(self) -> int:
-        """The consuming socket, -1 when there is none or it is broken."""
-
-    def has_ready(self) -> bool:
-        """Deliveries wait, or a stop or close was asked for."""
-
-    def delivering(self) -> ContextManager[None]:
-        """Inside the block, acks this thread makes wait for the next drain (coalesced)."""
-
-    def drain(self, timeout: float) -> bool:
-        """The consuming connection's drain."""
 
 
 class PublishingConnection:
