@@ -48,6 +48,9 @@ class Consuming(Protocol):
     def reply_fd(self) -> int:
         """The consuming socket while it reads reply queues, else -1."""
 
+    def frame_waits(self) -> bool:
+        """A whole frame waits read ahead: input its socket's poll does not show."""
+
     def read_answers(self) -> bool:
         """One short read, handing out answers; False when another thread reads."""
 

@@ -26,6 +26,7 @@ from tavrida.config import ConnectionConfig
 from tavrida.transports.base import Binding, Topology
 from tavrida.transports.kombu import KombuTransport
 from tavrida.transports.kombu.compat.pyamqp import AMQPConnection
+from tavrida.transports.kombu.polling import frame_waits
 
 MakeTransport = Callable[..., KombuTransport]
 
@@ -103,6 +104,18 @@ class CountingSocket:
         return getattr(self.sock, name)
 
 
+def publish(url: str, queue: str, count: int) -> None:
+    """``count`` messages (bodies ``0``, ``1``, ...) in ``queue``, from another client."""
+    channel = amqp_channel(url)
+    try:
+        channel.confirm_select()
+        for number in range(count):
+            channel.basic_publish_confirm(amqp.Message(str(number).encode()), exchange="",
+                                          routing_key=queue)
+    finally:
+        channel.connection.close()
+
+
 def connection(url: str) -> Any:
     """tavrida's py-amqp connection (the one its kombu transport uses), connected."""
     parts = urllib.parse.urlsplit(url)
@@ -114,13 +127,12 @@ def connection(url: str) -> Any:
     return conn
 
 
-def test_a_burst_of_deliveries_is_read_in_one_recv_and_handled_in_one_drain(
-        amqp_url: str, unique) -> None:
-    """Five deliveries (fifteen frames) waiting together: one recv, one drain_events.
+def test_a_burst_of_deliveries_is_read_in_one_recv(amqp_url: str, unique) -> None:
+    """Five deliveries (fifteen frames) waiting together: one recv (py-amqp: 45).
 
-    py-amqp reads each frame in three recv and returns from drain_events after
-    one message: the other four would wait for a read nobody does (the socket
-    has nothing more to read, its polls say so).
+    drain_events returns after each message, as py-amqp's: the other four
+    wait in the buffer while the socket has nothing more to read, and
+    ``frame_waits`` (which the adapter asks before it polls) says so.
     """
     queue = unique("q")
     conn = connection(amqp_url)
@@ -130,23 +142,38 @@ def test_a_burst_of_deliveries_is_read_in_one_recv_and_handled_in_one_drain(
         channel.queue_declare(queue, durable=False, auto_delete=False)
         received: List[amqp.Message] = []
         channel.basic_consume(queue, callback=received.append, no_ack=True)
-        other = amqp_channel(amqp_url)
-        try:
-            for number in range(5):
-                other.basic_publish(amqp.Message(str(number).encode()), exchange="",
-                                    routing_key=queue)
-        finally:
-            other.connection.close()
+        publish(amqp_url, queue, 5)
         wait_until_queued(sock, lambda frames: len(frames) >= 15)
         conn.transport.sock = counting = CountingSocket(sock)
-        conn.drain_events(timeout=WAIT)
-        assert [message.body for message in received] == [b"0", b"1", b"2", b"3", b"4"]
-        assert counting.recvs == 1
         poller = select.poll()
         poller.register(sock, select.POLLIN)
-        assert poller.poll(0) == [] and conn.transport.frame() is None  # nothing left behind
+        for number in range(5):
+            conn.drain_events(timeout=0)
+            assert len(received) == number + 1
+            assert poller.poll(0) == []  # the socket says nothing more ...
+            assert frame_waits(conn.transport) is (number < 4)  # ... the buffer does
+        assert [message.body for message in received] == [b"0", b"1", b"2", b"3", b"4"]
+        assert counting.recvs == 1
     finally:
         conn.transport.sock = sock
+        conn.collect()
+
+
+def test_deliveries_read_with_consume_ok_reach_the_consumer(amqp_url: str, unique) -> None:
+    """basic_consume takes its callback once consume-ok is read: the deliveries read
+    with it (already queued) wait for the next drain_events, as with py-amqp's reads."""
+    queue = unique("q")
+    conn = connection(amqp_url)
+    try:
+        channel = conn.channel()
+        channel.queue_declare(queue, durable=False, auto_delete=False)
+        publish(amqp_url, queue, 3)
+        received: List[amqp.Message] = []
+        channel.basic_consume(queue, callback=received.append, no_ack=True)
+        for _ in range(3):
+            conn.drain_events(timeout=WAIT)  # one message each
+        assert [message.body for message in received] == [b"0", b"1", b"2"]
+    finally:
         conn.collect()
 
 

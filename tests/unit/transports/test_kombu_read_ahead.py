@@ -1,4 +1,4 @@
-"""compat.pyamqp_read on a socket pair: frames read ahead, kept across timeouts, all handled.
+"""compat.pyamqp_read on a socket pair: frames read ahead, kept across timeouts, told.
 
 No broker: the peer end of a socket pair plays RabbitMQ (what it sends is in
 the socket before each read, so nothing here depends on timing). The same
@@ -7,6 +7,7 @@ on a real RabbitMQ: tests/integration/transports/test_kombu_reads.py.
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import threading
@@ -15,10 +16,11 @@ from typing import Any, Iterator, List, Tuple
 import amqp
 import pytest
 from amqp import spec
-from amqp.transport import SSLTransport
+from amqp.transport import SSLTransport, TCPTransport
 
 from tavrida.transports.kombu.compat.pyamqp import AMQPConnection
 from tavrida.transports.kombu.compat.pyamqp_read import READ_SIZE, ReadAheadTransport
+from tavrida.transports.kombu.polling import frame_waits
 
 Frame = Tuple[int, int, bytes]
 
@@ -118,36 +120,58 @@ def test_a_wrong_frame_end_is_refused_as_py_amqp_does(pair) -> None:
 
 
 def connection(transport: ReadAheadTransport, handled: List[Frame]) -> Any:
-    """An AMQPConnection on ``transport`` whose frame handler records the frames: a
-    method frame completes a method, content frames do not (body frames of one octet do)."""
+    """An AMQPConnection on ``transport`` whose frame handler records the frames and says,
+    as py-amqp's, whether a method is complete: a method frame other than basic.deliver,
+    a body frame (of one octet, here); not a delivery's first frames, nor a heartbeat."""
     conn = AMQPConnection(host="127.0.0.1:5672")
     conn.transport = transport
 
     def handle(frame: Frame) -> bool:
         handled.append(frame)
-        return frame[0] == 8 or (frame[0] == 3 and frame[2] == b".")
+        if frame[0] == 1:
+            return frame[2] != method(spec.Basic.Deliver)[2]
+        return frame[0] == 3 and frame[2] == b"."
 
     conn.on_inbound_frame = handle
     return conn
 
 
-def test_drain_events_handles_every_whole_frame_it_read(pair) -> None:
-    """A socket with nothing to read holds no whole frame read ahead: the polls of the
-    adapter (which ask the socket) are still right."""
+def test_drain_events_stops_at_a_method_the_frames_after_it_wait_and_say_so(pair) -> None:
+    """As py-amqp's: one method per call (a synchronous method's caller acts on its reply
+    before the frames behind it). Those frames wait in the buffer, the socket has nothing
+    to read: frame_waits (which the adapter asks before it polls) says there is input."""
     transport, recording, peer = pair
     handled: List[Frame] = []
     conn = connection(transport, handled)
-    first = [method(spec.Basic.Deliver), (2, 1, b"h"), (3, 1, b".")]
+    first = [method(spec.Basic.ConsumeOk), (8, 0, b"")]
     second = [method(spec.Basic.Deliver), (2, 1, b"h"), (3, 1, b".")]
     cut = wire(method(spec.Basic.Deliver), (2, 1, b"h"))
     peer.sendall(wire(*first, *second) + cut[:-3])
     conn.drain_events(timeout=0)
-    assert handled == first + second + [method(spec.Basic.Deliver)]
-    assert transport.frame() is None and recording.asked == [READ_SIZE]
+    assert handled == first[:1]
+    assert frame_waits(transport) and not select.select([peer], [], [], 0)[0]
+    conn.drain_events(timeout=0)
+    assert handled == first + second and recording.asked == [READ_SIZE]
     handled.clear()
+    with pytest.raises(socket.timeout):
+        conn.drain_events(timeout=0)  # a delivery whose header is cut: the rest is late
+    assert handled == [method(spec.Basic.Deliver)] and not frame_waits(transport)
     peer.sendall(cut[-3:] + wire((3, 1, b".")))
     conn.drain_events(timeout=0)
-    assert handled == [(2, 1, b"h"), (3, 1, b".")]
+    assert handled == [method(spec.Basic.Deliver), (2, 1, b"h"), (3, 1, b".")]
+
+
+def test_only_a_whole_frame_read_ahead_waits(pair) -> None:
+    transport, _, peer = pair
+    assert not frame_waits(None) and not frame_waits(TCPTransport("127.0.0.1:5672"))
+    data = wire((8, 0, b""), (3, 1, b"body"))
+    peer.sendall(data[:-1])
+    assert transport.next_frame(0) == (8, 0, b"")
+    assert not frame_waits(transport)  # the body frame lacks its last octet
+    peer.sendall(data[-1:] + wire((8, 0, b"")))
+    assert not frame_waits(transport)  # the rest is in the socket: a poll shows it
+    assert transport.next_frame(0) == (3, 1, b"body")
+    assert frame_waits(transport)  # the heartbeat came with it
 
 
 def test_amqps_keeps_py_amqps_transport() -> None:

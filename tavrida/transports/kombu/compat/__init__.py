@@ -92,8 +92,8 @@ REGISTRY: Tuple[PrivateName, ...] = (
     _row("amqp.transport.TCPTransport.read_frame, Connection.Transport, "
          "Connection.blocking_read, Connection.drain_events (replaced)", "py-amqp",
          "pyamqp_read", "speed",
-         "reads a burst of frames in one recv and no settimeout (plain TCP); drain_events "
-         "handles every whole frame read, so a poll of the socket still tells input",
+         "reads a burst of frames in one recv and no settimeout (plain TCP); a frame read "
+         "ahead is input a poll of the socket misses: polling.frame_waits tells it",
          "test_py_amqp_still_reads_a_frame_in_three_exact_recvs_within_having_timeout",
          "py-amqp's transport: three recv per frame, two settimeout per frame read in time"),
     _row("kombu.Connection._connection", "kombu", "pyamqp", "fix",

@@ -12,14 +12,15 @@ confirm cost twelve ``recv`` and eight ``settimeout``. Here:
 * it never changes the socket's timeout (py-amqp leaves the socket blocking):
   a read within a timeout ``poll`` s the socket for that long, then reads
   without waiting (``MSG_DONTWAIT``; with a timeout of 0, at once);
-* :meth:`ReadAheadConnection.drain_events` reads until a method is complete,
-  as py-amqp's does, then handles every frame already whole in the buffer.
-  So after it a socket with nothing to read holds no whole frame read
-  ahead (a part of one at most, whose rest the socket will bring): the
-  adapter's polls of the socket (:mod:`..polling`) still say when there is
-  something to read. An error a frame handled so raises comes out of this
-  call (py-amqp: out of the next one), after the methods before it were
-  handled.
+* :meth:`ReadAheadConnection.drain_events` reads, as py-amqp's, until one
+  method is complete: the frames after it wait in the buffer for the next
+  call (py-amqp's synchronous methods rely on it: ``basic_consume`` takes
+  its callback after ``consume-ok``, and the deliveries behind it must wait).
+
+So a frame may wait in the buffer while the socket has nothing to read: a
+poll of the socket no longer says whether there is input.
+:func:`frame_waits` does, and every place of the adapter that asks asks it
+first (through :mod:`..polling`).
 
 amqps stays on py-amqp's own transport (:meth:`ReadAheadConnection.Transport`).
 The undocumented py-amqp names relied on: ``Connection.Transport`` (the
@@ -34,6 +35,7 @@ transports read the same frames.
 from __future__ import annotations
 
 import errno
+import select
 import socket
 import struct
 from typing import Any, Optional
@@ -43,7 +45,6 @@ from amqp.exceptions import UnexpectedFrame
 from amqp.transport import TCPTransport
 
 from tavrida.transports.kombu.compat.fast_properties import Frame
-from tavrida.transports.kombu.polling import Readable
 
 #: Most bytes asked of the socket per ``recv``: a burst of frames in one call
 #: (bench.profiling "call, tavrida: client": 12 -> 2 recv, 8 -> 0 settimeout per call).
@@ -59,7 +60,8 @@ _unpack_size = struct.Struct(">I").unpack_from
 class ReadAheadTransport(TCPTransport):  # type: ignore[misc]  # py-amqp has no types
     """py-amqp's TCP transport reading ahead: up to :data:`READ_SIZE` bytes per ``recv``.
 
-    Read by one thread at a time (the connection's owner holds its lock).
+    Read by one thread at a time (the connection's owner holds its lock);
+    :func:`frame_waits` may be asked from any.
     """
 
     def __init__(self, host: str, connect_timeout: Optional[float] = None,
@@ -68,7 +70,7 @@ class ReadAheadTransport(TCPTransport):  # type: ignore[misc]  # py-amqp has no 
         #: Bytes read, and where in them the next frame starts.
         self.ahead = b""
         self.at = 0
-        self._readable = Readable()
+        self._poller: Any = None
 
     def frame(self) -> Optional[Frame]:
         """The next frame if it is whole in the buffer (no system call), else None."""
@@ -116,7 +118,8 @@ class ReadAheadTransport(TCPTransport):  # type: ignore[misc]  # py-amqp has no 
             try:
                 if timeout is None:
                     chunk = sock.recv(size)
-                elif timeout <= 0 or self._readable.poll(sock, timeout=timeout):
+                elif timeout <= 0 or (self._poller or self._new_poller(sock)).poll(
+                        timeout * 1000):
                     chunk = sock.recv(size, socket.MSG_DONTWAIT)
                 else:
                     raise socket.timeout()
@@ -137,6 +140,27 @@ class ReadAheadTransport(TCPTransport):  # type: ignore[misc]  # py-amqp has no 
             frame = self.frame()
             if frame is not None:
                 return frame
+
+
+    def _new_poller(self, sock: socket.socket) -> Any:
+        """The poll object of ``sock``, made at the first read that waits."""
+        self._poller = select.poll()
+        self._poller.register(sock, select.POLLIN)
+        return self._poller
+
+
+def frame_waits(transport: Any) -> bool:
+    """A whole frame waits read ahead in ``transport`` (a py-amqp connection's, or None):
+    input a poll of its socket does not show. Never with py-amqp's own transports.
+
+    Any thread may ask: ``ahead`` and ``at`` read a moment apart are a hint,
+    as a poll is (the caller reads, or asks again, within its poll interval).
+    """
+    if type(transport) is not ReadAheadTransport:
+        return False
+    ahead, at = transport.ahead, transport.at
+    held = len(ahead) - at
+    return held >= 8 and held >= _unpack_size(ahead, at + 3)[0] + 8
 
 
 class ReadAheadConnection(amqp.Connection):  # type: ignore[misc]  # py-amqp has no types
@@ -161,8 +185,8 @@ class ReadAheadConnection(amqp.Connection):  # type: ignore[misc]  # py-amqp has
         return self.on_inbound_frame(transport.next_frame(timeout))
 
     def drain_events(self, timeout: Optional[float] = None) -> None:
-        """Read until a method is complete, each read waiting up to ``timeout`` s; then
-        handle the frames already whole in the buffer (see the module)."""
+        """Read and handle frames until a method is complete, each read of the socket
+        waiting up to ``timeout`` s (the frames after it stay in the buffer)."""
         transport = self.transport
         if type(transport) is not ReadAheadTransport:
             super().drain_events(timeout)
@@ -171,8 +195,3 @@ class ReadAheadConnection(amqp.Connection):  # type: ignore[misc]  # py-amqp has
         buffered, receive = transport.frame, transport.receive
         while not handle(buffered() or receive(timeout)):
             pass
-        while transport.sock is not None:  # not closed by the method just handled
-            frame = buffered()
-            if frame is None:
-                return
-            handle(frame)
