@@ -90,7 +90,7 @@ REGISTRY: Tuple[PrivateName, ...] = (
          "test_basic_publish_still_reads_then_writes_as_the_copied_steps_do",
          "channel.basic_publish"),
     _row("amqp.transport.TCPTransport.read_frame, Connection.Transport, "
-         "Connection.blocking_read, Connection.drain_events (replaced)", "py-amqp",
+         "Connection.drain_events (replaced)", "py-amqp",
          "pyamqp_read", "speed",
          "reads a burst of frames in one recv and no settimeout (plain TCP); a frame read "
          "ahead is input a poll of the socket misses: polling.frame_waits tells it",

@@ -24,9 +24,9 @@ first (through :mod:`..polling`).
 
 amqps stays on py-amqp's own transport (:meth:`ReadAheadConnection.Transport`).
 The undocumented py-amqp names relied on: ``Connection.Transport`` (the
-transport factory), ``Connection.blocking_read`` and ``drain_events`` (one
-frame within a timeout; frames until a method completes),
-``TCPTransport.read_frame``; the canary in
+transport factory), ``Connection.drain_events`` (frames until a method
+completes, each read by ``blocking_read`` within ``having_timeout``),
+``TCPTransport.read_frame`` (one frame, the socket as it is); the canary in
 ``tests/unit/transports/test_kombu_compat.py`` checks py-amqp still reads as
 described above (when it buffers itself, this module can go) and that both
 transports read the same frames.
@@ -96,10 +96,6 @@ class ReadAheadTransport(TCPTransport):  # type: ignore[misc]  # py-amqp has no 
         """The next frame, the socket read as it is (blocking) if need be."""
         return self.frame() or self.receive(None)
 
-    def next_frame(self, timeout: Optional[float]) -> Frame:
-        """The next frame, from the buffer or else :meth:`receive` d within ``timeout``."""
-        return self.frame() or self.receive(timeout)
-
     def receive(self, timeout: Optional[float]) -> Frame:
         """Read the socket until the next frame is whole (the buffer holds none), each
         ``recv`` waiting up to ``timeout`` s (None: as the socket does); that frame.
@@ -141,7 +137,6 @@ class ReadAheadTransport(TCPTransport):  # type: ignore[misc]  # py-amqp has no 
             if frame is not None:
                 return frame
 
-
     def _new_poller(self, sock: socket.socket) -> Any:
         """The poll object of ``sock``, made at the first read that waits."""
         self._poller = select.poll()
@@ -176,13 +171,6 @@ class ReadAheadConnection(amqp.Connection):  # type: ignore[misc]  # py-amqp has
         return ReadAheadTransport(host, connect_timeout, read_timeout=read_timeout,
                                   write_timeout=write_timeout,
                                   socket_settings=socket_settings, **kwargs)
-
-    def blocking_read(self, timeout: Optional[float] = None) -> Any:
-        """Read and handle one frame, waiting up to ``timeout`` s for it."""
-        transport = self.transport
-        if type(transport) is not ReadAheadTransport:
-            return super().blocking_read(timeout)
-        return self.on_inbound_frame(transport.next_frame(timeout))
 
     def drain_events(self, timeout: Optional[float] = None) -> None:
         """Read and handle frames until a method is complete, each read of the socket
