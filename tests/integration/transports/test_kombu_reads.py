@@ -1,10 +1,11 @@
-"""RabbitMQ over plain TCP: frames read ahead (compat.pyamqp_read), and nothing left behind.
+"""RabbitMQ over plain TCP: frames read ahead (compat.pyamqp_read), and none forgotten.
 
-Each test first waits until the frames it is about come are all queued in
+Most tests first wait until the frames they are about are all queued in
 the socket (peeked, never read), so that one ``recv`` takes them together:
 what the broker sends is then the same on every run. After them the broker
-sends nothing more, so a frame left in the read-ahead buffer would never
-be read: the verdict or the delivery the test waits for would not come.
+sends nothing more, so a frame waiting in the read-ahead buffer that a poll
+of the socket does not show would never be read: the verdict the test waits
+for would not come (or a timeout later than the test's deadline).
 """
 
 from __future__ import annotations
