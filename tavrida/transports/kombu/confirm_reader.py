@@ -14,13 +14,14 @@ confirms of handles with callbacks nobody waits for (:meth:`progress`).
 from __future__ import annotations
 
 import collections
+import select
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Deque, List, Optional, Tuple
 
 from tavrida.transports.kombu.batch import CONFIRM_LATE, Batch
 from tavrida.transports.kombu.kombu_confirmation import KombuConfirmation
-from tavrida.transports.kombu.polling import Readable, fileno
+from tavrida.transports.kombu.polling import Readable, fileno, frame_waits
 
 if TYPE_CHECKING:
     from tavrida.transports.kombu.publishing_connection import PublishingConnection
@@ -167,24 +168,32 @@ class ConfirmReader:
         """The reader: wait up to ``timeout`` for the publishing or the reply socket
         (``reply_fd``, -1: none), read.
 
-        Polled without the lock (plain TCP: py-amqp reads no further than the
-        frame it needs, so a socket with nothing to read holds no whole frame
-        in a buffer); read with it, after checking that nobody read meanwhile.
+        Polled without the lock (plain TCP: a socket with nothing to read holds
+        no whole frame in py-amqp's buffer; a frame read ahead, see
+        :mod:`.compat.pyamqp_read`, is asked for first); read with it, after
+        checking that nobody read meanwhile.
         """
         publisher = self._publisher
         consuming = publisher.consuming
         pub_fd = fileno(raw)
         if pub_fd < 0:
             return  # closed meanwhile: the publishes go out again
+        transport = raw.transport
         end = time.monotonic() + timeout
-        fds = (pub_fd, reply_fd) if reply_fd >= 0 else (pub_fd,)
-        events = self._confirm_poll.poll(*fds, timeout=timeout)
+        if frame_waits(transport):
+            events: Any = ((pub_fd, select.POLLIN),)
+        elif reply_fd >= 0 and consuming.frame_waits():
+            events = ((reply_fd, select.POLLIN),)
+        else:
+            fds = (pub_fd, reply_fd) if reply_fd >= 0 else (pub_fd,)
+            events = self._confirm_poll.poll(*fds, timeout=timeout)
         # At most two sockets ready: the first and the last are all of them.
         while events and events[0][0] != pub_fd and events[-1][0] != pub_fd:
             if consuming.read_answers():
                 return
             # Another thread drains the replies: wait for the publishing socket alone.
-            events = self._pub_poll.poll(pub_fd, timeout=max(end - time.monotonic(), 0.0))
+            events = ((pub_fd, select.POLLIN),) if frame_waits(transport) else \
+                self._pub_poll.poll(pub_fd, timeout=max(end - time.monotonic(), 0.0))
         lock = publisher.lock
         for fd, _ in events:
             if fd != pub_fd:
@@ -195,7 +204,7 @@ class ConfirmReader:
             try:
                 if raw is not publisher.raw:
                     return  # dropped meanwhile: the publishes go out again
-                if not self._pub_poll.poll(pub_fd):
+                if not (frame_waits(transport) or self._pub_poll.poll(pub_fd)):
                     return  # someone holding the lock read it
                 publisher.read_frame(raw)
             finally:
@@ -240,8 +249,10 @@ class ConfirmReader:
         fd = fileno(raw)
         if fd < 0:
             return
+        transport = raw.transport
         for _ in range(MAX_CONFIRM_READS):
-            if not self._pub_poll.poll(fd) or not publisher.read_frame(raw):
+            if not (frame_waits(transport) or self._pub_poll.poll(fd)) \
+                    or not publisher.read_frame(raw):
                 return
 
     def next_deadline(self) -> float:
@@ -249,14 +260,21 @@ class ConfirmReader:
         return self.watched[0].batch.deadline
 
     def wait_for_sockets(self, consuming_fd: int, timeout: float) -> bool:
-        """Wait up to ``timeout`` for either connection; True unless only publishing is ready."""
-        pub_fd = fileno(self._publisher.raw)
-        if pub_fd >= 0:
-            events = self._sockets_poll.poll(consuming_fd, pub_fd, timeout=timeout)
-        else:
-            events = self._sockets_poll.poll(consuming_fd, timeout=timeout)
+        """Wait up to ``timeout`` for either connection; True unless only publishing is ready
+        (a frame read ahead, see :mod:`.compat.pyamqp_read`, is ready at once)."""
+        publisher = self._publisher
+        if publisher.consuming.frame_waits():
+            return True
+        raw = publisher.raw
+        pub_fd = fileno(raw)
+        if pub_fd < 0:
+            self._sockets_poll.poll(consuming_fd, timeout=timeout)
+            return True
+        pub_waits = frame_waits(raw.transport)
+        events = self._sockets_poll.poll(consuming_fd, pub_fd,
+                                         timeout=0.0 if pub_waits else timeout)
         for fd, _ in events:
             if fd == consuming_fd:
                 return True
-        return not events
+        return not events and not pub_waits
 

@@ -205,8 +205,7 @@ class ConsumingConnection:
                 close_channel(link.control)
                 link.conn.release()
         except context.connection_errors + context.channel_errors + (OSError,):
-            LOG.debug("ignoring error while closing %s", context.config.safe_url,
-                      exc_info=True)
+            LOG.debug("ignoring error while closing %s", context.config.safe_url, exc_info=True)
         finally:
             self.consumers.stop_all()
             self._link.drop()
@@ -229,16 +228,18 @@ class ConsumingConnection:
         # Not link.fileno(): a call per blocking call (bench.profiling "call, tavrida: client").
         return fileno(self._context.connector.raw(link.conn))
 
+    def frame_waits(self) -> bool:
+        """A whole frame waits read ahead: input the socket's poll misses (any thread)."""
+        return self._link.frame_waits()
+
     def has_ready(self) -> bool:
         """Deliveries wait, a stop was asked or the transport closed: drain now."""
         return (bool(self.consumers.ready) or self._stop.is_set()
                 or self._context.lifecycle.closed)
 
     def delivering(self) -> Delivering:
-        """A block whose acks (made on this thread) wait to be coalesced by the next drain.
-
-        The same block each time (see :meth:`.Settlement.delivering`).
-        """
+        """A block whose acks (made on this thread) wait to be coalesced by the next drain:
+        the same block each time (see :meth:`.Settlement.delivering`)."""
         return self.settlement.delivering()
 
     def check_reply_connection(self) -> None:
@@ -254,8 +255,7 @@ class ConsumingConnection:
         context, link = self._context, self._link
         with context.holding(self._lock):
             if link.up and not link.alive():
-                LOG.warning("the consuming connection to %s is closed",
-                            context.config.safe_url)
+                LOG.warning("the consuming connection to %s is closed", context.config.safe_url)
                 link.broken = True
             if not context.lifecycle.closed:
                 self._link.ensure()

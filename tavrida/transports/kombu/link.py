@@ -26,7 +26,7 @@ from tavrida import exceptions
 from tavrida.transports.kombu.compat.virtual import restore_unacked
 from tavrida.transports.kombu.context import KombuContext
 from tavrida.transports.kombu.nodes import QueueUnavailable, queue_unavailable
-from tavrida.transports.kombu.polling import Readable, fileno
+from tavrida.transports.kombu.polling import Readable, fileno, frame_waits
 from tavrida.transports.kombu.reconnect import retry_call
 from tavrida.transports.kombu.severing import sever
 
@@ -173,6 +173,11 @@ class Link:
         if conn is None or self.broken:
             return -1
         return fileno(self._context.connector.raw(conn))
+
+    def frame_waits(self) -> bool:
+        """A whole frame waits read ahead (:func:`.polling.frame_waits`; any thread)."""
+        raw = self._context.connector.raw(self.conn)
+        return raw is not None and frame_waits(raw.transport)
 
     def alive(self) -> bool:
         """Up (:attr:`up`), and its socket not closed or reset by the peer (one peek,

@@ -7,12 +7,22 @@ question. A :class:`Readable` keeps the poll object of the last socket it
 was asked about. A socket closed meanwhile shows as readable (``POLLNVAL``):
 the read that follows fails, and the caller handles a lost connection as
 ever.
+
+Over plain TCP py-amqp's frames are read ahead (:mod:`.compat.pyamqp_read`):
+a whole frame may wait in the transport's buffer while its socket has
+nothing to read. Whoever asks whether a py-amqp connection has input asks
+:func:`frame_waits` (:func:`.compat.pyamqp_read.frame_waits`, here for them)
+first, then polls the socket.
 """
 
 from __future__ import annotations
 
 import select
 from typing import Any, Tuple
+
+from tavrida.transports.kombu.compat.pyamqp_read import frame_waits
+
+__all__ = ["CAN_POLL", "Readable", "fileno", "frame_waits"]
 
 #: ``select.poll`` exists here (not on Windows): what the shared and deferred confirms,
 #: and the checks of the consuming socket, need (tested once, not per publish).

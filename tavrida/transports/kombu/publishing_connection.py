@@ -19,7 +19,7 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, ContextManager, Iterable, Optional, Protocol, Set
+from typing import Any, Iterable, Optional, Protocol, Set
 
 import amqp
 
@@ -48,6 +48,9 @@ class Consuming(Protocol):
     def reply_fd(self) -> int:
         """The consuming socket while it reads reply queues, else -1."""
 
+    def frame_waits(self) -> bool:
+        """A whole frame waits read ahead: input its socket's poll does not show."""
+
     def read_answers(self) -> bool:
         """One short read, handing out answers; False when another thread reads."""
 
@@ -56,18 +59,6 @@ class Consuming(Protocol):
 
     def reply_connection_ok(self) -> bool:
         """No need for :meth:`check_reply_connection` now (never blocks)."""
-
-    def fileno(self) -> int:
-        """The consuming socket, -1 when there is none or it is broken."""
-
-    def has_ready(self) -> bool:
-        """Deliveries wait, or a stop or close was asked for."""
-
-    def delivering(self) -> ContextManager[None]:
-        """Inside the block, acks this thread makes wait for the next drain (coalesced)."""
-
-    def drain(self, timeout: float) -> bool:
-        """The consuming connection's drain."""
 
 
 class PublishingConnection:

@@ -30,7 +30,12 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual.exchange import TopicExchange
 
 from tavrida.transports.base import Binding
-from tavrida.transports.kombu.compat import fast_properties, pyamqp_publish, redis_fetch
+from tavrida.transports.kombu.compat import (
+    fast_properties,
+    pyamqp_publish,
+    pyamqp_read,
+    redis_fetch,
+)
 from tavrida.transports.kombu.compat import pyamqp as compat_pyamqp
 from tavrida.transports.kombu.compat import virtual as tavrida_virtual
 from tavrida.transports.kombu.polling import Readable
@@ -531,6 +536,81 @@ def test_the_tolerant_handler_reads_a_delivery_plain_py_amqp_cannot() -> None:
     assert message.body == body
     assert message.properties == {"application_headers": {"t": str(2 ** 64 - 1)}}
 
+
+
+def wire(frames: List[Tuple[int, int, bytes]]) -> bytes:
+    """Frames as they come on the socket."""
+    return b"".join(struct.pack(">BHI", kind, channel, len(payload)) + payload + b"\xce"
+                    for kind, channel, payload in frames)
+
+
+class RecordingSocket:
+    """A socket whose recv records the sizes asked (and fileno, for a poll)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.asked: List[int] = []
+
+    def recv(self, size: int, *flags: int) -> bytes:
+        self.asked.append(size)
+        return self.sock.recv(size, *flags)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+
+def test_py_amqp_still_reads_a_frame_in_three_exact_recvs_within_having_timeout() -> None:
+    """What compat.pyamqp_read replaces; the day py-amqp reads ahead itself it can go."""
+    frames = _frames(READ_CASES[2], b"body!")
+    ours, peer = socket.socketpair()
+    try:
+        peer.sendall(wire(frames) * 2)
+        theirs = amqp.transport.TCPTransport("127.0.0.1:5672")
+        theirs.sock = recording = RecordingSocket(ours)
+        theirs._quick_recv = recording.recv
+        assert [theirs.read_frame() for _ in frames] == frames
+        # Header, payload (none for a heartbeat), frame-end octet: exactly what each needs.
+        assert recording.asked == [size for _, _, payload in frames
+                                   for size in (7, len(payload), 1) if size]
+        ahead = pyamqp_read.ReadAheadTransport("127.0.0.1:5672")
+        ahead.sock = recording = RecordingSocket(ours)
+        assert [ahead.read_frame() for _ in frames] == frames  # the same frames, in one recv
+        assert recording.asked == [pyamqp_read.READ_SIZE]
+    finally:
+        ours.close()
+        peer.close()
+    # blocking_read: one frame read within having_timeout, then handed to on_inbound_frame;
+    # drain_events: blocking_read until one returns True (a method complete).
+    events: List[Any] = []
+
+    class Stub:
+        transport = property(lambda self: self)
+
+        @contextlib.contextmanager
+        def having_timeout(self, timeout: Any) -> Iterator[None]:
+            events.append(("timeout", timeout))
+            yield
+            events.append("restored")
+
+        def read_frame(self) -> str:
+            events.append("read")
+            return "frame"
+
+        def on_inbound_frame(self, frame: str) -> bool:
+            events.append(("handled", frame))
+            return events.count("read") == 2
+
+        def blocking_read(self, timeout: Any) -> Any:
+            return amqp.Connection.blocking_read(self, timeout)
+
+    amqp.Connection.drain_events(Stub(), 0.5)
+    assert events == [("timeout", 0.5), "read", "restored", ("handled", "frame")] * 2
+    assert parameters(amqp.Connection.Transport) == [
+        "self", "host", "connect_timeout", "ssl", "read_timeout", "write_timeout",
+        "socket_settings", "kwargs"]
+    assert isinstance(amqp.Connection.Transport(amqp.Connection.__new__(amqp.Connection),
+                                                "127.0.0.1:5672", None),
+                      amqp.transport.TCPTransport)
 
 # -- virtual: kombu's memory transport -------------------------------------------------------------
 

@@ -4,7 +4,8 @@ The modules of this subpackage are the only ones of tavrida touching
 upstream names that start with an underscore (``tests/unit/test_layout.py``
 checks it): :mod:`.pyamqp` (tolerant frames, checked messages, the raw
 connection), :mod:`.pyamqp_publish` (py-amqp's ``basic_publish`` in fewer
-calls), :mod:`.fast_properties` (py-amqp's frame state machine, copied,
+calls), :mod:`.pyamqp_read` (py-amqp's frame reads over plain TCP in fewer
+system calls), :mod:`.fast_properties` (py-amqp's frame state machine, copied,
 with a reader and writer of the usual properties), :mod:`.virtual` (kombu's
 virtual transports made to behave as RabbitMQ), :mod:`.redis_fetch` (a Redis
 pop that survives its connection), :mod:`.redis_delays` (delay queues on
@@ -88,6 +89,13 @@ REGISTRY: Tuple[PrivateName, ...] = (
          "writes a basic.publish as py-amqp does, reading first only when there is input",
          "test_basic_publish_still_reads_then_writes_as_the_copied_steps_do",
          "channel.basic_publish"),
+    _row("amqp.transport.TCPTransport.read_frame, Connection.Transport, "
+         "Connection.drain_events (replaced)", "py-amqp",
+         "pyamqp_read", "speed",
+         "reads a burst of frames in one recv and no settimeout (plain TCP); a frame read "
+         "ahead is input a poll of the socket misses: polling.frame_waits tells it",
+         "test_py_amqp_still_reads_a_frame_in_three_exact_recvs_within_having_timeout",
+         "py-amqp's transport: three recv per frame, two settimeout per frame read in time"),
     _row("kombu.Connection._connection", "kombu", "pyamqp", "fix",
          "the transport connection without kombu's implicit reconnect",
          "test_kombu_connections_still_keep_the_transport_connection_privately",

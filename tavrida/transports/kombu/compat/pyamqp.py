@@ -46,6 +46,7 @@ from kombu.connection import Connection
 from kombu.transport import pyamqp
 
 from tavrida.transports.kombu.compat.fast_properties import Frame, fast_properties, frame_handler
+from tavrida.transports.kombu.compat.pyamqp_read import ReadAheadConnection
 
 #: AMQP basic properties copied into :attr:`Delivery.properties` when present.
 PROPERTY_NAMES = tuple(name for name, _ in amqp.Message.PROPERTIES
@@ -267,8 +268,9 @@ class AMQPChannel(pyamqp.Channel):
         super().__init__(connection, channel_id, auto_decode=False, on_open=on_open)
 
 
-class AMQPConnection(pyamqp.Connection):
-    """A py-amqp connection using the tolerant frame handler and raw channels."""
+class AMQPConnection(ReadAheadConnection, pyamqp.Connection):
+    """A py-amqp connection using the tolerant frame handler, raw channels and, over plain
+    TCP, reads ahead (:mod:`.compat.pyamqp_read`)."""
 
     Channel = AMQPChannel
 

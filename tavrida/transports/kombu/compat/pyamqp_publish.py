@@ -20,7 +20,7 @@ from typing import Any
 import amqp
 from amqp import serialization, spec
 
-from tavrida.transports.kombu.polling import Readable
+from tavrida.transports.kombu.polling import Readable, frame_waits
 
 
 def publish(channel: Any, has_input: Readable, message: Any, exchange: str,
@@ -28,19 +28,22 @@ def publish(channel: Any, has_input: Readable, message: Any, exchange: str,
     """``channel.basic_publish(message, exchange, routing_key, mandatory)``, same frames.
 
     ``has_input``: the caller's poll of the connection's socket (one
-    thread at a time). Over TLS (input may wait in the TLS layer, not in
-    the socket) py-amqp's own ``basic_publish``.
+    thread at a time), asked after :func:`~tavrida.transports.kombu.polling.frame_waits`.
+    Over TLS (input may wait in the TLS layer, not in the socket) py-amqp's
+    own ``basic_publish``.
     """
     connection = channel.connection
     if not connection:
         raise amqp.RecoverableConnectionError("basic_publish: connection closed")
-    sock = connection.transport.sock
+    transport = connection.transport
+    sock = transport.sock
     if type(sock) is not socket.socket:
         channel.basic_publish(message, exchange=exchange, routing_key=routing_key,
                               mandatory=mandatory)
         return
     capabilities = connection.client_properties.get("capabilities", {})
-    if capabilities.get("connection.blocked", False) and has_input(sock):
+    if capabilities.get("connection.blocked", False) and (
+            frame_waits(transport) or has_input(sock)):
         try:
             connection.drain_events(timeout=0)
         except socket.timeout:
