@@ -9,76 +9,26 @@ caller gets).
 from __future__ import annotations
 
 import asyncio
-import threading
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import pytest
+from served import Holds, Served
 
-from tavrida import aio, discovery, dispatcher, server, service
+from tavrida import aio, discovery, dispatcher, service
 
 pytestmark = pytest.mark.anyio
 
 
-class Runs:
-    """What the handlers saw: runs started, the first one entered, its cancellation."""
-
-    def __init__(self) -> None:
-        self.started: List[int] = []
-        self.entered = threading.Event()
-        self.cancelled = threading.Event()
-
-
-def holding_service(name: str, runs: Runs, holds: bool) -> type:
+def holding_service(name: str, runs: Holds, holds: bool) -> type:
     """``<name>.hold(n)``: waits for ever (cancellation noted) if ``holds``, else answers."""
 
     @dispatcher.rpc_service(name)
     class Holding(service.ServiceController):
         @dispatcher.rpc_method(service=name, method="hold")
         async def hold(self, request, proxy, n):
-            runs.started.append(n)
-            if not holds:
-                return {"n": n, "by": "the next server"}
-            runs.entered.set()
-            try:
-                await asyncio.Event().wait()  # never set
-            except asyncio.CancelledError:
-                runs.cancelled.set()
-                raise
-            return {"n": n, "by": "the server that stopped"}
+            return await runs.hold(n, holds)
 
     return Holding
-
-
-class Served:
-    """A server of ``kind`` (aio, or blocking with ``workers``) serving ``cls``."""
-
-    def __init__(self, kind: str, url: str, queue: str, exchange: str, cls: type,
-                 stop_timeout: float) -> None:
-        self.kind = kind
-        if kind == "aio":
-            self.aio = aio.Server(url, queue, exchange, [cls], stop_timeout=stop_timeout)
-        else:
-            self.server = server.Server(url, queue, exchange, [cls], stop_timeout=stop_timeout,
-                                        workers=2 if kind == "blocking-workers" else 0)
-
-    async def start(self) -> None:
-        if self.kind == "aio":
-            self.serving = asyncio.ensure_future(self.aio.serve())
-            await self.aio.wait_started()
-        else:
-            self.server.start()
-            self.thread = threading.Thread(target=self.server.run, daemon=True)
-            self.thread.start()
-
-    async def stop(self) -> None:
-        """Return once the server stopped."""
-        if self.kind == "aio":
-            await self.aio.stop()
-            await asyncio.wait_for(self.serving, 60)
-        else:
-            self.server.stop()
-            await asyncio.get_running_loop().run_in_executor(None, self.thread.join, 60)
-            assert not self.thread.is_alive()
 
 
 #: Each server kind on RabbitMQ; on Redis the asyncio one (its redelivery takes 2-3 s).
@@ -102,7 +52,7 @@ async def test_a_stop_that_gives_up_cancels_the_handler_and_gives_its_message_ba
     queue, exchange = unique("holding-q"), unique("holding-ex")
     disc = discovery.LocalDiscovery()
     disc.register_remote_service(name, exchange)
-    runs = Runs()
+    runs = Holds()
     first = Served(kind, url, queue, exchange, holding_service(name, runs, True), 0.2)
     await first.start()
     second = None

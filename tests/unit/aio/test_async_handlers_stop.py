@@ -16,22 +16,20 @@ from typing import Any, AsyncIterator, Callable, Dict, List
 
 import pytest
 from aio_services import hello_service
+from served import KINDS, Holds, Served
 
 from tavrida import aio, discovery, dispatcher, service
 from tavrida.server import Server
 
 pytestmark = pytest.mark.anyio
 
-KINDS = ["blocking", "blocking-workers", "aio"]
 
 
-class Runs:
-    """What the handlers of one test saw: runs started, cancellations, with ways to wait."""
+class Runs(Holds):
+    """What the handlers of one test saw: runs started, cancellations, answers."""
 
     def __init__(self) -> None:
-        self.started: List[int] = []
-        self.entered = threading.Event()
-        self.cancelled = threading.Event()
+        super().__init__()
         self.answered: List[Any] = []
         self.answer_came = threading.Event()
 
@@ -56,53 +54,12 @@ def relay_service(runs: Runs, holds: bool) -> type:
 
         @dispatcher.rpc_method(service="relay", method="hold")
         async def hold(self, request, proxy, n):
-            runs.started.append(n)
-            if not holds:
-                return {"n": n, "by": "the next server"}
-            runs.entered.set()
-            try:
-                await asyncio.Event().wait()  # never set
-            except asyncio.CancelledError:
-                runs.cancelled.set()
-                raise
-            return {"n": n, "by": "the server that stopped"}
+            return await runs.hold(n, holds)
 
     disc = discovery.LocalDiscovery()
     disc.register_remote_service("test_hello", "test_exchange")
     Relay.set_discovery(disc)
     return Relay
-
-
-class Served:
-    """One server of ``kind`` serving ``relay``; :meth:`stop` returns once it stopped."""
-
-    def __init__(self, kind: str, config: Any, cls: type, stop_timeout: float) -> None:
-        self.kind = kind
-        if kind == "aio":
-            self.aio = aio.Server(config, "relay_queue", "relay_exchange", [cls],
-                                  stop_timeout=stop_timeout)
-        else:
-            self.server = Server(config, "relay_queue", "relay_exchange", [cls],
-                                 workers=2 if kind == "blocking-workers" else 0,
-                                 stop_timeout=stop_timeout)
-
-    async def start(self) -> None:
-        if self.kind == "aio":
-            self.serving = asyncio.ensure_future(self.aio.serve())
-            await self.aio.wait_started()
-        else:
-            self.server.start()
-            self.thread = threading.Thread(target=self.server.run, daemon=True)
-            self.thread.start()
-
-    async def stop(self) -> None:
-        if self.kind == "aio":
-            await self.aio.stop()
-            await asyncio.wait_for(self.serving, 30)
-        else:
-            self.server.stop()
-            await asyncio.get_running_loop().run_in_executor(None, self.thread.join, 30)
-            assert not self.thread.is_alive()
 
 
 @pytest.fixture
@@ -126,7 +83,7 @@ async def served(cluster: Any) -> AsyncIterator[Callable[..., Any]]:
     made: List[Served] = []
 
     async def serve(kind: str, cls: type, stop_timeout: float = 30.0) -> Served:
-        one = Served(kind, cluster.config, cls, stop_timeout)
+        one = Served(kind, cluster.config, "relay_queue", "relay_exchange", cls, stop_timeout)
         await one.start()
         made.append(one)
         return one

@@ -24,6 +24,7 @@ import amqp
 import kombu
 import pytest
 from amqp import method_framing, serialization, spec
+from frame_wire import RecordingSocket, wire
 from kombu.transport import memory as kombu_memory
 from kombu.transport import pyamqp, virtual
 from kombu.transport import redis as kombu_redis
@@ -538,33 +539,12 @@ def test_the_tolerant_handler_reads_a_delivery_plain_py_amqp_cannot() -> None:
 
 
 
-def wire(frames: List[Tuple[int, int, bytes]]) -> bytes:
-    """Frames as they come on the socket."""
-    return b"".join(struct.pack(">BHI", kind, channel, len(payload)) + payload + b"\xce"
-                    for kind, channel, payload in frames)
-
-
-class RecordingSocket:
-    """A socket whose recv records the sizes asked (and fileno, for a poll)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.asked: List[int] = []
-
-    def recv(self, size: int, *flags: int) -> bytes:
-        self.asked.append(size)
-        return self.sock.recv(size, *flags)
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-
 def test_py_amqp_still_reads_a_frame_in_three_exact_recvs_within_having_timeout() -> None:
     """What compat.pyamqp_read replaces; the day py-amqp reads ahead itself it can go."""
     frames = _frames(READ_CASES[2], b"body!")
     ours, peer = socket.socketpair()
     try:
-        peer.sendall(wire(frames) * 2)
+        peer.sendall(wire(*frames) * 2)
         theirs = amqp.transport.TCPTransport("127.0.0.1:5672")
         theirs.sock = recording = RecordingSocket(ours)
         theirs._quick_recv = recording.recv

@@ -17,37 +17,16 @@ import amqp
 import pytest
 from amqp import spec
 from amqp.transport import SSLTransport, TCPTransport
+from frame_wire import Frame, RecordingSocket, wire
 
 from tavrida.transports.kombu.compat.pyamqp import AMQPConnection
 from tavrida.transports.kombu.compat.pyamqp_read import READ_SIZE, ReadAheadTransport
 from tavrida.transports.kombu.polling import frame_waits
 
-Frame = Tuple[int, int, bytes]
-
-
-def wire(*frames: Frame) -> bytes:
-    return b"".join(struct.pack(">BHI", kind, channel, len(payload)) + payload + b"\xce"
-                    for kind, channel, payload in frames)
-
 
 def method(name: Tuple[int, int]) -> Frame:
     """A method frame without arguments (the handler in these tests does not read them)."""
     return (1, 1, struct.pack(">HH", *name))
-
-
-class Recv:
-    """The socket's recv, each size asked recorded (and fileno, for the poll)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.asked: List[int] = []
-
-    def recv(self, size: int, *flags: int) -> bytes:
-        self.asked.append(size)
-        return self.sock.recv(size, *flags)
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
 
 
 def next_frame(transport: ReadAheadTransport, timeout: Any) -> Frame:
@@ -57,11 +36,11 @@ def next_frame(transport: ReadAheadTransport, timeout: Any) -> Frame:
 
 
 @pytest.fixture
-def pair() -> Iterator[Tuple[ReadAheadTransport, Recv, socket.socket]]:
+def pair() -> Iterator[Tuple[ReadAheadTransport, RecordingSocket, socket.socket]]:
     """(transport, its recording socket, the peer's end)."""
     ours, peer = socket.socketpair()
     transport = ReadAheadTransport("127.0.0.1:5672")
-    transport.sock = recording = Recv(ours)
+    transport.sock = recording = RecordingSocket(ours)
     transport.connected = True
     yield transport, recording, peer
     ours.close()
