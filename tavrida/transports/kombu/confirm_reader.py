@@ -204,7 +204,7 @@ class ConfirmReader:
             try:
                 if raw is not publisher.raw:
                     return  # dropped meanwhile: the publishes go out again
-                if not (frame_waits(transport) or self._pub_poll.poll(pub_fd)):
+                if not self._pub_poll.input_waits(transport, pub_fd):
                     return  # someone holding the lock read it
                 publisher.read_frame(raw)
             finally:
@@ -251,8 +251,7 @@ class ConfirmReader:
             return
         transport = raw.transport
         for _ in range(MAX_CONFIRM_READS):
-            if not (frame_waits(transport) or self._pub_poll.poll(fd)) \
-                    or not publisher.read_frame(raw):
+            if not self._pub_poll.input_waits(transport, fd) or not publisher.read_frame(raw):
                 return
 
     def next_deadline(self) -> float:

@@ -12,7 +12,7 @@ Over plain TCP py-amqp's frames are read ahead (:mod:`.compat.pyamqp_read`):
 a whole frame may wait in the transport's buffer while its socket has
 nothing to read. Whoever asks whether a py-amqp connection has input asks
 :func:`frame_waits` (:func:`.compat.pyamqp_read.frame_waits`, here for them)
-first, then polls the socket.
+first, then polls the socket (both at once: :meth:`Readable.input_waits`).
 """
 
 from __future__ import annotations
@@ -78,3 +78,9 @@ class Readable:
             return bool(entry[1].poll(0))
         except RuntimeError:  # polled by another thread right now
             return bool(_poller((sock,)).poll(0))
+
+    def input_waits(self, transport: Any, sock: Any) -> bool:
+        """True when a py-amqp connection has input now, without waiting: a frame read
+        ahead in its ``transport`` (:func:`frame_waits`), or its ``sock`` (socket or
+        descriptor) readable."""
+        return frame_waits(transport) or self(sock)

@@ -19,7 +19,7 @@ from typing import Any, Deque, Dict, List, Optional, Protocol, Set, Tuple
 from tavrida.transports.base import OnMessage
 from tavrida.transports.kombu.context import KombuContext
 from tavrida.transports.kombu.deliveries import KombuDelivery
-from tavrida.transports.kombu.polling import Readable, frame_waits
+from tavrida.transports.kombu.polling import Readable
 
 LOG = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class Settlement:
             return False
         transport = raw.transport
         sock = transport.sock if transport is not None else None
-        return sock is not None and (frame_waits(transport) or self._ack_poll(sock))
+        return sock is not None and self._ack_poll.input_waits(transport, sock)
 
     def perform(self) -> None:
         """Send queued acks/rejects; call with the lock held.

@@ -14,6 +14,7 @@ import select
 import socket
 import struct
 import time
+import types
 import urllib.parse
 from typing import Any, Callable, Iterator, List, Tuple
 
@@ -198,7 +199,8 @@ def unroutable_then_routed(transport: KombuTransport, exchange: str,
     ``connection.blocked``): turned off here, else the return could be read
     before the second write, and the frames come apart.
     """
-    monkeypatch.setattr(transport._publisher, "_has_input", lambda sock: False)
+    monkeypatch.setattr(transport._publisher, "_has_input",
+                        types.SimpleNamespace(input_waits=lambda transport, sock: False))
     returned = transport.publish(envelope(exchange, "nobody.listens"))
     routed = transport.publish(envelope(exchange, "svc.a"))
     sock = publishing_socket(transport)

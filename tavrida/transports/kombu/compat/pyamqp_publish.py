@@ -20,15 +20,15 @@ from typing import Any
 import amqp
 from amqp import serialization, spec
 
-from tavrida.transports.kombu.polling import Readable, frame_waits
+from tavrida.transports.kombu.polling import Readable
 
 
 def publish(channel: Any, has_input: Readable, message: Any, exchange: str,
             routing_key: str, mandatory: bool) -> None:
     """``channel.basic_publish(message, exchange, routing_key, mandatory)``, same frames.
 
-    ``has_input``: the caller's poll of the connection's socket (one
-    thread at a time), asked after :func:`~tavrida.transports.kombu.polling.frame_waits`.
+    ``has_input``: the caller's poll of the connection (one thread at a
+    time; :meth:`~tavrida.transports.kombu.polling.Readable.input_waits`).
     Over TLS (input may wait in the TLS layer, not in the socket) py-amqp's
     own ``basic_publish``.
     """
@@ -42,8 +42,7 @@ def publish(channel: Any, has_input: Readable, message: Any, exchange: str,
                               mandatory=mandatory)
         return
     capabilities = connection.client_properties.get("capabilities", {})
-    if capabilities.get("connection.blocked", False) and (
-            frame_waits(transport) or has_input(sock)):
+    if capabilities.get("connection.blocked", False) and has_input.input_waits(transport, sock):
         try:
             connection.drain_events(timeout=0)
         except socket.timeout:
