@@ -77,7 +77,7 @@ class Outbox:
         self._publishing = False  # a thread is taking the queue
 
     def send(self, message: messages.Message, deadline: float, on_verdict: OnVerdict,
-             failures_only: bool = False, wake: Optional[bool] = None) -> Sending:
+             failures_only: bool = False, wake: bool = True) -> Sending:
         """Publish ``message`` by ``deadline`` (``time.monotonic()``); ``on_verdict`` on the loop.
 
         ``on_verdict(None)`` once confirmed, ``on_verdict(exc)`` when it
@@ -85,12 +85,10 @@ class Outbox:
         never when it was dropped (:meth:`Sending.drop`) first. On the loop,
         what cannot be sent at all (no exchange for it, not JSON) raises here.
         ``failures_only``: no ``on_verdict(None)`` (a call waits for its answer
-        anyway), so a confirm costs the loop nothing. ``wake`` (default: unless
-        ``failures_only``): once published, wake the drain that reads its confirm.
+        anyway), so a confirm costs the loop nothing. ``wake``: once published,
+        wake the drain that reads its confirm.
         """
         sending = Sending()
-        if wake is None:
-            wake = not failures_only
         if self._pool is None:
             self._watch(sending, self.sender.publish(message), on_verdict, True, failures_only,
                         wake)
