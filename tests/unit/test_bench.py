@@ -417,3 +417,12 @@ def test_aio_rows_ratio_tavrida_to_each_peer():
     rows = build_aio_rows({"aio": {"tavrida": runs(900.0)}}, confirms=False)
     assert math.isnan(rows[0]["faststream"]) and math.isnan(rows[0]["ratio_faststream"])
     assert "-" in format_aio_table(rows)
+
+
+def test_cpu_split_reads_proc_stat_lines():
+    from bench.cpu_split import machine_times, process_cpu
+
+    # A process name may hold spaces and parentheses: the fields follow the last ')'.
+    stat = "42 (beam (x) y) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 30 0"
+    assert process_cpu(stat, 100) == 3.0
+    assert machine_times("cpu  100 0 50 800 10 0 40 0 0 0") == (800, 1000)
