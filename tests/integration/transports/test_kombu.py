@@ -659,3 +659,40 @@ def test_redis_answers_read_before_a_cut_come_once(redis_url: str, unique, make_
     drain_until(lambda: len(answers) >= 4, consumer)
     drain_for(0.5, consumer)  # to see a repeated answer, were one put back
     assert answers.bodies == [b"0", b"1", b"2", b"3"]
+
+
+@pytest.mark.parametrize("refused", [False, True], ids=["replies-skipped", "client-reply-refused"])
+def test_redis_answers_leave_nothing_in_flight_whether_or_not_replies_can_be_skipped(
+        redis_url: str, unique, make_transport, caplog, refused: bool) -> None:
+    """The in-flight copies of answers go with the next pop: without replies where Redis
+    takes ``CLIENT REPLY SKIP``, with replies read first where an ACL refuses it."""
+    import urllib.parse
+
+    import redis
+
+    admin = redis.Redis.from_url(redis_url)
+    user, url = unique("acl"), redis_url
+    if refused:
+        admin.execute_command("ACL", "SETUSER", user, "on", ">tvt-password", "~*", "&*",
+                              "+@all", "-client|reply")
+        parts = urllib.parse.urlsplit(redis_url)
+        url = parts._replace(netloc=f"{user}:tvt-password@{parts.hostname}:{parts.port}").geturl()
+    caplog.set_level(logging.DEBUG, logger="tavrida.transports.kombu.compat.redis_fetch")
+    try:
+        consumer, publisher = make_transport(url), make_transport(redis_url)
+        reply_exchange, reply = unique("rx"), unique("reply")
+        consumer.declare_reply_queue(reply, [Binding(reply, reply_exchange, "client")])
+        answers = Inbox()
+        consumer.consume(reply, answers, 10)
+        for round_ in range(5):
+            publisher.publish(envelope(reply_exchange, "client", b"%d" % round_)).wait()
+            drain_until(lambda count=round_ + 1: len(answers) == count, consumer)
+        drain_until(lambda: not any(admin.llen(key) for key in admin.scan_iter(
+            match=f"{reply}.tavrida-inflight.*")), consumer)
+        drain_for(0.2, consumer)
+        assert answers.bodies == [b"0", b"1", b"2", b"3", b"4"]
+        assert ("Redis refuses CLIENT REPLY" in caplog.text) is refused
+    finally:
+        if refused:
+            admin.execute_command("ACL", "DELUSER", user)
+        admin.close()

@@ -45,6 +45,12 @@ test fails instead of the plain BRPOP silently coming back.
 Before each pop (at most every :data:`.redis_delays.RELEASE_INTERVAL`) the
 retries due in the queue's delay set go back to its list
 (:class:`.redis_delays.Releaser`).
+
+The in-flight copies of answers (taken without an ack) are removed by
+``LREM`` commands written with the next pop. Where the server allows ``CLIENT REPLY
+SKIP`` (probed as the consumer starts: an ACL or a managed Redis may refuse
+it) they have no reply, so the pop's is the only one read; else their
+replies come first and are read before it.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ import select
 import time
 from typing import Any, List, Optional
 
+import redis
 from kombu.transport.virtual import QoS as VirtualQoS
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
@@ -90,6 +97,18 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 def kombu_checks_brpop_health(channel: Any) -> bool:
     """True when kombu itself drops a BRPOP connection whose reply is overdue (kombu 5.7+)."""
     return callable(getattr(channel.connection.cycle, "maybe_check_brpop_health", None))
+
+
+def replies_skippable(channel: Any) -> bool:
+    """Whether the channel's Redis takes ``CLIENT REPLY`` (asked with ``ON``, which changes
+    nothing); the connection error if Redis cannot be reached."""
+    try:
+        with channel.conn_or_acquire() as client:
+            client.execute_command("CLIENT", "REPLY", "ON")
+    except redis.exceptions.ResponseError as exc:  # an unknown command, or NOPERM
+        LOG.debug("Redis refuses CLIENT REPLY (%s): the LREMs of answers are answered", exc)
+        return False
+    return True
 
 
 def _readable(sock: Any) -> bool:
@@ -133,8 +152,12 @@ class RedisFetch:
         self.maybe_recorded: List[str] = []
         #: The item being handed to kombu, until its in-flight copy is removed.
         self.popped: Optional[bytes] = None
-        #: Items of :attr:`handed` whose LREM went with the pop waiting (answered first).
+        #: Items of :attr:`handed` whose LREM went with the pop waiting (answered first,
+        #: unless their replies are skipped).
         self.removing: List[bytes] = []
+        #: The server takes ``CLIENT REPLY SKIP``: the LREMs sent with a pop have no reply
+        #: (probed at :meth:`install`; bench.profiling "call, tavrida: client" calls/message).
+        self.skips_replies = False
         self._record: Any = None
         self._forget: Any = None
         #: When the pop waiting for its reply was sent (monotonic), None when none waits.
@@ -143,9 +166,14 @@ class RedisFetch:
         self.releaser = Releaser(queue)
 
     def install(self, channel: Any) -> None:
-        """Replace the channel's BRPOP by BRPOPLPUSH (call before consuming)."""
+        """Replace the channel's BRPOP by BRPOPLPUSH (call before consuming).
+
+        Raises the connection error when Redis cannot be reached (the caller
+        reconnects and this runs again).
+        """
         fetch = self
         prefix = getattr(channel, "global_keyprefix", "") or ""
+        fetch.skips_replies = replies_skippable(channel)
 
         def brpop_start(timeout: Optional[float] = None) -> None:
             if timeout is None:
@@ -165,19 +193,24 @@ class RedisFetch:
                 connection.send_command(*pop)
                 return
             # What was taken without an ack leaves the in-flight list with this pop, in
-            # one write, answered before it (read by brpop_read): a round trip less per
-            # answer (bench.redis_trips "call, client").
+            # one write: a round trip less per answer (bench.redis_trips "call, client").
+            # Their replies skipped, the pop's is the only one to wait for: a poll and a
+            # read less per answer (bench.profiling "call, tavrida: client" calls/message).
             fetch.removing = list(fetch.handed)
-            connection.send_packed_command(connection.pack_commands(
-                [("LREM", prefix + fetch.inflight, 1, item) for item in fetch.removing]
-                + [pop]))
+            commands: List[Any] = []
+            for item in fetch.removing:
+                if fetch.skips_replies:
+                    commands.append(("CLIENT", "REPLY", "SKIP"))
+                commands.append(("LREM", prefix + fetch.inflight, 1, item))
+            commands.append(pop)
+            connection.send_packed_command(connection.pack_commands(commands))
 
         def brpop_read(**options: Any) -> bool:
             waiting = False
             try:
                 connection = channel.client.connection
                 try:
-                    if fetch.removing:
+                    if fetch.removing and not fetch.skips_replies:
                         while fetch.removing:  # the LREMs sent before the pop
                             channel.client.parse_response(connection, "LREM")
                             fetch.handed.remove(fetch.removing.pop(0))
@@ -185,6 +218,8 @@ class RedisFetch:
                         if waiting:  # only their answers came: the pop waits on
                             raise queue_module.Empty()
                     item = channel.client.parse_response(connection, "BRPOPLPUSH", **options)
+                    while fetch.removing:  # their replies skipped: run before the pop's
+                        fetch.handed.remove(fetch.removing.pop(0))
                 except channel.connection_errors:
                     waiting = False
                     connection.disconnect()
