@@ -362,12 +362,14 @@ class _Connection:
 
 def _stub_channel(cycle: object) -> object:
     """The parts of a Redis channel :meth:`RedisFetch.install` and its check touch."""
+    import contextlib
     from types import SimpleNamespace
 
     qos = SimpleNamespace(append=lambda message, tag: None)
+    client = SimpleNamespace(execute_command=lambda *args: b"OK")  # CLIENT REPLY ON
     return SimpleNamespace(connection=SimpleNamespace(cycle=cycle), qos=qos, handlers={},
                            global_keyprefix="", brpop_timeout=1, health_check_interval=25,
-                           _in_poll=None)
+                           _in_poll=None, conn_or_acquire=lambda: contextlib.nullcontext(client))
 
 
 def test_the_silent_pop_check_is_kombus_where_it_has_one_else_redis_fetchs() -> None:

@@ -61,7 +61,6 @@ import select
 import time
 from typing import Any, List, Optional
 
-import redis
 from kombu.transport.virtual import QoS as VirtualQoS
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
@@ -102,6 +101,8 @@ def kombu_checks_brpop_health(channel: Any) -> bool:
 def replies_skippable(channel: Any) -> bool:
     """Whether the channel's Redis takes ``CLIENT REPLY`` (asked with ``ON``, which changes
     nothing); the connection error if Redis cannot be reached."""
+    import redis  # here: a RabbitMQ process never loads redis-py
+
     try:
         with channel.conn_or_acquire() as client:
             client.execute_command("CLIENT", "REPLY", "ON")
