@@ -661,6 +661,40 @@ def test_redis_answers_read_before_a_cut_come_once(redis_url: str, unique, make_
     assert answers.bodies == [b"0", b"1", b"2", b"3"]
 
 
+def test_redis_acks_delete_their_records_and_a_cut_brings_nothing_back(
+        redis_url: str, unique, make_transport, close_redis_connections) -> None:
+    """Acks made as messages are handed out delete kombu's records (their scripts go out
+    ahead of the next pop); a cut afterwards neither repeats nor loses a message."""
+    import redis
+
+    exchange, queue, topology = service_topology(unique)
+    consumer = make_transport(redis_url, transport_options={"client_name": unique("consumer")})
+    publisher = make_transport(redis_url)
+    consumer.declare(topology)
+    inbox = Inbox()  # acks each delivery as it is handed out
+    consumer.consume(queue, inbox, 10)
+    client = redis.Redis.from_url(redis_url)
+
+    def records() -> int:
+        return sum(1 for _, value in client.hscan_iter("unacked", count=1000)
+                   if json.loads(value)[2] == queue)
+
+    try:
+        for round_ in range(3):
+            publisher.publish(envelope(exchange, "svc.m", b"%d" % round_)).wait()
+            drain_until(lambda count=round_ + 1: len(inbox) == count, consumer)
+            drain_until(lambda: records() == 0, consumer)
+            assert close_redis_connections(unique("consumer")) > 0
+        publisher.publish(envelope(exchange, "svc.m", b"3")).wait()
+        drain_until(lambda: len(inbox) >= 4, consumer)
+        drain_until(lambda: records() == 0, consumer)
+        drain_for(0.5, consumer)  # to see a repeated message, were one put back
+        assert inbox.bodies == [b"0", b"1", b"2", b"3"]
+        assert consumer.queue_size(queue) == 0
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize("refused", [False, True], ids=["replies-skipped", "client-reply-refused"])
 def test_redis_answers_leave_nothing_in_flight_whether_or_not_replies_can_be_skipped(
         redis_url: str, unique, make_transport, caplog, refused: bool) -> None:
