@@ -163,6 +163,8 @@ class RedisFetch:
         #: reply (:meth:`forget`), until a later reply there shows it ran: written again
         #: (it changes nothing twice) if that connection is lost first.
         self.forgetting: List[str] = []
+        #: Why the pop's connection failed under :meth:`forget`: raised by the next pop.
+        self.lost: Optional[BaseException] = None
         self._record: Any = None
         self._forget: Any = None
         #: When the pop waiting for its reply was sent (monotonic), None when none waits.
@@ -185,6 +187,9 @@ class RedisFetch:
                 timeout = getattr(channel, "brpop_timeout", _BRPOP_TIMEOUT)
             if fetch.queue not in channel.active_queues:
                 return
+            if fetch.lost is not None:
+                lost, fetch.lost = fetch.lost, None
+                raise lost
             if fetch.sent_at is not None:
                 # The last pop's connection was dropped unanswered (kombu's health
                 # check, or check_silence): what it may have moved goes back first.
@@ -328,8 +333,11 @@ class RedisFetch:
                     ("CLIENT", "REPLY", "SKIP"),
                     ("EVAL", _FORGET, 2, prefix + qos.unacked_index_key,
                      prefix + qos.unacked_key, delivery_tag)]))
-            except channel.connection_errors:
-                connection.disconnect()  # the pop reconnects; the script runs below
+            except channel.connection_errors as exc:
+                # redis-py dropped the connection, which kombu's poll would open again
+                # unnoticed: the next pop reports the loss (the consumer reconnects, its
+                # un-acked messages go back); the script runs below.
+                self.lost = exc
             else:
                 self.forgetting.append(delivery_tag)
                 return
@@ -375,6 +383,7 @@ class RedisFetch:
         """
         prefix = getattr(channel, "global_keyprefix", "") or ""
         self.sent_at = None
+        self.lost = None  # a new connection
         self.removing = []  # their LREMs were lost with the pop's connection: again below
         for tag in list(self.forgetting):  # maybe lost with the pop's connection: again
             self._forget_now(channel, tag)
