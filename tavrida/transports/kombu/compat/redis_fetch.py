@@ -46,11 +46,8 @@ Before each pop (at most every :data:`.redis_delays.RELEASE_INTERVAL`) the
 retries due in the queue's delay set go back to its list
 (:class:`.redis_delays.Releaser`).
 
-The in-flight copies of answers (taken without an ack) are removed by
-``LREM`` commands written with the next pop. Where the server allows ``CLIENT REPLY
-SKIP`` (probed as the consumer starts: an ACL or a managed Redis may refuse
-it) they have no reply, so the pop's is the only one read; else their
-replies come first and are read before it.
+Where Redis takes ``CLIENT REPLY SKIP`` (an ACL may refuse it), commands written
+ahead of the next pop go without a reply: answers' ``LREM``, acks' record deletions.
 """
 
 from __future__ import annotations
@@ -153,15 +150,12 @@ class RedisFetch:
         self.maybe_recorded: List[str] = []
         #: The item being handed to kombu, until its in-flight copy is removed.
         self.popped: Optional[bytes] = None
-        #: Items of :attr:`handed` whose LREM went with the pop waiting (answered first,
-        #: unless their replies are skipped).
+        #: Items of :attr:`handed` whose LREM went out with the pop waiting (run before it).
         self.removing: List[bytes] = []
-        #: The server takes ``CLIENT REPLY SKIP``: the LREMs sent with a pop have no reply
-        #: (probed at :meth:`install`; bench.profiling "call, tavrida: client" calls/message).
+        #: Redis takes ``CLIENT REPLY SKIP`` (probed at :meth:`install`).
         self.skips_replies = False
-        #: Delivery tags whose record's deletion went out on the pop's connection without a
-        #: reply (:meth:`forget`), until a later reply there shows it ran: written again
-        #: (it changes nothing twice) if that connection is lost first.
+        #: Delivery tags whose record deletion went out without a reply (:meth:`forget`)
+        #: until the pop's reply shows it ran; run again (harmless) if the connection is lost.
         self.forgetting: List[str] = []
         #: Why the pop's connection failed under :meth:`forget`: raised by the next pop.
         self.lost: Optional[BaseException] = None
@@ -203,9 +197,8 @@ class RedisFetch:
                 connection.send_command(*pop)
                 return
             # What was taken without an ack leaves the in-flight list with this pop, in
-            # one write: a round trip less per answer (bench.redis_trips "call, client").
-            # Their replies skipped, the pop's is the only one to wait for: a poll and a
-            # read less per answer (bench.profiling "call, tavrida: client" calls/message).
+            # one write (bench.redis_trips "call, client"), with no reply where skipped: a
+            # poll and a read less per answer (bench.profiling "call, tavrida: client").
             fetch.removing = list(fetch.handed)
             commands: List[Any] = []
             for item in fetch.removing:
@@ -318,10 +311,9 @@ class RedisFetch:
         """Delete the un-acked record of an acked message (kombu's ``QoS.ack``, as a script).
 
         One script, not kombu's ``MULTI``: ~250 Python calls a message less
-        (bench.profiling "cast, tavrida: service"); as atomic. While the queue
-        is consumed and no pop waits, it goes out on the pop's connection with
-        its reply skipped, ahead of the next pop: no round trip (the pop's reply
-        shows it ran; lost with the connection, :meth:`recover` runs it again).
+        (bench.profiling "cast, tavrida: service"); as atomic. While consuming with
+        no pop waiting, it goes out ahead of the next pop with no reply: no round trip
+        (bench.redis_trips "cast, tavrida: service"; :attr:`forgetting`).
         """
         prefix = getattr(channel, "global_keyprefix", "") or ""
         qos = channel.qos
@@ -334,9 +326,8 @@ class RedisFetch:
                     ("EVAL", _FORGET, 2, prefix + qos.unacked_index_key,
                      prefix + qos.unacked_key, delivery_tag)]))
             except channel.connection_errors as exc:
-                # redis-py dropped the connection, which kombu's poll would open again
-                # unnoticed: the next pop reports the loss (the consumer reconnects, its
-                # un-acked messages go back); the script runs below.
+                # redis-py dropped it; kombu's poll would reopen it unnoticed: the next pop
+                # reports the loss (un-acked messages go back). The script runs below.
                 self.lost = exc
             else:
                 self.forgetting.append(delivery_tag)
