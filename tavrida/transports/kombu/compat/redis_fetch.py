@@ -104,7 +104,7 @@ def replies_skippable(channel: Any) -> bool:
         with channel.conn_or_acquire() as client:
             client.execute_command("CLIENT", "REPLY", "ON")
     except redis.exceptions.ResponseError as exc:  # an unknown command, or NOPERM
-        LOG.debug("Redis refuses CLIENT REPLY (%s): the LREMs of answers are answered", exc)
+        LOG.debug("Redis refuses CLIENT REPLY (%s): commands ahead of a pop are answered", exc)
         return False
     return True
 
