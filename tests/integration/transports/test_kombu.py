@@ -641,16 +641,22 @@ def test_redis_records_what_it_holds_and_answers_need_no_record(redis_url: str, 
         client.close()
 
 
+def consumed_reply_queue(transport: KombuTransport, unique) -> tuple:
+    """A reply queue declared and consumed on ``transport``: its exchange, name and inbox."""
+    reply_exchange, reply = unique("rx"), unique("reply")
+    transport.declare_reply_queue(reply, [Binding(reply, reply_exchange, "client")])
+    answers = Inbox()
+    transport.consume(reply, answers, 10)
+    return reply_exchange, reply, answers
+
+
 def test_redis_answers_read_before_a_cut_come_once(redis_url: str, unique, make_transport,
                                                    close_redis_connections) -> None:
     """An answer's in-flight copy goes with the next pop; a cut before it neither loses
     nor repeats an answer."""
     consumer = make_transport(redis_url, transport_options={"client_name": unique("consumer")})
     publisher = make_transport(redis_url)
-    reply_exchange, reply = unique("rx"), unique("reply")
-    consumer.declare_reply_queue(reply, [Binding(reply, reply_exchange, "client")])
-    answers = Inbox()
-    consumer.consume(reply, answers, 10)
+    reply_exchange, _, answers = consumed_reply_queue(consumer, unique)
     for round_ in range(3):
         publisher.publish(envelope(reply_exchange, "client", b"%d" % round_)).wait()
         drain_until(lambda count=round_ + 1: len(answers) == count, consumer)
@@ -714,10 +720,7 @@ def test_redis_answers_leave_nothing_in_flight_whether_or_not_replies_can_be_ski
     caplog.set_level(logging.DEBUG, logger="tavrida.transports.kombu.compat.redis_fetch")
     try:
         consumer, publisher = make_transport(url), make_transport(redis_url)
-        reply_exchange, reply = unique("rx"), unique("reply")
-        consumer.declare_reply_queue(reply, [Binding(reply, reply_exchange, "client")])
-        answers = Inbox()
-        consumer.consume(reply, answers, 10)
+        reply_exchange, reply, answers = consumed_reply_queue(consumer, unique)
         for round_ in range(5):
             publisher.publish(envelope(reply_exchange, "client", b"%d" % round_)).wait()
             drain_until(lambda count=round_ + 1: len(answers) == count, consumer)
