@@ -62,10 +62,21 @@ def delete_names(url: str, names: Names) -> None:
         channel = conn.channel()
         for queue in names.queues():
             channel.queue_delete(queue=queue)
+            if hasattr(channel, "get_table"):
+                _delete_delays(channel, queue)
         for exchange in names.exchanges():
             if hasattr(channel, "get_table"):
                 _unbind_virtual(channel, exchange)
             channel.exchange_delete(exchange=exchange)
+
+
+def _delete_delays(channel: Any, queue: str) -> None:
+    """The keys tavrida keeps beside a queue on Redis for its delays (kombu knows none)."""
+    from tavrida.transports.kombu.compat.redis_delays import delays_key, held_key
+
+    client = getattr(channel, "client", None)
+    if client is not None:
+        client.delete(delays_key(queue), held_key(queue))
 
 
 def _unbind_virtual(channel: Any, exchange: str) -> None:
