@@ -60,8 +60,7 @@ class AsyncHandlers:
 
     def close(self) -> None:
         """Cancel the handler tasks still running (after the connection closed); close proxies."""
-        if self._tasks is not None:
-            self._tasks.abandon()
+        self.give_up()
         proxies, self._proxies = self._proxies, []
         for made in proxies:
             made.close()
