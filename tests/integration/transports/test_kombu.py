@@ -16,7 +16,7 @@ import json
 import logging
 import socket
 import threading
-from typing import Callable, Iterator, List
+from typing import Callable, List
 
 import amqp
 import pytest
@@ -36,27 +36,6 @@ from tavrida import exceptions
 from tavrida.config import ConnectionConfig, Credentials
 from tavrida.transports.base import Binding, Topology, confirm_all
 from tavrida.transports.kombu import KombuTransport
-
-MakeTransport = Callable[..., KombuTransport]
-
-
-@pytest.fixture
-def make_transport(unique: object) -> Iterator[MakeTransport]:
-    """``make(url, **config)`` opens a KombuTransport; all are closed after the test.
-
-    Depends on ``unique`` so that transports close before names are cleaned up.
-    """
-    made: List[KombuTransport] = []
-
-    def make(url: str, **config: object) -> KombuTransport:
-        config.setdefault("retry_delay", 0.2)
-        transport = KombuTransport(ConnectionConfig.from_url(url, **config))
-        made.append(transport)
-        return transport
-
-    yield make
-    for transport in made:
-        transport.close()
 
 
 def service_topology(unique: Callable[[str], str], pattern: str = "svc.#") -> tuple:

@@ -16,7 +16,7 @@ import struct
 import time
 import types
 import urllib.parse
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, List, Tuple
 
 import amqp
 import pytest
@@ -24,29 +24,10 @@ from amqp import spec
 from transport_contract import WAIT, Inbox, amqp_channel, drain_until, envelope
 
 from tavrida import exceptions
-from tavrida.config import ConnectionConfig
 from tavrida.transports.base import Binding, Topology
 from tavrida.transports.kombu import KombuTransport
 from tavrida.transports.kombu.compat.pyamqp import AMQPConnection
 from tavrida.transports.kombu.polling import frame_waits
-
-MakeTransport = Callable[..., KombuTransport]
-
-
-@pytest.fixture
-def make_transport(unique: object) -> Iterator[MakeTransport]:
-    """``make(url)``: a KombuTransport without heartbeats, closed after the test."""
-    made: List[KombuTransport] = []
-
-    def make(url: str) -> KombuTransport:
-        transport = KombuTransport(ConnectionConfig.from_url(url, heartbeat_interval=0))
-        made.append(transport)
-        return transport
-
-    yield make
-    for transport in made:
-        transport.close()
-
 
 Frame = Tuple[int, int, bytes]
 
@@ -219,7 +200,7 @@ def test_a_verdict_read_with_the_frames_before_it_reaches_a_waiting_publisher(
     read, for the socket has nothing more to say.
     """
     exchange, _, topology = service
-    transport = make_transport(amqp_url)
+    transport = make_transport(amqp_url, heartbeat_interval=0)
     transport.declare(topology)
     reply = unique("reply")
     transport.declare_reply_queue(reply, [Binding(reply, exchange, "caller")])
@@ -234,7 +215,7 @@ def test_a_verdict_read_with_the_frames_before_it_reaches_a_draining_callback(
     """The same verdicts, nobody waiting: the transport's drain reads them, runs the
     callbacks."""
     exchange, queue, topology = service
-    transport = make_transport(amqp_url)
+    transport = make_transport(amqp_url, heartbeat_interval=0)
     transport.declare(topology)
     inbox = Inbox()
     transport.consume(queue, inbox, 10)
