@@ -261,13 +261,20 @@ class Guarded(service.ServiceController):
         return {"secret": 1}
 
 
-def test_middlewares_gate_and_stamp(running, unique):
-    exchange = unique("guarded-ex")
+def served_alone(running, unique, name, service_class):
+    """``service_class`` served as ``name`` on an exchange and a queue of its own; the
+    discovery (with a client exchange for ``client``)."""
+    exchange = unique(f"{name}-ex")
     disc = discovery.LocalDiscovery()
-    disc.register_remote_service("guarded", exchange)
+    disc.register_remote_service(name, exchange)
     disc.register_remote_service("client", unique("client-ex"))
-    Guarded.set_discovery(disc)
-    running.serve(unique("guarded-q"), exchange, [Guarded])
+    service_class.set_discovery(disc)
+    running.serve(unique(f"{name}-q"), exchange, [service_class])
+    return disc
+
+
+def test_middlewares_gate_and_stamp(running, unique):
+    disc = served_alone(running, unique, "guarded", Guarded)
     with pytest.raises(exceptions.RemoteError, match="no key"):
         running.client(disc, "client").guarded.get().call(timeout=10)
     keyed = running.client(disc, "client", headers={"x-key": "open"})
@@ -363,12 +370,7 @@ class Slow(service.ServiceController):
 
 
 def test_a_call_unanswered_by_its_deadline_raises_call_timeout(running, unique):
-    exchange = unique("slow-ex")
-    disc = discovery.LocalDiscovery()
-    disc.register_remote_service("slow", exchange)
-    disc.register_remote_service("client", unique("client-ex"))
-    Slow.set_discovery(disc)
-    running.serve(unique("slow-q"), exchange, [Slow])
+    disc = served_alone(running, unique, "slow", Slow)
     cli = running.client(disc, "client")
     with pytest.raises(exceptions.CallTimeout) as info:
         cli.slow.wait().call(correlation_id="corr-late", timeout=0.5)
